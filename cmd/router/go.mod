@@ -1,0 +1,9 @@
+module github.com/kubelink/kubelink/cmd/router
+
+go 1.25.0
+
+require github.com/kubelink/kubelink/lib v0.0.0
+
+require github.com/spf13/pflag v1.0.6 // indirect
+
+replace github.com/kubelink/kubelink/lib => ../../lib

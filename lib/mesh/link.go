@@ -1,0 +1,240 @@
+package mesh
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+)
+
+// Default DNS values of the original.
+const (
+	DefaultClusterDomain = "cluster.local"
+	DefaultMeshDomain    = "kubelink"
+	// DNSServiceOffset is added to a service CIDR to get its cluster DNS IP.
+	DNSServiceOffset = 10
+)
+
+// Link is a validated KubeLink.
+type Link struct {
+	Name    LinkName
+	Created time.Time
+	// Address is the cluster address with the mesh prefix length;
+	// Address.Masked() is the mesh CIDR.
+	Address netip.Prefix
+	// ServiceCIDR is spec.cidr (may be invalid/zero when unset).
+	ServiceCIDR netip.Prefix
+	Endpoint    Endpoint
+	GatewayLink string
+	// Egress is spec.egress merged, without the service CIDR.
+	Egress  []netip.Prefix
+	Ingress Ingress
+	// PublicKey and PresharedKey are zero when unset.
+	PublicKey    Key
+	PresharedKey Key
+	APIAccess    *v1alpha1.SecretReference
+	DNS          LinkDNS
+}
+
+// Ingress is the firewall of a link: traffic from the peer to Deny is dropped;
+// when Allow is non-empty, traffic to anything outside Allow is dropped too.
+type Ingress struct {
+	Allow []netip.Prefix
+	Deny  []netip.Prefix
+}
+
+// IsSet reports whether the link restricts anything.
+func (i Ingress) IsSet() bool { return len(i.Allow) > 0 || len(i.Deny) > 0 }
+
+// LinkDNS is the effective DNS configuration of a link.
+type LinkDNS struct {
+	// Propagate is false when dns.omitDNSPropagation is true.
+	Propagate bool
+	// IP: foreign link: the cluster DNS of the peer; LocalLink: the mesh-global DNS.
+	IP netip.Addr
+	// Domain: foreign link: the peer's cluster domain; LocalLink: the mesh domain.
+	Domain string
+}
+
+// IsLocal reports whether the link is a LocalLink.
+func (l *Link) IsLocal() bool { return l.Endpoint.Kind == EndpointLocal }
+
+// IP is the cluster address without prefix.
+func (l *Link) IP() netip.Addr { return l.Address.Addr() }
+
+// MeshCIDR is the network of the link's cluster address.
+func (l *Link) MeshCIDR() netip.Prefix { return l.Address.Masked() }
+
+// Destinations are the networks reached through the link: its service CIDR and
+// egress, merged.
+func (l *Link) Destinations() []netip.Prefix {
+	d := append([]netip.Prefix(nil), l.Egress...)
+	if l.ServiceCIDR.IsValid() {
+		d = append(d, l.ServiceCIDR)
+	}
+	return mergePrefixes(d)
+}
+
+// ParseOptions carry what parsing needs from the run mode.
+type ParseOptions struct {
+	// DefaultPort is used for endpoints without a port (WireGuard 8777).
+	DefaultPort uint16
+}
+
+// ParseLink validates a KubeLink on its own (without looking at other links)
+// and returns every problem found, each phrased so the user knows what to fix.
+// The result is Invalid when err != nil.
+func ParseLink(kl *v1alpha1.KubeLink, opts ParseOptions) (*Link, error) {
+	var errs []error
+	add := func(field, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("spec.%s: %s", field, fmt.Sprintf(format, a...)))
+	}
+	s := &kl.Spec
+	l := &Link{Name: ParseLinkName(kl.Name), Created: kl.CreationTimestamp.Time, GatewayLink: s.GatewayLink, APIAccess: s.APIAccess}
+	if l.Name.Cluster == "" {
+		errs = append(errs, fmt.Errorf("metadata.name: %q has no cluster name after \"--\"", kl.Name))
+	}
+
+	if s.ClusterAddress == "" {
+		add("clusterAddress", "is required: the peer's address in the mesh with the mesh prefix length, e.g. 192.168.0.12/24")
+	} else if p, err := netip.ParsePrefix(s.ClusterAddress); err != nil {
+		add("clusterAddress", "%q must be an IP address with the mesh prefix length, e.g. 192.168.0.12/24", s.ClusterAddress)
+	} else if p.Bits() < p.Addr().BitLen()-1 && p == p.Masked() {
+		add("clusterAddress", "%q is the network address of the mesh; use a host address inside it", s.ClusterAddress)
+	} else {
+		l.Address = p
+	}
+
+	if s.CIDR != "" {
+		p, err := netip.ParsePrefix(s.CIDR)
+		switch {
+		case err != nil:
+			add("cidr", "%q is not a CIDR, e.g. 100.64.16.0/20", s.CIDR)
+		case p != p.Masked():
+			add("cidr", "%q has host bits set; did you mean %s?", s.CIDR, p.Masked())
+		default:
+			l.ServiceCIDR = p
+		}
+	}
+
+	ep, err := ParseEndpoint(s.Endpoint, opts.DefaultPort)
+	if err != nil {
+		add("endpoint", "%v", err)
+	}
+	l.Endpoint = ep
+	if ep.Kind == EndpointNone && s.GatewayLink == "" && err == nil {
+		add("endpoint", "is required (host[:port], LocalLink or Inbound) unless gatewayLink is set")
+	}
+
+	for _, e := range s.Egress {
+		p, err := parsePrefixOrAddr(e)
+		if err != nil {
+			add("egress", "%v", err)
+			continue
+		}
+		l.Egress = append(l.Egress, p)
+	}
+	l.Egress = mergePrefixes(l.Egress)
+	l.Ingress, errs = parseIngress(s.Ingress, errs)
+
+	if s.PublicKey != "" {
+		if l.PublicKey, err = ParseKey(s.PublicKey); err != nil {
+			add("publicKey", "%v", err)
+		}
+	}
+	if s.PresharedKey != "" {
+		if l.PresharedKey, err = ParseKey(s.PresharedKey); err != nil {
+			add("presharedKey", "%v", err)
+		}
+		if s.PublicKey == "" {
+			add("presharedKey", "needs publicKey")
+		}
+	}
+
+	if l.IsLocal() {
+		if len(s.Egress) > 0 {
+			add("egress", "is not allowed on a LocalLink (it describes the local cluster)")
+		}
+		if s.GatewayLink != "" {
+			add("gatewayLink", "is not allowed on a LocalLink")
+		}
+		if s.PublicKey != "" || s.PresharedKey != "" {
+			add("publicKey", "publicKey and presharedKey are not allowed on a LocalLink (the local key comes from the broker's secret)")
+		}
+	}
+	if s.GatewayLink != "" && s.GatewayLink == kl.Name {
+		add("gatewayLink", "a link cannot be its own gateway link")
+	}
+	l.DNS, errs = parseDNS(l, s.DNS, errs)
+	return l, errors.Join(errs...)
+}
+
+func parseIngress(entries []string, errs []error) (Ingress, []error) {
+	var in Ingress
+	for _, e := range entries {
+		deny := len(e) > 0 && e[0] == '!'
+		v := e
+		if deny {
+			v = e[1:]
+		}
+		p, err := parsePrefixOrAddr(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("spec.ingress: %v (entries are IPs or CIDRs, '!' denies)", err))
+			continue
+		}
+		if deny {
+			in.Deny = append(in.Deny, p)
+		} else {
+			in.Allow = append(in.Allow, p)
+		}
+	}
+	in.Allow, in.Deny = mergePrefixes(in.Allow), mergePrefixes(in.Deny)
+	return in, errs
+}
+
+// parseDNS applies the DNS defaults. Unlike the original, a missing DNS IP or
+// base domain is not an error: the link simply does not take part in DNS
+// propagation (see DNSPropagated), so links work with DNS switched off.
+func parseDNS(l *Link, d *v1alpha1.KubeLinkDNS, errs []error) (LinkDNS, []error) {
+	out := LinkDNS{Propagate: true}
+	if d == nil {
+		d = &v1alpha1.KubeLinkDNS{}
+	}
+	if d.OmitDNSPropagation != nil && *d.OmitDNSPropagation {
+		out.Propagate = false
+	}
+	if d.DNSIP != "" {
+		a, err := netip.ParseAddr(d.DNSIP)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("spec.dns.dnsIP: %q is not an IP address", d.DNSIP))
+		}
+		out.IP = a
+	} else if !l.IsLocal() && l.ServiceCIDR.IsValid() {
+		out.IP = addrOffset(l.ServiceCIDR.Addr(), DNSServiceOffset)
+	}
+	out.Domain = d.BaseDomain
+	if d.BaseDomain != "" && (len(d.BaseDomain) > 253 || !dnsNameRE.MatchString(d.BaseDomain)) {
+		errs = append(errs, fmt.Errorf("spec.dns.baseDomain: %q is not a DNS domain", d.BaseDomain))
+	}
+	if out.Domain == "" {
+		out.Domain = DefaultClusterDomain
+		if l.IsLocal() {
+			out.Domain = DefaultMeshDomain
+		}
+	}
+	return out, errs
+}
+
+// addrOffset returns a+n (IPv4 or IPv6), e.g. the DNS IP of a service CIDR.
+func addrOffset(a netip.Addr, n int) netip.Addr {
+	for range n {
+		a = a.Next()
+	}
+	return a
+}
+
+// DNSPropagated reports whether the link can take part in DNS propagation: it
+// is not opted out and knows the peer's DNS IP.
+func (l *Link) DNSPropagated() bool { return l.DNS.Propagate && (l.IsLocal() || l.DNS.IP.IsValid()) }

@@ -1,0 +1,38 @@
+package mesh
+
+import "strings"
+
+// DefaultMesh is the name of the mesh of links whose name has no "<mesh>--"
+// prefix. It never appears in object names.
+const DefaultMesh = ""
+
+// LinkName is a KubeLink name split into its mesh and cluster parts.
+type LinkName struct {
+	Mesh    string
+	Cluster string
+}
+
+// ParseLinkName splits "<mesh>--<cluster>" at the first "--" that is not at
+// the start of the name; a name without one belongs to the default mesh.
+func ParseLinkName(name string) LinkName {
+	if i := strings.Index(name, "--"); i > 0 {
+		return LinkName{Mesh: name[:i], Cluster: name[i+2:]}
+	}
+	return LinkName{Mesh: DefaultMesh, Cluster: name}
+}
+
+// String returns the object name the LinkName came from.
+func (n LinkName) String() string {
+	if n.Mesh == DefaultMesh {
+		return n.Cluster
+	}
+	return n.Mesh + "--" + n.Cluster
+}
+
+// MeshDisplayName names a mesh in messages ("default" for the default mesh).
+func MeshDisplayName(mesh string) string {
+	if mesh == DefaultMesh {
+		return "default"
+	}
+	return mesh
+}

@@ -1,0 +1,74 @@
+package mesh
+
+import (
+	"net/netip"
+	"slices"
+)
+
+// Route is a desired route. An empty Gateway means "directly on Device".
+type Route struct {
+	Dst     netip.Prefix
+	Gateway netip.Addr
+	Device  string
+}
+
+// RoutedNetworks are the destinations that leave the cluster through the mesh:
+// every mesh CIDR, and every service CIDR or egress network of an accepted
+// link that is not already inside a mesh CIDR. Sorted, without duplicates.
+func (m *Model) RoutedNetworks() []netip.Prefix {
+	var nets []netip.Prefix
+	for _, ms := range m.Meshes {
+		nets = append(nets, ms.CIDR())
+	}
+	for _, ms := range m.Meshes {
+		if len(ms.Members) == 0 {
+			continue
+		}
+		for _, l := range ms.Members {
+			for _, d := range l.Destinations() {
+				if !m.inMeshCIDR(d) {
+					nets = append(nets, d)
+				}
+			}
+		}
+	}
+	return mergePrefixes(nets)
+}
+
+func (m *Model) inMeshCIDR(p netip.Prefix) bool {
+	for _, ms := range m.Meshes {
+		if contains(ms.CIDR(), p) {
+			return true
+		}
+	}
+	return false
+}
+
+// GatewayRoutes are the routes of the gateway (the broker's network
+// namespace): every routed network directly on the mesh device.
+func (m *Model) GatewayRoutes(device string) []Route {
+	nets := m.RoutedNetworks()
+	out := make([]Route, 0, len(nets))
+	for _, n := range nets {
+		out = append(out, Route{Dst: n, Device: device})
+	}
+	return out
+}
+
+// NodeRoutes are the routes of a node that is not the gateway: every routed
+// network via the gateway address, on the node device towards it (the node's
+// interface, or a VXLAN/IPIP tunnel to the gateway).
+func (m *Model) NodeRoutes(gateway netip.Addr, device string) []Route {
+	if !gateway.IsValid() {
+		return nil
+	}
+	nets := m.RoutedNetworks()
+	out := make([]Route, 0, len(nets))
+	for _, n := range nets {
+		if n.Addr().Is4() != gateway.Is4() {
+			continue // a route needs a gateway of its own family
+		}
+		out = append(out, Route{Dst: n, Gateway: gateway, Device: device})
+	}
+	return slices.Clip(out)
+}
