@@ -1,6 +1,6 @@
 module github.com/kubelink/kubelink/cmd/certwatch
 
-go 1.25.0
+go 1.26.0
 
 require github.com/kubelink/kubelink/lib v0.0.0
 

@@ -50,7 +50,7 @@ type KubeLinkSpec struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=64
 	// +kubebuilder:validation:XValidation:rule="isCIDR(self)",message="clusterAddress must be an IP address with the mesh prefix length, e.g. 192.168.0.12/24"
-	// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self).prefixLength() >= (cidr(self).ip().family() == 4 ? 31 : 127) || cidr(self) != cidr(self).masked()",message="clusterAddress must be a host address, not the network address of the mesh"
+	// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self).prefixLength() >= (cidr(self).ip().family() == 4 ? 31 : 127) || !(cidr(self) == cidr(self).masked())",message="clusterAddress must be a host address, not the network address of the mesh"
 	ClusterAddress string `json:"clusterAddress"`
 
 	// GatewayLink names another link that carries this link's traffic (transit).
@@ -86,12 +86,14 @@ type KubeLinkSpec struct {
 
 	// PublicKey is the peer's WireGuard public key (base64, 32 bytes).
 	// +optional
+	// +kubebuilder:validation:MaxLength=44
 	// +kubebuilder:validation:XValidation:rule=`self.matches('^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$')`,message="publicKey must be a WireGuard key: 32 bytes in base64 (44 characters ending in '=')"
 	PublicKey string `json:"publicKey,omitempty"`
 
 	// PresharedKey is an optional WireGuard preshared key (base64, 32 bytes).
 	// Links that share a public key must use the same preshared key.
 	// +optional
+	// +kubebuilder:validation:MaxLength=44
 	// +kubebuilder:validation:XValidation:rule=`self.matches('^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$')`,message="presharedKey must be a WireGuard key: 32 bytes in base64 (44 characters ending in '=')"
 	PresharedKey string `json:"presharedKey,omitempty"`
 

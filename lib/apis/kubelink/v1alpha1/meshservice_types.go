@@ -106,10 +106,12 @@ type PortMapping struct {
 	Protocol string `json:"protocol,omitempty"`
 	// Port is a served port, by number or name.
 	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:MaxLength=15
 	// +kubebuilder:validation:XValidation:rule="type(self) == int ? (self >= 1 && self <= 65535) : self.matches('^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$')",message="port must be 1-65535 or a port name"
 	Port intstr.IntOrString `json:"port"`
 	// TargetPort is the target, by number or (service mode) Service port name.
 	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:MaxLength=15
 	// +kubebuilder:validation:XValidation:rule="type(self) == int ? (self >= 1 && self <= 65535) : self.matches('^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$')",message="targetPort must be 1-65535 or a port name"
 	TargetPort intstr.IntOrString `json:"targetPort"`
 }

@@ -1,0 +1,78 @@
+# kubelink — build, test and lab entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo v0.0.0-dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X github.com/kubelink/kubelink/lib/buildinfo.Version=$(VERSION) -X github.com/kubelink/kubelink/lib/buildinfo.Commit=$(COMMIT)
+BINARIES := broker router bridge meshdns certwatch
+
+export KUBELINK_CACHE ?= $(HOME)/.cache/kubelink
+TOOLS := $(KUBELINK_CACHE)/tools
+CONTROLLER_GEN := $(TOOLS)/controller-gen
+STATICCHECK := $(TOOLS)/staticcheck
+export CONTROLLER_GEN
+
+# Packages of the product (go.work ties the modules together).
+PKGS := ./lib/... $(foreach b,$(BINARIES),./cmd/$(b)/...) ./e2e/...
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## build every binary into bin/
+	@mkdir -p bin
+	@for b in $(BINARIES); do \
+	  CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/kubelink-$$b ./cmd/$$b || exit 1; done
+	@ls bin
+
+.PHONY: tools
+tools: $(CONTROLLER_GEN) $(STATICCHECK) ## build the pinned dev tools (controller-gen, staticcheck) into the cache
+
+$(CONTROLLER_GEN) $(STATICCHECK): lab/tools/dev/go.mod lab/tools/dev/go.sum
+	@mkdir -p $(TOOLS)
+	cd lab/tools/dev && GOWORK=off go build -o $(CONTROLLER_GEN) sigs.k8s.io/controller-tools/cmd/controller-gen
+	cd lab/tools/dev && GOWORK=off go build -o $(STATICCHECK) honnef.co/go/tools/cmd/staticcheck
+
+.PHONY: test-bins
+test-bins: ## build (once, cached) kube-apiserver, etcd and kubectl v1.34.4 from Go modules
+	lab/scripts/k8s-bins.sh kube-apiserver etcd kubectl
+
+.PHONY: generate
+generate: $(CONTROLLER_GEN) ## regenerate deepcopy code and CRDs from the API types
+	cd lib && $(CONTROLLER_GEN) object:headerFile="" paths=./apis/... \
+	  crd:crdVersions=v1,maxDescLen=400 output:crd:dir=./apis/kubelink/crds
+
+.PHONY: test
+test: tools test-bins ## run all tests: unit, real kube-apiserver, (as root) real kernel networking
+	go test -race -count=1 $(PKGS)
+
+.PHONY: lint
+lint: $(STATICCHECK) ## go vet and staticcheck
+	go vet $(PKGS)
+	$(STATICCHECK) $(PKGS)
+
+.PHONY: images
+images: ## build the per-component container images (issue #6)
+	@echo "images: not implemented yet (issue #6)"; exit 1
+
+.PHONY: lab-up
+lab-up: ## start the offline two-cluster kind lab and deploy kubelink (issue #6)
+	@echo "lab-up: not implemented yet (issue #6)"; exit 1
+
+.PHONY: lab-down
+lab-down: ## remove the lab: clusters, networks, volumes (issue #6)
+	@echo "lab-down: not implemented yet (issue #6)"; exit 1
+
+.PHONY: e2e
+e2e: ## run the end-to-end tests against the lab (issue #6)
+	@echo "e2e: not implemented yet (issue #6)"; exit 1
+
+.PHONY: bench
+bench: ## print BENCH and RATIO lines (data-plane throughput and latency, issues #3/#4)
+	@echo "bench: not implemented yet (issues #3 and #4)"; exit 1
+
+.PHONY: clean
+clean: ## remove build output (the binary cache in ~/.cache/kubelink stays)
+	rm -rf bin _out
