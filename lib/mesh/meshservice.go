@@ -245,7 +245,7 @@ func ServiceRules(bindings []*ServiceBinding) RuleSet {
 			for _, t := range b.Targets {
 				dsts = append(dsts, t.String())
 			}
-			ep.Rules = spread(dsts)
+			ep.Rules = spread(nil, dsts)
 			svcChain.Rules = append(svcChain.Rules, []string{"-j", ep.Name})
 			chains = append(chains, svcChain, ep)
 			continue
@@ -257,7 +257,8 @@ func ServiceRules(bindings []*ServiceBinding) RuleSet {
 			for _, t := range p.Targets {
 				dsts = append(dsts, t.String())
 			}
-			ep.Rules = spread(dsts)
+			// iptables accepts a DNAT to a port only in a rule that names the protocol.
+			ep.Rules = spread([]string{"-p", p.Protocol}, dsts)
 			svcChain.Rules = append(svcChain.Rules, []string{"-p", p.Protocol, "-m", p.Protocol, "--dport", fmt.Sprint(p.Port), "-j", ep.Name})
 			eps = append(eps, ep)
 		}
@@ -276,10 +277,10 @@ func ServiceRules(bindings []*ServiceBinding) RuleSet {
 
 // spread DNATs to n destinations with equal probability: rule i matches with
 // probability 1/(n-i) of what the rules before it left over.
-func spread(dsts []string) [][]string {
+func spread(match []string, dsts []string) [][]string {
 	var rules [][]string
 	for i, d := range dsts {
-		r := []string{}
+		r := append([]string{}, match...)
 		if rest := len(dsts) - i; rest > 1 {
 			r = append(r, "-m", "statistic", "--mode", "random", "--probability", fmt.Sprintf("%.11f", 1/float64(rest)))
 		}

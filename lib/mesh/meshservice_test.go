@@ -115,9 +115,9 @@ func TestServiceRulesDNATAndSpreadEvenly(t *testing.T) {
 	}
 	ep := byName[chainName("EP", "default/ext/tcp/80")]
 	want := [][]string{
-		{"-m", "statistic", "--mode", "random", "--probability", "0.33333333333", "-j", "DNAT", "--to-destination", "10.0.0.1:8080"},
-		{"-m", "statistic", "--mode", "random", "--probability", "0.50000000000", "-j", "DNAT", "--to-destination", "10.0.0.2:8080"},
-		{"-j", "DNAT", "--to-destination", "10.0.0.3:8080"},
+		{"-p", "tcp", "-m", "statistic", "--mode", "random", "--probability", "0.33333333333", "-j", "DNAT", "--to-destination", "10.0.0.1:8080"},
+		{"-p", "tcp", "-m", "statistic", "--mode", "random", "--probability", "0.50000000000", "-j", "DNAT", "--to-destination", "10.0.0.2:8080"},
+		{"-p", "tcp", "-j", "DNAT", "--to-destination", "10.0.0.3:8080"},
 	}
 	if !reflect.DeepEqual(ep, want) {
 		t.Errorf("endpoint chain = %v, want %v", ep, want)

@@ -1,0 +1,314 @@
+package netapply
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/coreos/go-iptables/iptables"
+
+	"github.com/kubelink/kubelink/lib/mesh"
+)
+
+// tables are the iptables tables kubelink may use. Stale chains are looked
+// for in all of them, so a concern that moves between tables leaves nothing.
+var tables = []string{"raw", "mangle", "nat", "filter"}
+
+// builtinChains are where hooks live.
+var builtinChains = map[string]bool{"PREROUTING": true, "INPUT": true, "FORWARD": true, "OUTPUT": true, "POSTROUTING": true}
+
+// iptablesCmd is the part of go-iptables the applier uses (the seam to the
+// kernel); *iptables.IPTables implements it.
+type iptablesCmd interface {
+	ListChains(table string) ([]string, error)
+	List(table, chain string) ([]string, error)
+	Exists(table, chain string, rulespec ...string) (bool, error)
+	Insert(table, chain string, pos int, rulespec ...string) error
+	Delete(table, chain string, rulespec ...string) error
+	ClearChain(table, chain string) error
+	DeleteChain(table, chain string) error
+}
+
+// Chains applies the iptables chains of one concern (SNAT, services,
+// firewall, ...). It owns the chains its owned function accepts and the rules
+// in built-in chains that jump to them, and nothing else.
+type Chains struct {
+	owned   func(chain string) bool
+	ipt     iptablesCmd
+	restore func(input []byte) error
+
+	mu sync.Mutex
+	// written remembers, per chain we wrote, the rules we wrote and what
+	// iptables -S printed right after. While both still match, the chain is
+	// not rewritten, which keeps its packet counters.
+	written map[chainKey]writtenChain
+	// rewrites counts chains written; tests use it to prove skipped writes.
+	rewrites int
+}
+
+type chainKey struct{ table, chain string }
+
+type writtenChain struct {
+	rules  [][]string
+	listed []string
+}
+
+// NewChains returns an applier for the chains owned accepts, using iptables
+// (or ip6tables and ip6tables-restore when ipv6 is set) from PATH, the same
+// binaries go-iptables picks.
+func NewChains(owned func(chain string) bool, ipv6 bool) (*Chains, error) {
+	proto, restore := iptables.ProtocolIPv4, "iptables-restore"
+	if ipv6 {
+		proto, restore = iptables.ProtocolIPv6, "ip6tables-restore"
+	}
+	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(30))
+	if err != nil {
+		return nil, fmt.Errorf("iptables: %w (is the iptables package installed?)", err)
+	}
+	return &Chains{owned: owned, ipt: ipt, restore: execRestore(restore), written: map[chainKey]writtenChain{}}, nil
+}
+
+// Owns builds an ownership test: a pattern ending in "*" matches chain names
+// with that prefix, any other pattern matches exactly.
+func Owns(patterns ...string) func(chain string) bool {
+	return func(chain string) bool {
+		for _, p := range patterns {
+			prefix, isPrefix := strings.CutSuffix(p, "*")
+			if isPrefix && strings.HasPrefix(chain, prefix) || !isPrefix && p == chain {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// SNATChains owns the chains of Model.SNATRules.
+func SNATChains(chain string) bool {
+	return chain == mesh.ChainNAT || strings.HasPrefix(chain, mesh.ChainPrefix+"NT-")
+}
+
+// ServiceChains owns the chains of mesh.ServiceRules.
+func ServiceChains(chain string) bool {
+	return chain == mesh.ChainServices || strings.HasPrefix(chain, mesh.ChainPrefix+"MS-") ||
+		strings.HasPrefix(chain, mesh.ChainPrefix+"EP-")
+}
+
+// FirewallChains owns the chains of Model.FirewallRules.
+func FirewallChains(chain string) bool {
+	return chain == mesh.ChainFirewall || strings.HasPrefix(chain, mesh.ChainPrefix+"FW-")
+}
+
+// Set makes the chains and hooks of the concern match rs: it writes changed
+// or drifted chains (one iptables-restore transaction per table), makes each
+// hook exist exactly once, and removes chains and hooks no longer wanted. An
+// empty rs removes everything of the concern.
+func (c *Chains) Set(rs mesh.RuleSet) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	want, err := c.group(rs)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, t := range tables {
+		if err := c.setTable(t, want[t]); err != nil {
+			errs = append(errs, fmt.Errorf("iptables table %s: %w", t, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CleanUp removes all chains and hooks of the concern.
+func (c *Chains) CleanUp() error { return c.Set(mesh.RuleSet{}) }
+
+// CleanUpAll removes every KUBELINK-* chain of every table and every rule in
+// a built-in chain that jumps to one, whatever concern made it (--cleanup).
+func CleanUpAll(ipv6 bool) error {
+	c, err := NewChains(func(chain string) bool { return strings.HasPrefix(chain, mesh.ChainPrefix) }, ipv6)
+	if err != nil {
+		return err
+	}
+	return c.CleanUp()
+}
+
+type tableWant struct {
+	chains []mesh.Chain
+	hooks  []mesh.Hook
+}
+
+// group validates rs and sorts it by table. Everything we would write must be
+// ours, and every jump into a chain we own must stay inside rs, or removing a
+// stale chain would fail (or a hook would dangle).
+func (c *Chains) group(rs mesh.RuleSet) (map[string]*tableWant, error) {
+	out := map[string]*tableWant{}
+	defined := map[chainKey]bool{}
+	get := func(table string) *tableWant {
+		if out[table] == nil {
+			out[table] = &tableWant{}
+		}
+		return out[table]
+	}
+	for _, ch := range rs.Chains {
+		k := chainKey{ch.Table, ch.Name}
+		switch {
+		case !slices.Contains(tables, ch.Table):
+			return nil, fmt.Errorf("chain %s: unsupported table %q", ch.Name, ch.Table)
+		case !c.owned(ch.Name):
+			return nil, fmt.Errorf("chain %s (table %s) is not owned by this applier; refusing to write it", ch.Name, ch.Table)
+		case defined[k]:
+			return nil, fmt.Errorf("chain %s (table %s) is defined twice", ch.Name, ch.Table)
+		}
+		defined[k] = true
+		get(ch.Table).chains = append(get(ch.Table).chains, ch)
+	}
+	for _, ch := range rs.Chains {
+		for _, r := range ch.Rules {
+			if slices.ContainsFunc(r, func(a string) bool { return strings.ContainsAny(a, "\r\n") }) {
+				return nil, fmt.Errorf("chain %s: rule %q contains a line break", ch.Name, r)
+			}
+			if t := jumpTarget(r); c.owned(t) && !defined[chainKey{ch.Table, t}] {
+				return nil, fmt.Errorf("chain %s jumps to %s, which the rule set does not define", ch.Name, t)
+			}
+		}
+	}
+	for _, h := range rs.Hooks {
+		t := jumpTarget(h.Rule)
+		switch {
+		case !builtinChains[h.Chain]:
+			return nil, fmt.Errorf("hook %q: %s is not a built-in chain", h.Rule, h.Chain)
+		case !defined[chainKey{h.Table, t}]:
+			return nil, fmt.Errorf("hook in %s %s jumps to %q, which is not a chain of the rule set", h.Table, h.Chain, t)
+		}
+		get(h.Table).hooks = append(get(h.Table).hooks, h)
+	}
+	return out, nil
+}
+
+func (c *Chains) setTable(table string, want *tableWant) error {
+	if want == nil {
+		want = &tableWant{}
+	}
+	names, err := c.ipt.ListChains(table)
+	if err != nil {
+		return fmt.Errorf("list chains: %w", err)
+	}
+	var mine, builtins []string
+	for _, n := range names {
+		switch {
+		case builtinChains[n]:
+			builtins = append(builtins, n)
+		case c.owned(n):
+			mine = append(mine, n)
+		}
+	}
+	if len(mine) == 0 && len(want.chains) == 0 {
+		// No chain of ours, so no hook of ours either (a rule cannot jump
+		// to a missing chain).
+		for k := range c.written {
+			if k.table == table {
+				delete(c.written, k)
+			}
+		}
+		return nil
+	}
+	if err := c.writeChains(table, want.chains, mine); err != nil {
+		return err
+	}
+	for _, h := range want.hooks {
+		if !slices.Contains(builtins, h.Chain) {
+			builtins = append(builtins, h.Chain)
+		}
+	}
+	if err := c.syncHooks(table, builtins, want.hooks); err != nil {
+		return err
+	}
+	var stale []string
+	for _, n := range mine {
+		if !slices.ContainsFunc(want.chains, func(ch mesh.Chain) bool { return ch.Name == n }) {
+			stale = append(stale, n)
+		}
+	}
+	return c.removeChains(table, stale)
+}
+
+// writeChains rewrites the desired chains that are new, changed since the
+// last write, or changed in the kernel behind our back.
+func (c *Chains) writeChains(table string, want []mesh.Chain, existing []string) error {
+	var dirty []mesh.Chain
+	for _, ch := range want {
+		w, ok := c.written[chainKey{table, ch.Name}]
+		if ok && slices.Contains(existing, ch.Name) && slices.EqualFunc(w.rules, ch.Rules, slices.Equal) {
+			cur, err := c.listRules(table, ch.Name)
+			if err != nil {
+				return err
+			}
+			if slices.Equal(cur, w.listed) {
+				continue
+			}
+		}
+		dirty = append(dirty, ch)
+	}
+	if len(dirty) == 0 {
+		return nil
+	}
+	for _, ch := range dirty {
+		// Forget first: if the write fails we must not trust old state.
+		delete(c.written, chainKey{table, ch.Name})
+	}
+	if err := c.restore(restoreInput(table, dirty)); err != nil {
+		return fmt.Errorf("write chains: %w", err)
+	}
+	c.rewrites += len(dirty)
+	for _, ch := range dirty {
+		listed, err := c.listRules(table, ch.Name)
+		if err != nil {
+			return err
+		}
+		c.written[chainKey{table, ch.Name}] = writtenChain{rules: cloneRules(ch.Rules), listed: listed}
+	}
+	return nil
+}
+
+// removeChains flushes all stale chains before deleting any, so jumps
+// between them do not block the deletion.
+func (c *Chains) removeChains(table string, stale []string) error {
+	for _, n := range stale {
+		if err := c.ipt.ClearChain(table, n); err != nil {
+			return fmt.Errorf("flush stale chain %s: %w", n, err)
+		}
+	}
+	for _, n := range stale {
+		delete(c.written, chainKey{table, n})
+	}
+	for _, n := range stale {
+		if err := c.ipt.DeleteChain(table, n); err != nil {
+			return fmt.Errorf("delete stale chain %s (is it still referenced by a chain kubelink does not own?): %w", n, err)
+		}
+	}
+	return nil
+}
+
+// listRules returns the "-A ..." lines of a chain as iptables -S prints them.
+func (c *Chains) listRules(table, chain string) ([]string, error) {
+	lines, err := c.ipt.List(table, chain)
+	if err != nil {
+		return nil, fmt.Errorf("list chain %s: %w", chain, err)
+	}
+	out := lines[:0]
+	for _, l := range lines {
+		if strings.HasPrefix(l, "-A ") {
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
+
+func cloneRules(rules [][]string) [][]string {
+	out := make([][]string, len(rules))
+	for i, r := range rules {
+		out[i] = slices.Clone(r)
+	}
+	return out
+}

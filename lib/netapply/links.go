@@ -1,0 +1,168 @@
+package netapply
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/vishvananda/netlink"
+)
+
+// SetAddresses makes the addresses of our own device exactly want: on a
+// device kubelink made every address is its own. IPv6 link-local addresses
+// are left alone (the kernel manages them) unless wanted.
+func SetAddresses(linkName string, want []netip.Prefix) error {
+	link, err := linkByName(linkName)
+	if err != nil {
+		return err
+	}
+	wanted := map[netip.Prefix]bool{}
+	for _, p := range want {
+		wanted[p] = true
+	}
+	have, err := addresses(link)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for p, a := range have {
+		if wanted[p] || p.Addr().Is6() && p.Addr().IsLinkLocalUnicast() {
+			continue
+		}
+		if err := netlink.AddrDel(link, &a); err != nil {
+			errs = append(errs, fmt.Errorf("device %s: remove address %s: %w", linkName, p, err))
+		}
+	}
+	// List again: removing a primary IPv4 address also removes the
+	// secondaries of its subnet, which may be wanted.
+	if have, err = addresses(link); err != nil {
+		return err
+	}
+	for p := range wanted {
+		if _, ok := have[p]; ok {
+			continue
+		}
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+		if err := netlink.AddrAdd(link, addr); err != nil {
+			errs = append(errs, fmt.Errorf("device %s: add address %s: %w", linkName, p, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func addresses(link netlink.Link) (map[netip.Prefix]netlink.Addr, error) {
+	list, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("device %s: list addresses: %w", link.Attrs().Name, err)
+	}
+	out := map[netip.Prefix]netlink.Addr{}
+	for _, a := range list {
+		out[addrPrefix(a.IPNet)] = a
+	}
+	return out, nil
+}
+
+// SetUp brings a device up.
+func SetUp(linkName string) error {
+	link, err := linkByName(linkName)
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("device %s: set up: %w", linkName, err)
+	}
+	return nil
+}
+
+// SetMTU sets the MTU of a device unless it already has it.
+func SetMTU(linkName string, mtu int) error {
+	link, err := linkByName(linkName)
+	if err != nil {
+		return err
+	}
+	if link.Attrs().MTU == mtu {
+		return nil
+	}
+	if err := netlink.LinkSetMTU(link, mtu); err != nil {
+		return fmt.Errorf("device %s: set MTU %d: %w", linkName, mtu, err)
+	}
+	return nil
+}
+
+// UnderlayMTU is the MTU on the path to dst: that of the device the route
+// to dst leaves through, or the route's own MTU if smaller. A tunnel to dst
+// must subtract its overhead from it.
+func UnderlayMTU(dst netip.Addr) (int, error) {
+	routes, err := netlink.RouteGet(dst.AsSlice())
+	if err != nil {
+		return 0, fmt.Errorf("route to %s: %w", dst, err)
+	}
+	if len(routes) == 0 {
+		return 0, fmt.Errorf("no route to %s", dst)
+	}
+	link, err := netlink.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return 0, fmt.Errorf("device of the route to %s: %w", dst, err)
+	}
+	mtu := link.Attrs().MTU
+	if m := routes[0].MTU; m > 0 && m < mtu {
+		mtu = m
+	}
+	return mtu, nil
+}
+
+// DeleteLink deletes a device; a missing one is not an error, so cleanup can
+// run any number of times.
+func DeleteLink(name string) error {
+	link, err := netlink.LinkByName(name)
+	var missing netlink.LinkNotFoundError
+	if errors.As(err, &missing) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("device %s: %w", name, err)
+	}
+	if err := netlink.LinkDel(link); err != nil {
+		return fmt.Errorf("delete device %s: %w", name, err)
+	}
+	return nil
+}
+
+// EnableForwarding turns on IP forwarding in the current namespace: the
+// files under /proc/sys/net belong to the namespace of the thread that opens
+// them.
+func EnableForwarding(ipv4, ipv6 bool) error {
+	var files []string
+	if ipv4 {
+		files = append(files, "/proc/sys/net/ipv4/ip_forward")
+	}
+	if ipv6 {
+		files = append(files, "/proc/sys/net/ipv6/conf/all/forwarding")
+	}
+	for _, f := range files {
+		if err := os.WriteFile(f, []byte("1\n"), 0o644); err != nil {
+			return fmt.Errorf("enable forwarding: %w", err)
+		}
+	}
+	return nil
+}
+
+func linkByName(name string) (netlink.Link, error) {
+	link, err := netlink.LinkByName(name)
+	var missing netlink.LinkNotFoundError
+	if errors.As(err, &missing) {
+		return nil, fmt.Errorf("device %q does not exist", name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("device %s: %w", name, err)
+	}
+	return link, nil
+}
+
+func addrPrefix(n *net.IPNet) netip.Prefix {
+	a, _ := netip.AddrFromSlice(n.IP)
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones)
+}

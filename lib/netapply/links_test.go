@@ -1,0 +1,135 @@
+package netapply
+
+import (
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/kubelink/kubelink/lib/nstest"
+)
+
+// linkNS is a namespace with a veth pair kl0/kl0p (both ends inside).
+func linkNS(t *testing.T) *nstest.Namespace {
+	t.Helper()
+	n := nstest.New(t, "ln")
+	n.Run(t, "ip", "link", "add", "kl0", "type", "veth", "peer", "name", "kl0p")
+	n.Run(t, "ip", "link", "set", "kl0p", "up")
+	return n
+}
+
+// globalAddrs lists the addresses of dev as "a/bits", without link-local.
+func globalAddrs(t *testing.T, ns *nstest.Namespace, dev string) []string {
+	var out []string
+	for _, l := range strings.Split(ns.Run(t, "ip", "-o", "addr", "show", "dev", dev), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 3 && !strings.HasPrefix(f[3], "fe80:") {
+			out = append(out, f[3])
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func prefixes(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
+
+func TestSetAddressesAddsAndRemoves(t *testing.T) {
+	n := linkNS(t)
+	do(t, n, func() error { return SetUp("kl0") })
+	if out := n.Run(t, "ip", "link", "show", "kl0"); !strings.Contains(out, ",UP") {
+		t.Fatalf("SetUp: %s", out)
+	}
+	steps := []struct {
+		name string
+		want []string
+	}{
+		{"add both families", []string{"10.0.0.1/24", "10.0.0.2/24", "fd00::1/64"}},
+		{"same again", []string{"10.0.0.1/24", "10.0.0.2/24", "fd00::1/64"}},
+		// Removing the primary 10.0.0.1 takes the secondary 10.0.0.2 along.
+		{"remove the primary", []string{"10.0.0.2/24", "fd00::2/64"}},
+		{"remove all", nil},
+	}
+	for _, s := range steps {
+		do(t, n, func() error { return SetAddresses("kl0", prefixes(s.want...)) })
+		want := slices.Clone(s.want)
+		slices.Sort(want)
+		if got := globalAddrs(t, n, "kl0"); !slices.Equal(got, want) {
+			t.Errorf("%s: addresses %q, want %q", s.name, got, want)
+		}
+	}
+	if out := n.Run(t, "ip", "-6", "addr", "show", "dev", "kl0"); !strings.Contains(out, "fe80:") {
+		t.Errorf("the link-local address must stay:\n%s", out)
+	}
+	err := n.Do(func() error { return SetAddresses("nope0", nil) })
+	if err == nil || !strings.Contains(err.Error(), `"nope0"`) {
+		t.Errorf("error = %v, want one naming the device", err)
+	}
+}
+
+func TestMTUAndUnderlayMTU(t *testing.T) {
+	n := linkNS(t)
+	n.Run(t, "ip", "addr", "add", "10.0.0.1/24", "dev", "kl0")
+	n.Run(t, "ip", "link", "set", "kl0", "up")
+	do(t, n, func() error { return SetMTU("kl0", 1380) })
+	if out := n.Run(t, "ip", "link", "show", "kl0"); !strings.Contains(out, "mtu 1380") {
+		t.Errorf("SetMTU: %s", out)
+	}
+	n.Run(t, "ip", "route", "add", "10.5.0.0/16", "via", "10.0.0.9", "mtu", "1300")
+	tests := []struct {
+		dst  string
+		want int
+	}{
+		{"10.0.0.9", 1380},   // the device's MTU
+		{"10.5.0.1", 1300},   // the route's own, smaller MTU
+		{"127.0.0.1", 65536}, // loopback
+	}
+	for _, tt := range tests {
+		var got int
+		do(t, n, func() (err error) { got, err = UnderlayMTU(netip.MustParseAddr(tt.dst)); return err })
+		if got != tt.want {
+			t.Errorf("UnderlayMTU(%s) = %d, want %d", tt.dst, got, tt.want)
+		}
+	}
+	if err := n.Do(func() error { _, err := UnderlayMTU(netip.MustParseAddr("203.0.113.1")); return err }); err == nil {
+		t.Error("UnderlayMTU without a route must fail")
+	}
+}
+
+func TestDeleteLinkIsIdempotent(t *testing.T) {
+	n := linkNS(t)
+	for i := range 2 {
+		if err := n.Do(func() error { return DeleteLink("kl0") }); err != nil {
+			t.Fatalf("DeleteLink #%d: %v", i+1, err)
+		}
+	}
+	if out := n.Run(t, "ip", "-o", "link", "show"); strings.Contains(out, "kl0") {
+		t.Errorf("kl0 still exists:\n%s", out)
+	}
+}
+
+func TestEnableForwardingOnlyInTheCurrentNamespace(t *testing.T) {
+	n := nstest.New(t, "fw")
+	rootBefore, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"} {
+		n.Run(t, "sysctl", "-qw", f+"=0")
+	}
+	do(t, n, func() error { return EnableForwarding(true, true) })
+	for _, f := range []string{"net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"} {
+		if got := strings.TrimSpace(n.Run(t, "sysctl", "-n", f)); got != "1" {
+			t.Errorf("%s = %s, want 1", f, got)
+		}
+	}
+	if rootAfter, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); string(rootAfter) != string(rootBefore) {
+		t.Errorf("the root namespace changed: ip_forward %q -> %q", rootBefore, rootAfter)
+	}
+}
