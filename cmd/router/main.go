@@ -1,17 +1,60 @@
-// Command kubelink-router installs, on every node, the routes that send mesh traffic to the active gateway.
+// Command kubelink-router runs on every node (DaemonSet, hostNetwork): it
+// routes the mesh network and the remote service networks to the active
+// gateway and nothing else.
 package main
 
 import (
-	"fmt"
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
 	"github.com/kubelink/kubelink/lib/cli"
+	"github.com/kubelink/kubelink/lib/kubeflags"
+	"github.com/kubelink/kubelink/lib/router"
 )
 
 func main() {
 	cmd := cli.New("kubelink-router", "installs, on every node, the routes that send mesh traffic to the active gateway")
+	c := router.Config{Tunnel: router.TunnelNone, RouteTable: 254, RulePriority: 32751, Resync: 10 * time.Second}
+	var common kubeflags.Common
+	var nodeCIDR string
+	var cleanup bool
+	f := cmd.Flags
+	common.Register(f)
+	f.StringVar(&nodeCIDR, "node-cidr", "", "node network CIDR (required)")
+	f.StringVar(&c.Tunnel, "tunnel", c.Tunnel, "how to reach the gateway: none (vxlan and ipip: not yet)")
+	f.IntVar(&c.RouteTable, "route-table", c.RouteTable, "routing table (254 = main; other tables get an ip rule)")
+	f.IntVar(&c.RulePriority, "rule-priority", c.RulePriority, "priority of the ip rule for --route-table")
+	f.StringVar(&c.Datafile, "datafile", "", "file remembering installed routes, so a restart removes stale ones (e.g. /var/lib/kubelink/routes)")
+	f.DurationVar(&c.Resync, "resync", c.Resync, "period of the full sync")
+	f.BoolVar(&cleanup, "cleanup", false, "remove the router's routes and rule, then exit")
 	cmd.Main(func() error {
-		// The run loop lands with issue #3; until then the binary only answers
-		// --help and --version and refuses to pretend it is running.
-		return fmt.Errorf("kubelink-router: not implemented yet (tracked in issue #3)")
+		var err error
+		if c.NodeCIDR, err = kubeflags.Prefix("node-cidr", nodeCIDR); err != nil {
+			return err
+		}
+		if cleanup {
+			return router.Cleanup(c)
+		}
+		if err := c.Validate(); err != nil {
+			return err
+		}
+		log, err := common.Logger()
+		if err != nil {
+			return err
+		}
+		rest, err := common.RESTConfig()
+		if err != nil {
+			return err
+		}
+		r, err := router.New(c, rest, log)
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return r.Run(ctx)
 	})
 }

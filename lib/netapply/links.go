@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // SetAddresses makes the addresses of our own device exactly want: on a
@@ -44,7 +45,10 @@ func SetAddresses(linkName string, want []netip.Prefix) error {
 		if _, ok := have[p]; ok {
 			continue
 		}
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+		// noprefixroute: the kernel would add a connected route for the
+		// network; the mesh routes are ours to manage (marked, removable).
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())},
+			Flags: unix.IFA_F_NOPREFIXROUTE}
 		if err := netlink.AddrAdd(link, addr); err != nil {
 			errs = append(errs, fmt.Errorf("device %s: add address %s: %w", linkName, p, err))
 		}

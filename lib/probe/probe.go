@@ -134,10 +134,10 @@ type target struct {
 
 // Prober probes a changing set of targets, each from a given source address.
 type Prober struct {
-	cfg     Config
-	mu      sync.Mutex
-	targets map[netip.Addr]*target
-	conns   map[netip.Addr]*net.UDPConn // by source address
+	cfg      Config
+	mu       sync.Mutex
+	targets  map[netip.Addr]*target
+	conns    map[netip.Addr]*net.UDPConn // by source address
 	stop     chan struct{}
 	loopDone chan struct{}
 	wg       sync.WaitGroup // receivers

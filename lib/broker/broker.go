@@ -1,0 +1,190 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/mesh"
+	"github.com/kubelink/kubelink/lib/probe"
+)
+
+// Broker is the gateway controller.
+type Broker struct {
+	cfg     Config
+	log     *slog.Logger
+	rm      RunMode
+	kube    client.Client // reads from the cache, writes to the API server
+	cache   cache.Cache
+	events  *eventSink
+	metrics *metrics
+	trigger chan struct{}
+	plane   *wgPlane
+	prober  *probe.Prober
+	resp    map[netip.Addr]*probe.Responder
+
+	active    atomic.Bool
+	synced    atomic.Bool
+	lastWrite map[string]time.Time
+}
+
+// Scheme knows core types and the kubelink API.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	_ = clientgoscheme.AddToScheme(s)
+	_ = v1alpha1.AddToScheme(s)
+	return s
+}
+
+// New prepares a broker; Run starts it.
+func New(cfg Config, rest *rest.Config, log *slog.Logger) (*Broker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	rm, err := DetectRunMode(&cfg, netInterfaces)
+	if err != nil {
+		return nil, err
+	}
+	scheme := Scheme()
+	c, err := cache.New(rest, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
+		&corev1.Secret{}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}},
+			Field: fields.OneTermEqualSelector("metadata.name", cfg.Secret)},
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("creating cache: %w", err)
+	}
+	kube, err := client.New(rest, client.Options{Scheme: scheme, Cache: &client.CacheOptions{Reader: c}})
+	if err != nil {
+		return nil, fmt.Errorf("creating client: %w", err)
+	}
+	events, err := newEventSink(rest, scheme, "kubelink-broker", cfg.Identity)
+	if err != nil {
+		return nil, err
+	}
+	b := &Broker{cfg: cfg, log: log, rm: rm, kube: kube, cache: c, events: events, metrics: newMetrics(),
+		trigger: make(chan struct{}, 1), resp: map[netip.Addr]*probe.Responder{}, lastWrite: map[string]time.Time{}}
+	log.Info("broker configured", "podMode", rm.PodMode, "nodeIP", rm.NodeIP, "interface", rm.Interface, "mode", cfg.Mode)
+	return b, nil
+}
+
+// Run serves until ctx ends: cache, metrics, leader election, then the sync
+// loop while active.
+func (b *Broker) Run(ctx context.Context, rest *rest.Config) error {
+	defer b.events.shutdown()
+	for _, obj := range []client.Object{&v1alpha1.KubeLink{}, &corev1.Secret{}} {
+		inf, err := b.cache.GetInformer(ctx, obj)
+		if err != nil {
+			return fmt.Errorf("informer: %w", err)
+		}
+		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { b.kick() },
+			UpdateFunc: func(any, any) { b.kick() },
+			DeleteFunc: func(any) { b.kick() },
+		}); err != nil {
+			return err
+		}
+	}
+	go func() { _ = b.cache.Start(ctx) }()
+	if !b.cache.WaitForCacheSync(ctx) {
+		return errors.New("cache did not sync (is the KubeLink CRD installed?)")
+	}
+	srv := b.serveHTTP(ctx)
+	defer srv.Close()
+	if !b.cfg.LeaderElect {
+		return b.runActive(ctx)
+	}
+	return b.runElected(ctx, rest)
+}
+
+func (b *Broker) kick() {
+	select {
+	case b.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// runActive owns the data plane until ctx ends.
+func (b *Broker) runActive(ctx context.Context) error {
+	b.active.Store(true)
+	b.metrics.leader.Set(1)
+	defer func() {
+		b.active.Store(false)
+		b.metrics.leader.Set(0)
+	}()
+	if b.cfg.Mode == ModeWireGuard {
+		p, err := newWGPlane(&b.cfg, b.rm, b.log)
+		if err != nil {
+			return err
+		}
+		b.plane = p
+		defer p.close()
+		go p.resolver.Run(ctx, b.kick)
+	}
+	b.prober = probe.New(probe.Config{Interval: b.cfg.ProbeInterval, DownAfter: b.cfg.ProbeDownAfter, Port: b.cfg.ProbePort,
+		OnChange: func(netip.Addr, probe.Result) { b.kick() }})
+	defer b.prober.Close()
+	defer b.closeResponders(nil)
+
+	tick := time.NewTicker(b.cfg.Resync)
+	defer tick.Stop()
+	for {
+		start := time.Now()
+		if err := b.sync(ctx); err != nil {
+			b.metrics.reconcileErrors.Inc()
+			b.log.Error("sync", "err", err)
+		}
+		b.metrics.syncSeconds.Observe(time.Since(start).Seconds())
+		b.synced.Store(true)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-b.trigger:
+		case <-tick.C:
+		}
+	}
+}
+
+// privateKey reads the WireGuard key from the Secret (either spelling).
+func (b *Broker) privateKey(ctx context.Context) (mesh.Key, error) {
+	var s corev1.Secret
+	err := b.kube.Get(ctx, client.ObjectKey{Namespace: b.cfg.Namespace, Name: b.cfg.Secret}, &s)
+	if apierrors.IsNotFound(err) {
+		return mesh.Key{}, fmt.Errorf("private key: Secret %s/%s not found", b.cfg.Namespace, b.cfg.Secret)
+	}
+	if err != nil {
+		return mesh.Key{}, fmt.Errorf("private key: reading Secret %s/%s: %w", b.cfg.Namespace, b.cfg.Secret, err)
+	}
+	for _, k := range []string{v1alpha1.SecretKeyWireguardPrivateKey, v1alpha1.SecretKeyWireGuardPrivateKey} {
+		if v, ok := s.Data[k]; ok {
+			key, err := mesh.ParseKey(string(trimSpace(v)))
+			if err != nil {
+				return mesh.Key{}, fmt.Errorf("private key: Secret %s/%s key %s: %w", b.cfg.Namespace, b.cfg.Secret, k, err)
+			}
+			return key, nil
+		}
+	}
+	return mesh.Key{}, fmt.Errorf("private key: Secret %s/%s has no key %s (or %s)", b.cfg.Namespace, b.cfg.Secret,
+		v1alpha1.SecretKeyWireguardPrivateKey, v1alpha1.SecretKeyWireGuardPrivateKey)
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}

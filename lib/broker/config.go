@@ -1,0 +1,164 @@
+// Package broker is the gateway controller: it turns KubeLinks into a
+// running data plane (WireGuard device, addresses, routes, SNAT and firewall
+// chains, peers) and reports each link's health in its status. One replica is
+// active at a time (Lease); the others wait.
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/kubelink/kubelink/lib/probe"
+	"github.com/kubelink/kubelink/lib/wireguard"
+)
+
+// Modes of the broker.
+const (
+	ModeWireGuard = "wireguard"
+	ModeNone      = "none"
+	ModeBridge    = "bridge"
+)
+
+// Config is the broker's configuration (one flag each, see cmd/broker).
+type Config struct {
+	Namespace string
+	Mode      string
+	// WireGuard is auto, kernel or userspace.
+	WireGuard  string
+	Interface  string
+	ListenPort int
+	Secret     string
+	MTU        int
+
+	NodeCIDR    netip.Prefix
+	PodCIDR     netip.Prefix
+	NodeIP      netip.Addr
+	ServiceCIDR netip.Prefix
+
+	RouteTable   int
+	RulePriority int
+
+	Keepalive       time.Duration
+	ResolveInterval time.Duration
+	ProbeInterval   time.Duration
+	ProbeDownAfter  time.Duration
+	ProbePort       int
+	HealthEvery     time.Duration
+	Resync          time.Duration
+
+	LeaderElect   bool
+	LeaseName     string
+	LeaseDuration time.Duration
+	RenewDeadline time.Duration
+	RetryPeriod   time.Duration
+	Identity      string
+
+	MetricsAddr string
+}
+
+// Defaults returns the documented defaults.
+func Defaults() Config {
+	return Config{
+		Namespace: "kubelink", Mode: ModeWireGuard, WireGuard: wireguard.ModeAuto, Interface: "kubelink",
+		ListenPort: 8777, Secret: "wireguard", RouteTable: 254, RulePriority: 32750,
+		Keepalive: 21 * time.Second, ResolveInterval: 30 * time.Second,
+		ProbeInterval: 500 * time.Millisecond, ProbeDownAfter: 1500 * time.Millisecond, ProbePort: probe.DefaultPort,
+		HealthEvery: 10 * time.Second, Resync: 10 * time.Second,
+		LeaderElect: true, LeaseName: "kubelink-broker", LeaseDuration: 4 * time.Second,
+		RenewDeadline: 3 * time.Second, RetryPeriod: 500 * time.Millisecond,
+		MetricsAddr: ":8080",
+	}
+}
+
+// Validate checks the configuration and explains what is wrong.
+func (c *Config) Validate() error {
+	var errs []error
+	switch c.Mode {
+	case ModeWireGuard, ModeNone:
+	case ModeBridge:
+		errs = append(errs, errors.New("--mode=bridge: the TLS bridge data plane is not implemented yet (issue #4); use --mode=wireguard"))
+	default:
+		errs = append(errs, fmt.Errorf("--mode=%q: must be wireguard or none", c.Mode))
+	}
+	switch c.WireGuard {
+	case wireguard.ModeAuto, wireguard.ModeKernel, wireguard.ModeUserspace:
+	default:
+		errs = append(errs, fmt.Errorf("--wireguard=%q: must be auto, kernel or userspace", c.WireGuard))
+	}
+	if c.Mode == ModeWireGuard && c.Secret == "" {
+		errs = append(errs, errors.New("--secret is required in wireguard mode (the Secret holding WireguardPrivateKey)"))
+	}
+	if !c.NodeCIDR.IsValid() {
+		errs = append(errs, errors.New("--node-cidr is required (the node network, used to tell node mode from pod mode)"))
+	}
+	if c.ListenPort < 1 || c.ListenPort > 65535 {
+		errs = append(errs, fmt.Errorf("--listen-port=%d: must be 1-65535", c.ListenPort))
+	}
+	if c.RouteTable < 1 || c.RouteTable > 252 && c.RouteTable != 254 {
+		errs = append(errs, fmt.Errorf("--route-table=%d: must be 254 (main) or 1-252", c.RouteTable))
+	}
+	if c.ProbeDownAfter < c.ProbeInterval {
+		errs = append(errs, errors.New("--probe-down-after must be at least --probe-interval"))
+	}
+	if c.LeaderElect && !(c.LeaseDuration > c.RenewDeadline && c.RenewDeadline > c.RetryPeriod) {
+		errs = append(errs, errors.New("leader election needs --lease-duration > --lease-renew-deadline > --lease-retry-period"))
+	}
+	if len(c.Interface) == 0 || len(c.Interface) > 15 {
+		errs = append(errs, fmt.Errorf("--ifce-name=%q: must be 1-15 characters", c.Interface))
+	}
+	return errors.Join(errs...)
+}
+
+// RunMode says where the broker's device lives.
+type RunMode struct {
+	// PodMode is true when no local interface is in the node CIDR: the broker
+	// runs in its own pod network namespace.
+	PodMode bool
+	// NodeIP is the gateway address published in link status.
+	NodeIP netip.Addr
+	// Interface is the node interface (node mode) or pod interface (pod mode).
+	Interface string
+}
+
+// DetectRunMode implements node/pod mode detection: an interface address
+// inside the node CIDR means node mode (hostNetwork); otherwise pod mode,
+// which needs the node IP (downward API) and the pod CIDR.
+func DetectRunMode(c *Config, ifaces func() ([]net.Interface, error)) (RunMode, error) {
+	list, err := ifaces()
+	if err != nil {
+		return RunMode{}, fmt.Errorf("listing interfaces: %w", err)
+	}
+	find := func(p netip.Prefix) (string, netip.Addr) {
+		for _, ifc := range list {
+			addrs, _ := ifc.Addrs()
+			for _, a := range addrs {
+				if n, ok := a.(*net.IPNet); ok {
+					if ip, ok := netip.AddrFromSlice(n.IP); ok && p.IsValid() && p.Contains(ip.Unmap()) {
+						return ifc.Name, ip.Unmap()
+					}
+				}
+			}
+		}
+		return "", netip.Addr{}
+	}
+	if name, ip := find(c.NodeCIDR); name != "" {
+		return RunMode{NodeIP: ip, Interface: name}, nil
+	}
+	if !c.NodeIP.IsValid() {
+		return RunMode{}, fmt.Errorf("no interface in --node-cidr %s, so this is pod mode, which needs --node-ip (from the downward API status.hostIP)", c.NodeCIDR)
+	}
+	if !c.NodeCIDR.Contains(c.NodeIP) {
+		return RunMode{}, fmt.Errorf("--node-ip %s is not in --node-cidr %s", c.NodeIP, c.NodeCIDR)
+	}
+	if !c.PodCIDR.IsValid() {
+		return RunMode{}, errors.New("pod mode needs --pod-cidr (to find the pod interface)")
+	}
+	name, _ := find(c.PodCIDR)
+	if name == "" {
+		return RunMode{}, fmt.Errorf("pod mode: no interface with an address in --pod-cidr %s", c.PodCIDR)
+	}
+	return RunMode{PodMode: true, NodeIP: c.NodeIP, Interface: name}, nil
+}

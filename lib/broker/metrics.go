@@ -1,0 +1,112 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+)
+
+var allStates = []string{v1alpha1.StateInvalid, v1alpha1.StateStale, v1alpha1.StateError, v1alpha1.StateIdle,
+	v1alpha1.StateUp, v1alpha1.StateDown, v1alpha1.StateDeleting}
+
+type metrics struct {
+	reg             *prometheus.Registry
+	links           *prometheus.GaugeVec
+	linkUp          *prometheus.GaugeVec
+	rx, tx          *prometheus.GaugeVec
+	rtt             *prometheus.GaugeVec
+	dataPlane       *prometheus.GaugeVec
+	reconcileErrors prometheus.Counter
+	syncSeconds     prometheus.Histogram
+	leader          prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg:             prometheus.NewRegistry(),
+		links:           prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_links", Help: "KubeLinks by state."}, []string{"state"}),
+		linkUp:          prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_link_up", Help: "1 when the link is Up."}, []string{"link"}),
+		rx:              prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_link_rx_bytes", Help: "Bytes received from the link's peer."}, []string{"link"}),
+		tx:              prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_link_tx_bytes", Help: "Bytes sent to the link's peer."}, []string{"link"}),
+		rtt:             prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_link_probe_rtt_seconds", Help: "Last health-probe round trip through the tunnel."}, []string{"link"}),
+		dataPlane:       prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_dataplane_info", Help: "The data plane in use (wireguard-kernel, wireguard-userspace)."}, []string{"kind"}),
+		reconcileErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kubelink_reconcile_errors_total", Help: "Sync passes that ended with an error."}),
+		syncSeconds:     prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kubelink_sync_duration_seconds", Help: "Duration of a sync pass.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 8)}),
+		leader:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "kubelink_broker_active", Help: "1 while this broker holds the lease."}),
+	}
+	m.reg.MustRegister(m.links, m.linkUp, m.rx, m.tx, m.rtt, m.dataPlane, m.reconcileErrors, m.syncSeconds, m.leader)
+	return m
+}
+
+func (m *metrics) setStates(counts map[string]int) {
+	for _, s := range allStates {
+		m.links.WithLabelValues(s).Set(float64(counts[s]))
+	}
+}
+
+func (m *metrics) observeLink(name string, st v1alpha1.KubeLinkStatus) {
+	up := 0.0
+	if st.State == v1alpha1.StateUp {
+		up = 1
+	}
+	m.linkUp.WithLabelValues(name).Set(up)
+	if h := st.Health; h != nil {
+		m.rx.WithLabelValues(name).Set(float64(h.RxBytes))
+		m.tx.WithLabelValues(name).Set(float64(h.TxBytes))
+		if h.RTT != nil && h.RTT.Last != nil {
+			m.rtt.WithLabelValues(name).Set(h.RTT.Last.Seconds())
+		}
+	}
+}
+
+func (m *metrics) forgetLink(name string) {
+	for _, v := range []*prometheus.GaugeVec{m.linkUp, m.rx, m.tx, m.rtt} {
+		v.DeleteLabelValues(name)
+	}
+}
+
+func (m *metrics) setDataPlane(kind string) {
+	m.dataPlane.Reset()
+	if kind != "" {
+		m.dataPlane.WithLabelValues(kind).Set(1)
+	}
+}
+
+// serveHTTP serves /healthz (process alive), /readyz (this replica is the
+// active broker and has synced: a Service selecting brokers by readiness then
+// follows the active one) and /metrics.
+func (b *Broker) serveHTTP(ctx context.Context) *http.Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !b.active.Load() || !b.synced.Load() {
+			http.Error(w, "standby: not the active broker", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(b.metrics.reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	if b.cfg.MetricsAddr == "" {
+		return srv
+	}
+	ln, err := net.Listen("tcp", b.cfg.MetricsAddr)
+	if err != nil {
+		b.log.Error("metrics listener", "addr", b.cfg.MetricsAddr, "err", err)
+		return srv
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			b.log.Error("http server", "err", err)
+		}
+	}()
+	go func() { <-ctx.Done(); _ = srv.Close() }()
+	return srv
+}

@@ -1,0 +1,86 @@
+package clusterlab
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+)
+
+// The heart of the product: two clusters joined by KubeLinks, real brokers
+// with embedded WireGuard, real routers, a pod in each cluster reaching the
+// other's ClusterIP; then a dead peer, its return, and a deleted link.
+func TestWireGuardMeshBetweenTwoClusters(t *testing.T) {
+	lab := New(t, 2)
+	a, b := lab.Clusters[0], lab.Clusters[1]
+	a.StartRouter(lab)
+	b.StartRouter(lab)
+	a.StartBroker(lab, a.GW)
+	bBroker := b.StartBroker(lab, b.GW)
+
+	applied := time.Now()
+	Connect(a, b)
+	body, took := WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
+	if !strings.Contains(body, "echo b from 192.168.0.11:") {
+		t.Errorf("A -> B answered %q; want B's echo seeing A's cluster address (SNAT)", body)
+	}
+	t.Logf("A pod -> B ClusterIP worked %s after apply (%s of retries)", time.Since(applied).Round(time.Millisecond), took.Round(time.Millisecond))
+	if body, _ := WaitGet(t, b.Pod, a.ServiceIP, 5*time.Second); !strings.Contains(body, "echo a from 192.168.0.12:") {
+		t.Errorf("B -> A answered %q", body)
+	}
+
+	// Status tells the truth: Up with health figures, the data plane, the key.
+	_, kl := a.WaitState("b", v1alpha1.StateUp, 5*time.Second)
+	if kl.Status.DataPlane != "wireguard-userspace" && kl.Status.DataPlane != "wireguard-kernel" {
+		t.Errorf("dataPlane = %q", kl.Status.DataPlane)
+	}
+	if kl.Status.Gateway != a.GWIP.String() {
+		t.Errorf("gateway = %q, want %s", kl.Status.Gateway, a.GWIP)
+	}
+	_, local := a.WaitState("a", v1alpha1.StateUp, 5*time.Second)
+	if local.Status.PublicKey != a.PublicKey().String() {
+		t.Errorf("LocalLink publicKey = %q, want %s", local.Status.PublicKey, a.PublicKey())
+	}
+	waitFor(t, "health figures in the status", 6*time.Second, func() bool {
+		kl, err := a.Link("b")
+		return err == nil && kl.Status.Health != nil && kl.Status.Health.RTT != nil && kl.Status.Health.RxBytes > 0 && kl.Status.Health.LastHandshake != nil
+	})
+
+	// A dead peer is Down within 2 s, and Up again within 2 s of its return.
+	bBroker.Kill()
+	killed := time.Now()
+	down, kl := a.WaitState("b", v1alpha1.StateDown, 2*time.Second)
+	t.Logf("B killed: A shows Down after %s (%s)", down.Round(time.Millisecond), kl.Status.Message)
+	b.StartBroker(lab, b.GW)
+	restarted := time.Now()
+	up, _ := a.WaitState("b", v1alpha1.StateUp, 8*time.Second)
+	t.Logf("B restarted %s after the kill: A shows Up after %s", restarted.Sub(killed).Round(time.Millisecond), up.Round(time.Millisecond))
+	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
+
+	// Deleting the link removes its peer and routes.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kl, _ = a.Link("b")
+	if err := a.Kube.Delete(ctx, kl); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "B's service route to disappear from A's gateway and node", 5*time.Second, func() bool {
+		return !strings.Contains(a.GW.Run(t, "ip", "route"), "100.64.16.0/20") && !strings.Contains(a.Node.Run(t, "ip", "route"), "100.64.16.0/20")
+	})
+	if _, err := Get(a.Pod, b.ServiceIP, "/", 500*time.Millisecond); err == nil {
+		t.Error("B's service still reachable after the link was deleted")
+	}
+}
+
+func waitFor(t testing.TB, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", limit, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

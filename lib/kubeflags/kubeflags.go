@@ -1,0 +1,95 @@
+// Package kubeflags holds the flags and helpers every kubelink binary shares:
+// API access, logging and parsing of network flags.
+package kubeflags
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Common are the flags of every controller binary.
+type Common struct {
+	Kubeconfig string
+	LogLevel   string
+}
+
+// Register adds the flags to fs.
+func (c *Common) Register(fs *pflag.FlagSet) {
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config, then $KUBECONFIG)")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+}
+
+// RESTConfig loads the API server access.
+func (c *Common) RESTConfig() (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if c.Kubeconfig != "" {
+		rules.ExplicitPath = c.Kubeconfig
+	} else if cfg, err := rest.InClusterConfig(); err == nil {
+		return cfg, nil
+	}
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("API server access: %w", err)
+	}
+	return cfg, nil
+}
+
+// Logger returns a text logger at the chosen level.
+func (c *Common) Logger() (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level=%q: %w", c.LogLevel, err)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})), nil
+}
+
+// Prefix parses an optional CIDR flag.
+func Prefix(flag, v string) (netip.Prefix, error) {
+	if v == "" {
+		return netip.Prefix{}, nil
+	}
+	p, err := netip.ParsePrefix(v)
+	if err != nil {
+		return p, fmt.Errorf("--%s=%q: not a CIDR", flag, v)
+	}
+	return p.Masked(), nil
+}
+
+// Addr parses an optional IP flag.
+func Addr(flag, v string) (netip.Addr, error) {
+	if v == "" {
+		return netip.Addr{}, nil
+	}
+	a, err := netip.ParseAddr(strings.TrimSpace(v))
+	if err != nil {
+		return a, fmt.Errorf("--%s=%q: not an IP address", flag, v)
+	}
+	return a, nil
+}
+
+// DefaultNamespace is the pod's namespace when running in a cluster.
+func DefaultNamespace(fallback string) string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil {
+		return strings.TrimSpace(string(b))
+	}
+	return fallback
+}
+
+// DefaultIdentity names this replica for leader election.
+func DefaultIdentity() string {
+	if n := os.Getenv("POD_NAME"); n != "" {
+		return n
+	}
+	h, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d", h, os.Getpid())
+}

@@ -1,0 +1,251 @@
+// Package router runs on every node: it sends traffic for the mesh and the
+// remote service networks to the active gateway, whose node IP the active
+// broker publishes in the LocalLink status. It touches only its own routes
+// (route protocol RouteProtocol) and writes no status: the broker is the one
+// writer of link status.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/broker"
+	"github.com/kubelink/kubelink/lib/mesh"
+	"github.com/kubelink/kubelink/lib/netapply"
+)
+
+// RouteProtocol marks the router's routes. It differs from the broker's
+// (netapply.RouteProtocol), so on a gateway in node mode, where both share
+// the host's routing table, neither removes the other's routes.
+const RouteProtocol = 77
+
+// Tunnel modes towards the gateway.
+const (
+	TunnelNone  = "none"
+	TunnelVXLAN = "vxlan"
+	TunnelIPIP  = "ipip"
+)
+
+// Config of the router.
+type Config struct {
+	NodeCIDR     netip.Prefix
+	Tunnel       string
+	RouteTable   int
+	RulePriority int
+	Datafile     string
+	Resync       time.Duration
+}
+
+// Validate checks the flags.
+func (c *Config) Validate() error {
+	var errs []error
+	if !c.NodeCIDR.IsValid() {
+		errs = append(errs, errors.New("--node-cidr is required (the router runs with hostNetwork and finds the node interface in it)"))
+	}
+	switch c.Tunnel {
+	case TunnelNone:
+	case TunnelVXLAN, TunnelIPIP:
+		errs = append(errs, fmt.Errorf("--tunnel=%s is not implemented yet; use --tunnel=none", c.Tunnel))
+	default:
+		errs = append(errs, fmt.Errorf("--tunnel=%q: must be none, vxlan or ipip", c.Tunnel))
+	}
+	if c.Resync <= 0 {
+		c.Resync = 10 * time.Second
+	}
+	return errors.Join(errs...)
+}
+
+// Router is the per-node route agent.
+type Router struct {
+	cfg     Config
+	log     *slog.Logger
+	nodeIP  netip.Addr
+	nodeIfc string
+	kube    client.Reader
+	cache   cache.Cache
+	routes  *netapply.Routes
+	trigger chan struct{}
+	stale   []netip.Prefix // from the datafile, removed after the first Set
+	saved   []netip.Prefix
+}
+
+// New prepares a router.
+func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Router, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ifc, ip, err := findInterface(cfg.NodeCIDR)
+	if err != nil {
+		return nil, err
+	}
+	routes, err := netapply.NewRoutes(netapply.RouteConfig{Table: cfg.RouteTable, Protocol: RouteProtocol, RulePriority: cfg.RulePriority})
+	if err != nil {
+		return nil, err
+	}
+	c, err := cache.New(rc, cache.Options{Scheme: broker.Scheme()})
+	if err != nil {
+		return nil, fmt.Errorf("creating cache: %w", err)
+	}
+	r := &Router{cfg: cfg, log: log, nodeIP: ip, nodeIfc: ifc, kube: c, cache: c, routes: routes, trigger: make(chan struct{}, 1)}
+	if cfg.Datafile != "" {
+		if r.stale, err = netapply.LoadDatafile(cfg.Datafile); err != nil {
+			return nil, fmt.Errorf("--datafile: %w", err)
+		}
+	}
+	log.Info("router configured", "node", ip, "interface", ifc)
+	return r, nil
+}
+
+func findInterface(cidr netip.Prefix) (string, netip.Addr, error) {
+	ifcs, err := net.Interfaces()
+	if err != nil {
+		return "", netip.Addr{}, err
+	}
+	for _, ifc := range ifcs {
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok && cidr.Contains(ip.Unmap()) {
+					return ifc.Name, ip.Unmap(), nil
+				}
+			}
+		}
+	}
+	return "", netip.Addr{}, fmt.Errorf("no interface with an address in --node-cidr %s (the router needs hostNetwork)", cidr)
+}
+
+// Run serves until ctx ends.
+func (r *Router) Run(ctx context.Context) error {
+	inf, err := r.cache.GetInformer(ctx, &v1alpha1.KubeLink{})
+	if err != nil {
+		return err
+	}
+	kick := func() {
+		select {
+		case r.trigger <- struct{}{}:
+		default:
+		}
+	}
+	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { kick() }, UpdateFunc: func(any, any) { kick() }, DeleteFunc: func(any) { kick() },
+	}); err != nil {
+		return err
+	}
+	go func() { _ = r.cache.Start(ctx) }()
+	if !r.cache.WaitForCacheSync(ctx) {
+		return errors.New("cache did not sync (is the KubeLink CRD installed?)")
+	}
+	if err := r.routes.Watch(ctx, kick); err != nil {
+		r.log.Warn("route watch unavailable; relying on periodic resync", "err", err)
+	}
+	tick := time.NewTicker(r.cfg.Resync)
+	defer tick.Stop()
+	for {
+		if err := r.sync(ctx); err != nil {
+			r.log.Error("sync", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-r.trigger:
+		case <-tick.C:
+		}
+	}
+}
+
+// Gateway returns the node IP of the active broker as published in the status
+// of the accepted LocalLinks (the first mesh by name that has one).
+func Gateway(m *mesh.Model, links []v1alpha1.KubeLink) netip.Addr {
+	byName := map[string]*v1alpha1.KubeLink{}
+	for i := range links {
+		byName[links[i].Name] = &links[i]
+	}
+	for _, ms := range m.Meshes {
+		if kl := byName[ms.Local.Name.String()]; kl != nil {
+			if a, err := netip.ParseAddr(kl.Status.Gateway); err == nil {
+				return a
+			}
+		}
+	}
+	return netip.Addr{}
+}
+
+// Desired computes this node's routes: none on the gateway itself (the
+// broker's routes serve there), otherwise every routed network via the
+// gateway. ok=false means "gateway unknown: keep what is installed".
+func Desired(m *mesh.Model, gateway, nodeIP netip.Addr, device string) (routes []mesh.Route, ok bool) {
+	if len(m.Meshes) == 0 {
+		return nil, true
+	}
+	if !gateway.IsValid() {
+		return nil, false
+	}
+	if gateway == nodeIP {
+		return nil, true
+	}
+	return m.NodeRoutes(gateway, device), true
+}
+
+func (r *Router) sync(ctx context.Context) error {
+	var list v1alpha1.KubeLinkList
+	if err := r.kube.List(ctx, &list); err != nil {
+		return err
+	}
+	m := mesh.Build(list.Items, mesh.ParseOptions{})
+	gw := Gateway(m, list.Items)
+	want, ok := Desired(m, gw, r.nodeIP, r.nodeIfc)
+	if !ok {
+		r.log.Debug("gateway unknown; keeping installed routes")
+		return nil
+	}
+	if err := r.routes.Set(want); err != nil {
+		return err
+	}
+	if r.stale != nil {
+		if err := r.routes.RemoveStale(r.stale); err != nil {
+			return err
+		}
+		r.stale = nil
+	}
+	return r.save()
+}
+
+// save records installed routes in the datafile when they changed.
+func (r *Router) save() error {
+	if r.cfg.Datafile == "" {
+		return nil
+	}
+	inst, err := r.routes.Installed()
+	if err != nil {
+		return err
+	}
+	if slices.Equal(inst, r.saved) && r.saved != nil {
+		return nil
+	}
+	if err := netapply.SaveDatafile(r.cfg.Datafile, inst); err != nil {
+		return err
+	}
+	r.saved = inst
+	return nil
+}
+
+// Cleanup removes the router's routes and rule.
+func Cleanup(cfg Config) error {
+	routes, err := netapply.NewRoutes(netapply.RouteConfig{Table: cfg.RouteTable, Protocol: RouteProtocol, RulePriority: cfg.RulePriority})
+	if err != nil {
+		return err
+	}
+	return routes.CleanUp()
+}

@@ -1,0 +1,66 @@
+package router
+
+import (
+	"net/netip"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/mesh"
+)
+
+func links(gateway string) []v1alpha1.KubeLink {
+	return []v1alpha1.KubeLink{
+		{ObjectMeta: metav1.ObjectMeta{Name: "a"}, Spec: v1alpha1.KubeLinkSpec{Endpoint: "LocalLink", ClusterAddress: "192.168.0.11/24", CIDR: "100.64.0.0/20"},
+			Status: v1alpha1.KubeLinkStatus{Gateway: gateway}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "b"}, Spec: v1alpha1.KubeLinkSpec{Endpoint: "b.org", ClusterAddress: "192.168.0.12/24", CIDR: "100.64.16.0/20"},
+			Status: v1alpha1.KubeLinkStatus{Gateway: "10.9.9.9"}}, // a foreign link's gateway is not used
+	}
+}
+
+func TestDesiredRoutesFollowTheGateway(t *testing.T) {
+	node := netip.MustParseAddr("10.10.0.3")
+	tests := []struct {
+		name      string
+		gateway   string
+		wantOK    bool
+		wantCount int
+		wantVia   string
+	}{
+		{"other node is gateway", "10.10.0.1", true, 2, "10.10.0.1"},
+		{"gateway moved", "10.10.0.2", true, 2, "10.10.0.2"},
+		{"this node is gateway", "10.10.0.3", true, 0, ""},
+		{"gateway unknown keeps routes", "", false, 0, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ls := links(tt.gateway)
+			m := mesh.Build(ls, mesh.ParseOptions{})
+			routes, ok := Desired(m, Gateway(m, ls), node, "eth0")
+			if ok != tt.wantOK || len(routes) != tt.wantCount {
+				t.Fatalf("routes %v ok %v, want %d routes ok %v", routes, ok, tt.wantCount, tt.wantOK)
+			}
+			for _, r := range routes {
+				if r.Gateway.String() != tt.wantVia || r.Device != "eth0" {
+					t.Errorf("route %+v, want via %s on eth0", r, tt.wantVia)
+				}
+			}
+		})
+	}
+	if routes, ok := Desired(mesh.Build(nil, mesh.ParseOptions{}), netip.Addr{}, node, "eth0"); !ok || routes != nil {
+		t.Error("without meshes every route must go")
+	}
+}
+
+func TestValidate(t *testing.T) {
+	c := Config{NodeCIDR: netip.MustParsePrefix("10.10.0.0/24"), Tunnel: TunnelNone}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []Config{{Tunnel: TunnelNone}, {NodeCIDR: c.NodeCIDR, Tunnel: "gre"}} {
+		if err := bad.Validate(); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
