@@ -2,8 +2,10 @@ package testenv
 
 import (
 	"context"
+
 	"errors"
 	"fmt"
+	"github.com/go-logr/logr"
 	"sync"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/crds"
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -101,6 +104,9 @@ func (cp *ControlPlane) Start(ctx context.Context) error {
 		}
 	}
 
+	// envtest logs through controller-runtime's logger, which warns loudly
+	// when none is set; the control plane's own output is kept in output.
+	quietLogs.Do(func() { ctrllog.SetLogger(logr.Discard()) })
 	output := &tailBuffer{limit: 8 << 10}
 	env := &envtest.Environment{
 		Scheme:                   scheme,
@@ -259,3 +265,5 @@ func (b *tailBuffer) String() string {
 	defer b.mu.Unlock()
 	return string(b.buf)
 }
+
+var quietLogs sync.Once
