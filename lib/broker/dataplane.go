@@ -144,7 +144,7 @@ func (p *wgPlane) apply(ctx context.Context, m *mesh.Model, key mesh.Key, keyErr
 	if err := p.snat.Set(m.SNATRules(natOpts)); err != nil {
 		errs = append(errs, fmt.Errorf("SNAT rules: %w", err))
 	}
-	if err := p.fw.Set(m.FirewallRules(p.dev.Name())); err != nil {
+	if err := p.fw.Set(m.FirewallRules(p.dev.Name(), p.cfg.ProbePort)); err != nil {
 		errs = append(errs, fmt.Errorf("firewall rules: %w", err))
 	}
 	if len(errs) > 0 && res.DeviceErr == nil {

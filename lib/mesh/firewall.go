@@ -1,6 +1,9 @@
 package mesh
 
-import "net/netip"
+import (
+	"fmt"
+	"net/netip"
+)
 
 // FirewallRules enforce spec.ingress for traffic arriving from the mesh
 // device, in mangle PREROUTING (before any DNAT, so rules see the addresses the
@@ -8,8 +11,10 @@ import "net/netip"
 // LocalLink are dropped; if the link (or, when the link has none, its
 // LocalLink) has an allow list, everything outside it is dropped too — the
 // original bridge ignored allow lists. Traffic to another member's networks
-// is transit and is left to that member's own firewall.
-func (m *Model) FirewallRules(device string) RuleSet {
+// is transit and is left to that member's own firewall. The health probe
+// (UDP probePort on the local cluster address) always passes: a firewall rule
+// must not make a healthy link look Down.
+func (m *Model) FirewallRules(device string, probePort int) RuleSet {
 	top := Chain{Table: "mangle", Name: ChainFirewall}
 	var chains []Chain
 	for _, ms := range m.Meshes {
@@ -19,6 +24,13 @@ func (m *Model) FirewallRules(device string) RuleSet {
 				continue
 			}
 			c := Chain{Table: "mangle", Name: chainName("FW", l.Name.String())}
+			if probePort > 0 {
+				// Probes from the peer, and the peer's replies to our probes.
+				local, port := hostPrefix(ms.Local.IP()).String(), fmt.Sprint(probePort)
+				c.Rules = append(c.Rules,
+					[]string{"-d", local, "-p", "udp", "-m", "udp", "--dport", port, "-j", "RETURN"},
+					[]string{"-d", local, "-p", "udp", "-m", "udp", "--sport", port, "-j", "RETURN"})
+			}
 			for _, other := range ms.Members {
 				if other == l {
 					continue

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -31,6 +32,8 @@ func droppedBy(t *testing.T, rs RuleSet, src, dst string) bool {
 					match = match && netip.MustParsePrefix(r[i+1]).Contains(addr(dst))
 				case "-j":
 					target = r[i+1]
+				case "-p", "-m", "--dport", "--sport":
+					match = false // the test packets are not the UDP health probe
 				default:
 					t.Fatalf("unexpected rule option %q", r[i])
 				}
@@ -67,7 +70,10 @@ func TestFirewallAllowListRestrictsAndDenyDrops(t *testing.T) {
 	if v := m.Verdicts["d"]; !v.Accepted() {
 		t.Fatalf("d: %+v", v)
 	}
-	rs := m.FirewallRules("kubelink")
+	rs := m.FirewallRules("kubelink", 8779)
+	if first := rs.Chains[1].Rules[0]; strings.Join(first, " ") != "-d 192.168.0.11/32 -p udp -m udp --dport 8779 -j RETURN" {
+		t.Errorf("first rule of a link chain = %v, want the health-probe exemption", first)
+	}
 	if len(rs.Hooks) != 1 || rs.Hooks[0].Table != "mangle" || rs.Hooks[0].Rule[1] != "kubelink" {
 		t.Fatalf("hooks = %+v", rs.Hooks)
 	}
@@ -99,7 +105,7 @@ func TestFirewallMeshWideRuleOnLocalLink(t *testing.T) {
 	b := peer("b", "192.168.0.12/24", "100.64.16.0/20", "b.org", keyB)
 	c := peer("c", "192.168.0.13/24", "100.64.32.0/20", "c.org", keyC)
 	c.Spec.Ingress = []string{"192.168.0.11", "!100.64.0.5"} // own allow list replaces the mesh one
-	rs := Build([]v1alpha1.KubeLink{a, b, c}, wgOpts).FirewallRules("kubelink")
+	rs := Build([]v1alpha1.KubeLink{a, b, c}, wgOpts).FirewallRules("kubelink", 8779)
 	tests := []struct {
 		src, dst string
 		drop     bool
@@ -119,7 +125,7 @@ func TestFirewallMeshWideRuleOnLocalLink(t *testing.T) {
 }
 
 func TestNoIngressMeansNoFirewallChains(t *testing.T) {
-	rs := Build([]v1alpha1.KubeLink{local("a", "192.168.0.11/24", ""), peer("b", "192.168.0.12/24", "", "b.org", keyB)}, wgOpts).FirewallRules("kubelink")
+	rs := Build([]v1alpha1.KubeLink{local("a", "192.168.0.11/24", ""), peer("b", "192.168.0.12/24", "", "b.org", keyB)}, wgOpts).FirewallRules("kubelink", 8779)
 	if len(rs.Hooks) != 0 || len(rs.Chains) != 0 {
 		t.Errorf("got %+v, want an empty rule set", rs)
 	}

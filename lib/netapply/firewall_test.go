@@ -25,7 +25,7 @@ func TestFirewallEnforcesIngressOfAPeer(t *testing.T) {
 
 	m := model(t, localLink("a", "192.168.0.11/24", "100.64.0.0/20"),
 		peerLink("b", "192.168.0.12/24", "100.64.16.0/20", keyB, "100.64.0.0/20", "!100.64.0.10"))
-	rs := m.FirewallRules("kubelink")
+	rs := m.FirewallRules("kubelink", 8779)
 	tests := []struct {
 		dst, reply string
 		allowed    bool

@@ -211,7 +211,7 @@ func TestCleanUpAllRemovesEveryKubelinkChain(t *testing.T) {
 	set(t, ns, newChains(t, SNATChains), oneMesh(t).SNATRules(mesh.NATOptions{Device: "kubelink"}))
 	set(t, ns, newChains(t, ServiceChains), serviceRules(t))
 	fw := model(t, localLink("a", "192.168.0.11/24", "100.64.0.0/20"), peerLink("b", "192.168.0.12/24", "", keyB, "100.64.0.0/20"))
-	set(t, ns, newChains(t, FirewallChains), fw.FirewallRules("kubelink"))
+	set(t, ns, newChains(t, FirewallChains), fw.FirewallRules("kubelink", 8779))
 	// Leftovers of some older version: a chain in raw with a hook, another
 	// jumping to it, and one in ip6tables.
 	ns.Run(t, "iptables", "-t", "raw", "-N", "KUBELINK-OLD")
@@ -319,7 +319,7 @@ func TestConcernsOwnDisjointChains(t *testing.T) {
 	sets := map[string]mesh.RuleSet{
 		"snat":     twoMeshes(t).SNATRules(mesh.NATOptions{Device: "kubelink"}),
 		"services": serviceRules(t),
-		"firewall": fw.FirewallRules("kubelink"),
+		"firewall": fw.FirewallRules("kubelink", 8779),
 	}
 	for concern, rs := range sets {
 		for _, c := range rs.Chains {
