@@ -55,9 +55,9 @@ func TestInvalidLinksAreReportedAndOthersKeepWorking(t *testing.T) {
 
 	key := b.PublicKey().String()
 	bad := []struct {
-		link      *v1alpha1.KubeLink
-		state     string
-		message   string
+		link    *v1alpha1.KubeLink
+		state   string
+		message string
 	}{
 		{kl("bad-cidr", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.20/24", CIDR: "100.64.300.0/20", Endpoint: "c.example.org", PublicKey: key}), v1alpha1.StateInvalid, "spec.cidr"},
 		{kl("host-bits", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.21/24", CIDR: "100.64.48.1/20", Endpoint: "c.example.org"}), v1alpha1.StateInvalid, "did you mean 100.64.48.0/20"},
