@@ -70,8 +70,10 @@ e2e: ## run the end-to-end tests against the lab (issue #6)
 	@echo "e2e: not implemented yet (issue #6)"; exit 1
 
 .PHONY: bench
-bench: ## print BENCH and RATIO lines (data-plane throughput and latency, issues #3/#4)
-	@echo "bench: not implemented yet (issues #3 and #4)"; exit 1
+bench: test-bins ## measure the data planes in one run; prints BENCH and RATIO lines (root, iperf3)
+	@set -o pipefail; go test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./lib/clusterlab/ \
+	  | tee _bench.log | grep -E '^(BENCH|RATIO) '; rc=$$?; \
+	  if [ $$rc -ne 0 ]; then cat _bench.log; fi; rm -f _bench.log; exit $$rc
 
 .PHONY: clean
 clean: ## remove build output (the binary cache in ~/.cache/kubelink stays)

@@ -135,6 +135,9 @@ func newCluster(t testing.TB, i int, plugInet func(*nstest.Namespace, string, st
 		for _, chain := range []string{"PREROUTING", "OUTPUT"} {
 			ns.Run(t, "iptables", "-t", "nat", "-A", chain, "-d", c.ServiceIP.Addr().String(), "-p", "tcp", "--dport", "80",
 				"-j", "DNAT", "--to-destination", fmt.Sprintf("%s:8080", c.PodIP))
+			// Port 5201 reaches an iperf3 server in the pod, for benchmarks.
+			ns.Run(t, "iptables", "-t", "nat", "-A", chain, "-d", c.ServiceIP.Addr().String(), "-p", "tcp", "--dport", "5201",
+				"-j", "DNAT", "--to-destination", fmt.Sprintf("%s:5201", c.PodIP))
 		}
 	}
 	c.setupAPI()
