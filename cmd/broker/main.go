@@ -29,6 +29,8 @@ func main() {
 	f.StringVar(&c.WireGuard, "wireguard", c.WireGuard, "WireGuard implementation: auto (kernel if available, else embedded wireguard-go), kernel or userspace")
 	f.StringVar(&c.Interface, "ifce-name", c.Interface, "name of the mesh device")
 	f.IntVar(&c.ListenPort, "listen-port", c.ListenPort, "WireGuard UDP port (also the default port of link endpoints)")
+	f.IntVar(&c.ListenPort, "broker-port", c.ListenPort, "the original's name of --listen-port")
+	_ = f.MarkDeprecated("broker-port", "use --listen-port")
 	f.StringVar(&c.Secret, "secret", c.Secret, "Secret with the WireGuard private key (key WireguardPrivateKey or WireGuardPrivateKey)")
 	f.IntVar(&c.MTU, "mtu", c.MTU, "device MTU (0: node interface MTU - 80)")
 	f.StringVar(&nodeCIDR, "node-cidr", "", "node network CIDR (required; an interface in it means node mode)")

@@ -157,7 +157,11 @@ func standaloneWireGuard(bm *testing.B, nsA, nsB *nstest.Namespace) func() float
 		if err := cmd.Start(); err != nil {
 			bm.Fatal(err)
 		}
-		bm.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); _ = os.Remove("/var/run/wireguard/" + e.name + ".sock") })
+		bm.Cleanup(func() {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			_ = os.Remove("/var/run/wireguard/" + e.name + ".sock")
+		})
 	}
 	wg, err := wgctrl.New()
 	if err != nil {
