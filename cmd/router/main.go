@@ -24,7 +24,7 @@ func main() {
 	f := cmd.Flags
 	common.Register(f)
 	f.StringVar(&nodeCIDR, "node-cidr", "", "node network CIDR (required)")
-	f.StringVar(&c.Tunnel, "tunnel", c.Tunnel, "how to reach the gateway: none (vxlan and ipip: not yet)")
+	f.StringVar(&c.Tunnel, "tunnel", c.Tunnel, "how to reach the gateway: none (routed), vxlan or ipip (for networks that drop forwarded traffic; every node runs the router, the gateway too)")
 	f.IntVar(&c.RouteTable, "route-table", c.RouteTable, "routing table (254 = main; other tables get an ip rule)")
 	f.IntVar(&c.RulePriority, "rule-priority", c.RulePriority, "priority of the ip rule for --route-table")
 	f.StringVar(&c.Datafile, "datafile", "", "file remembering installed routes, so a restart removes stale ones (e.g. /var/lib/kubelink/routes)")

@@ -10,6 +10,9 @@ type Route struct {
 	Dst     netip.Prefix
 	Gateway netip.Addr
 	Device  string
+	// OnLink: the gateway is reached directly on Device even though no
+	// address of Device's network contains it (tunnels to the gateway).
+	OnLink bool
 }
 
 // RoutedNetworks are the destinations that leave the cluster through the mesh:

@@ -233,6 +233,9 @@ func (r *Routes) toNetlink(rt mesh.Route) (*netlink.Route, error) {
 		}
 		nr.Gw, nr.Scope = rt.Gateway.AsSlice(), netlink.SCOPE_UNIVERSE
 	}
+	if rt.OnLink {
+		nr.Flags |= int(netlink.FLAG_ONLINK)
+	}
 	return nr, nil
 }
 
@@ -267,8 +270,10 @@ func (r *Routes) describe(rt netlink.Route) string {
 }
 
 func sameRoute(cur netlink.Route, want *netlink.Route) bool {
+	onlink := int(netlink.FLAG_ONLINK)
 	return cur.LinkIndex == want.LinkIndex && len(cur.MultiPath) == 0 &&
-		(cur.Gw == nil && want.Gw == nil || cur.Gw.Equal(want.Gw))
+		(cur.Gw == nil && want.Gw == nil || cur.Gw.Equal(want.Gw)) &&
+		cur.Flags&onlink == want.Flags&onlink
 }
 
 // routeDst is the destination of a route; netlink leaves Dst nil for default

@@ -55,9 +55,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("--node-cidr is required (the router runs with hostNetwork and finds the node interface in it)"))
 	}
 	switch c.Tunnel {
-	case TunnelNone:
-	case TunnelVXLAN, TunnelIPIP:
-		errs = append(errs, fmt.Errorf("--tunnel=%s is not implemented yet; use --tunnel=none", c.Tunnel))
+	case TunnelNone, TunnelVXLAN, TunnelIPIP:
 	default:
 		errs = append(errs, fmt.Errorf("--tunnel=%q: must be none, vxlan or ipip", c.Tunnel))
 	}
@@ -76,6 +74,7 @@ type Router struct {
 	kube    client.Reader
 	cache   cache.Cache
 	routes  *netapply.Routes
+	tunnel  tunnel // nil for --tunnel=none
 	trigger chan struct{}
 	stale   []netip.Prefix // from the datafile, removed after the first Set
 	saved   []netip.Prefix
@@ -99,6 +98,12 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Router, error) {
 		return nil, fmt.Errorf("creating cache: %w", err)
 	}
 	r := &Router{cfg: cfg, log: log, nodeIP: ip, nodeIfc: ifc, kube: c, cache: c, routes: routes, trigger: make(chan struct{}, 1)}
+	switch cfg.Tunnel {
+	case TunnelVXLAN:
+		r.tunnel = &vxlanTunnel{nodeIP: ip, parent: ifc}
+	case TunnelIPIP:
+		r.tunnel = &ipipTunnel{nodeIP: ip, parent: ifc}
+	}
 	if cfg.Datafile != "" {
 		if r.stale, err = netapply.LoadDatafile(cfg.Datafile); err != nil {
 			return nil, fmt.Errorf("--datafile: %w", err)
@@ -205,7 +210,21 @@ func (r *Router) sync(ctx context.Context) error {
 	}
 	m := mesh.Build(list.Items, mesh.ParseOptions{})
 	gw := Gateway(m, list.Items)
-	want, ok := Desired(m, gw, r.nodeIP, r.nodeIfc)
+	device := r.nodeIfc
+	if r.tunnel != nil {
+		// Every node has the device: the gateway receives through it.
+		dev, err := r.tunnel.ensure(gw)
+		if err != nil {
+			return err
+		}
+		device = dev
+	}
+	want, ok := Desired(m, gw, r.nodeIP, device)
+	if r.tunnel != nil {
+		for i := range want {
+			want[i].OnLink = true
+		}
+	}
 	if !ok {
 		r.log.Debug("gateway unknown; keeping installed routes")
 		return nil
@@ -241,11 +260,11 @@ func (r *Router) save() error {
 	return nil
 }
 
-// Cleanup removes the router's routes and rule.
+// Cleanup removes the router's routes, rule and tunnel devices.
 func Cleanup(cfg Config) error {
 	routes, err := netapply.NewRoutes(netapply.RouteConfig{Table: cfg.RouteTable, Protocol: RouteProtocol, RulePriority: cfg.RulePriority})
 	if err != nil {
 		return err
 	}
-	return routes.CleanUp()
+	return errors.Join(routes.CleanUp(), deleteLink(VXLANDevice), deleteLink(IPIPDevice))
 }

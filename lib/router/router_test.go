@@ -58,6 +58,12 @@ func TestValidate(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	for _, ok := range []string{TunnelVXLAN, TunnelIPIP} {
+		c.Tunnel = ok
+		if err := c.Validate(); err != nil {
+			t.Errorf("--tunnel=%s: %v", ok, err)
+		}
+	}
 	for _, bad := range []Config{{Tunnel: TunnelNone}, {NodeCIDR: c.NodeCIDR, Tunnel: "gre"}} {
 		if err := bad.Validate(); err == nil {
 			t.Errorf("%+v accepted", bad)
