@@ -52,7 +52,8 @@ func TestCleanupRestoresTheNamespace(t *testing.T) {
 	ingress.Spec.Ingress = []string{a.ServiceCIDR.String()} // firewall chains too
 	a.Apply(a.LocalLink(), ingress)
 	b.Apply(b.LocalLink(), a.LinkTo())
-	broker := a.StartBroker(lab, a.GW)
+	// A table of our own with an ip rule, so the rule is covered too.
+	broker := a.StartBroker(lab, a.GW, "--route-table", "100", "--rule-priority", "32750")
 	b.StartBroker(lab, b.GW)
 	a.WaitState("b", v1alpha1.StateUp, 10*time.Second)
 	during := a.GW.Run(t, "iptables-save")
@@ -61,12 +62,15 @@ func TestCleanupRestoresTheNamespace(t *testing.T) {
 			t.Errorf("while running, iptables lacks %s", want)
 		}
 	}
-	if !strings.Contains(a.GW.Run(t, "ip", "route", "show", "proto", "76"), "100.64.16.0/20") {
-		t.Error("while running, no kubelink route to B's services")
+	if !strings.Contains(a.GW.Run(t, "ip", "route", "show", "table", "100", "proto", "76"), "100.64.16.0/20") {
+		t.Error("while running, no kubelink route to B's services in table 100")
+	}
+	if !strings.Contains(a.GW.Run(t, "ip", "rule"), "32750:\tfrom all lookup 100") {
+		t.Errorf("while running, no rule for table 100:\n%s", a.GW.Run(t, "ip", "rule"))
 	}
 	broker.Stop()
 
-	out, err := a.GW.Command(lab.Bin+"/kubelink-broker", "--cleanup", "--ifce-name", "kubelink").CombinedOutput()
+	out, err := a.GW.Command(lab.Bin+"/kubelink-broker", "--cleanup", "--ifce-name", "kubelink", "--route-table", "100").CombinedOutput()
 	if err != nil {
 		t.Fatalf("--cleanup: %v\n%s", err, out)
 	}

@@ -171,12 +171,15 @@ func (c *Cluster) Kubeconfig(ns *nstest.Namespace) string {
 // extra ones. Each broker gets its own device name, since embedded
 // WireGuard's control sockets share one directory across namespaces.
 func (c *Cluster) StartBroker(lab *Lab, gw *nstest.Namespace, extra ...string) *Process {
+	device := nstest.UniqueName("wg")
 	args := []string{
 		"--kubeconfig", c.Kubeconfig(gw), "--namespace", Namespace, "--node-cidr", NodeCIDR.String(),
-		"--service-cidr", c.ServiceCIDR.String(), "--ifce-name", nstest.UniqueName("wg"), "--identity", gw.Name,
+		"--service-cidr", c.ServiceCIDR.String(), "--ifce-name", device, "--identity", gw.Name,
 		"--metrics-addr", "127.0.0.1:9090", "--resync", "2s", "--health-status-interval", "2s",
 	}
-	return Start(c.t, gw, "broker "+gw.Name, lab.Bin+"/kubelink-broker", append(args, extra...)...)
+	p := Start(c.t, gw, "broker "+gw.Name, lab.Bin+"/kubelink-broker", append(args, extra...)...)
+	p.Device = device
+	return p
 }
 
 // StartRouter runs a router on the worker node.

@@ -139,9 +139,11 @@ func relay(in net.Conn, target string) {
 // Process is a kubelink binary running inside a namespace.
 type Process struct {
 	Name string
-	cmd  *exec.Cmd
-	log  *syncBuffer
-	done chan struct{}
+	// Device is the mesh device of a broker.
+	Device string
+	cmd    *exec.Cmd
+	log    *syncBuffer
+	done   chan struct{}
 }
 
 type syncBuffer struct {

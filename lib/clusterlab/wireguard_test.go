@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl"
+
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 )
 
@@ -17,7 +19,7 @@ func TestWireGuardMeshBetweenTwoClusters(t *testing.T) {
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	a.StartRouter(lab)
 	b.StartRouter(lab)
-	a.StartBroker(lab, a.GW)
+	aBroker := a.StartBroker(lab, a.GW)
 	bBroker := b.StartBroker(lab, b.GW)
 
 	applied := time.Now()
@@ -66,6 +68,15 @@ func TestWireGuardMeshBetweenTwoClusters(t *testing.T) {
 	if err := a.Kube.Delete(ctx, kl); err != nil {
 		t.Fatal(err)
 	}
+	wg, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wg.Close()
+	waitFor(t, "B's peer to disappear from A's device", 5*time.Second, func() bool {
+		dev, err := wg.Device(aBroker.Device)
+		return err == nil && len(dev.Peers) == 0
+	})
 	waitFor(t, "B's service route to disappear from A's gateway and node", 5*time.Second, func() bool {
 		return !strings.Contains(a.GW.Run(t, "ip", "route"), "100.64.16.0/20") && !strings.Contains(a.Node.Run(t, "ip", "route"), "100.64.16.0/20")
 	})

@@ -196,10 +196,19 @@ func (p *Prober) Close() {
 
 func (p *Prober) loop() {
 	defer close(p.loopDone)
-	tick := time.NewTicker(p.cfg.Interval)
+	// Probes go out every Interval, but Up/Down is re-evaluated more often,
+	// so Down is declared within DownAfter (+ one short tick) of the last
+	// reply rather than DownAfter + Interval.
+	tick := time.NewTicker(min(p.cfg.Interval, evalEvery))
 	defer tick.Stop()
+	var nextSend time.Time
 	for {
-		p.round()
+		t0 := now()
+		send := !t0.Before(nextSend)
+		if send {
+			nextSend = t0.Add(p.cfg.Interval)
+		}
+		p.round(send)
 		select {
 		case <-p.stop:
 			return
@@ -208,13 +217,16 @@ func (p *Prober) loop() {
 	}
 }
 
-// round sends one probe per target and re-evaluates Up/Down.
-func (p *Prober) round() {
+// evalEvery bounds the delay between a missed reply and the Down verdict.
+const evalEvery = 100 * time.Millisecond
+
+// round sends one probe per target (when send) and re-evaluates Up/Down.
+func (p *Prober) round(send bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	t0 := now()
 	for addr, t := range p.targets {
-		if c := p.connFor(t.src); c != nil {
+		if c := p.connFor(t.src); send && c != nil {
 			t.seq++
 			var buf [packetLen]byte
 			copy(buf[:4], magic[:])
