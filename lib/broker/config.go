@@ -121,6 +121,8 @@ type RunMode struct {
 	NodeIP netip.Addr
 	// Interface is the node interface (node mode) or pod interface (pod mode).
 	Interface string
+	// PodIP is the broker pod's address (pod mode only).
+	PodIP netip.Addr
 }
 
 // DetectRunMode implements node/pod mode detection: an interface address
@@ -156,9 +158,9 @@ func DetectRunMode(c *Config, ifaces func() ([]net.Interface, error)) (RunMode, 
 	if !c.PodCIDR.IsValid() {
 		return RunMode{}, errors.New("pod mode needs --pod-cidr (to find the pod interface)")
 	}
-	name, _ := find(c.PodCIDR)
+	name, podIP := find(c.PodCIDR)
 	if name == "" {
 		return RunMode{}, fmt.Errorf("pod mode: no interface with an address in --pod-cidr %s", c.PodCIDR)
 	}
-	return RunMode{PodMode: true, NodeIP: c.NodeIP, Interface: name}, nil
+	return RunMode{PodMode: true, NodeIP: c.NodeIP, Interface: name, PodIP: podIP}, nil
 }

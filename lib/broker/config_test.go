@@ -56,7 +56,7 @@ func TestDetectRunMode(t *testing.T) {
 	}
 	c.PodCIDR = netip.MustParsePrefix("127.0.0.0/8")
 	rm, err = DetectRunMode(&c, ifaces)
-	if err != nil || !rm.PodMode || rm.NodeIP != c.NodeIP {
+	if err != nil || !rm.PodMode || rm.NodeIP != c.NodeIP || rm.PodIP != netip.MustParseAddr("127.0.0.1") {
 		t.Errorf("pod mode: %+v, %v", rm, err)
 	}
 	c.NodeIP = netip.MustParseAddr("198.51.100.1")

@@ -21,8 +21,9 @@ type Observation struct {
 	// endpoint lookup): state Error.
 	Err error
 	// DataPlane is the kind of device carrying the link ("" in mode none).
-	DataPlane string
-	Gateway   string
+	DataPlane  string
+	Gateway    string
+	GatewayPod string
 	// PublicKey is the local public key (LocalLinks only).
 	PublicKey string
 	// Probe is the health of a foreign link; nil when not probed.
@@ -44,6 +45,7 @@ func DesiredStatus(kl *v1alpha1.KubeLink, o Observation, now time.Time) v1alpha1
 	old := kl.Status
 	st := v1alpha1.KubeLinkStatus{
 		Gateway:            o.Gateway,
+		GatewayPod:         o.GatewayPod,
 		DataPlane:          o.DataPlane,
 		ObservedGeneration: kl.Generation,
 		Conditions:         append([]metav1.Condition(nil), old.Conditions...),
@@ -57,11 +59,11 @@ func DesiredStatus(kl *v1alpha1.KubeLink, o Observation, now time.Time) v1alpha1
 	case o.Verdict.State == v1alpha1.StateInvalid:
 		st.State, st.Message = v1alpha1.StateInvalid, o.Verdict.Message
 		valid, validReason, validMsg, connReason = metav1.ConditionFalse, "InvalidSpec", o.Verdict.Message, "Invalid"
-		st.Gateway, st.DataPlane = "", ""
+		st.Gateway, st.GatewayPod, st.DataPlane = "", "", ""
 	case o.Verdict.State == v1alpha1.StateStale:
 		st.State, st.Message = v1alpha1.StateStale, o.Verdict.Message
 		valid, validReason, validMsg, connReason = metav1.ConditionFalse, "MeshSetup", o.Verdict.Message, "Stale"
-		st.Gateway, st.DataPlane = "", ""
+		st.Gateway, st.GatewayPod, st.DataPlane = "", "", ""
 	case o.Err != nil:
 		st.State, st.Message, connReason = v1alpha1.StateError, o.Err.Error(), "Error"
 	case o.IsLocal:

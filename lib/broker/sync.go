@@ -54,6 +54,9 @@ func (b *Broker) sync(ctx context.Context) error {
 // observe gathers what the status computation needs for one link.
 func (b *Broker) observe(kl *v1alpha1.KubeLink, m *mesh.Model, res planeResult) Observation {
 	o := Observation{Verdict: m.Verdicts[kl.Name], Gateway: b.rm.NodeIP.String()}
+	if b.rm.PodMode {
+		o.GatewayPod = b.rm.PodIP.String()
+	}
 	if b.plane != nil {
 		o.DataPlane = b.plane.kind()
 	}

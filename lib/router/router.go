@@ -15,6 +15,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -170,9 +171,16 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 }
 
-// Gateway returns the node IP of the active broker as published in the status
-// of the accepted LocalLinks (the first mesh by name that has one).
-func Gateway(m *mesh.Model, links []v1alpha1.KubeLink) netip.Addr {
+// GatewayInfo is where the active broker runs, as its LocalLink status says.
+type GatewayInfo struct {
+	Node netip.Addr
+	// Pod is set when the broker runs in pod mode.
+	Pod netip.Addr
+}
+
+// Gateway returns the active broker's location as published in the status of
+// the accepted LocalLinks (the first mesh by name that has one).
+func Gateway(m *mesh.Model, links []v1alpha1.KubeLink) GatewayInfo {
 	byName := map[string]*v1alpha1.KubeLink{}
 	for i := range links {
 		byName[links[i].Name] = &links[i]
@@ -180,27 +188,48 @@ func Gateway(m *mesh.Model, links []v1alpha1.KubeLink) netip.Addr {
 	for _, ms := range m.Meshes {
 		if kl := byName[ms.Local.Name.String()]; kl != nil {
 			if a, err := netip.ParseAddr(kl.Status.Gateway); err == nil {
-				return a
+				g := GatewayInfo{Node: a}
+				g.Pod, _ = netip.ParseAddr(kl.Status.GatewayPod)
+				return g
 			}
 		}
 	}
-	return netip.Addr{}
+	return GatewayInfo{}
 }
 
-// Desired computes this node's routes: none on the gateway itself (the
-// broker's routes serve there), otherwise every routed network via the
-// gateway. ok=false means "gateway unknown: keep what is installed".
-func Desired(m *mesh.Model, gateway, nodeIP netip.Addr, device string) (routes []mesh.Route, ok bool) {
+// Desired computes this node's routes. On another node: every routed network
+// via the gateway node. On the gateway node: nothing when the broker runs on
+// the node itself (its own routes serve), or every routed network via the
+// broker pod (podDevice is the node's interface towards it). ok=false means
+// "gateway unknown: keep what is installed".
+func Desired(m *mesh.Model, gw GatewayInfo, nodeIP netip.Addr, device, podDevice string) (routes []mesh.Route, ok bool) {
 	if len(m.Meshes) == 0 {
 		return nil, true
 	}
-	if !gateway.IsValid() {
+	if !gw.Node.IsValid() {
 		return nil, false
 	}
-	if gateway == nodeIP {
-		return nil, true
+	if gw.Node != nodeIP {
+		return m.NodeRoutes(gw.Node, device), true
 	}
-	return m.NodeRoutes(gateway, device), true
+	if gw.Pod.IsValid() && podDevice != "" {
+		return m.NodeRoutes(gw.Pod, podDevice), true
+	}
+	return nil, true
+}
+
+// deviceTowards names the interface the kernel uses to reach a (the broker
+// pod: the CNI's route to it).
+func deviceTowards(a netip.Addr) (string, error) {
+	rs, err := netlink.RouteGet(a.AsSlice())
+	if err != nil || len(rs) == 0 {
+		return "", fmt.Errorf("no route to the broker pod %s: %v", a, err)
+	}
+	link, err := netlink.LinkByIndex(rs[0].LinkIndex)
+	if err != nil {
+		return "", err
+	}
+	return link.Attrs().Name, nil
 }
 
 func (r *Router) sync(ctx context.Context) error {
@@ -213,14 +242,21 @@ func (r *Router) sync(ctx context.Context) error {
 	device := r.nodeIfc
 	if r.tunnel != nil {
 		// Every node has the device: the gateway receives through it.
-		dev, err := r.tunnel.ensure(gw)
+		dev, err := r.tunnel.ensure(gw.Node)
 		if err != nil {
 			return err
 		}
 		device = dev
 	}
-	want, ok := Desired(m, gw, r.nodeIP, device)
-	if r.tunnel != nil {
+	podDevice := ""
+	if gw.Node == r.nodeIP && gw.Pod.IsValid() {
+		var err error
+		if podDevice, err = deviceTowards(gw.Pod); err != nil {
+			return err
+		}
+	}
+	want, ok := Desired(m, gw, r.nodeIP, device, podDevice)
+	if r.tunnel != nil && gw.Node != r.nodeIP {
 		for i := range want {
 			want[i].OnLink = true
 		}

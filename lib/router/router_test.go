@@ -10,10 +10,14 @@ import (
 	"github.com/kubelink/kubelink/lib/mesh"
 )
 
-func links(gateway string) []v1alpha1.KubeLink {
+func links(gateway string, pod ...string) []v1alpha1.KubeLink {
+	st := v1alpha1.KubeLinkStatus{Gateway: gateway}
+	if len(pod) > 0 {
+		st.GatewayPod = pod[0]
+	}
 	return []v1alpha1.KubeLink{
 		{ObjectMeta: metav1.ObjectMeta{Name: "a"}, Spec: v1alpha1.KubeLinkSpec{Endpoint: "LocalLink", ClusterAddress: "192.168.0.11/24", CIDR: "100.64.0.0/20"},
-			Status: v1alpha1.KubeLinkStatus{Gateway: gateway}},
+			Status: st},
 		{ObjectMeta: metav1.ObjectMeta{Name: "b"}, Spec: v1alpha1.KubeLinkSpec{Endpoint: "b.org", ClusterAddress: "192.168.0.12/24", CIDR: "100.64.16.0/20"},
 			Status: v1alpha1.KubeLinkStatus{Gateway: "10.9.9.9"}}, // a foreign link's gateway is not used
 	}
@@ -22,33 +26,35 @@ func links(gateway string) []v1alpha1.KubeLink {
 func TestDesiredRoutesFollowTheGateway(t *testing.T) {
 	node := netip.MustParseAddr("10.10.0.3")
 	tests := []struct {
-		name      string
-		gateway   string
-		wantOK    bool
-		wantCount int
-		wantVia   string
+		name       string
+		links      []v1alpha1.KubeLink
+		wantOK     bool
+		wantCount  int
+		wantVia    string
+		wantDevice string
 	}{
-		{"other node is gateway", "10.10.0.1", true, 2, "10.10.0.1"},
-		{"gateway moved", "10.10.0.2", true, 2, "10.10.0.2"},
-		{"this node is gateway", "10.10.0.3", true, 0, ""},
-		{"gateway unknown keeps routes", "", false, 0, ""},
+		{"other node is gateway", links("10.10.0.1"), true, 2, "10.10.0.1", "eth0"},
+		{"gateway moved", links("10.10.0.2"), true, 2, "10.10.0.2", "eth0"},
+		{"other node is gateway in pod mode", links("10.10.0.1", "10.110.2.2"), true, 2, "10.10.0.1", "eth0"},
+		{"this node is gateway", links("10.10.0.3"), true, 0, "", ""},
+		{"this node hosts the broker pod", links("10.10.0.3", "10.110.2.2"), true, 2, "10.110.2.2", "vbroker"},
+		{"gateway unknown keeps routes", links(""), false, 0, "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ls := links(tt.gateway)
-			m := mesh.Build(ls, mesh.ParseOptions{})
-			routes, ok := Desired(m, Gateway(m, ls), node, "eth0")
+			m := mesh.Build(tt.links, mesh.ParseOptions{})
+			routes, ok := Desired(m, Gateway(m, tt.links), node, "eth0", "vbroker")
 			if ok != tt.wantOK || len(routes) != tt.wantCount {
 				t.Fatalf("routes %v ok %v, want %d routes ok %v", routes, ok, tt.wantCount, tt.wantOK)
 			}
 			for _, r := range routes {
-				if r.Gateway.String() != tt.wantVia || r.Device != "eth0" {
-					t.Errorf("route %+v, want via %s on eth0", r, tt.wantVia)
+				if r.Gateway.String() != tt.wantVia || r.Device != tt.wantDevice {
+					t.Errorf("route %+v, want via %s on %s", r, tt.wantVia, tt.wantDevice)
 				}
 			}
 		})
 	}
-	if routes, ok := Desired(mesh.Build(nil, mesh.ParseOptions{}), netip.Addr{}, node, "eth0"); !ok || routes != nil {
+	if routes, ok := Desired(mesh.Build(nil, mesh.ParseOptions{}), GatewayInfo{}, node, "eth0", ""); !ok || routes != nil {
 		t.Error("without meshes every route must go")
 	}
 }

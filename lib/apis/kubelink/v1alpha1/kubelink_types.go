@@ -153,6 +153,10 @@ type KubeLinkStatus struct {
 	// Gateway is the node IP of the serving broker.
 	// +optional
 	Gateway string `json:"gateway,omitempty"`
+	// GatewayPod is the pod IP of the serving broker when it runs in pod
+	// mode: the router of the gateway node routes the mesh to it.
+	// +optional
+	GatewayPod string `json:"gatewayPod,omitempty"`
 	// PublicKey is, on a LocalLink in WireGuard mode, the local public key to
 	// hand to the peers.
 	// +optional

@@ -1,0 +1,38 @@
+package clusterlab
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/kubelink/kubelink/lib/nstest"
+)
+
+// BrokerPod adds a pod on the gateway node for a broker in pod mode, with
+// what a CNI and a Service would provide: the pod's subnet is routed to the
+// gateway node from the other nodes, pod egress to the internet is
+// masqueraded to the node, and the WireGuard port of the node's internet
+// address is forwarded to the pod (like a NodePort or LoadBalancer).
+func (c *Cluster) BrokerPod() (*nstest.Namespace, netip.Addr) {
+	t := c.t
+	pod := nstest.New(t, c.Name+"bpod")
+	podIP := netip.MustParseAddr(fmt.Sprintf("10.%d.2.2", 100+10*c.Index))
+	hostSide := fmt.Sprintf("10.%d.2.1", 100+10*c.Index)
+	nstest.Veth(t, pod, "eth0", podIP.String()+"/24", c.GW, "vbroker", hostSide+"/24")
+	pod.Run(t, "ip", "route", "add", "default", "via", hostSide)
+	c.Node.Run(t, "ip", "route", "add", fmt.Sprintf("10.%d.2.0/24", 100+10*c.Index), "via", c.GWIP.String())
+	c.GW.Run(t, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", c.PodCIDR.String(), "-o", "inet0", "-j", "MASQUERADE")
+	c.GW.Run(t, "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "inet0", "-p", "udp", "--dport", "8777",
+		"-j", "DNAT", "--to-destination", podIP.String()+":8777")
+	return pod, podIP
+}
+
+// StartBrokerInPod runs a broker in pod mode in the given broker pod.
+func (c *Cluster) StartBrokerInPod(lab *Lab, pod *nstest.Namespace, extra ...string) *Process {
+	return c.StartBroker(lab, pod, append([]string{"--node-ip", c.GWIP.String(), "--pod-cidr", c.PodCIDR.String()}, extra...)...)
+}
+
+// StartRouterOn runs a router on a given node namespace (e.g. the gateway).
+func (c *Cluster) StartRouterOn(lab *Lab, node *nstest.Namespace, extra ...string) *Process {
+	args := []string{"--kubeconfig", c.Kubeconfig(node), "--node-cidr", NodeCIDR.String(), "--resync", "2s"}
+	return Start(c.t, node, "router "+node.Name, lab.Bin+"/kubelink-router", append(args, extra...)...)
+}
