@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/nstest"
 )
 
 var metricsAddr = netip.MustParseAddrPort("127.0.0.1:9090")
@@ -38,6 +39,11 @@ func TestGatewayFailoverToStandbyBroker(t *testing.T) {
 	// follows the active one.
 	if _, err := Get(a.GW2, metricsAddr, "/readyz", time.Second); err == nil || !strings.Contains(err.Error(), "503") {
 		t.Errorf("standby /readyz: %v, want 503", err)
+	}
+	for _, ns := range []*nstest.Namespace{a.GW, a.GW2} {
+		if body, err := Get(ns, metricsAddr, "/healthz", time.Second); err != nil || body != "ok\n" {
+			t.Errorf("%s /healthz: %q, %v (active and standby are both alive)", ns.Name, body, err)
+		}
 	}
 	metrics, err := Get(a.GW, metricsAddr, "/metrics", time.Second)
 	if err != nil {

@@ -57,7 +57,7 @@ func TestWireGuardMeshBetweenTwoClusters(t *testing.T) {
 	t.Logf("B killed: A shows Down after %s (%s)", down.Round(time.Millisecond), kl.Status.Message)
 	b.StartBroker(lab, b.GW)
 	restarted := time.Now()
-	up, _ := a.WaitState("b", v1alpha1.StateUp, 8*time.Second)
+	up, _ := a.WaitState("b", v1alpha1.StateUp, 2*time.Second)
 	t.Logf("B restarted %s after the kill: A shows Up after %s", restarted.Sub(killed).Round(time.Millisecond), up.Round(time.Millisecond))
 	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
 
