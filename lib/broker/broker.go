@@ -86,7 +86,7 @@ func New(cfg Config, rest *rest.Config, log *slog.Logger) (*Broker, error) {
 // loop while active.
 func (b *Broker) Run(ctx context.Context, rest *rest.Config) error {
 	defer b.events.shutdown()
-	for _, obj := range []client.Object{&v1alpha1.KubeLink{}, &corev1.Secret{}} {
+	for _, obj := range []client.Object{&v1alpha1.KubeLink{}, &corev1.Secret{}, &v1alpha1.MeshService{}, &corev1.Service{}} {
 		inf, err := b.cache.GetInformer(ctx, obj)
 		if err != nil {
 			return fmt.Errorf("informer: %w", err)

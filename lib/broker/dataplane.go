@@ -23,6 +23,7 @@ type wgPlane struct {
 	routes   *netapply.Routes
 	snat     *netapply.Chains
 	fw       *netapply.Chains
+	svc      *netapply.Chains
 }
 
 // planeResult is what one apply tells the status computation.
@@ -51,7 +52,11 @@ func newWGPlane(cfg *Config, rm RunMode, log *slog.Logger) (*wgPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &wgPlane{cfg: cfg, rm: rm, log: log, routes: routes, snat: snat, fw: fw,
+	svc, err := netapply.NewChains(netapply.ServiceChains, false)
+	if err != nil {
+		return nil, err
+	}
+	return &wgPlane{cfg: cfg, rm: rm, log: log, routes: routes, snat: snat, fw: fw, svc: svc,
 		resolver: &wireguard.Resolver{Interval: cfg.ResolveInterval}}, nil
 }
 
@@ -151,6 +156,15 @@ func (p *wgPlane) apply(ctx context.Context, m *mesh.Model, key mesh.Key, keyErr
 		res.DeviceErr = fmt.Errorf("gateway setup: %v", errs)
 	}
 	return res
+}
+
+// applyServices installs the MeshService DNAT chains (an empty list removes
+// them, so a deleted MeshService leaves no chain behind).
+func (p *wgPlane) applyServices(bindings []*mesh.ServiceBinding) error {
+	if err := p.svc.Set(mesh.ServiceRules(bindings)); err != nil {
+		return fmt.Errorf("MeshService rules: %w", err)
+	}
+	return nil
 }
 
 // close stops the device. Kernel state (routes, chains) stays: --cleanup

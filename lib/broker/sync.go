@@ -34,6 +34,16 @@ func (b *Broker) sync(ctx context.Context) error {
 	b.updateProbes(model, res)
 
 	var errs []error
+	bindings, err := b.syncMeshServices(ctx, model)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if b.plane != nil && b.plane.dev != nil {
+		if err := b.plane.applyServices(bindings); err != nil {
+			errs = append(errs, err)
+		}
+	}
+
 	now := time.Now()
 	states := map[string]int{}
 	for i := range list.Items {

@@ -1,0 +1,113 @@
+package clusterlab
+
+import (
+	"context"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+)
+
+func msvc(name string, spec v1alpha1.MeshServiceSpec) *v1alpha1.MeshService {
+	return &v1alpha1.MeshService{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"}, Spec: spec}
+}
+
+func (c *Cluster) waitServiceState(t *testing.T, name, state string, limit time.Duration) *v1alpha1.MeshService {
+	t.Helper()
+	var ms v1alpha1.MeshService
+	waitFor(t, "MeshService "+name+" "+state, limit, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return c.Kube.Get(ctx, client.ObjectKey{Namespace: "default", Name: name}, &ms) == nil && ms.Status.State == state
+	})
+	return &ms
+}
+
+// MeshServices of B (pod mode) reached from A: a virtual mesh address bound
+// to a Service, a port of B's cluster address bound to a named Service port,
+// and explicit endpoints without a Service; the rules follow a renamed port
+// and vanish with the MeshService. In node mode MeshServices are Unsupported.
+func TestMeshServices(t *testing.T) {
+	lab := New(t, 2)
+	a, b := lab.Clusters[0], lab.Clusters[1]
+	pod, _ := b.BrokerPod()
+	a.StartRouter(lab)
+	b.StartRouter(lab)
+	b.StartRouterOn(lab, b.GW)
+	a.StartBroker(lab, a.GW)
+	b.StartBrokerInPod(lab, pod)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "default"}, Spec: corev1.ServiceSpec{
+		ClusterIP: b.ServiceIP.Addr().String(),
+		Ports:     []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}}}
+	must(t, b.Kube.Create(ctx, svc))
+	b.Apply(
+		msvc("virtual", v1alpha1.MeshServiceSpec{Service: "echo", MeshAddress: "192.168.0.100"}),
+		msvc("ported", v1alpha1.MeshServiceSpec{Service: "echo", Ports: []v1alpha1.ServicePort{{Port: 8800}},
+			Endpoints: []v1alpha1.ServiceEndpoint{{PortMappings: []v1alpha1.PortMapping{{Port: intstr.FromInt32(8800), TargetPort: intstr.FromString("http")}}}}}),
+		msvc("direct", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.101", Ports: []v1alpha1.ServicePort{{Port: 80}},
+			Endpoints: []v1alpha1.ServiceEndpoint{{Address: b.PodIP.String(), PortMappings: []v1alpha1.PortMapping{{Port: intstr.FromInt32(80), TargetPort: intstr.FromInt32(8080)}}}}}),
+	)
+	// A reaches the virtual addresses through its link to B (egress).
+	toB := b.LinkTo()
+	toB.Spec.Egress = []string{"192.168.0.100", "192.168.0.101"}
+	a.Apply(a.LocalLink(), toB)
+	b.Apply(b.LocalLink(), a.LinkTo())
+
+	for _, target := range []string{"192.168.0.100:80", "192.168.0.12:8800", "192.168.0.101:80"} {
+		if body, _ := WaitGet(t, a.Pod, netip.MustParseAddrPort(target), 8*time.Second); !strings.Contains(body, "echo b") {
+			t.Errorf("%s answered %q", target, body)
+		}
+	}
+	for _, n := range []string{"virtual", "ported", "direct"} {
+		ms := b.waitServiceState(t, n, v1alpha1.StateOk, 5*time.Second)
+		if ms.Status.ObservedGeneration != ms.Generation || !strings.Contains(ms.Status.Message, "192.168.0.1") {
+			t.Errorf("%s status %+v", n, ms.Status)
+		}
+	}
+
+	// The Service port is renamed: the named mapping no longer resolves.
+	must(t, b.Kube.Get(ctx, client.ObjectKeyFromObject(svc), svc))
+	svc.Spec.Ports[0].Name = "web"
+	must(t, b.Kube.Update(ctx, svc))
+	ms := b.waitServiceState(t, "ported", v1alpha1.StateInvalid, 5*time.Second)
+	if !strings.Contains(ms.Status.Message, `no port named "http" (it has web)`) {
+		t.Errorf("message %q", ms.Status.Message)
+	}
+	waitFor(t, "the stale binding to go", 5*time.Second, func() bool {
+		_, err := Get(a.Pod, netip.MustParseAddrPort("192.168.0.12:8800"), "/", 500*time.Millisecond)
+		return err != nil
+	})
+	ms.Spec.Endpoints[0].PortMappings[0].TargetPort = intstr.FromString("web")
+	must(t, b.Kube.Update(ctx, ms))
+	b.waitServiceState(t, "ported", v1alpha1.StateOk, 5*time.Second)
+	WaitGet(t, a.Pod, netip.MustParseAddrPort("192.168.0.12:8800"), 5*time.Second)
+
+	// Deleted MeshServices are unreachable and leave no chain.
+	for _, n := range []string{"virtual", "ported", "direct"} {
+		must(t, b.Kube.Delete(ctx, msvc(n, v1alpha1.MeshServiceSpec{})))
+	}
+	waitFor(t, "all MeshService chains to go", 5*time.Second, func() bool {
+		nat := pod.Run(t, "iptables-save", "-t", "nat")
+		return !strings.Contains(nat, "KUBELINK-MS-") && !strings.Contains(nat, "KUBELINK-EP-") && !strings.Contains(nat, "KUBELINK-SERVICES")
+	})
+	if _, err := Get(a.Pod, netip.MustParseAddrPort("192.168.0.100:80"), "/", 500*time.Millisecond); err == nil {
+		t.Error("192.168.0.100 still answers after its MeshService was deleted")
+	}
+
+	// Node mode cannot serve MeshServices, and says so.
+	a.Apply(msvc("here", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.110", Endpoints: []v1alpha1.ServiceEndpoint{{Address: a.PodIP.String()}}}))
+	ms = a.waitServiceState(t, "here", v1alpha1.StateUnsupported, 5*time.Second)
+	if !strings.Contains(ms.Status.Message, "pod mode") {
+		t.Errorf("message %q", ms.Status.Message)
+	}
+}
