@@ -22,6 +22,7 @@ type metrics struct {
 	linkUp          *prometheus.GaugeVec
 	rx, tx          *prometheus.GaugeVec
 	rtt             *prometheus.GaugeVec
+	fwDrops         *prometheus.GaugeVec
 	dataPlane       *prometheus.GaugeVec
 	reconcileErrors prometheus.Counter
 	syncSeconds     prometheus.Histogram
@@ -36,12 +37,13 @@ func newMetrics() *metrics {
 		rx:              prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_link_rx_bytes", Help: "Bytes received from the link's peer."}, []string{"link"}),
 		tx:              prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_link_tx_bytes", Help: "Bytes sent to the link's peer."}, []string{"link"}),
 		rtt:             prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_link_probe_rtt_seconds", Help: "Last health-probe round trip through the tunnel."}, []string{"link"}),
+		fwDrops:         prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_firewall_dropped_packets", Help: "Packets from the link's peer dropped by its ingress rules (since the rules were last written)."}, []string{"link"}),
 		dataPlane:       prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_dataplane_info", Help: "The data plane in use (wireguard-kernel, wireguard-userspace)."}, []string{"kind"}),
 		reconcileErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kubelink_reconcile_errors_total", Help: "Sync passes that ended with an error."}),
 		syncSeconds:     prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kubelink_sync_duration_seconds", Help: "Duration of a sync pass.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 8)}),
 		leader:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "kubelink_broker_active", Help: "1 while this broker holds the lease."}),
 	}
-	m.reg.MustRegister(m.links, m.linkUp, m.rx, m.tx, m.rtt, m.dataPlane, m.reconcileErrors, m.syncSeconds, m.leader)
+	m.reg.MustRegister(m.links, m.linkUp, m.rx, m.tx, m.rtt, m.fwDrops, m.dataPlane, m.reconcileErrors, m.syncSeconds, m.leader)
 	return m
 }
 
@@ -67,7 +69,7 @@ func (m *metrics) observeLink(name string, st v1alpha1.KubeLinkStatus) {
 }
 
 func (m *metrics) forgetLink(name string) {
-	for _, v := range []*prometheus.GaugeVec{m.linkUp, m.rx, m.tx, m.rtt} {
+	for _, v := range []*prometheus.GaugeVec{m.linkUp, m.rx, m.tx, m.rtt, m.fwDrops} {
 		v.DeleteLabelValues(name)
 	}
 }

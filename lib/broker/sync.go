@@ -52,6 +52,7 @@ func (b *Broker) sync(ctx context.Context) error {
 		st := DesiredStatus(kl, o, now)
 		states[st.State]++
 		b.metrics.observeLink(kl.Name, st)
+		b.observeDrops(kl.Name, model)
 		if err := b.writeStatus(ctx, kl, st, now); err != nil {
 			errs = append(errs, err)
 		}
@@ -169,5 +170,17 @@ func (b *Broker) forgetDeleted(items []v1alpha1.KubeLink) {
 			delete(b.lastWrite, n)
 			b.metrics.forgetLink(n)
 		}
+	}
+}
+
+// observeDrops reports the packets a link's ingress rules dropped.
+func (b *Broker) observeDrops(link string, m *mesh.Model) {
+	l, ok := m.Link(link)
+	if !ok || l.IsLocal() || b.plane == nil || b.plane.dev == nil {
+		return
+	}
+	n, err := b.plane.fw.DroppedPackets("mangle", mesh.FirewallChain(link))
+	if err == nil {
+		b.metrics.fwDrops.WithLabelValues(link).Set(float64(n))
 	}
 }

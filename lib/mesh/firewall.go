@@ -23,7 +23,7 @@ func (m *Model) FirewallRules(device string, probePort int) RuleSet {
 			if !in.IsSet() {
 				continue
 			}
-			c := Chain{Table: "mangle", Name: chainName("FW", l.Name.String())}
+			c := Chain{Table: "mangle", Name: FirewallChain(l.Name.String())}
 			if probePort > 0 {
 				// Probes from the peer, and the peer's replies to our probes.
 				local, port := hostPrefix(ms.Local.IP()).String(), fmt.Sprint(probePort)
@@ -92,3 +92,6 @@ func (i Ingress) Allows(dst netip.Addr) bool {
 	}
 	return false
 }
+
+// FirewallChain is the mangle chain holding the ingress rules of a link.
+func FirewallChain(link string) string { return chainName("FW", link) }

@@ -1,0 +1,126 @@
+package clusterlab
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/nstest"
+)
+
+// dialResult tells a dropped packet (timeout) from a reachable host without
+// listener (refused) and from success.
+func dialResult(ns *nstest.Namespace, addr string) string {
+	_, err := Get(ns, netip.MustParseAddrPort(addr), "/", 700*time.Millisecond)
+	switch {
+	case err == nil:
+		return "ok"
+	case strings.Contains(err.Error(), "refused"):
+		return "refused"
+	case strings.Contains(err.Error(), "timeout"):
+		return "dropped"
+	}
+	return err.Error()
+}
+
+// The ingress of A's link to B restricts what B may reach in A: allowed
+// destinations pass, "!" entries and everything outside the allow list are
+// dropped, and the drops are counted in a metric.
+func TestIngressFirewallWireGuard(t *testing.T) {
+	lab := New(t, 2)
+	a, b := lab.Clusters[0], lab.Clusters[1]
+	// A second ClusterIP in A, to deny while the first stays allowed.
+	for _, ns := range []*nstest.Namespace{a.GW, a.Node} {
+		ns.Run(t, "iptables", "-t", "nat", "-A", "PREROUTING", "-d", "100.64.0.21", "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", a.PodIP.String()+":8080")
+	}
+	a.StartRouter(lab)
+	b.StartRouter(lab)
+	a.StartBroker(lab, a.GW)
+	b.StartBroker(lab, b.GW)
+	Connect(a, b)
+	WaitGet(t, b.Pod, a.ServiceIP, 5*time.Second)
+	// Controls without ingress rules: all reachable (A's cluster address
+	// has no listener on port 80 and refuses).
+	for addr, want := range map[string]string{"100.64.0.20:80": "ok", "100.64.0.21:80": "ok", "192.168.0.11:80": "refused"} {
+		if got := dialResult(b.Pod, addr); got != want {
+			t.Fatalf("before the rules, B -> %s: %s, want %s", addr, got, want)
+		}
+	}
+
+	kl, err := a.Link("b")
+	must(t, err)
+	kl.Spec.Ingress = []string{"100.64.0.0/20", "!100.64.0.21"}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	must(t, a.Kube.Update(ctx, kl))
+	waitFor(t, "the denied ClusterIP to be dropped", 5*time.Second, func() bool { return dialResult(b.Pod, "100.64.0.21:80") == "dropped" })
+	for addr, want := range map[string]string{"100.64.0.20:80": "ok", "192.168.0.11:80": "dropped"} {
+		if got := dialResult(b.Pod, addr); got != want {
+			t.Errorf("B -> %s: %s, want %s", addr, got, want)
+		}
+	}
+	a.WaitState("b", v1alpha1.StateUp, 3*time.Second) // the probe still passes
+
+	waitFor(t, "the drops in the metrics", 5*time.Second, func() bool {
+		m, err := Get(a.GW, metricsAddr, "/metrics", time.Second)
+		if err != nil {
+			return false
+		}
+		match := regexp.MustCompile(`kubelink_firewall_dropped_packets\{link="b"\} (\d+)`).FindStringSubmatch(m)
+		if match == nil {
+			return false
+		}
+		n, _ := strconv.Atoi(match[1])
+		return n > 0
+	})
+}
+
+func link(name, addr, cidr, endpoint, key string) *v1alpha1.KubeLink {
+	spec := v1alpha1.KubeLinkSpec{ClusterAddress: addr, CIDR: cidr, Endpoint: endpoint, PublicKey: key}
+	if endpoint == v1alpha1.EndpointLocalLink {
+		spec.PublicKey = ""
+	}
+	return &v1alpha1.KubeLink{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec}
+}
+
+// A is a member of two meshes: the default one with B and mesh "lab" with C.
+// Each peer sees A's traffic from A's address in the mesh they share.
+func TestTwoMeshes(t *testing.T) {
+	lab := New(t, 3)
+	a, b, c := lab.Clusters[0], lab.Clusters[1], lab.Clusters[2]
+	for _, cl := range lab.Clusters {
+		cl.StartRouter(lab)
+		cl.StartBroker(lab, cl.GW)
+	}
+	ep := func(cl *Cluster) string { return fmt.Sprintf("%s:8777", cl.InetIP) }
+	Connect(a, b)
+	a.Apply(link("lab--a", "10.200.0.1/24", a.ServiceCIDR.String(), v1alpha1.EndpointLocalLink, ""),
+		link("lab--c", "10.200.0.3/24", c.ServiceCIDR.String(), ep(c), c.PublicKey().String()))
+	c.Apply(link("lab--c", "10.200.0.3/24", c.ServiceCIDR.String(), v1alpha1.EndpointLocalLink, ""),
+		link("lab--a", "10.200.0.1/24", a.ServiceCIDR.String(), ep(a), a.PublicKey().String()))
+
+	if body, _ := WaitGet(t, a.Pod, c.ServiceIP, 8*time.Second); !strings.Contains(body, "echo c from 10.200.0.1:") {
+		t.Errorf("A -> C answered %q; want C to see A's address in mesh lab", body)
+	}
+	if body, _ := WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second); !strings.Contains(body, "echo b from 192.168.0.11:") {
+		t.Errorf("A -> B answered %q; want B to see A's address in the default mesh", body)
+	}
+	if body, _ := WaitGet(t, c.Pod, a.ServiceIP, 5*time.Second); !strings.Contains(body, "echo a from 10.200.0.3:") {
+		t.Errorf("C -> A answered %q", body)
+	}
+	// B and C share no mesh: C's services are not routed in B.
+	if strings.Contains(b.Node.Run(t, "ip", "route"), c.ServiceCIDR.String()) {
+		t.Error("B routes C's services without a shared mesh")
+	}
+	for _, n := range []string{"a", "b", "lab--a", "lab--c"} {
+		a.WaitState(n, v1alpha1.StateUp, 5*time.Second)
+	}
+}
