@@ -22,6 +22,7 @@ func main() {
 	var common kubeflags.Common
 	var nodeCIDR, podCIDR, nodeIP, serviceCIDR string
 	var cleanup bool
+	var served string
 	f := cmd.Flags
 	common.Register(f)
 	f.StringVar(&c.Namespace, "namespace", kubeflags.DefaultNamespace(c.Namespace), "namespace of the key Secret and the Lease")
@@ -53,6 +54,7 @@ func main() {
 	f.DurationVar(&c.RetryPeriod, "lease-retry-period", c.RetryPeriod, "Lease retry period")
 	f.StringVar(&c.Identity, "identity", kubeflags.DefaultIdentity(), "identity of this replica in the Lease")
 	f.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address serving /healthz, /readyz and /metrics (empty: off)")
+	f.StringVar(&served, "served-links", "all", "meshes this broker serves: all, or a comma list of mesh names (default for the default mesh) or mesh CIDRs; brokers splitting the meshes need different --lease-name")
 	f.BoolVar(&cleanup, "cleanup", false, "remove every device, route, rule and chain kubelink created in this network namespace, then exit")
 
 	cmd.Main(func() error {
@@ -65,6 +67,8 @@ func main() {
 		c.ServiceCIDR, err = kubeflags.Prefix("service-cidr", serviceCIDR)
 		errs = append(errs, err)
 		c.NodeIP, err = kubeflags.Addr("node-ip", nodeIP)
+		errs = append(errs, err)
+		c.Served, err = broker.ParseServed(served)
 		errs = append(errs, err)
 		if err := errors.Join(errs...); err != nil {
 			return err

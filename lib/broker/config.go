@@ -57,6 +57,8 @@ type Config struct {
 	Identity      string
 
 	MetricsAddr string
+	// Served selects the meshes this broker serves (--served-links).
+	Served Served
 }
 
 // Defaults returns the documented defaults.

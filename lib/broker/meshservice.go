@@ -34,6 +34,9 @@ func (b *Broker) syncMeshServices(ctx context.Context, m *mesh.Model) ([]*mesh.S
 	now := time.Now()
 	for i := range list.Items {
 		ms := &list.Items[i]
+		if !b.servesService(ms, m) {
+			continue
+		}
 		st := v1alpha1.MeshServiceStatus{State: v1alpha1.StateOk, ObservedGeneration: ms.Generation}
 		if !b.rm.PodMode || b.plane == nil {
 			st.State, st.Message = v1alpha1.StateUnsupported, msgUnsupported
@@ -48,6 +51,21 @@ func (b *Broker) syncMeshServices(ctx context.Context, m *mesh.Model) ([]*mesh.S
 		}
 	}
 	return bindings, errors.Join(errs...)
+}
+
+// servesService tells whether a MeshService belongs to a served mesh. The
+// model holds only served meshes: a meshAddress inside one of them, or a
+// named mesh that is served, makes the MeshService ours.
+func (b *Broker) servesService(ms *v1alpha1.MeshService, m *mesh.Model) bool {
+	s := b.cfg.Served
+	if s.All() {
+		return true
+	}
+	if a, err := netip.ParseAddr(ms.Spec.MeshAddress); err == nil {
+		_, ok := m.MeshForAddress(a)
+		return ok
+	}
+	return s.names[mesh.MeshDisplayName(ms.Spec.Mesh)]
 }
 
 // serviceInfo reads the Service a MeshService names (nil if none or missing).

@@ -23,6 +23,9 @@ func (b *Broker) sync(ctx context.Context) error {
 	if err := b.kube.List(ctx, &list); err != nil {
 		return fmt.Errorf("listing KubeLinks: %w", err)
 	}
+	// Links of meshes another broker serves are not ours: not in the data
+	// plane, and their status is that broker's to write.
+	list.Items = b.cfg.Served.Links(list.Items)
 	model := mesh.Build(list.Items, mesh.ParseOptions{DefaultPort: uint16(b.cfg.ListenPort)})
 
 	res := planeResult{LinkErrs: map[string]error{}, PeerOf: map[string]mesh.Key{}}
