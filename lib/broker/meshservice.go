@@ -43,7 +43,8 @@ func (b *Broker) syncMeshServices(ctx context.Context, m *mesh.Model) ([]*mesh.S
 		} else if bnd, err := m.BindMeshService(ms, b.serviceInfo(ctx, ms)); err != nil {
 			st.State, st.Message = v1alpha1.StateInvalid, err.Error()
 		} else {
-			st.Message = describeBinding(bnd)
+			st.Message = "bound"
+			st.Targets = describeBinding(bnd)
 			bindings = append(bindings, bnd)
 		}
 		if err := b.writeServiceStatus(ctx, ms, st, now); err != nil {

@@ -70,7 +70,7 @@ func TestMeshServices(t *testing.T) {
 	}
 	for _, n := range []string{"virtual", "ported", "direct"} {
 		ms := b.waitServiceState(t, n, v1alpha1.StateOk, 5*time.Second)
-		if ms.Status.ObservedGeneration != ms.Generation || !strings.Contains(ms.Status.Message, "192.168.0.1") {
+		if ms.Status.ObservedGeneration != ms.Generation || !strings.Contains(ms.Status.Targets, "192.168.0.1") || !strings.Contains(ms.Status.Targets, "->") && !strings.Contains(ms.Status.Targets, "forwards") {
 			t.Errorf("%s status %+v", n, ms.Status)
 		}
 	}

@@ -17,6 +17,7 @@ import (
 // +kubebuilder:printcolumn:name="Ports",type=string,JSONPath=`.spec.ports[*].port`
 // +kubebuilder:printcolumn:name="Service",type=string,JSONPath=`.spec.service`
 // +kubebuilder:printcolumn:name="Endpoints",type=string,JSONPath=`.spec.endpoints[*].address`
+// +kubebuilder:printcolumn:name="Targets",type=string,JSONPath=`.status.targets`
 // +kubebuilder:printcolumn:name="State",type=string,JSONPath=`.status.state`
 // +kubebuilder:printcolumn:name="Message",type=string,JSONPath=`.status.message`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
@@ -123,6 +124,10 @@ type MeshServiceStatus struct {
 	State string `json:"state,omitempty"`
 	// +optional
 	Message string `json:"message,omitempty"`
+	// Targets lists where the bound address and ports lead, e.g.
+	// "192.168.0.100:80/tcp -> 100.64.16.20:80" (written by the broker).
+	// +optional
+	Targets string `json:"targets,omitempty"`
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 	// +optional
