@@ -36,8 +36,9 @@ $(CONTROLLER_GEN) $(STATICCHECK): lab/tools/dev/go.mod lab/tools/dev/go.sum
 	cd lab/tools/dev && GOWORK=off go build -o $(STATICCHECK) honnef.co/go/tools/cmd/staticcheck
 
 .PHONY: test-bins
-test-bins: ## build (once, cached) kube-apiserver, etcd and kubectl v1.34.4 from Go modules
+test-bins: ## build (once, cached) kube-apiserver, etcd, kubectl v1.34.4 and CoreDNS v1.12.1 from Go modules
 	lab/scripts/k8s-bins.sh kube-apiserver etcd kubectl
+	lab/scripts/coredns-bin.sh
 
 .PHONY: generate
 generate: $(CONTROLLER_GEN) ## regenerate deepcopy code and CRDs from the API types

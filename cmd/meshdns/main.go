@@ -1,17 +1,74 @@
-// Command kubelink-meshdns renders the Corefile of the kubelink CoreDNS so that <svc>.<ns>.svc.<cluster>.<mesh-domain> resolves in every cluster.
+// Command kubelink-meshdns renders the Corefile of the kubelink CoreDNS so
+// that <svc>.<ns>.svc.<cluster>.<mesh-domain> resolves in every cluster: one
+// server block per remote cluster whose link is Up, written into a Secret,
+// with a restart of the CoreDNS deployment when it changed; optionally it
+// also hooks the mesh domains into the cluster DNS (coredns-custom).
 package main
 
 import (
-	"fmt"
+	"context"
+	"errors"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/kubelink/kubelink/lib/cli"
+	"github.com/kubelink/kubelink/lib/kubeflags"
+	"github.com/kubelink/kubelink/lib/meshdns"
 )
 
 func main() {
 	cmd := cli.New("kubelink-meshdns", "renders the Corefile of the kubelink CoreDNS so that <svc>.<ns>.svc.<cluster>.<mesh-domain> resolves in every cluster")
+	c := meshdns.Defaults()
+	var common kubeflags.Common
+	var dnsIP, serviceCIDR, kubelinkDNSIP string
+	f := cmd.Flags
+	common.Register(f)
+	f.StringVar(&c.Mode, "dns-propagation", c.Mode, "none (write nothing), dns (rewrite and forward to each remote cluster DNS) or kubernetes (kubernetes plugin against each remote API server, credentials from spec.apiAccess)")
+	f.StringVar(&c.ClusterName, "cluster-name", c.ClusterName, "name of this cluster in the meshes (default: the cluster part of each mesh's LocalLink name)")
+	f.StringVar(&c.ClusterDomain, "cluster-domain", c.ClusterDomain, "domain of this cluster")
+	f.StringVar(&dnsIP, "dns-service-ip", "", "IP of this cluster's DNS service (default: --service-cidr + 10, else the LocalLink's cidr + 10)")
+	f.StringVar(&serviceCIDR, "service-cidr", "", "this cluster's service CIDR")
+	f.StringVar(&kubelinkDNSIP, "kubelink-dns-ip", "", "ClusterIP of the kubelink CoreDNS Service, target of the coredns-custom hook (default: --service-cidr + 11)")
+	f.StringVar(&kubelinkDNSIP, "coredns-service-ip", "", "the original's name of --kubelink-dns-ip")
+	_ = f.MarkDeprecated("coredns-service-ip", "use --kubelink-dns-ip")
+	f.StringVar(&c.Namespace, "namespace", kubeflags.DefaultNamespace(c.Namespace), "namespace of the CoreDNS Secret and Deployment, and the default namespace of apiAccess Secrets")
+	f.StringVar(&c.Secret, "coredns-secret", c.Secret, "Secret that receives the keys Corefile and kubeconfig")
+	f.StringVar(&c.Deployment, "coredns-deployment", c.Deployment, "kubelink CoreDNS Deployment, restarted when the Secret content changes")
+	f.BoolVar(&c.Configure, "coredns-configure", c.Configure, "write key kubelink.server of kube-system/coredns-custom (forward the mesh domains to the kubelink DNS) and restart kube-system/coredns when it changes")
+	f.IntVar(&c.ClusterDNSPort, "cluster-dns-port", c.ClusterDNSPort, "port of the cluster DNS server blocks in the hook (53; gardener: 8053)")
+	f.DurationVar(&c.Resync, "resync", c.Resync, "period of the full sync (also runs on every KubeLink change)")
+	f.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address serving /healthz, /readyz and /metrics (empty: off)")
+
 	cmd.Main(func() error {
-		// The run loop lands with issue #5; until then the binary only answers
-		// --help and --version and refuses to pretend it is running.
-		return fmt.Errorf("kubelink-meshdns: not implemented yet (tracked in issue #5)")
+		var err error
+		var errs []error
+		c.ServiceCIDR, err = kubeflags.Prefix("service-cidr", serviceCIDR)
+		errs = append(errs, err)
+		c.DNSServiceIP, err = kubeflags.Addr("dns-service-ip", dnsIP)
+		errs = append(errs, err)
+		c.KubelinkDNSIP, err = kubeflags.Addr("kubelink-dns-ip", kubelinkDNSIP)
+		errs = append(errs, err)
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		if err := c.Validate(); err != nil {
+			return err
+		}
+		log, err := common.Logger()
+		if err != nil {
+			return err
+		}
+		rest, err := common.RESTConfig()
+		if err != nil {
+			return err
+		}
+		ctrl, err := meshdns.New(c, rest, log)
+		if err != nil {
+			return err
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return ctrl.Run(ctx)
 	})
 }

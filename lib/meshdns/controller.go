@@ -1,0 +1,213 @@
+package meshdns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/mesh"
+)
+
+// Controller keeps the kubelink CoreDNS configuration in line with the
+// KubeLinks: a level-triggered loop that runs on every change of a KubeLink
+// or a Secret in its namespace, and periodically.
+type Controller struct {
+	cfg     Config
+	log     *slog.Logger
+	api     client.Client // direct reads and writes: always the latest state
+	cache   cache.Cache   // KubeLinks and Secret metadata, for change events
+	trigger chan struct{}
+	metrics *metrics
+
+	syncs        atomic.Int64 // completed syncs, for tests and /readyz
+	lastWarnings string
+}
+
+// New prepares a controller; Run starts it.
+func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	scheme := runtime.NewScheme()
+	if err := errors.Join(clientgoscheme.AddToScheme(scheme), v1alpha1.AddToScheme(scheme)); err != nil {
+		return nil, err
+	}
+	c, err := cache.New(rc, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
+		// apiAccess Secrets in other namespaces are read on every sync and
+		// picked up by the periodic resync; watching all Secrets of a
+		// cluster would cost memory and cluster-wide RBAC.
+		&metav1.PartialObjectMetadata{TypeMeta: secretMeta}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("creating cache: %w", err)
+	}
+	api, err := client.New(rc, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("creating client: %w", err)
+	}
+	return &Controller{cfg: cfg, log: log, api: api, cache: c, trigger: make(chan struct{}, 1), metrics: newMetrics()}, nil
+}
+
+var secretMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"}
+
+// Run serves until ctx ends. With --dns-propagation=none it only serves
+// /healthz and /metrics and writes nothing.
+func (c *Controller) Run(ctx context.Context) error {
+	srv, err := c.serveHTTP(ctx)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	if c.cfg.Mode == ModeNone {
+		c.log.Info("DNS propagation is off (--dns-propagation=none); writing nothing")
+		c.syncs.Add(1)
+		<-ctx.Done()
+		return nil
+	}
+	for _, obj := range []client.Object{&v1alpha1.KubeLink{}, &metav1.PartialObjectMetadata{TypeMeta: secretMeta}} {
+		inf, err := c.cache.GetInformer(ctx, obj)
+		if err != nil {
+			return fmt.Errorf("informer: %w", err)
+		}
+		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { c.kick() },
+			UpdateFunc: func(any, any) { c.kick() },
+			DeleteFunc: func(any) { c.kick() },
+		}); err != nil {
+			return err
+		}
+	}
+	go func() { _ = c.cache.Start(ctx) }()
+	if !c.cache.WaitForCacheSync(ctx) {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return errors.New("cache did not sync (is the KubeLink CRD installed?)")
+	}
+	c.log.Info("mesh DNS running", "mode", c.cfg.Mode, "secret", c.cfg.Namespace+"/"+c.cfg.Secret,
+		"deployment", c.cfg.Deployment, "configureClusterDNS", c.cfg.Configure)
+	tick := time.NewTicker(c.cfg.Resync)
+	defer tick.Stop()
+	for {
+		start := time.Now()
+		if err := c.sync(ctx); err != nil && ctx.Err() == nil {
+			c.metrics.syncErrors.Inc()
+			c.log.Error("sync", "err", err)
+		}
+		c.metrics.syncSeconds.Observe(time.Since(start).Seconds())
+		c.syncs.Add(1)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-c.trigger:
+		case <-tick.C:
+		}
+	}
+}
+
+func (c *Controller) kick() {
+	select {
+	case c.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// sync renders the configuration from the current KubeLinks and applies it.
+func (c *Controller) sync(ctx context.Context) error {
+	var list v1alpha1.KubeLinkList
+	if err := c.cache.List(ctx, &list); err != nil {
+		return fmt.Errorf("listing KubeLinks: %w", err)
+	}
+	m := mesh.Build(list.Items, mesh.ParseOptions{})
+	opts := InputOptions{Mode: c.cfg.Mode, ClusterName: c.cfg.ClusterName, ClusterDomain: c.cfg.ClusterDomain, DNS: c.cfg.DNSServiceIP}
+	if c.cfg.Mode == ModeKubernetes {
+		opts.Credentials, opts.CredentialErrors = c.credentials(ctx, m, list.Items)
+	}
+	in, warnings := BuildInput(m, list.Items, opts)
+	out, err := Render(in)
+	if err != nil {
+		return fmt.Errorf("rendering the Corefile: %w", err)
+	}
+	c.reportWarnings(append(warnings, out.Warnings...))
+	c.metrics.clusters.Set(float64(countClusters(in)))
+
+	var errs []error
+	changed, err := c.applySecret(ctx, out)
+	if err != nil {
+		errs = append(errs, err)
+	} else if err := c.restartKubelinkDNS(ctx, contentHash(out)); err != nil {
+		errs = append(errs, err)
+	} else if changed {
+		c.log.Info("kubelink CoreDNS configuration changed", "clusters", countClusters(in))
+	}
+	if c.cfg.Configure {
+		errs = append(errs, c.applyHook(ctx, in.Meshes))
+	}
+	return errors.Join(errs...)
+}
+
+// credentials reads the apiAccess Secrets of the accepted links that are Up.
+func (c *Controller) credentials(ctx context.Context, m *mesh.Model, links []v1alpha1.KubeLink) (map[string]Credentials, map[string]error) {
+	creds, errs := map[string]Credentials{}, map[string]error{}
+	for i := range links {
+		kl := &links[i]
+		l, ok := m.Link(kl.Name)
+		if !ok || l.APIAccess == nil || kl.Status.State != v1alpha1.StateUp {
+			continue
+		}
+		ns := l.APIAccess.Namespace
+		if ns == "" {
+			ns = c.cfg.Namespace
+		}
+		var s corev1.Secret
+		if err := c.api.Get(ctx, client.ObjectKey{Namespace: ns, Name: l.APIAccess.Name}, &s); err != nil {
+			errs[kl.Name] = fmt.Errorf("secret %s/%s: %w", ns, l.APIAccess.Name, err)
+			continue
+		}
+		cr, err := ParseCredentials(s.Data)
+		if err != nil {
+			errs[kl.Name] = fmt.Errorf("secret %s/%s: %w", ns, l.APIAccess.Name, err)
+			continue
+		}
+		creds[kl.Name] = cr
+	}
+	return creds, errs
+}
+
+// reportWarnings logs why links are left out, once per change rather than
+// on every resync.
+func (c *Controller) reportWarnings(ws []string) {
+	c.metrics.warnings.Set(float64(len(ws)))
+	joined := strings.Join(ws, "\n")
+	if joined == c.lastWarnings {
+		return
+	}
+	c.lastWarnings = joined
+	for _, w := range ws {
+		c.log.Warn("mesh DNS", "problem", w)
+	}
+}
+
+func countClusters(in Input) int {
+	n := 0
+	for _, m := range in.Meshes {
+		if !m.Omit {
+			n += len(m.Clusters)
+		}
+	}
+	return n
+}

@@ -1,0 +1,181 @@
+package meshdns
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/mesh"
+)
+
+// Credentials reach a remote API server (from a link's apiAccess Secret).
+type Credentials struct {
+	Token string
+	// CA is the PEM bundle of the remote API server's CA (empty: system roots).
+	CA []byte
+}
+
+// ParseCredentials reads an apiAccess Secret's data (keys token and
+// certificate-authority-data). The CA may be PEM or base64-encoded PEM, as
+// kubeconfig files carry it.
+func ParseCredentials(data map[string][]byte) (Credentials, error) {
+	c := Credentials{Token: strings.TrimSpace(string(data[v1alpha1.SecretKeyToken]))}
+	if c.Token == "" {
+		return c, fmt.Errorf("no key %q", v1alpha1.SecretKeyToken)
+	}
+	ca := bytes.TrimSpace(data[v1alpha1.SecretKeyCAData])
+	if len(ca) > 0 && !bytes.HasPrefix(ca, []byte("-----BEGIN")) {
+		dec, err := base64.StdEncoding.DecodeString(string(ca))
+		if err != nil || !bytes.HasPrefix(bytes.TrimSpace(dec), []byte("-----BEGIN")) {
+			return c, fmt.Errorf("key %q is neither PEM nor base64-encoded PEM", v1alpha1.SecretKeyCAData)
+		}
+		ca = bytes.TrimSpace(dec)
+	}
+	if len(ca) > 0 {
+		c.CA = append(ca, '\n')
+	}
+	return c, nil
+}
+
+// InputOptions are the flags BuildInput needs.
+type InputOptions struct {
+	// Mode is ModeDNS or ModeKubernetes.
+	Mode string
+	// ClusterName names the local cluster in every mesh; "" takes the
+	// cluster part of each mesh's LocalLink name.
+	ClusterName string
+	// ClusterDomain is the local cluster domain ("": cluster.local).
+	ClusterDomain string
+	// DNS is the local cluster DNS IP (invalid: the LocalLink's service CIDR
+	// + 10).
+	DNS netip.Addr
+	// Credentials of apiAccess Secrets by link name (kubernetes mode).
+	Credentials map[string]Credentials
+	// CredentialErrors explain why a link's apiAccess Secret is unusable.
+	CredentialErrors map[string]error
+}
+
+// BuildInput derives the Render input from the mesh model and the KubeLink
+// objects. Only accepted links take part (the model reports invalid DNS
+// fields as Invalid), and of those only links whose status is Up: a cluster
+// that is not connected disappears from DNS. Links left out for a reason the
+// user can fix are explained in the returned warnings.
+func BuildInput(m *mesh.Model, links []v1alpha1.KubeLink, o InputOptions) (Input, []string) {
+	state := map[string]string{}
+	for i := range links {
+		state[links[i].Name] = links[i].Status.State
+	}
+	in := Input{Mode: o.Mode, ClusterDomain: strings.ToLower(o.ClusterDomain)}
+	if in.ClusterDomain == "" {
+		in.ClusterDomain = mesh.DefaultClusterDomain
+	}
+	var warnings []string
+	for _, ms := range m.Meshes {
+		mi := MeshInput{
+			Name:      ms.Name,
+			Domain:    strings.ToLower(ms.Local.DNS.Domain),
+			Omit:      !ms.Local.DNS.Propagate,
+			GlobalDNS: ms.Local.DNS.IP,
+		}
+		if mi.Omit {
+			in.Meshes = append(in.Meshes, mi)
+			continue
+		}
+		mi.LocalCluster = o.ClusterName
+		if mi.LocalCluster == "" {
+			mi.LocalCluster = ms.Local.Name.Cluster
+		}
+		if w := setLocalDNS(&in, &mi, ms, o); w != "" {
+			warnings = append(warnings, w)
+		}
+		for _, l := range ms.Members {
+			if !l.DNS.Propagate || state[l.Name.String()] != v1alpha1.StateUp {
+				continue
+			}
+			c, err := remoteCluster(l, o)
+			if err == nil {
+				err = c.validate(o.Mode, ms.Name)
+			}
+			if err != nil {
+				warnings = append(warnings, fmt.Sprintf("link %s left out of DNS: %v", l.Name, err))
+				continue
+			}
+			mi.Clusters = append(mi.Clusters, c)
+		}
+		in.Meshes = append(in.Meshes, mi)
+	}
+	return in, warnings
+}
+
+// setLocalDNS finds the local cluster DNS for the local block (dns mode);
+// without one the local block is left out.
+func setLocalDNS(in *Input, mi *MeshInput, ms *mesh.Mesh, o InputOptions) string {
+	if err := checkName("local cluster name", mi.LocalCluster); err != nil {
+		mi.LocalCluster = ""
+		return fmt.Sprintf("mesh %s: no block for the local cluster: %v (set --cluster-name)", mesh.MeshDisplayName(ms.Name), err)
+	}
+	if o.Mode != ModeDNS || in.DNS.IsValid() {
+		return ""
+	}
+	ip := o.DNS
+	if !ip.IsValid() && ms.Local.ServiceCIDR.IsValid() {
+		ip = offset(ms.Local.ServiceCIDR.Addr(), mesh.DNSServiceOffset)
+	}
+	if !ip.IsValid() {
+		mi.LocalCluster = ""
+		return fmt.Sprintf("mesh %s: no block for the local cluster: its DNS IP is unknown (set --dns-service-ip, --service-cidr or the LocalLink's cidr)",
+			mesh.MeshDisplayName(ms.Name))
+	}
+	in.DNS = netip.AddrPortFrom(ip, 53)
+	return ""
+}
+
+func remoteCluster(l *mesh.Link, o InputOptions) (Cluster, error) {
+	c := Cluster{Name: l.Name.Cluster, Domain: strings.ToLower(l.DNS.Domain), Context: l.Name.String()}
+	if o.Mode == ModeDNS {
+		if !l.DNS.IP.IsValid() {
+			return c, fmt.Errorf("its DNS IP is unknown (set spec.dns.dnsIP or spec.cidr)")
+		}
+		c.DNS = netip.AddrPortFrom(l.DNS.IP, 53)
+		return c, nil
+	}
+	if l.APIAccess == nil {
+		return c, fmt.Errorf("kubernetes mode needs spec.apiAccess (a Secret with %s and %s)", v1alpha1.SecretKeyToken, v1alpha1.SecretKeyCAData)
+	}
+	if err := o.CredentialErrors[l.Name.String()]; err != nil {
+		return c, fmt.Errorf("apiAccess: %w", err)
+	}
+	cred, ok := o.Credentials[l.Name.String()]
+	if !ok {
+		return c, fmt.Errorf("apiAccess Secret %s not found", l.APIAccess.Name)
+	}
+	if !l.ServiceCIDR.IsValid() {
+		return c, fmt.Errorf("kubernetes mode needs spec.cidr (the remote API server is reached at its service CIDR + 1)")
+	}
+	// The kubernetes Service of the remote cluster, routed through the mesh.
+	c.APIServer = "https://" + offset(l.ServiceCIDR.Addr(), 1).String()
+	c.Token, c.CA = cred.Token, cred.CA
+	return c, nil
+}
+
+func offset(a netip.Addr, n int) netip.Addr {
+	for range n {
+		a = a.Next()
+	}
+	return a
+}
+
+// KubelinkDNSOffset is added to the local service CIDR to get the default
+// ClusterIP of the kubelink DNS Service.
+const KubelinkDNSOffset = 11
+
+// DefaultKubelinkDNS is the service CIDR + 11 (invalid without a CIDR).
+func DefaultKubelinkDNS(serviceCIDR netip.Prefix) netip.Addr {
+	if !serviceCIDR.IsValid() {
+		return netip.Addr{}
+	}
+	return offset(serviceCIDR.Masked().Addr(), KubelinkDNSOffset)
+}
