@@ -293,6 +293,7 @@ func TestExamplesAreAccepted(t *testing.T) {
 		// Both promise that their YAML blocks are tested, so both must have some.
 		{"../../../docs/examples.md", true},
 		{"../../../README.md", true},
+		{"../../../docs/meshservices.md", true},
 	} {
 		data, err := os.ReadFile(doc.path)
 		if errors.Is(err, os.ErrNotExist) && !doc.required {
