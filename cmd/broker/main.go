@@ -7,9 +7,9 @@ package main
 import (
 	"context"
 	"errors"
-	"os"
-	"os/signal"
-	"syscall"
+	"log/slog"
+
+	"k8s.io/client-go/rest"
 
 	"github.com/kubelink/kubelink/lib/broker"
 	"github.com/kubelink/kubelink/lib/cli"
@@ -79,20 +79,12 @@ func main() {
 		if err := c.Validate(); err != nil {
 			return err
 		}
-		log, err := common.Logger()
-		if err != nil {
-			return err
-		}
-		rest, err := common.RESTConfig()
-		if err != nil {
-			return err
-		}
-		b, err := broker.New(c, rest, log)
-		if err != nil {
-			return err
-		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		return b.Run(ctx, rest)
+		return common.Serve(func(ctx context.Context, rest *rest.Config, log *slog.Logger) error {
+			b, err := broker.New(c, rest, log)
+			if err != nil {
+				return err
+			}
+			return b.Run(ctx, rest)
+		})
 	})
 }

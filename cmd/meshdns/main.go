@@ -8,9 +8,9 @@ package main
 import (
 	"context"
 	"errors"
-	"os"
-	"os/signal"
-	"syscall"
+	"log/slog"
+
+	"k8s.io/client-go/rest"
 
 	"github.com/kubelink/kubelink/lib/cli"
 	"github.com/kubelink/kubelink/lib/kubeflags"
@@ -55,20 +55,12 @@ func main() {
 		if err := c.Validate(); err != nil {
 			return err
 		}
-		log, err := common.Logger()
-		if err != nil {
-			return err
-		}
-		rest, err := common.RESTConfig()
-		if err != nil {
-			return err
-		}
-		ctrl, err := meshdns.New(c, rest, log)
-		if err != nil {
-			return err
-		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		return ctrl.Run(ctx)
+		return common.Serve(func(ctx context.Context, rest *rest.Config, log *slog.Logger) error {
+			ctrl, err := meshdns.New(c, rest, log)
+			if err != nil {
+				return err
+			}
+			return ctrl.Run(ctx)
+		})
 	})
 }

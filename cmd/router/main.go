@@ -5,10 +5,10 @@ package main
 
 import (
 	"context"
-	"os"
-	"os/signal"
-	"syscall"
+	"log/slog"
 	"time"
+
+	"k8s.io/client-go/rest"
 
 	"github.com/kubelink/kubelink/lib/cli"
 	"github.com/kubelink/kubelink/lib/kubeflags"
@@ -41,20 +41,12 @@ func main() {
 		if err := c.Validate(); err != nil {
 			return err
 		}
-		log, err := common.Logger()
-		if err != nil {
-			return err
-		}
-		rest, err := common.RESTConfig()
-		if err != nil {
-			return err
-		}
-		r, err := router.New(c, rest, log)
-		if err != nil {
-			return err
-		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
-		return r.Run(ctx)
+		return common.Serve(func(ctx context.Context, rest *rest.Config, log *slog.Logger) error {
+			r, err := router.New(c, rest, log)
+			if err != nil {
+				return err
+			}
+			return r.Run(ctx)
+		})
 	})
 }

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -15,11 +14,11 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/kubeflags"
 	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/probe"
 )
@@ -86,22 +85,9 @@ func New(cfg Config, rest *rest.Config, log *slog.Logger) (*Broker, error) {
 // loop while active.
 func (b *Broker) Run(ctx context.Context, rest *rest.Config) error {
 	defer b.events.shutdown()
-	for _, obj := range []client.Object{&v1alpha1.KubeLink{}, &corev1.Secret{}, &v1alpha1.MeshService{}, &corev1.Service{}} {
-		inf, err := b.cache.GetInformer(ctx, obj)
-		if err != nil {
-			return fmt.Errorf("informer: %w", err)
-		}
-		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { b.kick() },
-			UpdateFunc: func(any, any) { b.kick() },
-			DeleteFunc: func(any) { b.kick() },
-		}); err != nil {
-			return err
-		}
-	}
-	go func() { _ = b.cache.Start(ctx) }()
-	if !b.cache.WaitForCacheSync(ctx) {
-		return errors.New("cache did not sync (is the KubeLink CRD installed?)")
+	if err := kubeflags.WatchAndSync(ctx, b.cache, b.kick,
+		&v1alpha1.KubeLink{}, &corev1.Secret{}, &v1alpha1.MeshService{}, &corev1.Service{}); err != nil {
+		return err
 	}
 	srv := b.serveHTTP(ctx)
 	defer srv.Close()

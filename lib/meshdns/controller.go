@@ -14,11 +14,11 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
-	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/kubeflags"
 	"github.com/kubelink/kubelink/lib/mesh"
 )
 
@@ -78,25 +78,11 @@ func (c *Controller) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	for _, obj := range []client.Object{&v1alpha1.KubeLink{}, &metav1.PartialObjectMetadata{TypeMeta: secretMeta}} {
-		inf, err := c.cache.GetInformer(ctx, obj)
-		if err != nil {
-			return fmt.Errorf("informer: %w", err)
-		}
-		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { c.kick() },
-			UpdateFunc: func(any, any) { c.kick() },
-			DeleteFunc: func(any) { c.kick() },
-		}); err != nil {
-			return err
-		}
-	}
-	go func() { _ = c.cache.Start(ctx) }()
-	if !c.cache.WaitForCacheSync(ctx) {
+	if err := kubeflags.WatchAndSync(ctx, c.cache, c.kick, &v1alpha1.KubeLink{}, &metav1.PartialObjectMetadata{TypeMeta: secretMeta}); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return errors.New("cache did not sync (is the KubeLink CRD installed?)")
+		return err
 	}
 	c.log.Info("mesh DNS running", "mode", c.cfg.Mode, "secret", c.cfg.Namespace+"/"+c.cfg.Secret,
 		"deployment", c.cfg.Deployment, "configureClusterDNS", c.cfg.Configure)

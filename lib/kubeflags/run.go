@@ -1,0 +1,59 @@
+package kubeflags
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// Serve loads logging and API access, builds the component with them, and
+// runs it until SIGINT or SIGTERM: the tail every controller main shares.
+func (c *Common) Serve(run func(ctx context.Context, rc *rest.Config, log *slog.Logger) error) error {
+	log, err := c.Logger()
+	if err != nil {
+		return err
+	}
+	rc, err := c.RESTConfig()
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return run(ctx, rc, log)
+}
+
+// WatchAndSync registers kick as the handler of every change of the given
+// kinds, starts the cache and waits for it to sync. A level-triggered
+// controller then re-reads everything from the cache on each kick.
+func WatchAndSync(ctx context.Context, c cache.Cache, kick func(), objs ...client.Object) error {
+	for _, obj := range objs {
+		inf, err := c.GetInformer(ctx, obj)
+		if err != nil {
+			return fmt.Errorf("informer for %T: %w", obj, err)
+		}
+		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { kick() },
+			UpdateFunc: func(any, any) { kick() },
+			DeleteFunc: func(any) { kick() },
+		}); err != nil {
+			return err
+		}
+	}
+	go func() { _ = c.Start(ctx) }()
+	if !c.WaitForCacheSync(ctx) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return errors.New("cache did not sync (is the KubeLink CRD installed?)")
+	}
+	return nil
+}
