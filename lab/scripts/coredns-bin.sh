@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Builds CoreDNS with its standard plugins from Go modules (lab/tools/coredns,
-# no prebuilt downloads) and caches it outside the checkout. Re-running with a
-# warm cache does nothing. Used by the mesh DNS tests and the lab.
+# Builds CoreDNS with its standard plugins plus kubelink's kubelinkglobal
+# plugin (lib/globaldns) from Go modules (lab/tools/coredns, no prebuilt
+# downloads) and caches it outside the checkout. Used by the mesh DNS tests,
+# the mesh-global DNS test and the lab.
 #
 #   lab/scripts/coredns-bin.sh
 #
 # Output: ${KUBELINK_CACHE:-~/.cache/kubelink}/bin/coredns-v1.12.1/coredns
+#
+# The path stays what the tests derive from meshdns.CoreDNSVersion; the
+# cache is keyed by a stamp file next to the binary (coredns.stamp): a
+# sha256 over the sources that go into the build (lab/tools/coredns's
+# main.go, go.mod and go.sum, lib/globaldns and lib/globaldns/apis/coredns Go sources,
+# lib/go.mod and lib/go.sum). Re-running with a matching stamp does nothing;
+# a binary without a stamp (the earlier stock build) or with another stamp
+# is rebuilt.
 set -euo pipefail
 
 COREDNS_VERSION=v1.12.1
@@ -13,19 +22,37 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${KUBELINK_CACHE:-$HOME/.cache/kubelink}
 OUT=$CACHE/bin/coredns-$COREDNS_VERSION
 BIN=$OUT/coredns
+STAMP=$OUT/coredns.stamp
 
-if [[ -x $BIN ]]; then
-  echo "cached $BIN"
+stamp() {
+  cd "$ROOT"
+  {
+    echo "coredns $COREDNS_VERSION kubelinkglobal"
+    ls lab/tools/coredns/main.go lab/tools/coredns/go.mod lab/tools/coredns/go.sum \
+      lib/go.mod lib/go.sum lib/globaldns/*.go lib/globaldns/apis/coredns/*/*.go 2>/dev/null \
+      | grep -v '_test\.go$' | LC_ALL=C sort | while read -r f; do
+        echo "$f $(sha256sum < "$f" | cut -d' ' -f1)"
+      done
+  } | sha256sum | cut -d' ' -f1
+}
+
+want=$(stamp)
+if [[ -x $BIN && -f $STAMP && $(cat "$STAMP") == "$want" ]]; then
+  echo "cached $BIN (stamp $want)"
   exit 0
 fi
 mkdir -p "$OUT"
 start=$(date +%s)
-# A per-process temporary name: two concurrent builds never write the same
+# Per-process temporary names: two concurrent builds never write the same
 # file, and whichever finishes renames its complete binary into place.
 tmp=$BIN.tmp.$$
-trap 'rm -f "$tmp"' EXIT
+tmpstamp=$STAMP.tmp.$$
+trap 'rm -f "$tmp" "$tmpstamp"' EXIT
 (cd "$ROOT/lab/tools/coredns" && GOWORK=off CGO_ENABLED=0 go build -trimpath \
   -ldflags "-s -w" \
   -o "$tmp" .)
+"$tmp" -plugins | grep -qE '^[[:space:]]*(dns\.)?kubelinkglobal$' || { echo "built CoreDNS lacks the kubelinkglobal plugin" >&2; exit 1; }
+echo "$want" > "$tmpstamp"
 mv "$tmp" "$BIN"   # atomic: a killed build never leaves a half binary
-echo "built $BIN in $(( $(date +%s) - start ))s"
+mv "$tmpstamp" "$STAMP"
+echo "built $BIN in $(( $(date +%s) - start ))s (stamp $want)"
