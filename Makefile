@@ -54,6 +54,11 @@ lint: $(STATICCHECK) ## go vet and staticcheck
 	go vet $(PKGS)
 	$(STATICCHECK) $(PKGS)
 
+.PHONY: fuzz
+fuzz: ## run each fuzz target (bridge frame decoder, HELLO parser) for FUZZTIME (default 60s)
+	@for f in FuzzDecodeFrame FuzzParseHello; do \
+	  go test -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-60s} ./lib/bridge/ || exit 1; done
+
 .PHONY: images
 images: ## build the per-component container images (issue #6)
 	@echo "images: not implemented yet (issue #6)"; exit 1
