@@ -77,7 +77,7 @@ e2e: ## run the end-to-end tests against the lab (issue #6)
 
 .PHONY: bench
 bench: test-bins ## measure the data planes in one run; prints BENCH and RATIO lines (root, iperf3)
-	@set -o pipefail; go test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./lib/clusterlab/ \
+	@set -o pipefail; go test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./lib/clusterlab/ ./lib/bridge/ \
 	  | tee _bench.log | grep -E '^(BENCH|RATIO) '; rc=$$?; \
 	  if [ $$rc -ne 0 ]; then cat _bench.log; fi; rm -f _bench.log; exit $$rc
 

@@ -33,7 +33,7 @@ type testCA struct {
 	pool *x509.CertPool
 }
 
-func newTestCA(t *testing.T) *testCA {
+func newTestCA(t testing.TB) *testCA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -60,7 +60,7 @@ func newTestCA(t *testing.T) *testCA {
 
 // issue makes a certificate usable as server and client, as bridges use
 // one certificate for both directions.
-func (ca *testCA) issue(t *testing.T, cn string) tls.Certificate {
+func (ca *testCA) issue(t testing.TB, cn string) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -35,7 +35,7 @@ type bridgeEnd struct {
 	hello, peerHello Hello
 }
 
-func newEnd(t *testing.T, id, peerID string, host byte) *bridgeEnd {
+func newEnd(t testing.TB, id, peerID string, host byte) *bridgeEnd {
 	return &bridgeEnd{
 		ns: nstest.New(t, id), id: id, peerID: peerID,
 		underlay: netip.AddrFrom4([4]byte{10, 98, 0, host}),
@@ -44,7 +44,7 @@ func newEnd(t *testing.T, id, peerID string, host byte) *bridgeEnd {
 	}
 }
 
-func (e *bridgeEnd) open(t *testing.T) {
+func (e *bridgeEnd) open(t testing.TB) {
 	t.Helper()
 	name := nstest.UniqueName("br")
 	if err := e.ns.Do(func() (err error) { e.tun, err = OpenTUN(name, 1500); return err }); err != nil {
@@ -85,7 +85,7 @@ func policyFor(other *bridgeEnd) Policy {
 
 // connect joins a (client) and b (server) with mutual TLS over the veth,
 // exchanges HELLOs and adds each as the other's peer.
-func connect(t *testing.T, ca *testCA, a, b *bridgeEnd) {
+func connect(t testing.TB, ca *testCA, a, b *bridgeEnd) {
 	t.Helper()
 	var l net.Listener
 	if err := b.ns.Do(func() (err error) {
