@@ -1,0 +1,529 @@
+package bridge
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Link is one peer bridge a Connector keeps a connection to.
+type Link struct {
+	ID string
+	// Endpoint is the peer bridge's host:port. The host is also the
+	// identity its certificate must carry (CN or SAN).
+	Endpoint string
+	// ClusterAddress is the peer's cluster address; its HELLO must carry
+	// exactly this prefix.
+	ClusterAddress netip.Prefix
+	Policy         Policy
+}
+
+// LinkState is whether a link is connected.
+type LinkState int
+
+const (
+	Idle      LinkState = iota // not connected; Reason says why
+	Connected                  // a connection is in the pump
+)
+
+func (s LinkState) String() string {
+	if s == Connected {
+		return "Connected"
+	}
+	return "Idle"
+}
+
+// LinkStatus is the state of a link for status reporting.
+type LinkStatus struct {
+	State LinkState
+	// Reason is the last error while Idle.
+	Reason string
+	// Since is when the link entered the state.
+	Since time.Time
+	// HandshakeTime is how long TCP, TLS and HELLO took (a few round
+	// trips), while Connected.
+	HandshakeTime time.Duration
+	// Outbound tells whether this side dialed the current connection.
+	Outbound bool
+	// PeerHello is what the peer announced, while Connected.
+	PeerHello Hello
+	// Failures counts failed attempts since the last connection; NextDial
+	// is when the next one is due (zero while connected or dialing).
+	Failures int
+	NextDial time.Time
+}
+
+// ConnectorConfig configures a Connector.
+type ConnectorConfig struct {
+	Pump  *Pump
+	Certs *Certs
+	// Hello is what this side announces; its ClusterAddress also decides
+	// the tie-break between crossing connections.
+	Hello Hello
+	// Identify maps the identities of an authenticated client certificate
+	// (see Identities) to a link ID, "" for none. Default: the link whose
+	// endpoint host is one of them.
+	Identify func(ids []string) string
+	// Dial opens TCP connections; default a net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// OnChange is called after a link's status changed (not for removed
+	// links); calls may come from several goroutines.
+	OnChange func(id string, st LinkStatus)
+	// MinBackoff and MaxBackoff bound the redial delay; defaults 250ms and
+	// 30s.
+	MinBackoff, MaxBackoff time.Duration
+	// HandshakeTimeout bounds dial, TLS and HELLO; default 10s.
+	HandshakeTimeout time.Duration
+	Logger           *slog.Logger
+}
+
+// Connector keeps one connection per link: it dials eagerly, accepts the
+// peers' connections (Serve), and redials with backoff when a connection
+// ends.
+type Connector struct {
+	cfg ConnectorConfig
+	log *slog.Logger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	links     map[string]*linkState
+	listeners map[net.Listener]struct{}
+	closed    bool
+
+	rejected atomic.Uint64 // failed inbound TLS or HELLO handshakes
+	lastRej  atomic.Pointer[string]
+}
+
+type linkState struct {
+	link     Link
+	ctx      context.Context
+	cancel   context.CancelFunc
+	peer     *Peer // current connection, nil when none
+	outbound bool
+	status   LinkStatus
+	wake     chan struct{} // a connection was installed or the link changed
+}
+
+// NewConnector returns a Connector without links; see SetLinks and Serve.
+func NewConnector(cfg ConnectorConfig) (*Connector, error) {
+	if cfg.Pump == nil || cfg.Certs == nil {
+		return nil, errors.New("bridge: ConnectorConfig needs Pump and Certs")
+	}
+	if err := cfg.Hello.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 250 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.Dial == nil {
+		var d net.Dialer
+		cfg.Dial = d.DialContext
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	c := &Connector{cfg: cfg, log: cfg.Logger, links: map[string]*linkState{}, listeners: map[net.Listener]struct{}{}}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	return c, nil
+}
+
+// Backoff is the delay before attempt n (1 for the first retry): min·2^(n-1)
+// capped at max, of which a random part (r in [0,1)) up to a half is taken
+// off so that peers do not redial in step.
+func Backoff(n int, minD, maxD time.Duration, r float64) time.Duration {
+	d := minD
+	for i := 1; i < n && d < maxD; i++ {
+		d *= 2
+	}
+	d = min(d, maxD)
+	return d - time.Duration(r*float64(d)/2)
+}
+
+// KeepNew is the tie-break between a new connection to a peer and the one
+// in place: the connection dialed by the side with the lower cluster
+// address wins, and between equals the newer one (a reconnect). Both sides
+// decide alike, so crossing dials settle on one connection.
+func KeepNew(local, remote netip.Prefix, newOutbound, oldOutbound bool) bool {
+	localLower := local.Addr().Compare(remote.Addr()) < 0
+	wins := func(outbound bool) bool { return outbound == localLower }
+	return wins(newOutbound) || !wins(oldOutbound)
+}
+
+// SetLinks replaces the set of links: new ones are dialed, removed ones
+// disconnected, changed endpoints or cluster addresses reconnected, and a
+// changed policy applied to the connection in place.
+func (c *Connector) SetLinks(links []Link) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	want := map[string]Link{}
+	for _, l := range links {
+		want[l.ID] = l
+	}
+	for id, ls := range c.links {
+		l, ok := want[id]
+		if ok && l.Endpoint == ls.link.Endpoint && l.ClusterAddress == ls.link.ClusterAddress {
+			ls.link = l
+			if ls.peer != nil {
+				ls.peer.SetPolicy(l.Policy)
+			}
+			continue
+		}
+		ls.cancel()
+		delete(c.links, id)
+		if ls.peer != nil {
+			c.cfg.Pump.RemovePeer(id, "link removed or changed")
+		}
+	}
+	for id, l := range want {
+		if _, ok := c.links[id]; ok {
+			continue
+		}
+		ls := &linkState{link: l, wake: make(chan struct{}, 1), status: LinkStatus{State: Idle, Reason: "connecting", Since: time.Now()}}
+		ls.ctx, ls.cancel = context.WithCancel(c.ctx)
+		c.links[id] = ls
+		c.wg.Go(func() { c.run(ls) })
+	}
+}
+
+// Status returns the status of a link, false when there is no such link.
+func (c *Connector) Status(id string) (LinkStatus, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ls := c.links[id]
+	if ls == nil {
+		return LinkStatus{}, false
+	}
+	return ls.status, true
+}
+
+// Statuses returns the status of every link.
+func (c *Connector) Statuses() map[string]LinkStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := make(map[string]LinkStatus, len(c.links))
+	for id, ls := range c.links {
+		m[id] = ls.status
+	}
+	return m
+}
+
+// Links returns the IDs of the links, sorted.
+func (c *Connector) Links() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Sorted(maps.Keys(c.links))
+}
+
+// Rejected counts inbound connections that failed TLS or the HELLO (e.g. a
+// certificate from another CA) and tells the last reason.
+func (c *Connector) Rejected() (uint64, string) {
+	var last string
+	if p := c.lastRej.Load(); p != nil {
+		last = *p
+	}
+	return c.rejected.Load(), last
+}
+
+// setStatus updates ls.status (caller holds c.mu) and returns the
+// notification to send after unlocking.
+func (c *Connector) setStatus(id string, ls *linkState, st LinkStatus) func() {
+	if st.State != ls.status.State {
+		st.Since = time.Now()
+	} else {
+		st.Since = ls.status.Since
+	}
+	ls.status = st
+	if c.cfg.OnChange == nil {
+		return func() {}
+	}
+	return func() { c.cfg.OnChange(id, st) }
+}
+
+// run keeps the link connected until its context ends.
+func (c *Connector) run(ls *linkState) {
+	id := ls.link.ID
+	failures := 0
+	for {
+		c.mu.Lock()
+		pr := ls.peer
+		c.mu.Unlock()
+		if pr != nil {
+			select {
+			case <-pr.Done():
+				continue
+			case <-ls.ctx.Done():
+				return
+			}
+		}
+		err := c.dial(ls)
+		if ls.ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			failures = 0
+			continue
+		}
+		failures++
+		delay := Backoff(failures, c.cfg.MinBackoff, c.cfg.MaxBackoff, rand.Float64())
+		c.mu.Lock()
+		select {
+		case <-ls.wake: // stale: from an install while we did not wait for it
+		default:
+		}
+		if ls.peer != nil { // an inbound connection arrived while dialing
+			c.mu.Unlock()
+			continue
+		}
+		notify := func() {}
+		if ls.peer == nil {
+			notify = c.setStatus(id, ls, LinkStatus{State: Idle, Reason: err.Error(), Failures: failures, NextDial: time.Now().Add(delay)})
+		}
+		c.mu.Unlock()
+		notify()
+		c.log.Info("bridge: connecting failed", "link", id, "error", err, "retry", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ls.wake: // an inbound connection arrived
+		case <-ls.ctx.Done():
+			t.Stop()
+			return
+		}
+		t.Stop()
+	}
+}
+
+// dial connects the link once.
+func (c *Connector) dial(ls *linkState) error {
+	start := time.Now()
+	l := ls.link
+	ctx, cancel := context.WithTimeout(ls.ctx, c.cfg.HandshakeTimeout)
+	defer cancel()
+	raw, err := c.cfg.Dial(ctx, "tcp", l.Endpoint)
+	if err != nil {
+		return err
+	}
+	tc := tls.Client(raw, c.cfg.Certs.ClientConfig(l.Endpoint))
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return fmt.Errorf("TLS handshake with %s: %w", l.Endpoint, err)
+	}
+	hello, err := c.helloFor(tc, l, time.Until(start.Add(c.cfg.HandshakeTimeout)))
+	if err != nil {
+		return err
+	}
+	return c.install(ls, tc, hello, true, time.Since(start))
+}
+
+// helloFor exchanges HELLOs and checks the peer's against the link; it
+// closes conn on failure.
+func (c *Connector) helloFor(conn net.Conn, l Link, timeout time.Duration) (Hello, error) {
+	h, err := Handshake(conn, c.cfg.Hello, max(timeout, time.Millisecond))
+	if err != nil {
+		conn.Close()
+		return Hello{}, fmt.Errorf("HELLO from %s: %w", l.Endpoint, err)
+	}
+	if h.ClusterAddress != l.ClusterAddress {
+		err := fmt.Errorf("peer announces cluster address %s, link %s has %s", h.ClusterAddress, l.ID, l.ClusterAddress)
+		_ = SendClose(conn, CloseRejected, err.Error(), closeTimeout)
+		return Hello{}, err
+	}
+	return h, nil
+}
+
+// errDuplicate rejects the losing one of two crossing connections.
+var errDuplicate = errors.New("duplicate connection: the one dialed by the lower cluster address stays")
+
+// install hands conn to the pump unless the link is gone or the tie-break
+// keeps the connection in place.
+func (c *Connector) install(ls *linkState, conn net.Conn, hello Hello, outbound bool, took time.Duration) error {
+	id := ls.link.ID
+	c.mu.Lock()
+	if c.links[id] != ls || ls.ctx.Err() != nil {
+		c.mu.Unlock()
+		_ = SendClose(conn, CloseRejected, "link removed", closeTimeout)
+		return errors.New("link removed")
+	}
+	if ls.peer != nil && !KeepNew(c.cfg.Hello.ClusterAddress, ls.link.ClusterAddress, outbound, ls.outbound) {
+		c.mu.Unlock()
+		_ = SendClose(conn, CloseRejected, errDuplicate.Error(), closeTimeout)
+		return errDuplicate
+	}
+	pr, err := c.cfg.Pump.AddPeer(id, conn, ls.link.Policy)
+	if err != nil {
+		c.mu.Unlock()
+		conn.Close()
+		return err
+	}
+	ls.peer, ls.outbound = pr, outbound
+	notify := c.setStatus(id, ls, LinkStatus{State: Connected, HandshakeTime: took, Outbound: outbound, PeerHello: hello})
+	select {
+	case ls.wake <- struct{}{}:
+	default:
+	}
+	c.mu.Unlock()
+	notify()
+	c.wg.Go(func() { c.watch(ls, pr) })
+	return nil
+}
+
+// watch turns the link Idle when its connection ends, unless another
+// took over.
+func (c *Connector) watch(ls *linkState, pr *Peer) {
+	<-pr.Done()
+	c.mu.Lock()
+	notify := func() {}
+	if ls.peer == pr {
+		ls.peer = nil
+		reason := "connection ended"
+		if err := pr.Err(); err != nil {
+			reason = err.Error()
+		}
+		if c.links[ls.link.ID] == ls {
+			notify = c.setStatus(ls.link.ID, ls, LinkStatus{State: Idle, Reason: reason})
+		}
+	}
+	c.mu.Unlock()
+	notify()
+}
+
+// Serve accepts bridge connections on l until it fails or Close; each
+// peer is authenticated by its certificate, matched to a link and, after
+// the HELLO, handed to the pump.
+func (c *Connector) Serve(l net.Listener) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		l.Close()
+		return net.ErrClosed
+	}
+	c.listeners[l] = struct{}{}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.listeners, l)
+		c.mu.Unlock()
+	}()
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		c.wg.Go(func() {
+			if err := c.accept(conn); err != nil {
+				c.rejected.Add(1)
+				msg := err.Error()
+				c.lastRej.Store(&msg)
+				c.log.Info("bridge: rejected a connection", "remote", conn.RemoteAddr(), "error", err)
+			}
+		})
+	}
+}
+
+func (c *Connector) accept(raw net.Conn) error {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.HandshakeTimeout)
+	defer cancel()
+	tc := tls.Server(raw, c.cfg.Certs.ServerConfig())
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	ids := Identities(tc.ConnectionState().PeerCertificates[0])
+	c.mu.Lock()
+	var ls *linkState
+	if c.cfg.Identify != nil {
+		ls = c.links[c.cfg.Identify(ids)]
+	} else {
+		for _, cand := range c.links {
+			host, _, err := net.SplitHostPort(cand.link.Endpoint)
+			if err == nil && MatchIdentity(ids, host) {
+				ls = cand
+				break
+			}
+		}
+	}
+	c.mu.Unlock()
+	if ls == nil {
+		err := fmt.Errorf("no link for peer %v", ids)
+		_ = SendClose(tc, CloseRejected, err.Error(), closeTimeout)
+		return err
+	}
+	hello, err := c.helloFor(tc, ls.link, time.Until(start.Add(c.cfg.HandshakeTimeout)))
+	if err != nil {
+		return err
+	}
+	if err := c.install(ls, tc, hello, false, time.Since(start)); err != nil && !errors.Is(err, errDuplicate) {
+		return err
+	}
+	return nil
+}
+
+// PeerCertificate is the certificate the peer of a link presented on the
+// current connection, nil when not connected.
+func (c *Connector) PeerCertificate(id string) *x509.Certificate {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ls := c.links[id]
+	if ls == nil || ls.peer == nil {
+		return nil
+	}
+	if tc, ok := ls.peer.conn.(*tls.Conn); ok {
+		if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
+			return certs[0]
+		}
+	}
+	return nil
+}
+
+// Close stops dialing and accepting, closes the links' connections and
+// waits for the goroutines. The pump stays open.
+func (c *Connector) Close() error {
+	c.mu.Lock()
+	c.closed = true
+	for l := range c.listeners {
+		l.Close()
+	}
+	var ids []string
+	for id, ls := range c.links {
+		if ls.peer != nil {
+			ids = append(ids, id)
+		}
+	}
+	c.links = map[string]*linkState{}
+	c.mu.Unlock()
+	c.cancel()
+	for _, id := range ids {
+		c.cfg.Pump.RemovePeer(id, "shutting down")
+	}
+	c.wg.Wait()
+	return nil
+}
