@@ -1,17 +1,48 @@
-// Command kubelink-certwatch materialises TLS and WireGuard secrets as files with an atomic swap and manages keys and certificates.
+// Command kubelink-certwatch materialises the kubelink TLS Secret and
+// WireGuard key Secret as files with an atomic swap (like the kubelet's
+// AtomicWriter), so that the broker and the bridge pick up new certificates
+// and keys without a restart; with --secret-manage-mode=self it keeps its
+// own CA and renews a CA-signed certificate, and it generates a WireGuard
+// key pair into the Secret when there is none.
 package main
 
 import (
-	"fmt"
+	"context"
+	"log/slog"
 
+	"k8s.io/client-go/rest"
+
+	"github.com/kubelink/kubelink/lib/certwatch"
 	"github.com/kubelink/kubelink/lib/cli"
+	"github.com/kubelink/kubelink/lib/kubeflags"
 )
 
 func main() {
 	cmd := cli.New("kubelink-certwatch", "materialises TLS and WireGuard secrets as files with an atomic swap and manages keys and certificates")
+	c := certwatch.Defaults()
+	var common kubeflags.Common
+	f := cmd.Flags
+	common.Register(f)
+	f.StringVar(&c.Namespace, "namespace", kubeflags.DefaultNamespace(c.Namespace), "namespace of the TLS and WireGuard Secrets")
+	f.StringVar(&c.TLSSecret, "tls-secret", c.TLSSecret, "TLS Secret (keys tls.crt, tls.key, ca.crt; ca.key when self-managed); empty: no TLS files")
+	f.StringVar(&c.WireGuardSecret, "wireguard-secret", c.WireGuardSecret, "WireGuard key Secret (key WireguardPrivateKey, WireGuardPrivateKey also accepted; generated when missing); empty: no WireGuard files")
+	f.StringVar(&c.Dir, "dir", c.Dir, "output directory: <dir>/tls/{tls.crt,tls.key,ca.crt} and <dir>/wireguard/{privatekey,publickey}")
+	f.StringVar(&c.Mode, "secret-manage-mode", c.Mode, "none (the TLS Secret is managed elsewhere and only read) or self (keep a CA and a CA-signed certificate for --dns-name in the Secret)")
+	f.StringVar(&c.DNSName, "dns-name", c.DNSName, "CN and DNS SAN of the self-managed certificate (required with --secret-manage-mode=self)")
+	f.DurationVar(&c.CertValidity, "cert-validity", c.CertValidity, "validity of a self-managed certificate; renewed when a third of it remains")
+	f.DurationVar(&c.Resync, "resync", c.Resync, "period of the full sync (also runs on every Secret change and when the certificate is due)")
+	f.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address serving /healthz, /readyz and /metrics (empty: off)")
+
 	cmd.Main(func() error {
-		// The run loop lands with issue #4; until then the binary only answers
-		// --help and --version and refuses to pretend it is running.
-		return fmt.Errorf("kubelink-certwatch: not implemented yet (tracked in issue #4)")
+		if err := c.Validate(); err != nil {
+			return err
+		}
+		return common.Serve(func(ctx context.Context, rc *rest.Config, log *slog.Logger) error {
+			ctrl, err := certwatch.New(c, rc, log)
+			if err != nil {
+				return err
+			}
+			return ctrl.Run(ctx)
+		})
 	})
 }

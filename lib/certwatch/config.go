@@ -1,0 +1,114 @@
+// Package certwatch materialises the kubelink TLS Secret and WireGuard key
+// Secret as files in a shared directory, swapped atomically like the
+// kubelet's AtomicWriter, and optionally manages them: a self-managed CA and
+// a CA-signed certificate renewed when a third of its lifetime remains, and
+// a WireGuard key pair generated when the key Secret lacks one.
+package certwatch
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Secret management modes (--secret-manage-mode).
+const (
+	ModeNone = "none" // the TLS Secret is managed elsewhere; only read
+	ModeSelf = "self" // certwatch keeps a CA and a CA-signed certificate in the Secret
+)
+
+// Secret data keys.
+const (
+	KeyTLSCert = "tls.crt"
+	KeyTLSKey  = "tls.key"
+	KeyCACert  = "ca.crt"
+	KeyCAKey   = "ca.key"
+
+	KeyWireGuardPrivate    = "WireguardPrivateKey"
+	KeyWireGuardPrivateAlt = "WireGuardPrivateKey" // the README's spelling, also accepted
+	KeyWireGuardPublic     = "WireguardPublicKey"  // informational
+)
+
+// Files under Config.Dir.
+const (
+	TLSDir           = "tls"       // <dir>/tls/{tls.crt,tls.key,ca.crt}
+	WireGuardDir     = "wireguard" // <dir>/wireguard/{privatekey,publickey}
+	FilePrivateKey   = "privatekey"
+	FilePublicKey    = "publickey"
+	defaultNamespace = "kubelink"
+)
+
+// Config are the settings of a Controller.
+type Config struct {
+	Namespace       string        // namespace of both Secrets
+	TLSSecret       string        // TLS Secret; empty: no TLS handling
+	WireGuardSecret string        // WireGuard key Secret; empty: no WireGuard handling
+	Dir             string        // output directory
+	Mode            string        // ModeNone or ModeSelf
+	DNSName         string        // CN and DNS SAN of the self-managed certificate
+	CertValidity    time.Duration // validity of a self-managed certificate
+	Resync          time.Duration // period of the full sync
+	MetricsAddr     string        // /healthz, /readyz, /metrics; empty: off
+}
+
+// Defaults returns the default configuration.
+func Defaults() Config {
+	return Config{
+		Namespace:       defaultNamespace,
+		TLSSecret:       "kubelink-tls",
+		WireGuardSecret: "wireguard",
+		Dir:             "/var/run/kubelink/certs",
+		Mode:            ModeNone,
+		CertValidity:    10 * 24 * time.Hour,
+		Resync:          time.Minute,
+		MetricsAddr:     ":8080",
+	}
+}
+
+// Validate reports every invalid setting, named by its flag.
+func (c Config) Validate() error {
+	var errs []error
+	switch c.Mode {
+	case ModeNone, ModeSelf:
+	case "cert":
+		errs = append(errs, errors.New(`--secret-manage-mode="cert": gardener cert-management is not supported by certwatch; use none (with cert-manager or similar writing the Secret) or self`))
+	default:
+		errs = append(errs, fmt.Errorf("--secret-manage-mode=%q: must be none or self", c.Mode))
+	}
+	if c.Namespace == "" {
+		errs = append(errs, errors.New("--namespace: must not be empty"))
+	}
+	if c.Dir == "" {
+		errs = append(errs, errors.New("--dir: must not be empty"))
+	}
+	if c.TLSSecret == "" && c.WireGuardSecret == "" {
+		errs = append(errs, errors.New("--tls-secret and --wireguard-secret are both empty: nothing to do"))
+	}
+	for flag, name := range map[string]string{"tls-secret": c.TLSSecret, "wireguard-secret": c.WireGuardSecret} {
+		if name != "" {
+			if msgs := validation.IsDNS1123Subdomain(name); len(msgs) > 0 {
+				errs = append(errs, fmt.Errorf("--%s=%q: %s", flag, name, strings.Join(msgs, "; ")))
+			}
+		}
+	}
+	if c.Mode == ModeSelf {
+		if c.TLSSecret == "" {
+			errs = append(errs, errors.New("--secret-manage-mode=self needs --tls-secret"))
+		}
+		if c.DNSName == "" {
+			errs = append(errs, errors.New("--secret-manage-mode=self needs --dns-name (CN and SAN of the certificate)"))
+		} else if msgs := validation.IsDNS1123Subdomain(c.DNSName); len(msgs) > 0 {
+			errs = append(errs, fmt.Errorf("--dns-name=%q: not a DNS name: %s", c.DNSName, strings.Join(msgs, "; ")))
+		}
+		if c.CertValidity < 3*time.Second {
+			errs = append(errs, fmt.Errorf("--cert-validity=%s: must be at least 3s", c.CertValidity))
+		}
+	}
+	if c.Resync <= 0 {
+		errs = append(errs, fmt.Errorf("--resync=%s: must be positive", c.Resync))
+	}
+	return errors.Join(errs...)
+}

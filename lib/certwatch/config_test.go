@@ -1,0 +1,34 @@
+package certwatch
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestValidateNamesTheFlags(t *testing.T) {
+	if err := Defaults().Validate(); err != nil {
+		t.Errorf("defaults: %v", err)
+	}
+	for _, tc := range []struct {
+		mod  func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.Mode = "bogus" }, `--secret-manage-mode="bogus": must be none or self`},
+		{func(c *Config) { c.Mode = "cert" }, "not supported"},
+		{func(c *Config) { c.Mode = ModeSelf }, "needs --dns-name"},
+		{func(c *Config) { c.Mode, c.DNSName = ModeSelf, "Not_A_Name" }, `--dns-name="Not_A_Name"`},
+		{func(c *Config) { c.Mode, c.DNSName, c.CertValidity = ModeSelf, "a.b", time.Second }, "--cert-validity=1s"},
+		{func(c *Config) { c.Mode, c.DNSName, c.TLSSecret = ModeSelf, "a.b", "" }, "needs --tls-secret"},
+		{func(c *Config) { c.TLSSecret, c.WireGuardSecret = "", "" }, "nothing to do"},
+		{func(c *Config) { c.Dir = "" }, "--dir"},
+		{func(c *Config) { c.TLSSecret = "Bad Name" }, `--tls-secret="Bad Name"`},
+		{func(c *Config) { c.Resync = 0 }, "--resync"},
+	} {
+		c := Defaults()
+		tc.mod(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("want %q, got %v", tc.want, err)
+		}
+	}
+}

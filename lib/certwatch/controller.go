@@ -1,0 +1,351 @@
+package certwatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kubelink/kubelink/lib/kubeflags"
+	"github.com/kubelink/kubelink/lib/mesh"
+	"github.com/kubelink/kubelink/lib/wireguard"
+)
+
+// Controller keeps the files in Config.Dir in line with the Secrets: a
+// level-triggered loop that runs on every change of a Secret in the
+// namespace, periodically, and when the certificate is due for renewal.
+type Controller struct {
+	cfg     Config
+	log     *slog.Logger
+	api     client.Client // direct reads and writes: always the latest state
+	cache   cache.Cache   // Secret metadata, for change events
+	trigger chan struct{}
+	metrics *metrics
+	now     func() time.Time
+
+	syncs     atomic.Int64 // completed syncs
+	goodSyncs atomic.Int64 // syncs without error, for /readyz
+	lastErr   string
+}
+
+var secretMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"}
+
+// New prepares a controller; Run starts it.
+func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	c, err := cache.New(rc, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
+		&metav1.PartialObjectMetadata{TypeMeta: secretMeta}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("creating cache: %w", err)
+	}
+	api, err := client.New(rc, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("creating client: %w", err)
+	}
+	return &Controller{cfg: cfg, log: log, api: api, cache: c, trigger: make(chan struct{}, 1), metrics: newMetrics(), now: time.Now}, nil
+}
+
+// Syncs is the number of completed syncs (successful or not).
+func (c *Controller) Syncs() int64 { return c.syncs.Load() }
+
+// Run serves until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	srv, err := c.serveHTTP(ctx)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	if err := kubeflags.WatchAndSync(ctx, c.cache, c.kick, &metav1.PartialObjectMetadata{TypeMeta: secretMeta}); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	c.log.Info("certwatch running", "namespace", c.cfg.Namespace, "tlsSecret", c.cfg.TLSSecret,
+		"wireguardSecret", c.cfg.WireGuardSecret, "dir", c.cfg.Dir, "mode", c.cfg.Mode)
+	tick := time.NewTicker(c.cfg.Resync)
+	defer tick.Stop()
+	for {
+		renewAt, err := c.sync(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		c.report(err)
+		c.syncs.Add(1)
+		wait := c.cfg.Resync
+		if err != nil {
+			wait = min(wait, 5*time.Second) // retry soon, e.g. after an update conflict
+		}
+		if !renewAt.IsZero() {
+			wait = min(wait, max(renewAt.Sub(c.now())+10*time.Millisecond, 0))
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case <-c.trigger:
+		case <-tick.C:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+func (c *Controller) kick() {
+	select {
+	case c.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// report logs a sync error once per change rather than on every resync.
+func (c *Controller) report(err error) {
+	msg := ""
+	if err != nil {
+		c.metrics.syncErrors.Inc()
+		msg = err.Error()
+	} else {
+		c.goodSyncs.Add(1)
+	}
+	if msg == c.lastErr {
+		return
+	}
+	c.lastErr = msg
+	if err != nil {
+		c.log.Error("sync", "err", err)
+	} else {
+		c.log.Info("sync ok again")
+	}
+}
+
+// sync makes the files match the Secrets (managing them first in self
+// mode) and returns when the certificate is next due for renewal (zero:
+// not managed).
+func (c *Controller) sync(ctx context.Context) (renewAt time.Time, err error) {
+	var errs []error
+	if c.cfg.TLSSecret != "" {
+		renewAt, err = c.syncTLS(ctx)
+		errs = append(errs, err)
+	}
+	if c.cfg.WireGuardSecret != "" {
+		errs = append(errs, c.syncWireGuard(ctx))
+	}
+	return renewAt, errors.Join(errs...)
+}
+
+func (c *Controller) getSecret(ctx context.Context, name string) (*corev1.Secret, error) {
+	var s corev1.Secret
+	if err := c.api.Get(ctx, client.ObjectKey{Namespace: c.cfg.Namespace, Name: name}, &s); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("reading Secret %s/%s: %w", c.cfg.Namespace, name, err)
+	}
+	return &s, nil
+}
+
+func (c *Controller) syncTLS(ctx context.Context) (time.Time, error) {
+	ref := c.cfg.Namespace + "/" + c.cfg.TLSSecret
+	s, err := c.getSecret(ctx, c.cfg.TLSSecret)
+	if err != nil {
+		return time.Time{}, err
+	}
+	var renewAt time.Time
+	if c.cfg.Mode == ModeSelf {
+		if s, err = c.manageTLS(ctx, s); err != nil {
+			return time.Time{}, err
+		}
+	}
+	if s == nil {
+		// Managed elsewhere and not there (yet): keep what was written last.
+		return time.Time{}, fmt.Errorf("secret %s not found", ref)
+	}
+	var missing []string
+	for _, k := range []string{KeyTLSCert, KeyTLSKey, KeyCACert} {
+		if len(s.Data[k]) == 0 {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) > 0 {
+		return time.Time{}, fmt.Errorf("secret %s lacks %s; files left as they are", ref, strings.Join(missing, ", "))
+	}
+	cert, err := ParseCertificate(s.Data[KeyTLSCert])
+	if err != nil {
+		return time.Time{}, fmt.Errorf("secret %s: tls.crt: %w; files left as they are", ref, err)
+	}
+	if c.cfg.Mode == ModeSelf {
+		renewAt = RenewalTime(cert)
+	}
+	changed, err := WriteAtomic(filepath.Join(c.cfg.Dir, TLSDir), []File{
+		{Name: KeyTLSCert, Data: s.Data[KeyTLSCert], Mode: 0o644},
+		{Name: KeyTLSKey, Data: s.Data[KeyTLSKey], Mode: 0o600},
+		{Name: KeyCACert, Data: s.Data[KeyCACert], Mode: 0o644},
+	})
+	if err != nil {
+		return renewAt, fmt.Errorf("writing %s: %w", filepath.Join(c.cfg.Dir, TLSDir), err)
+	}
+	c.metrics.notAfter.Store(cert.NotAfter.Unix())
+	if changed {
+		c.metrics.writes.WithLabelValues(TLSDir).Inc()
+		c.log.Info("TLS files swapped", "dir", filepath.Join(c.cfg.Dir, TLSDir), "cn", cert.Subject.CommonName,
+			"notAfter", cert.NotAfter.Format(time.RFC3339))
+	}
+	return renewAt, nil
+}
+
+// manageTLS makes the Secret hold a CA and a current certificate for
+// --dns-name, creating the Secret, the CA or the certificate as needed.
+// It returns the Secret as stored.
+func (c *Controller) manageTLS(ctx context.Context, s *corev1.Secret) (*corev1.Secret, error) {
+	now := c.now()
+	create := s == nil
+	if create {
+		s = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: c.cfg.Namespace, Name: c.cfg.TLSSecret,
+			Labels: map[string]string{"app.kubernetes.io/managed-by": "kubelink-certwatch"}}, Type: corev1.SecretTypeTLS}
+	}
+	data := maps.Clone(s.Data)
+	if data == nil {
+		data = map[string][]byte{}
+	}
+	caCert, caKey := data[KeyCACert], data[KeyCAKey]
+	newCA := false
+	switch {
+	case len(caCert) == 0 && len(caKey) == 0:
+		var err error
+		if caCert, caKey, err = NewCA(now, CAValidity); err != nil {
+			return nil, err
+		}
+		data[KeyCACert], data[KeyCAKey] = caCert, caKey
+		newCA = true
+		c.log.Info("created a CA", "secret", c.cfg.Namespace+"/"+c.cfg.TLSSecret)
+	case len(caKey) == 0:
+		return nil, fmt.Errorf("secret %s/%s has ca.crt but no ca.key: cannot sign in self-managed mode (add ca.key, or remove ca.crt to have a new CA created)",
+			c.cfg.Namespace, c.cfg.TLSSecret)
+	}
+	reason := "new CA"
+	if !newCA {
+		_, err := CheckCert(data[KeyTLSCert], data[KeyTLSKey], caCert, c.cfg.DNSName, now)
+		if err == nil {
+			return s, nil
+		}
+		reason = err.Error()
+		if len(data[KeyTLSCert]) == 0 {
+			reason = "no certificate yet"
+		}
+	}
+	crt, key, err := IssueCert(caCert, caKey, c.cfg.DNSName, now, c.cfg.CertValidity)
+	if err != nil {
+		return nil, fmt.Errorf("issuing a certificate with the CA of %s/%s: %w", c.cfg.Namespace, c.cfg.TLSSecret, err)
+	}
+	data[KeyTLSCert], data[KeyTLSKey] = crt, key
+	s.Data = data
+	if create {
+		err = c.api.Create(ctx, s)
+	} else {
+		err = c.api.Update(ctx, s)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("storing the certificate in %s/%s: %w", c.cfg.Namespace, c.cfg.TLSSecret, err)
+	}
+	c.metrics.renewals.Inc()
+	c.log.Info("issued a certificate", "cn", c.cfg.DNSName, "reason", reason, "validity", c.cfg.CertValidity)
+	return s, nil
+}
+
+func (c *Controller) syncWireGuard(ctx context.Context) error {
+	ref := c.cfg.Namespace + "/" + c.cfg.WireGuardSecret
+	s, err := c.getSecret(ctx, c.cfg.WireGuardSecret)
+	if err != nil {
+		return err
+	}
+	var priv mesh.Key
+	raw, field := "", ""
+	if s != nil {
+		for _, k := range []string{KeyWireGuardPrivate, KeyWireGuardPrivateAlt} {
+			if v := strings.TrimSpace(string(s.Data[k])); v != "" {
+				raw, field = v, k
+				break
+			}
+		}
+	}
+	if raw != "" {
+		if priv, err = mesh.ParseKey(raw); err != nil {
+			return fmt.Errorf("secret %s: %s: %w; not replaced, files left as they are", ref, field, err)
+		}
+	} else {
+		if priv, err = c.storeNewKey(ctx, s); err != nil {
+			return err
+		}
+	}
+	pub := wireguard.PublicKey(priv)
+	dir := filepath.Join(c.cfg.Dir, WireGuardDir)
+	changed, err := WriteAtomic(dir, []File{
+		{Name: FilePrivateKey, Data: []byte(priv.String() + "\n"), Mode: 0o600},
+		{Name: FilePublicKey, Data: []byte(pub.String() + "\n"), Mode: 0o644},
+	})
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", dir, err)
+	}
+	if changed {
+		c.metrics.writes.WithLabelValues(WireGuardDir).Inc()
+		c.log.Info("WireGuard key files swapped", "dir", dir, "publicKey", pub.String())
+	}
+	return nil
+}
+
+// storeNewKey generates a key pair and stores it in the Secret s (nil:
+// created). Other data of an existing Secret is kept; an update conflict
+// (someone else wrote a key meanwhile) fails the sync, and the next sync
+// reads that key.
+func (c *Controller) storeNewKey(ctx context.Context, s *corev1.Secret) (mesh.Key, error) {
+	priv, err := wireguard.GeneratePrivateKey()
+	if err != nil {
+		return mesh.Key{}, err
+	}
+	create := s == nil
+	if create {
+		s = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: c.cfg.Namespace, Name: c.cfg.WireGuardSecret,
+			Labels: map[string]string{"app.kubernetes.io/managed-by": "kubelink-certwatch"}}, Type: corev1.SecretTypeOpaque}
+	}
+	data := maps.Clone(s.Data)
+	if data == nil {
+		data = map[string][]byte{}
+	}
+	data[KeyWireGuardPrivate] = []byte(priv.String())
+	data[KeyWireGuardPublic] = []byte(wireguard.PublicKey(priv).String())
+	s.Data = data
+	if create {
+		err = c.api.Create(ctx, s)
+	} else {
+		err = c.api.Update(ctx, s)
+	}
+	if err != nil {
+		return mesh.Key{}, fmt.Errorf("storing a new WireGuard key in %s/%s: %w", c.cfg.Namespace, c.cfg.WireGuardSecret, err)
+	}
+	c.metrics.generated.Inc()
+	c.log.Info("generated a WireGuard key pair", "secret", c.cfg.Namespace+"/"+c.cfg.WireGuardSecret,
+		"publicKey", wireguard.PublicKey(priv).String())
+	return priv, nil
+}
