@@ -26,7 +26,9 @@ func main() {
 	f := cmd.Flags
 	common.Register(f)
 	f.StringVar(&c.Namespace, "namespace", kubeflags.DefaultNamespace(c.Namespace), "namespace of the key Secret and the Lease")
-	f.StringVar(&c.Mode, "mode", c.Mode, "data plane: wireguard or none (bridge: issue #4)")
+	f.StringVar(&c.Mode, "mode", c.Mode, "data plane: wireguard, bridge (TLS over TCP) or none")
+	f.StringVar(&c.CertDir, "cert-dir", c.CertDir, "bridge mode: directory with tls.crt, tls.key and ca.crt (reloaded when they change)")
+	f.IntVar(&c.BridgePort, "bridge-port", c.BridgePort, "bridge mode: TCP port of the bridge (also the default port of link endpoints)")
 	f.StringVar(&c.WireGuard, "wireguard", c.WireGuard, "WireGuard implementation: auto (kernel if available, else embedded wireguard-go), kernel or userspace")
 	f.StringVar(&c.Interface, "ifce-name", c.Interface, "name of the mesh device")
 	f.IntVar(&c.ListenPort, "listen-port", c.ListenPort, "WireGuard UDP port (also the default port of link endpoints)")

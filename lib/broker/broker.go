@@ -34,6 +34,7 @@ type Broker struct {
 	metrics *metrics
 	trigger chan struct{}
 	plane   *wgPlane
+	bplane  *bridgePlane // --mode=bridge (plane is nil then)
 	prober  *probe.Prober
 	resp    map[netip.Addr]*probe.Responder
 
@@ -120,6 +121,14 @@ func (b *Broker) runActive(ctx context.Context) error {
 		b.plane = p
 		defer p.close()
 		go p.resolver.Run(ctx, b.kick)
+	}
+	if b.cfg.Mode == ModeBridge {
+		p, err := newBridgePlane(&b.cfg, b.rm, b.log, b.kick)
+		if err != nil {
+			return err
+		}
+		b.bplane = p
+		defer p.close()
 	}
 	b.prober = probe.New(probe.Config{Interval: b.cfg.ProbeInterval, DownAfter: b.cfg.ProbeDownAfter, Port: b.cfg.ProbePort,
 		OnChange: func(netip.Addr, probe.Result) { b.kick() }})

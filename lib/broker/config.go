@@ -32,6 +32,11 @@ type Config struct {
 	ListenPort int
 	Secret     string
 	MTU        int
+	// CertDir holds tls.crt, tls.key and ca.crt of the bridge (bridge mode).
+	CertDir string
+	// BridgePort is the TCP port of the bridge (bridge mode), also the
+	// default port of link endpoints there.
+	BridgePort int
 
 	NodeCIDR    netip.Prefix
 	PodCIDR     netip.Prefix
@@ -65,7 +70,7 @@ type Config struct {
 func Defaults() Config {
 	return Config{
 		Namespace: "kubelink", Mode: ModeWireGuard, WireGuard: wireguard.ModeAuto, Interface: "kubelink",
-		ListenPort: 8777, Secret: "wireguard", RouteTable: 254, RulePriority: 32750,
+		ListenPort: 8777, BridgePort: 8088, Secret: "wireguard", RouteTable: 254, RulePriority: 32750,
 		Keepalive: 21 * time.Second, ResolveInterval: 30 * time.Second,
 		ProbeInterval: 500 * time.Millisecond, ProbeDownAfter: 1500 * time.Millisecond, ProbePort: probe.DefaultPort,
 		HealthEvery: 10 * time.Second, Resync: 10 * time.Second,
@@ -81,9 +86,14 @@ func (c *Config) Validate() error {
 	switch c.Mode {
 	case ModeWireGuard, ModeNone:
 	case ModeBridge:
-		errs = append(errs, errors.New("--mode=bridge: the TLS bridge data plane is not implemented yet (issue #4); use --mode=wireguard"))
+		if c.CertDir == "" {
+			errs = append(errs, errors.New("--cert-dir is required in bridge mode (tls.crt, tls.key and ca.crt)"))
+		}
+		if c.BridgePort < 1 || c.BridgePort > 65535 {
+			errs = append(errs, fmt.Errorf("--bridge-port=%d: must be 1-65535", c.BridgePort))
+		}
 	default:
-		errs = append(errs, fmt.Errorf("--mode=%q: must be wireguard or none", c.Mode))
+		errs = append(errs, fmt.Errorf("--mode=%q: must be wireguard, bridge or none", c.Mode))
 	}
 	switch c.WireGuard {
 	case wireguard.ModeAuto, wireguard.ModeKernel, wireguard.ModeUserspace:

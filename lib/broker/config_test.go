@@ -18,7 +18,7 @@ func TestValidateExplainsBadFlags(t *testing.T) {
 		want   string
 	}{
 		{func(c *Config) { c.Mode = "tls" }, `--mode="tls"`},
-		{func(c *Config) { c.Mode = ModeBridge }, "not implemented yet (issue #4)"},
+		{func(c *Config) { c.Mode = ModeBridge }, "--cert-dir is required"},
 		{func(c *Config) { c.WireGuard = "fast" }, "--wireguard"},
 		{func(c *Config) { c.Secret = "" }, "--secret is required"},
 		{func(c *Config) { c.NodeCIDR = netip.Prefix{} }, "--node-cidr is required"},

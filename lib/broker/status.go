@@ -30,6 +30,9 @@ type Observation struct {
 	Probe *probe.Result
 	// Peer holds WireGuard figures of the link's peer, if any.
 	Peer *PeerFigures
+	// IdleReason, when set, says why the bridge data plane has no
+	// connection for the link: state Idle.
+	IdleReason string
 }
 
 // PeerFigures are tunnel counters.
@@ -72,6 +75,8 @@ func DesiredStatus(kl *v1alpha1.KubeLink, o Observation, now time.Time) v1alpha1
 		st.PublicKey = o.PublicKey
 	case o.DataPlane == "":
 		st.State, st.Message, connReason = v1alpha1.StateIdle, "the broker runs without data plane (--mode=none)", "NoDataPlane"
+	case o.IdleReason != "":
+		st.State, st.Message, connReason = v1alpha1.StateIdle, "not connected: "+o.IdleReason, "NotConnected"
 	case o.Probe == nil || o.Probe.Received == 0:
 		st.State, st.Message, connReason = v1alpha1.StateDown, "no reply to the health probe through the tunnel yet", "NoProbeReply"
 	case o.Probe.Up:

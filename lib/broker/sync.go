@@ -26,13 +26,20 @@ func (b *Broker) sync(ctx context.Context) error {
 	// Links of meshes another broker serves are not ours: not in the data
 	// plane, and their status is that broker's to write.
 	list.Items = b.cfg.Served.Links(list.Items)
-	model := mesh.Build(list.Items, mesh.ParseOptions{DefaultPort: uint16(b.cfg.ListenPort)})
+	defaultPort := b.cfg.ListenPort
+	if b.bplane != nil {
+		defaultPort = b.cfg.BridgePort
+	}
+	model := mesh.Build(list.Items, mesh.ParseOptions{DefaultPort: uint16(defaultPort)})
 
 	res := planeResult{LinkErrs: map[string]error{}, PeerOf: map[string]mesh.Key{}}
 	if b.plane != nil {
 		key, keyErr := b.privateKey(ctx)
 		res = b.plane.apply(ctx, model, key, keyErr)
 		b.metrics.setDataPlane(b.plane.kind())
+	} else if b.bplane != nil {
+		res = b.bplane.apply(ctx, model)
+		b.metrics.setDataPlane(b.bplane.kind())
 	}
 	b.updateProbes(model, res)
 
@@ -43,6 +50,10 @@ func (b *Broker) sync(ctx context.Context) error {
 	}
 	if b.plane != nil && b.plane.dev != nil {
 		if err := b.plane.applyServices(bindings); err != nil {
+			errs = append(errs, err)
+		}
+	} else if b.bplane != nil && b.bplane.tun != nil {
+		if err := b.bplane.applyServices(bindings); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -73,6 +84,8 @@ func (b *Broker) observe(kl *v1alpha1.KubeLink, m *mesh.Model, res planeResult) 
 	}
 	if b.plane != nil {
 		o.DataPlane = b.plane.kind()
+	} else if b.bplane != nil {
+		o.DataPlane = b.bplane.kind()
 	}
 	l, accepted := m.Link(kl.Name)
 	if !accepted {
@@ -96,6 +109,11 @@ func (b *Broker) observe(kl *v1alpha1.KubeLink, m *mesh.Model, res planeResult) 
 			o.Probe = &r
 		}
 	}
+	if b.bplane != nil {
+		if reason, idle := b.bplane.idle[kl.Name]; idle {
+			o.IdleReason = reason
+		}
+	}
 	if key, ok := res.PeerOf[kl.Name]; ok {
 		if s, ok := res.Stats[key]; ok {
 			o.Peer = &PeerFigures{LastHandshake: s.LastHandshake, RxBytes: s.RxBytes, TxBytes: s.TxBytes}
@@ -109,7 +127,7 @@ func (b *Broker) observe(kl *v1alpha1.KubeLink, m *mesh.Model, res planeResult) 
 func (b *Broker) updateProbes(m *mesh.Model, res planeResult) {
 	local := map[netip.Addr]bool{}
 	targets := map[netip.Addr]netip.Addr{}
-	if res.DeviceErr == nil && b.plane != nil {
+	if res.DeviceErr == nil && (b.plane != nil || b.bplane != nil) {
 		for _, ms := range m.Meshes {
 			local[ms.Local.IP()] = true
 			for _, l := range ms.Members {

@@ -1,0 +1,321 @@
+package broker
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/kubelink/kubelink/lib/bridge"
+	"github.com/kubelink/kubelink/lib/mesh"
+	"github.com/kubelink/kubelink/lib/netapply"
+	"github.com/kubelink/kubelink/lib/wireguard"
+)
+
+// DataPlaneBridge names the TLS bridge data plane in status and metrics.
+const DataPlaneBridge = "bridge"
+
+// bridgePlane owns the tun device, the packet pump and the TLS connections of
+// the bridge data plane (--mode=bridge), and the kernel state around the
+// device (addresses, routes, SNAT, MeshService DNAT) like wgPlane. Ingress
+// rules are enforced in user space by the pump (Policy.Ingress).
+type bridgePlane struct {
+	cfg    *Config
+	rm     RunMode
+	log    *slog.Logger
+	kick   func()
+	routes *netapply.Routes
+	snat   *netapply.Chains
+	svc    *netapply.Chains
+
+	tun   *bridge.TUN
+	pump  *bridge.Pump
+	certs *bridge.Certs
+	conn  *bridge.Connector
+	hello bridge.Hello // what conn announces
+
+	table atomic.Pointer[[]routeEntry] // destination → link, swapped per sync
+	// idle holds, after apply, why each served link is not connected
+	// (absent when connected).
+	idle map[string]string
+}
+
+type routeEntry struct {
+	prefix netip.Prefix
+	link   string
+}
+
+func newBridgePlane(cfg *Config, rm RunMode, log *slog.Logger, kick func()) (*bridgePlane, error) {
+	routes, err := netapply.NewRoutes(netapply.RouteConfig{Table: cfg.RouteTable, RulePriority: cfg.RulePriority})
+	if err != nil {
+		return nil, err
+	}
+	snat, err := netapply.NewChains(netapply.SNATChains, false)
+	if err != nil {
+		return nil, err
+	}
+	svc, err := netapply.NewChains(netapply.ServiceChains, false)
+	if err != nil {
+		return nil, err
+	}
+	p := &bridgePlane{cfg: cfg, rm: rm, log: log, kick: kick, routes: routes, snat: snat, svc: svc}
+	p.table.Store(&[]routeEntry{})
+	return p, nil
+}
+
+// kind names the data plane for status and metrics.
+func (p *bridgePlane) kind() string {
+	if p.tun == nil {
+		return ""
+	}
+	return DataPlaneBridge
+}
+
+// route maps a destination to the link carrying it (longest prefix first).
+func (p *bridgePlane) route(dst netip.Addr) string {
+	for _, e := range *p.table.Load() {
+		if e.prefix.Contains(dst) {
+			return e.link
+		}
+	}
+	return ""
+}
+
+// open creates the device, the pump and the certificates on first use; a
+// failure is retried next sync.
+func (p *bridgePlane) open(ctx context.Context) error {
+	if p.tun != nil {
+		return nil
+	}
+	if err := netapply.EnableForwarding(true, false); err != nil {
+		return fmt.Errorf("enabling IP forwarding: %w", err)
+	}
+	certs, err := bridge.LoadCerts(p.cfg.CertDir)
+	if err != nil {
+		return fmt.Errorf("bridge certificates in %s: %w", p.cfg.CertDir, err)
+	}
+	mtu := p.cfg.MTU
+	if mtu == 0 {
+		mtu = wireguard.DefaultMTU
+		if ifc, err := net.InterfaceByName(p.rm.Interface); err == nil && ifc.MTU > 80 {
+			mtu = ifc.MTU - 80
+		}
+	}
+	tun, err := bridge.OpenTUN(p.cfg.Interface, mtu)
+	if err != nil {
+		return err
+	}
+	pump, err := bridge.NewPump(tun, bridge.Config{Route: p.route, Keepalive: 5 * time.Second, Logger: p.log})
+	if err != nil {
+		_ = tun.Close()
+		return err
+	}
+	p.tun, p.pump, p.certs = tun, pump, certs
+	go certs.Watch(ctx, time.Second, func() { p.log.Info("bridge certificates reloaded") },
+		func(err error) { p.log.Warn("reloading bridge certificates", "err", err) })
+	return nil
+}
+
+// endpoint renders a link's endpoint for the Connector.
+func (p *bridgePlane) endpoint(e mesh.Endpoint) string {
+	port := int(e.Port)
+	if port == 0 {
+		port = p.cfg.BridgePort
+	}
+	return net.JoinHostPort(e.Host, strconv.Itoa(port))
+}
+
+// ingress is what a peer of link l in mesh ms may reach.
+func ingressOf(ms *mesh.Mesh, l *mesh.Link) func(netip.Addr) bool {
+	in := mesh.Ingress{Deny: append(append([]netip.Prefix(nil), ms.Local.Ingress.Deny...), l.Ingress.Deny...), Allow: ms.Local.Ingress.Allow}
+	if len(l.Ingress.Allow) > 0 {
+		in.Allow = l.Ingress.Allow
+	}
+	if !in.IsSet() {
+		in.Allow = []netip.Prefix{ms.CIDR(), netip.PrefixFrom(ms.Local.IP(), ms.Local.IP().BitLen())}
+		if ms.Local.ServiceCIDR.IsValid() {
+			in.Allow = append(in.Allow, ms.Local.ServiceCIDR)
+		}
+	}
+	return in.Allows
+}
+
+// apply makes the namespace and the connections match the model.
+func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
+	res := planeResult{LinkErrs: map[string]error{}, PeerOf: map[string]mesh.Key{}}
+	p.idle = map[string]string{}
+	if err := p.open(ctx); err != nil {
+		res.DeviceErr = err
+		return res
+	}
+	dev := p.tun.Name()
+	var addrs []netip.Prefix
+	for _, ms := range m.Meshes {
+		addrs = append(addrs, ms.Local.Address)
+	}
+	if err := netapply.SetAddresses(dev, addrs); err != nil {
+		res.DeviceErr = err
+		return res
+	}
+	if err := netapply.SetUp(dev); err != nil {
+		res.DeviceErr = err
+		return res
+	}
+
+	// Links, the routing table of the pump, and their policies.
+	var links []bridge.Link
+	var table []routeEntry
+	via := map[string]string{} // link → the link whose connection carries it
+	for i, ms := range m.Meshes {
+		for _, l := range ms.Members {
+			name := l.Name.String()
+			switch {
+			case i > 0:
+				res.LinkErrs[name] = errors.New("bridge mode serves one mesh (the oldest LocalLink's); this link is in another")
+				continue
+			case l.GatewayLink != "":
+				via[name] = l.GatewayLink
+			case l.Endpoint.Kind != mesh.EndpointHost:
+				res.LinkErrs[name] = fmt.Errorf("bridge mode needs an endpoint host:port for link %s", name)
+				continue
+			default:
+				via[name] = name
+				pol := bridge.Policy{
+					AllowedSources: append([]netip.Prefix{netip.PrefixFrom(l.IP(), l.IP().BitLen())}, l.Destinations()...),
+					Ingress:        ingressOf(ms, l),
+				}
+				links = append(links, bridge.Link{ID: name, Endpoint: p.endpoint(l.Endpoint), ClusterAddress: l.Address, Policy: pol})
+			}
+			res.PeerOf[name] = mesh.Key{}
+			table = append(table, routeEntry{netip.PrefixFrom(l.IP(), l.IP().BitLen()), via[name]})
+			for _, d := range l.Destinations() {
+				table = append(table, routeEntry{d, via[name]})
+			}
+		}
+	}
+	// Transit links add their sources to their gateway link's policy.
+	for name, gw := range via {
+		if gw == name {
+			continue
+		}
+		l, _ := m.Link(name)
+		for j := range links {
+			if links[j].ID == gw {
+				links[j].Policy.AllowedSources = append(links[j].Policy.AllowedSources, netip.PrefixFrom(l.IP(), l.IP().BitLen()))
+				links[j].Policy.AllowedSources = append(links[j].Policy.AllowedSources, l.Destinations()...)
+			}
+		}
+	}
+	slices.SortStableFunc(table, func(a, b routeEntry) int { return cmp.Compare(b.prefix.Bits(), a.prefix.Bits()) })
+	p.table.Store(&table)
+
+	if len(m.Meshes) == 0 {
+		p.closeConnector()
+	} else if err := p.connector(m.Meshes[0]); err != nil {
+		res.DeviceErr = err
+	} else {
+		p.conn.SetLinks(links)
+		for name, gw := range via {
+			st, ok := p.conn.Status(gw)
+			switch {
+			case !ok:
+				p.idle[name] = "no connection"
+			case st.State != bridge.Connected:
+				p.idle[name] = st.Reason
+				if p.idle[name] == "" {
+					p.idle[name] = "not connected"
+				}
+			}
+		}
+	}
+
+	var errs []error
+	if err := p.routes.Set(m.GatewayRoutes(dev)); err != nil {
+		errs = append(errs, fmt.Errorf("routes: %w", err))
+	}
+	natOpts := mesh.NATOptions{Device: dev}
+	if p.rm.PodMode {
+		natOpts.PodInterface = p.rm.Interface
+	}
+	if err := p.snat.Set(m.SNATRules(natOpts)); err != nil {
+		errs = append(errs, fmt.Errorf("SNAT rules: %w", err))
+	}
+	if len(errs) > 0 && res.DeviceErr == nil {
+		res.DeviceErr = fmt.Errorf("gateway setup: %v", errs)
+	}
+	return res
+}
+
+// connector makes sure a Connector announcing the local link of ms runs and
+// serves :BridgePort.
+func (p *bridgePlane) connector(ms *mesh.Mesh) error {
+	hello := bridge.Hello{MinVersion: bridge.Version, MaxVersion: bridge.Version,
+		ClusterAddress: ms.Local.Address, Port: uint16(p.cfg.BridgePort)}
+	if ms.Local.ServiceCIDR.IsValid() {
+		hello.ServiceCIDR = ms.Local.ServiceCIDR.Masked()
+	} else if p.cfg.ServiceCIDR.IsValid() {
+		hello.ServiceCIDR = p.cfg.ServiceCIDR.Masked()
+	}
+	if p.conn != nil && hello.ClusterAddress == p.hello.ClusterAddress && hello.ServiceCIDR == p.hello.ServiceCIDR {
+		return nil
+	}
+	p.closeConnector()
+	conn, err := bridge.NewConnector(bridge.ConnectorConfig{Pump: p.pump, Certs: p.certs, Hello: hello, Logger: p.log,
+		MinBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second,
+		OnChange: func(id string, st bridge.LinkStatus) {
+			p.log.Info("bridge link", "link", id, "state", st.State.String(), "reason", st.Reason)
+			p.kick()
+		}})
+	if err != nil {
+		return fmt.Errorf("bridge connector: %w", err)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(p.cfg.BridgePort)))
+	if err != nil {
+		_ = conn.Close()
+		return fmt.Errorf("bridge listener on port %d: %w", p.cfg.BridgePort, err)
+	}
+	go func() {
+		if err := conn.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
+			p.log.Warn("bridge listener", "err", err)
+		}
+	}()
+	p.conn, p.hello = conn, hello
+	return nil
+}
+
+func (p *bridgePlane) closeConnector() {
+	if p.conn != nil {
+		_ = p.conn.Close()
+		p.conn = nil
+	}
+}
+
+// applyServices installs the MeshService DNAT chains.
+func (p *bridgePlane) applyServices(bindings []*mesh.ServiceBinding) error {
+	if err := p.svc.Set(mesh.ServiceRules(bindings)); err != nil {
+		return fmt.Errorf("MeshService rules: %w", err)
+	}
+	return nil
+}
+
+// close stops the connections, the pump and the device.
+func (p *bridgePlane) close() {
+	p.closeConnector()
+	if p.pump != nil {
+		_ = p.pump.Close()
+		p.pump = nil
+	}
+	if p.tun != nil {
+		if err := p.tun.Close(); err != nil {
+			p.log.Warn("closing tun device", "err", err)
+		}
+		p.tun = nil
+	}
+}
