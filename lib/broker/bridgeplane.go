@@ -15,8 +15,6 @@ import (
 
 	"github.com/kubelink/kubelink/lib/bridge"
 	"github.com/kubelink/kubelink/lib/mesh"
-	"github.com/kubelink/kubelink/lib/netapply"
-	"github.com/kubelink/kubelink/lib/wireguard"
 )
 
 // DataPlaneBridge names the TLS bridge data plane in status and metrics.
@@ -27,13 +25,9 @@ const DataPlaneBridge = "bridge"
 // device (addresses, routes, SNAT, MeshService DNAT) like wgPlane. Ingress
 // rules are enforced in user space by the pump (Policy.Ingress).
 type bridgePlane struct {
-	cfg    *Config
-	rm     RunMode
-	log    *slog.Logger
-	kick   func()
-	routes *netapply.Routes
-	snat   *netapply.Chains
-	svc    *netapply.Chains
+	*gateway
+	log  *slog.Logger
+	kick func()
 
 	tun   *bridge.TUN
 	pump  *bridge.Pump
@@ -53,19 +47,12 @@ type routeEntry struct {
 }
 
 func newBridgePlane(cfg *Config, rm RunMode, log *slog.Logger, kick func()) (*bridgePlane, error) {
-	routes, err := netapply.NewRoutes(netapply.RouteConfig{Table: cfg.RouteTable, RulePriority: cfg.RulePriority})
+	// No kernel firewall: the pump enforces ingress in user space.
+	g, err := newGateway(cfg, rm, false)
 	if err != nil {
 		return nil, err
 	}
-	snat, err := netapply.NewChains(netapply.SNATChains, false)
-	if err != nil {
-		return nil, err
-	}
-	svc, err := netapply.NewChains(netapply.ServiceChains, false)
-	if err != nil {
-		return nil, err
-	}
-	p := &bridgePlane{cfg: cfg, rm: rm, log: log, kick: kick, routes: routes, snat: snat, svc: svc}
+	p := &bridgePlane{gateway: g, log: log, kick: kick}
 	p.table.Store(&[]routeEntry{})
 	return p, nil
 }
@@ -94,21 +81,14 @@ func (p *bridgePlane) open(ctx context.Context) error {
 	if p.tun != nil {
 		return nil
 	}
-	if err := netapply.EnableForwarding(true, false); err != nil {
-		return fmt.Errorf("enabling IP forwarding: %w", err)
+	if err := enableForwarding(); err != nil {
+		return err
 	}
 	certs, err := bridge.LoadCerts(p.cfg.CertDir)
 	if err != nil {
 		return fmt.Errorf("bridge certificates in %s: %w", p.cfg.CertDir, err)
 	}
-	mtu := p.cfg.MTU
-	if mtu == 0 {
-		mtu = wireguard.DefaultMTU
-		if ifc, err := net.InterfaceByName(p.rm.Interface); err == nil && ifc.MTU > 80 {
-			mtu = ifc.MTU - 80
-		}
-	}
-	tun, err := bridge.OpenTUN(p.cfg.Interface, mtu)
+	tun, err := bridge.OpenTUN(p.cfg.Interface, p.deviceMTU())
 	if err != nil {
 		return err
 	}
@@ -132,12 +112,11 @@ func (p *bridgePlane) endpoint(e mesh.Endpoint) string {
 	return net.JoinHostPort(e.Host, strconv.Itoa(port))
 }
 
-// ingress is what a peer of link l in mesh ms may reach.
+// ingressOf is what a peer of link l in mesh ms may reach: the effective
+// ingress rule of the link or, when neither the link nor its mesh has one,
+// the mesh, the local cluster address and the local service CIDR.
 func ingressOf(ms *mesh.Mesh, l *mesh.Link) func(netip.Addr) bool {
-	in := mesh.Ingress{Deny: append(append([]netip.Prefix(nil), ms.Local.Ingress.Deny...), l.Ingress.Deny...), Allow: ms.Local.Ingress.Allow}
-	if len(l.Ingress.Allow) > 0 {
-		in.Allow = l.Ingress.Allow
-	}
+	in := mesh.EffectiveIngress(ms.Local.Ingress, l.Ingress)
 	if !in.IsSet() {
 		in.Allow = []netip.Prefix{ms.CIDR(), netip.PrefixFrom(ms.Local.IP(), ms.Local.IP().BitLen())}
 		if ms.Local.ServiceCIDR.IsValid() {
@@ -156,15 +135,7 @@ func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
 		return res
 	}
 	dev := p.tun.Name()
-	var addrs []netip.Prefix
-	for _, ms := range m.Meshes {
-		addrs = append(addrs, ms.Local.Address)
-	}
-	if err := netapply.SetAddresses(dev, addrs); err != nil {
-		res.DeviceErr = err
-		return res
-	}
-	if err := netapply.SetUp(dev); err != nil {
+	if err := p.setDevice(dev, m); err != nil {
 		res.DeviceErr = err
 		return res
 	}
@@ -187,15 +158,11 @@ func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
 				continue
 			default:
 				via[name] = name
-				pol := bridge.Policy{
-					AllowedSources: append([]netip.Prefix{netip.PrefixFrom(l.IP(), l.IP().BitLen())}, l.Destinations()...),
-					Ingress:        ingressOf(ms, l),
-				}
+				pol := bridge.Policy{AllowedSources: l.AllowedIPs(), Ingress: ingressOf(ms, l)}
 				links = append(links, bridge.Link{ID: name, Endpoint: p.endpoint(l.Endpoint), ClusterAddress: l.Address, Policy: pol})
 			}
 			res.PeerOf[name] = mesh.Key{}
-			table = append(table, routeEntry{netip.PrefixFrom(l.IP(), l.IP().BitLen()), via[name]})
-			for _, d := range l.Destinations() {
+			for _, d := range l.AllowedIPs() {
 				table = append(table, routeEntry{d, via[name]})
 			}
 		}
@@ -208,8 +175,7 @@ func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
 		l, _ := m.Link(name)
 		for j := range links {
 			if links[j].ID == gw {
-				links[j].Policy.AllowedSources = append(links[j].Policy.AllowedSources, netip.PrefixFrom(l.IP(), l.IP().BitLen()))
-				links[j].Policy.AllowedSources = append(links[j].Policy.AllowedSources, l.Destinations()...)
+				links[j].Policy.AllowedSources = append(links[j].Policy.AllowedSources, l.AllowedIPs()...)
 			}
 		}
 	}
@@ -236,19 +202,8 @@ func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
 		}
 	}
 
-	var errs []error
-	if err := p.routes.Set(m.GatewayRoutes(dev)); err != nil {
-		errs = append(errs, fmt.Errorf("routes: %w", err))
-	}
-	natOpts := mesh.NATOptions{Device: dev}
-	if p.rm.PodMode {
-		natOpts.PodInterface = p.rm.Interface
-	}
-	if err := p.snat.Set(m.SNATRules(natOpts)); err != nil {
-		errs = append(errs, fmt.Errorf("SNAT rules: %w", err))
-	}
-	if len(errs) > 0 && res.DeviceErr == nil {
-		res.DeviceErr = fmt.Errorf("gateway setup: %v", errs)
+	if err := p.gateway.apply(m, dev); err != nil && res.DeviceErr == nil {
+		res.DeviceErr = err
 	}
 	return res
 }
@@ -295,14 +250,6 @@ func (p *bridgePlane) closeConnector() {
 		_ = p.conn.Close()
 		p.conn = nil
 	}
-}
-
-// applyServices installs the MeshService DNAT chains.
-func (p *bridgePlane) applyServices(bindings []*mesh.ServiceBinding) error {
-	if err := p.svc.Set(mesh.ServiceRules(bindings)); err != nil {
-		return fmt.Errorf("MeshService rules: %w", err)
-	}
-	return nil
 }
 
 // close stops the connections, the pump and the device.

@@ -4,26 +4,18 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/netip"
 
 	"github.com/kubelink/kubelink/lib/mesh"
-	"github.com/kubelink/kubelink/lib/netapply"
 	"github.com/kubelink/kubelink/lib/wireguard"
 )
 
 // wgPlane owns the WireGuard device and the kernel state around it in the
 // broker's network namespace.
 type wgPlane struct {
-	cfg      *Config
-	rm       RunMode
+	*gateway
 	log      *slog.Logger
 	dev      *wireguard.Device
 	resolver *wireguard.Resolver
-	routes   *netapply.Routes
-	snat     *netapply.Chains
-	fw       *netapply.Chains
-	svc      *netapply.Chains
 }
 
 // planeResult is what one apply tells the status computation.
@@ -40,24 +32,11 @@ type planeResult struct {
 }
 
 func newWGPlane(cfg *Config, rm RunMode, log *slog.Logger) (*wgPlane, error) {
-	routes, err := netapply.NewRoutes(netapply.RouteConfig{Table: cfg.RouteTable, RulePriority: cfg.RulePriority})
+	g, err := newGateway(cfg, rm, true)
 	if err != nil {
 		return nil, err
 	}
-	snat, err := netapply.NewChains(netapply.SNATChains, false)
-	if err != nil {
-		return nil, err
-	}
-	fw, err := netapply.NewChains(netapply.FirewallChains, false)
-	if err != nil {
-		return nil, err
-	}
-	svc, err := netapply.NewChains(netapply.ServiceChains, false)
-	if err != nil {
-		return nil, err
-	}
-	return &wgPlane{cfg: cfg, rm: rm, log: log, routes: routes, snat: snat, fw: fw, svc: svc,
-		resolver: &wireguard.Resolver{Interval: cfg.ResolveInterval}}, nil
+	return &wgPlane{gateway: g, log: log, resolver: &wireguard.Resolver{Interval: cfg.ResolveInterval}}, nil
 }
 
 // open creates the device on first use; a failure is retried next sync.
@@ -65,18 +44,10 @@ func (p *wgPlane) open() error {
 	if p.dev != nil {
 		return nil
 	}
-	// The gateway forwards between the cluster and the mesh.
-	if err := netapply.EnableForwarding(true, false); err != nil {
-		return fmt.Errorf("enabling IP forwarding: %w", err)
+	if err := enableForwarding(); err != nil {
+		return err
 	}
-	mtu := p.cfg.MTU
-	if mtu == 0 {
-		mtu = wireguard.DefaultMTU
-		if ifc, err := net.InterfaceByName(p.rm.Interface); err == nil && ifc.MTU > 80 {
-			mtu = ifc.MTU - 80 // WireGuard over IPv6 adds up to 80 bytes
-		}
-	}
-	dev, err := wireguard.Open(wireguard.Options{Name: p.cfg.Interface, Mode: p.cfg.WireGuard, MTU: mtu, ListenPort: p.cfg.ListenPort, Logger: p.log})
+	dev, err := wireguard.Open(wireguard.Options{Name: p.cfg.Interface, Mode: p.cfg.WireGuard, MTU: p.deviceMTU(), ListenPort: p.cfg.ListenPort, Logger: p.log})
 	if err != nil {
 		return fmt.Errorf("WireGuard device %s: %w", p.cfg.Interface, err)
 	}
@@ -103,15 +74,7 @@ func (p *wgPlane) apply(ctx context.Context, m *mesh.Model, key mesh.Key, keyErr
 		res.DeviceErr = err
 		return res
 	}
-	var addrs []netip.Prefix
-	for _, ms := range m.Meshes {
-		addrs = append(addrs, ms.Local.Address)
-	}
-	if err := netapply.SetAddresses(p.dev.Name(), addrs); err != nil {
-		res.DeviceErr = err
-		return res
-	}
-	if err := netapply.SetUp(p.dev.Name()); err != nil {
+	if err := p.setDevice(p.dev.Name(), m); err != nil {
 		res.DeviceErr = err
 		return res
 	}
@@ -138,33 +101,10 @@ func (p *wgPlane) apply(ctx context.Context, m *mesh.Model, key mesh.Key, keyErr
 	if st, err := p.dev.Stats(); err == nil {
 		res.Stats = st
 	}
-	var errs []error
-	if err := p.routes.Set(m.GatewayRoutes(p.dev.Name())); err != nil {
-		errs = append(errs, fmt.Errorf("routes: %w", err))
-	}
-	natOpts := mesh.NATOptions{Device: p.dev.Name()}
-	if p.rm.PodMode {
-		natOpts.PodInterface = p.rm.Interface
-	}
-	if err := p.snat.Set(m.SNATRules(natOpts)); err != nil {
-		errs = append(errs, fmt.Errorf("SNAT rules: %w", err))
-	}
-	if err := p.fw.Set(m.FirewallRules(p.dev.Name(), p.cfg.ProbePort)); err != nil {
-		errs = append(errs, fmt.Errorf("firewall rules: %w", err))
-	}
-	if len(errs) > 0 && res.DeviceErr == nil {
-		res.DeviceErr = fmt.Errorf("gateway setup: %v", errs)
+	if err := p.gateway.apply(m, p.dev.Name()); err != nil && res.DeviceErr == nil {
+		res.DeviceErr = err
 	}
 	return res
-}
-
-// applyServices installs the MeshService DNAT chains (an empty list removes
-// them, so a deleted MeshService leaves no chain behind).
-func (p *wgPlane) applyServices(bindings []*mesh.ServiceBinding) error {
-	if err := p.svc.Set(mesh.ServiceRules(bindings)); err != nil {
-		return fmt.Errorf("MeshService rules: %w", err)
-	}
-	return nil
 }
 
 // close stops the device. Kernel state (routes, chains) stays: --cleanup

@@ -19,7 +19,7 @@ func (m *Model) FirewallRules(device string, probePort int) RuleSet {
 	var chains []Chain
 	for _, ms := range m.Meshes {
 		for _, l := range ms.Members {
-			in := effectiveIngress(ms.Local.Ingress, l.Ingress)
+			in := EffectiveIngress(ms.Local.Ingress, l.Ingress)
 			if !in.IsSet() {
 				continue
 			}
@@ -35,7 +35,7 @@ func (m *Model) FirewallRules(device string, probePort int) RuleSet {
 				if other == l {
 					continue
 				}
-				for _, d := range linkAllowedIPs(other) {
+				for _, d := range other.AllowedIPs() {
 					c.Rules = append(c.Rules, []string{"-d", d.String(), "-j", "RETURN"})
 				}
 			}
@@ -48,7 +48,7 @@ func (m *Model) FirewallRules(device string, probePort int) RuleSet {
 				}
 				c.Rules = append(c.Rules, []string{"-j", "DROP"})
 			}
-			for _, s := range linkAllowedIPs(l) {
+			for _, s := range l.AllowedIPs() {
 				top.Rules = append(top.Rules, []string{"-s", s.String(), "-j", c.Name})
 			}
 			chains = append(chains, c)
@@ -63,9 +63,9 @@ func (m *Model) FirewallRules(device string, probePort int) RuleSet {
 	}
 }
 
-// effectiveIngress combines the mesh-wide rule of the LocalLink with a link's
+// EffectiveIngress combines the mesh-wide rule of the LocalLink with a link's
 // own: denies add up; the link's allow list replaces the mesh-wide one.
-func effectiveIngress(mesh, link Ingress) Ingress {
+func EffectiveIngress(mesh, link Ingress) Ingress {
 	out := Ingress{Deny: mergePrefixes(append(append([]netip.Prefix(nil), mesh.Deny...), link.Deny...))}
 	out.Allow = mesh.Allow
 	if len(link.Allow) > 0 {

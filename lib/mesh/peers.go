@@ -64,7 +64,7 @@ func (m *Model) WireGuardPeers(keepalive time.Duration) ([]Peer, LinkErrors) {
 			errs[l.Name.String()] = fmt.Errorf("gatewayLink %s has no WireGuard peer", l.GatewayLink)
 			continue
 		}
-		p.AllowedIPs = mergePrefixes(append(p.AllowedIPs, linkAllowedIPs(l)...))
+		p.AllowedIPs = mergePrefixes(append(p.AllowedIPs, l.AllowedIPs()...))
 		p.Links = append(p.Links, l.Name.String())
 	}
 	out := make([]Peer, 0, len(peers))
@@ -76,7 +76,9 @@ func (m *Model) WireGuardPeers(keepalive time.Duration) ([]Peer, LinkErrors) {
 	return out, errs
 }
 
-func linkAllowedIPs(l *Link) []netip.Prefix {
+// AllowedIPs are the addresses traffic from the link's peer may come from
+// and traffic to it goes to: its cluster address and its destinations.
+func (l *Link) AllowedIPs() []netip.Prefix {
 	return append([]netip.Prefix{hostPrefix(l.IP())}, l.Destinations()...)
 }
 
@@ -95,7 +97,7 @@ func peerOf(key Key, links []*Link, keepalive time.Duration) (*Peer, error) {
 		} else if p.Endpoint.Kind != EndpointHost {
 			p.Endpoint = l.Endpoint
 		}
-		allowed = append(allowed, linkAllowedIPs(l)...)
+		allowed = append(allowed, l.AllowedIPs()...)
 		p.Links = append(p.Links, l.Name.String())
 	}
 	p.AllowedIPs = mergePrefixes(allowed)
