@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -90,7 +91,17 @@ func (b *Broker) Run(ctx context.Context, rest *rest.Config) error {
 		&v1alpha1.KubeLink{}, &corev1.Secret{}, &v1alpha1.MeshService{}, &corev1.Service{}); err != nil {
 		return err
 	}
-	srv := b.serveHTTP(ctx)
+	// Readiness follows the Lease: a Service selecting ready brokers follows
+	// the active one. A taken metrics port is logged, not fatal.
+	srv, err := kubeflags.ServeHealth(ctx, b.cfg.MetricsAddr, b.metrics.reg, func() error {
+		if !b.active.Load() || !b.synced.Load() {
+			return errors.New("standby: not the active broker")
+		}
+		return nil
+	}, b.log)
+	if err != nil {
+		b.log.Error("metrics listener", "addr", b.cfg.MetricsAddr, "err", err)
+	}
 	defer srv.Close()
 	if !b.cfg.LeaderElect {
 		return b.runActive(ctx)

@@ -1,14 +1,7 @@
 package broker
 
 import (
-	"context"
-	"errors"
-	"net"
-	"net/http"
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 )
@@ -79,36 +72,4 @@ func (m *metrics) setDataPlane(kind string) {
 	if kind != "" {
 		m.dataPlane.WithLabelValues(kind).Set(1)
 	}
-}
-
-// serveHTTP serves /healthz (process alive), /readyz (this replica is the
-// active broker and has synced: a Service selecting brokers by readiness then
-// follows the active one) and /metrics.
-func (b *Broker) serveHTTP(ctx context.Context) *http.Server {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !b.active.Load() || !b.synced.Load() {
-			http.Error(w, "standby: not the active broker", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.Handle("/metrics", promhttp.HandlerFor(b.metrics.reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	if b.cfg.MetricsAddr == "" {
-		return srv
-	}
-	ln, err := net.Listen("tcp", b.cfg.MetricsAddr)
-	if err != nil {
-		b.log.Error("metrics listener", "addr", b.cfg.MetricsAddr, "err", err)
-		return srv
-	}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			b.log.Error("http server", "err", err)
-		}
-	}()
-	go func() { <-ctx.Done(); _ = srv.Close() }()
-	return srv
 }

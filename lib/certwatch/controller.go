@@ -71,7 +71,12 @@ func (c *Controller) Syncs() int64 { return c.syncs.Load() }
 
 // Run serves until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	srv, err := c.serveHTTP(ctx)
+	srv, err := kubeflags.ServeHealth(ctx, c.cfg.MetricsAddr, c.metrics.reg, func() error {
+		if c.goodSyncs.Load() == 0 {
+			return errors.New("no successful sync yet")
+		}
+		return nil
+	}, c.log)
 	if err != nil {
 		return err
 	}

@@ -1,17 +1,11 @@
 package certwatch
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"net"
-	"net/http"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 type metrics struct {
@@ -49,33 +43,4 @@ func newMetrics() *metrics {
 	m.reg.MustRegister(m.writes, m.syncErrors, m.renewals, m.generated, expiry,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
-}
-
-// serveHTTP serves /healthz, /readyz (a sync succeeded) and /metrics. The
-// listener is opened here so that a taken port fails Run at once.
-func (c *Controller) serveHTTP(ctx context.Context) (*http.Server, error) {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if c.goodSyncs.Load() == 0 {
-			http.Error(w, "no successful sync yet", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.Handle("/metrics", promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
-	if c.cfg.MetricsAddr == "" {
-		return srv, nil
-	}
-	l, err := net.Listen("tcp", c.cfg.MetricsAddr)
-	if err != nil {
-		return nil, fmt.Errorf("--metrics-addr: %w", err)
-	}
-	go func() {
-		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			c.log.Error("metrics server", "err", err)
-		}
-	}()
-	return srv, nil
 }

@@ -67,7 +67,12 @@ var secretMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"}
 // Run serves until ctx ends. With --dns-propagation=none it only serves
 // /healthz and /metrics and writes nothing.
 func (c *Controller) Run(ctx context.Context) error {
-	srv, err := c.serveHTTP(ctx)
+	srv, err := kubeflags.ServeHealth(ctx, c.cfg.MetricsAddr, c.metrics.reg, func() error {
+		if c.syncs.Load() == 0 {
+			return errors.New("not synced yet")
+		}
+		return nil
+	}, c.log)
 	if err != nil {
 		return err
 	}

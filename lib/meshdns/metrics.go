@@ -1,16 +1,8 @@
 package meshdns
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"net"
-	"net/http"
-	"time"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 type metrics struct {
@@ -44,33 +36,4 @@ func newMetrics() *metrics {
 	m.reg.MustRegister(m.syncSeconds, m.syncErrors, m.clusters, m.warnings, m.writes, m.restarts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
-}
-
-// serveHTTP serves /healthz, /readyz (a first sync is done) and /metrics.
-// The listener is opened here so that a taken port fails Run at once.
-func (c *Controller) serveHTTP(ctx context.Context) (*http.Server, error) {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if c.syncs.Load() == 0 {
-			http.Error(w, "not synced yet", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.Handle("/metrics", promhttp.HandlerFor(c.metrics.reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
-	if c.cfg.MetricsAddr == "" {
-		return srv, nil
-	}
-	l, err := net.Listen("tcp", c.cfg.MetricsAddr)
-	if err != nil {
-		return nil, fmt.Errorf("--metrics-addr: %w", err)
-	}
-	go func() {
-		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			c.log.Error("metrics server", "err", err)
-		}
-	}()
-	return srv, nil
 }
