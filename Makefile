@@ -44,6 +44,8 @@ test-bins: ## build (once, cached) kube-apiserver, etcd, kubectl v1.34.4 and Cor
 generate: $(CONTROLLER_GEN) ## regenerate deepcopy code and CRDs from the API types
 	cd lib && $(CONTROLLER_GEN) object:headerFile="" paths=./apis/... \
 	  crd:crdVersions=v1,maxDescLen=400 output:crd:dir=./apis/kubelink/crds
+	cd lib && $(CONTROLLER_GEN) object:headerFile="" paths=./globaldns/apis/... \
+	  crd:crdVersions=v1,maxDescLen=400 output:crd:dir=./globaldns/apis/coredns/crds
 
 .PHONY: test
 test: tools test-bins ## run all tests: unit, real kube-apiserver, (as root) real kernel networking

@@ -26,9 +26,13 @@ func FS() fs.FS {
 
 // CRDs parses every embedded manifest. Each call returns fresh objects, so
 // callers may modify them (envtest, for example, fills in defaults).
-// The result is sorted by file name, which keeps installation order stable.
-func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
-	names, err := fs.Glob(files, "*.yaml")
+func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) { return Parse(files) }
+
+// Parse reads every *.yaml at the root of fsys as one CRD, sorted by file
+// name, which keeps installation order stable. Other embedded CRD sets
+// (e.g. CoreDNSEntry) use it too.
+func Parse(fsys fs.FS) ([]*apiextensionsv1.CustomResourceDefinition, error) {
+	names, err := fs.Glob(fsys, "*.yaml")
 	if err != nil {
 		return nil, err
 	}
@@ -38,7 +42,7 @@ func CRDs() ([]*apiextensionsv1.CustomResourceDefinition, error) {
 	}
 	result := make([]*apiextensionsv1.CustomResourceDefinition, 0, len(names))
 	for _, name := range names {
-		data, err := fs.ReadFile(files, name)
+		data, err := fs.ReadFile(fsys, name)
 		if err != nil {
 			return nil, err
 		}
