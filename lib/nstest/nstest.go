@@ -75,17 +75,16 @@ func (ns *Namespace) Command(name string, args ...string) *exec.Cmd {
 func (ns *Namespace) Do(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
-		// The thread is never returned to the pool: it stays in the namespace
-		// and dies with the goroutine, so no other goroutine inherits it.
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
 			errc <- err
-			return
+			return // still locked: the thread exits with the goroutine
 		}
 		defer orig.Close()
 		h, err := netns.GetFromName(ns.Name)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("namespace %s: %w", ns.Name, err)
 			return
 		}
@@ -94,7 +93,15 @@ func (ns *Namespace) Do(fn func() error) error {
 			errc <- fmt.Errorf("enter namespace %s: %w", ns.Name, err)
 			return
 		}
-		errc <- fn()
+		err = fn()
+		// Switch back before the thread is reused. An exiting locked
+		// goroutine normally takes its thread along, but not Go's main
+		// thread, which would stay in the namespace for the rest of the
+		// process; if switching back fails, the thread stays locked.
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
 }

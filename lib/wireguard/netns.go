@@ -30,18 +30,22 @@ func pinCurrentNetns() (*netnsPin, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read network namespace of this thread: %w", err)
 	}
-	proc, err := netns.GetFromPath("/proc/self/ns/net")
-	if err != nil {
+	if !processNetns.IsOpen() {
 		cur.Close()
-		return nil, fmt.Errorf("read network namespace of this process: %w", err)
+		return nil, fmt.Errorf("read network namespace of this process: %w", processNetnsErr)
 	}
-	defer proc.Close()
-	if cur.Equal(proc) {
+	if cur.Equal(processNetns) {
 		cur.Close()
 		return &netnsPin{ns: netns.None()}, nil
 	}
 	return &netnsPin{ns: cur}, nil
 }
+
+// processNetns is the namespace the process started in, read while package
+// initialisation runs on the main thread, before anything can switch a
+// thread. (/proc/self/ns/net names the main thread's current namespace,
+// which is wrong whenever that thread has been switched.)
+var processNetns, processNetnsErr = netns.Get()
 
 func (p *netnsPin) active() bool { return p.ns.IsOpen() }
 
