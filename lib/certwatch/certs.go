@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"time"
 )
 
@@ -73,11 +74,17 @@ func IssueCert(caCertPEM, caKeyPEM []byte, dnsName string, now time.Time, validi
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: dnsName, Organization: []string{Organization}},
-		DNSNames:     []string{dnsName},
 		NotBefore:    now.Add(-backdate(validity)),
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	// A bridge reached by IP address (no DNS name, as in the kind lab) is
+	// named by an IP SAN: that is what TLS host verification checks for IPs.
+	if ip := net.ParseIP(dnsName); ip != nil {
+		tmpl.IPAddresses = []net.IP{ip}
+	} else {
+		tmpl.DNSNames = []string{dnsName}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {

@@ -85,3 +85,25 @@ func TestRenewalWhenAThirdOfTheLifetimeRemains(t *testing.T) {
 		t.Errorf("renewal %s before expiry", left)
 	}
 }
+
+// A bridge addressed by IP (the kind lab's node IPs) needs an IP SAN: TLS
+// host verification of an IP never looks at DNS SANs. Without it the
+// certificate would also fail CheckCert and be reissued on every sync.
+func TestIssueCertForAnIPAddressUsesAnIPSAN(t *testing.T) {
+	now := time.Now()
+	caCrt, caKey, err := NewCA(now, CAValidity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crt, key, err := IssueCert(caCrt, caKey, "172.18.0.3", now, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := CheckCert(crt, key, caCrt, "172.18.0.3", now)
+	if err != nil {
+		t.Fatalf("certificate for an IP rejected by CheckCert: %v", err)
+	}
+	if len(cert.IPAddresses) != 1 || cert.IPAddresses[0].String() != "172.18.0.3" || len(cert.DNSNames) != 0 {
+		t.Errorf("IP SANs %v DNS SANs %v, want [172.18.0.3] and none", cert.IPAddresses, cert.DNSNames)
+	}
+}
