@@ -62,20 +62,25 @@ fuzz: ## run each fuzz target (bridge frame decoder, HELLO parser) for FUZZTIME 
 	  go test -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-60s} ./lib/bridge/ || exit 1; done
 
 .PHONY: images
-images: ## build the per-component container images (issue #6)
-	@echo "images: not implemented yet (issue #6)"; exit 1
+images: build ## build the per-component container images (docker, no registry), tagged $(VERSION)
+	lab/scripts/host-prep.sh
+	lab/scripts/coredns-bin.sh
+	lab/scripts/images.sh $(VERSION)
+
+LAB_MODE ?= wireguard
+export LAB_MODE
 
 .PHONY: lab-up
-lab-up: ## start the offline two-cluster kind lab and deploy kubelink (issue #6)
-	@echo "lab-up: not implemented yet (issue #6)"; exit 1
+lab-up: build ## start the offline two-cluster kind lab with kubelink (LAB_MODE=wireguard|bridge)
+	TAG=$(VERSION) lab/scripts/lab-up.sh
 
 .PHONY: lab-down
-lab-down: ## remove the lab: clusters, networks, volumes (issue #6)
-	@echo "lab-down: not implemented yet (issue #6)"; exit 1
+lab-down: ## remove the lab: clusters, their containers, volumes and network
+	lab/scripts/lab-down.sh
 
 .PHONY: e2e
-e2e: ## run the end-to-end tests against the lab (issue #6)
-	@echo "e2e: not implemented yet (issue #6)"; exit 1
+e2e: ## run the end-to-end tests (sigs.k8s.io/e2e-framework) against the running lab
+	cd e2e && go test -count=1 -timeout 30m -v ./... 2>&1 | tee $(KUBELINK_CACHE)/e2e.log; exit $${PIPESTATUS[0]}
 
 .PHONY: bench
 bench: test-bins ## measure the data planes in one run; prints BENCH and RATIO lines (root, iperf3)

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds one container image per kubelink binary, plus the kubelink CoreDNS
+# and the lab's toolbox, with docker and no registry (legacy builder).
+#   kubelink/{broker,router,bridge}:TAG  static binary on kubelink-lab/debian-net (iptables, nft, ip)
+#   kubelink/{meshdns,certwatch}:TAG     static binary alone, user 65532
+#   kubelink/coredns:TAG                 CoreDNS v1.12.1 + plugin kubelinkglobal, user 65532
+#   kubelink-lab/toolbox:TAG             busybox (wget, nslookup, httpd) for the lab's echo and client pods
+# TAG is the version (git describe); never "latest".
+# Usage: images.sh TAG
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+TAG=${1:?usage: images.sh TAG}
+[[ $TAG != latest ]] || die "images are never tagged latest"
+BASE=$("$ROOT/lab/scripts/node-image.sh" --print-debian-net)
+"$ROOT/lab/scripts/node-image.sh" --debian-net-only
+have_image "$BASE" || die "$BASE missing"
+
+W=$(mktemp -d /var/tmp/kubelink-images.XXXXXX)
+trap 'rm -rf "$W"' EXIT
+mkdir -p "$W/etc"
+printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532::/:/sbin/nologin\n' >"$W/etc/passwd"
+printf 'root:x:0:\nnonroot:x:65532:\n' >"$W/etc/group"
+echo 'hosts: files dns' >"$W/etc/nsswitch.conf"
+install -m 0644 /etc/ssl/certs/ca-certificates.crt -D "$W/etc/ssl/certs/ca-certificates.crt"
+
+build() { # image dockerfile binary-path [build-args...]
+  local img=$1 df=$2 bin=$3; shift 3
+  install -m 0755 "$bin" "$W/$(basename "$bin")"
+  DOCKER_BUILDKIT=0 $DOCKER build -q -f "$ROOT/deploy/images/$df" --build-arg "BINARY=$(basename "$bin")" "$@" \
+    -t "$img" "$W" >/dev/null
+  rm -f "$W/$(basename "$bin")"
+  log "built $img"
+}
+for b in broker router bridge; do
+  build "kubelink/$b:$TAG" Dockerfile.net "$ROOT/bin/kubelink-$b" --build-arg "BASE=$BASE"
+done
+for b in meshdns certwatch; do
+  build "kubelink/$b:$TAG" Dockerfile.static "$ROOT/bin/kubelink-$b"
+done
+build "kubelink/coredns:$TAG" Dockerfile.static "$CACHE/bin/coredns-v1.12.1/coredns"
+printf 'FROM %s\nENTRYPOINT []\nCMD ["sleep","infinity"]\n' "$BASE" |
+  DOCKER_BUILDKIT=0 $DOCKER build -q -t "kubelink-lab/toolbox:$TAG" - >/dev/null
+log "built kubelink-lab/toolbox:$TAG"

@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# make lab-up: two offline kind clusters with kubelink between them.
+#   lab-a: control plane + worker, pods 10.110.0.0/16, services 100.64.0.0/20, mesh 192.168.0.11
+#   lab-b: control plane,          pods 10.120.0.0/16, services 100.64.16.0/20, mesh 192.168.0.12
+# LAB_MODE=wireguard (default) or bridge chooses the data plane. Re-running it
+# on a running lab re-deploys (e.g. to switch LAB_MODE) without recreating
+# the clusters. Everything is built offline and cached under ~/.cache/kubelink.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+MODE=${LAB_MODE:-wireguard}
+TAG=${TAG:?TAG (image version) is required; make lab-up sets it}
+NODE_IMAGE=${NODE_IMAGE:-}
+case $MODE in wireguard|bridge) ;; *) die "LAB_MODE=$MODE: must be wireguard or bridge" ;; esac
+start=$(date +%s)
+
+"$ROOT/lab/scripts/host-prep.sh"
+"$ROOT/lab/scripts/k8s-bins.sh" kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubeadm kubectl etcd
+"$ROOT/lab/scripts/coredns-bin.sh"
+if [[ -z $NODE_IMAGE ]]; then
+  "$ROOT/lab/scripts/node-image.sh"
+  NODE_IMAGE=$("$ROOT/lab/scripts/node-image.sh" --print-node-image)
+fi
+"$ROOT/lab/scripts/images.sh" "$TAG"
+IMAGES="kubelink/broker:$TAG kubelink/router:$TAG kubelink/meshdns:$TAG kubelink/certwatch:$TAG kubelink/coredns:$TAG kubelink-lab/toolbox:$TAG"
+
+# Per-cluster facts: name pod-CIDR service-CIDR mesh-address and the pod /24 of each node.
+declare -A POD=([a]=10.110.0.0/16 [b]=10.120.0.0/16)
+declare -A SVC=([a]=100.64.0.0/20 [b]=100.64.16.0/20)
+declare -A MESH=([a]=192.168.0.11 [b]=192.168.0.12)
+declare -A NODES=([a]="control-plane:10.110.0.0/24 worker:10.110.1.0/24" [b]="control-plane:10.120.0.0/24")
+kc() { local c=$1; shift; "$KUBECTL" --kubeconfig "$LAB_DIR/$c/kubeconfig" "$@"; }
+
+create_cluster() { # c
+  local c=$1 d=$LAB_DIR/$1 name=lab-$1 role subnet
+  mkdir -p "$d"
+  if "$KIND" get clusters 2>/dev/null | grep -qx "$name"; then
+    log "cluster $name exists; reusing it"
+    "$KIND" get kubeconfig --name "$name" >"$d/kubeconfig"
+    return
+  fi
+  {
+    echo "kind: Cluster"
+    echo "apiVersion: kind.x-k8s.io/v1alpha4"
+    echo "networking: {ipFamily: ipv4, podSubnet: ${POD[$c]}, serviceSubnet: ${SVC[$c]}, disableDefaultCNI: true, kubeProxyMode: iptables}"
+    echo "kubeadmConfigPatches:"
+    echo "- |"
+    echo "  kind: KubeletConfiguration"
+    echo "  failCgroupV1: false"
+    echo "nodes:"
+    for n in ${NODES[$c]}; do
+      role=${n%%:*}; subnet=${n#*:}
+      # The lab's CNI: ptp + host-local with a fixed /24 per node. Routes
+      # between the nodes and masquerading to the node network are added
+      # after creation (plumb_nodes).
+      cat >"$d/cni-$role.conflist" <<J
+{"cniVersion": "0.4.0", "name": "kubelink-lab", "plugins": [
+  {"type": "ptp", "ipMasq": false, "mtu": 1500,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$subnet"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+  {"type": "portmap", "capabilities": {"portMappings": true}}]}
+J
+      echo "- role: $role"
+      echo "  image: $NODE_IMAGE"
+      echo "  extraMounts: [{hostPath: $d/cni-$role.conflist, containerPath: /etc/cni/net.d/10-kubelink-lab.conflist, readOnly: true}]"
+    done
+  } >"$d/kind.yaml"
+  log "creating cluster $name"
+  local s; s=$(date +%s)
+  "$KIND" create cluster --name "$name" --config "$d/kind.yaml" --kubeconfig "$d/kubeconfig" --wait 5m >"$d/create.log" 2>&1 ||
+    { tail -30 "$d/create.log" >&2; die "kind create cluster $name failed (log: $d/create.log)"; }
+  log "cluster $name created in $(( $(date +%s) - s ))s"
+}
+
+node_ip() { $DOCKER inspect -f '{{.NetworkSettings.Networks.kind.IPAddress}}' "$1"; }
+
+# plumb_nodes c: routes between the nodes' pod /24s and masquerading of pod
+# traffic to the node network (what kindnetd does in a normal kind cluster).
+plumb_nodes() {
+  local c=$1 n m node other
+  for n in ${NODES[$c]}; do
+    node=lab-$c-${n%%:*}
+    for m in ${NODES[$c]}; do
+      [[ $m == "$n" ]] && continue
+      other=lab-$c-${m%%:*}
+      $DOCKER exec "$node" ip route replace "${m#*:}" via "$(node_ip "$other")"
+    done
+    $DOCKER exec "$node" sh -c "iptables -t nat -C POSTROUTING -s ${POD[$c]} -d $NODE_NET -j MASQUERADE 2>/dev/null ||
+      iptables -t nat -A POSTROUTING -s ${POD[$c]} -d $NODE_NET -j MASQUERADE"
+  done
+}
+
+# The cluster DNS forwards the mesh domain to the kubelink CoreDNS (kind's
+# Corefile does not import coredns-custom, so --coredns-configure cannot).
+hook_cluster_dns() {
+  local c=$1 ip cf
+  ip=$(kc "$c" -n kubelink get svc kubelink-coredns -o jsonpath='{.spec.clusterIP}')
+  cf=$(kc "$c" -n kube-system get cm coredns -o jsonpath='{.data.Corefile}')
+  if grep -q '^kubelink:53' <<<"$cf"; then return; fi
+  cf+=$'\n'"kubelink:53 {"$'\n'"    errors"$'\n'"    cache 5"$'\n'"    forward . $ip"$'\n'"}"
+  kc "$c" -n kube-system create cm coredns --from-literal=Corefile="$cf" --dry-run=client -o yaml | kc "$c" apply -f - >/dev/null
+  kc "$c" -n kube-system rollout restart deploy/coredns >/dev/null
+}
+
+# The clusters' bridges trust one CA (kept with the lab).
+ensure_ca() {
+  if [[ ! -s $LAB_DIR/ca.key ]]; then
+    openssl ecparam -name prime256v1 -genkey -noout -out "$LAB_DIR/ca.key.tmp" 2>/dev/null
+    openssl req -x509 -new -key "$LAB_DIR/ca.key.tmp" -sha256 -days 3650 -subj "/O=kubelink-lab/CN=kubelink-lab-ca" \
+      -out "$LAB_DIR/ca.crt" 2>/dev/null
+    mv "$LAB_DIR/ca.key.tmp" "$LAB_DIR/ca.key"
+  fi
+}
+
+deploy() { # c
+  local c=$1 d=$LAB_DIR/$1 bridge_name
+  bridge_name=$(node_ip "lab-$c-control-plane")
+  kc "$c" get ns kubelink >/dev/null 2>&1 || kc "$c" create ns kubelink >/dev/null
+  # The CA for the certwatch sidecars (self-managed certificates).
+  kc "$c" -n kubelink create secret generic kubelink-tls --from-file=ca.crt="$LAB_DIR/ca.crt" \
+    --from-file=ca.key="$LAB_DIR/ca.key" --dry-run=client -o yaml | kc "$c" apply -f - >/dev/null 2>&1 ||
+    kc "$c" -n kubelink get secret kubelink-tls >/dev/null
+  mkdir -p "$d/overlay"
+  cat >"$d/overlay/kustomization.yaml" <<K
+# Generated by lab/scripts/lab-up.sh: run-time values on top of deploy/lab/$c.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [$ROOT/deploy/lab/$c]
+configMapGenerator:
+- name: kubelink-cluster
+  namespace: kubelink
+  behavior: merge
+  literals: [NODE_CIDR=$NODE_NET, KUBELINK_MODE=$MODE, KUBELINK_BRIDGE_NAME=$bridge_name]
+images:
+- {name: kubelink/broker, newTag: "$TAG"}
+- {name: kubelink/router, newTag: "$TAG"}
+- {name: kubelink/meshdns, newTag: "$TAG"}
+- {name: kubelink/certwatch, newTag: "$TAG"}
+- {name: kubelink/coredns, newTag: "$TAG"}
+- {name: kubelink-lab/toolbox, newTag: "$TAG"}
+K
+  kc "$c" apply -k "$d/overlay" >"$d/apply.log" || { cat "$d/apply.log" >&2; die "apply to lab-$c failed"; }
+}
+
+# links c o: the link from c to the other cluster o.
+links() {
+  local c=$1 o=$2 port=30777 key=""
+  [[ $MODE == bridge ]] && port=30088
+  if [[ $MODE == wireguard ]]; then
+    key=$(wait_for "public key of lab-$o" 120 kc "$o" get kubelink "$o" -o jsonpath='{.status.publicKey}')
+  fi
+  kc "$c" apply -f - >/dev/null <<Y
+apiVersion: kubelink.mandelsoft.org/v1alpha1
+kind: KubeLink
+metadata: {name: $o}
+spec:
+  clusterAddress: ${MESH[$o]}/24
+  cidr: ${SVC[$o]}
+  endpoint: $(node_ip "lab-$o-control-plane"):$port
+${key:+  publicKey: $key}
+Y
+}
+
+# wait_for what seconds cmd...: runs cmd every second until it prints
+# something non-empty; prints that.
+wait_for() {
+  local what=$1 secs=$2 out; shift 2
+  for _ in $(seq 1 "$secs"); do
+    out=$("$@" 2>/dev/null || true)
+    [[ -n $out ]] && { echo "$out"; return 0; }
+    sleep 1
+  done
+  die "timed out after ${secs}s waiting for $what"
+}
+link_up() { local s; s=$(kc "$1" get kubelink "$2" -o jsonpath='{.status.state}'); [[ $s == Up ]] && echo Up; }
+
+mkdir -p "$LAB_DIR"
+ensure_ca
+create_cluster a
+create_cluster b
+NODE_NET=$($DOCKER network inspect kind -f '{{range .IPAM.Config}}{{if .Subnet}}{{.Subnet}} {{end}}{{end}}' | tr ' ' '\n' | grep -m1 '\.')
+[[ -n $NODE_NET ]] || die "no IPv4 subnet on docker network kind"
+for c in a b; do
+  plumb_nodes "$c"
+  # shellcheck disable=SC2086
+  "$KIND" load docker-image --name "lab-$c" $IMAGES >/dev/null
+  for _ in $(seq 1 60); do kc "$c" get sa default >/dev/null 2>&1 && break; sleep 1; done
+  deploy "$c"
+done
+for c in a b; do hook_cluster_dns "$c"; done
+# The LocalLinks first: in WireGuard mode each side needs the other's public key.
+for c in a b; do
+  kc "$c" apply -f - >/dev/null <<Y
+apiVersion: kubelink.mandelsoft.org/v1alpha1
+kind: KubeLink
+metadata: {name: $c}
+spec: {endpoint: LocalLink, clusterAddress: ${MESH[$c]}/24, cidr: ${SVC[$c]}}
+Y
+done
+links a b
+links b a
+wait_for "link a→b Up" 300 link_up a b >/dev/null
+wait_for "link b→a Up" 120 link_up b a >/dev/null
+for c in a b; do
+  kc "$c" rollout status deploy/echo --timeout=180s >/dev/null
+  kc "$c" rollout status ds/client --timeout=180s >/dev/null
+  kc "$c" -n kube-system rollout status deploy/coredns --timeout=180s >/dev/null
+  kc "$c" -n kubelink rollout status deploy/kubelink-coredns --timeout=180s >/dev/null
+done
+echo "$MODE" >"$LAB_DIR/mode"
+log "lab up in $(( $(date +%s) - start ))s (LAB_MODE=$MODE)"
+ECHO_B=$(kc b get svc echo -o jsonpath='{.spec.clusterIP}')
+ECHO_A=$(kc a get svc echo -o jsonpath='{.spec.clusterIP}')
+CLIENT_A=$(kc a get pod -l app=client -o jsonpath='{.items[0].metadata.name}')
+CLIENT_B=$(kc b get pod -l app=client -o jsonpath='{.items[0].metadata.name}')
+cat <<T
+
+The lab is up ($MODE data plane). Links:
+$(kc a get kubelinks 2>/dev/null)
+
+Try:
+  export KUBECONFIG=$LAB_DIR/a/kubeconfig:$LAB_DIR/b/kubeconfig
+  kubectl --context kind-lab-a exec $CLIENT_A -- wget -qO- http://$ECHO_B/                  # A → B by ClusterIP
+  kubectl --context kind-lab-a exec $CLIENT_A -- wget -qO- http://echo.default.svc.b.kubelink/   # A → B by name
+  kubectl --context kind-lab-b exec $CLIENT_B -- wget -qO- http://$ECHO_A/                  # B → A
+  kubectl --context kind-lab-a get kubelinks -o wide
+  make e2e            # the end-to-end tests against this lab
+  make lab-down       # remove everything
+T
