@@ -81,6 +81,14 @@ type ConnectorConfig struct {
 	// OnChange is called after a link's status changed (not for removed
 	// links); calls may come from several goroutines.
 	OnChange func(id string, st LinkStatus)
+	// OnUnknown, when set, is called for an inbound peer whose certificate
+	// verified against the CA but matches no link, after its HELLO was
+	// read (auto-connect). The connection is closed either way, with
+	// CLOSE rejected and the returned error or, on nil, a note that a
+	// link is being set up: the new link then comes through SetLinks and
+	// connects like any other. Without OnUnknown such peers are rejected
+	// before the HELLO.
+	OnUnknown func(UnknownPeer) error
 	// MinBackoff and MaxBackoff bound the redial delay; defaults 250ms and
 	// 30s.
 	MinBackoff, MaxBackoff time.Duration
@@ -117,6 +125,21 @@ type linkState struct {
 	outbound bool
 	status   LinkStatus
 	wake     chan struct{} // a connection was installed or the link changed
+	// ending are replaced connections still winding down; past sums the
+	// counters of the link's finished connections.
+	ending   map[*Peer]struct{}
+	past     PeerStats
+	renewing bool // a Renew dial is in flight
+}
+
+// UnknownPeer is an authenticated peer without a link (see OnUnknown).
+type UnknownPeer struct {
+	// Identities are the names of its certificate (see Identities).
+	Identities []string
+	// Remote is the address the connection came from.
+	Remote netip.AddrPort
+	// Hello is what it announced.
+	Hello Hello
 }
 
 // NewConnector returns a Connector without links; see SetLinks and Serve.
@@ -202,7 +225,7 @@ func (c *Connector) SetLinks(links []Link) {
 		if _, ok := c.links[id]; ok {
 			continue
 		}
-		ls := &linkState{link: l, wake: make(chan struct{}, 1), status: LinkStatus{State: Idle, Reason: "connecting", Since: time.Now()}}
+		ls := &linkState{link: l, wake: make(chan struct{}, 1), ending: map[*Peer]struct{}{}, status: LinkStatus{State: Idle, Reason: "connecting", Since: time.Now()}}
 		ls.ctx, ls.cancel = context.WithCancel(c.ctx)
 		c.links[id] = ls
 		c.wg.Go(func() { c.run(ls) })
@@ -229,6 +252,54 @@ func (c *Connector) Statuses() map[string]LinkStatus {
 		m[id] = ls.status
 	}
 	return m
+}
+
+// LinkStats returns the counters of a link summed over its connections
+// (current, replaced and finished ones) since the link was added; false
+// when there is no such link.
+func (c *Connector) LinkStats(id string) (PeerStats, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ls := c.links[id]
+	if ls == nil {
+		return PeerStats{}, false
+	}
+	s := ls.past
+	if ls.peer != nil {
+		s.add(ls.peer.Stats())
+	}
+	for pr := range ls.ending {
+		s.add(pr.Stats())
+	}
+	return s, true
+}
+
+// Renew replaces the connection of every connected link by a new one that
+// this side dials, make-before-break: the old connection carries packets
+// until the new one is installed. Call it after the local certificate
+// changed, so that peers see the new certificate without waiting for a
+// reconnect. A link whose renewal fails keeps its connection (and its
+// status) and is not retried until the next Renew.
+func (c *Connector) Renew() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ls := range c.links {
+		if ls.peer == nil || ls.renewing {
+			continue
+		}
+		ls.renewing = true
+		c.wg.Go(func() {
+			err := c.dialWith(ls, true)
+			c.mu.Lock()
+			ls.renewing = false
+			c.mu.Unlock()
+			if err != nil && ls.ctx.Err() == nil {
+				c.log.Warn("bridge: renewing the connection failed; the old one stays", "link", ls.link.ID, "error", err)
+			} else if err == nil {
+				c.log.Info("bridge: connection renewed", "link", ls.link.ID)
+			}
+		})
+	}
 }
 
 // Links returns the IDs of the links, sorted.
@@ -318,7 +389,11 @@ func (c *Connector) run(ls *linkState) {
 }
 
 // dial connects the link once.
-func (c *Connector) dial(ls *linkState) error {
+func (c *Connector) dial(ls *linkState) error { return c.dialWith(ls, false) }
+
+// dialWith connects the link once; replace asks the peer (HELLO Replace)
+// and this side to put the new connection in place of the current one.
+func (c *Connector) dialWith(ls *linkState, replace bool) error {
 	start := time.Now()
 	l := ls.link
 	ctx, cancel := context.WithTimeout(ls.ctx, c.cfg.HandshakeTimeout)
@@ -332,17 +407,19 @@ func (c *Connector) dial(ls *linkState) error {
 		raw.Close()
 		return fmt.Errorf("TLS handshake with %s: %w", l.Endpoint, err)
 	}
-	hello, err := c.helloFor(tc, l, time.Until(start.Add(c.cfg.HandshakeTimeout)))
+	local := c.cfg.Hello
+	local.Replace = replace
+	hello, err := c.helloFor(tc, l, local, time.Until(start.Add(c.cfg.HandshakeTimeout)))
 	if err != nil {
 		return err
 	}
-	return c.install(ls, tc, hello, true, time.Since(start))
+	return c.install(ls, tc, hello, true, replace, time.Since(start))
 }
 
 // helloFor exchanges HELLOs and checks the peer's against the link; it
 // closes conn on failure.
-func (c *Connector) helloFor(conn net.Conn, l Link, timeout time.Duration) (Hello, error) {
-	h, err := Handshake(conn, c.cfg.Hello, max(timeout, time.Millisecond))
+func (c *Connector) helloFor(conn net.Conn, l Link, local Hello, timeout time.Duration) (Hello, error) {
+	h, err := Handshake(conn, local, max(timeout, time.Millisecond))
 	if err != nil {
 		conn.Close()
 		return Hello{}, fmt.Errorf("HELLO from %s: %w", l.Endpoint, err)
@@ -355,12 +432,16 @@ func (c *Connector) helloFor(conn net.Conn, l Link, timeout time.Duration) (Hell
 	return h, nil
 }
 
+// replaceGrace is how long a connection the peer replaced stays
+// Connected while the replacement is being installed.
+const replaceGrace = time.Second
+
 // errDuplicate rejects the losing one of two crossing connections.
 var errDuplicate = errors.New("duplicate connection: the one dialed by the lower cluster address stays")
 
 // install hands conn to the pump unless the link is gone or the tie-break
-// keeps the connection in place.
-func (c *Connector) install(ls *linkState, conn net.Conn, hello Hello, outbound bool, took time.Duration) error {
+// keeps the connection in place; replace skips the tie-break (a renewal).
+func (c *Connector) install(ls *linkState, conn net.Conn, hello Hello, outbound, replace bool, took time.Duration) error {
 	id := ls.link.ID
 	c.mu.Lock()
 	if c.links[id] != ls || ls.ctx.Err() != nil {
@@ -368,7 +449,7 @@ func (c *Connector) install(ls *linkState, conn net.Conn, hello Hello, outbound 
 		_ = SendClose(conn, CloseRejected, "link removed", closeTimeout)
 		return errors.New("link removed")
 	}
-	if ls.peer != nil && !KeepNew(c.cfg.Hello.ClusterAddress, ls.link.ClusterAddress, outbound, ls.outbound) {
+	if ls.peer != nil && !replace && !KeepNew(c.cfg.Hello.ClusterAddress, ls.link.ClusterAddress, outbound, ls.outbound) {
 		c.mu.Unlock()
 		_ = SendClose(conn, CloseRejected, errDuplicate.Error(), closeTimeout)
 		return errDuplicate
@@ -378,6 +459,9 @@ func (c *Connector) install(ls *linkState, conn net.Conn, hello Hello, outbound 
 		c.mu.Unlock()
 		conn.Close()
 		return err
+	}
+	if ls.peer != nil {
+		ls.ending[ls.peer] = struct{}{} // the pump replaced it
 	}
 	ls.peer, ls.outbound = pr, outbound
 	notify := c.setStatus(id, ls, LinkStatus{State: Connected, HandshakeTime: took, Outbound: outbound, PeerHello: hello})
@@ -395,8 +479,24 @@ func (c *Connector) install(ls *linkState, conn net.Conn, hello Hello, outbound 
 // took over.
 func (c *Connector) watch(ls *linkState, pr *Peer) {
 	<-pr.Done()
+	// A peer that replaced the connection by a new one (a renewal) may
+	// close the old one a moment before the new one is installed here:
+	// give the new one that moment instead of going Idle in between.
+	var ce *CloseError
+	if errors.As(pr.Err(), &ce) && ce.Code == CloseReplaced {
+		for deadline := time.Now().Add(replaceGrace); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			c.mu.Lock()
+			moved := ls.peer != pr
+			c.mu.Unlock()
+			if moved || ls.ctx.Err() != nil {
+				break
+			}
+		}
+	}
 	c.mu.Lock()
 	notify := func() {}
+	delete(ls.ending, pr)
+	ls.past.add(pr.Stats())
 	if ls.peer == pr {
 		ls.peer = nil
 		reason := "connection ended"
@@ -473,17 +573,39 @@ func (c *Connector) accept(raw net.Conn) error {
 	}
 	c.mu.Unlock()
 	if ls == nil {
+		if c.cfg.OnUnknown != nil {
+			return c.unknown(tc, ids, time.Until(start.Add(c.cfg.HandshakeTimeout)))
+		}
 		err := fmt.Errorf("no link for peer %v", ids)
 		_ = SendClose(tc, CloseRejected, err.Error(), closeTimeout)
 		return err
 	}
-	hello, err := c.helloFor(tc, ls.link, time.Until(start.Add(c.cfg.HandshakeTimeout)))
+	hello, err := c.helloFor(tc, ls.link, c.cfg.Hello, time.Until(start.Add(c.cfg.HandshakeTimeout)))
 	if err != nil {
 		return err
 	}
-	if err := c.install(ls, tc, hello, false, time.Since(start)); err != nil && !errors.Is(err, errDuplicate) {
+	if err := c.install(ls, tc, hello, false, hello.Replace, time.Since(start)); err != nil && !errors.Is(err, errDuplicate) {
 		return err
 	}
+	return nil
+}
+
+// unknown reads the HELLO of an authenticated peer without a link, hands
+// it to OnUnknown and closes the connection.
+func (c *Connector) unknown(tc *tls.Conn, ids []string, timeout time.Duration) error {
+	h, err := Handshake(tc, c.cfg.Hello, max(timeout, time.Millisecond))
+	if err != nil {
+		tc.Close()
+		return fmt.Errorf("HELLO from unknown peer %v: %w", ids, err)
+	}
+	remote, _ := netip.ParseAddrPort(tc.RemoteAddr().String())
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	if err := c.cfg.OnUnknown(UnknownPeer{Identities: ids, Remote: remote, Hello: h}); err != nil {
+		err = fmt.Errorf("no link for peer %v: %w", ids, err)
+		_ = SendClose(tc, CloseRejected, err.Error(), closeTimeout)
+		return err
+	}
+	_ = SendClose(tc, CloseRejected, "no link for this peer yet: one is being created from its HELLO; this side will connect", closeTimeout)
 	return nil
 }
 

@@ -76,6 +76,10 @@ type connEnd struct {
 	conn   *Connector
 	mu     sync.Mutex
 	events []LinkStatus
+	// onUnknown is passed to the Connector; noLinks starts it without the
+	// link to the other end.
+	onUnknown func(UnknownPeer) error
+	noLinks   bool
 }
 
 func newConnEnd(t *testing.T, e *bridgeEnd, ca *testCA, cn string) *connEnd {
@@ -115,7 +119,7 @@ func (ce *connEnd) start(t *testing.T, other *connEnd) {
 	}
 	var err error
 	ce.conn, err = NewConnector(ConnectorConfig{
-		Pump: ce.pump, Certs: ce.certs, Hello: ce.hello, Dial: dial,
+		Pump: ce.pump, Certs: ce.certs, Hello: ce.hello, Dial: dial, OnUnknown: ce.onUnknown,
 		MinBackoff: 100 * time.Millisecond, MaxBackoff: time.Second, HandshakeTimeout: 3 * time.Second,
 		OnChange: func(id string, st LinkStatus) {
 			ce.mu.Lock()
@@ -137,10 +141,16 @@ func (ce *connEnd) start(t *testing.T, other *connEnd) {
 	go func() { defer close(served); _ = ce.conn.Serve(l) }()
 	conn := ce.conn
 	t.Cleanup(func() { conn.Close(); <-served })
-	ce.conn.SetLinks([]Link{{
+	if !ce.noLinks {
+		ce.conn.SetLinks([]Link{ce.linkTo(other)})
+	}
+}
+
+func (ce *connEnd) linkTo(other *connEnd) Link {
+	return Link{
 		ID: other.id, Endpoint: net.JoinHostPort(other.id+".kubelink.test", "8443"),
 		ClusterAddress: other.cluster4, Policy: policyFor(other.bridgeEnd),
-	}})
+	}
 }
 
 func (ce *connEnd) status(t *testing.T) LinkStatus {

@@ -23,6 +23,11 @@ type Hello struct {
 	Port uint16
 	DNS  *DNSInfo // optional
 	API  *APIInfo // optional
+	// Replace asks the receiver to put this connection in place of the
+	// one it has for the sender, whatever the tie-break says: the sender
+	// reconnects on purpose (its certificate changed). Receivers that do
+	// not know the extension apply the tie-break.
+	Replace bool
 }
 
 // DNSInfo lets the peer forward queries for the sender's cluster domain.
@@ -40,8 +45,9 @@ type APIInfo struct {
 
 // Extension types of a HELLO. Receivers skip types they do not know.
 const (
-	extDNS = 1
-	extAPI = 2
+	extDNS     = 1
+	extAPI     = 2
+	extReplace = 3
 )
 
 // Validate reports whether h can be sent: the encoder and the parser apply
@@ -119,6 +125,11 @@ func AppendHello(dst []byte, h Hello) ([]byte, error) {
 			return dst[:start], err
 		}
 	}
+	if h.Replace {
+		if dst, err = appendExt(dst, extReplace, nil); err != nil {
+			return dst[:start], err
+		}
+	}
 	n := len(dst) - start - FrameHeaderLen
 	if n > MaxHelloPayload {
 		return dst[:start], fmt.Errorf("HELLO: %w: %d bytes, limit %d", ErrFrameTooLarge, n, MaxHelloPayload)
@@ -170,25 +181,23 @@ func ParseHello(p []byte) (Hello, error) {
 	h.Port = r.u16()
 	h.ClusterAddress = r.prefix()
 	h.ServiceCIDR = r.prefix()
-	var seenDNS, seenAPI bool
+	seen := map[uint16]bool{}
 	for r.err == nil && len(r.b) > 0 {
 		typ, n := r.u16(), r.u16()
 		v := reader{b: r.bytes(int(n))}
 		if r.err != nil {
 			break
 		}
-		if typ != extDNS && typ != extAPI {
+		if typ != extDNS && typ != extAPI && typ != extReplace {
 			continue
 		}
-		seen := &seenDNS
-		if typ == extAPI {
-			seen = &seenAPI
-		}
-		if *seen {
+		if seen[typ] {
 			return Hello{}, fmt.Errorf("HELLO: %w: extension %d twice", ErrMalformed, typ)
 		}
-		*seen = true
+		seen[typ] = true
 		switch typ {
+		case extReplace:
+			h.Replace = true
 		case extDNS:
 			h.DNS = &DNSInfo{ClusterDomain: v.string16(), DNSIP: v.addr()}
 		case extAPI:

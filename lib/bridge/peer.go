@@ -34,6 +34,19 @@ type Policy struct {
 	// mesh.Ingress.Allows. Nil denies everything: the broker must say
 	// what a peer may reach.
 	Ingress func(dst netip.Addr) bool
+	// Probe, when valid, is the health probe's address and UDP port on
+	// this side: UDP packets to it (the peer's probes) and from that port
+	// to its address (the peer's replies to ours) pass whatever Ingress
+	// says, so that a firewall rule does not make a healthy link look
+	// Down.
+	Probe netip.AddrPort
+}
+
+func (pol *Policy) allowsIngress(info *ipInfo) bool {
+	if pr := pol.Probe; pr.IsValid() && info.dst == pr.Addr() && (info.udpDst == pr.Port() || info.udpSrc == pr.Port()) {
+		return true
+	}
+	return pol.Ingress != nil && pol.Ingress(info.dst)
 }
 
 func (pol *Policy) allowsSource(a netip.Addr) bool {
@@ -299,7 +312,7 @@ func (pr *Peer) deliver(payload []byte) error {
 			drops[dropMalformed]++
 		case !pol.allowsSource(info.src):
 			drops[dropSpoofed]++
-		case pol.Ingress == nil || !pol.Ingress(info.dst):
+		case !pol.allowsIngress(&info):
 			drops[dropIngressDenied]++
 		default:
 			slot := payload[it.at-virtioHdrLen : it.at+len(pkt)]

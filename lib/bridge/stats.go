@@ -87,3 +87,27 @@ func (c *peerCounters) snapshot() PeerStats {
 	}
 	return s
 }
+
+// add sums o into s (LastReceived: the later one).
+func (s *PeerStats) add(o PeerStats) {
+	s.TxPackets += o.TxPackets
+	s.TxBytes += o.TxBytes
+	s.RxPackets += o.RxPackets
+	s.RxBytes += o.RxBytes
+	s.TxFrames += o.TxFrames
+	s.RxFrames += o.RxFrames
+	if o.LastReceived.After(s.LastReceived) {
+		s.LastReceived = o.LastReceived
+	}
+	s.Drops.add(o.Drops)
+}
+
+func (d *Drops) add(o Drops) {
+	d.Spoofed += o.Spoofed
+	d.IngressDenied += o.IngressDenied
+	d.NoRoute += o.NoRoute
+	d.NotConnected += o.NotConnected
+	d.QueueFull += o.QueueFull
+	d.Malformed += o.Malformed
+	d.TUNWriteFailed += o.TUNWriteFailed
+}

@@ -35,6 +35,11 @@ type bridgePlane struct {
 	conn  *bridge.Connector
 	hello bridge.Hello // what conn announces
 
+	// For the metrics collector, which runs on other goroutines.
+	curConn  atomic.Pointer[bridge.Connector]
+	curPump  atomic.Pointer[bridge.Pump]
+	rejected atomic.Uint64 // rejected handshakes of closed Connectors
+
 	table atomic.Pointer[[]routeEntry] // destination → link, swapped per sync
 	// idle holds, after apply, why each served link is not connected
 	// (absent when connected).
@@ -98,8 +103,15 @@ func (p *bridgePlane) open(ctx context.Context) error {
 		return err
 	}
 	p.tun, p.pump, p.certs = tun, pump, certs
-	go certs.Watch(ctx, time.Second, func() { p.log.Info("bridge certificates reloaded") },
-		func(err error) { p.log.Warn("reloading bridge certificates", "err", err) })
+	p.curPump.Store(pump)
+	// A new certificate is used for new connections at once; Renew moves
+	// the established ones over, so that peers see it too.
+	go certs.Watch(ctx, time.Second, func() {
+		p.log.Info("bridge certificates reloaded; renewing the connections", "serial", certs.Leaf().SerialNumber.Text(16))
+		if c := p.curConn.Load(); c != nil {
+			c.Renew()
+		}
+	}, func(err error) { p.log.Warn("reloading bridge certificates", "err", err) })
 	return nil
 }
 
@@ -114,7 +126,10 @@ func (p *bridgePlane) endpoint(e mesh.Endpoint) string {
 
 // ingressOf is what a peer of link l in mesh ms may reach: the effective
 // ingress rule of the link or, when neither the link nor its mesh has one,
-// the mesh, the local cluster address and the local service CIDR.
+// the mesh, the local cluster address and the local service CIDR. As in
+// the kernel rules of WireGuard mode (mesh.FirewallRules), traffic to
+// another member's networks is transit and left to that member's
+// firewall; the health probe passes through Policy.Probe.
 func ingressOf(ms *mesh.Mesh, l *mesh.Link) func(netip.Addr) bool {
 	in := mesh.EffectiveIngress(ms.Local.Ingress, l.Ingress)
 	if !in.IsSet() {
@@ -123,7 +138,20 @@ func ingressOf(ms *mesh.Mesh, l *mesh.Link) func(netip.Addr) bool {
 			in.Allow = append(in.Allow, ms.Local.ServiceCIDR)
 		}
 	}
-	return in.Allows
+	var transit []netip.Prefix
+	for _, other := range ms.Members {
+		if other != l {
+			transit = append(transit, other.AllowedIPs()...)
+		}
+	}
+	return func(dst netip.Addr) bool {
+		for _, p := range transit {
+			if p.Contains(dst) {
+				return true
+			}
+		}
+		return in.Allows(dst)
+	}
 }
 
 // apply makes the namespace and the connections match the model.
@@ -158,7 +186,8 @@ func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
 				continue
 			default:
 				via[name] = name
-				pol := bridge.Policy{AllowedSources: l.AllowedIPs(), Ingress: ingressOf(ms, l)}
+				pol := bridge.Policy{AllowedSources: l.AllowedIPs(), Ingress: ingressOf(ms, l),
+					Probe: netip.AddrPortFrom(ms.Local.IP(), uint16(p.cfg.ProbePort))}
 				links = append(links, bridge.Link{ID: name, Endpoint: p.endpoint(l.Endpoint), ClusterAddress: l.Address, Policy: pol})
 			}
 			res.PeerOf[name] = mesh.Key{}
@@ -242,14 +271,35 @@ func (p *bridgePlane) connector(ms *mesh.Mesh) error {
 		}
 	}()
 	p.conn, p.hello = conn, hello
+	p.curConn.Store(conn)
 	return nil
 }
 
 func (p *bridgePlane) closeConnector() {
 	if p.conn != nil {
+		p.curConn.Store(nil)
 		_ = p.conn.Close()
+		n, _ := p.conn.Rejected()
+		p.rejected.Add(n)
 		p.conn = nil
 	}
+}
+
+// figures are the tunnel counters of a link for its status: bytes summed
+// over the link's connections, and when the current one was set up.
+func (p *bridgePlane) figures(link string) *PeerFigures {
+	if p.conn == nil {
+		return nil
+	}
+	s, ok := p.conn.LinkStats(link)
+	if !ok {
+		return nil
+	}
+	f := &PeerFigures{RxBytes: int64(s.RxBytes), TxBytes: int64(s.TxBytes)}
+	if st, ok := p.conn.Status(link); ok && st.State == bridge.Connected {
+		f.LastHandshake = st.Since
+	}
+	return f
 }
 
 // close stops the connections, the pump and the device.
@@ -258,6 +308,7 @@ func (p *bridgePlane) close() {
 	if p.pump != nil {
 		_ = p.pump.Close()
 		p.pump = nil
+		p.curPump.Store(nil)
 	}
 	if p.tun != nil {
 		if err := p.tun.Close(); err != nil {

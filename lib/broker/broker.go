@@ -140,6 +140,11 @@ func (b *Broker) runActive(ctx context.Context) error {
 		}
 		b.bplane = p
 		defer p.close()
+		col := newBridgeCollector(p)
+		if err := b.metrics.reg.Register(col); err != nil {
+			return fmt.Errorf("bridge metrics: %w", err)
+		}
+		defer b.metrics.reg.Unregister(col)
 	}
 	b.prober = probe.New(probe.Config{Interval: b.cfg.ProbeInterval, DownAfter: b.cfg.ProbeDownAfter, Port: b.cfg.ProbePort,
 		OnChange: func(netip.Addr, probe.Result) { b.kick() }})

@@ -114,6 +114,9 @@ func (b *Broker) observe(kl *v1alpha1.KubeLink, m *mesh.Model, res planeResult) 
 			o.IdleReason = reason
 		}
 	}
+	if b.bplane != nil {
+		o.Peer = b.bplane.figures(kl.Name)
+	}
 	if key, ok := res.PeerOf[kl.Name]; ok {
 		if s, ok := res.Stats[key]; ok {
 			o.Peer = &PeerFigures{LastHandshake: s.LastHandshake, RxBytes: s.RxBytes, TxBytes: s.TxBytes}
@@ -197,7 +200,16 @@ func (b *Broker) forgetDeleted(items []v1alpha1.KubeLink) {
 // observeDrops reports the packets a link's ingress rules dropped.
 func (b *Broker) observeDrops(link string, m *mesh.Model) {
 	l, ok := m.Link(link)
-	if !ok || l.IsLocal() || b.plane == nil || b.plane.dev == nil {
+	if !ok || l.IsLocal() {
+		return
+	}
+	if b.bplane != nil && b.bplane.conn != nil {
+		if s, ok := b.bplane.conn.LinkStats(link); ok {
+			b.metrics.fwDrops.WithLabelValues(link).Set(float64(s.Drops.IngressDenied))
+		}
+		return
+	}
+	if b.plane == nil || b.plane.dev == nil {
 		return
 	}
 	n, err := b.plane.fw.DroppedPackets("mangle", mesh.FirewallChain(link))
