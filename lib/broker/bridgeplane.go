@@ -28,6 +28,9 @@ type bridgePlane struct {
 	*gateway
 	log  *slog.Logger
 	kick func()
+	// unknown handles authenticated peers without a link (--auto-connect);
+	// nil rejects them.
+	unknown func(*mesh.Mesh, bridge.UnknownPeer) error
 
 	tun   *bridge.TUN
 	pump  *bridge.Pump
@@ -51,13 +54,13 @@ type routeEntry struct {
 	link   string
 }
 
-func newBridgePlane(cfg *Config, rm RunMode, log *slog.Logger, kick func()) (*bridgePlane, error) {
+func newBridgePlane(cfg *Config, rm RunMode, log *slog.Logger, kick func(), unknown func(*mesh.Mesh, bridge.UnknownPeer) error) (*bridgePlane, error) {
 	// No kernel firewall: the pump enforces ingress in user space.
 	g, err := newGateway(cfg, rm, false)
 	if err != nil {
 		return nil, err
 	}
-	p := &bridgePlane{gateway: g, log: log, kick: kick}
+	p := &bridgePlane{gateway: g, log: log, kick: kick, unknown: unknown}
 	p.table.Store(&[]routeEntry{})
 	return p, nil
 }
@@ -251,8 +254,12 @@ func (p *bridgePlane) connector(ms *mesh.Mesh) error {
 		return nil
 	}
 	p.closeConnector()
+	var onUnknown func(bridge.UnknownPeer) error
+	if p.unknown != nil {
+		onUnknown = func(u bridge.UnknownPeer) error { return p.unknown(ms, u) }
+	}
 	conn, err := bridge.NewConnector(bridge.ConnectorConfig{Pump: p.pump, Certs: p.certs, Hello: hello, Logger: p.log,
-		MinBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second,
+		MinBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second, OnUnknown: onUnknown,
 		OnChange: func(id string, st bridge.LinkStatus) {
 			p.log.Info("bridge link", "link", id, "state", st.State.String(), "reason", st.Reason)
 			p.kick()

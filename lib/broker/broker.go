@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/bridge"
 	"github.com/kubelink/kubelink/lib/kubeflags"
 	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/probe"
@@ -134,7 +135,11 @@ func (b *Broker) runActive(ctx context.Context) error {
 		go p.resolver.Run(ctx, b.kick)
 	}
 	if b.cfg.Mode == ModeBridge {
-		p, err := newBridgePlane(&b.cfg, b.rm, b.log, b.kick)
+		var unknown func(*mesh.Mesh, bridge.UnknownPeer) error
+		if b.cfg.AutoConnect {
+			unknown = b.autoConnect
+		}
+		p, err := newBridgePlane(&b.cfg, b.rm, b.log, b.kick, unknown)
 		if err != nil {
 			return err
 		}

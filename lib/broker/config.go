@@ -37,6 +37,9 @@ type Config struct {
 	// BridgePort is the TCP port of the bridge (bridge mode), also the
 	// default port of link endpoints there.
 	BridgePort int
+	// AutoConnect (bridge mode) creates a KubeLink for an authenticated
+	// peer without one, from its HELLO.
+	AutoConnect bool
 
 	NodeCIDR    netip.Prefix
 	PodCIDR     netip.Prefix
@@ -94,6 +97,9 @@ func (c *Config) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("--mode=%q: must be wireguard, bridge or none", c.Mode))
+	}
+	if c.AutoConnect && c.Mode != ModeBridge {
+		errs = append(errs, errors.New("--auto-connect works in bridge mode only (peers are identified by their certificates)"))
 	}
 	switch c.WireGuard {
 	case wireguard.ModeAuto, wireguard.ModeKernel, wireguard.ModeUserspace:

@@ -188,3 +188,45 @@ func TestBridgeAntiSpoofingAndIngress(t *testing.T) {
 		// check is stateless, as the kernel rules in WireGuard mode are.
 	})
 }
+
+// --auto-connect: A has no link to B; B dials A with a certificate of the
+// mesh CA, and A creates the KubeLink from B's HELLO, connects it, and the
+// link comes Up with traffic both ways.
+func TestBridgeAutoConnect(t *testing.T) {
+	lab := New(t, 2)
+	a, b := lab.Clusters[0], lab.Clusters[1]
+	ca := newBridgeCA(t)
+	a.StartRouter(lab)
+	b.StartRouter(lab)
+	a.StartBroker(lab, a.GW, append(bridgeFlags(ca.certDir(t, a)), "--auto-connect")...)
+	b.StartBroker(lab, b.GW, bridgeFlags(ca.certDir(t, b))...)
+	applied := time.Now()
+	a.Apply(a.LocalLink())
+	b.Apply(b.LocalLink(), bridgeLinkTo(a))
+
+	name := "auto-192-168-0-12" // from B's cluster address: B's certificate names it by IP only
+	var kl *v1alpha1.KubeLink
+	waitFor(t, "A to create a KubeLink from B's HELLO", 10*time.Second, func() bool {
+		var err error
+		kl, err = a.Link(name)
+		return err == nil
+	})
+	if kl.Spec.ClusterAddress != b.MeshAddress.String() || kl.Spec.CIDR != b.ServiceCIDR.String() || kl.Spec.Endpoint != b.InetIP.String()+":8088" ||
+		kl.Annotations["kubelink.mandelsoft.org/auto-connected"] != b.InetIP.String() {
+		t.Errorf("auto-connected link %+v %v", kl.Spec, kl.Annotations)
+	}
+	up, _ := a.WaitState(name, v1alpha1.StateUp, 10*time.Second)
+	t.Logf("A created %s %s after the apply and it was Up %s later", name, time.Since(applied).Round(time.Millisecond)-up, up.Round(time.Millisecond))
+	b.WaitState("a", v1alpha1.StateUp, 5*time.Second)
+	if body, _ := WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second); !strings.Contains(body, "echo b from 192.168.0.11:") {
+		t.Errorf("A -> B answered %q", body)
+	}
+	WaitGet(t, b.Pod, a.ServiceIP, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var list v1alpha1.KubeLinkList
+	must(t, a.Kube.List(ctx, &list))
+	if len(list.Items) != 2 {
+		t.Errorf("A has %d KubeLinks, want its LocalLink and one auto-connected", len(list.Items))
+	}
+}

@@ -1,0 +1,118 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/bridge"
+	"github.com/kubelink/kubelink/lib/mesh"
+)
+
+// AnnotationAutoConnected marks a KubeLink that --auto-connect created; its
+// value is the peer certificate's identities.
+const AnnotationAutoConnected = "kubelink.mandelsoft.org/auto-connected"
+
+// AutoLink is the KubeLink that --auto-connect creates for an authenticated
+// peer without a link, from its HELLO: spec.clusterAddress and spec.cidr as
+// announced, the endpoint from the address the peer connected from and the
+// port it advertised (default bridgePort), the name from the first DNS name
+// among its certificate identities (first label) or else from its cluster
+// address ("auto-192-168-0-12"), in the mesh of local. It refuses a peer
+// outside the mesh, an existing name, a cluster address another link has,
+// and anything the mesh model would not accept next to existing.
+func AutoLink(local *mesh.Mesh, p bridge.UnknownPeer, bridgePort int, existing []v1alpha1.KubeLink) (*v1alpha1.KubeLink, error) {
+	h := p.Hello
+	ca := h.ClusterAddress
+	if ca.Bits() != local.Local.Address.Bits() || ca.Masked() != local.CIDR() {
+		return nil, fmt.Errorf("cluster address %s is not in the mesh %s", ca, local.CIDR())
+	}
+	if ca.Addr() == local.Local.IP() {
+		return nil, fmt.Errorf("cluster address %s is this cluster's", ca)
+	}
+	if !p.Remote.IsValid() {
+		return nil, fmt.Errorf("no remote address")
+	}
+	port := int(h.Port)
+	if port == 0 {
+		port = bridgePort
+	}
+	cluster := ""
+	for _, id := range p.Identities {
+		if net.ParseIP(id) != nil {
+			continue
+		}
+		label := strings.ToLower(strings.SplitN(strings.TrimSuffix(id, "."), ".", 2)[0])
+		if len(validation.IsDNS1123Label(label)) == 0 && !strings.Contains(label, "--") {
+			cluster = label
+			break
+		}
+	}
+	if cluster == "" {
+		cluster = "auto-" + strings.NewReplacer(".", "-", ":", "-").Replace(ca.Addr().String())
+		cluster = strings.Trim(cluster, "-")
+	}
+	name := mesh.LinkName{Mesh: local.Name, Cluster: cluster}.String()
+	var ids []string // CN and SAN often repeat each other
+	for _, id := range p.Identities {
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	kl := &v1alpha1.KubeLink{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{AnnotationAutoConnected: strings.Join(ids, ",")}},
+		Spec: v1alpha1.KubeLinkSpec{
+			ClusterAddress: ca.String(),
+			Endpoint:       net.JoinHostPort(p.Remote.Addr().String(), strconv.Itoa(port)),
+		},
+	}
+	if h.ServiceCIDR.IsValid() {
+		kl.Spec.CIDR = h.ServiceCIDR.String()
+	}
+	for i := range existing {
+		e := &existing[i]
+		if e.Name == name {
+			return nil, fmt.Errorf("KubeLink %s exists (its endpoint host does not match the certificate %v); not overwritten", name, p.Identities)
+		}
+		if mesh.ParseLinkName(e.Name).Mesh == local.Name && strings.EqualFold(strings.SplitN(e.Spec.ClusterAddress, "/", 2)[0], ca.Addr().String()) {
+			return nil, fmt.Errorf("KubeLink %s has cluster address %s (its endpoint host does not match the certificate %v); not overwritten", e.Name, ca.Addr(), p.Identities)
+		}
+	}
+	m := mesh.Build(append(append([]v1alpha1.KubeLink(nil), existing...), *kl), mesh.ParseOptions{DefaultPort: uint16(bridgePort)})
+	if _, ok := m.Link(name); !ok {
+		v := m.Verdicts[name]
+		return nil, fmt.Errorf("the link built from its HELLO would be %s: %s", v.State, v.Message)
+	}
+	return kl, nil
+}
+
+// autoConnect creates the KubeLink for an unknown peer (--auto-connect);
+// the next sync connects it.
+func (b *Broker) autoConnect(local *mesh.Mesh, p bridge.UnknownPeer) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var list v1alpha1.KubeLinkList
+	if err := b.kube.List(ctx, &list); err != nil {
+		return fmt.Errorf("listing KubeLinks: %w", err)
+	}
+	kl, err := AutoLink(local, p, b.cfg.BridgePort, list.Items)
+	if err != nil {
+		b.log.Warn("auto-connect: not creating a link", "peer", p.Identities, "remote", p.Remote, "err", err)
+		return err
+	}
+	if err := b.kube.Create(ctx, kl); err != nil {
+		return fmt.Errorf("creating KubeLink %s: %w", kl.Name, err)
+	}
+	b.log.Info("auto-connect: created a KubeLink from the peer's HELLO", "link", kl.Name, "endpoint", kl.Spec.Endpoint,
+		"clusterAddress", kl.Spec.ClusterAddress, "cidr", kl.Spec.CIDR, "peer", p.Identities)
+	b.kick()
+	return nil
+}

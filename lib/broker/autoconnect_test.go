@@ -1,0 +1,64 @@
+package broker
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/bridge"
+	"github.com/kubelink/kubelink/lib/mesh"
+)
+
+func kubeLink(name, addr, cidr, endpoint string) v1alpha1.KubeLink {
+	return v1alpha1.KubeLink{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: v1alpha1.KubeLinkSpec{ClusterAddress: addr, CIDR: cidr, Endpoint: endpoint}}
+}
+
+func TestAutoLinkFromHello(t *testing.T) {
+	local := kubeLink("lab--a", "192.168.0.11/24", "100.64.0.0/20", v1alpha1.EndpointLocalLink)
+	existing := []v1alpha1.KubeLink{local, kubeLink("lab--c", "192.168.0.13/24", "100.64.32.0/20", "c.example:8088")}
+	m := mesh.Build(existing, mesh.ParseOptions{DefaultPort: 8088})
+	if len(m.Meshes) != 1 {
+		t.Fatalf("meshes %+v", m.Meshes)
+	}
+	ms := m.Meshes[0]
+	peer := func(ids []string, addr, cidr string, port uint16) bridge.UnknownPeer {
+		h := bridge.Hello{MinVersion: 1, MaxVersion: 1, ClusterAddress: netip.MustParsePrefix(addr), Port: port}
+		if cidr != "" {
+			h.ServiceCIDR = netip.MustParsePrefix(cidr)
+		}
+		return bridge.UnknownPeer{Identities: ids, Remote: netip.MustParseAddrPort("172.30.0.21:40000"), Hello: h}
+	}
+
+	kl, err := AutoLink(ms, peer([]string{"172.30.0.21"}, "192.168.0.12/24", "100.64.16.0/20", 9443), 8088, existing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kl.Name != "lab--auto-192-168-0-12" || kl.Spec.ClusterAddress != "192.168.0.12/24" || kl.Spec.CIDR != "100.64.16.0/20" ||
+		kl.Spec.Endpoint != "172.30.0.21:9443" || kl.Annotations[AnnotationAutoConnected] != "172.30.0.21" {
+		t.Errorf("got %s %+v %v", kl.Name, kl.Spec, kl.Annotations)
+	}
+	kl, err = AutoLink(ms, peer([]string{"B.Example.org", "172.30.0.21"}, "192.168.0.12/24", "", 0), 8088, existing)
+	if err != nil || kl.Name != "lab--b" || kl.Spec.Endpoint != "172.30.0.21:8088" || kl.Spec.CIDR != "" {
+		t.Errorf("named peer: %v %+v", err, kl)
+	}
+
+	for _, c := range []struct {
+		name string
+		p    bridge.UnknownPeer
+		want string
+	}{
+		{"outside the mesh", peer(nil, "10.1.0.12/24", "", 8088), "not in the mesh"},
+		{"other prefix length", peer(nil, "192.168.0.12/16", "", 8088), "not in the mesh"},
+		{"our own address", peer(nil, "192.168.0.11/24", "", 8088), "this cluster's"},
+		{"existing name", peer([]string{"c.example"}, "192.168.0.14/24", "", 8088), "KubeLink lab--c exists"},
+		{"existing address", peer([]string{"d.example"}, "192.168.0.13/24", "", 8088), "lab--c has cluster address"},
+		{"overlapping service CIDR", peer(nil, "192.168.0.14/24", "100.64.0.0/16", 8088), "overlaps the local service CIDR"},
+	} {
+		if kl, err := AutoLink(ms, c.p, 8088, existing); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %+v, %v; want an error with %q", c.name, kl, err, c.want)
+		}
+	}
+}
