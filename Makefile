@@ -44,6 +44,7 @@ test-bins: ## build (once, cached) kube-apiserver, etcd, kubectl v1.34.4 and Cor
 generate: $(CONTROLLER_GEN) ## regenerate deepcopy code and CRDs from the API types
 	cd lib && $(CONTROLLER_GEN) object:headerFile="" paths=./apis/... \
 	  crd:crdVersions=v1,maxDescLen=400 output:crd:dir=./apis/kubelink/crds
+	cp lib/apis/kubelink/crds/*.yaml deploy/base/crds/
 	cd lib && $(CONTROLLER_GEN) object:headerFile="" paths=./globaldns/apis/... \
 	  crd:crdVersions=v1,maxDescLen=400 output:crd:dir=./globaldns/apis/coredns/crds
 

@@ -10,7 +10,7 @@ import (
 // "<mesh>--<cluster>"; without "--" the link belongs to the default mesh.
 //
 // +kubebuilder:object:root=true
-// +kubebuilder:resource:scope=Cluster,path=kubelinks,singular=kubelink,shortName=klink,categories=kubelink
+// +kubebuilder:resource:scope=Cluster,path=kubelinks,singular=kubelink,shortName=klink,categories=kubelink-all
 // +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="CIDR",type=string,JSONPath=`.spec.cidr`
 // +kubebuilder:printcolumn:name="Address",type=string,JSONPath=`.spec.clusterAddress`

@@ -10,7 +10,7 @@ import (
 // ports of the local cluster address of a mesh (ports + port mappings).
 //
 // +kubebuilder:object:root=true
-// +kubebuilder:resource:scope=Namespaced,path=meshservices,singular=meshservice,shortName=msvc,categories=kubelink
+// +kubebuilder:resource:scope=Namespaced,path=meshservices,singular=meshservice,shortName=msvc,categories=kubelink-all
 // +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="Address",type=string,JSONPath=`.spec.meshAddress`
 // +kubebuilder:printcolumn:name="Mesh",type=string,JSONPath=`.spec.mesh`,priority=1

@@ -1,0 +1,197 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/e2e-framework/klient/k8s/resources"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+)
+
+// Lab is the running two-cluster lab of lab/scripts/lab-up.sh.
+type Lab struct {
+	Dir  string
+	Mode string // wireguard or bridge
+	A, B *Cluster
+}
+
+// Cluster is one kind cluster of the lab.
+type Cluster struct {
+	Name       string // a or b
+	Kubeconfig string
+	Res        *resources.Resources
+}
+
+// OpenLab connects to both clusters and checks they answer.
+func OpenLab(dir string) (*Lab, error) {
+	mode, err := os.ReadFile(filepath.Join(dir, "mode"))
+	if err != nil {
+		return nil, fmt.Errorf("no running lab in %s: %w", dir, err)
+	}
+	l := &Lab{Dir: dir, Mode: strings.TrimSpace(string(mode))}
+	for _, name := range []string{"a", "b"} {
+		kc := filepath.Join(dir, name, "kubeconfig")
+		rc, err := clientcmd.BuildConfigFromFlags("", kc)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", name, err)
+		}
+		res, err := resources.New(rc)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", name, err)
+		}
+		if err := v1alpha1.AddToScheme(res.GetScheme()); err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var nodes corev1.NodeList
+		err = res.List(ctx, &nodes)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("cluster %s does not answer: %w", name, err)
+		}
+		c := &Cluster{Name: name, Kubeconfig: kc, Res: res}
+		if name == "a" {
+			l.A = c
+		} else {
+			l.B = c
+		}
+	}
+	return l, nil
+}
+
+// Exec runs cmd in the first container of a pod of the default namespace.
+func (c *Cluster) Exec(ctx context.Context, pod string, cmd ...string) (string, error) {
+	var out, errb bytes.Buffer
+	err := c.Res.ExecInPod(ctx, "default", pod, "", cmd, &out, &errb)
+	if err != nil {
+		return out.String(), fmt.Errorf("%s in %s/%s: %w (stderr: %s)", strings.Join(cmd, " "), c.Name, pod, err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+// Wget fetches url from a pod with a bounded timeout.
+func (c *Cluster) Wget(ctx context.Context, pod, url string) (string, error) {
+	return c.Exec(ctx, pod, "busybox", "wget", "-q", "-T", "3", "-O", "-", url)
+}
+
+// Clients maps node name → the lab client pod on that node.
+func (c *Cluster) Clients(ctx context.Context) (map[string]string, error) {
+	var pods corev1.PodList
+	if err := c.Res.List(ctx, &pods, resources.WithLabelSelector("app=client")); err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	for _, p := range pods.Items {
+		if p.Namespace == "default" && p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil {
+			m[p.Spec.NodeName] = p.Name
+		}
+	}
+	return m, nil
+}
+
+// ServiceIP is the ClusterIP of a Service of the default namespace.
+func (c *Cluster) ServiceIP(ctx context.Context, name string) (string, error) {
+	var svc corev1.Service
+	if err := c.Res.Get(ctx, name, "default", &svc); err != nil {
+		return "", err
+	}
+	return svc.Spec.ClusterIP, nil
+}
+
+// Link reads a KubeLink.
+func (c *Cluster) Link(ctx context.Context, name string) (*v1alpha1.KubeLink, error) {
+	var l v1alpha1.KubeLink
+	return &l, c.Res.Get(ctx, name, "", &l)
+}
+
+// NodeName maps a node IP to its name.
+func (c *Cluster) NodeName(ctx context.Context, ip string) (string, error) {
+	var nodes corev1.NodeList
+	if err := c.Res.List(ctx, &nodes); err != nil {
+		return "", err
+	}
+	for _, n := range nodes.Items {
+		for _, a := range n.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP && a.Address == ip {
+				return n.Name, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("no node of cluster %s has IP %s", c.Name, ip)
+}
+
+// BrokerPods lists the broker pods that are not being deleted.
+func (c *Cluster) BrokerPods(ctx context.Context) ([]corev1.Pod, error) {
+	var pods corev1.PodList
+	if err := c.Res.WithNamespace("kubelink").List(ctx, &pods, resources.WithLabelSelector("app.kubernetes.io/name=kubelink-broker")); err != nil {
+		return nil, err
+	}
+	var out []corev1.Pod
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// Eventually polls f every interval until it returns nil or timeout passes;
+// it returns how long it took, or the last error.
+func Eventually(ctx context.Context, timeout, interval time.Duration, f func(context.Context) error) (time.Duration, error) {
+	start := time.Now()
+	deadline := start.Add(timeout)
+	for {
+		err := f(ctx)
+		if err == nil {
+			return time.Since(start), nil
+		}
+		if time.Now().After(deadline) {
+			return time.Since(start), fmt.Errorf("after %s: %w", timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return time.Since(start), ctx.Err()
+		case <-time.After(interval):
+		}
+	}
+}
+
+// NodeRoutes lists the routes with protocol proto in a kind node's main table.
+func NodeRoutes(ctx context.Context, node string, proto int) ([]string, error) {
+	out, err := exec.CommandContext(ctx, "/usr/bin/docker", "exec", node, "ip", "route", "show", "proto", fmt.Sprint(proto)).CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("routes of %s: %w: %s", node, err, out)
+	}
+	var routes []string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if l != "" {
+			routes = append(routes, strings.TrimSpace(l))
+		}
+	}
+	return routes, nil
+}
+
+func mustCtx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+var _ client.Object = &v1alpha1.KubeLink{}
+
+func resourcesLabel(sel string) resources.ListOption { return resources.WithLabelSelector(sel) }
+
+func deleteNow() resources.DeleteOption { return resources.WithGracePeriod(0) }

@@ -1,0 +1,347 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/e2e-framework/pkg/envconf"
+	"sigs.k8s.io/e2e-framework/pkg/features"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+)
+
+// expectEcho fetches url from pod until it answers with the echo of cluster want.
+func expectEcho(ctx context.Context, t *testing.T, c *Cluster, pod, url, want string, timeout time.Duration) time.Duration {
+	t.Helper()
+	took, err := Eventually(ctx, timeout, 500*time.Millisecond, func(ctx context.Context) error {
+		out, err := c.Wget(ctx, pod, url)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, "echo from cluster "+want) {
+			return fmt.Errorf("answer %q, want the echo of cluster %s", strings.TrimSpace(out), want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s/%s → %s: %v", c.Name, pod, url, err)
+	}
+	t.Logf("%s/%s → %s: echo of cluster %s (after %s)", c.Name, pod, url, want, took.Round(time.Millisecond))
+	return took
+}
+
+// gatewayNode is the node name of cluster c's current gateway (LocalLink status).
+func gatewayNode(ctx context.Context, t *testing.T, c *Cluster) string {
+	t.Helper()
+	ll, err := c.Link(ctx, c.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ll.Status.Gateway == "" {
+		t.Fatalf("LocalLink %s has no gateway in its status: %+v", c.Name, ll.Status)
+	}
+	n, err := c.NodeName(ctx, ll.Status.Gateway)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestCrossClusterByClusterIP(t *testing.T) {
+	f := features.New("cross-cluster traffic by ClusterIP").
+		Assess("A → B from a pod on the gateway node and from a pod on the other node", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			ip, err := lab.B.ServiceIP(ctx, "echo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			clients, err := lab.A.Clients(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gw := gatewayNode(ctx, t, lab.A)
+			if len(clients) < 2 || clients[gw] == "" {
+				t.Fatalf("want client pods on both nodes of A incl. the gateway node %s, have %v", gw, clients)
+			}
+			for node, pod := range clients {
+				t.Logf("client %s on node %s (gateway: %v)", pod, node, node == gw)
+				expectEcho(ctx, t, lab.A, pod, "http://"+ip+"/", "b", 30*time.Second)
+			}
+			return ctx
+		}).
+		Assess("B → A", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			ip, err := lab.A.ServiceIP(ctx, "echo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			clients, err := lab.B.Clients(ctx)
+			if err != nil || len(clients) == 0 {
+				t.Fatalf("no client pod in B: %v %v", clients, err)
+			}
+			for _, pod := range clients {
+				expectEcho(ctx, t, lab.B, pod, "http://"+ip+"/", "a", 30*time.Second)
+			}
+			return ctx
+		}).Feature()
+	testenv.Test(t, f)
+}
+
+func TestCrossClusterByDNSName(t *testing.T) {
+	f := features.New("cross-cluster traffic by mesh DNS name").
+		Assess("A resolves and reaches echo.default.svc.b.kubelink, B echo.default.svc.a.kubelink", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			for _, tc := range []struct {
+				from *Cluster
+				to   string
+			}{{lab.A, "b"}, {lab.B, "a"}, {lab.A, "a"}} {
+				clients, err := tc.from.Clients(ctx)
+				if err != nil || len(clients) == 0 {
+					t.Fatalf("no client pod in %s: %v", tc.from.Name, err)
+				}
+				for _, pod := range clients {
+					expectEcho(ctx, t, tc.from, pod, "http://echo.default.svc."+tc.to+".kubelink/", tc.to, 60*time.Second)
+					break
+				}
+			}
+			return ctx
+		}).Feature()
+	testenv.Test(t, f)
+}
+
+func TestDataPlaneAndPodMode(t *testing.T) {
+	f := features.New("data plane and pod mode").
+		Assess("status names the data plane of LAB_MODE and the broker pod as gateway", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			for _, c := range []*Cluster{lab.A, lab.B} {
+				ll, err := c.Link(ctx, c.Name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("%s: dataPlane %q gateway %s gatewayPod %s", c.Name, ll.Status.DataPlane, ll.Status.Gateway, ll.Status.GatewayPod)
+				if !strings.HasPrefix(ll.Status.DataPlane, lab.Mode) {
+					t.Errorf("%s: status.dataPlane %q, want the %s data plane", c.Name, ll.Status.DataPlane, lab.Mode)
+				}
+				pods, err := c.BrokerPods(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var ips []string
+				for _, p := range pods {
+					ips = append(ips, p.Status.PodIP)
+				}
+				if ll.Status.GatewayPod == "" || !slices.Contains(ips, ll.Status.GatewayPod) {
+					t.Errorf("%s: status.gatewayPod %q is not a broker pod IP %v (pod mode)", c.Name, ll.Status.GatewayPod, ips)
+				}
+			}
+			return ctx
+		}).Feature()
+	testenv.Test(t, f)
+}
+
+// activeBroker is the pod holding the broker Lease.
+func activeBroker(ctx context.Context, c *Cluster) (string, error) {
+	var lease coordinationv1.Lease
+	if err := c.Res.Get(ctx, "kubelink-broker", "kubelink", &lease); err != nil {
+		return "", err
+	}
+	if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
+		return "", fmt.Errorf("lease kubelink-broker has no holder")
+	}
+	return *lease.Spec.HolderIdentity, nil
+}
+
+func TestBrokerFailover(t *testing.T) {
+	f := features.New("broker failover").
+		Assess("deleting the active broker pod of A: traffic A → B back within 5 s", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			ip, err := lab.B.ServiceIP(ctx, "echo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			clients, err := lab.A.Clients(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			gw := gatewayNode(ctx, t, lab.A)
+			var pod string
+			for node, p := range clients {
+				if node != gw {
+					pod = p // a pod whose traffic crosses a node to the gateway
+				}
+			}
+			if pod == "" {
+				t.Fatalf("no client outside the gateway node %s: %v", gw, clients)
+			}
+			url := "http://" + ip + "/"
+			expectEcho(ctx, t, lab.A, pod, url, "b", 30*time.Second)
+			active, err := activeBroker(ctx, lab.A)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var victim corev1.Pod
+			if err := lab.A.Res.Get(ctx, active, "kubelink", &victim); err != nil {
+				t.Fatalf("active broker %s: %v", active, err)
+			}
+			start := time.Now()
+			if err := lab.A.Res.Delete(ctx, &victim); err != nil {
+				t.Fatal(err)
+			}
+			took, err := Eventually(ctx, 60*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
+				out, err := lab.A.Exec(ctx, pod, "busybox", "wget", "-q", "-T", "1", "-O", "-", url)
+				if err != nil {
+					return err
+				}
+				if !strings.Contains(out, "echo from cluster b") {
+					return fmt.Errorf("answer %q", out)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("traffic did not come back after deleting %s: %v", active, err)
+			}
+			now, _ := activeBroker(ctx, lab.A)
+			t.Logf("FAILOVER deleted active broker %s; traffic A → B back after %s; active now %s", active, took.Round(10*time.Millisecond), now)
+			fmt.Printf("BENCH e2e_broker_failover_seconds %.2f\n", took.Seconds())
+			if took > 5*time.Second {
+				t.Errorf("traffic back after %s, want within 5s", took.Round(10*time.Millisecond))
+			}
+			if now == active {
+				t.Errorf("the deleted pod %s still holds the Lease", active)
+			}
+			_ = start
+			// B → A also recovers (B reaches A through A's NodePort).
+			bclients, _ := lab.B.Clients(ctx)
+			aip, _ := lab.A.ServiceIP(ctx, "echo")
+			for _, p := range bclients {
+				expectEcho(ctx, t, lab.B, p, "http://"+aip+"/", "a", 30*time.Second)
+			}
+			return ctx
+		}).Feature()
+	testenv.Test(t, f)
+}
+
+func TestRouterRestartKeepsRoutes(t *testing.T) {
+	f := features.New("router restart").
+		Assess("deleting every router pod of A loses no route; the restarted routers keep them", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			var nodes corev1.NodeList
+			if err := lab.A.Res.List(ctx, &nodes); err != nil {
+				t.Fatal(err)
+			}
+			before := map[string][]string{}
+			for _, n := range nodes.Items {
+				r, err := NodeRoutes(ctx, n.Name, 77)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(r) == 0 {
+					t.Fatalf("node %s has no router routes (protocol 77)", n.Name)
+				}
+				before[n.Name] = r
+				t.Logf("%s: %v", n.Name, r)
+			}
+			var pods corev1.PodList
+			if err := lab.A.Res.WithNamespace("kubelink").List(ctx, &pods, resourcesLabel("app.kubernetes.io/name=kubelink-router")); err != nil {
+				t.Fatal(err)
+			}
+			for i := range pods.Items {
+				if err := lab.A.Res.Delete(ctx, &pods.Items[i], deleteNow()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			check := func(when string) {
+				for node, want := range before {
+					got, err := NodeRoutes(ctx, node, 77)
+					if err != nil {
+						t.Fatal(err)
+					}
+					for _, r := range want {
+						if !slices.Contains(got, r) {
+							t.Errorf("%s: route %q lost %s (now %v)", node, r, when, got)
+						}
+					}
+				}
+			}
+			check("right after the router pods were deleted")
+			if _, err := Eventually(ctx, 120*time.Second, time.Second, func(ctx context.Context) error {
+				var ps corev1.PodList
+				if err := lab.A.Res.WithNamespace("kubelink").List(ctx, &ps, resourcesLabel("app.kubernetes.io/name=kubelink-router")); err != nil {
+					return err
+				}
+				ready := 0
+				for _, p := range ps.Items {
+					for _, c := range p.Status.ContainerStatuses {
+						if c.Ready && p.DeletionTimestamp == nil {
+							ready++
+						}
+					}
+				}
+				if ready != len(nodes.Items) {
+					return fmt.Errorf("%d of %d routers running", ready, len(nodes.Items))
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(2 * time.Second) // a resync of the new routers
+			check("after the routers restarted")
+			ip, _ := lab.B.ServiceIP(ctx, "echo")
+			clients, _ := lab.A.Clients(ctx)
+			for _, p := range clients {
+				expectEcho(ctx, t, lab.A, p, "http://"+ip+"/", "b", 10*time.Second)
+			}
+			return ctx
+		}).Feature()
+	testenv.Test(t, f)
+}
+
+func TestInvalidKubeLink(t *testing.T) {
+	bad := &v1alpha1.KubeLink{
+		ObjectMeta: metav1.ObjectMeta{Name: "e2e-invalid"},
+		Spec: v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.99/24", CIDR: "100.64.48.1/20", Endpoint: "192.0.2.1:30777"},
+	}
+	f := features.New("invalid KubeLink").
+		Setup(func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			_ = lab.A.Res.Delete(ctx, bad.DeepCopy())
+			if err := lab.A.Res.Create(ctx, bad.DeepCopy()); err != nil {
+				t.Fatal(err)
+			}
+			return ctx
+		}).
+		Assess("shows Invalid with a message, the good link stays Up", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			var got *v1alpha1.KubeLink
+			if _, err := Eventually(ctx, 30*time.Second, 500*time.Millisecond, func(ctx context.Context) error {
+				l, err := lab.A.Link(ctx, bad.Name)
+				if err != nil {
+					return err
+				}
+				got = l
+				if l.Status.State != v1alpha1.StateInvalid {
+					return fmt.Errorf("state %q", l.Status.State)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("e2e-invalid: %s: %s", got.Status.State, got.Status.Message)
+			if !strings.Contains(got.Status.Message, "100.64.48.0/20") {
+				t.Errorf("message %q does not say what is wrong (want the corrected CIDR 100.64.48.0/20)", got.Status.Message)
+			}
+			b, err := lab.A.Link(ctx, "b")
+			if err != nil || b.Status.State != v1alpha1.StateUp {
+				t.Errorf("link b: %v %+v", err, b.Status)
+			}
+			return ctx
+		}).
+		Teardown(func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			if err := lab.A.Res.Delete(ctx, bad.DeepCopy()); err != nil {
+				t.Error(err)
+			}
+			return ctx
+		}).Feature()
+	testenv.Test(t, f)
+}
