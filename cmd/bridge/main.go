@@ -1,17 +1,13 @@
-// Command kubelink-bridge carries mesh packets between clusters over mutual-TLS TCP connections (bridge data plane).
+// Command kubelink-bridge is the TLS bridge data plane on its own: the
+// broker (lib/broker) with --mode=bridge fixed and only the flags that
+// matter to the bridge. It carries mesh packets between clusters over
+// mutual-TLS TCP connections from a tun device, and owns the device's
+// addresses, routes, SNAT and MeshService DNAT, the connections and the
+// status of every KubeLink, like the broker in bridge mode.
 package main
 
-import (
-	"fmt"
-
-	"github.com/kubelink/kubelink/lib/cli"
-)
+import "github.com/kubelink/kubelink/lib/broker"
 
 func main() {
-	cmd := cli.New("kubelink-bridge", "carries mesh packets between clusters over mutual-TLS TCP connections (bridge data plane)")
-	cmd.Main(func() error {
-		// The run loop lands with issue #4; until then the binary only answers
-		// --help and --version and refuses to pretend it is running.
-		return fmt.Errorf("kubelink-bridge: not implemented yet (tracked in issue #4)")
-	})
+	broker.Main("kubelink-bridge", "carries mesh packets between clusters over mutual-TLS TCP connections (the broker with --mode=bridge)", broker.ModeBridge)
 }

@@ -1,93 +1,11 @@
 // Command kubelink-broker is the gateway controller of a cluster: it owns the
-// mesh device (kernel WireGuard, or embedded wireguard-go when the kernel has
-// no WireGuard), its addresses, routes, SNAT and firewall chains, the peers,
-// and the status of every KubeLink.
+// mesh device (kernel WireGuard, embedded wireguard-go when the kernel has
+// no WireGuard, or the TLS bridge's tun device), its addresses, routes, SNAT
+// and firewall chains, the peers, and the status of every KubeLink.
 package main
 
-import (
-	"context"
-	"errors"
-	"log/slog"
-
-	"k8s.io/client-go/rest"
-
-	"github.com/kubelink/kubelink/lib/broker"
-	"github.com/kubelink/kubelink/lib/cli"
-	"github.com/kubelink/kubelink/lib/kubeflags"
-)
+import "github.com/kubelink/kubelink/lib/broker"
 
 func main() {
-	cmd := cli.New("kubelink-broker", "owns the mesh device on the gateway (WireGuard), its addresses, routes, NAT and firewall chains, peers and link status")
-	c := broker.Defaults()
-	var common kubeflags.Common
-	var nodeCIDR, podCIDR, nodeIP, serviceCIDR string
-	var cleanup bool
-	var served string
-	f := cmd.Flags
-	common.Register(f)
-	f.StringVar(&c.Namespace, "namespace", kubeflags.DefaultNamespace(c.Namespace), "namespace of the key Secret and the Lease")
-	f.StringVar(&c.Mode, "mode", c.Mode, "data plane: wireguard, bridge (TLS over TCP) or none")
-	f.StringVar(&c.CertDir, "cert-dir", c.CertDir, "bridge mode: directory with tls.crt, tls.key and ca.crt (reloaded when they change)")
-	f.IntVar(&c.BridgePort, "bridge-port", c.BridgePort, "bridge mode: TCP port of the bridge (also the default port of link endpoints)")
-	f.BoolVar(&c.AutoConnect, "auto-connect", c.AutoConnect, "bridge mode: create a KubeLink for a peer whose certificate verifies against the CA but that has no link, from its handshake")
-	f.StringVar(&c.WireGuard, "wireguard", c.WireGuard, "WireGuard implementation: auto (kernel if available, else embedded wireguard-go), kernel or userspace")
-	f.StringVar(&c.Interface, "ifce-name", c.Interface, "name of the mesh device")
-	f.IntVar(&c.ListenPort, "listen-port", c.ListenPort, "WireGuard UDP port (also the default port of link endpoints)")
-	f.IntVar(&c.ListenPort, "broker-port", c.ListenPort, "the original's name of --listen-port")
-	_ = f.MarkDeprecated("broker-port", "use --listen-port")
-	f.StringVar(&c.Secret, "secret", c.Secret, "Secret with the WireGuard private key (key WireguardPrivateKey or WireGuardPrivateKey)")
-	f.IntVar(&c.MTU, "mtu", c.MTU, "device MTU (0: node interface MTU - 80)")
-	f.StringVar(&nodeCIDR, "node-cidr", "", "node network CIDR (required; an interface in it means node mode)")
-	f.StringVar(&podCIDR, "pod-cidr", "", "pod network CIDR (pod mode)")
-	f.StringVar(&nodeIP, "node-ip", "", "IP of the node (pod mode; from the downward API status.hostIP)")
-	f.StringVar(&serviceCIDR, "service-cidr", "", "local service CIDR")
-	f.IntVar(&c.RouteTable, "route-table", c.RouteTable, "routing table for mesh routes (254 = main; other tables get an ip rule)")
-	f.IntVar(&c.RulePriority, "rule-priority", c.RulePriority, "priority of the ip rule for --route-table")
-	f.DurationVar(&c.Keepalive, "keepalive", c.Keepalive, "WireGuard persistent keepalive")
-	f.DurationVar(&c.ResolveInterval, "resolve-interval", c.ResolveInterval, "how often endpoint DNS names are resolved again")
-	f.DurationVar(&c.ProbeInterval, "probe-interval", c.ProbeInterval, "health probe interval through the tunnel")
-	f.DurationVar(&c.ProbeDownAfter, "probe-down-after", c.ProbeDownAfter, "a link is Down after this long without a probe reply")
-	f.IntVar(&c.ProbePort, "probe-port", c.ProbePort, "UDP port of the health-probe responder on the cluster addresses")
-	f.DurationVar(&c.HealthEvery, "health-status-interval", c.HealthEvery, "minimum time between status writes that only change health figures")
-	f.DurationVar(&c.Resync, "resync", c.Resync, "period of the full sync (also runs on every change)")
-	f.BoolVar(&c.LeaderElect, "leader-elect", c.LeaderElect, "run only while holding the Lease (replicas wait as standby)")
-	f.StringVar(&c.LeaseName, "lease-name", c.LeaseName, "name of the Lease")
-	f.DurationVar(&c.LeaseDuration, "lease-duration", c.LeaseDuration, "Lease duration")
-	f.DurationVar(&c.RenewDeadline, "lease-renew-deadline", c.RenewDeadline, "Lease renew deadline")
-	f.DurationVar(&c.RetryPeriod, "lease-retry-period", c.RetryPeriod, "Lease retry period")
-	f.StringVar(&c.Identity, "identity", kubeflags.DefaultIdentity(), "identity of this replica in the Lease")
-	f.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address serving /healthz, /readyz and /metrics (empty: off)")
-	f.StringVar(&served, "served-links", "all", "meshes this broker serves: all, or a comma list of mesh names (default for the default mesh) or mesh CIDRs; brokers splitting the meshes need different --lease-name")
-	f.BoolVar(&cleanup, "cleanup", false, "remove every device, route, rule and chain kubelink created in this network namespace, then exit")
-
-	cmd.Main(func() error {
-		var err error
-		var errs []error
-		c.NodeCIDR, err = kubeflags.Prefix("node-cidr", nodeCIDR)
-		errs = append(errs, err)
-		c.PodCIDR, err = kubeflags.Prefix("pod-cidr", podCIDR)
-		errs = append(errs, err)
-		c.ServiceCIDR, err = kubeflags.Prefix("service-cidr", serviceCIDR)
-		errs = append(errs, err)
-		c.NodeIP, err = kubeflags.Addr("node-ip", nodeIP)
-		errs = append(errs, err)
-		c.Served, err = broker.ParseServed(served)
-		errs = append(errs, err)
-		if err := errors.Join(errs...); err != nil {
-			return err
-		}
-		if cleanup {
-			return broker.Cleanup(c)
-		}
-		if err := c.Validate(); err != nil {
-			return err
-		}
-		return common.Serve(func(ctx context.Context, rest *rest.Config, log *slog.Logger) error {
-			b, err := broker.New(c, rest, log)
-			if err != nil {
-				return err
-			}
-			return b.Run(ctx, rest)
-		})
-	})
+	broker.Main("kubelink-broker", "owns the mesh device on the gateway (WireGuard or TLS bridge), its addresses, routes, NAT and firewall chains, peers and link status", "")
 }

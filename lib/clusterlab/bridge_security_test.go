@@ -24,16 +24,16 @@ import (
 func TestBridgeRejectsAPeerOfAnotherCA(t *testing.T) {
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
-	ca, other := newBridgeCA(t), newBridgeCA(t)
-	aCerts := ca.certDir(t, a)
+	ca, other := NewBridgeCA(t), NewBridgeCA(t)
+	aCerts := ca.CertDir(t, a)
 	bCerts := filepath.Join(t.TempDir(), "certs-b")
-	other.writeCerts(t, bCerts, b) // B trusts and presents the other CA
+	other.WriteCerts(t, bCerts, b) // B trusts and presents the other CA
 	a.StartRouter(lab)
 	b.StartRouter(lab)
-	a.StartBroker(lab, a.GW, bridgeFlags(aCerts)...)
-	b.StartBroker(lab, b.GW, bridgeFlags(bCerts)...)
-	a.Apply(a.LocalLink(), bridgeLinkTo(b))
-	b.Apply(b.LocalLink(), bridgeLinkTo(a))
+	a.StartBroker(lab, a.GW, BridgeFlags(aCerts)...)
+	b.StartBroker(lab, b.GW, BridgeFlags(bCerts)...)
+	a.Apply(a.LocalLink(), BridgeLinkTo(b))
+	b.Apply(b.LocalLink(), BridgeLinkTo(a))
 
 	// A dialing B: B's certificate does not verify against A's CA.
 	var kl *v1alpha1.KubeLink
@@ -44,7 +44,7 @@ func TestBridgeRejectsAPeerOfAnotherCA(t *testing.T) {
 	})
 	t.Logf("A's link b: %s: %s", kl.Status.State, kl.Status.Message)
 	// B dialing A: A refuses B's client certificate and counts it.
-	n := waitMetric(t, a.GW, "kubelink_bridge_rejected_handshakes_total", 5*time.Second, func(v float64) bool { return v > 0 })
+	n := WaitMetric(t, a.GW, "kubelink_bridge_rejected_handshakes_total", 5*time.Second, func(v float64) bool { return v > 0 })
 	t.Logf("A rejected %v handshakes from B", n)
 	// Nothing gets through, for a while.
 	deadline := time.Now().Add(3 * time.Second)
@@ -59,12 +59,12 @@ func TestBridgeRejectsAPeerOfAnotherCA(t *testing.T) {
 			t.Fatal("A reached B's service through a bridge with a foreign certificate")
 		}
 	}
-	if v, ok := metric(a.GW, `kubelink_bridge_rx_bytes_total{link="b"}`); !ok || v != 0 {
+	if v, ok := Metric(a.GW, `kubelink_bridge_rx_bytes_total{link="b"}`); !ok || v != 0 {
 		t.Errorf("A received %v bytes (present %v) from B", v, ok)
 	}
 
 	fixed := time.Now()
-	ca.writeCerts(t, bCerts, b)
+	ca.WriteCerts(t, bCerts, b)
 	a.WaitState("b", v1alpha1.StateUp, 10*time.Second)
 	t.Logf("with a certificate of the mesh CA, the link is Up %s after the swap", time.Since(fixed).Round(time.Millisecond))
 	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
@@ -106,13 +106,13 @@ func TestBridgeAntiSpoofingAndIngress(t *testing.T) {
 	for _, ns := range []*nstest.Namespace{a.GW, a.Node} {
 		ns.Run(t, "iptables", "-t", "nat", "-A", "PREROUTING", "-d", "100.64.0.21", "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", a.PodIP.String()+":8080")
 	}
-	ca := newBridgeCA(t)
+	ca := NewBridgeCA(t)
 	a.StartRouter(lab)
 	b.StartRouter(lab)
-	a.StartBroker(lab, a.GW, bridgeFlags(ca.certDir(t, a))...)
-	b.StartBroker(lab, b.GW, bridgeFlags(ca.certDir(t, b))...)
-	a.Apply(a.LocalLink(), bridgeLinkTo(b))
-	b.Apply(b.LocalLink(), bridgeLinkTo(a))
+	a.StartBroker(lab, a.GW, BridgeFlags(ca.CertDir(t, a))...)
+	b.StartBroker(lab, b.GW, BridgeFlags(ca.CertDir(t, b))...)
+	a.Apply(a.LocalLink(), BridgeLinkTo(b))
+	b.Apply(b.LocalLink(), BridgeLinkTo(a))
 	WaitGet(t, b.Pod, a.ServiceIP, 10*time.Second)
 	a.WaitState("b", v1alpha1.StateUp, 5*time.Second)
 
@@ -127,7 +127,7 @@ func TestBridgeAntiSpoofingAndIngress(t *testing.T) {
 		target := netip.AddrPortFrom(a.MeshAddress.Addr(), 7777)
 		must(t, a.GW.Do(func() (err error) { pc, err = net.ListenPacket("udp4", target.String()); return }))
 		defer pc.Close()
-		before, _ := metric(a.GW, `kubelink_bridge_dropped_packets_total{link="b",reason="spoofed"}`)
+		before, _ := Metric(a.GW, `kubelink_bridge_dropped_packets_total{link="b",reason="spoofed"}`)
 		const n = 20
 		for i := range n {
 			sendSpoofedUDP(t, b.GW, spoofed, target, fmt.Sprintf("spoofed %d", i))
@@ -149,7 +149,7 @@ func TestBridgeAntiSpoofingAndIngress(t *testing.T) {
 		if len(got) != 1 || got[0] != "control" {
 			t.Fatalf("A received %q; want only the control datagram (0 spoofed delivered)", got)
 		}
-		after := waitMetric(t, a.GW, `kubelink_bridge_dropped_packets_total{link="b",reason="spoofed"}`, 3*time.Second,
+		after := WaitMetric(t, a.GW, `kubelink_bridge_dropped_packets_total{link="b",reason="spoofed"}`, 3*time.Second,
 			func(v float64) bool { return v >= before+n })
 		t.Logf("0 of %d spoofed datagrams delivered, the control was; spoofed drops %v -> %v", n, before, after)
 	})
@@ -162,7 +162,7 @@ func TestBridgeAntiSpoofingAndIngress(t *testing.T) {
 				t.Fatalf("before the rules, B -> %s: %s, want %s", addr, got, want)
 			}
 		}
-		before, _ := metric(a.GW, `kubelink_bridge_dropped_packets_total{link="b",reason="ingress-denied"}`)
+		before, _ := Metric(a.GW, `kubelink_bridge_dropped_packets_total{link="b",reason="ingress-denied"}`)
 		kl, err := a.Link("b")
 		must(t, err)
 		kl.Spec.Ingress = []string{"100.64.0.0/20", "!100.64.0.21"}
@@ -179,9 +179,9 @@ func TestBridgeAntiSpoofingAndIngress(t *testing.T) {
 		time.Sleep(2 * time.Second)
 		a.WaitState("b", v1alpha1.StateUp, time.Second)
 		b.WaitState("a", v1alpha1.StateUp, time.Second)
-		after := waitMetric(t, a.GW, `kubelink_bridge_dropped_packets_total{link="b",reason="ingress-denied"}`, 3*time.Second,
+		after := WaitMetric(t, a.GW, `kubelink_bridge_dropped_packets_total{link="b",reason="ingress-denied"}`, 3*time.Second,
 			func(v float64) bool { return v > before })
-		fw := waitMetric(t, a.GW, `kubelink_firewall_dropped_packets{link="b"}`, 5*time.Second, func(v float64) bool { return v > 0 })
+		fw := WaitMetric(t, a.GW, `kubelink_firewall_dropped_packets{link="b"}`, 5*time.Second, func(v float64) bool { return v > 0 })
 		t.Logf("ingress-denied drops %v -> %v, kubelink_firewall_dropped_packets %v", before, after, fw)
 		// Note: this allow list leaves out A's cluster address, so the
 		// replies to A's own (SNATed) connections to B are dropped too; the
@@ -195,14 +195,14 @@ func TestBridgeAntiSpoofingAndIngress(t *testing.T) {
 func TestBridgeAutoConnect(t *testing.T) {
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
-	ca := newBridgeCA(t)
+	ca := NewBridgeCA(t)
 	a.StartRouter(lab)
 	b.StartRouter(lab)
-	a.StartBroker(lab, a.GW, append(bridgeFlags(ca.certDir(t, a)), "--auto-connect")...)
-	b.StartBroker(lab, b.GW, bridgeFlags(ca.certDir(t, b))...)
+	a.StartBroker(lab, a.GW, append(BridgeFlags(ca.CertDir(t, a)), "--auto-connect")...)
+	b.StartBroker(lab, b.GW, BridgeFlags(ca.CertDir(t, b))...)
 	applied := time.Now()
 	a.Apply(a.LocalLink())
-	b.Apply(b.LocalLink(), bridgeLinkTo(a))
+	b.Apply(b.LocalLink(), BridgeLinkTo(a))
 
 	name := "auto-192-168-0-12" // from B's cluster address: B's certificate names it by IP only
 	var kl *v1alpha1.KubeLink

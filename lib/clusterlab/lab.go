@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -171,13 +172,19 @@ func (c *Cluster) Kubeconfig(ns *nstest.Namespace) string {
 // extra ones. Each broker gets its own device name, since embedded
 // WireGuard's control sockets share one directory across namespaces.
 func (c *Cluster) StartBroker(lab *Lab, gw *nstest.Namespace, extra ...string) *Process {
+	return c.StartBrokerBinary(gw, lab.Bin+"/kubelink-broker", extra...)
+}
+
+// StartBrokerBinary is StartBroker with another binary that takes the
+// broker's flags, e.g. kubelink-bridge.
+func (c *Cluster) StartBrokerBinary(gw *nstest.Namespace, bin string, extra ...string) *Process {
 	device := nstest.UniqueName("wg")
 	args := []string{
 		"--kubeconfig", c.Kubeconfig(gw), "--namespace", Namespace, "--node-cidr", NodeCIDR.String(),
 		"--service-cidr", c.ServiceCIDR.String(), "--ifce-name", device, "--identity", gw.Name,
 		"--metrics-addr", "127.0.0.1:9090", "--resync", "2s", "--health-status-interval", "2s",
 	}
-	p := Start(c.t, gw, "broker "+gw.Name, lab.Bin+"/kubelink-broker", append(args, extra...)...)
+	p := Start(c.t, gw, filepath.Base(bin)+" "+gw.Name, bin, append(args, extra...)...)
 	p.Device = device
 	return p
 }

@@ -1,0 +1,99 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"k8s.io/client-go/rest"
+
+	"github.com/kubelink/kubelink/lib/cli"
+	"github.com/kubelink/kubelink/lib/kubeflags"
+)
+
+// Main is the main function of kubelink-broker (fixedMode "") and of
+// kubelink-bridge (fixedMode ModeBridge: the bridge data plane on its own,
+// with only the flags that matter to it). Both are this one broker.
+func Main(name, short, fixedMode string) {
+	cmd := cli.New(name, short)
+	c := Defaults()
+	if fixedMode != "" {
+		c.Mode = fixedMode
+	}
+	bridge := c.Mode == ModeBridge && fixedMode != ""
+	var common kubeflags.Common
+	var nodeCIDR, podCIDR, nodeIP, serviceCIDR string
+	var cleanup bool
+	var served string
+	f := cmd.Flags
+	common.Register(f)
+	f.StringVar(&c.Namespace, "namespace", kubeflags.DefaultNamespace(c.Namespace), "namespace of the key Secret and the Lease")
+	if fixedMode == "" {
+		f.StringVar(&c.Mode, "mode", c.Mode, "data plane: wireguard, bridge (TLS over TCP) or none")
+	}
+	f.StringVar(&c.CertDir, "cert-dir", c.CertDir, "bridge mode: directory with tls.crt, tls.key and ca.crt (reloaded when they change)")
+	f.IntVar(&c.BridgePort, "bridge-port", c.BridgePort, "bridge mode: TCP port of the bridge (also the default port of link endpoints)")
+	f.BoolVar(&c.AutoConnect, "auto-connect", c.AutoConnect, "bridge mode: create a KubeLink for a peer whose certificate verifies against the CA but that has no link, from its handshake")
+	if !bridge {
+		f.StringVar(&c.WireGuard, "wireguard", c.WireGuard, "WireGuard implementation: auto (kernel if available, else embedded wireguard-go), kernel or userspace")
+		f.IntVar(&c.ListenPort, "listen-port", c.ListenPort, "WireGuard UDP port (also the default port of link endpoints)")
+		f.IntVar(&c.ListenPort, "broker-port", c.ListenPort, "the original's name of --listen-port")
+		_ = f.MarkDeprecated("broker-port", "use --listen-port")
+		f.StringVar(&c.Secret, "secret", c.Secret, "Secret with the WireGuard private key (key WireguardPrivateKey or WireGuardPrivateKey)")
+		f.DurationVar(&c.Keepalive, "keepalive", c.Keepalive, "WireGuard persistent keepalive")
+		f.DurationVar(&c.ResolveInterval, "resolve-interval", c.ResolveInterval, "how often endpoint DNS names are resolved again")
+	}
+	f.StringVar(&c.Interface, "ifce-name", c.Interface, "name of the mesh device")
+	f.IntVar(&c.MTU, "mtu", c.MTU, "device MTU (0: node interface MTU - 80)")
+	f.StringVar(&nodeCIDR, "node-cidr", "", "node network CIDR (required; an interface in it means node mode)")
+	f.StringVar(&podCIDR, "pod-cidr", "", "pod network CIDR (pod mode)")
+	f.StringVar(&nodeIP, "node-ip", "", "IP of the node (pod mode; from the downward API status.hostIP)")
+	f.StringVar(&serviceCIDR, "service-cidr", "", "local service CIDR")
+	f.IntVar(&c.RouteTable, "route-table", c.RouteTable, "routing table for mesh routes (254 = main; other tables get an ip rule)")
+	f.IntVar(&c.RulePriority, "rule-priority", c.RulePriority, "priority of the ip rule for --route-table")
+	f.DurationVar(&c.ProbeInterval, "probe-interval", c.ProbeInterval, "health probe interval through the tunnel")
+	f.DurationVar(&c.ProbeDownAfter, "probe-down-after", c.ProbeDownAfter, "a link is Down after this long without a probe reply")
+	f.IntVar(&c.ProbePort, "probe-port", c.ProbePort, "UDP port of the health-probe responder on the cluster addresses")
+	f.DurationVar(&c.HealthEvery, "health-status-interval", c.HealthEvery, "minimum time between status writes that only change health figures")
+	f.DurationVar(&c.Resync, "resync", c.Resync, "period of the full sync (also runs on every change)")
+	f.BoolVar(&c.LeaderElect, "leader-elect", c.LeaderElect, "run only while holding the Lease (replicas wait as standby)")
+	f.StringVar(&c.LeaseName, "lease-name", c.LeaseName, "name of the Lease")
+	f.DurationVar(&c.LeaseDuration, "lease-duration", c.LeaseDuration, "Lease duration")
+	f.DurationVar(&c.RenewDeadline, "lease-renew-deadline", c.RenewDeadline, "Lease renew deadline")
+	f.DurationVar(&c.RetryPeriod, "lease-retry-period", c.RetryPeriod, "Lease retry period")
+	f.StringVar(&c.Identity, "identity", kubeflags.DefaultIdentity(), "identity of this replica in the Lease")
+	f.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address serving /healthz, /readyz and /metrics (empty: off)")
+	f.StringVar(&served, "served-links", "all", "meshes this broker serves: all, or a comma list of mesh names (default for the default mesh) or mesh CIDRs; brokers splitting the meshes need different --lease-name")
+	f.BoolVar(&cleanup, "cleanup", false, "remove every device, route, rule and chain kubelink created in this network namespace, then exit")
+
+	cmd.Main(func() error {
+		var err error
+		var errs []error
+		c.NodeCIDR, err = kubeflags.Prefix("node-cidr", nodeCIDR)
+		errs = append(errs, err)
+		c.PodCIDR, err = kubeflags.Prefix("pod-cidr", podCIDR)
+		errs = append(errs, err)
+		c.ServiceCIDR, err = kubeflags.Prefix("service-cidr", serviceCIDR)
+		errs = append(errs, err)
+		c.NodeIP, err = kubeflags.Addr("node-ip", nodeIP)
+		errs = append(errs, err)
+		c.Served, err = ParseServed(served)
+		errs = append(errs, err)
+		if err := errors.Join(errs...); err != nil {
+			return err
+		}
+		if cleanup {
+			return Cleanup(c)
+		}
+		if err := c.Validate(); err != nil {
+			return err
+		}
+		return common.Serve(func(ctx context.Context, rest *rest.Config, log *slog.Logger) error {
+			b, err := New(c, rest, log)
+			if err != nil {
+				return err
+			}
+			return b.Run(ctx, rest)
+		})
+	})
+}
