@@ -81,7 +81,7 @@ lab-down: ## remove the lab: clusters, their containers, volumes and network
 
 .PHONY: e2e
 e2e: ## run the end-to-end tests (sigs.k8s.io/e2e-framework) against the running lab
-	cd e2e && go test -count=1 -timeout 30m -v ./... 2>&1 | tee $(KUBELINK_CACHE)/e2e.log; exit $${PIPESTATUS[0]}
+	cd e2e && go test -tags e2e -count=1 -timeout 30m -v ./... 2>&1 | tee $(KUBELINK_CACHE)/e2e.log; exit $${PIPESTATUS[0]}
 
 .PHONY: bench
 bench: test-bins ## measure the data planes in one run; prints BENCH and RATIO lines (root, iperf3)

@@ -84,7 +84,8 @@ func (c *Cluster) Exec(ctx context.Context, pod string, cmd ...string) (string, 
 
 // Wget fetches url from a pod with a bounded timeout.
 func (c *Cluster) Wget(ctx context.Context, pod, url string) (string, error) {
-	return c.Exec(ctx, pod, "busybox", "wget", "-q", "-T", "3", "-O", "-", url)
+	// (busybox 1.35's wget -T crashes: coreutils timeout bounds it instead)
+	return c.Exec(ctx, pod, "timeout", "3", "busybox", "wget", "-q", "-O", "-", url)
 }
 
 // Clients maps node name → the lab client pod on that node.

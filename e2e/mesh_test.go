@@ -192,7 +192,7 @@ func TestBrokerFailover(t *testing.T) {
 				t.Fatal(err)
 			}
 			took, err := Eventually(ctx, 60*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
-				out, err := lab.A.Exec(ctx, pod, "busybox", "wget", "-q", "-T", "1", "-O", "-", url)
+				out, err := lab.A.Exec(ctx, pod, "timeout", "1", "busybox", "wget", "-q", "-O", "-", url)
 				if err != nil {
 					return err
 				}

@@ -38,6 +38,7 @@ for b in meshdns certwatch; do
   build "kubelink/$b:$TAG" Dockerfile.static "$ROOT/bin/kubelink-$b"
 done
 build "kubelink/coredns:$TAG" Dockerfile.static "$CACHE/bin/coredns-v1.12.1/coredns"
-printf 'FROM %s\nENTRYPOINT []\nCMD ["sleep","infinity"]\n' "$BASE" |
+# busybox applets (wget, nslookup, httpd) on PATH for `kubectl exec … wget`.
+printf 'FROM %s\nRUN mkdir -p /opt/busybox && busybox --install -s /opt/busybox\nENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/busybox\nENTRYPOINT []\nCMD ["sleep","infinity"]\n' "$BASE" |
   DOCKER_BUILDKIT=0 $DOCKER build -q -t "kubelink-lab/toolbox:$TAG" - >/dev/null
 log "built kubelink-lab/toolbox:$TAG"

@@ -145,7 +145,7 @@ links() {
   local c=$1 o=$2 port=30777 key=""
   [[ $MODE == bridge ]] && port=30088
   if [[ $MODE == wireguard ]]; then
-    key=$(wait_for "public key of lab-$o" 120 kc "$o" get kubelink "$o" -o jsonpath='{.status.publicKey}')
+    key=$(wait_for "public key of lab-$o" 120 kc "$o" get kubelinks.kubelink.mandelsoft.org "$o" -o jsonpath='{.status.publicKey}')
   fi
   kc "$c" apply -f - >/dev/null <<Y
 apiVersion: kubelink.mandelsoft.org/v1alpha1
@@ -170,7 +170,7 @@ wait_for() {
   done
   die "timed out after ${secs}s waiting for $what"
 }
-link_up() { local s; s=$(kc "$1" get kubelink "$2" -o jsonpath='{.status.state}'); [[ $s == Up ]] && echo Up; }
+link_up() { local s; s=$(kc "$1" get kubelinks.kubelink.mandelsoft.org "$2" -o jsonpath='{.status.state}'); [[ $s == Up ]] && echo Up; }
 
 mkdir -p "$LAB_DIR"
 ensure_ca
@@ -215,7 +215,7 @@ CLIENT_B=$(kc b get pod -l app=client -o jsonpath='{.items[0].metadata.name}')
 cat <<T
 
 The lab is up ($MODE data plane). Links:
-$(kc a get kubelinks 2>/dev/null)
+$(kc a get kubelinks.kubelink.mandelsoft.org 2>/dev/null)
 
 Try:
   export KUBECONFIG=$LAB_DIR/a/kubeconfig:$LAB_DIR/b/kubeconfig

@@ -8,7 +8,7 @@ import (
 )
 
 // BrokerPod adds a pod on the gateway node for a broker in pod mode, with
-// what a CNI and a Service would provide: the pod's subnet is routed to the
+// what a CNI (ptp) and a Service would provide: the pod's subnet is routed to the
 // gateway node from the other nodes, pod egress to the internet is
 // masqueraded to the node, and the WireGuard port of the node's internet
 // address is forwarded to the pod (like a NodePort or LoadBalancer).
@@ -17,7 +17,13 @@ func (c *Cluster) BrokerPod() (*nstest.Namespace, netip.Addr) {
 	pod := nstest.New(t, c.Name+"bpod")
 	podIP := netip.MustParseAddr(fmt.Sprintf("10.%d.2.2", 100+10*c.Index))
 	hostSide := fmt.Sprintf("10.%d.2.1", 100+10*c.Index)
-	nstest.Veth(t, pod, "eth0", podIP.String()+"/24", c.GW, "vbroker", hostSide+"/24")
+	// Laid out like the CNI ptp plugin: the node side holds the pod's
+	// gateway address as /32 and reaches the pod through a scope host
+	// route; a router that ignores that (a plain "via pod" route) loses
+	// every packet (the kernel then ARPs for the final destination).
+	nstest.Veth(t, pod, "eth0", podIP.String()+"/24", c.GW, "vbroker", hostSide+"/32")
+	c.GW.Run(t, "ip", "route", "add", podIP.String()+"/32", "dev", "vbroker", "scope", "host")
+	pod.Run(t, "ip", "route", "replace", hostSide+"/32", "dev", "eth0", "scope", "link")
 	pod.Run(t, "ip", "route", "add", "default", "via", hostSide)
 	c.Node.Run(t, "ip", "route", "add", fmt.Sprintf("10.%d.2.0/24", 100+10*c.Index), "via", c.GWIP.String())
 	c.GW.Run(t, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", c.PodCIDR.String(), "-o", "inet0", "-j", "MASQUERADE")

@@ -213,7 +213,15 @@ func Desired(m *mesh.Model, gw GatewayInfo, nodeIP netip.Addr, device, podDevice
 		return m.NodeRoutes(gw.Node, device), true
 	}
 	if gw.Pod.IsValid() && podDevice != "" {
-		return m.NodeRoutes(gw.Pod, podDevice), true
+		// CNIs like ptp give the node's route to a pod scope host; a
+		// gateway reached through such a route is ignored by the kernel,
+		// which then ARPs for every destination itself (found in the kind
+		// lab). onlink makes the pod the next hop on that device.
+		routes := m.NodeRoutes(gw.Pod, podDevice)
+		for i := range routes {
+			routes[i].OnLink = true
+		}
+		return routes, true
 	}
 	return nil, true
 }

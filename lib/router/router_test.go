@@ -51,6 +51,11 @@ func TestDesiredRoutesFollowTheGateway(t *testing.T) {
 				if r.Gateway.String() != tt.wantVia || r.Device != tt.wantDevice {
 					t.Errorf("route %+v, want via %s on %s", r, tt.wantVia, tt.wantDevice)
 				}
+				// Routes to the broker pod must be onlink: CNIs route to
+				// pods with scope host, which makes a plain gateway void.
+				if wantOnLink := tt.wantDevice == "vbroker"; r.OnLink != wantOnLink {
+					t.Errorf("route %+v: OnLink %v, want %v", r, r.OnLink, wantOnLink)
+				}
 			}
 		})
 	}
