@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/e2e-framework/klient/k8s/resources"
@@ -32,7 +35,26 @@ type Lab struct {
 type Cluster struct {
 	Name       string // a or b
 	Kubeconfig string
-	Res        *resources.Resources
+	Res        *resources.Resources // all namespaces; see In
+	rest       *rest.Config
+}
+
+// In returns a Resources scoped to namespace ns. (resources.WithNamespace
+// changes its receiver, so the shared Res must never be scoped.)
+func (c *Cluster) In(ns string) *resources.Resources {
+	r, err := newResources(c.rest)
+	if err != nil {
+		panic(err) // the same config worked in OpenLab
+	}
+	return r.WithNamespace(ns)
+}
+
+func newResources(rc *rest.Config) (*resources.Resources, error) {
+	res, err := resources.New(rc)
+	if err != nil {
+		return nil, err
+	}
+	return res, errors.Join(v1alpha1.AddToScheme(res.GetScheme()), apiextensionsv1.AddToScheme(res.GetScheme()))
 }
 
 // OpenLab connects to both clusters and checks they answer.
@@ -48,12 +70,9 @@ func OpenLab(dir string) (*Lab, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cluster %s: %w", name, err)
 		}
-		res, err := resources.New(rc)
+		res, err := newResources(rc)
 		if err != nil {
 			return nil, fmt.Errorf("cluster %s: %w", name, err)
-		}
-		if err := v1alpha1.AddToScheme(res.GetScheme()); err != nil {
-			return nil, err
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		var nodes corev1.NodeList
@@ -62,7 +81,7 @@ func OpenLab(dir string) (*Lab, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cluster %s does not answer: %w", name, err)
 		}
-		c := &Cluster{Name: name, Kubeconfig: kc, Res: res}
+		c := &Cluster{Name: name, Kubeconfig: kc, Res: res, rest: rc}
 		if name == "a" {
 			l.A = c
 		} else {
@@ -137,7 +156,7 @@ func (c *Cluster) NodeName(ctx context.Context, ip string) (string, error) {
 // BrokerPods lists the broker pods that are not being deleted.
 func (c *Cluster) BrokerPods(ctx context.Context) ([]corev1.Pod, error) {
 	var pods corev1.PodList
-	if err := c.Res.WithNamespace("kubelink").List(ctx, &pods, resources.WithLabelSelector("app.kubernetes.io/name=kubelink-broker")); err != nil {
+	if err := c.In("kubelink").List(ctx, &pods, resources.WithLabelSelector("app.kubernetes.io/name=kubelink-broker")); err != nil {
 		return nil, err
 	}
 	var out []corev1.Pod

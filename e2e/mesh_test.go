@@ -12,6 +12,8 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
 	"sigs.k8s.io/e2e-framework/pkg/features"
@@ -245,7 +247,7 @@ func TestRouterRestartKeepsRoutes(t *testing.T) {
 				t.Logf("%s: %v", n.Name, r)
 			}
 			var pods corev1.PodList
-			if err := lab.A.Res.WithNamespace("kubelink").List(ctx, &pods, resourcesLabel("app.kubernetes.io/name=kubelink-router")); err != nil {
+			if err := lab.A.In("kubelink").List(ctx, &pods, resourcesLabel("app.kubernetes.io/name=kubelink-router")); err != nil {
 				t.Fatal(err)
 			}
 			for i := range pods.Items {
@@ -269,7 +271,7 @@ func TestRouterRestartKeepsRoutes(t *testing.T) {
 			check("right after the router pods were deleted")
 			if _, err := Eventually(ctx, 120*time.Second, time.Second, func(ctx context.Context) error {
 				var ps corev1.PodList
-				if err := lab.A.Res.WithNamespace("kubelink").List(ctx, &ps, resourcesLabel("app.kubernetes.io/name=kubelink-router")); err != nil {
+				if err := lab.A.In("kubelink").List(ctx, &ps, resourcesLabel("app.kubernetes.io/name=kubelink-router")); err != nil {
 					return err
 				}
 				ready := 0
@@ -300,22 +302,39 @@ func TestRouterRestartKeepsRoutes(t *testing.T) {
 }
 
 func TestInvalidKubeLink(t *testing.T) {
-	bad := &v1alpha1.KubeLink{
-		ObjectMeta: metav1.ObjectMeta{Name: "e2e-invalid"},
-		Spec: v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.99/24", CIDR: "100.64.48.1/20", Endpoint: "192.0.2.1:30777"},
+	bad := func() *v1alpha1.KubeLink {
+		return &v1alpha1.KubeLink{
+			ObjectMeta: metav1.ObjectMeta{Name: "e2e-invalid"},
+			Spec:       v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.99/24", CIDR: "100.64.48.1/20", Endpoint: "192.0.2.1:30777"},
+		}
 	}
+	var saved *apiextensionsv1.CustomResourceDefinition
 	f := features.New("invalid KubeLink").
-		Setup(func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
-			_ = lab.A.Res.Delete(ctx, bad.DeepCopy())
-			if err := lab.A.Res.Create(ctx, bad.DeepCopy()); err != nil {
-				t.Fatal(err)
+		Assess("the API server rejects it with a message naming the field", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			err := lab.A.Res.Create(ctx, bad())
+			if err == nil {
+				_ = lab.A.Res.Delete(ctx, bad())
+				t.Fatal("a KubeLink with host bits in spec.cidr was accepted")
+			}
+			t.Logf("rejected: %v", err)
+			if !strings.Contains(err.Error(), "spec.cidr") || !strings.Contains(err.Error(), "no host bits") {
+				t.Errorf("message %q does not name spec.cidr and the problem", err)
 			}
 			return ctx
 		}).
-		Assess("shows Invalid with a message, the good link stays Up", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+		Assess("one stored past validation (an older CRD) shows Invalid with a message; link b stays Up", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			var err error
+			if saved, err = openKubeLinkSchema(ctx, lab.A); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Eventually(ctx, 20*time.Second, 500*time.Millisecond, func(ctx context.Context) error {
+				return lab.A.Res.Create(ctx, bad())
+			}); err != nil {
+				t.Fatal(err)
+			}
 			var got *v1alpha1.KubeLink
 			if _, err := Eventually(ctx, 30*time.Second, 500*time.Millisecond, func(ctx context.Context) error {
-				l, err := lab.A.Link(ctx, bad.Name)
+				l, err := lab.A.Link(ctx, "e2e-invalid")
 				if err != nil {
 					return err
 				}
@@ -328,20 +347,54 @@ func TestInvalidKubeLink(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Logf("e2e-invalid: %s: %s", got.Status.State, got.Status.Message)
-			if !strings.Contains(got.Status.Message, "100.64.48.0/20") {
-				t.Errorf("message %q does not say what is wrong (want the corrected CIDR 100.64.48.0/20)", got.Status.Message)
+			if !strings.Contains(got.Status.Message, "did you mean 100.64.48.0/20") {
+				t.Errorf("message %q does not say what is wrong", got.Status.Message)
 			}
 			b, err := lab.A.Link(ctx, "b")
 			if err != nil || b.Status.State != v1alpha1.StateUp {
 				t.Errorf("link b: %v %+v", err, b.Status)
 			}
+			ip, _ := lab.B.ServiceIP(ctx, "echo")
+			clients, _ := lab.A.Clients(ctx)
+			for _, p := range clients {
+				expectEcho(ctx, t, lab.A, p, "http://"+ip+"/", "b", 10*time.Second)
+				break
+			}
 			return ctx
 		}).
 		Teardown(func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
-			if err := lab.A.Res.Delete(ctx, bad.DeepCopy()); err != nil {
+			if err := lab.A.Res.Delete(ctx, bad()); err != nil && !apierrors.IsNotFound(err) {
 				t.Error(err)
+			}
+			if saved != nil {
+				if err := restoreSchema(ctx, lab.A, saved); err != nil {
+					t.Errorf("restoring the KubeLink CRD: %v", err)
+				}
 			}
 			return ctx
 		}).Feature()
 	testenv.Test(t, f)
+}
+
+// openKubeLinkSchema drops the validation of the KubeLink CRD (as if the
+// object had been stored under an older CRD) and returns the original.
+func openKubeLinkSchema(ctx context.Context, c *Cluster) (*apiextensionsv1.CustomResourceDefinition, error) {
+	var crd apiextensionsv1.CustomResourceDefinition
+	if err := c.Res.Get(ctx, "kubelinks.kubelink.mandelsoft.org", "", &crd); err != nil {
+		return nil, err
+	}
+	orig := crd.DeepCopy()
+	yes := true
+	crd.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["spec"] = apiextensionsv1.JSONSchemaProps{Type: "object", XPreserveUnknownFields: &yes}
+	crd.Spec.Versions[0].Schema.OpenAPIV3Schema.XValidations = nil
+	return orig, c.Res.Update(ctx, &crd)
+}
+
+func restoreSchema(ctx context.Context, c *Cluster, orig *apiextensionsv1.CustomResourceDefinition) error {
+	var crd apiextensionsv1.CustomResourceDefinition
+	if err := c.Res.Get(ctx, orig.Name, "", &crd); err != nil {
+		return err
+	}
+	crd.Spec = orig.Spec
+	return c.Res.Update(ctx, &crd)
 }
