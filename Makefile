@@ -55,7 +55,9 @@ test: tools test-bins ## run all tests: unit, real kube-apiserver, (as root) rea
 .PHONY: lint
 lint: $(STATICCHECK) ## go vet and staticcheck
 	go vet $(PKGS)
+	go vet -tags e2e ./e2e/...
 	$(STATICCHECK) $(PKGS)
+	$(STATICCHECK) -tags e2e ./e2e/...
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target (bridge frame decoder, HELLO parser) for FUZZTIME (default 60s)

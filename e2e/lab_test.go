@@ -11,14 +11,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/e2e-framework/klient/k8s/resources"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -204,13 +202,6 @@ func NodeRoutes(ctx context.Context, node string, proto int) ([]string, error) {
 	return routes, nil
 }
 
-func mustCtx(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-var _ client.Object = &v1alpha1.KubeLink{}
 
 func resourcesLabel(sel string) resources.ListOption { return resources.WithLabelSelector(sel) }
 

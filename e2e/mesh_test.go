@@ -189,7 +189,6 @@ func TestBrokerFailover(t *testing.T) {
 			if err := lab.A.Res.Get(ctx, active, "kubelink", &victim); err != nil {
 				t.Fatalf("active broker %s: %v", active, err)
 			}
-			start := time.Now()
 			if err := lab.A.Res.Delete(ctx, &victim); err != nil {
 				t.Fatal(err)
 			}
@@ -215,7 +214,6 @@ func TestBrokerFailover(t *testing.T) {
 			if now == active {
 				t.Errorf("the deleted pod %s still holds the Lease", active)
 			}
-			_ = start
 			// B → A also recovers (B reaches A through A's NodePort).
 			bclients, _ := lab.B.Clients(ctx)
 			aip, _ := lab.A.ServiceIP(ctx, "echo")

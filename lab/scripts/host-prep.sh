@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares this machine for the kind lab, idempotently:
-#   - docker.io, debootstrap and jq from apt (only what is missing);
+#   - docker.io, debootstrap, jq and openssl from apt (only what is missing);
 #   - the runc-capfilter wrapper (lab/tools/runc-capfilter) as docker's default
 #     runtime, so privileged kind nodes start on a VM without CAP_SYS_RESOURCE;
 #   - dockerd started when it is not running (there is no systemd here);
@@ -15,7 +15,7 @@ WRAPPER=/usr/local/sbin/runc-capfilter
 [[ $(id -u) == 0 ]] || { echo "host-prep: the lab needs root (docker, kind, network namespaces)" >&2; exit 1; }
 
 missing=()
-for pair in dockerd:docker.io debootstrap:debootstrap jq:jq; do
+for pair in dockerd:docker.io debootstrap:debootstrap jq:jq openssl:openssl; do
   command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 if ((${#missing[@]})); then

@@ -34,9 +34,14 @@ create_cluster() { # c
   local c=$1 d=$LAB_DIR/$1 name=lab-$1 role subnet
   mkdir -p "$d"
   if "$KIND" get clusters 2>/dev/null | grep -qx "$name"; then
-    log "cluster $name exists; reusing it"
     "$KIND" get kubeconfig --name "$name" >"$d/kubeconfig"
-    return
+    if cluster_healthy "$c"; then
+      log "cluster $name exists and is healthy; reusing it"
+      return
+    fi
+    # e.g. its node containers did not survive a dockerd restart
+    log "cluster $name exists but is not healthy; recreating it"
+    "$KIND" delete cluster --name "$name" >/dev/null 2>&1
   fi
   {
     echo "kind: Cluster"
@@ -68,6 +73,18 @@ J
   "$KIND" create cluster --name "$name" --config "$d/kind.yaml" --kubeconfig "$d/kubeconfig" --wait 5m >"$d/create.log" 2>&1 ||
     { tail -30 "$d/create.log" >&2; die "kind create cluster $name failed (log: $d/create.log)"; }
   log "cluster $name created in $(( $(date +%s) - s ))s"
+}
+
+# cluster_healthy c: every node container runs and every node is Ready.
+cluster_healthy() {
+  local c=$1 n want=0 ready
+  for n in ${NODES[$c]}; do
+    want=$((want + 1))
+    [[ $($DOCKER inspect -f '{{.State.Running}}' "lab-$c-${n%%:*}" 2>/dev/null) == true ]] || return 1
+  done
+  ready=$(timeout 20 "$KUBECTL" --kubeconfig "$LAB_DIR/$c/kubeconfig" --request-timeout=5s get nodes \
+    -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c True)
+  [[ $ready == "$want" ]]
 }
 
 node_ip() { $DOCKER inspect -f '{{.NetworkSettings.Networks.kind.IPAddress}}' "$1"; }

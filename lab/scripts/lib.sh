@@ -16,7 +16,7 @@ die() { log "ERROR: $*"; exit 1; }
 debian_mirror() {
   local m
   m=$(grep -hoE '^(URIs:|deb) +[^ ]+' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list \
-        /etc/apt/sources.list.d/*.list 2>/dev/null | grep -v security | head -1 | awk '{print $NF}')
+        /etc/apt/sources.list.d/*.list 2>/dev/null | grep -v security | head -1 | awk '{print $NF}' || true)
   echo "${DEBIAN_MIRROR:-${m:-http://deb.debian.org/debian}}"
 }
 
