@@ -127,8 +127,8 @@ func TestCRDsInstalledWithStatusAndPrinterColumns(t *testing.T) {
 			continue
 		case !contains(r.ShortNames, want.shortName):
 			t.Errorf("%s: short names %v, want %q", want.resource, r.ShortNames, want.shortName)
-		case !contains(r.Categories, "kubelink"):
-			t.Errorf("%s: categories %v, want kubelink", want.resource, r.Categories)
+		case !contains(r.Categories, "kubelink-all"):
+			t.Errorf("%s: categories %v, want kubelink-all", want.resource, r.Categories)
 		case r.Namespaced != want.namespaced:
 			t.Errorf("%s: namespaced=%v, want %v", want.resource, r.Namespaced, want.namespaced)
 		}
