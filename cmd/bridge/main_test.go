@@ -35,7 +35,7 @@ func TestFlags(t *testing.T) {
 	if err != nil {
 		t.Fatalf("--help: %v\n%s", err, out)
 	}
-	for _, flag := range []string{"--cert-dir", "--bridge-port", "--auto-connect", "--node-cidr", "--service-cidr", "--ifce-name",
+	for _, flag := range []string{"--cert-dir", "--bridge-port", "--auto-connect", "--advertised-port", "--dns-advertisement", "--cluster-domain", "--dns-service-ip", "--node-cidr", "--service-cidr", "--ifce-name",
 		"--probe-interval", "--leader-elect", "--metrics-addr", "--served-links", "--cleanup", "--kubeconfig"} {
 		if !strings.Contains(string(out), flag) {
 			t.Errorf("--help lacks %s", flag)

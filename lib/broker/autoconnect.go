@@ -24,7 +24,10 @@ const AnnotationAutoConnected = "kubelink.mandelsoft.org/auto-connected"
 // AutoLink is the KubeLink that --auto-connect creates for an authenticated
 // peer without a link, from its HELLO: spec.clusterAddress and spec.cidr as
 // announced, the endpoint from the address the peer connected from and the
-// port it advertised (default bridgePort), the name from the first DNS name
+// port it advertised (its --advertised-port, else its --bridge-port; for a
+// peer that announces none, our bridgePort); no spec.dns, so that the DNS
+// information the peer advertises reaches the mesh DNS through the
+// status (status.advertised) and follows the peer's changes; the name from the first DNS name
 // among its certificate identities (first label) or else from its cluster
 // address ("auto-192-168-0-12"), in the mesh of local. It refuses a peer
 // outside the mesh, an existing name, a cluster address another link has,

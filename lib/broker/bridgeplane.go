@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/bridge"
 	"github.com/kubelink/kubelink/lib/mesh"
 )
@@ -243,14 +244,8 @@ func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
 // connector makes sure a Connector announcing the local link of ms runs and
 // serves :BridgePort.
 func (p *bridgePlane) connector(ms *mesh.Mesh) error {
-	hello := bridge.Hello{MinVersion: bridge.Version, MaxVersion: bridge.Version,
-		ClusterAddress: ms.Local.Address, Port: uint16(p.cfg.BridgePort)}
-	if ms.Local.ServiceCIDR.IsValid() {
-		hello.ServiceCIDR = ms.Local.ServiceCIDR.Masked()
-	} else if p.cfg.ServiceCIDR.IsValid() {
-		hello.ServiceCIDR = p.cfg.ServiceCIDR.Masked()
-	}
-	if p.conn != nil && hello.ClusterAddress == p.hello.ClusterAddress && hello.ServiceCIDR == p.hello.ServiceCIDR {
+	hello := LocalHello(p.cfg, ms)
+	if p.conn != nil && sameHello(hello, p.hello) {
 		return nil
 	}
 	p.closeConnector()
@@ -307,6 +302,19 @@ func (p *bridgePlane) figures(link string) *PeerFigures {
 		f.LastHandshake = st.Since
 	}
 	return f
+}
+
+// advertised is what the peer of link announced in the HELLO of its
+// current connection (status.advertised); nil when not connected.
+func (p *bridgePlane) advertised(link string) *v1alpha1.AdvertisedInfo {
+	if p.conn == nil {
+		return nil
+	}
+	st, ok := p.conn.Status(link)
+	if !ok || st.State != bridge.Connected {
+		return nil
+	}
+	return Advertised(st.PeerHello)
 }
 
 // close stops the connections, the pump and the device.

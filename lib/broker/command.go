@@ -22,7 +22,7 @@ func Main(name, short, fixedMode string) {
 	}
 	bridge := c.Mode == ModeBridge && fixedMode != ""
 	var common kubeflags.Common
-	var nodeCIDR, podCIDR, nodeIP, serviceCIDR string
+	var nodeCIDR, podCIDR, nodeIP, serviceCIDR, dnsServiceIP string
 	var cleanup bool
 	var served string
 	f := cmd.Flags
@@ -34,6 +34,10 @@ func Main(name, short, fixedMode string) {
 	f.StringVar(&c.CertDir, "cert-dir", c.CertDir, "bridge mode: directory with tls.crt, tls.key and ca.crt (reloaded when they change)")
 	f.IntVar(&c.BridgePort, "bridge-port", c.BridgePort, "bridge mode: TCP port of the bridge (also the default port of link endpoints)")
 	f.BoolVar(&c.AutoConnect, "auto-connect", c.AutoConnect, "bridge mode: create a KubeLink for a peer whose certificate verifies against the CA but that has no link, from its handshake")
+	f.IntVar(&c.AdvertisedPort, "advertised-port", c.AdvertisedPort, "bridge mode: the port announced in the handshake, where peers reach this bridge (e.g. a NodePort; 0: --bridge-port)")
+	f.BoolVar(&c.DNSAdvertisement, "dns-advertisement", c.DNSAdvertisement, "bridge mode: announce --cluster-domain and --dns-service-ip in the handshake, for the peers' mesh DNS")
+	f.StringVar(&c.ClusterDomain, "cluster-domain", c.ClusterDomain, "bridge mode, with --dns-advertisement: the local cluster domain")
+	f.StringVar(&dnsServiceIP, "dns-service-ip", "", "bridge mode, with --dns-advertisement: the local cluster DNS Service IP (default: the LocalLink's cidr, else --service-cidr, + 10)")
 	if !bridge {
 		f.StringVar(&c.WireGuard, "wireguard", c.WireGuard, "WireGuard implementation: auto (kernel if available, else embedded wireguard-go), kernel or userspace")
 		f.IntVar(&c.ListenPort, "listen-port", c.ListenPort, "WireGuard UDP port (also the default port of link endpoints)")
@@ -76,6 +80,8 @@ func Main(name, short, fixedMode string) {
 		c.ServiceCIDR, err = kubeflags.Prefix("service-cidr", serviceCIDR)
 		errs = append(errs, err)
 		c.NodeIP, err = kubeflags.Addr("node-ip", nodeIP)
+		errs = append(errs, err)
+		c.DNSServiceIP, err = kubeflags.Addr("dns-service-ip", dnsServiceIP)
 		errs = append(errs, err)
 		c.Served, err = ParseServed(served)
 		errs = append(errs, err)

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/probe"
 	"github.com/kubelink/kubelink/lib/wireguard"
 )
@@ -40,6 +41,17 @@ type Config struct {
 	// AutoConnect (bridge mode) creates a KubeLink for an authenticated
 	// peer without one, from its HELLO.
 	AutoConnect bool
+	// AdvertisedPort (bridge mode) is the port announced in the HELLO:
+	// where peers reach this bridge, e.g. a NodePort; 0 means BridgePort.
+	AdvertisedPort int
+	// DNSAdvertisement (bridge mode) announces ClusterDomain and
+	// DNSServiceIP in the HELLO (the DNS extension).
+	DNSAdvertisement bool
+	// ClusterDomain is the local cluster domain (DNS advertisement).
+	ClusterDomain string
+	// DNSServiceIP is the local cluster DNS Service IP (DNS
+	// advertisement); invalid means the local service CIDR + 10.
+	DNSServiceIP netip.Addr
 
 	NodeCIDR    netip.Prefix
 	PodCIDR     netip.Prefix
@@ -73,7 +85,7 @@ type Config struct {
 func Defaults() Config {
 	return Config{
 		Namespace: "kubelink", Mode: ModeWireGuard, WireGuard: wireguard.ModeAuto, Interface: "kubelink",
-		ListenPort: 8777, BridgePort: 8088, Secret: "wireguard", RouteTable: 254, RulePriority: 32750,
+		ListenPort: 8777, BridgePort: 8088, ClusterDomain: mesh.DefaultClusterDomain, Secret: "wireguard", RouteTable: 254, RulePriority: 32750,
 		Keepalive: 21 * time.Second, ResolveInterval: 30 * time.Second,
 		ProbeInterval: 500 * time.Millisecond, ProbeDownAfter: 1500 * time.Millisecond, ProbePort: probe.DefaultPort,
 		HealthEvery: 10 * time.Second, Resync: 10 * time.Second,
@@ -100,6 +112,22 @@ func (c *Config) Validate() error {
 	}
 	if c.AutoConnect && c.Mode != ModeBridge {
 		errs = append(errs, errors.New("--auto-connect works in bridge mode only (peers are identified by their certificates)"))
+	}
+	if c.AdvertisedPort < 0 || c.AdvertisedPort > 65535 {
+		errs = append(errs, fmt.Errorf("--advertised-port=%d: must be 1-65535 (0: --bridge-port)", c.AdvertisedPort))
+	} else if c.AdvertisedPort != 0 && c.Mode != ModeBridge {
+		errs = append(errs, errors.New("--advertised-port works in bridge mode only (it is announced in the bridge handshake)"))
+	}
+	if c.DNSAdvertisement {
+		if c.Mode != ModeBridge {
+			errs = append(errs, errors.New("--dns-advertisement works in bridge mode only (it is announced in the bridge handshake)"))
+		}
+		if err := CheckClusterDomain(c.ClusterDomain); err != nil {
+			errs = append(errs, fmt.Errorf("--cluster-domain: %w", err))
+		}
+		if a := c.DNSServiceIP; a.IsValid() && (a.IsUnspecified() || a.Is4In6() || a.Zone() != "") {
+			errs = append(errs, fmt.Errorf("--dns-service-ip=%s: must be a plain IPv4 or IPv6 address", a))
+		}
 	}
 	switch c.WireGuard {
 	case wireguard.ModeAuto, wireguard.ModeKernel, wireguard.ModeUserspace:

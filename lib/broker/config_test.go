@@ -26,6 +26,20 @@ func TestValidateExplainsBadFlags(t *testing.T) {
 		{func(c *Config) { c.ProbeDownAfter = 1 }, "--probe-down-after"},
 		{func(c *Config) { c.Interface = "a-very-long-interface" }, "--ifce-name"},
 		{func(c *Config) { c.RenewDeadline = c.LeaseDuration }, "leader election"},
+		{func(c *Config) { c.DNSAdvertisement = true }, "--dns-advertisement works in bridge mode only"},
+		{func(c *Config) { c.AdvertisedPort = 30088 }, "--advertised-port works in bridge mode only"},
+		{func(c *Config) { c.Mode, c.CertDir, c.AdvertisedPort = ModeBridge, "/certs", 70000 }, "--advertised-port=70000"},
+		{func(c *Config) {
+			c.Mode, c.CertDir, c.DNSAdvertisement, c.ClusterDomain = ModeBridge, "/certs", true, "Cluster.Local"
+		}, `--cluster-domain: "Cluster.Local"`},
+		{func(c *Config) {
+			c.Mode, c.CertDir, c.DNSAdvertisement, c.DNSServiceIP = ModeBridge, "/certs", true, netip.MustParseAddr("::ffff:10.0.0.10")
+		}, "--dns-service-ip=::ffff:10.0.0.10"},
+	}
+	bridgeOK := ok
+	bridgeOK.Mode, bridgeOK.CertDir, bridgeOK.DNSAdvertisement, bridgeOK.AdvertisedPort = ModeBridge, "/certs", true, 30088
+	if err := bridgeOK.Validate(); err != nil {
+		t.Errorf("bridge mode with DNS advertisement and an advertised port rejected: %v", err)
 	}
 	for _, tt := range tests {
 		c := ok

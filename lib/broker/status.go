@@ -33,6 +33,9 @@ type Observation struct {
 	// IdleReason, when set, says why the bridge data plane has no
 	// connection for the link: state Idle.
 	IdleReason string
+	// Advertised is what the peer announced in the HELLO of the link's
+	// current bridge connection (nil: not connected, or nothing usable).
+	Advertised *v1alpha1.AdvertisedInfo
 }
 
 // PeerFigures are tunnel counters.
@@ -88,6 +91,9 @@ func DesiredStatus(kl *v1alpha1.KubeLink, o Observation, now time.Time) v1alpha1
 	}
 	if !o.IsLocal {
 		st.Health = health(o)
+		if st.State != v1alpha1.StateInvalid && st.State != v1alpha1.StateStale && st.State != v1alpha1.StateDeleting {
+			st.Advertised = o.Advertised.DeepCopy()
+		}
 	}
 	ready := metav1.ConditionFalse
 	if connected == metav1.ConditionTrue && valid == metav1.ConditionTrue {

@@ -116,6 +116,7 @@ func (b *Broker) observe(kl *v1alpha1.KubeLink, m *mesh.Model, res planeResult) 
 	}
 	if b.bplane != nil {
 		o.Peer = b.bplane.figures(kl.Name)
+		o.Advertised = b.bplane.advertised(kl.Name)
 	}
 	if key, ok := res.PeerOf[kl.Name]; ok {
 		if s, ok := res.Stats[key]; ok {

@@ -298,20 +298,27 @@ func (d *DNSServer) waitReady(t testing.TB, port uint16, limit time.Duration) {
 // at service CIDR + 10. It creates the echo Service it is checked with.
 func (c *Cluster) StartClusterDNS() *DNSServer {
 	c.t.Helper()
+	return c.StartClusterDNSAt("cluster.local", c.ClusterDNSIP())
+}
+
+// StartClusterDNSAt is StartClusterDNS for a cluster whose domain is domain
+// and whose DNS Service has the IP serviceIP.
+func (c *Cluster) StartClusterDNSAt(domain string, serviceIP netip.Addr) *DNSServer {
+	c.t.Helper()
 	c.CreateEchoService()
 	ns, ip := c.attachPod("dns", 3)
-	d := &DNSServer{Name: "cluster DNS " + c.Name, NS: ns, PodIP: ip, ServiceIP: c.ClusterDNSIP(), Dir: c.t.TempDir()}
+	d := &DNSServer{Name: "cluster DNS " + c.Name, NS: ns, PodIP: ip, ServiceIP: serviceIP, Dir: c.t.TempDir()}
 	corefile := fmt.Sprintf(`.:53 {
     errors
     health 127.0.0.1:8080
     ready 127.0.0.1:8181
-    kubernetes cluster.local in-addr.arpa ip6.arpa {
+    kubernetes %s in-addr.arpa ip6.arpa {
         kubeconfig %s
         ttl 5
     }
     cache 5
 }
-`, c.Kubeconfig(ns))
+`, domain, c.Kubeconfig(ns))
 	conf := filepath.Join(d.Dir, "Corefile")
 	if err := os.WriteFile(conf, []byte(corefile), 0o644); err != nil {
 		c.t.Fatal(err)

@@ -64,9 +64,9 @@ type InputOptions struct {
 // that is not connected disappears from DNS. Links left out for a reason the
 // user can fix are explained in the returned warnings.
 func BuildInput(m *mesh.Model, links []v1alpha1.KubeLink, o InputOptions) (Input, []string) {
-	state := map[string]string{}
+	byName := map[string]*v1alpha1.KubeLink{}
 	for i := range links {
-		state[links[i].Name] = links[i].Status.State
+		byName[links[i].Name] = &links[i]
 	}
 	in := Input{Mode: o.Mode, ClusterDomain: strings.ToLower(o.ClusterDomain)}
 	if in.ClusterDomain == "" {
@@ -92,10 +92,11 @@ func BuildInput(m *mesh.Model, links []v1alpha1.KubeLink, o InputOptions) (Input
 			warnings = append(warnings, w)
 		}
 		for _, l := range ms.Members {
-			if !l.DNS.Propagate || state[l.Name.String()] != v1alpha1.StateUp {
+			kl := byName[l.Name.String()]
+			if !l.DNS.Propagate || kl == nil || kl.Status.State != v1alpha1.StateUp {
 				continue
 			}
-			c, err := remoteCluster(l, o)
+			c, err := remoteCluster(l, kl, o)
 			if err == nil {
 				err = c.validate(o.Mode, ms.Name)
 			}
@@ -133,13 +134,48 @@ func setLocalDNS(in *Input, mi *MeshInput, ms *mesh.Mesh, o InputOptions) string
 	return ""
 }
 
-func remoteCluster(l *mesh.Link, o InputOptions) (Cluster, error) {
+// RemoteDNS is where the DNS of a remote cluster comes from, in this order:
+// spec.dns (dnsIP, baseDomain), then what the peer advertised in its bridge
+// handshake (status.advertised, written by the broker while the link is
+// connected), then the defaults (spec.cidr + 10, cluster.local). Each
+// field is taken on its own: a link with only spec.dns.baseDomain still
+// gets the advertised DNS IP. dns.omitDNSPropagation is checked before
+// and wins over both. An advertised value that does not parse is an
+// error (the link is left out), not a silent fallback to the default.
+func RemoteDNS(l *mesh.Link, kl *v1alpha1.KubeLink) (ip netip.Addr, domain string, err error) {
+	ip, domain = l.DNS.IP, strings.ToLower(l.DNS.Domain)
+	var spec v1alpha1.KubeLinkDNS
+	if kl.Spec.DNS != nil {
+		spec = *kl.Spec.DNS
+	}
+	adv := kl.Status.Advertised
+	if adv == nil {
+		return ip, domain, nil
+	}
+	if spec.DNSIP == "" && adv.DNSIP != "" {
+		a, perr := netip.ParseAddr(adv.DNSIP)
+		if perr != nil || a.Zone() != "" {
+			return ip, domain, fmt.Errorf("the advertised DNS IP %q is not a plain IP address", adv.DNSIP)
+		}
+		ip = a.Unmap()
+	}
+	if spec.BaseDomain == "" && adv.ClusterDomain != "" {
+		domain = strings.ToLower(strings.TrimSuffix(adv.ClusterDomain, "."))
+	}
+	return ip, domain, nil
+}
+
+func remoteCluster(l *mesh.Link, kl *v1alpha1.KubeLink, o InputOptions) (Cluster, error) {
 	c := Cluster{Name: l.Name.Cluster, Domain: strings.ToLower(l.DNS.Domain), Context: l.Name.String()}
 	if o.Mode == ModeDNS {
-		if !l.DNS.IP.IsValid() {
-			return c, fmt.Errorf("its DNS IP is unknown (set spec.dns.dnsIP or spec.cidr)")
+		ip, domain, err := RemoteDNS(l, kl)
+		if err != nil {
+			return c, err
 		}
-		c.DNS = netip.AddrPortFrom(l.DNS.IP, 53)
+		if !ip.IsValid() {
+			return c, fmt.Errorf("its DNS IP is unknown (set spec.dns.dnsIP or spec.cidr, or let the peer advertise it)")
+		}
+		c.Domain, c.DNS = domain, netip.AddrPortFrom(ip, 53)
 		return c, nil
 	}
 	if l.APIAccess == nil {

@@ -176,6 +176,33 @@ type KubeLinkStatus struct {
 	// Health holds figures measured through the tunnel.
 	// +optional
 	Health *LinkHealth `json:"health,omitempty"`
+	// Advertised is what the peer announced about itself in its bridge
+	// handshake (bridge mode), present while the link is connected. The
+	// mesh DNS uses it where spec.dns does not say otherwise.
+	// +optional
+	Advertised *AdvertisedInfo `json:"advertised,omitempty"`
+}
+
+// AdvertisedInfo is what a peer announced in its bridge handshake (HELLO).
+type AdvertisedInfo struct {
+	// ClusterDomain is the peer's cluster domain, e.g. cluster.local (sent
+	// with DNS advertisement on).
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?[.])*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`
+	ClusterDomain string `json:"clusterDomain,omitempty"`
+	// DNSIP is the IP of the peer's cluster DNS Service (sent with DNS
+	// advertisement on).
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="advertised dnsIP must be an IP address"
+	DNSIP string `json:"dnsIP,omitempty"`
+	// Port is the port the peer's bridge is reachable on from other members
+	// (its --advertised-port).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port int32 `json:"port,omitempty"`
 }
 
 // LinkHealth holds figures measured through the tunnel.
