@@ -79,7 +79,7 @@ func policyFor(other *bridgeEnd) Policy {
 	in := mesh.Ingress{Deny: []netip.Prefix{netip.MustParsePrefix("192.168.88.77/32")}}
 	return Policy{
 		AllowedSources: []netip.Prefix{netip.PrefixFrom(other.cluster4.Addr(), 32), netip.PrefixFrom(other.cluster6.Addr(), 128)},
-		Ingress:        in.Allows,
+		Ingress:        func(_, dst netip.Addr) bool { return in.Allows(dst) },
 	}
 }
 

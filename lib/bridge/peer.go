@@ -30,10 +30,12 @@ type Policy struct {
 	// address and egress ranges (anti-spoofing). IPv4 sources match only
 	// IPv4 prefixes.
 	AllowedSources []netip.Prefix
-	// Ingress reports whether the peer may reach dst, e.g.
-	// mesh.Ingress.Allows. Nil denies everything: the broker must say
-	// what a peer may reach.
-	Ingress func(dst netip.Addr) bool
+	// Ingress reports whether the peer may send a packet from src (one of
+	// AllowedSources) to dst, e.g. mesh.Ingress.Allows of dst. The source
+	// matters where a peer forwards for others (a gatewayLink): the rule
+	// of the cluster behind it applies to that cluster's packets. Nil
+	// denies everything: the broker must say what a peer may reach.
+	Ingress func(src, dst netip.Addr) bool
 	// Probe, when valid, is the health probe's address and UDP port on
 	// this side: UDP packets to it (the peer's probes) and from that port
 	// to its address (the peer's replies to ours) pass whatever Ingress
@@ -46,7 +48,7 @@ func (pol *Policy) allowsIngress(info *ipInfo) bool {
 	if pr := pol.Probe; pr.IsValid() && info.dst == pr.Addr() && (info.udpDst == pr.Port() || info.udpSrc == pr.Port()) {
 		return true
 	}
-	return pol.Ingress != nil && pol.Ingress(info.dst)
+	return pol.Ingress != nil && pol.Ingress(info.src, info.dst)
 }
 
 func (pol *Policy) allowsSource(a netip.Addr) bool {

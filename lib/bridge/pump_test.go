@@ -230,7 +230,7 @@ func TestPeerPacketsAreCheckedAndWrittenWithTheirOffload(t *testing.T) {
 	p, dev := newTestPump(t, Config{})
 	pol := Policy{
 		AllowedSources: []netip.Prefix{netip.MustParsePrefix("10.0.1.0/24")},
-		Ingress:        func(dst netip.Addr) bool { return dst != netip.MustParseAddr("192.168.88.77") },
+		Ingress:        func(_, dst netip.Addr) bool { return dst != netip.MustParseAddr("192.168.88.77") },
 	}
 	pr, b := addRemote(t, p, "b", pol)
 	gso := Offload{PartialChecksum: true, GSO: GSOTCPv4, GSOSize: 1448, CsumStart: 20, CsumOffset: 16}

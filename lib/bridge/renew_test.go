@@ -163,7 +163,7 @@ func TestConnectorAutoConnectCallback(t *testing.T) {
 // UDP to the same address does not.
 func TestPolicyLetsTheProbePass(t *testing.T) {
 	local := netip.MustParseAddr("192.168.88.1")
-	pol := Policy{Ingress: func(netip.Addr) bool { return false }, Probe: netip.AddrPortFrom(local, 8779)}
+	pol := Policy{Ingress: func(_, _ netip.Addr) bool { return false }, Probe: netip.AddrPortFrom(local, 8779)}
 	udp := func(sport, dport uint16, frag bool) []byte {
 		pkt := make([]byte, 28)
 		pkt[0], pkt[8], pkt[9] = 0x45, 64, protoUDP

@@ -158,6 +158,37 @@ func ingressOf(ms *mesh.Mesh, l *mesh.Link) func(netip.Addr) bool {
 	}
 }
 
+// connectionPolicy is what the connection of link gw accepts: packets from
+// gw's own sources and from the sources of the transit links that use gw
+// as their gatewayLink (the peer forwards their traffic), each checked
+// against the ingress rule of the link the source belongs to, as the
+// kernel firewall does by source in WireGuard mode.
+func connectionPolicy(ms *mesh.Mesh, gw *mesh.Link, transit []*mesh.Link, probe netip.AddrPort) bridge.Policy {
+	type rule struct {
+		from   []netip.Prefix
+		allows func(netip.Addr) bool
+	}
+	rules := []rule{{gw.AllowedIPs(), ingressOf(ms, gw)}}
+	for _, l := range transit {
+		rules = append(rules, rule{l.AllowedIPs(), ingressOf(ms, l)})
+	}
+	pol := bridge.Policy{Probe: probe}
+	for _, r := range rules {
+		pol.AllowedSources = append(pol.AllowedSources, r.from...)
+	}
+	pol.Ingress = func(src, dst netip.Addr) bool {
+		for _, r := range rules {
+			for _, p := range r.from {
+				if p.Contains(src) {
+					return r.allows(dst)
+				}
+			}
+		}
+		return false
+	}
+	return pol
+}
+
 // apply makes the namespace and the connections match the model.
 func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
 	res := planeResult{LinkErrs: map[string]error{}, PeerOf: map[string]mesh.Key{}}
@@ -172,26 +203,36 @@ func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
 		return res
 	}
 
-	// Links, the routing table of the pump, and their policies.
+	// Links, the routing table of the pump, and their policies. A transit
+	// link (gatewayLink) has no connection of its own: its networks are
+	// routed into its gateway link's connection, and that connection
+	// accepts its sources under its ingress rule.
 	var links []bridge.Link
 	var table []routeEntry
 	via := map[string]string{} // link → the link whose connection carries it
-	for i, ms := range m.Meshes {
+	if len(m.Meshes) > 0 {
+		ms := m.Meshes[0]
+		transit := map[string][]*mesh.Link{} // gateway link → transit links
+		for _, l := range ms.Members {
+			if l.GatewayLink != "" {
+				transit[l.GatewayLink] = append(transit[l.GatewayLink], l)
+			}
+		}
 		for _, l := range ms.Members {
 			name := l.Name.String()
 			switch {
-			case i > 0:
-				res.LinkErrs[name] = errors.New("bridge mode serves one mesh (the oldest LocalLink's); this link is in another")
-				continue
 			case l.GatewayLink != "":
+				if gw, ok := m.Link(l.GatewayLink); !ok || gw.Endpoint.Kind != mesh.EndpointHost {
+					res.LinkErrs[name] = fmt.Errorf("gatewayLink %s has no bridge connection (it needs an endpoint host:port)", l.GatewayLink)
+					continue
+				}
 				via[name] = l.GatewayLink
 			case l.Endpoint.Kind != mesh.EndpointHost:
 				res.LinkErrs[name] = fmt.Errorf("bridge mode needs an endpoint host:port for link %s", name)
 				continue
 			default:
 				via[name] = name
-				pol := bridge.Policy{AllowedSources: l.AllowedIPs(), Ingress: ingressOf(ms, l),
-					Probe: netip.AddrPortFrom(ms.Local.IP(), uint16(p.cfg.ProbePort))}
+				pol := connectionPolicy(ms, l, transit[name], netip.AddrPortFrom(ms.Local.IP(), uint16(p.cfg.ProbePort)))
 				links = append(links, bridge.Link{ID: name, Endpoint: p.endpoint(l.Endpoint), ClusterAddress: l.Address, Policy: pol})
 			}
 			res.PeerOf[name] = mesh.Key{}
@@ -200,16 +241,9 @@ func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
 			}
 		}
 	}
-	// Transit links add their sources to their gateway link's policy.
-	for name, gw := range via {
-		if gw == name {
-			continue
-		}
-		l, _ := m.Link(name)
-		for j := range links {
-			if links[j].ID == gw {
-				links[j].Policy.AllowedSources = append(links[j].Policy.AllowedSources, l.AllowedIPs()...)
-			}
+	for _, ms := range m.Meshes[min(1, len(m.Meshes)):] {
+		for _, l := range ms.Members {
+			res.LinkErrs[l.Name.String()] = errors.New("bridge mode serves one mesh (the oldest LocalLink's); this link is in another")
 		}
 	}
 	slices.SortStableFunc(table, func(a, b routeEntry) int { return cmp.Compare(b.prefix.Bits(), a.prefix.Bits()) })

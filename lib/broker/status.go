@@ -36,6 +36,10 @@ type Observation struct {
 	// Advertised is what the peer announced in the HELLO of the link's
 	// current bridge connection (nil: not connected, or nothing usable).
 	Advertised *v1alpha1.AdvertisedInfo
+	// GatewayLink is set for a transit link: the link whose peer forwards
+	// its traffic. Probe and IdleReason are then about the path through
+	// that peer, and the message says so.
+	GatewayLink string
 }
 
 // PeerFigures are tunnel counters.
@@ -59,6 +63,11 @@ func DesiredStatus(kl *v1alpha1.KubeLink, o Observation, now time.Time) v1alpha1
 	valid, connected := metav1.ConditionTrue, metav1.ConditionFalse
 	validReason, validMsg := "Valid", "the link and its mesh are valid"
 	connReason := ""
+	// A transit link's probe goes through its gateway link's peer.
+	through := " through the tunnel"
+	if o.GatewayLink != "" {
+		through = " through gatewayLink " + o.GatewayLink
+	}
 	switch {
 	case kl.DeletionTimestamp != nil:
 		st.State, st.Message, connReason = v1alpha1.StateDeleting, "the link is being deleted", "Deleting"
@@ -79,15 +88,25 @@ func DesiredStatus(kl *v1alpha1.KubeLink, o Observation, now time.Time) v1alpha1
 	case o.DataPlane == "":
 		st.State, st.Message, connReason = v1alpha1.StateIdle, "the broker runs without data plane (--mode=none)", "NoDataPlane"
 	case o.IdleReason != "":
-		st.State, st.Message, connReason = v1alpha1.StateIdle, "not connected: "+o.IdleReason, "NotConnected"
+		st.State, connReason = v1alpha1.StateIdle, "NotConnected"
+		st.Message = "not connected: " + o.IdleReason
+		if o.GatewayLink != "" {
+			st.Message = "not connected: gatewayLink " + o.GatewayLink + " is not connected: " + o.IdleReason
+		}
 	case o.Probe == nil || o.Probe.Received == 0:
-		st.State, st.Message, connReason = v1alpha1.StateDown, "no reply to the health probe through the tunnel yet", "NoProbeReply"
+		st.State, st.Message, connReason = v1alpha1.StateDown, "no reply to the health probe"+through+" yet", "NoProbeReply"
 	case o.Probe.Up:
 		st.State, st.Message, connReason = v1alpha1.StateUp, "connected: the health probe answers", "ProbeAnswers"
+		if o.GatewayLink != "" {
+			st.Message = "connected through gatewayLink " + o.GatewayLink + ": the health probe answers"
+		}
 		connected = metav1.ConditionTrue
 	default:
 		st.State, connReason = v1alpha1.StateDown, "ProbeTimeout"
 		st.Message = fmt.Sprintf("no reply to the health probe since %s", o.Probe.LastReply.UTC().Format(time.RFC3339))
+		if o.GatewayLink != "" {
+			st.Message = fmt.Sprintf("no reply to the health probe through gatewayLink %s since %s", o.GatewayLink, o.Probe.LastReply.UTC().Format(time.RFC3339))
+		}
 	}
 	if !o.IsLocal {
 		st.Health = health(o)

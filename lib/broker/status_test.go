@@ -35,6 +35,10 @@ func TestDesiredStatusStates(t *testing.T) {
 		{"probe answers", Observation{DataPlane: "wireguard-userspace", Probe: up}, v1alpha1.StateUp, "connected", metav1.ConditionTrue, metav1.ConditionTrue},
 		{"probe stopped", Observation{DataPlane: "wireguard-userspace", Probe: down}, v1alpha1.StateDown, "no reply to the health probe since 2026-05-01T11:59:57Z", metav1.ConditionFalse, metav1.ConditionTrue},
 		{"mode none", Observation{}, v1alpha1.StateIdle, "--mode=none", metav1.ConditionFalse, metav1.ConditionTrue},
+		{"transit: probe answers", Observation{DataPlane: "bridge", GatewayLink: "b", Probe: up}, v1alpha1.StateUp, "connected through gatewayLink b: the health probe answers", metav1.ConditionTrue, metav1.ConditionTrue},
+		{"transit: no reply yet", Observation{DataPlane: "bridge", GatewayLink: "b"}, v1alpha1.StateDown, "no reply to the health probe through gatewayLink b yet", metav1.ConditionFalse, metav1.ConditionTrue},
+		{"transit: probe stopped", Observation{DataPlane: "wireguard-userspace", GatewayLink: "b", Probe: down}, v1alpha1.StateDown, "no reply to the health probe through gatewayLink b since 2026-05-01T11:59:57Z", metav1.ConditionFalse, metav1.ConditionTrue},
+		{"transit: gateway not connected", Observation{DataPlane: "bridge", GatewayLink: "b", IdleReason: "connection refused", Probe: up}, v1alpha1.StateIdle, "not connected: gatewayLink b is not connected: connection refused", metav1.ConditionFalse, metav1.ConditionTrue},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

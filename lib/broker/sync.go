@@ -92,6 +92,7 @@ func (b *Broker) observe(kl *v1alpha1.KubeLink, m *mesh.Model, res planeResult) 
 		return o
 	}
 	o.IsLocal = l.IsLocal()
+	o.GatewayLink = l.GatewayLink
 	switch {
 	case res.DeviceErr != nil:
 		o.Err = res.DeviceErr
@@ -118,7 +119,9 @@ func (b *Broker) observe(kl *v1alpha1.KubeLink, m *mesh.Model, res planeResult) 
 		o.Peer = b.bplane.figures(kl.Name)
 		o.Advertised = b.bplane.advertised(kl.Name)
 	}
-	if key, ok := res.PeerOf[kl.Name]; ok {
+	// A transit link shares its gateway's WireGuard peer; that peer's
+	// figures are the gateway link's, so a transit link shows only its RTT.
+	if key, ok := res.PeerOf[kl.Name]; ok && l.GatewayLink == "" {
 		if s, ok := res.Stats[key]; ok {
 			o.Peer = &PeerFigures{LastHandshake: s.LastHandshake, RxBytes: s.RxBytes, TxBytes: s.TxBytes}
 		}

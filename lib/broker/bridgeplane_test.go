@@ -1,0 +1,78 @@
+package broker
+
+import (
+	"net/netip"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/mesh"
+)
+
+// C's view of a transit: b is a direct peer, a is reached through b. The
+// connection to b accepts a's sources too, and checks each packet against
+// the ingress rule of the link its source belongs to.
+func TestConnectionPolicyOfAGatewayLink(t *testing.T) {
+	kl := func(name string, spec v1alpha1.KubeLinkSpec) v1alpha1.KubeLink {
+		return v1alpha1.KubeLink{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec}
+	}
+	m := mesh.Build([]v1alpha1.KubeLink{
+		kl("c", v1alpha1.KubeLinkSpec{Endpoint: "LocalLink", ClusterAddress: "192.168.0.13/24", CIDR: "100.64.32.0/20"}),
+		kl("b", v1alpha1.KubeLinkSpec{Endpoint: "172.30.0.21:8088", ClusterAddress: "192.168.0.12/24", CIDR: "100.64.16.0/20"}),
+		kl("a", v1alpha1.KubeLinkSpec{GatewayLink: "b", ClusterAddress: "192.168.0.11/24", CIDR: "100.64.0.0/20", Ingress: []string{"!100.64.32.20"}}),
+		kl("d", v1alpha1.KubeLinkSpec{Endpoint: "172.30.0.41:8088", ClusterAddress: "192.168.0.14/24", CIDR: "100.64.48.0/20"}),
+	}, mesh.ParseOptions{DefaultPort: 8088})
+	for n, v := range m.Verdicts {
+		if !v.Accepted() {
+			t.Fatalf("link %s: %s %s", n, v.State, v.Message)
+		}
+	}
+	ms := m.Meshes[0]
+	b, _ := m.Link("b")
+	a, _ := m.Link("a")
+	probe := netip.MustParseAddrPort("192.168.0.13:8779")
+	pol := connectionPolicy(ms, b, []*mesh.Link{a}, probe)
+	if pol.Probe != probe {
+		t.Errorf("probe = %s", pol.Probe)
+	}
+	ip := netip.MustParseAddr
+	for _, c := range []struct {
+		src, dst string
+		source   bool // an allowed source
+		ingress  bool // passes the ingress check
+		why      string
+	}{
+		{"192.168.0.12", "100.64.32.20", true, true, "b to C's ClusterIP: b has no rule"},
+		{"100.64.16.5", "100.64.32.20", true, true, "from b's service CIDR"},
+		{"192.168.0.11", "100.64.32.20", true, false, "a's rule denies C's ClusterIP to a's traffic through b"},
+		{"100.64.0.7", "100.64.32.20", true, false, "a's service CIDR is a's too"},
+		{"192.168.0.11", "100.64.32.21", true, true, "a to another ClusterIP of C"},
+		{"192.168.0.11", "192.168.0.13", true, true, "a to C's cluster address"},
+		{"192.168.0.11", "100.64.48.1", true, true, "a to member d's networks: transit, d's business"},
+		{"192.168.0.14", "100.64.32.21", false, false, "d's address through b: spoofed"},
+		{"10.99.0.1", "100.64.32.21", false, false, "nobody's address"},
+	} {
+		if got := slicesContain(pol.AllowedSources, ip(c.src)); got != c.source {
+			t.Errorf("%s: source %s allowed %v, want %v", c.why, c.src, got, c.source)
+		}
+		if got := pol.Ingress(ip(c.src), ip(c.dst)); got != c.ingress {
+			t.Errorf("%s: %s -> %s passes %v, want %v", c.why, c.src, c.dst, got, c.ingress)
+		}
+	}
+
+	// Without transit links the connection is b's alone.
+	alone := connectionPolicy(ms, b, nil, probe)
+	if slicesContain(alone.AllowedSources, ip("192.168.0.11")) || alone.Ingress(ip("192.168.0.11"), ip("100.64.32.21")) {
+		t.Error("b's connection accepts a's packets although no link uses b as gatewayLink")
+	}
+}
+
+func slicesContain(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
