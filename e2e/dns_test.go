@@ -121,8 +121,7 @@ func TestMeshDNSFollowsLinkHealth(t *testing.T) {
 			}
 			t.Logf("link b Up %s after B's brokers were started again; %s resolves %s later", upAfter.Round(10*time.Millisecond), name, backAfter.Round(10*time.Millisecond))
 			fmt.Printf("BENCH e2e_dns_back_after_up_seconds %.2f\n", backAfter.Seconds())
-			ip, _ := lab.B.ServiceIP(ctx, "echo")
-			expectEcho(ctx, t, lab.A, pod, "http://"+ip+"/", "b", 30*time.Second)
+			expectEcho(ctx, t, lab.A, pod, echoURL(ctx, t, lab.B), "b", 30*time.Second)
 			return ctx
 		}).Feature()
 	testenv.Test(t, f)

@@ -58,38 +58,45 @@ func gatewayNode(ctx context.Context, t *testing.T, c *Cluster) string {
 	return n
 }
 
+// echoURL is the URL of cluster c's echo Service by ClusterIP.
+func echoURL(ctx context.Context, t *testing.T, c *Cluster) string {
+	t.Helper()
+	ip, err := c.ServiceIP(ctx, "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "http://" + ip + "/"
+}
+
+// clientsAndGateway are cluster c's client pods by node and its gateway node.
+func clientsAndGateway(ctx context.Context, t *testing.T, c *Cluster) (map[string]string, string) {
+	t.Helper()
+	clients, err := c.Clients(ctx)
+	if err != nil || len(clients) == 0 {
+		t.Fatalf("no client pods in %s: %v", c.Name, err)
+	}
+	return clients, gatewayNode(ctx, t, c)
+}
+
 func TestCrossClusterByClusterIP(t *testing.T) {
 	f := features.New("cross-cluster traffic by ClusterIP").
 		Assess("A → B from a pod on the gateway node and from a pod on the other node", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
-			ip, err := lab.B.ServiceIP(ctx, "echo")
-			if err != nil {
-				t.Fatal(err)
-			}
-			clients, err := lab.A.Clients(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			gw := gatewayNode(ctx, t, lab.A)
+			url := echoURL(ctx, t, lab.B)
+			clients, gw := clientsAndGateway(ctx, t, lab.A)
 			if len(clients) < 2 || clients[gw] == "" {
 				t.Fatalf("want client pods on both nodes of A incl. the gateway node %s, have %v", gw, clients)
 			}
 			for node, pod := range clients {
 				t.Logf("client %s on node %s (gateway: %v)", pod, node, node == gw)
-				expectEcho(ctx, t, lab.A, pod, "http://"+ip+"/", "b", 30*time.Second)
+				expectEcho(ctx, t, lab.A, pod, url, "b", 30*time.Second)
 			}
 			return ctx
 		}).
 		Assess("B → A", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
-			ip, err := lab.A.ServiceIP(ctx, "echo")
-			if err != nil {
-				t.Fatal(err)
-			}
-			clients, err := lab.B.Clients(ctx)
-			if err != nil || len(clients) == 0 {
-				t.Fatalf("no client pod in B: %v %v", clients, err)
-			}
+			url := echoURL(ctx, t, lab.A)
+			clients, _ := clientsAndGateway(ctx, t, lab.B)
 			for _, pod := range clients {
-				expectEcho(ctx, t, lab.B, pod, "http://"+ip+"/", "a", 30*time.Second)
+				expectEcho(ctx, t, lab.B, pod, url, "a", 30*time.Second)
 			}
 			return ctx
 		}).Feature()
@@ -161,15 +168,8 @@ func activeBroker(ctx context.Context, c *Cluster) (string, error) {
 func TestBrokerFailover(t *testing.T) {
 	f := features.New("broker failover").
 		Assess("deleting the active broker pod of A: traffic A → B back within 5 s", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
-			ip, err := lab.B.ServiceIP(ctx, "echo")
-			if err != nil {
-				t.Fatal(err)
-			}
-			clients, err := lab.A.Clients(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			gw := gatewayNode(ctx, t, lab.A)
+			url := echoURL(ctx, t, lab.B)
+			clients, gw := clientsAndGateway(ctx, t, lab.A)
 			var pod string
 			for node, p := range clients {
 				if node != gw {
@@ -179,7 +179,6 @@ func TestBrokerFailover(t *testing.T) {
 			if pod == "" {
 				t.Fatalf("no client outside the gateway node %s: %v", gw, clients)
 			}
-			url := "http://" + ip + "/"
 			expectEcho(ctx, t, lab.A, pod, url, "b", 30*time.Second)
 			active, err := activeBroker(ctx, lab.A)
 			if err != nil {
@@ -215,10 +214,9 @@ func TestBrokerFailover(t *testing.T) {
 				t.Errorf("the deleted pod %s still holds the Lease", active)
 			}
 			// B → A also recovers (B reaches A through A's NodePort).
-			bclients, _ := lab.B.Clients(ctx)
-			aip, _ := lab.A.ServiceIP(ctx, "echo")
+			bclients, _ := clientsAndGateway(ctx, t, lab.B)
 			for _, p := range bclients {
-				expectEcho(ctx, t, lab.B, p, "http://"+aip+"/", "a", 30*time.Second)
+				expectEcho(ctx, t, lab.B, p, echoURL(ctx, t, lab.A), "a", 30*time.Second)
 			}
 			return ctx
 		}).Feature()
@@ -289,10 +287,9 @@ func TestRouterRestartKeepsRoutes(t *testing.T) {
 			}
 			time.Sleep(2 * time.Second) // a resync of the new routers
 			check("after the routers restarted")
-			ip, _ := lab.B.ServiceIP(ctx, "echo")
-			clients, _ := lab.A.Clients(ctx)
+			clients, _ := clientsAndGateway(ctx, t, lab.A)
 			for _, p := range clients {
-				expectEcho(ctx, t, lab.A, p, "http://"+ip+"/", "b", 10*time.Second)
+				expectEcho(ctx, t, lab.A, p, echoURL(ctx, t, lab.B), "b", 10*time.Second)
 			}
 			return ctx
 		}).Feature()
@@ -352,10 +349,9 @@ func TestInvalidKubeLink(t *testing.T) {
 			if err != nil || b.Status.State != v1alpha1.StateUp {
 				t.Errorf("link b: %v %+v", err, b.Status)
 			}
-			ip, _ := lab.B.ServiceIP(ctx, "echo")
-			clients, _ := lab.A.Clients(ctx)
+			clients, _ := clientsAndGateway(ctx, t, lab.A)
 			for _, p := range clients {
-				expectEcho(ctx, t, lab.A, p, "http://"+ip+"/", "b", 10*time.Second)
+				expectEcho(ctx, t, lab.A, p, echoURL(ctx, t, lab.B), "b", 10*time.Second)
 				break
 			}
 			return ctx

@@ -9,25 +9,16 @@ import (
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/clusterlab"
+	"github.com/kubelink/kubelink/lib/selfexec"
 )
 
-// runMainEnv makes the test binary act as kubelink-bridge, so the tests run
-// the real main with real flags in a child process.
+// runMainEnv makes the test binary act as the command (lib/selfexec), so
+// the tests run the real main with real flags in a child process.
 const runMainEnv = "KUBELINK_BRIDGE_RUN_MAIN"
 
-func TestMain(m *testing.M) {
-	if os.Getenv(runMainEnv) == "1" {
-		main()
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { selfexec.Main(m, runMainEnv, main) }
 
-func runBinary(args ...string) *exec.Cmd {
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), runMainEnv+"=1")
-	return cmd
-}
+func runBinary(args ...string) *exec.Cmd { return selfexec.Command(runMainEnv, args...) }
 
 // The bridge has the broker's bridge flags and no WireGuard or mode flags.
 func TestFlags(t *testing.T) {

@@ -19,26 +19,17 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/selfexec"
 	"github.com/kubelink/kubelink/lib/testenv"
 )
 
-// runMainEnv makes the test binary act as kubelink-meshdns, so the test
-// runs the real main with real flags in a child process.
+// runMainEnv makes the test binary act as the command (lib/selfexec), so
+// the tests run the real main with real flags in a child process.
 const runMainEnv = "KUBELINK_MESHDNS_RUN_MAIN"
 
-func TestMain(m *testing.M) {
-	if os.Getenv(runMainEnv) == "1" {
-		main()
-		os.Exit(0)
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { selfexec.Main(m, runMainEnv, main) }
 
-func runBinary(args ...string) *exec.Cmd {
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), runMainEnv+"=1")
-	return cmd
-}
+func runBinary(args ...string) *exec.Cmd { return selfexec.Command(runMainEnv, args...) }
 
 func TestFlagErrorsAreReported(t *testing.T) {
 	out, err := runBinary("--dns-propagation=bogus", "--kubeconfig=/nonexistent").CombinedOutput()
