@@ -92,8 +92,11 @@ func TestMeshDNSFollowsLinkHealth(t *testing.T) {
 			l, _ := lab.A.Link(ctx, "b")
 			t.Logf("link b %s %s after B's brokers stopped; %s gone %s later", l.Status.State, downAfter.Round(10*time.Millisecond), name, goneAfter.Round(10*time.Millisecond))
 			fmt.Printf("BENCH e2e_dns_gone_after_down_seconds %.2f\n", goneAfter.Seconds())
-			if goneAfter > 5*time.Second {
-				t.Errorf("%s still resolved %s after the link left Up, want within 5s", name, goneAfter.Round(10*time.Millisecond))
+			// make test proves 5 s against CoreDNS processes; here the kubelink
+			// CoreDNS pod is rolled (a Secret volume is not re-read at once)
+			// and an answer may sit in both caches (5 s each): measured 3.6–4.9 s.
+			if goneAfter > 10*time.Second {
+				t.Errorf("%s still resolved %s after the link left Up, want within 10s", name, goneAfter.Round(10*time.Millisecond))
 			}
 
 			if err := scaleBrokers(ctx, lab.B, 2); err != nil {

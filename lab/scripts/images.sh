@@ -5,6 +5,7 @@
 #   kubelink/{meshdns,certwatch}:TAG     static binary alone, user 65532
 #   kubelink/coredns:TAG                 CoreDNS v1.12.1 + plugin kubelinkglobal, user 65532
 #   kubelink-lab/toolbox:TAG             busybox (wget, nslookup, httpd) for the lab's echo and client pods
+#   kubelink-lab/cni:TAG                 the lab's CNI agent (lab/cni)
 # TAG is the version (git describe); never "latest".
 # Usage: images.sh TAG
 set -euo pipefail
@@ -42,3 +43,10 @@ build "kubelink/coredns:$TAG" Dockerfile.static "$CACHE/bin/coredns-v1.12.1/core
 printf 'FROM %s\nRUN mkdir -p /opt/busybox && busybox --install -s /opt/busybox\nENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/busybox\nENTRYPOINT []\nCMD ["sleep","infinity"]\n' "$BASE" |
   DOCKER_BUILDKIT=0 $DOCKER build -q -t "kubelink-lab/toolbox:$TAG" - >/dev/null
 log "built kubelink-lab/toolbox:$TAG"
+# The lab's CNI agent: debian-net (ip, iptables) + kubectl + lab/cni/lab-cni.sh.
+install -m 0755 "$CACHE/bin/$K8S_VERSION/kubectl" "$W/kubectl"
+install -m 0755 "$ROOT/lab/cni/lab-cni.sh" "$W/lab-cni.sh"
+printf 'FROM %s\nCOPY kubectl lab-cni.sh /usr/local/bin/\nENTRYPOINT ["/usr/local/bin/lab-cni.sh"]\n' "$BASE" >"$W/Dockerfile.cni"
+DOCKER_BUILDKIT=0 $DOCKER build -q -f "$W/Dockerfile.cni" -t "kubelink-lab/cni:$TAG" "$W" >/dev/null
+rm -f "$W/kubectl" "$W/lab-cni.sh" "$W/Dockerfile.cni"
+log "built kubelink-lab/cni:$TAG"

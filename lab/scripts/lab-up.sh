@@ -21,17 +21,17 @@ if [[ -z $NODE_IMAGE ]]; then
   NODE_IMAGE=$("$ROOT/lab/scripts/node-image.sh" --print-node-image)
 fi
 "$ROOT/lab/scripts/images.sh" "$TAG"
-IMAGES="kubelink/broker:$TAG kubelink/router:$TAG kubelink/meshdns:$TAG kubelink/certwatch:$TAG kubelink/coredns:$TAG kubelink-lab/toolbox:$TAG"
+IMAGES="kubelink/broker:$TAG kubelink/router:$TAG kubelink/meshdns:$TAG kubelink/certwatch:$TAG kubelink/coredns:$TAG kubelink-lab/toolbox:$TAG kubelink-lab/cni:$TAG"
 
-# Per-cluster facts: name pod-CIDR service-CIDR mesh-address and the pod /24 of each node.
+# Per-cluster facts: pod CIDR, service CIDR, mesh address, node roles.
 declare -A POD=([a]=10.110.0.0/16 [b]=10.120.0.0/16)
 declare -A SVC=([a]=100.64.0.0/20 [b]=100.64.16.0/20)
 declare -A MESH=([a]=192.168.0.11 [b]=192.168.0.12)
-declare -A NODES=([a]="control-plane:10.110.0.0/24 worker:10.110.1.0/24" [b]="control-plane:10.120.0.0/24")
+declare -A NODES=([a]="control-plane worker" [b]="control-plane")
 kc() { local c=$1; shift; "$KUBECTL" --kubeconfig "$LAB_DIR/$c/kubeconfig" "$@"; }
 
 create_cluster() { # c
-  local c=$1 d=$LAB_DIR/$1 name=lab-$1 role subnet
+  local c=$1 d=$LAB_DIR/$1 name=lab-$1 role
   mkdir -p "$d"
   if "$KIND" get clusters 2>/dev/null | grep -qx "$name"; then
     "$KIND" get kubeconfig --name "$name" >"$d/kubeconfig"
@@ -52,25 +52,15 @@ create_cluster() { # c
     echo "  kind: KubeletConfiguration"
     echo "  failCgroupV1: false"
     echo "nodes:"
-    for n in ${NODES[$c]}; do
-      role=${n%%:*}; subnet=${n#*:}
-      # The lab's CNI: ptp + host-local with a fixed /24 per node. Routes
-      # between the nodes and masquerading to the node network are added
-      # after creation (plumb_nodes).
-      cat >"$d/cni-$role.conflist" <<J
-{"cniVersion": "0.4.0", "name": "kubelink-lab", "plugins": [
-  {"type": "ptp", "ipMasq": false, "mtu": 1500,
-   "ipam": {"type": "host-local", "ranges": [[{"subnet": "$subnet"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
-  {"type": "portmap", "capabilities": {"portMappings": true}}]}
-J
+    for role in ${NODES[$c]}; do
       echo "- role: $role"
       echo "  image: $NODE_IMAGE"
-      echo "  extraMounts: [{hostPath: $d/cni-$role.conflist, containerPath: /etc/cni/net.d/10-kubelink-lab.conflist, readOnly: true}]"
     done
   } >"$d/kind.yaml"
   log "creating cluster $name"
   local s; s=$(date +%s)
-  "$KIND" create cluster --name "$name" --config "$d/kind.yaml" --kubeconfig "$d/kubeconfig" --wait 5m >"$d/create.log" 2>&1 ||
+  # No --wait: the nodes become Ready only once the lab's CNI agent runs.
+  "$KIND" create cluster --name "$name" --config "$d/kind.yaml" --kubeconfig "$d/kubeconfig" >"$d/create.log" 2>&1 ||
     { tail -30 "$d/create.log" >&2; die "kind create cluster $name failed (log: $d/create.log)"; }
   log "cluster $name created in $(( $(date +%s) - s ))s"
 }
@@ -80,7 +70,7 @@ cluster_healthy() {
   local c=$1 n want=0 ready
   for n in ${NODES[$c]}; do
     want=$((want + 1))
-    [[ $($DOCKER inspect -f '{{.State.Running}}' "lab-$c-${n%%:*}" 2>/dev/null) == true ]] || return 1
+    [[ $($DOCKER inspect -f '{{.State.Running}}' "lab-$c-$n" 2>/dev/null) == true ]] || return 1
   done
   ready=$(timeout 20 "$KUBECTL" --kubeconfig "$LAB_DIR/$c/kubeconfig" --request-timeout=5s get nodes \
     -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null | grep -c True)
@@ -89,20 +79,14 @@ cluster_healthy() {
 
 node_ip() { $DOCKER inspect -f '{{.NetworkSettings.Networks.kind.IPAddress}}' "$1"; }
 
-# plumb_nodes c: routes between the nodes' pod /24s and masquerading of pod
-# traffic to the node network (what kindnetd does in a normal kind cluster).
-plumb_nodes() {
-  local c=$1 n m node other
-  for n in ${NODES[$c]}; do
-    node=lab-$c-${n%%:*}
-    for m in ${NODES[$c]}; do
-      [[ $m == "$n" ]] && continue
-      other=lab-$c-${m%%:*}
-      $DOCKER exec "$node" ip route replace "${m#*:}" via "$(node_ip "$other")"
-    done
-    $DOCKER exec "$node" sh -c "iptables -t nat -C POSTROUTING -s ${POD[$c]} -d $NODE_NET -j MASQUERADE 2>/dev/null ||
-      iptables -t nat -A POSTROUTING -s ${POD[$c]} -d $NODE_NET -j MASQUERADE"
-  done
+# start_cni c: the lab's CNI agent (lab/cni), then every node Ready.
+start_cni() {
+  local c=$1
+  kc "$c" -n kube-system create configmap kubelink-lab-cni --from-literal=CLUSTER_POD_CIDR="${POD[$c]}" \
+    --from-literal=NODE_NET="$NODE_NET" --dry-run=client -o yaml | kc "$c" apply -f - >/dev/null
+  sed "s|kubelink-lab/cni:TAG|kubelink-lab/cni:$TAG|" "$ROOT/lab/cni/lab-cni.yaml" | kc "$c" apply -f - >/dev/null
+  kc "$c" wait --for=condition=Ready nodes --all --timeout=300s >/dev/null ||
+    die "the nodes of lab-$c did not become Ready (lab/scripts/lab-diag.sh shows why)"
 }
 
 # The cluster DNS forwards the mesh domain to the kubelink CoreDNS (kind's
@@ -196,10 +180,10 @@ create_cluster b
 NODE_NET=$($DOCKER network inspect kind -f '{{range .IPAM.Config}}{{if .Subnet}}{{.Subnet}} {{end}}{{end}}' | tr ' ' '\n' | grep -m1 '\.')
 [[ -n $NODE_NET ]] || die "no IPv4 subnet on docker network kind"
 for c in a b; do
-  plumb_nodes "$c"
   # shellcheck disable=SC2086
   "$KIND" load docker-image --name "lab-$c" $IMAGES >"$LAB_DIR/$c/load.log" 2>&1 ||
     { cat "$LAB_DIR/$c/load.log" >&2; die "kind load into lab-$c failed"; }
+  start_cni "$c"
   for _ in $(seq 1 60); do kc "$c" get sa default >/dev/null 2>&1 && break; sleep 1; done
   deploy "$c"
 done
