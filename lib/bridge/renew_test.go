@@ -54,10 +54,7 @@ func TestConnectorRenewMovesToTheNewCertificate(t *testing.T) {
 	if _, err := transfer(a.ns, b.cluster4.Addr().String(), srv, randomData(1<<20), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := a.conn.LinkStats("b")
-	if before.TxBytes < 1<<20 {
-		t.Fatalf("a sent %d bytes to b, want at least 1 MiB", before.TxBytes)
-	}
+	before := waitTxBytes(t, a.conn, "b", 1<<20)
 	oldPeer := a.pump.Peer("b")
 	a.mu.Lock()
 	a.events = nil
@@ -101,8 +98,8 @@ func TestConnectorRenewMovesToTheNewCertificate(t *testing.T) {
 	if st := b.status(t); st.State != Connected {
 		t.Errorf("b: %+v", st)
 	}
-	after, _ := a.conn.LinkStats("b")
-	if after.TxBytes < before.TxBytes+8<<20 || after.RxFrames <= before.RxFrames {
+	after := waitTxBytes(t, a.conn, "b", before.TxBytes+8<<20)
+	if after.RxFrames <= before.RxFrames {
 		t.Errorf("link counters lost across the renewal: before %+v, after %+v", before, after)
 	}
 }
@@ -195,5 +192,23 @@ func TestPolicyLetsTheProbePass(t *testing.T) {
 		if got := pol.allowsIngress(&info); got != c.passes {
 			t.Errorf("%s: passes %v, want %v", c.name, got, c.passes)
 		}
+	}
+}
+
+// waitTxBytes waits (2 s at most) until the link has sent at least min bytes
+// and fails the test otherwise. The writer counts a batch after its write
+// returned, which may be after the peer already answered.
+func waitTxBytes(t *testing.T, c *Connector, id string, min uint64) PeerStats {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		st, _ := c.LinkStats(id)
+		if st.TxBytes >= min {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("link %s sent %d bytes, want at least %d (counters lost?)", id, st.TxBytes, min)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
