@@ -111,3 +111,52 @@ func TestMeshServices(t *testing.T) {
 		t.Errorf("message %q", ms.Status.Message)
 	}
 }
+
+// The same MeshServices through the TLS bridge: B's broker in pod mode with
+// --mode=bridge binds a virtual address and a port of its cluster address;
+// A reaches both, and they go with the MeshServices.
+func TestMeshServicesBridge(t *testing.T) {
+	lab := New(t, 2)
+	a, b := lab.Clusters[0], lab.Clusters[1]
+	ca := NewBridgeCA(t)
+	pod, _ := b.BrokerPod()
+	a.StartRouter(lab)
+	b.StartRouter(lab)
+	b.StartRouterOn(lab, b.GW)
+	a.StartBroker(lab, a.GW, BridgeFlags(ca.CertDir(t, a))...)
+	b.StartBrokerInPod(lab, pod, BridgeFlags(ca.CertDir(t, b))...)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	must(t, b.Kube.Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "echo", Namespace: "default"}, Spec: corev1.ServiceSpec{
+		ClusterIP: b.ServiceIP.Addr().String(),
+		Ports:     []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}}}))
+	b.Apply(
+		msvc("virtual", v1alpha1.MeshServiceSpec{Service: "echo", MeshAddress: "192.168.0.100"}),
+		msvc("ported", v1alpha1.MeshServiceSpec{Service: "echo", Ports: []v1alpha1.ServicePort{{Port: 8800}},
+			Endpoints: []v1alpha1.ServiceEndpoint{{PortMappings: []v1alpha1.PortMapping{{Port: intstr.FromInt32(8800), TargetPort: intstr.FromString("http")}}}}}),
+	)
+	toB := BridgeLinkTo(b)
+	toB.Spec.Egress = []string{"192.168.0.100"}
+	a.Apply(a.LocalLink(), toB)
+	b.Apply(b.LocalLink(), BridgeLinkTo(a))
+
+	for _, target := range []string{"192.168.0.100:80", "192.168.0.12:8800"} {
+		if body, _ := WaitGet(t, a.Pod, netip.MustParseAddrPort(target), 10*time.Second); !strings.Contains(body, "echo b") {
+			t.Errorf("%s answered %q", target, body)
+		}
+	}
+	for _, n := range []string{"virtual", "ported"} {
+		if ms := b.waitServiceState(t, n, v1alpha1.StateOk, 5*time.Second); ms.Status.Targets == "" {
+			t.Errorf("%s: no targets in %+v", n, ms.Status)
+		}
+	}
+	for _, n := range []string{"virtual", "ported"} {
+		must(t, b.Kube.Delete(ctx, msvc(n, v1alpha1.MeshServiceSpec{})))
+	}
+	waitFor(t, "the MeshServices to become unreachable", 5*time.Second, func() bool {
+		_, err1 := Get(a.Pod, netip.MustParseAddrPort("192.168.0.100:80"), "/", 500*time.Millisecond)
+		_, err2 := Get(a.Pod, netip.MustParseAddrPort("192.168.0.12:8800"), "/", 500*time.Millisecond)
+		return err1 != nil && err2 != nil
+	})
+}

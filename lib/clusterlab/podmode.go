@@ -10,8 +10,9 @@ import (
 // BrokerPod adds a pod on the gateway node for a broker in pod mode, with
 // what a CNI (ptp) and a Service would provide: the pod's subnet is routed to the
 // gateway node from the other nodes, pod egress to the internet is
-// masqueraded to the node, and the WireGuard port of the node's internet
-// address is forwarded to the pod (like a NodePort or LoadBalancer).
+// masqueraded to the node, and the WireGuard port (UDP 8777) and the bridge
+// port (TCP 8088) of the node's internet address are forwarded to the pod
+// (like a NodePort or LoadBalancer).
 func (c *Cluster) BrokerPod() (*nstest.Namespace, netip.Addr) {
 	t := c.t
 	pod := nstest.New(t, c.Name+"bpod")
@@ -29,6 +30,8 @@ func (c *Cluster) BrokerPod() (*nstest.Namespace, netip.Addr) {
 	c.GW.Run(t, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", c.PodCIDR.String(), "-o", "inet0", "-j", "MASQUERADE")
 	c.GW.Run(t, "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "inet0", "-p", "udp", "--dport", "8777",
 		"-j", "DNAT", "--to-destination", podIP.String()+":8777")
+	c.GW.Run(t, "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "inet0", "-p", "tcp", "--dport", "8088",
+		"-j", "DNAT", "--to-destination", podIP.String()+":8088")
 	return pod, podIP
 }
 
