@@ -191,7 +191,12 @@ func TestBrokerFailover(t *testing.T) {
 			if err := lab.A.Res.Delete(ctx, &victim); err != nil {
 				t.Fatal(err)
 			}
+			// Back means: another replica holds the Lease (the deleted one
+			// may serve a moment longer while it terminates) and traffic flows.
 			took, err := Eventually(ctx, 60*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
+				if holder, err := activeBroker(ctx, lab.A); err != nil || holder == active {
+					return fmt.Errorf("the Lease is still with %s (%v)", active, err)
+				}
 				out, err := lab.A.Exec(ctx, pod, "timeout", "1", "busybox", "wget", "-q", "-O", "-", url)
 				if err != nil {
 					return err

@@ -51,7 +51,7 @@ trap 'rm -f "$tmp" "$tmpstamp"' EXIT
 (cd "$ROOT/lab/tools/coredns" && GOWORK=off CGO_ENABLED=0 go build -trimpath \
   -ldflags "-s -w" \
   -o "$tmp" .)
-"$tmp" -plugins | grep -qE '^[[:space:]]*(dns\.)?kubelinkglobal$' || { echo "built CoreDNS lacks the kubelinkglobal plugin" >&2; exit 1; }
+"$tmp" -plugins | grep -E '^[[:space:]]*(dns\.)?kubelinkglobal$' >/dev/null || { echo "built CoreDNS lacks the kubelinkglobal plugin" >&2; exit 1; }
 echo "$want" > "$tmpstamp"
 mv "$tmp" "$BIN"   # atomic: a killed build never leaves a half binary
 mv "$tmpstamp" "$STAMP"

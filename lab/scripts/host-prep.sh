@@ -35,7 +35,10 @@ fi
 
 # dockerd.
 DOCKER=/usr/bin/docker
-if $DOCKER info 2>/dev/null | grep -q 'Default Runtime: capfilter'; then
+# (captured first: `docker info | grep -q` fails under pipefail when grep
+# quits before docker has written everything)
+runtime() { local info; info=$($DOCKER info 2>/dev/null) || return 0; grep -o 'Default Runtime: [a-z0-9-]*' <<<"$info" || true; }
+if [[ $(runtime) == "Default Runtime: capfilter" ]]; then
   echo "host-prep: dockerd runs with the capfilter runtime"
 elif $DOCKER info >/dev/null 2>&1; then
   if [[ -n $($DOCKER ps -q) ]]; then
@@ -50,7 +53,7 @@ if ! $DOCKER info >/dev/null 2>&1; then
   nohup /usr/sbin/dockerd --add-runtime "capfilter=$WRAPPER" --default-runtime capfilter \
     >"${DOCKERD_LOG:-/var/log/kubelink-dockerd.log}" 2>&1 &
   for _ in $(seq 1 120); do $DOCKER info >/dev/null 2>&1 && break; sleep 0.5; done
-  $DOCKER info 2>/dev/null | grep -q 'Default Runtime: capfilter' || {
+  [[ $(runtime) == "Default Runtime: capfilter" ]] || {
     echo "host-prep: dockerd did not come up; see ${DOCKERD_LOG:-/var/log/kubelink-dockerd.log}" >&2; exit 1; }
   echo "host-prep: dockerd started"
 fi

@@ -14,7 +14,7 @@ for id in $($DOCKER ps -aq --filter label=io.x-k8s.kind.cluster=lab-a) \
   vols+=" $($DOCKER inspect -f '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}' "$id")"
 done
 for name in lab-a lab-b; do
-  if [[ -x $KIND ]] && "$KIND" get clusters 2>/dev/null | grep -qx "$name"; then
+  if [[ -x $KIND ]] && "$KIND" get clusters 2>/dev/null | grep -x "$name" >/dev/null; then
     log "deleting cluster $name"
     "$KIND" delete cluster --name "$name" >/dev/null 2>&1
   fi

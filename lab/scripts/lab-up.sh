@@ -33,7 +33,7 @@ kc() { local c=$1; shift; "$KUBECTL" --kubeconfig "$LAB_DIR/$c/kubeconfig" "$@";
 create_cluster() { # c
   local c=$1 d=$LAB_DIR/$1 name=lab-$1 role
   mkdir -p "$d"
-  if "$KIND" get clusters 2>/dev/null | grep -qx "$name"; then
+  if "$KIND" get clusters 2>/dev/null | grep -x "$name" >/dev/null; then
     "$KIND" get kubeconfig --name "$name" >"$d/kubeconfig"
     if cluster_healthy "$c"; then
       log "cluster $name exists and is healthy; reusing it"
