@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,11 @@ type Link struct {
 	// exactly this prefix.
 	ClusterAddress netip.Prefix
 	Policy         Policy
+	// Local is what this side announces to the peer of this link, when it
+	// differs from ConnectorConfig.Hello: a broker in several meshes has a
+	// cluster address per mesh and announces the one of the link's mesh.
+	// nil means ConnectorConfig.Hello.
+	Local *Hello
 }
 
 // LinkState is whether a link is connected.
@@ -69,8 +75,10 @@ type LinkStatus struct {
 type ConnectorConfig struct {
 	Pump  *Pump
 	Certs *Certs
-	// Hello is what this side announces; its ClusterAddress also decides
-	// the tie-break between crossing connections.
+	// Hello is what this side announces on links without their own Local
+	// HELLO, and to unknown peers outside the networks of all Local ones;
+	// the ClusterAddress of what a link announces also decides the
+	// tie-break between crossing connections.
 	Hello Hello
 	// Identify maps the identities of an authenticated client certificate
 	// (see Identities) to a link ID, "" for none. Default: the link whose
@@ -171,6 +179,14 @@ func NewConnector(cfg ConnectorConfig) (*Connector, error) {
 	return c, nil
 }
 
+// localOf is what this side announces to the peer of l.
+func (c *Connector) localOf(l Link) Hello {
+	if l.Local != nil {
+		return *l.Local
+	}
+	return c.cfg.Hello
+}
+
 // Backoff is the delay before attempt n (1 for the first retry): min·2^(n-1)
 // capped at max, of which a random part (r in [0,1)) up to a half is taken
 // off so that peers do not redial in step.
@@ -194,8 +210,11 @@ func KeepNew(local, remote netip.Prefix, newOutbound, oldOutbound bool) bool {
 }
 
 // SetLinks replaces the set of links: new ones are dialed, removed ones
-// disconnected, changed endpoints or cluster addresses reconnected, and a
-// changed policy applied to the connection in place.
+// disconnected, changed endpoints, cluster addresses or Local HELLOs
+// reconnected, and a changed policy applied to the connection in place.
+// Links with different Local HELLOs may share an endpoint (a peer that is
+// a member of several meshes): the accepting side then tells them apart
+// by the cluster address in the dialing side's HELLO.
 func (c *Connector) SetLinks(links []Link) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -208,7 +227,7 @@ func (c *Connector) SetLinks(links []Link) {
 	}
 	for id, ls := range c.links {
 		l, ok := want[id]
-		if ok && l.Endpoint == ls.link.Endpoint && l.ClusterAddress == ls.link.ClusterAddress {
+		if ok && l.Endpoint == ls.link.Endpoint && l.ClusterAddress == ls.link.ClusterAddress && SameHello(c.localOf(l), c.localOf(ls.link)) {
 			ls.link = l
 			if ls.peer != nil {
 				ls.peer.SetPolicy(l.Policy)
@@ -407,7 +426,7 @@ func (c *Connector) dialWith(ls *linkState, replace bool) error {
 		raw.Close()
 		return fmt.Errorf("TLS handshake with %s: %w", l.Endpoint, err)
 	}
-	local := c.cfg.Hello
+	local := c.localOf(l)
 	local.Replace = replace
 	hello, err := c.helloFor(tc, l, local, time.Until(start.Add(c.cfg.HandshakeTimeout)))
 	if err != nil {
@@ -424,12 +443,18 @@ func (c *Connector) helloFor(conn net.Conn, l Link, local Hello, timeout time.Du
 		conn.Close()
 		return Hello{}, fmt.Errorf("HELLO from %s: %w", l.Endpoint, err)
 	}
+	return h, checkHello(conn, l, h)
+}
+
+// checkHello rejects a peer whose HELLO does not match its link (and closes
+// conn).
+func checkHello(conn net.Conn, l Link, h Hello) error {
 	if h.ClusterAddress != l.ClusterAddress {
 		err := fmt.Errorf("peer announces cluster address %s, link %s has %s", h.ClusterAddress, l.ID, l.ClusterAddress)
 		_ = SendClose(conn, CloseRejected, err.Error(), closeTimeout)
-		return Hello{}, err
+		return err
 	}
-	return h, nil
+	return nil
 }
 
 // replaceGrace is how long a connection the peer replaced stays
@@ -449,7 +474,7 @@ func (c *Connector) install(ls *linkState, conn net.Conn, hello Hello, outbound,
 		_ = SendClose(conn, CloseRejected, "link removed", closeTimeout)
 		return errors.New("link removed")
 	}
-	if ls.peer != nil && !replace && !KeepNew(c.cfg.Hello.ClusterAddress, ls.link.ClusterAddress, outbound, ls.outbound) {
+	if ls.peer != nil && !replace && !KeepNew(c.localOf(ls.link).ClusterAddress, ls.link.ClusterAddress, outbound, ls.outbound) {
 		c.mu.Unlock()
 		_ = SendClose(conn, CloseRejected, errDuplicate.Error(), closeTimeout)
 		return errDuplicate
@@ -558,30 +583,60 @@ func (c *Connector) accept(raw net.Conn) error {
 		return fmt.Errorf("TLS handshake: %w", err)
 	}
 	ids := Identities(tc.ConnectionState().PeerCertificates[0])
+	timeout := func() time.Duration { return max(time.Until(start.Add(c.cfg.HandshakeTimeout)), time.Millisecond) }
 	c.mu.Lock()
-	var ls *linkState
-	if c.cfg.Identify != nil {
-		ls = c.links[c.cfg.Identify(ids)]
+	cands := c.candidates(ids)
+	var locals []Hello // what this side announces: to the candidates, or to anyone
+	if len(cands) > 0 {
+		for _, ls := range cands {
+			locals = appendHello(locals, c.localOf(ls.link))
+		}
 	} else {
-		for _, cand := range c.links {
-			host, _, err := net.SplitHostPort(cand.link.Endpoint)
-			if err == nil && MatchIdentity(ids, host) {
-				ls = cand
-				break
-			}
+		locals = appendHello(locals, c.cfg.Hello)
+		for _, ls := range c.links {
+			locals = appendHello(locals, c.localOf(ls.link))
 		}
 	}
 	c.mu.Unlock()
-	if ls == nil {
-		if c.cfg.OnUnknown != nil {
-			return c.unknown(tc, ids, time.Until(start.Add(c.cfg.HandshakeTimeout)))
-		}
+	if len(cands) == 0 && c.cfg.OnUnknown == nil {
 		err := fmt.Errorf("no link for peer %v", ids)
 		_ = SendClose(tc, CloseRejected, err.Error(), closeTimeout)
 		return err
 	}
-	hello, err := c.helloFor(tc, ls.link, c.cfg.Hello, time.Until(start.Add(c.cfg.HandshakeTimeout)))
-	if err != nil {
+	var hello Hello
+	var err error
+	if len(locals) == 1 {
+		// One HELLO for this peer whatever it says: send it at once.
+		if hello, err = Handshake(tc, locals[0], timeout()); err != nil {
+			tc.Close()
+			return fmt.Errorf("HELLO from %v: %w", ids, err)
+		}
+	} else {
+		// The peer's HELLO tells which of its links (meshes) it dialed for.
+		choose := func(remote Hello) Hello {
+			if ls := pickLink(cands, remote); ls != nil {
+				return c.localOf(ls.link)
+			}
+			for _, h := range locals {
+				if h.ClusterAddress.Masked().Contains(remote.ClusterAddress.Addr()) {
+					return h
+				}
+			}
+			return c.cfg.Hello
+		}
+		if hello, _, err = HandshakeAnswering(tc, choose, timeout()); err != nil {
+			tc.Close()
+			return fmt.Errorf("HELLO from %v: %w", ids, err)
+		}
+	}
+	if len(cands) == 0 {
+		return c.unknown(tc, ids, hello)
+	}
+	ls := pickLink(cands, hello)
+	if ls == nil {
+		ls = cands[0] // rejected below, with the reason
+	}
+	if err := checkHello(tc, ls.link, hello); err != nil {
 		return err
 	}
 	if err := c.install(ls, tc, hello, false, hello.Replace, time.Since(start)); err != nil && !errors.Is(err, errDuplicate) {
@@ -590,14 +645,58 @@ func (c *Connector) accept(raw net.Conn) error {
 	return nil
 }
 
-// unknown reads the HELLO of an authenticated peer without a link, hands
-// it to OnUnknown and closes the connection.
-func (c *Connector) unknown(tc *tls.Conn, ids []string, timeout time.Duration) error {
-	h, err := Handshake(tc, c.cfg.Hello, max(timeout, time.Millisecond))
-	if err != nil {
-		tc.Close()
-		return fmt.Errorf("HELLO from unknown peer %v: %w", ids, err)
+// candidates are the links an authenticated client certificate with ids
+// may be for, sorted by ID (caller holds c.mu): Identify's, else those
+// whose endpoint host is one of ids. A peer in several meshes has a link
+// in each.
+func (c *Connector) candidates(ids []string) []*linkState {
+	if c.cfg.Identify != nil {
+		if ls := c.links[c.cfg.Identify(ids)]; ls != nil {
+			return []*linkState{ls}
+		}
+		return nil
 	}
+	var cands []*linkState
+	for _, cand := range c.links {
+		host, _, err := net.SplitHostPort(cand.link.Endpoint)
+		if err == nil && MatchIdentity(ids, host) {
+			cands = append(cands, cand)
+		}
+	}
+	slices.SortFunc(cands, func(a, b *linkState) int { return strings.Compare(a.link.ID, b.link.ID) })
+	return cands
+}
+
+// pickLink is the candidate whose cluster address the peer announces, else
+// one in the network of that address (whose check then fails with the
+// reason), else nil.
+func pickLink(cands []*linkState, remote Hello) *linkState {
+	for _, ls := range cands {
+		if ls.link.ClusterAddress == remote.ClusterAddress {
+			return ls
+		}
+	}
+	for _, ls := range cands {
+		if ls.link.ClusterAddress.Masked() == remote.ClusterAddress.Masked() {
+			return ls
+		}
+	}
+	return nil
+}
+
+// appendHello adds h to hs unless hs has the same.
+func appendHello(hs []Hello, h Hello) []Hello {
+	for _, o := range hs {
+		if SameHello(o, h) {
+			return hs
+		}
+	}
+	return append(hs, h)
+}
+
+// unknown hands the HELLO of an authenticated peer without a link to
+// OnUnknown and closes the connection.
+func (c *Connector) unknown(tc *tls.Conn, ids []string, h Hello) error {
 	remote, _ := netip.ParseAddrPort(tc.RemoteAddr().String())
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	if err := c.cfg.OnUnknown(UnknownPeer{Identities: ids, Remote: remote, Hello: h}); err != nil {

@@ -35,11 +35,43 @@ func Handshake(conn net.Conn, local Hello, timeout time.Duration) (Hello, error)
 	if rerr != nil {
 		return Hello{}, rerr
 	}
+	return negotiated(conn, local, remote)
+}
+
+// negotiated checks that local and remote share a version, and tells the
+// peer with a CLOSE frame when they do not.
+func negotiated(conn net.Conn, local, remote Hello) (Hello, error) {
 	if _, err := Negotiate(local, remote); err != nil {
 		_, _ = conn.Write(AppendClose(nil, CloseUnsupportedVersion, err.Error()))
 		return Hello{}, err
 	}
 	return remote, nil
+}
+
+// HandshakeAnswering is Handshake for an accepting side that announces
+// different HELLOs to different peers (one cluster address per mesh): it
+// reads the peer's HELLO first and answers with choose(peer's HELLO). The
+// frames are those of Handshake; only the accepting side's order differs,
+// which a dialing side cannot tell, as it sends its HELLO without waiting.
+// It returns the peer's HELLO and the one sent.
+func HandshakeAnswering(conn net.Conn, choose func(remote Hello) Hello, timeout time.Duration) (remote, local Hello, err error) {
+	if err := conn.SetDeadline(time.Now().Add(timeout)); err != nil {
+		return Hello{}, Hello{}, err
+	}
+	defer conn.SetDeadline(time.Time{})
+	if remote, err = readHello(conn); err != nil {
+		return Hello{}, Hello{}, err
+	}
+	local = choose(remote)
+	frame, err := AppendHello(nil, local)
+	if err != nil {
+		return Hello{}, Hello{}, err
+	}
+	if _, err := conn.Write(frame); err != nil {
+		return Hello{}, Hello{}, fmt.Errorf("send HELLO: %w", err)
+	}
+	remote, err = negotiated(conn, local, remote)
+	return remote, local, err
 }
 
 // maxFramesBeforeHello bounds what a peer may send ahead of its HELLO

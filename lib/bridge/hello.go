@@ -292,3 +292,13 @@ func (r *reader) prefix() netip.Prefix {
 	}
 	return netip.PrefixFrom(a, bits)
 }
+
+// SameHello tells whether two HELLOs announce the same (Replace aside; of
+// the API extension only whether it is present).
+func SameHello(a, b Hello) bool {
+	if a.MinVersion != b.MinVersion || a.MaxVersion != b.MaxVersion || a.ClusterAddress != b.ClusterAddress ||
+		a.ServiceCIDR != b.ServiceCIDR || a.Port != b.Port || (a.DNS == nil) != (b.DNS == nil) || (a.API == nil) != (b.API == nil) {
+		return false
+	}
+	return a.DNS == nil || *a.DNS == *b.DNS
+}

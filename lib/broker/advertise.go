@@ -55,15 +55,6 @@ func LocalHello(cfg *Config, ms *mesh.Mesh) bridge.Hello {
 	return h
 }
 
-// sameHello tells whether two HELLOs announce the same (Replace aside).
-func sameHello(a, b bridge.Hello) bool {
-	if a.MinVersion != b.MinVersion || a.MaxVersion != b.MaxVersion || a.ClusterAddress != b.ClusterAddress ||
-		a.ServiceCIDR != b.ServiceCIDR || a.Port != b.Port || (a.DNS == nil) != (b.DNS == nil) || (a.API == nil) != (b.API == nil) {
-		return false
-	}
-	return a.DNS == nil || *a.DNS == *b.DNS
-}
-
 // Advertised is the status.advertised of a link from its peer's HELLO:
 // the advertised port and the DNS extension. A cluster domain that is not
 // a DNS name, and a DNS IP that is unspecified, multicast or

@@ -84,8 +84,8 @@ func TestLocalHelloRoundTrip(t *testing.T) {
 			if (adv == nil) != (tc.status == nil) || adv != nil && *adv != *tc.status {
 				t.Errorf("status.advertised = %+v, want %+v", adv, tc.status)
 			}
-			if !sameHello(h, got) {
-				t.Errorf("sameHello(sent, received) = false: %+v vs %+v", h, got)
+			if !bridge.SameHello(h, got) {
+				t.Errorf("SameHello(sent, received) = false: %+v vs %+v", h, got)
 			}
 		})
 	}

@@ -25,6 +25,13 @@ const DataPlaneBridge = "bridge"
 // the bridge data plane (--mode=bridge), and the kernel state around the
 // device (addresses, routes, SNAT, MeshService DNAT) like wgPlane. Ingress
 // rules are enforced in user space by the pump (Policy.Ingress).
+//
+// Several meshes share the device, the pump, the listener and one
+// Connector, as they share the WireGuard device: the device carries every
+// mesh's local address, and each link announces in its HELLO the local
+// cluster address of its own mesh (bridge.Link.Local). A peer that is in
+// two meshes with this cluster has a link in each; the accepting side
+// tells them apart by the cluster address in the peer's HELLO.
 type bridgePlane struct {
 	*gateway
 	log  *slog.Logger
@@ -37,7 +44,8 @@ type bridgePlane struct {
 	pump  *bridge.Pump
 	certs *bridge.Certs
 	conn  *bridge.Connector
-	hello bridge.Hello // what conn announces
+	hello bridge.Hello               // what conn announces by default (the first mesh's)
+	model atomic.Pointer[mesh.Model] // the last applied, for unknown peers
 
 	// For the metrics collector, which runs on other goroutines.
 	curConn  atomic.Pointer[bridge.Connector]
@@ -203,51 +211,18 @@ func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
 		return res
 	}
 
-	// Links, the routing table of the pump, and their policies. A transit
-	// link (gatewayLink) has no connection of its own: its networks are
-	// routed into its gateway link's connection, and that connection
-	// accepts its sources under its ingress rule.
+	// Links of every mesh, the routing table of the pump, and their
+	// policies (see meshLinks).
 	var links []bridge.Link
 	var table []routeEntry
 	via := map[string]string{} // link → the link whose connection carries it
-	if len(m.Meshes) > 0 {
-		ms := m.Meshes[0]
-		transit := map[string][]*mesh.Link{} // gateway link → transit links
-		for _, l := range ms.Members {
-			if l.GatewayLink != "" {
-				transit[l.GatewayLink] = append(transit[l.GatewayLink], l)
-			}
-		}
-		for _, l := range ms.Members {
-			name := l.Name.String()
-			switch {
-			case l.GatewayLink != "":
-				if gw, ok := m.Link(l.GatewayLink); !ok || gw.Endpoint.Kind != mesh.EndpointHost {
-					res.LinkErrs[name] = fmt.Errorf("gatewayLink %s has no bridge connection (it needs an endpoint host:port)", l.GatewayLink)
-					continue
-				}
-				via[name] = l.GatewayLink
-			case l.Endpoint.Kind != mesh.EndpointHost:
-				res.LinkErrs[name] = fmt.Errorf("bridge mode needs an endpoint host:port for link %s", name)
-				continue
-			default:
-				via[name] = name
-				pol := connectionPolicy(ms, l, transit[name], netip.AddrPortFrom(ms.Local.IP(), uint16(p.cfg.ProbePort)))
-				links = append(links, bridge.Link{ID: name, Endpoint: p.endpoint(l.Endpoint), ClusterAddress: l.Address, Policy: pol})
-			}
-			res.PeerOf[name] = mesh.Key{}
-			for _, d := range l.AllowedIPs() {
-				table = append(table, routeEntry{d, via[name]})
-			}
-		}
-	}
-	for _, ms := range m.Meshes[min(1, len(m.Meshes)):] {
-		for _, l := range ms.Members {
-			res.LinkErrs[l.Name.String()] = errors.New("bridge mode serves one mesh (the oldest LocalLink's); this link is in another")
-		}
+	for _, ms := range m.Meshes {
+		ls, t := p.meshLinks(m, ms, via, res)
+		links, table = append(links, ls...), append(table, t...)
 	}
 	slices.SortStableFunc(table, func(a, b routeEntry) int { return cmp.Compare(b.prefix.Bits(), a.prefix.Bits()) })
 	p.table.Store(&table)
+	p.model.Store(m)
 
 	if len(m.Meshes) == 0 {
 		p.closeConnector()
@@ -275,17 +250,66 @@ func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
 	return res
 }
 
-// connector makes sure a Connector announcing the local link of ms runs and
-// serves :BridgePort.
+// meshLinks are the Connector's links of mesh ms, each announcing the
+// local link of ms, with their routing table entries; it records in via
+// which connection carries each link and the errors of links it cannot
+// serve in res. A transit link (gatewayLink) has no connection of its own:
+// its networks are routed into its gateway link's connection, and that
+// connection accepts its sources under its ingress rule.
+func (p *bridgePlane) meshLinks(m *mesh.Model, ms *mesh.Mesh, via map[string]string, res planeResult) ([]bridge.Link, []routeEntry) {
+	var links []bridge.Link
+	var table []routeEntry
+	local := LocalHello(p.cfg, ms)
+	transit := map[string][]*mesh.Link{} // gateway link → transit links
+	for _, l := range ms.Members {
+		if l.GatewayLink != "" {
+			transit[l.GatewayLink] = append(transit[l.GatewayLink], l)
+		}
+	}
+	for _, l := range ms.Members {
+		name := l.Name.String()
+		switch {
+		case l.GatewayLink != "":
+			if gw, ok := m.Link(l.GatewayLink); !ok || gw.Endpoint.Kind != mesh.EndpointHost {
+				res.LinkErrs[name] = fmt.Errorf("gatewayLink %s has no bridge connection (it needs an endpoint host:port)", l.GatewayLink)
+				continue
+			}
+			via[name] = l.GatewayLink
+		case l.Endpoint.Kind != mesh.EndpointHost:
+			res.LinkErrs[name] = fmt.Errorf("bridge mode needs an endpoint host:port for link %s", name)
+			continue
+		default:
+			via[name] = name
+			pol := connectionPolicy(ms, l, transit[name], netip.AddrPortFrom(ms.Local.IP(), uint16(p.cfg.ProbePort)))
+			links = append(links, bridge.Link{ID: name, Endpoint: p.endpoint(l.Endpoint), ClusterAddress: l.Address, Policy: pol, Local: &local})
+		}
+		res.PeerOf[name] = mesh.Key{}
+		for _, d := range l.AllowedIPs() {
+			table = append(table, routeEntry{d, via[name]})
+		}
+	}
+	return links, table
+}
+
+// connector makes sure a Connector runs and serves :BridgePort; it
+// announces the local link of ms where a link does not say otherwise.
 func (p *bridgePlane) connector(ms *mesh.Mesh) error {
 	hello := LocalHello(p.cfg, ms)
-	if p.conn != nil && sameHello(hello, p.hello) {
+	if p.conn != nil && bridge.SameHello(hello, p.hello) {
 		return nil
 	}
 	p.closeConnector()
 	var onUnknown func(bridge.UnknownPeer) error
 	if p.unknown != nil {
-		onUnknown = func(u bridge.UnknownPeer) error { return p.unknown(ms, u) }
+		onUnknown = func(u bridge.UnknownPeer) error {
+			// Auto-connect into the mesh the peer's cluster address is in.
+			if m := p.model.Load(); m != nil {
+				if in, ok := m.MeshForAddress(u.Hello.ClusterAddress.Addr()); ok {
+					return p.unknown(in, u)
+				}
+			}
+			return p.unknown(ms, u) // refused: not in the mesh
+		}
 	}
 	conn, err := bridge.NewConnector(bridge.ConnectorConfig{Pump: p.pump, Certs: p.certs, Hello: hello, Logger: p.log,
 		MinBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second, OnUnknown: onUnknown,

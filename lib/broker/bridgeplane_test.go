@@ -2,11 +2,13 @@ package broker
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/bridge"
 	"github.com/kubelink/kubelink/lib/mesh"
 )
 
@@ -75,4 +77,76 @@ func slicesContain(ps []netip.Prefix, a netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// A in two meshes: the links of each mesh announce A's cluster address in
+// that mesh and are checked by that mesh's rules, and the routing table
+// covers both.
+func TestBridgeLinksOfSeveralMeshes(t *testing.T) {
+	kl := func(name string, spec v1alpha1.KubeLinkSpec) v1alpha1.KubeLink {
+		return v1alpha1.KubeLink{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec}
+	}
+	m := mesh.Build([]v1alpha1.KubeLink{
+		kl("a", v1alpha1.KubeLinkSpec{Endpoint: "LocalLink", ClusterAddress: "192.168.0.11/24", CIDR: "100.64.0.0/20"}),
+		kl("b", v1alpha1.KubeLinkSpec{Endpoint: "172.30.0.21:8088", ClusterAddress: "192.168.0.12/24", CIDR: "100.64.16.0/20"}),
+		kl("lab--a", v1alpha1.KubeLinkSpec{Endpoint: "LocalLink", ClusterAddress: "10.200.0.1/24", CIDR: "100.64.0.0/20"}),
+		kl("lab--c", v1alpha1.KubeLinkSpec{Endpoint: "172.30.0.31", ClusterAddress: "10.200.0.3/24", CIDR: "100.64.32.0/20"}),
+		kl("lab--d", v1alpha1.KubeLinkSpec{Endpoint: "Inbound", ClusterAddress: "10.200.0.4/24", CIDR: "100.64.48.0/20"}),
+	}, mesh.ParseOptions{DefaultPort: 8088})
+	if len(m.Meshes) != 2 {
+		t.Fatalf("%d meshes", len(m.Meshes))
+	}
+	p := &bridgePlane{gateway: &gateway{cfg: &Config{BridgePort: 8088, ProbePort: 8779}}}
+	res := planeResult{LinkErrs: map[string]error{}, PeerOf: map[string]mesh.Key{}}
+	via := map[string]string{}
+	links := map[string]bridge.Link{}
+	var table []routeEntry
+	for _, ms := range m.Meshes {
+		ls, tab := p.meshLinks(m, ms, via, res)
+		for _, l := range ls {
+			links[l.ID] = l
+		}
+		table = append(table, tab...)
+	}
+	want := map[string]struct{ local, endpoint string }{
+		"b":      {"192.168.0.11/24", "172.30.0.21:8088"},
+		"lab--c": {"10.200.0.1/24", "172.30.0.31:8088"},
+	}
+	if len(links) != len(want) {
+		t.Errorf("links %v, want %v", links, want)
+	}
+	for id, w := range want {
+		l, ok := links[id]
+		if !ok {
+			t.Errorf("no link %s", id)
+			continue
+		}
+		if l.Local == nil || l.Local.ClusterAddress.String() != w.local || l.Endpoint != w.endpoint {
+			t.Errorf("link %s announces %v at %s, want %s at %s", id, l.Local, l.Endpoint, w.local, w.endpoint)
+		}
+	}
+	if err := res.LinkErrs["lab--d"]; err == nil || !strings.Contains(err.Error(), "endpoint host:port") {
+		t.Errorf("inbound link lab--d: %v", err)
+	}
+	if len(res.LinkErrs) != 1 {
+		t.Errorf("link errors %v", res.LinkErrs)
+	}
+	// Each mesh's probe port and rules: C reaches A's address in lab, not B's networks.
+	c := links["lab--c"].Policy
+	if c.Probe != netip.MustParseAddrPort("10.200.0.1:8779") {
+		t.Errorf("lab--c probe %s", c.Probe)
+	}
+	ip := netip.MustParseAddr
+	if !c.Ingress(ip("10.200.0.3"), ip("100.64.0.20")) || c.Ingress(ip("10.200.0.3"), ip("100.64.16.20")) {
+		t.Error("lab--c: want A's services allowed and B's (another mesh) denied")
+	}
+	routes := map[string]string{}
+	for _, e := range table {
+		routes[e.prefix.String()] = e.link
+	}
+	for dst, l := range map[string]string{"100.64.16.0/20": "b", "192.168.0.12/32": "b", "100.64.32.0/20": "lab--c", "10.200.0.3/32": "lab--c"} {
+		if routes[dst] != l {
+			t.Errorf("route %s -> %q, want %s (table %v)", dst, routes[dst], l, routes)
+		}
+	}
 }

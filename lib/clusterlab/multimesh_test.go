@@ -93,19 +93,41 @@ func link(name, addr, cidr, endpoint, key string) *v1alpha1.KubeLink {
 
 // A is a member of two meshes: the default one with B and mesh "lab" with C.
 // Each peer sees A's traffic from A's address in the mesh they share.
-func TestTwoMeshes(t *testing.T) {
+func TestTwoMeshes(t *testing.T) { twoMeshes(t, false) }
+
+// TestTwoMeshes with the TLS bridge: one device, one listener and one
+// Connector in A serve both meshes, and each link announces the cluster
+// address of its own mesh in the HELLO.
+func TestTwoMeshesBridge(t *testing.T) { twoMeshes(t, true) }
+
+// twoMeshes is the body of TestTwoMeshes in the WireGuard or the bridge
+// data plane.
+func twoMeshes(t *testing.T, bridge bool) {
 	lab := New(t, 3)
 	a, b, c := lab.Clusters[0], lab.Clusters[1], lab.Clusters[2]
+	var ca *BridgeCA
+	if bridge {
+		ca = NewBridgeCA(t)
+	}
 	for _, cl := range lab.Clusters {
 		cl.StartRouter(lab)
-		cl.StartBroker(lab, cl.GW)
+		var flags []string
+		if bridge {
+			flags = BridgeFlags(ca.CertDir(t, cl))
+		}
+		cl.StartBroker(lab, cl.GW, flags...)
 	}
-	ep := func(cl *Cluster) string { return fmt.Sprintf("%s:8777", cl.InetIP) }
-	Connect(a, b)
-	a.Apply(link("lab--a", "10.200.0.1/24", a.ServiceCIDR.String(), v1alpha1.EndpointLocalLink, ""),
-		link("lab--c", "10.200.0.3/24", c.ServiceCIDR.String(), ep(c), c.PublicKey().String()))
-	c.Apply(link("lab--c", "10.200.0.3/24", c.ServiceCIDR.String(), v1alpha1.EndpointLocalLink, ""),
-		link("lab--a", "10.200.0.1/24", a.ServiceCIDR.String(), ep(a), a.PublicKey().String()))
+	// peer is the KubeLink by which another cluster reaches cl in a mesh.
+	peer := func(name, addr string, cl *Cluster) *v1alpha1.KubeLink {
+		if bridge {
+			return link(name, addr, cl.ServiceCIDR.String(), fmt.Sprintf("%s:8088", cl.InetIP), "")
+		}
+		return link(name, addr, cl.ServiceCIDR.String(), fmt.Sprintf("%s:8777", cl.InetIP), cl.PublicKey().String())
+	}
+	a.Apply(a.LocalLink(), peer(b.Name, b.MeshAddress.String(), b))
+	b.Apply(b.LocalLink(), peer(a.Name, a.MeshAddress.String(), a))
+	a.Apply(link("lab--a", "10.200.0.1/24", a.ServiceCIDR.String(), v1alpha1.EndpointLocalLink, ""), peer("lab--c", "10.200.0.3/24", c))
+	c.Apply(link("lab--c", "10.200.0.3/24", c.ServiceCIDR.String(), v1alpha1.EndpointLocalLink, ""), peer("lab--a", "10.200.0.1/24", a))
 
 	if body, _ := WaitGet(t, a.Pod, c.ServiceIP, 8*time.Second); !strings.Contains(body, "echo c from 10.200.0.1:") {
 		t.Errorf("A -> C answered %q; want C to see A's address in mesh lab", body)
@@ -116,11 +138,23 @@ func TestTwoMeshes(t *testing.T) {
 	if body, _ := WaitGet(t, c.Pod, a.ServiceIP, 5*time.Second); !strings.Contains(body, "echo a from 10.200.0.3:") {
 		t.Errorf("C -> A answered %q", body)
 	}
+	if body, _ := WaitGet(t, b.Pod, a.ServiceIP, 5*time.Second); !strings.Contains(body, "echo a from 192.168.0.12:") {
+		t.Errorf("B -> A answered %q", body)
+	}
 	// B and C share no mesh: C's services are not routed in B.
 	if strings.Contains(b.Node.Run(t, "ip", "route"), c.ServiceCIDR.String()) {
 		t.Error("B routes C's services without a shared mesh")
 	}
 	for _, n := range []string{"a", "b", "lab--a", "lab--c"} {
 		a.WaitState(n, v1alpha1.StateUp, 5*time.Second)
+	}
+	b.WaitState("a", v1alpha1.StateUp, 5*time.Second)
+	c.WaitState("lab--a", v1alpha1.StateUp, 5*time.Second)
+	if bridge {
+		for _, n := range []string{"b", "lab--c"} {
+			if _, kl := a.WaitState(n, v1alpha1.StateUp, time.Second); kl.Status.DataPlane != "bridge" {
+				t.Errorf("A's link %s: dataPlane %q, want bridge", n, kl.Status.DataPlane)
+			}
+		}
 	}
 }
