@@ -3,15 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -73,26 +69,10 @@ func TestBinarySelfManaged(t *testing.T) {
 	kcPath := filepath.Join(t.TempDir(), "kubeconfig")
 	must(t, os.WriteFile(kcPath, kc, 0o600))
 	must(t, kube.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kubelink"}}))
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metricsAddr := l.Addr().String()
-	l.Close()
+	metricsAddr := selfexec.FreeAddr(t)
 	dir := t.TempDir()
-	var out bytes.Buffer
-	cmd := runBinary("--kubeconfig="+kcPath, "--namespace=kubelink", "--secret-manage-mode=self", "--dns-name=kubelink.a.example.com",
+	proc := selfexec.Start(t, runMainEnv, "kubelink-certwatch", "--kubeconfig="+kcPath, "--namespace=kubelink", "--secret-manage-mode=self", "--dns-name=kubelink.a.example.com",
 		"--dir="+dir, "--metrics-addr="+metricsAddr)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	must(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("kubelink-certwatch output:\n%s", out.String())
-		}
-	}()
 
 	var s corev1.Secret
 	for start := time.Now(); time.Since(start) < 15*time.Second; time.Sleep(100 * time.Millisecond) {
@@ -119,10 +99,10 @@ func TestBinarySelfManaged(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(dir, "wireguard", "privatekey")); err != nil || string(b) != string(wg.Data["WireguardPrivateKey"])+"\n" {
 		t.Errorf("privatekey %q (err %v), Secret %q", b, err, wg.Data["WireguardPrivateKey"])
 	}
-	if body := get(t, "http://"+metricsAddr+"/healthz"); body != "ok\n" {
+	if body := selfexec.Get(t, "http://"+metricsAddr+"/healthz"); body != "ok\n" {
 		t.Errorf("/healthz: %q", body)
 	}
-	body := get(t, "http://"+metricsAddr+"/metrics")
+	body := selfexec.Get(t, "http://"+metricsAddr+"/metrics")
 	for _, want := range []string{`kubelink_certwatch_writes_total{dir="tls"} 1`, `kubelink_certwatch_writes_total{dir="wireguard"} 1`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q:\n%s", want, body)
@@ -138,28 +118,7 @@ func TestBinarySelfManaged(t *testing.T) {
 	if tenDays := (240 * time.Hour).Seconds(); expiry < tenDays-60 || expiry > tenDays {
 		t.Errorf("kubelink_certwatch_cert_expiry_seconds %v, want about %v", expiry, tenDays)
 	}
-	must(t, cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("exit after SIGTERM: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Error("no exit within 10s of SIGTERM")
-	}
-}
-
-func get(t *testing.T, url string) string {
-	t.Helper()
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		t.Errorf("GET %s: %v", url, err)
-		return ""
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b)
+	proc.Terminate(t, 10*time.Second)
 }
 
 func must(t *testing.T, err error) {

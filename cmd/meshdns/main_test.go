@@ -1,16 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -71,25 +66,9 @@ func TestBinaryWritesCorefile(t *testing.T) {
 	b.Status.State = v1alpha1.StateUp
 	must(t, kube.Status().Update(ctx, b))
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metricsAddr := l.Addr().String()
-	l.Close()
-	var out bytes.Buffer
-	cmd := runBinary("--kubeconfig="+kcPath, "--dns-propagation=dns", "--service-cidr=100.64.0.0/20", "--namespace=kubelink",
+	metricsAddr := selfexec.FreeAddr(t)
+	proc := selfexec.Start(t, runMainEnv, "kubelink-meshdns", "--kubeconfig="+kcPath, "--dns-propagation=dns", "--service-cidr=100.64.0.0/20", "--namespace=kubelink",
 		"--metrics-addr="+metricsAddr)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	must(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		_ = cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("kubelink-meshdns output:\n%s", out.String())
-		}
-	}()
 
 	var corefile string
 	for start := time.Now(); time.Since(start) < 15*time.Second; time.Sleep(100 * time.Millisecond) {
@@ -104,34 +83,13 @@ func TestBinaryWritesCorefile(t *testing.T) {
 			t.Errorf("Corefile lacks %q:\n%s", want, corefile)
 		}
 	}
-	if body := get(t, "http://"+metricsAddr+"/healthz"); body != "ok\n" {
+	if body := selfexec.Get(t, "http://"+metricsAddr+"/healthz"); body != "ok\n" {
 		t.Errorf("/healthz: %q", body)
 	}
-	if body := get(t, "http://"+metricsAddr+"/metrics"); !strings.Contains(body, "kubelink_meshdns_clusters 1") {
+	if body := selfexec.Get(t, "http://"+metricsAddr+"/metrics"); !strings.Contains(body, "kubelink_meshdns_clusters 1") {
 		t.Errorf("/metrics lacks kubelink_meshdns_clusters 1:\n%s", body)
 	}
-	must(t, cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("exit after SIGTERM: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Error("no exit within 10s of SIGTERM")
-	}
-}
-
-func get(t *testing.T, url string) string {
-	t.Helper()
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		t.Errorf("GET %s: %v", url, err)
-		return ""
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b)
+	proc.Terminate(t, 10*time.Second)
 }
 
 func must(t *testing.T, err error) {
