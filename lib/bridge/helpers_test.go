@@ -21,8 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/kubelink/kubelink/lib/nstest"
 )
 
@@ -205,31 +203,6 @@ func sendUDP(t *testing.T, ns *nstest.Namespace, dst netip.AddrPort, payload str
 		return err
 	}); err != nil {
 		t.Fatalf("send UDP to %s: %v", dst, err)
-	}
-}
-
-// sendRawUDP sends a datagram with a forged source address from ns
-// (IP_HDRINCL), the way a compromised peer cluster would.
-func sendRawUDP(t *testing.T, ns *nstest.Namespace, src netip.Addr, dst netip.AddrPort, payload string) {
-	t.Helper()
-	pkt := make([]byte, 28, 28+len(payload))
-	pkt[0], pkt[8], pkt[9] = 0x45, 64, protoUDP
-	binary.BigEndian.PutUint16(pkt[2:4], uint16(28+len(payload)))
-	copy(pkt[12:16], src.AsSlice())
-	copy(pkt[16:20], dst.Addr().AsSlice())
-	binary.BigEndian.PutUint16(pkt[20:22], 4242)
-	binary.BigEndian.PutUint16(pkt[22:24], dst.Port())
-	binary.BigEndian.PutUint16(pkt[24:26], uint16(8+len(payload)))
-	pkt = append(pkt, payload...)
-	if err := ns.Do(func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: dst.Addr().As4()})
-	}); err != nil {
-		t.Fatalf("send raw UDP: %v", err)
 	}
 }
 

@@ -185,10 +185,10 @@ func TestBridgeBetweenNamespaces(t *testing.T) {
 		pc := udpListener(t, b.ns)
 		dst := netip.AddrPortFrom(b.cluster4.Addr(), uint16(pc.LocalAddr().(*net.UDPAddr).Port))
 		before := b.pump.Drops().Spoofed
-		sendRawUDP(t, a.ns, netip.MustParseAddr("192.168.88.99"), dst, "spoofed")
+		a.ns.SendRawUDP(t, netip.MustParseAddr("192.168.88.99"), dst, "spoofed")
 		// Same connection and order, so once this one is in, the spoofed
 		// one has been judged.
-		sendRawUDP(t, a.ns, a.cluster4.Addr(), dst, "genuine")
+		a.ns.SendRawUDP(t, a.cluster4.Addr(), dst, "genuine")
 		if got := receiveUntil(pc, "genuine", 5*time.Second); !slices.Equal(got, []string{"genuine"}) {
 			t.Errorf("received %q, want only the genuine datagram", got)
 		}

@@ -2,7 +2,6 @@ package clusterlab
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -10,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/nstest"
@@ -70,31 +67,6 @@ func TestBridgeRejectsAPeerOfAnotherCA(t *testing.T) {
 	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
 }
 
-// sendSpoofedUDP sends one UDP datagram with a forged source address from
-// ns (IP_HDRINCL), the way a compromised peer gateway would.
-func sendSpoofedUDP(t *testing.T, ns *nstest.Namespace, src netip.Addr, dst netip.AddrPort, payload string) {
-	t.Helper()
-	pkt := make([]byte, 28, 28+len(payload))
-	pkt[0], pkt[8], pkt[9] = 0x45, 64, unix.IPPROTO_UDP
-	binary.BigEndian.PutUint16(pkt[2:4], uint16(28+len(payload)))
-	copy(pkt[12:16], src.AsSlice())
-	copy(pkt[16:20], dst.Addr().AsSlice())
-	binary.BigEndian.PutUint16(pkt[20:22], 4242)
-	binary.BigEndian.PutUint16(pkt[22:24], dst.Port())
-	binary.BigEndian.PutUint16(pkt[24:26], uint16(8+len(payload)))
-	pkt = append(pkt, payload...)
-	if err := ns.Do(func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: dst.Addr().As4()})
-	}); err != nil {
-		t.Fatalf("send raw UDP: %v", err)
-	}
-}
-
 // In bridge mode the receiving side enforces, in user space, that a peer
 // only uses its own source addresses (anti-spoofing) and only reaches what
 // the link's ingress allows (allow list and "!" entries), and counts the
@@ -130,9 +102,9 @@ func TestBridgeAntiSpoofingAndIngress(t *testing.T) {
 		before, _ := Metric(a.GW, `kubelink_bridge_dropped_packets_total{link="b",reason="spoofed"}`)
 		const n = 20
 		for i := range n {
-			sendSpoofedUDP(t, b.GW, spoofed, target, fmt.Sprintf("spoofed %d", i))
+			b.GW.SendRawUDP(t, spoofed, target, fmt.Sprintf("spoofed %d", i))
 		}
-		sendSpoofedUDP(t, b.GW, b.MeshAddress.Addr(), target, "control")
+		b.GW.SendRawUDP(t, b.MeshAddress.Addr(), target, "control")
 		var got []string
 		buf := make([]byte, 2048)
 		_ = pc.SetReadDeadline(time.Now().Add(3 * time.Second))
