@@ -27,6 +27,10 @@ build: ## build every binary into bin/
 	  CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/kubelink-$$b ./cmd/$$b || exit 1; done
 	@ls bin
 
+.PHONY: deps
+deps: ## install the Debian packages `make test` needs (only the missing ones; lab/scripts/deps.sh)
+	@lab/scripts/deps.sh test
+
 .PHONY: tools
 tools: $(CONTROLLER_GEN) $(STATICCHECK) ## build the pinned dev tools (controller-gen, staticcheck) into the cache
 
@@ -49,8 +53,13 @@ generate: $(CONTROLLER_GEN) ## regenerate deepcopy code and CRDs from the API ty
 	  crd:crdVersions=v1,maxDescLen=400 output:crd:dir=./globaldns/apis/coredns/crds
 
 .PHONY: test
-test: tools test-bins ## run all tests: unit, real kube-apiserver, (as root) real kernel networking
+test: deps tools test-bins ## run all tests: unit, real kube-apiserver, (as root) real kernel networking
 	go test -race -count=1 $(PKGS)
+
+FLAKE_RUNS ?= 5
+.PHONY: flake
+flake: deps tools test-bins ## run `make test`'s packages FLAKE_RUNS times (default 5); list every test that failed at least once
+	lab/scripts/flake.sh $(FLAKE_RUNS) $(PKGS)
 
 .PHONY: lint
 lint: $(STATICCHECK) ## go vet and staticcheck
@@ -86,7 +95,8 @@ e2e: ## run the end-to-end tests (sigs.k8s.io/e2e-framework) against the running
 	cd e2e && go test -tags e2e -count=1 -timeout 30m -v ./... 2>&1 | tee $(KUBELINK_CACHE)/e2e.log; exit $${PIPESTATUS[0]}
 
 .PHONY: bench
-bench: test-bins ## measure the data planes in one run; prints BENCH and RATIO lines (root, iperf3)
+bench: test-bins ## measure the data planes in one run; prints BENCH and RATIO lines (root; installs iperf3 etc. when missing)
+	@lab/scripts/deps.sh bench
 	@set -o pipefail; go test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./lib/clusterlab/ ./lib/bridge/ \
 	  | tee _bench.log | grep -E '^(BENCH|RATIO) '; rc=$$?; \
 	  if [ $$rc -ne 0 ]; then cat _bench.log; fi; rm -f _bench.log; exit $$rc

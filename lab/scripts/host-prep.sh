@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares this machine for the kind lab, idempotently:
-#   - docker.io, debootstrap, jq and openssl from apt (only what is missing);
+#   - docker.io, debootstrap, jq and openssl from apt (lab/scripts/deps.sh lab);
 #   - the runc-capfilter wrapper (lab/tools/runc-capfilter) as docker's default
 #     runtime, so privileged kind nodes start on a VM without CAP_SYS_RESOURCE;
 #   - dockerd started when it is not running (there is no systemd here);
@@ -14,15 +14,7 @@ KIND_VERSION=v0.30.0
 WRAPPER=/usr/local/sbin/runc-capfilter
 [[ $(id -u) == 0 ]] || { echo "host-prep: the lab needs root (docker, kind, network namespaces)" >&2; exit 1; }
 
-missing=()
-for pair in dockerd:docker.io debootstrap:debootstrap jq:jq openssl:openssl; do
-  command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
-done
-if ((${#missing[@]})); then
-  echo "host-prep: installing ${missing[*]}"
-  apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
-fi
+"$ROOT/lab/scripts/deps.sh" lab
 
 # The wrapper: rebuilt when its source changes.
 stamp=$(cat "$ROOT"/lab/tools/runc-capfilter/{go.mod,main.go} | sha256sum | cut -c1-16)

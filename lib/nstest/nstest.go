@@ -34,8 +34,18 @@ type Namespace struct {
 
 // UniqueName returns a short name unique to this process, e.g. "kt12a3-gw".
 // Interface names are limited to 15 characters, so keep role short.
+//
+// The process part has a fixed width: with "%x%x" process 0xce's name
+// number 0xff and process 0xcef's number 0xf were both "ktceff", so two
+// test binaries of one `go test ./...` could ask for the same namespace,
+// veth or WireGuard socket name (names in /var/run/netns and
+// /var/run/wireguard are global to the machine).
 func UniqueName(role string) string {
-	return fmt.Sprintf("kt%x%x-%s", os.Getpid()%0xfff, counter.Add(1), role)
+	return uniqueName(os.Getpid(), counter.Add(1), role)
+}
+
+func uniqueName(pid int, n int32, role string) string {
+	return fmt.Sprintf("kt%03x%x-%s", pid&0xfff, n, role)
 }
 
 // New creates a namespace with loopback up and removes it at cleanup.

@@ -1,6 +1,7 @@
 package nstest
 
 import (
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -70,5 +71,24 @@ func TestBridgeJoinsSeveralNamespaces(t *testing.T) {
 		return err
 	}); err != nil {
 		t.Fatalf("dial across bridge: %v", err)
+	}
+}
+
+// Two processes must never get the same name: with a variable-width process
+// part, process 0xce's 255th name and process 0xcef's 15th were equal.
+func TestUniqueNameIsUnambiguousAcrossProcesses(t *testing.T) {
+	seen := map[string]string{}
+	for _, pid := range []int{0x1, 0xc, 0xce, 0xcef, 0x12, 0x123, 0xfff} {
+		for n := int32(1); n <= 0x1000; n++ {
+			name := uniqueName(pid, n, "wg")
+			if len(name) > 15 {
+				t.Fatalf("uniqueName(%#x, %d) = %q: longer than an interface name may be", pid, n, name)
+			}
+			who := fmt.Sprintf("pid %#x name %d", pid, n)
+			if prev, ok := seen[name]; ok {
+				t.Fatalf("%s and %s both get %q", prev, who, name)
+			}
+			seen[name] = who
+		}
 	}
 }

@@ -104,6 +104,7 @@ func TestTunnelBetweenNamespaces(t *testing.T) {
 
 	start := time.Now()
 	if err := sendAndVerify(a.ns, b.inner, srv, 1<<20, 15*time.Second); err != nil {
+		dumpTunnelState(t, a, b)
 		t.Fatalf("1 MiB through the tunnel: %v", err)
 	}
 	elapsed := time.Since(start)
@@ -309,6 +310,22 @@ func sendAndVerify(ns *nstest.Namespace, host string, s sink, n int, timeout tim
 		return fmt.Errorf("digest %x, want %x", got, want)
 	}
 	return nil
+}
+
+// dumpTunnelState logs what tells a lost handshake from a misplaced socket:
+// each device's view of its peer and where the UDP sockets are.
+func dumpTunnelState(t *testing.T, ends ...*tunnelEnd) {
+	t.Helper()
+	for _, e := range ends {
+		stats, err := e.dev.Stats()
+		t.Logf("%s in %s: stats %+v, %v", e.name, e.ns.Name, stats, err)
+		out, _ := e.ns.Command("ss", "-uanp").CombinedOutput()
+		t.Logf("UDP sockets in %s:\n%s", e.ns.Name, out)
+		out, _ = e.ns.Command("ip", "-s", "link", "show").CombinedOutput()
+		t.Logf("links in %s:\n%s", e.ns.Name, out)
+	}
+	out, _ := exec.Command("ss", "-uanp").CombinedOutput()
+	t.Logf("UDP sockets in the root namespace:\n%s", out)
 }
 
 func retry(total time.Duration, fn func() error) error {
