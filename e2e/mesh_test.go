@@ -165,60 +165,23 @@ func activeBroker(ctx context.Context, c *Cluster) (string, error) {
 	return *lease.Spec.HolderIdentity, nil
 }
 
+// failoverBudget is the most traffic A → B may stop when the active broker
+// pod is deleted (issue #11: in every run, both data planes).
+const failoverBudget = 2 * time.Second
+
 func TestBrokerFailover(t *testing.T) {
 	f := features.New("broker failover").
-		Assess("deleting the active broker pod of A: traffic A → B back within 5 s", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+		Assess("deleting the active broker pod of A, several times: traffic A → B back within the budget every time", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
 			url := echoURL(ctx, t, lab.B)
-			clients, gw := clientsAndGateway(ctx, t, lab.A)
-			var pod string
-			for node, p := range clients {
-				if node != gw {
-					pod = p // a pod whose traffic crosses a node to the gateway
-				}
+			var took []float64
+			for run := 1; run <= runs(t); run++ {
+				took = append(took, failoverOnce(ctx, t, run, url).Seconds())
 			}
-			if pod == "" {
-				t.Fatalf("no client outside the gateway node %s: %v", gw, clients)
+			worst := distribution(t, "e2e_broker_failover_seconds", took)
+			if worst > failoverBudget.Seconds() {
+				t.Errorf("worst failover %.2fs, budget %s", worst, failoverBudget)
 			}
-			expectEcho(ctx, t, lab.A, pod, url, "b", 30*time.Second)
-			active, err := activeBroker(ctx, lab.A)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var victim corev1.Pod
-			if err := lab.A.Res.Get(ctx, active, "kubelink", &victim); err != nil {
-				t.Fatalf("active broker %s: %v", active, err)
-			}
-			if err := lab.A.Res.Delete(ctx, &victim); err != nil {
-				t.Fatal(err)
-			}
-			// Back means: another replica holds the Lease (the deleted one
-			// may serve a moment longer while it terminates) and traffic flows.
-			took, err := Eventually(ctx, 60*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
-				if holder, err := activeBroker(ctx, lab.A); err != nil || holder == active {
-					return fmt.Errorf("the Lease is still with %s (%v)", active, err)
-				}
-				out, err := lab.A.Exec(ctx, pod, "timeout", "1", "busybox", "wget", "-q", "-O", "-", url)
-				if err != nil {
-					return err
-				}
-				if !strings.Contains(out, "echo from cluster b") {
-					return fmt.Errorf("answer %q", out)
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatalf("traffic did not come back after deleting %s: %v", active, err)
-			}
-			now, _ := activeBroker(ctx, lab.A)
-			t.Logf("FAILOVER deleted active broker %s; traffic A → B back after %s; active now %s", active, took.Round(10*time.Millisecond), now)
-			fmt.Printf("BENCH e2e_broker_failover_seconds %.2f\n", took.Seconds())
-			if took > 5*time.Second {
-				t.Errorf("traffic back after %s, want within 5s", took.Round(10*time.Millisecond))
-			}
-			if now == active {
-				t.Errorf("the deleted pod %s still holds the Lease", active)
-			}
-			// B → A also recovers (B reaches A through A's NodePort).
+			// B → A also works after the last one (B reaches A through A's NodePort).
 			bclients, _ := clientsAndGateway(ctx, t, lab.B)
 			for _, p := range bclients {
 				expectEcho(ctx, t, lab.B, p, echoURL(ctx, t, lab.A), "a", 30*time.Second)
@@ -226,6 +189,103 @@ func TestBrokerFailover(t *testing.T) {
 			return ctx
 		}).Feature()
 	testenv.Test(t, f)
+}
+
+// failoverOnce deletes A's active broker pod while a client on a node other
+// than the gateway's fetches B's echo every 50 ms, and returns how long
+// fetches failed (from the delete to the first success after the last
+// failure). The series must pass before the delete and keep passing for
+// the rest of the window.
+func failoverOnce(ctx context.Context, t *testing.T, run int, url string) time.Duration {
+	t.Helper()
+	waitStandby(ctx, t, lab.A)
+	clients, gw := clientsAndGateway(ctx, t, lab.A)
+	var pod string
+	for node, p := range clients {
+		if node != gw {
+			pod = p // a pod whose traffic crosses a node to the gateway
+		}
+	}
+	if pod == "" {
+		t.Fatalf("no client outside the gateway node %s: %v", gw, clients)
+	}
+	expectEcho(ctx, t, lab.A, pod, url, "b", 30*time.Second)
+	active, err := activeBroker(ctx, lab.A)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var victim corev1.Pod
+	if err := lab.A.Res.Get(ctx, active, "kubelink", &victim); err != nil {
+		t.Fatalf("active broker %s: %v", active, err)
+	}
+	const window = 12 * time.Second
+	type result struct {
+		series []probe
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		s, err := probeLoop(ctx, lab.A, pod, "busybox wget -q -O - "+url+" | grep -q 'echo from cluster b'",
+			300*time.Millisecond, 50*time.Millisecond, window)
+		done <- result{s, err}
+	}()
+	time.Sleep(1500 * time.Millisecond) // checks that pass before the delete
+	t0 := time.Now()
+	if err := lab.A.Res.Delete(ctx, &victim); err != nil {
+		t.Fatal(err)
+	}
+	moved, err := Eventually(ctx, 10*time.Second, 100*time.Millisecond, func(ctx context.Context) error {
+		if holder, err := activeBroker(ctx, lab.A); err != nil || holder == active {
+			return fmt.Errorf("the Lease is still with %s (%v)", active, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("run %d: %v", run, err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("run %d: probe: %v", run, r.err)
+	}
+	took, tail, fails, err := recovered(r.series, t0)
+	if err != nil {
+		t.Fatalf("run %d: traffic did not come back after deleting %s: %v", run, active, err)
+	}
+	if tail < 5*time.Second {
+		t.Errorf("run %d: traffic back after %s but the window ended %s later; want ≥ 5s of unbroken traffic", run, took.Round(10*time.Millisecond), tail.Round(10*time.Millisecond))
+	}
+	now, _ := activeBroker(ctx, lab.A)
+	t.Logf("FAILOVER run %d: deleted %s; Lease moved after %s to %s; %d of %d checks failed; traffic A → B back after %s, then unbroken for %s",
+		run, active, moved.Round(10*time.Millisecond), now, fails, len(r.series), took.Round(10*time.Millisecond), tail.Round(10*time.Millisecond))
+	fmt.Printf("BENCH e2e_broker_failover_seconds %.2f\n", took.Seconds())
+	return took
+}
+
+// waitStandby waits until cluster c has two running broker pods (one active,
+// one standby), so that a failover has somewhere to go.
+func waitStandby(ctx context.Context, t *testing.T, c *Cluster) {
+	t.Helper()
+	if _, err := Eventually(ctx, 120*time.Second, 500*time.Millisecond, func(ctx context.Context) error {
+		pods, err := c.BrokerPods(ctx)
+		if err != nil {
+			return err
+		}
+		running := 0
+		for _, p := range pods {
+			if p.Status.Phase == corev1.PodRunning && len(p.Status.ContainerStatuses) > 0 && p.Status.ContainerStatuses[0].Started != nil && *p.Status.ContainerStatuses[0].Started {
+				running++
+			}
+		}
+		if running < 2 {
+			return fmt.Errorf("%d of 2 broker pods running", running)
+		}
+		if _, err := activeBroker(ctx, c); err != nil {
+			return err
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("cluster %s: no standby broker: %v", c.Name, err)
+	}
 }
 
 func TestRouterRestartKeepsRoutes(t *testing.T) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds CoreDNS with its standard plugins plus kubelink's kubelinkglobal
-# plugin (lib/globaldns) from Go modules (lab/tools/coredns, no prebuilt
+# (lib/globaldns) and kubelinkgate (lib/linkgate) plugins from Go modules (lab/tools/coredns, no prebuilt
 # downloads) and caches it outside the checkout. Used by the mesh DNS tests,
 # the mesh-global DNS test and the lab.
 #
@@ -11,7 +11,7 @@
 # The path stays what the tests derive from meshdns.CoreDNSVersion; the
 # cache is keyed by a stamp file next to the binary (coredns.stamp): a
 # sha256 over the sources that go into the build (lab/tools/coredns's
-# main.go, go.mod and go.sum, lib/globaldns and lib/globaldns/apis/coredns Go sources,
+# main.go, go.mod and go.sum, lib/globaldns, lib/globaldns/apis/coredns and lib/linkgate Go sources,
 # lib/go.mod and lib/go.sum). Re-running with a matching stamp does nothing;
 # a binary without a stamp (the earlier stock build) or with another stamp
 # is rebuilt.
@@ -27,9 +27,9 @@ STAMP=$OUT/coredns.stamp
 stamp() {
   cd "$ROOT"
   {
-    echo "coredns $COREDNS_VERSION kubelinkglobal"
+    echo "coredns $COREDNS_VERSION kubelinkglobal kubelinkgate"
     ls lab/tools/coredns/main.go lab/tools/coredns/go.mod lab/tools/coredns/go.sum \
-      lib/go.mod lib/go.sum lib/globaldns/*.go lib/globaldns/apis/coredns/*/*.go 2>/dev/null \
+      lib/go.mod lib/go.sum lib/globaldns/*.go lib/globaldns/apis/coredns/*/*.go lib/linkgate/*.go 2>/dev/null \
       | grep -v '_test\.go$' | LC_ALL=C sort | while read -r f; do
         echo "$f $(sha256sum < "$f" | cut -d' ' -f1)"
       done
@@ -51,7 +51,9 @@ trap 'rm -f "$tmp" "$tmpstamp"' EXIT
 (cd "$ROOT/lab/tools/coredns" && GOWORK=off CGO_ENABLED=0 go build -trimpath \
   -ldflags "-s -w" \
   -o "$tmp" .)
-"$tmp" -plugins | grep -E '^[[:space:]]*(dns\.)?kubelinkglobal$' >/dev/null || { echo "built CoreDNS lacks the kubelinkglobal plugin" >&2; exit 1; }
+for p in kubelinkglobal kubelinkgate; do
+  "$tmp" -plugins | grep -E "^[[:space:]]*(dns\.)?$p\$" >/dev/null || { echo "built CoreDNS lacks the $p plugin" >&2; exit 1; }
+done
 echo "$want" > "$tmpstamp"
 mv "$tmp" "$BIN"   # atomic: a killed build never leaves a half binary
 mv "$tmpstamp" "$STAMP"

@@ -32,6 +32,16 @@ for c in $COMPONENTS; do
     echo "cached $OUT/$c"
     continue
   fi
+  # One build per component at a time: `make test` and `make lab-up` run
+  # side by side would otherwise build the same binary twice into one
+  # temporary file (and the second mv fails).
+  exec {lock}>"$OUT/.$c.lock"
+  flock "$lock"
+  if [[ -x $OUT/$c ]]; then
+    echo "cached $OUT/$c (built meanwhile)"
+    exec {lock}>&-
+    continue
+  fi
   start=$(date +%s)
   case $c in
     etcd)
@@ -45,4 +55,5 @@ for c in $COMPONENTS; do
   esac
   mv "$OUT/$c.tmp" "$OUT/$c"   # atomic: a killed build never leaves a half binary
   echo "built $OUT/$c in $(( $(date +%s) - start ))s"
+  exec {lock}>&-
 done

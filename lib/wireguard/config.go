@@ -52,10 +52,13 @@ func (d *Device) Apply(privateKey mesh.Key, listenPort int, peers []ResolvedPeer
 		return fmt.Errorf("read WireGuard device %s: %w", d.name, err)
 	}
 	cfg := diff(desired, *current, d.prevRx)
+	local := desired.PrivateKey.PublicKey()
+	d.holdBack(local, &cfg, time.Now())
 	if !emptyConfig(cfg) {
 		if err := d.client.ConfigureDevice(d.name, cfg); err != nil {
 			return fmt.Errorf("configure WireGuard device %s: %w", d.name, err)
 		}
+		d.trackAdded(local, cfg, time.Now())
 	}
 	d.prevRx = make(map[wgtypes.Key]int64, len(current.Peers))
 	for _, p := range current.Peers {

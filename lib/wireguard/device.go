@@ -82,6 +82,13 @@ type Device struct {
 	client wgClient
 	prevRx map[wgtypes.Key]int64
 	closed bool
+
+	// crossed handshakes (crossing.go)
+	pending          map[wgtypes.Key]*pendingPeer
+	held             map[wgtypes.Key]*heldPeer
+	crossingStop     chan struct{}
+	crossingDone     chan struct{}
+	crossingRestarts int
 }
 
 // Open creates or reuses the interface. It must run in the network namespace
@@ -180,11 +187,19 @@ func (d *Device) FallbackReason() string { return d.fallback }
 // process does not interrupt traffic.
 func (d *Device) Close() error {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.closed {
+		d.mu.Unlock()
 		return nil
 	}
 	d.closed = true
+	stop, done := d.crossingStop, d.crossingDone
+	d.mu.Unlock()
+	if stop != nil {
+		close(stop)
+		<-done
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	var errs []error
 	if d.client != nil {
 		errs = append(errs, d.client.Close())
