@@ -202,7 +202,6 @@ func NodeRoutes(ctx context.Context, node string, proto int) ([]string, error) {
 	return routes, nil
 }
 
-
 func resourcesLabel(sel string) resources.ListOption { return resources.WithLabelSelector(sel) }
 
 func deleteNow() resources.DeleteOption { return resources.WithGracePeriod(0) }

@@ -83,7 +83,7 @@ func (g *Gate) soa(state request.Request) dns.RR {
 		Mbox:    "hostmaster." + zone,
 		Serial:  1,
 		Refresh: 7200, Retry: 1800, Expire: 86400,
-		Minttl:  g.TTL,
+		Minttl: g.TTL,
 	}
 }
 

@@ -91,4 +91,6 @@ func handshaken(limit time.Duration, a, b *tunnelEnd) (time.Duration, error) {
 
 type errTimeout time.Duration
 
-func (e errTimeout) Error() string { return "no session on both ends within " + time.Duration(e).String() }
+func (e errTimeout) Error() string {
+	return "no session on both ends within " + time.Duration(e).String()
+}
