@@ -79,16 +79,11 @@ func TestMeshDNSFollowsLinkHealth(t *testing.T) {
 	testenv.Test(t, f)
 }
 
-// Shell checks for probeLoop: "gone" is an NXDOMAIN from the kubelink
-// CoreDNS (the name was withdrawn), not a timeout towards B's unreachable
-// DNS; "resolves" is an answer with an address.
-func nameGone(name string) string {
-	return "busybox nslookup " + name + " 2>&1 | grep -q NXDOMAIN"
-}
-
-func nameResolves(name string) string {
-	return "out=$(busybox nslookup " + name + " 2>&1) && ! echo \"$out\" | grep -q NXDOMAIN && echo \"$out\" | grep -q '^Name:'"
-}
+// Checks for probeLoop: "gone" is an NXDOMAIN (the name was withdrawn),
+// not a timeout towards B's unreachable DNS; "resolves" is an answer with
+// an address. The name is rooted so that no search domain is tried.
+func nameGone(name string) []string     { return []string{"nxdomain", name + "."} }
+func nameResolves(name string) []string { return []string{"resolves", name + "."} }
 
 // linkLeaves polls A's link b every 100 ms until its state is (up) or is not
 // (!up) Up, and returns when it saw that.
@@ -121,11 +116,14 @@ func dnsCycle(ctx context.Context, t *testing.T, run int, pod, name string) (gon
 	}); err != nil {
 		t.Fatalf("run %d: before: %v", run, err)
 	}
+	if _, err := installProber(ctx, lab.A, pod); err != nil {
+		t.Fatal(err)
+	}
 	type result struct {
 		series []probe
 		err    error
 	}
-	probeAsync := func(check string, window time.Duration) chan result {
+	probeAsync := func(check []string, window time.Duration) chan result {
 		done := make(chan result, 1)
 		go func() {
 			s, err := probeLoop(ctx, lab.A, pod, check, time.Second, 100*time.Millisecond, window)

@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -218,14 +219,17 @@ func failoverOnce(ctx context.Context, t *testing.T, run int, url string) time.D
 	if err := lab.A.Res.Get(ctx, active, "kubelink", &victim); err != nil {
 		t.Fatalf("active broker %s: %v", active, err)
 	}
-	const window = 12 * time.Second
+	if _, err := installProber(ctx, lab.A, pod); err != nil {
+		t.Fatal(err)
+	}
+	const window = 15 * time.Second
 	type result struct {
 		series []probe
 		err    error
 	}
 	done := make(chan result, 1)
 	go func() {
-		s, err := probeLoop(ctx, lab.A, pod, "busybox wget -q -O - "+url+" | grep -q 'echo from cluster b'",
+		s, err := probeLoop(ctx, lab.A, pod, []string{"http", url, "echo from cluster b"},
 			300*time.Millisecond, 50*time.Millisecond, window)
 		done <- result{s, err}
 	}()
@@ -270,14 +274,21 @@ func waitStandby(ctx context.Context, t *testing.T, c *Cluster) {
 		if err != nil {
 			return err
 		}
-		running := 0
+		// A broker serves /metrics once its cache has synced, right before
+		// it runs for the Lease: from then on it can take over.
+		serving := 0
 		for _, p := range pods {
-			if p.Status.Phase == corev1.PodRunning && len(p.Status.ContainerStatuses) > 0 && p.Status.ContainerStatuses[0].Started != nil && *p.Status.ContainerStatuses[0].Started {
-				running++
+			if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
+				continue
+			}
+			out, err := exec.CommandContext(ctx, "/usr/bin/docker", "exec", "lab-"+c.Name+"-control-plane",
+				"curl", "-sf", "--max-time", "2", "http://"+p.Status.PodIP+":8080/metrics").Output()
+			if err == nil && strings.Contains(string(out), "kubelink_broker_active") {
+				serving++
 			}
 		}
-		if running < 2 {
-			return fmt.Errorf("%d of 2 broker pods running", running)
+		if serving < 2 {
+			return fmt.Errorf("%d of 2 broker pods serve (cache synced, running for the Lease)", serving)
 		}
 		if _, err := activeBroker(ctx, c); err != nil {
 			return err

@@ -6,15 +6,18 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
-// A probe is one check run inside a pod, over and over for a bounded
-// window, each result stamped with the pod's clock (a kind node shares the
+// A probe is one check run inside a pod by e2e/prober, over and over for a
+// bounded window, each result stamped with the pod's clock (a kind node shares the
 // host's kernel clock, so the stamps compare with time.Now() here). Outage
 // and withdrawal times come from the whole series, not from one check after
 // a wait: a flap anywhere in the window shows.
@@ -23,18 +26,18 @@ type probe struct {
 	ok bool
 }
 
-// probeLoop runs check (a shell command; exit 0 = ok) in pod every pause,
-// each bounded by perCheck, until window has passed, and returns the series.
-func probeLoop(ctx context.Context, c *Cluster, pod, check string, perCheck, pause, window time.Duration) ([]probe, error) {
-	script := fmt.Sprintf(`end=$(( $(date +%%s) + %d ))
-while [ "$(date +%%s)" -lt "$end" ]; do
-  t=$(date +%%s.%%N)
-  if timeout %.2f sh -c %s >/dev/null 2>&1; then echo "ok $t"; else echo "fail $t"; fi
-  sleep %.2f
-done`, int(window.Seconds()+0.999), perCheck.Seconds(), shellQuote(check), pause.Seconds())
+// probeLoop runs the prober (e2e/prober) in pod with args (e.g. "http",
+// URL, WANT) every pause, each check bounded by perCheck, until window has
+// passed, and returns the series.
+func probeLoop(ctx context.Context, c *Cluster, pod string, args []string, perCheck, pause, window time.Duration) ([]probe, error) {
+	bin, err := installProber(ctx, c, pod)
+	if err != nil {
+		return nil, err
+	}
+	cmd := append([]string{bin, "-window", window.String(), "-every", pause.String(), "-timeout", perCheck.String()}, args...)
 	ctx, cancel := context.WithTimeout(ctx, window+30*time.Second)
 	defer cancel()
-	out, err := c.Exec(ctx, pod, "bash", "-c", script)
+	out, err := c.Exec(ctx, pod, cmd...)
 	if err != nil {
 		return nil, err
 	}
@@ -56,7 +59,57 @@ done`, int(window.Seconds()+0.999), perCheck.Seconds(), shellQuote(check), pause
 	return series, nil
 }
 
-func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+var (
+	proberOnce sync.Once
+	proberBin  string
+	proberErr  error
+	installed  sync.Map // cluster/pod → true
+)
+
+// installProber builds e2e/prober once (static, linux/amd64) and copies it
+// into pod with the lab's kubectl (kubectl cp: the toolbox image has tar).
+func installProber(ctx context.Context, c *Cluster, pod string) (string, error) {
+	const target = "/tmp/kubelink-prober"
+	proberOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "kubelink-prober")
+		if err != nil {
+			proberErr = err
+			return
+		}
+		proberBin = filepath.Join(dir, "prober")
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", proberBin, "./prober")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			proberErr = fmt.Errorf("building the prober: %v\n%s", err, out)
+		}
+	})
+	if proberErr != nil {
+		return "", proberErr
+	}
+	key := c.Name + "/" + pod
+	if _, ok := installed.Load(key); ok {
+		return target, nil
+	}
+	out, err := exec.CommandContext(ctx, kubectlPath(), "--kubeconfig", c.Kubeconfig, "cp", proberBin, "default/"+pod+":"+target).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("kubectl cp prober to %s/%s: %v\n%s", c.Name, pod, err, out)
+	}
+	if _, err := c.Exec(ctx, pod, "chmod", "0755", target); err != nil {
+		return "", err
+	}
+	installed.Store(key, true)
+	return target, nil
+}
+
+// kubectlPath is the lab's kubectl (lab/scripts/k8s-bins.sh).
+func kubectlPath() string {
+	cache := os.Getenv("KUBELINK_CACHE")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache", "kubelink")
+	}
+	return filepath.Join(cache, "bin", "v1.34.4", "kubectl")
+}
 
 // settled reads the series from t0 on: the time from t0 until the check
 // started to give want and kept giving it to the end of the series, and
@@ -104,6 +157,12 @@ func settled(series []probe, t0 time.Time, want bool) (took, tail time.Duration,
 // passing after that (the stable tail). A series that ends failing is an
 // error.
 func recovered(series []probe, t0 time.Time) (took, tail time.Duration, fails int, err error) {
+	if !series[0].at.Before(t0) {
+		return 0, 0, 0, fmt.Errorf("no check before the event (series starts %s after it)", series[0].at.Sub(t0))
+	}
+	if !series[0].ok {
+		return 0, 0, 0, fmt.Errorf("the first check before the event failed already")
+	}
 	lastFail := -1
 	for i, p := range series {
 		if !p.at.Before(t0) && !p.ok {

@@ -90,7 +90,7 @@ func Defaults() Config {
 		ProbeInterval: 500 * time.Millisecond, ProbeDownAfter: 1500 * time.Millisecond, ProbePort: probe.DefaultPort,
 		HealthEvery: 10 * time.Second, Resync: 10 * time.Second,
 		LeaderElect: true, LeaseName: "kubelink-broker", LeaseDuration: 4 * time.Second,
-		RenewDeadline: 3 * time.Second, RetryPeriod: 500 * time.Millisecond,
+		RenewDeadline: 3 * time.Second, RetryPeriod: 200 * time.Millisecond,
 		MetricsAddr: ":8080",
 	}
 }

@@ -51,7 +51,8 @@ func (d *Device) Apply(privateKey mesh.Key, listenPort int, peers []ResolvedPeer
 	if err != nil {
 		return fmt.Errorf("read WireGuard device %s: %w", d.name, err)
 	}
-	cfg := diff(desired, *current, d.prevRx)
+	now := time.Now()
+	cfg := diff(desired, *current, d.receivedRecently(current.Peers, now))
 	local := desired.PrivateKey.PublicKey()
 	d.holdBack(local, &cfg, time.Now())
 	if !emptyConfig(cfg) {
@@ -60,11 +61,58 @@ func (d *Device) Apply(privateKey mesh.Key, listenPort int, peers []ResolvedPeer
 		}
 		d.trackAdded(local, cfg, time.Now())
 	}
-	d.prevRx = make(map[wgtypes.Key]int64, len(current.Peers))
-	for _, p := range current.Peers {
-		d.prevRx[p.PublicKey] = p.ReceiveBytes
-	}
 	return nil
+}
+
+// roamHold is how long a peer's roamed endpoint is kept after the last
+// packet that arrived from it. Apply runs often (every status event, probe
+// change or endpoint refresh), sometimes twice within a few hundred
+// milliseconds: comparing only with the previous Apply's counter restored
+// the configured endpoint between two of the peer's packets. During a
+// failover of the peer that sent replies to its configured endpoint (a
+// NodePort whose UDP conntrack entry still pointed at the old pod) and
+// traffic flapped for seconds until the peer's next packet roamed it back.
+const roamHold = 5 * time.Second
+
+// receivedRecently turns the live counters into the prevRx form diff reads
+// (d.mu held): a peer whose receive counter grew within roamHold appears
+// with a smaller earlier counter (it roamed and keeps its live endpoint),
+// any other with its current one.
+func (d *Device) receivedRecently(peers []wgtypes.Peer, now time.Time) map[wgtypes.Key]int64 {
+	if d.lastRx == nil {
+		d.lastRx = map[wgtypes.Key]rxMark{}
+	}
+	prev := make(map[wgtypes.Key]int64, len(peers))
+	seen := make(map[wgtypes.Key]bool, len(peers))
+	for _, p := range peers {
+		seen[p.PublicKey] = true
+		m, known := d.lastRx[p.PublicKey]
+		if !known {
+			d.lastRx[p.PublicKey] = rxMark{bytes: p.ReceiveBytes}
+			continue // no earlier counter: diff sets the configured endpoint
+		}
+		if p.ReceiveBytes != m.bytes {
+			m = rxMark{bytes: p.ReceiveBytes, at: now}
+			d.lastRx[p.PublicKey] = m
+		}
+		if !m.at.IsZero() && now.Sub(m.at) < roamHold && p.ReceiveBytes > 0 {
+			prev[p.PublicKey] = p.ReceiveBytes - 1
+		} else {
+			prev[p.PublicKey] = p.ReceiveBytes
+		}
+	}
+	for k := range d.lastRx {
+		if !seen[k] {
+			delete(d.lastRx, k)
+		}
+	}
+	return prev
+}
+
+// rxMark is a peer's receive counter and when it last grew.
+type rxMark struct {
+	bytes int64
+	at    time.Time
 }
 
 // Stats reads the counters of all peers of the device.

@@ -220,3 +220,31 @@ func TestDesiredDeviceCarriesMeshPeers(t *testing.T) {
 		t.Errorf("allowed IPs = %v, want 10.1.0.0/16 in 4-byte form (the kernel takes the family from it)", got.AllowedIPs)
 	}
 }
+
+// Two Applies a few hundred milliseconds apart, between two packets of the
+// peer, must not restore the configured endpoint: the peer counts as
+// roamed until nothing arrived from it for roamHold.
+func TestRoamedEndpointIsHeldBetweenPackets(t *testing.T) {
+	d := &Device{}
+	key := wgtypes.Key{7}
+	at := time.Unix(1000, 0)
+	peer := func(rx int64) []wgtypes.Peer { return []wgtypes.Peer{{PublicKey: key, ReceiveBytes: rx}} }
+	roamed := func(prev map[wgtypes.Key]int64, rx int64) bool { r, ok := prev[key]; return ok && rx > r }
+
+	if prev := d.receivedRecently(peer(100), at); roamed(prev, 100) {
+		t.Errorf("first sight of the peer counts as roamed: %v", prev)
+	}
+	if prev := d.receivedRecently(peer(200), at.Add(time.Second)); !roamed(prev, 200) {
+		t.Errorf("counter grew: want roamed, got %v", prev)
+	}
+	// 300 ms later, no packet in between: still roamed (the old rule said no)
+	if prev := d.receivedRecently(peer(200), at.Add(1300*time.Millisecond)); !roamed(prev, 200) {
+		t.Errorf("300 ms after the last packet: want roamed, got %v", prev)
+	}
+	if prev := d.receivedRecently(peer(200), at.Add(time.Second+roamHold)); roamed(prev, 200) {
+		t.Errorf("nothing for roamHold: want the configured endpoint back, got %v", prev)
+	}
+	if d.receivedRecently(nil, at.Add(10*time.Second)); len(d.lastRx) != 0 {
+		t.Errorf("a removed peer's counter is kept: %v", d.lastRx)
+	}
+}

@@ -77,10 +77,10 @@ type Device struct {
 	fallback string
 	link     link
 
-	// mu serializes use of client and the roaming bookkeeping in prevRx.
+	// mu serializes use of client and the roaming bookkeeping in lastRx.
 	mu     sync.Mutex
 	client wgClient
-	prevRx map[wgtypes.Key]int64
+	lastRx map[wgtypes.Key]rxMark
 	closed bool
 
 	// crossed handshakes (crossing.go)
