@@ -35,6 +35,7 @@ func main() {
 	f.StringVar(&c.Namespace, "namespace", kubeflags.DefaultNamespace(c.Namespace), "namespace of the CoreDNS Secret and Deployment, and the default namespace of apiAccess Secrets")
 	f.StringVar(&c.Secret, "coredns-secret", c.Secret, "Secret that receives the keys Corefile and kubeconfig")
 	f.StringVar(&c.Deployment, "coredns-deployment", c.Deployment, "kubelink CoreDNS Deployment, restarted when the Secret content changes")
+	f.BoolVar(&c.LinkGate, "link-gate", c.LinkGate, "dns mode: keep every link's block in the Corefile behind the kubelinkgate plugin of kubelink's CoreDNS, which answers NXDOMAIN while the link is not Up (no Corefile change and no CoreDNS restart on health changes; the CoreDNS needs to read KubeLinks)")
 	f.BoolVar(&c.Configure, "coredns-configure", c.Configure, "write key kubelink.server of kube-system/coredns-custom (forward the mesh domains to the kubelink DNS) and restart kube-system/coredns when it changes")
 	f.IntVar(&c.ClusterDNSPort, "cluster-dns-port", c.ClusterDNSPort, "port of the cluster DNS server blocks in the hook (53; gardener: 8053)")
 	f.DurationVar(&c.Resync, "resync", c.Resync, "period of the full sync (also runs on every KubeLink change)")

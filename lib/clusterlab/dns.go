@@ -161,6 +161,8 @@ func (c *Cluster) DNSToken() string {
 	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "kubelink-dns"}, Rules: []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"services", "endpoints", "namespaces", "pods"}, Verbs: []string{"list", "watch"}},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
+		// kubelinkgate (as deploy/base grants the kubelink CoreDNS)
+		{APIGroups: []string{"kubelink.mandelsoft.org"}, Resources: []string{"kubelinks"}, Verbs: []string{"get", "list", "watch"}},
 	}}
 	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "kubelink-dns"},
 		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "kubelink-dns"},
@@ -353,6 +355,19 @@ func (k *KubelinkDNS) ControllerLog() string { return k.log.String() }
 // (for the block of the local cluster).
 func (c *Cluster) StartKubelinkDNS(mode string) *KubelinkDNS {
 	c.t.Helper()
+	return c.startKubelinkDNS(mode, false)
+}
+
+// StartKubelinkDNSGated is StartKubelinkDNS in dns mode with meshdns
+// --link-gate: every link's block stays, behind the kubelinkgate plugin,
+// which reads KubeLinks with the pod's service account.
+func (c *Cluster) StartKubelinkDNSGated() *KubelinkDNS {
+	c.t.Helper()
+	return c.startKubelinkDNS(meshdns.ModeDNS, true)
+}
+
+func (c *Cluster) startKubelinkDNS(mode string, gate bool) *KubelinkDNS {
+	c.t.Helper()
 	t := c.t
 	ns, ip := c.attachPod("kdns", 4)
 	k := &KubelinkDNS{DNSServer: &DNSServer{Name: "kubelink DNS " + c.Name, NS: ns, PodIP: ip, ServiceIP: c.KubelinkDNSIP(), Dir: t.TempDir()},
@@ -361,6 +376,7 @@ func (c *Cluster) StartKubelinkDNS(mode string) *KubelinkDNS {
 	cfg := meshdns.Defaults()
 	cfg.Mode, cfg.ServiceCIDR, cfg.Namespace = mode, c.ServiceCIDR, Namespace
 	cfg.MetricsAddr, cfg.Resync = "", 2*time.Second
+	cfg.LinkGate = gate
 	ctrl, err := meshdns.New(cfg, c.Plane.Config(), slog.New(slog.NewTextHandler(k.log, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
@@ -397,7 +413,7 @@ func (c *Cluster) StartKubelinkDNS(mode string) *KubelinkDNS {
 	// /var/run/secrets/kubernetes.io/serviceaccount the service account.
 	script := fmt.Sprintf("set -e; mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /etc; mkdir /etc/coredns; mount --bind %q /etc/coredns; ", k.Dir)
 	var env []string
-	if mode == meshdns.ModeKubernetes {
+	if mode == meshdns.ModeKubernetes || gate {
 		sa := filepath.Join(t.TempDir(), "serviceaccount")
 		must(t, os.MkdirAll(sa, 0o755))
 		must(t, os.WriteFile(filepath.Join(sa, "token"), []byte(c.DNSToken()), 0o600))

@@ -9,6 +9,7 @@ import (
 	"github.com/miekg/dns"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/meshdns"
@@ -157,4 +158,83 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// With --link-gate the Corefile keeps B's block whatever the link's state and
+// the kubelinkgate plugin answers NXDOMAIN while the link is not Up: the name
+// is gone within a second of Down, stays gone at every check, comes back
+// within a second of Up, answers carry TTL ≤ 1 s, and no health change
+// rewrites the Corefile (so no CoreDNS restart).
+func TestMeshDNSLinkGate(t *testing.T) {
+	lab := New(t, 2)
+	a, b := lab.Clusters[0], lab.Clusters[1]
+	a.StartClusterDNS()
+	b.StartClusterDNS()
+	kdns := a.StartKubelinkDNSGated()
+	a.StartRouter(lab)
+	b.StartRouter(lab)
+	a.StartBroker(lab, a.GW)
+	bBroker := b.StartBroker(lab, b.GW)
+	server, want := kdns.Service(), b.ServiceIP.Addr()
+	Connect(a, b)
+	a.WaitState("b", v1alpha1.StateUp, 10*time.Second)
+	waitResolves(t, a, server, want, 10*time.Second)
+	r, err := Resolve(a.Pod, server, meshName, time.Second)
+	if err != nil || len(r.Answer) == 0 || r.Answer[0].Header().Ttl > 1 {
+		t.Errorf("answer %v, %v: want an address with TTL ≤ 1 s (the gate's cap)", r, err)
+	}
+	secret := func() string {
+		var s corev1.Secret
+		if err := a.Kube.Get(waitCtx(t, 5*time.Second), client.ObjectKey{Namespace: Namespace, Name: "kubelink-coredns"}, &s); err != nil {
+			t.Fatal(err)
+		}
+		return string(s.Data[meshdns.SecretKeyCorefile])
+	}
+	corefile := secret()
+	if !strings.Contains(corefile, "kubelinkgate b") {
+		t.Fatalf("Corefile without the gate for b:\n%s", corefile)
+	}
+
+	bBroker.Kill()
+	killed := time.Now()
+	down, _ := a.WaitState("b", v1alpha1.StateDown, 3*time.Second)
+	downAt := killed.Add(down)
+	gone := checkEvery(t, 50*time.Millisecond, 3*time.Second, func() bool { return IsNXDomain(a.Pod, server, meshName, 300*time.Millisecond) })
+	if gone.IsZero() || gone.Sub(downAt) > time.Second {
+		t.Fatalf("%s not NXDOMAIN within 1s of Down (gone at %v after Down)", meshName, gone.Sub(downAt))
+	}
+	t.Logf("link Down %s after the kill; %s NXDOMAIN %s after Down", down.Round(time.Millisecond), meshName, gone.Sub(downAt).Round(time.Millisecond))
+	// every check for 2 s: still gone
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if !IsNXDomain(a.Pod, server, meshName, 300*time.Millisecond) {
+			t.Fatalf("%s answered again while the link is Down", meshName)
+		}
+	}
+
+	b.StartBroker(lab, b.GW)
+	up, _ := a.WaitState("b", v1alpha1.StateUp, 10*time.Second)
+	upAt := time.Now()
+	back := checkEvery(t, 50*time.Millisecond, 3*time.Second, func() bool {
+		ip, err := LookupA(a.Pod, server, meshName, 300*time.Millisecond)
+		return err == nil && ip == want
+	})
+	if back.IsZero() || back.Sub(upAt) > time.Second {
+		t.Fatalf("%s did not resolve within 1s of Up", meshName)
+	}
+	t.Logf("link Up %s after the restart; %s resolves %s after Up", up.Round(time.Millisecond), meshName, back.Sub(upAt).Round(time.Millisecond))
+	if got := secret(); got != corefile {
+		t.Errorf("the Corefile changed with the link's health (a CoreDNS restart):\n%s", got)
+	}
+}
+
+// checkEvery runs cond every interval until it holds or limit passes and
+// returns when it first held, or the zero time.
+func checkEvery(t *testing.T, interval, limit time.Duration, cond func() bool) time.Time {
+	t.Helper()
+	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(interval) {
+		if cond() {
+			return time.Now()
+		}
+	}
+	return time.Time{}
 }

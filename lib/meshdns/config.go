@@ -49,7 +49,11 @@ type Config struct {
 	Secret     string
 	Deployment string
 	// Configure manages the coredns-custom hook of the cluster DNS.
-	Configure      bool
+	Configure bool
+	// LinkGate renders every link's block behind kubelinkgate (dns mode):
+	// see InputOptions.LinkGate. The kubelink CoreDNS then needs read
+	// access to KubeLinks.
+	LinkGate       bool
 	ClusterDNSPort int
 
 	Resync      time.Duration

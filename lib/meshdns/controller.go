@@ -124,7 +124,8 @@ func (c *Controller) sync(ctx context.Context) error {
 		return fmt.Errorf("listing KubeLinks: %w", err)
 	}
 	m := mesh.Build(list.Items, mesh.ParseOptions{})
-	opts := InputOptions{Mode: c.cfg.Mode, ClusterName: c.cfg.ClusterName, ClusterDomain: c.cfg.ClusterDomain, DNS: c.cfg.DNSServiceIP}
+	opts := InputOptions{Mode: c.cfg.Mode, ClusterName: c.cfg.ClusterName, ClusterDomain: c.cfg.ClusterDomain, DNS: c.cfg.DNSServiceIP,
+		LinkGate: c.cfg.LinkGate}
 	if c.cfg.Mode == ModeKubernetes {
 		opts.Credentials, opts.CredentialErrors = c.credentials(ctx, m, list.Items)
 	}

@@ -98,6 +98,9 @@ type Cluster struct {
 	APIServer string
 	Token     string
 	CA        []byte
+	// Gated puts the kubelinkgate plugin for the link Context in front of
+	// the block (dns mode, InputOptions.LinkGate).
+	Gated bool
 }
 
 // Output is the content of the kubelink CoreDNS Secret.
@@ -153,7 +156,11 @@ func Render(in Input) (Output, error) {
 					kubeClusters = append(kubeClusters, c)
 				}
 			} else {
-				add(server{zone: zone, body: rewriteForward(zone, c.Domain, c.DNS)})
+				body := rewriteForward(zone, c.Domain, c.DNS)
+				if c.Gated {
+					body = append([]string{body[0], "kubelinkgate " + c.Context}, body[1:]...)
+				}
+				add(server{zone: zone, body: body})
 			}
 		}
 		// Unknown clusters (e.g. a link that went Down) get NXDOMAIN here

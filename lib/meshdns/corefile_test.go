@@ -61,6 +61,11 @@ func TestRenderGolden(t *testing.T) {
 		{"two-meshes", []v1alpha1.KubeLink{localA(nil), peerB("Up"), blueLocal(), blueE("Up")}, dnsOpts},
 		{"global-dns", []v1alpha1.KubeLink{localA(&v1alpha1.KubeLinkDNS{DNSIP: "100.64.0.12", BaseDomain: "kubelink"}), peerB("Up")}, dnsOpts},
 		{"none", nil, dnsOpts},
+		// with the gate every link keeps its block whatever its state
+		{"link-gate", []v1alpha1.KubeLink{localA(nil), peerB("Up"), peerC("Down", false), peerD("Idle"), blueLocal(), blueE("")},
+			InputOptions{Mode: ModeDNS, LinkGate: true}},
+		{"link-gate-kubernetes-mode-ignores-it", []v1alpha1.KubeLink{localA(nil), peerB("Up"), peerC("Up", false), blueLocal(), blueE("Up")},
+			InputOptions{Mode: ModeKubernetes, Credentials: kubeOpts.Credentials, LinkGate: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			golden(t, tc.name, renderAll(t, tc.links, tc.opts))

@@ -56,6 +56,12 @@ type InputOptions struct {
 	Credentials map[string]Credentials
 	// CredentialErrors explain why a link's apiAccess Secret is unusable.
 	CredentialErrors map[string]error
+	// LinkGate (dns mode): every accepted link gets its block whatever its
+	// state, behind the kubelinkgate plugin, which answers NXDOMAIN while
+	// the link is not Up. Health changes then change no Corefile and restart
+	// no CoreDNS, and a link that leaves Up is gone from DNS within the
+	// plugin's reaction (the informer) and its 1 s TTL cap.
+	LinkGate bool
 }
 
 // BuildInput derives the Render input from the mesh model and the KubeLink
@@ -93,7 +99,8 @@ func BuildInput(m *mesh.Model, links []v1alpha1.KubeLink, o InputOptions) (Input
 		}
 		for _, l := range ms.Members {
 			kl := byName[l.Name.String()]
-			if !l.DNS.Propagate || kl == nil || kl.Status.State != v1alpha1.StateUp {
+			gated := o.LinkGate && o.Mode == ModeDNS
+			if !l.DNS.Propagate || kl == nil || (kl.Status.State != v1alpha1.StateUp && !gated) {
 				continue
 			}
 			c, err := remoteCluster(l, kl, o)
@@ -104,6 +111,7 @@ func BuildInput(m *mesh.Model, links []v1alpha1.KubeLink, o InputOptions) (Input
 				warnings = append(warnings, fmt.Sprintf("link %s left out of DNS: %v", l.Name, err))
 				continue
 			}
+			c.Gated = gated
 			mi.Clusters = append(mi.Clusters, c)
 		}
 		in.Meshes = append(in.Meshes, mi)
