@@ -95,8 +95,13 @@ hook_cluster_dns() {
   local c=$1 ip cf
   ip=$(kc "$c" -n kubelink get svc kubelink-coredns -o jsonpath='{.spec.clusterIP}')
   cf=$(kc "$c" -n kube-system get cm coredns -o jsonpath='{.data.Corefile}')
-  if grep -q '^kubelink:53' <<<"$cf"; then return; fi
-  cf+=$'\n'"kubelink:53 {"$'\n'"    errors"$'\n'"    cache 5"$'\n'"    forward . $ip"$'\n'"}"
+  # The same block as kubelink-meshdns's coredns-custom hook: no cached
+  # SERVFAIL (a dead member's timeouts would outlive its Down by 5 s).
+  local want="kubelink:53 {"$'\n'"    errors"$'\n'"    cache 5 {"$'\n'"        servfail 0"$'\n'"    }"$'\n'"    forward . $ip"$'\n'"}"
+  if [[ $cf == *"$want"* ]]; then return; fi
+  # an older block of ours is replaced
+  cf=$(awk '/^kubelink:53 \{/{skip=1; depth=0} skip{n=gsub(/\{/,"{"); m=gsub(/\}/,"}"); depth+=n-m; if (depth<=0 && (n||m)) {skip=0}; next} {print}' <<<"$cf")
+  cf+=$'\n'"$want"
   kc "$c" -n kube-system create cm coredns --from-literal=Corefile="$cf" --dry-run=client -o yaml | kc "$c" apply -f - >/dev/null
   kc "$c" -n kube-system rollout restart deploy/coredns >/dev/null
 }

@@ -294,6 +294,15 @@ func forwardServer(zone, to string) server {
 	return server{zone: zone, body: []string{"errors", fmt.Sprintf("cache %d", cacheSeconds), "forward . " + to}}
 }
 
+// hookServer is the cluster DNS's block for a mesh domain. It caches no
+// SERVFAIL: while a member is dead but not yet Down, its queries time out
+// (SERVFAIL), and a cached SERVFAIL (5 s by default) kept answering for
+// seconds after the kubelink CoreDNS already said NXDOMAIN, differently
+// per cluster-DNS replica (found in the kind lab, issue #11).
+func hookServer(zone, to string) server {
+	return server{zone: zone, body: []string{"errors", fmt.Sprintf("cache %d {", cacheSeconds), "    servfail 0", "}", "forward . " + to}}
+}
+
 // localServer serves the local cluster under the mesh domain, so that the
 // same name works from every member, including this one.
 func localServer(in Input, m MeshInput) server {

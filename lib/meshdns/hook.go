@@ -44,7 +44,7 @@ func CorednsCustom(meshes []MeshInput, kubelinkDNS netip.Addr, port int) (string
 		if m.GlobalDNS.IsValid() {
 			add(forwardServer("svc.global."+m.Domain, m.GlobalDNS.String()))
 		}
-		add(forwardServer(m.Domain, kubelinkDNS.String()))
+		add(hookServer(m.Domain, kubelinkDNS.String()))
 	}
 	return printServers(servers, port, ""), nil
 }
