@@ -224,7 +224,9 @@ func failoverOnce(ctx context.Context, t *testing.T, run int, url string) time.D
 	if _, err := installProber(ctx, lab.A, pod); err != nil {
 		t.Fatal(err)
 	}
-	const window = 15 * time.Second
+	// long enough to see traffic back within the budget and then unbroken
+	// for 5 s
+	const window = failoverBudget + 7*time.Second
 	type result struct {
 		series []probe
 		err    error
