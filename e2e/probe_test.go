@@ -151,33 +151,50 @@ func settled(series []probe, t0 time.Time, want bool) (took, tail time.Duration,
 	return series[from].at.Sub(t0), last.at.Sub(series[from].at), flaps, nil
 }
 
+// outageRun is how many failed checks in a row make an outage; a shorter
+// run of failures after traffic came back is a flap, counted apart.
+const outageRun = 3
+
 // recovered reads a series that passed before t0: the time from t0 until
-// the first passing check after the last failing one (0 when nothing
-// failed), the number of failed checks, and how long the series kept
-// passing after that (the stable tail). A series that ends failing is an
+// the first passing check after the last outage (outageRun or more failed
+// checks in a row; 0 when there was none), the failed checks, the flaps
+// (shorter runs of failures after that), and how long the series went on
+// after traffic was back (the tail). A series that ends in an outage is an
 // error.
-func recovered(series []probe, t0 time.Time) (took, tail time.Duration, fails int, err error) {
+func recovered(series []probe, t0 time.Time) (took, tail time.Duration, fails, flaps int, err error) {
 	if !series[0].at.Before(t0) {
-		return 0, 0, 0, fmt.Errorf("no check before the event (series starts %s after it)", series[0].at.Sub(t0))
+		return 0, 0, 0, 0, fmt.Errorf("no check before the event (series starts %s after it)", series[0].at.Sub(t0))
 	}
 	if !series[0].ok {
-		return 0, 0, 0, fmt.Errorf("the first check before the event failed already")
-	}
-	lastFail := -1
-	for i, p := range series {
-		if !p.at.Before(t0) && !p.ok {
-			lastFail, fails = i, fails+1
-		}
+		return 0, 0, 0, 0, fmt.Errorf("the first check before the event failed already")
 	}
 	end := series[len(series)-1]
-	if lastFail < 0 {
-		return 0, end.at.Sub(t0), 0, nil
+	backAt := -1 // index of the first pass after the last outage
+	run := 0
+	for i, p := range series {
+		if p.at.Before(t0) {
+			continue
+		}
+		if !p.ok {
+			fails++
+			run++
+			continue
+		}
+		if run >= outageRun {
+			backAt = i
+		} else if run > 0 && backAt >= 0 {
+			flaps++
+		}
+		run = 0
 	}
-	if lastFail == len(series)-1 {
-		return 0, 0, fails, fmt.Errorf("still failing at the end of the window (%s after the event, %d failed checks)", end.at.Sub(t0).Round(time.Millisecond), fails)
+	if run >= outageRun {
+		return 0, 0, fails, flaps, fmt.Errorf("still failing at the end of the window (%s after the event, %d failed checks)", end.at.Sub(t0).Round(time.Millisecond), fails)
 	}
-	back := series[lastFail+1]
-	return back.at.Sub(t0), end.at.Sub(back.at), fails, nil
+	if backAt < 0 {
+		return 0, end.at.Sub(t0), fails, flaps, nil // no outage at all
+	}
+	back := series[backAt]
+	return back.at.Sub(t0), end.at.Sub(back.at), fails, flaps, nil
 }
 
 // distribution prints one BENCH line per run and the summary, and returns
