@@ -117,19 +117,23 @@ func parse(c *caddy.Controller) (*Plugin, *Config, error) {
 
 // restConfig is the kubeconfig's (context's) configuration, or the
 // in-cluster one without a kubeconfig.
-func restConfig(cfg *Config) (*rest.Config, error) {
-	if cfg.Kubeconfig == "" {
+func restConfig(cfg *Config) (*rest.Config, error) { return RestConfig(cfg.Kubeconfig, cfg.Context) }
+
+// RestConfig is what a kubelink CoreDNS plugin's "kubeconfig PATH [CONTEXT]"
+// names, or the in-cluster configuration when kubeconfig is empty.
+func RestConfig(kubeconfig, context string) (*rest.Config, error) {
+	if kubeconfig == "" {
 		rc, err := rest.InClusterConfig()
 		if err != nil {
 			return nil, fmt.Errorf("no kubeconfig given and not in a cluster: %w", err)
 		}
 		return rc, nil
 	}
-	rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: cfg.Kubeconfig}
+	rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: kubeconfig}
 	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
-		&clientcmd.ConfigOverrides{CurrentContext: cfg.Context}).ClientConfig()
+		&clientcmd.ConfigOverrides{CurrentContext: context}).ClientConfig()
 	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", cfg.Kubeconfig, err)
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
 	}
 	return rc, nil
 }

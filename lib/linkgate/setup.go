@@ -1,8 +1,6 @@
 package linkgate
 
 import (
-	"fmt"
-	"slices"
 	"strconv"
 	"time"
 
@@ -10,8 +8,8 @@ import (
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
 	clog "github.com/coredns/coredns/plugin/pkg/log"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kubelink/kubelink/lib/globaldns"
 )
 
 var log = clog.NewWithPlugin(PluginName)
@@ -22,18 +20,7 @@ func init() { plugin.Register(PluginName, setup) }
 // "cache" (so that a cached answer of a member that went Down is not served
 // either), as custom CoreDNS builds do without editing plugin.cfg. Call it
 // from main before coremain.Run; calling it twice is harmless.
-func AddDirective() {
-	if slices.Contains(dnsserver.Directives, PluginName) {
-		return
-	}
-	for _, before := range []string{"cache", "rewrite", "forward"} {
-		if i := slices.Index(dnsserver.Directives, before); i >= 0 {
-			dnsserver.Directives = slices.Insert(dnsserver.Directives, i, PluginName)
-			return
-		}
-	}
-	dnsserver.Directives = append(dnsserver.Directives, PluginName)
-}
+func AddDirective() { globaldns.InsertDirective(PluginName, "cache", "rewrite", "forward") }
 
 // Config is one parsed kubelinkgate block.
 type Config struct {
@@ -116,23 +103,4 @@ func parse(c *caddy.Controller) (Config, error) {
 		}
 	}
 	return cfg, nil
-}
-
-// restConfig is the kubeconfig's (context's) configuration, or the
-// in-cluster one without a kubeconfig.
-func restConfig(cfg Config) (*rest.Config, error) {
-	if cfg.Kubeconfig == "" {
-		rc, err := rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("no kubeconfig given and not in a cluster: %w", err)
-		}
-		return rc, nil
-	}
-	rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: cfg.Kubeconfig}
-	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
-		&clientcmd.ConfigOverrides{CurrentContext: cfg.Context}).ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig %s: %w", cfg.Kubeconfig, err)
-	}
-	return rc, nil
 }

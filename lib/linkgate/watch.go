@@ -11,6 +11,8 @@ import (
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/kubelink/kubelink/lib/globaldns"
 )
 
 // GVR is the KubeLink resource (cluster-scoped).
@@ -42,7 +44,7 @@ func sharedWatch(cfg Config) (*watch, error) {
 	if w, ok := watches[key]; ok {
 		return w, nil
 	}
-	rc, err := restConfig(cfg)
+	rc, err := globaldns.RestConfig(cfg.Kubeconfig, cfg.Context)
 	if err != nil {
 		return nil, err
 	}

@@ -32,14 +32,8 @@ func TestSimultaneousConfigurationHandshakesAtOnce(t *testing.T) {
 		b := &tunnelEnd{ns: nstest.New(t, "cb"), port: 51841, underlay: "10.79.0.2", inner: "192.168.79.2"}
 		nstest.Veth(t, a.ns, "eth0", a.underlay+"/24", b.ns, "eth0", b.underlay+"/24")
 		log := testLogger(t)
-		for _, e := range []*tunnelEnd{a, b} {
-			e.name = nstest.UniqueName("wg")
-			var err error
-			if e.priv, err = GeneratePrivateKey(); err != nil {
-				t.Fatal(err)
-			}
-			e.open(t, log)
-		}
+		a.openNew(t, log)
+		b.openNew(t, log)
 		var wg sync.WaitGroup
 		wg.Add(2)
 		go func() { defer wg.Done(); a.apply(t, b.asPeer()) }()

@@ -54,6 +54,18 @@ func (e *tunnelEnd) open(t *testing.T, log *slog.Logger) {
 	e.ns.Run(t, "ip", "link", "set", e.name, "up")
 }
 
+// openNew gives the end a unique device name and a new key and opens it.
+func (e *tunnelEnd) openNew(t *testing.T, log *slog.Logger) {
+	t.Helper()
+	// Socket names are global (/var/run/wireguard): unique per process.
+	e.name = nstest.UniqueName("wg")
+	var err error
+	if e.priv, err = GeneratePrivateKey(); err != nil {
+		t.Fatal(err)
+	}
+	e.open(t, log)
+}
+
 // asPeer is how the other end sees this one.
 func (e *tunnelEnd) asPeer() ResolvedPeer {
 	return ResolvedPeer{
@@ -83,15 +95,8 @@ func TestTunnelBetweenNamespaces(t *testing.T) {
 	t.Cleanup(func() { assertNothingLeft(t, a.name, b.name) })
 	log := testLogger(t)
 	nstest.Veth(t, a.ns, "eth0", a.underlay+"/24", b.ns, "eth0", b.underlay+"/24")
-	for _, e := range []*tunnelEnd{a, b} {
-		// Socket names are global (/var/run/wireguard): unique per process.
-		e.name = nstest.UniqueName("wg")
-		var err error
-		if e.priv, err = GeneratePrivateKey(); err != nil {
-			t.Fatal(err)
-		}
-		e.open(t, log)
-	}
+	a.openNew(t, log)
+	b.openNew(t, log)
 	if !kernelHasWireGuard() {
 		if a.dev.Kind() != KindUserspace || !strings.Contains(a.dev.FallbackReason(), "not supported") {
 			t.Errorf("auto mode without the kernel module: kind %q, reason %q; want %s with the reason", a.dev.Kind(), a.dev.FallbackReason(), KindUserspace)
