@@ -26,8 +26,10 @@ func destination(pkt []byte) (netip.Addr, bool) {
 // ipInfo is what the receive path needs from a packet's headers.
 type ipInfo struct {
 	src, dst netip.Addr
-	// udpSrc and udpDst are the ports of a UDP packet (not a fragment),
+	// udp is set for a UDP packet with its header (not a fragment), and
+	// udpSrc and udpDst are its ports,
 	// 0 otherwise.
+	udp            bool
 	udpSrc, udpDst uint16
 	// hdrLen is the length of the IP and transport headers of an offloaded
 	// packet (virtio-net's hdr_len).
@@ -69,6 +71,7 @@ func inspect(pkt []byte, o Offload) (ipInfo, error) {
 		return info, fmt.Errorf("%w: not an IPv4 or IPv6 packet (%d bytes)", ErrMalformed, len(pkt))
 	}
 	if proto == protoUDP && l3+8 <= len(pkt) && (pkt[0]>>4 == 6 || binary.BigEndian.Uint16(pkt[6:8])&0x3fff == 0) {
+		info.udp = true
 		info.udpSrc = binary.BigEndian.Uint16(pkt[l3 : l3+2])
 		info.udpDst = binary.BigEndian.Uint16(pkt[l3+2 : l3+4])
 	}

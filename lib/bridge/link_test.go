@@ -77,10 +77,15 @@ func (e *bridgeEnd) open(t testing.TB) {
 // reach everything but 192.168.88.77.
 func policyFor(other *bridgeEnd) Policy {
 	in := mesh.Ingress{Deny: []netip.Prefix{netip.MustParsePrefix("192.168.88.77/32")}}
-	return Policy{
-		AllowedSources: []netip.Prefix{netip.PrefixFrom(other.cluster4.Addr(), 32), netip.PrefixFrom(other.cluster6.Addr(), 128)},
-		Ingress:        func(_, dst netip.Addr) bool { return in.Allows(dst) },
-	}
+	return Policy{Filter: func(p Packet) Verdict {
+		switch {
+		case p.Src != other.cluster4.Addr() && p.Src != other.cluster6.Addr():
+			return Spoofed
+		case !in.Allows(p.Dst):
+			return Denied
+		}
+		return Pass
+	}}
 }
 
 // connect joins a (client) and b (server) with mutual TLS over the veth,

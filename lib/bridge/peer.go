@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,38 +25,41 @@ const closeTimeout = time.Second
 // Policy says what a peer may send into this cluster; the bridge enforces
 // it in user space (there is no kernel firewall on this path).
 type Policy struct {
-	// AllowedSources are the sources the peer may use: its cluster
-	// address and egress ranges (anti-spoofing). IPv4 sources match only
-	// IPv4 prefixes.
-	AllowedSources []netip.Prefix
-	// Ingress reports whether the peer may send a packet from src (one of
-	// AllowedSources) to dst, e.g. mesh.Ingress.Allows of dst. The source
-	// matters where a peer forwards for others (a gatewayLink): the rule
-	// of the cluster behind it applies to that cluster's packets. Nil
-	// denies everything: the broker must say what a peer may reach.
-	Ingress func(src, dst netip.Addr) bool
-	// Probe, when valid, is the health probe's address and UDP port on
-	// this side: UDP packets to it (the peer's probes) and from that port
-	// to its address (the peer's replies to ours) pass whatever Ingress
-	// says, so that a firewall rule does not make a healthy link look
-	// Down.
-	Probe netip.AddrPort
+	// Filter decides on every well-formed packet from the peer: its source
+	// must be one the peer owns (anti-spoofing) and the destination one it
+	// may reach. The broker renders it from the model's ingress policy
+	// (mesh.Policy.Decide), the same policy the kernel chains of WireGuard
+	// mode come from. Nil denies everything: the broker must say what a
+	// peer may send.
+	Filter func(Packet) Verdict
 }
 
-func (pol *Policy) allowsIngress(info *ipInfo) bool {
-	if pr := pol.Probe; pr.IsValid() && info.dst == pr.Addr() && (info.udpDst == pr.Port() || info.udpSrc == pr.Port()) {
-		return true
-	}
-	return pol.Ingress != nil && pol.Ingress(info.src, info.dst)
+// Packet is what a Filter sees of a packet from a peer.
+type Packet struct {
+	Src, Dst netip.Addr
+	// UDP is set for a UDP packet that carries its header (not a later
+	// fragment); SrcPort and DstPort are its ports.
+	UDP              bool
+	SrcPort, DstPort uint16
 }
 
-func (pol *Policy) allowsSource(a netip.Addr) bool {
-	for _, p := range pol.AllowedSources {
-		if p.Contains(a) {
-			return true
-		}
+// Verdict is a Filter's decision.
+type Verdict uint8
+
+const (
+	// Pass writes the packet to the tun device.
+	Pass Verdict = iota
+	// Spoofed drops it: the source is not the peer's (counted as spoofed).
+	Spoofed
+	// Denied drops it: the ingress rule forbids the destination.
+	Denied
+)
+
+func (pol *Policy) verdict(info *ipInfo) Verdict {
+	if pol.Filter == nil {
+		return Denied
 	}
-	return false
+	return pol.Filter(Packet{Src: info.src, Dst: info.dst, UDP: info.udp, SrcPort: info.udpSrc, DstPort: info.udpDst})
 }
 
 // Peer is one connected peer of a Pump.
@@ -95,7 +97,6 @@ func (pr *Peer) ID() string { return pr.id }
 
 // SetPolicy replaces the peer's policy; it applies from the next batch.
 func (pr *Peer) SetPolicy(pol Policy) {
-	pol.AllowedSources = slices.Clone(pol.AllowedSources)
 	pr.policy.Store(&pol)
 }
 
@@ -309,12 +310,16 @@ func (pr *Peer) deliver(payload []byte) error {
 	for it.Next() {
 		pkt, o := it.Packet(), it.Offload()
 		info, err := inspect(pkt, o)
+		v := Denied
+		if err == nil {
+			v = pol.verdict(&info)
+		}
 		switch {
 		case err != nil:
 			drops[dropMalformed]++
-		case !pol.allowsSource(info.src):
+		case v == Spoofed:
 			drops[dropSpoofed]++
-		case !pol.allowsIngress(&info):
+		case v != Pass:
 			drops[dropIngressDenied]++
 		default:
 			slot := payload[it.at-virtioHdrLen : it.at+len(pkt)]

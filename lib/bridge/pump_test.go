@@ -228,10 +228,15 @@ func TestBurstLargerThanAFrameIsSplit(t *testing.T) {
 
 func TestPeerPacketsAreCheckedAndWrittenWithTheirOffload(t *testing.T) {
 	p, dev := newTestPump(t, Config{})
-	pol := Policy{
-		AllowedSources: []netip.Prefix{netip.MustParsePrefix("10.0.1.0/24")},
-		Ingress:        func(_, dst netip.Addr) bool { return dst != netip.MustParseAddr("192.168.88.77") },
-	}
+	pol := Policy{Filter: func(p Packet) Verdict {
+		switch {
+		case !netip.MustParsePrefix("10.0.1.0/24").Contains(p.Src):
+			return Spoofed
+		case p.Dst == netip.MustParseAddr("192.168.88.77"):
+			return Denied
+		}
+		return Pass
+	}}
 	pr, b := addRemote(t, p, "b", pol)
 	gso := Offload{PartialChecksum: true, GSO: GSOTCPv4, GSOSize: 1448, CsumStart: 20, CsumOffset: 16}
 	super := ipv4(protoTCP, 32, 5000)
@@ -298,9 +303,9 @@ func TestPeerPacketsAreCheckedAndWrittenWithTheirOffload(t *testing.T) {
 	}
 }
 
-func TestNilIngressDeniesEverything(t *testing.T) {
+func TestNilFilterDeniesEverything(t *testing.T) {
 	p, _ := newTestPump(t, Config{})
-	pr, b := addRemote(t, p, "b", Policy{AllowedSources: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}})
+	pr, b := addRemote(t, p, "b", Policy{})
 	batch := NewBatch()
 	_ = batch.Append(packet("10.0.1.5", "192.168.88.2", 1, 50), Offload{})
 	if _, err := b.conn.Write(batch.Frame()); err != nil {

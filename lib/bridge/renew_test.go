@@ -155,12 +155,12 @@ func TestConnectorAutoConnectCallback(t *testing.T) {
 	settled(t, a, b)
 }
 
-// The health probe passes the ingress check whatever the rule says, in
-// both directions (the peer's probe and the peer's reply to ours); other
-// UDP to the same address does not.
-func TestPolicyLetsTheProbePass(t *testing.T) {
+// The filter sees what the probe exemption of the policy needs: the UDP
+// ports of a packet, and no ports for a fragment (which has no UDP header).
+func TestFilterSeesUDPPortsButNotInFragments(t *testing.T) {
 	local := netip.MustParseAddr("192.168.88.1")
-	pol := Policy{Ingress: func(_, _ netip.Addr) bool { return false }, Probe: netip.AddrPortFrom(local, 8779)}
+	var seen Packet
+	pol := Policy{Filter: func(p Packet) Verdict { seen = p; return Pass }}
 	udp := func(sport, dport uint16, frag bool) []byte {
 		pkt := make([]byte, 28)
 		pkt[0], pkt[8], pkt[9] = 0x45, 64, protoUDP
@@ -175,22 +175,22 @@ func TestPolicyLetsTheProbePass(t *testing.T) {
 		binary.BigEndian.PutUint16(pkt[24:26], 8)
 		return pkt
 	}
+	peerAddr := netip.MustParseAddr("192.168.88.2")
 	for _, c := range []struct {
-		name   string
-		pkt    []byte
-		passes bool
+		name string
+		pkt  []byte
+		want Packet
 	}{
-		{"probe", udp(40000, 8779, false), true},
-		{"reply to our probe", udp(8779, 40000, false), true},
-		{"other UDP", udp(40000, 53, false), false},
-		{"fragment", udp(40000, 8779, true), false},
+		{"probe", udp(40000, 8779, false), Packet{Src: peerAddr, Dst: local, UDP: true, SrcPort: 40000, DstPort: 8779}},
+		{"reply", udp(8779, 8780, false), Packet{Src: peerAddr, Dst: local, UDP: true, SrcPort: 8779, DstPort: 8780}},
+		{"fragment", udp(40000, 8779, true), Packet{Src: peerAddr, Dst: local}},
 	} {
 		info, err := inspect(c.pkt, Offload{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := pol.allowsIngress(&info); got != c.passes {
-			t.Errorf("%s: passes %v, want %v", c.name, got, c.passes)
+		if v := pol.verdict(&info); v != Pass || seen != c.want {
+			t.Errorf("%s: filter saw %+v (verdict %d), want %+v", c.name, seen, v, c.want)
 		}
 	}
 }

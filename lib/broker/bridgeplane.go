@@ -136,65 +136,27 @@ func (p *bridgePlane) endpoint(e mesh.Endpoint) string {
 	return net.JoinHostPort(e.Host, strconv.Itoa(port))
 }
 
-// ingressOf is what a peer of link l in mesh ms may reach: the effective
-// ingress rule of the link or, when neither the link nor its mesh has one,
-// the mesh, the local cluster address and the local service CIDR. As in
-// the kernel rules of WireGuard mode (mesh.FirewallRules), traffic to
-// another member's networks is transit and left to that member's
-// firewall; the health probe passes through Policy.Probe.
-func ingressOf(ms *mesh.Mesh, l *mesh.Link) func(netip.Addr) bool {
-	in := mesh.EffectiveIngress(ms.Local.Ingress, l.Ingress)
-	if !in.IsSet() {
-		in.Allow = []netip.Prefix{ms.CIDR(), netip.PrefixFrom(ms.Local.IP(), ms.Local.IP().BitLen())}
-		if ms.Local.ServiceCIDR.IsValid() {
-			in.Allow = append(in.Allow, ms.Local.ServiceCIDR)
-		}
-	}
-	var transit []netip.Prefix
-	for _, other := range ms.Members {
-		if other != l {
-			transit = append(transit, other.AllowedIPs()...)
-		}
-	}
-	return func(dst netip.Addr) bool {
-		for _, p := range transit {
-			if p.Contains(dst) {
-				return true
-			}
-		}
-		return in.Allows(dst)
-	}
-}
-
-// connectionPolicy is what the connection of link gw accepts: packets from
-// gw's own sources and from the sources of the transit links that use gw
-// as their gatewayLink (the peer forwards their traffic), each checked
-// against the ingress rule of the link the source belongs to, as the
-// kernel firewall does by source in WireGuard mode.
-func connectionPolicy(ms *mesh.Mesh, gw *mesh.Link, transit []*mesh.Link, probe netip.AddrPort) bridge.Policy {
-	type rule struct {
-		from   []netip.Prefix
-		allows func(netip.Addr) bool
-	}
-	rules := []rule{{gw.AllowedIPs(), ingressOf(ms, gw)}}
+// connectionPolicy is what the connection of link gw accepts: the model's
+// ingress policy for the links it carries — gw and the transit links that
+// use gw as their gatewayLink (the peer forwards their traffic). The source
+// of a packet must be owned by one of them, and the rule of the owning link
+// applies, as the kernel chains of WireGuard mode do (mesh.FirewallRules is
+// the other rendering of the same policy).
+func connectionPolicy(pol *mesh.Policy, gw *mesh.Link, transit []*mesh.Link) bridge.Policy {
+	carried := map[string]bool{gw.Name.String(): true}
 	for _, l := range transit {
-		rules = append(rules, rule{l.AllowedIPs(), ingressOf(ms, l)})
+		carried[l.Name.String()] = true
 	}
-	pol := bridge.Policy{Probe: probe}
-	for _, r := range rules {
-		pol.AllowedSources = append(pol.AllowedSources, r.from...)
-	}
-	pol.Ingress = func(src, dst netip.Addr) bool {
-		for _, r := range rules {
-			for _, p := range r.from {
-				if p.Contains(src) {
-					return r.allows(dst)
-				}
-			}
+	carries := func(link string) bool { return carried[link] }
+	return bridge.Policy{Filter: func(p bridge.Packet) bridge.Verdict {
+		switch pol.Decide(carries, mesh.Packet{Src: p.Src, Dst: p.Dst, UDP: p.UDP, SrcPort: p.SrcPort, DstPort: p.DstPort}) {
+		case mesh.Accept:
+			return bridge.Pass
+		case mesh.DropSpoofed:
+			return bridge.Spoofed
 		}
-		return false
-	}
-	return pol
+		return bridge.Denied
+	}}
 }
 
 // apply makes the namespace and the connections match the model.
@@ -216,8 +178,9 @@ func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
 	var links []bridge.Link
 	var table []routeEntry
 	via := map[string]string{} // link → the link whose connection carries it
+	pol := m.Policy(p.cfg.ProbePort)
 	for _, ms := range m.Meshes {
-		ls, t := p.meshLinks(m, ms, via, res)
+		ls, t := p.meshLinks(m, ms, pol, via, res)
 		links, table = append(links, ls...), append(table, t...)
 	}
 	slices.SortStableFunc(table, func(a, b routeEntry) int { return cmp.Compare(b.prefix.Bits(), a.prefix.Bits()) })
@@ -256,7 +219,7 @@ func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
 // serve in res. A transit link (gatewayLink) has no connection of its own:
 // its networks are routed into its gateway link's connection, and that
 // connection accepts its sources under its ingress rule.
-func (p *bridgePlane) meshLinks(m *mesh.Model, ms *mesh.Mesh, via map[string]string, res planeResult) ([]bridge.Link, []routeEntry) {
+func (p *bridgePlane) meshLinks(m *mesh.Model, ms *mesh.Mesh, policy *mesh.Policy, via map[string]string, res planeResult) ([]bridge.Link, []routeEntry) {
 	var links []bridge.Link
 	var table []routeEntry
 	local := LocalHello(p.cfg, ms)
@@ -280,7 +243,7 @@ func (p *bridgePlane) meshLinks(m *mesh.Model, ms *mesh.Mesh, via map[string]str
 			continue
 		default:
 			via[name] = name
-			pol := connectionPolicy(ms, l, transit[name], netip.AddrPortFrom(ms.Local.IP(), uint16(p.cfg.ProbePort)))
+			pol := connectionPolicy(policy, l, transit[name])
 			links = append(links, bridge.Link{ID: name, Endpoint: p.endpoint(l.Endpoint), ClusterAddress: l.Address, Policy: pol, Local: &local})
 		}
 		res.PeerOf[name] = mesh.Key{}

@@ -30,53 +30,36 @@ func TestConnectionPolicyOfAGatewayLink(t *testing.T) {
 			t.Fatalf("link %s: %s %s", n, v.State, v.Message)
 		}
 	}
-	ms := m.Meshes[0]
 	b, _ := m.Link("b")
 	a, _ := m.Link("a")
-	probe := netip.MustParseAddrPort("192.168.0.13:8779")
-	pol := connectionPolicy(ms, b, []*mesh.Link{a}, probe)
-	if pol.Probe != probe {
-		t.Errorf("probe = %s", pol.Probe)
-	}
-	ip := netip.MustParseAddr
+	policy := m.Policy(8779)
+	pol := connectionPolicy(policy, b, []*mesh.Link{a})
 	for _, c := range []struct {
 		src, dst string
-		source   bool // an allowed source
-		ingress  bool // passes the ingress check
+		want     bridge.Verdict
 		why      string
 	}{
-		{"192.168.0.12", "100.64.32.20", true, true, "b to C's ClusterIP: b has no rule"},
-		{"100.64.16.5", "100.64.32.20", true, true, "from b's service CIDR"},
-		{"192.168.0.11", "100.64.32.20", true, false, "a's rule denies C's ClusterIP to a's traffic through b"},
-		{"100.64.0.7", "100.64.32.20", true, false, "a's service CIDR is a's too"},
-		{"192.168.0.11", "100.64.32.21", true, true, "a to another ClusterIP of C"},
-		{"192.168.0.11", "192.168.0.13", true, true, "a to C's cluster address"},
-		{"192.168.0.11", "100.64.48.1", true, true, "a to member d's networks: transit, d's business"},
-		{"192.168.0.14", "100.64.32.21", false, false, "d's address through b: spoofed"},
-		{"10.99.0.1", "100.64.32.21", false, false, "nobody's address"},
+		{"192.168.0.12", "100.64.32.20", bridge.Pass, "b to C's ClusterIP: b has no rule"},
+		{"100.64.16.5", "100.64.32.20", bridge.Pass, "from b's service CIDR"},
+		{"192.168.0.11", "100.64.32.20", bridge.Denied, "a's rule denies C's ClusterIP to a's traffic through b"},
+		{"100.64.0.7", "100.64.32.20", bridge.Denied, "a's service CIDR is a's too"},
+		{"192.168.0.11", "100.64.32.21", bridge.Pass, "a to another ClusterIP of C"},
+		{"192.168.0.11", "192.168.0.13", bridge.Pass, "a to C's cluster address"},
+		{"192.168.0.11", "100.64.48.1", bridge.Pass, "a to member d's networks: transit, d's business"},
+		{"192.168.0.12", "10.250.0.5", bridge.Denied, "b to C's node network: not exported by default"},
+		{"192.168.0.14", "100.64.32.21", bridge.Spoofed, "d's address through b: spoofed"},
+		{"10.99.0.1", "100.64.32.21", bridge.Spoofed, "nobody's address"},
 	} {
-		if got := slicesContain(pol.AllowedSources, ip(c.src)); got != c.source {
-			t.Errorf("%s: source %s allowed %v, want %v", c.why, c.src, got, c.source)
-		}
-		if got := pol.Ingress(ip(c.src), ip(c.dst)); got != c.ingress {
-			t.Errorf("%s: %s -> %s passes %v, want %v", c.why, c.src, c.dst, got, c.ingress)
+		if got := pol.Filter(bridge.Packet{Src: netip.MustParseAddr(c.src), Dst: netip.MustParseAddr(c.dst)}); got != c.want {
+			t.Errorf("%s: %s -> %s verdict %d, want %d", c.why, c.src, c.dst, got, c.want)
 		}
 	}
 
 	// Without transit links the connection is b's alone.
-	alone := connectionPolicy(ms, b, nil, probe)
-	if slicesContain(alone.AllowedSources, ip("192.168.0.11")) || alone.Ingress(ip("192.168.0.11"), ip("100.64.32.21")) {
-		t.Error("b's connection accepts a's packets although no link uses b as gatewayLink")
+	alone := connectionPolicy(policy, b, nil)
+	if v := alone.Filter(bridge.Packet{Src: netip.MustParseAddr("192.168.0.11"), Dst: netip.MustParseAddr("100.64.32.21")}); v != bridge.Spoofed {
+		t.Errorf("b's connection gives a's packet verdict %d, want spoofed: no link uses b as gatewayLink", v)
 	}
-}
-
-func slicesContain(ps []netip.Prefix, a netip.Addr) bool {
-	for _, p := range ps {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
 }
 
 // A in two meshes: the links of each mesh announce A's cluster address in
@@ -102,7 +85,7 @@ func TestBridgeLinksOfSeveralMeshes(t *testing.T) {
 	links := map[string]bridge.Link{}
 	var table []routeEntry
 	for _, ms := range m.Meshes {
-		ls, tab := p.meshLinks(m, ms, via, res)
+		ls, tab := p.meshLinks(m, ms, m.Policy(8779), via, res)
 		for _, l := range ls {
 			links[l.ID] = l
 		}
@@ -131,14 +114,16 @@ func TestBridgeLinksOfSeveralMeshes(t *testing.T) {
 	if len(res.LinkErrs) != 1 {
 		t.Errorf("link errors %v", res.LinkErrs)
 	}
-	// Each mesh's probe port and rules: C reaches A's address in lab, not B's networks.
+	// Each mesh's probe and rules: C reaches A's address in lab (and its
+	// probe responder there), not B's networks.
 	c := links["lab--c"].Policy
-	if c.Probe != netip.MustParseAddrPort("10.200.0.1:8779") {
-		t.Errorf("lab--c probe %s", c.Probe)
+	pkt := func(src, dst string) bridge.Packet {
+		return bridge.Packet{Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst)}
 	}
-	ip := netip.MustParseAddr
-	if !c.Ingress(ip("10.200.0.3"), ip("100.64.0.20")) || c.Ingress(ip("10.200.0.3"), ip("100.64.16.20")) {
-		t.Error("lab--c: want A's services allowed and B's (another mesh) denied")
+	probe := pkt("10.200.0.3", "10.200.0.1")
+	probe.UDP, probe.SrcPort, probe.DstPort = true, 40000, 8779
+	if c.Filter(pkt("10.200.0.3", "100.64.0.20")) != bridge.Pass || c.Filter(pkt("10.200.0.3", "100.64.16.20")) != bridge.Denied || c.Filter(probe) != bridge.Pass {
+		t.Error("lab--c: want A's services and A's lab probe responder allowed, B's networks (another mesh) denied")
 	}
 	routes := map[string]string{}
 	for _, e := range table {

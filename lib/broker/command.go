@@ -57,7 +57,7 @@ func Main(name, short, fixedMode string) {
 	f.IntVar(&c.RulePriority, "rule-priority", c.RulePriority, "priority of the ip rule for --route-table")
 	f.DurationVar(&c.ProbeInterval, "probe-interval", c.ProbeInterval, "health probe interval through the tunnel")
 	f.DurationVar(&c.ProbeDownAfter, "probe-down-after", c.ProbeDownAfter, "a link is Down after this long without a probe reply")
-	f.IntVar(&c.ProbePort, "probe-port", c.ProbePort, "UDP port of the health-probe responder on the cluster addresses")
+	f.IntVar(&c.ProbePort, "probe-port", c.ProbePort, "UDP port of the health-probe responder on the cluster addresses; probes are sent from the next port")
 	f.DurationVar(&c.HealthEvery, "health-status-interval", c.HealthEvery, "minimum time between status writes that only change health figures")
 	f.DurationVar(&c.Resync, "resync", c.Resync, "period of the full sync (also runs on every change)")
 	f.BoolVar(&c.LeaderElect, "leader-elect", c.LeaderElect, "run only while holding the Lease (replicas wait as standby)")

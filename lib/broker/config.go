@@ -98,6 +98,9 @@ func Defaults() Config {
 // Validate checks the configuration and explains what is wrong.
 func (c *Config) Validate() error {
 	var errs []error
+	if c.ProbePort < 1 || c.ProbePort > 65534 {
+		errs = append(errs, fmt.Errorf("--probe-port=%d: must be 1-65534 (probes are sent from the next port)", c.ProbePort))
+	}
 	switch c.Mode {
 	case ModeWireGuard, ModeNone:
 	case ModeBridge:

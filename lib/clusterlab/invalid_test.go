@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/mesh"
 )
 
 // dropValidation replaces the KubeLink schema by an open one, as on a cluster
@@ -48,7 +49,7 @@ func TestInvalidLinksAreReportedAndOthersKeepWorking(t *testing.T) {
 	dropValidation(t, a)
 	a.StartRouter(lab)
 	b.StartRouter(lab)
-	a.StartBroker(lab, a.GW)
+	brokerA := a.StartBroker(lab, a.GW)
 	b.StartBroker(lab, b.GW)
 	Connect(a, b)
 	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
@@ -73,6 +74,14 @@ func TestInvalidLinksAreReportedAndOthersKeepWorking(t *testing.T) {
 		{kl("second-local", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.30/24", Endpoint: "LocalLink"}), v1alpha1.StateStale, "already defined by the older LocalLink a"},
 		{kl("bad-gateway", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.31/24", GatewayLink: "nope"}), v1alpha1.StateStale, "gatewayLink nope does not exist"},
 		{kl("no-key", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.32/24", CIDR: "100.64.64.0/20", Endpoint: "c.example.org"}), v1alpha1.StateError, "spec.publicKey is required in WireGuard mode"},
+		// Hostile or foreign-family input (the CRD rejects it; this cluster's
+		// open schema lets it through): Invalid or Stale, never in a rule.
+		{kl("ipv6-cidr", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.40/24", CIDR: "fd00:50::/64", Endpoint: "c.example.org", PublicKey: key}), v1alpha1.StateInvalid, "spec.cidr: \"fd00:50::/64\" is not IPv4"},
+		{kl("ipv6-address", v1alpha1.KubeLinkSpec{ClusterAddress: "fd00:1::12/64", Endpoint: "c.example.org"}), v1alpha1.StateInvalid, "spec.clusterAddress: \"fd00:1::12/64\" is not IPv4"},
+		{kl("ipv6-ingress", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.41/24", Endpoint: "c.example.org", Ingress: []string{"fd00::/8"}}), v1alpha1.StateInvalid, "spec.ingress"},
+		{kl("huge-mesh", v1alpha1.KubeLinkSpec{ClusterAddress: "16.0.0.2/4", Endpoint: "c.example.org"}), v1alpha1.StateInvalid, "/16 to /31"},
+		{kl("egress-mesh", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.42/24", Endpoint: "c.example.org", Egress: []string{"192.168.0.0/16"}}), v1alpha1.StateStale, "covers the network 192.168.0.0/24"},
+		{kl("egress-member", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.43/24", Endpoint: "c.example.org", Egress: []string{"192.168.0.12"}}), v1alpha1.StateStale, "contains the cluster address 192.168.0.12 of link b"},
 		{kl("unresolvable", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.33/24", CIDR: "100.64.80.0/20", Endpoint: "does-not-exist.invalid:8777", PublicKey: "Yy9nYWhHZmVkY2JhMDEyMzQ1Njc4OWFiY2RlZmdoaWo="}), v1alpha1.StateError, "does-not-exist.invalid"},
 	}
 	for _, c := range bad {
@@ -107,7 +116,23 @@ func TestInvalidLinksAreReportedAndOthersKeepWorking(t *testing.T) {
 		return true
 	})
 
-	// The good link is untouched: still Up, traffic flows.
-	a.WaitState("b", v1alpha1.StateUp, 3*time.Second)
-	WaitGet(t, a.Pod, b.ServiceIP, 3*time.Second)
+	// The good link is untouched: still Up, traffic flows both ways (B's
+	// traffic passes A's firewall chain for b), and b's firewall and SNAT
+	// chains are in place — an IPv6 prefix once failed the one
+	// iptables-restore for the whole table, so every link lost both.
+	checkGood := func(when string) {
+		t.Helper()
+		a.WaitState("b", v1alpha1.StateUp, 5*time.Second)
+		WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
+		WaitGet(t, b.Pod, a.ServiceIP, 5*time.Second)
+		mangle, nat := a.GW.Run(t, "iptables", "-t", "mangle", "-S"), a.GW.Run(t, "iptables", "-t", "nat", "-S")
+		if !strings.Contains(mangle, mesh.FirewallChain("b")) || !strings.Contains(nat, mesh.ChainNAT) || strings.Contains(mangle+nat, "fd00") {
+			t.Errorf("%s: A's chains are not b's alone:\nmangle:\n%s\nnat:\n%s", when, mangle, nat)
+		}
+	}
+	checkGood("with the bad links")
+	// A fresh broker (nothing written yet) starts with the bad links present.
+	brokerA.Stop()
+	a.StartBroker(lab, a.GW)
+	checkGood("after a broker restart")
 }

@@ -5,61 +5,56 @@ import (
 	"net/netip"
 )
 
-// FirewallRules enforce spec.ingress for traffic arriving from the mesh
-// device, in mangle PREROUTING (before any DNAT, so rules see the addresses the
-// peer used). For a link, the denied destinations of the link and of its mesh's
-// LocalLink are dropped; if the link (or, when the link has none, its
-// LocalLink) has an allow list, everything outside it is dropped too — the
-// original bridge ignored allow lists. Traffic to another member's networks
-// is transit and is left to that member's own firewall. The health probe
-// (UDP probePort on the local cluster address) always passes: a firewall rule
-// must not make a healthy link look Down.
+// FirewallRules render the ingress Policy of every foreign link as kernel
+// rules for traffic arriving from the mesh device, in mangle PREROUTING
+// (before any DNAT, so rules see the addresses the peer used): the top chain
+// jumps by source — longest prefix first, so the owning link's chain
+// decides (goto, not jump) — into one chain per link holding its probe exemption, transit,
+// denies and allow list, ending in DROP. WireGuard itself drops sources
+// outside the peer's AllowedIPs, which is the ownership check of
+// Policy.Decide. Every link gets a chain: without spec.ingress the secure
+// default applies (see LinkPolicy.Default), not "everything" as in the
+// original.
 func (m *Model) FirewallRules(device string, probePort int) RuleSet {
-	top := Chain{Table: "mangle", Name: ChainFirewall}
-	var chains []Chain
-	for _, ms := range m.Meshes {
-		for _, l := range ms.Members {
-			in := EffectiveIngress(ms.Local.Ingress, l.Ingress)
-			if !in.IsSet() {
-				continue
-			}
-			c := Chain{Table: "mangle", Name: FirewallChain(l.Name.String())}
-			if probePort > 0 {
-				// Probes from the peer, and the peer's replies to our probes.
-				local, port := hostPrefix(ms.Local.IP()).String(), fmt.Sprint(probePort)
-				c.Rules = append(c.Rules,
-					[]string{"-d", local, "-p", "udp", "-m", "udp", "--dport", port, "-j", "RETURN"},
-					[]string{"-d", local, "-p", "udp", "-m", "udp", "--sport", port, "-j", "RETURN"})
-			}
-			for _, other := range ms.Members {
-				if other == l {
-					continue
-				}
-				for _, d := range other.AllowedIPs() {
-					c.Rules = append(c.Rules, []string{"-d", d.String(), "-j", "RETURN"})
-				}
-			}
-			for _, d := range in.Deny {
-				c.Rules = append(c.Rules, []string{"-d", d.String(), "-j", "DROP"})
-			}
-			if len(in.Allow) > 0 {
-				for _, a := range in.Allow {
-					c.Rules = append(c.Rules, []string{"-d", a.String(), "-j", "RETURN"})
-				}
-				c.Rules = append(c.Rules, []string{"-j", "DROP"})
-			}
-			for _, s := range l.AllowedIPs() {
-				top.Rules = append(top.Rules, []string{"-s", s.String(), "-j", c.Name})
-			}
-			chains = append(chains, c)
-		}
-	}
-	if len(chains) == 0 {
+	return m.Policy(probePort).FirewallRules(device)
+}
+
+// FirewallRules renders the policy as iptables chains (see
+// Model.FirewallRules).
+func (p *Policy) FirewallRules(device string) RuleSet {
+	if len(p.Links) == 0 {
 		return RuleSet{}
+	}
+	top := Chain{Table: "mangle", Name: ChainFirewall}
+	for _, o := range p.owners {
+		// -g: the first matching source decides; a RETURN from the link's
+		// chain leaves the firewall instead of trying the next source.
+		top.Rules = append(top.Rules, []string{"-s", o.prefix.String(), "-g", FirewallChain(o.link.Link)})
+	}
+	chains := []Chain{top}
+	for _, lp := range p.Links {
+		c := Chain{Table: "mangle", Name: FirewallChain(lp.Link)}
+		if pr := lp.Probe; pr.IsValid() {
+			local, port := hostPrefix(pr.Addr()).String(), fmt.Sprint(pr.Port())
+			c.Rules = append(c.Rules,
+				[]string{"-d", local, "-p", "udp", "-m", "udp", "--dport", port, "-j", "RETURN"},
+				[]string{"-d", local, "-p", "udp", "-m", "udp", "--sport", port, "--dport", fmt.Sprint(lp.ProbeReplyPort), "-j", "RETURN"})
+		}
+		for _, d := range lp.Transit {
+			c.Rules = append(c.Rules, []string{"-d", d.String(), "-j", "RETURN"})
+		}
+		for _, d := range lp.Deny {
+			c.Rules = append(c.Rules, []string{"-d", d.String(), "-j", "DROP"})
+		}
+		for _, a := range lp.Allow {
+			c.Rules = append(c.Rules, []string{"-d", a.String(), "-j", "RETURN"})
+		}
+		c.Rules = append(c.Rules, []string{"-j", "DROP"})
+		chains = append(chains, c)
 	}
 	return RuleSet{
 		Hooks:  []Hook{{Table: "mangle", Chain: "PREROUTING", Rule: []string{"-i", device, "-m", "comment", "--comment", "kubelink firewall rules", "-j", ChainFirewall}}},
-		Chains: append([]Chain{top}, chains...),
+		Chains: chains,
 	}
 }
 

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -8,10 +9,18 @@ import (
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 )
 
-// verdictOf runs a packet through a RuleSet the way the kernel walks our
-// chains (only -s, -d, -j RETURN/DROP/<chain> are used by FirewallRules) and
-// reports whether it is dropped.
+// droppedBy runs a TCP packet (no UDP ports) through the chains.
 func droppedBy(t *testing.T, rs RuleSet, src, dst string) bool {
+	t.Helper()
+	return iptablesDrops(t, rs, Packet{Src: addr(src), Dst: addr(dst)})
+}
+
+// iptablesDrops runs a packet through a RuleSet the way the kernel walks our
+// mangle chains — FirewallRules uses only -s, -d, -p udp -m udp with
+// --sport/--dport, -j RETURN/DROP/<chain> and -g <chain> — and reports whether it is
+// dropped. An unknown option fails the test, so the interpreter cannot
+// silently drift from the renderer.
+func iptablesDrops(t *testing.T, rs RuleSet, p Packet) bool {
 	t.Helper()
 	chains := map[string][][]string{}
 	for _, c := range rs.Chains {
@@ -23,17 +32,30 @@ func droppedBy(t *testing.T, rs RuleSet, src, dst string) bool {
 			t.Fatalf("chain loop at %s", name)
 		}
 		for _, r := range chains[name] {
-			match, target := true, ""
+			match, target, gotoChain := true, "", false
 			for i := 0; i < len(r); i += 2 {
-				switch r[i] {
+				switch v := r[i+1]; r[i] {
 				case "-s":
-					match = match && netip.MustParsePrefix(r[i+1]).Contains(addr(src))
+					match = match && netip.MustParsePrefix(v).Contains(p.Src)
 				case "-d":
-					match = match && netip.MustParsePrefix(r[i+1]).Contains(addr(dst))
+					match = match && netip.MustParsePrefix(v).Contains(p.Dst)
+				case "-p":
+					if v != "udp" {
+						t.Fatalf("unexpected protocol %q", v)
+					}
+					match = match && p.UDP
+				case "-m":
+					if v != "udp" {
+						t.Fatalf("unexpected match %q", v)
+					}
+				case "--sport":
+					match = match && fmt.Sprint(p.SrcPort) == v
+				case "--dport":
+					match = match && fmt.Sprint(p.DstPort) == v
 				case "-j":
-					target = r[i+1]
-				case "-p", "-m", "--dport", "--sport":
-					match = false // the test packets are not the UDP health probe
+					target = v
+				case "-g":
+					target, gotoChain = v, true
 				default:
 					t.Fatalf("unexpected rule option %q", r[i])
 				}
@@ -47,7 +69,12 @@ func droppedBy(t *testing.T, rs RuleSet, src, dst string) bool {
 			case "RETURN":
 				return false, true
 			default:
-				if drop, done := walk(target, depth+1); done && drop {
+				drop, done := walk(target, depth+1)
+				if gotoChain {
+					// A RETURN (or the end) of a goto target ends this chain too.
+					return drop, true
+				}
+				if done && drop {
 					return true, true
 				}
 			}
@@ -89,8 +116,9 @@ func TestFirewallAllowListRestrictsAndDenyDrops(t *testing.T) {
 		{"192.168.0.12", "192.168.0.100", true, "mesh service address not allowed for b"},
 		{"100.64.16.7", "10.0.0.1", true, "b's service network as source is b's traffic too"},
 		{"192.168.0.12", "100.64.32.5", false, "transit to member c is c's business"},
-		{"192.168.0.13", "10.0.0.1", false, "c has no ingress rule"},
-		{"192.168.0.14", "10.0.0.1", false, "d has no ingress rule"},
+		{"192.168.0.13", "10.0.0.1", true, "c has no ingress rule: the secure default does not export 10.0.0.1"},
+		{"192.168.0.13", "100.64.0.20", false, "c has no ingress rule: the local service CIDR is exported"},
+		{"192.168.0.14", "192.168.0.11", false, "d has no ingress rule: the local cluster address is in the mesh"},
 	}
 	for _, tt := range tests {
 		if got := droppedBy(t, rs, tt.src, tt.dst); got != tt.drop {
@@ -124,10 +152,24 @@ func TestFirewallMeshWideRuleOnLocalLink(t *testing.T) {
 	}
 }
 
-func TestNoIngressMeansNoFirewallChains(t *testing.T) {
-	rs := Build([]v1alpha1.KubeLink{local("a", "192.168.0.11/24", ""), peer("b", "192.168.0.12/24", "", "b.org", keyB)}, wgOpts).FirewallRules("kubelink", 8779)
-	if len(rs.Hooks) != 0 || len(rs.Chains) != 0 {
-		t.Errorf("got %+v, want an empty rule set", rs)
+// Without ingress a peer reaches what the mesh exports — the mesh network
+// and the local service CIDR — and nothing else; the original WireGuard mode
+// built no rule at all, so a peer reached the node network, the API server
+// and cloud metadata.
+func TestNoIngressMeansTheSecureDefault(t *testing.T) {
+	m := Build([]v1alpha1.KubeLink{local("a", "192.168.0.11/24", "100.64.0.0/20"), peer("b", "192.168.0.12/24", "", "b.org", keyB)}, wgOpts)
+	rs := m.FirewallRules("kubelink", 8779)
+	if len(rs.Hooks) != 1 || len(rs.Chains) != 2 {
+		t.Fatalf("got %+v, want the hook, the top chain and b's chain", rs)
+	}
+	if lp, _ := m.Policy(8779).Link("b"); !lp.Default {
+		t.Error("b's policy is not marked as the default")
+	}
+	for dst, drop := range map[string]bool{"100.64.0.20": false, "192.168.0.11": false, "192.168.0.99": false,
+		"10.250.0.5": true, "10.96.0.1": true, "169.254.169.254": true, "172.18.0.2": true} {
+		if got := droppedBy(t, rs, "192.168.0.12", dst); got != drop {
+			t.Errorf("b -> %s dropped=%v, want %v", dst, got, drop)
+		}
 	}
 }
 

@@ -54,3 +54,5 @@ type (
 )
 
 func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+func netipAddrPortFrom(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a, port) }

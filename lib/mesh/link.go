@@ -17,6 +17,15 @@ const (
 	DNSServiceOffset = 10
 )
 
+// Mesh prefix lengths a clusterAddress may have: a shorter one would make
+// the mesh cover the node, pod and service networks of its members (a /0
+// mesh routes everything into the tunnel), a /32 leaves no room for a
+// second member.
+const (
+	MinMeshBits = 16
+	MaxMeshBits = 31
+)
+
 // Link is a validated KubeLink.
 type Link struct {
 	Name    LinkName
@@ -101,6 +110,10 @@ func ParseLink(kl *v1alpha1.KubeLink, opts ParseOptions) (*Link, error) {
 		add("clusterAddress", "is required: the peer's address in the mesh with the mesh prefix length, e.g. 192.168.0.12/24")
 	} else if p, err := netip.ParsePrefix(s.ClusterAddress); err != nil {
 		add("clusterAddress", "%q must be an IP address with the mesh prefix length, e.g. 192.168.0.12/24", s.ClusterAddress)
+	} else if !p.Addr().Is4() {
+		add("clusterAddress", "%q is not IPv4; mesh addresses are IPv4 only (dual stack is not supported yet)", s.ClusterAddress)
+	} else if p.Bits() < MinMeshBits || p.Bits() > MaxMeshBits {
+		add("clusterAddress", "%q: the mesh prefix length must be /%d to /%d (a larger mesh would cover the networks of its members, a /32 has room for one member only)", s.ClusterAddress, MinMeshBits, MaxMeshBits)
 	} else if p.Bits() < p.Addr().BitLen()-1 && p == p.Masked() {
 		add("clusterAddress", "%q is the network address of the mesh; use a host address inside it", s.ClusterAddress)
 	} else {
@@ -112,6 +125,8 @@ func ParseLink(kl *v1alpha1.KubeLink, opts ParseOptions) (*Link, error) {
 		switch {
 		case err != nil:
 			add("cidr", "%q is not a CIDR, e.g. 100.64.16.0/20", s.CIDR)
+		case !p.Addr().Is4():
+			add("cidr", "%q is not IPv4; service networks are IPv4 only (dual stack is not supported yet)", s.CIDR)
 		case p != p.Masked():
 			add("cidr", "%q has host bits set; did you mean %s?", s.CIDR, p.Masked())
 		default:
@@ -132,6 +147,10 @@ func ParseLink(kl *v1alpha1.KubeLink, opts ParseOptions) (*Link, error) {
 		p, err := parsePrefixOrAddr(e)
 		if err != nil {
 			add("egress", "%v", err)
+			continue
+		}
+		if !p.Addr().Is4() {
+			add("egress", "%q is not IPv4; egress networks are IPv4 only (dual stack is not supported yet)", e)
 			continue
 		}
 		l.Egress = append(l.Egress, p)
@@ -184,6 +203,10 @@ func parseIngress(entries []string, errs []error) (Ingress, []error) {
 			errs = append(errs, fmt.Errorf("spec.ingress: %v (entries are IPs or CIDRs, '!' denies)", err))
 			continue
 		}
+		if !p.Addr().Is4() {
+			errs = append(errs, fmt.Errorf("spec.ingress: %q is not IPv4; ingress entries are IPv4 only (dual stack is not supported yet)", e))
+			continue
+		}
 		if deny {
 			in.Deny = append(in.Deny, p)
 		} else {
@@ -209,6 +232,8 @@ func parseDNS(l *Link, d *v1alpha1.KubeLinkDNS, errs []error) (LinkDNS, []error)
 		a, err := netip.ParseAddr(d.DNSIP)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("spec.dns.dnsIP: %q is not an IP address", d.DNSIP))
+		} else if !a.Is4() {
+			errs = append(errs, fmt.Errorf("spec.dns.dnsIP: %q is not IPv4; it is reached through the mesh, which is IPv4 only", d.DNSIP))
 		}
 		out.IP = a
 	} else if !l.IsLocal() && l.ServiceCIDR.IsValid() {

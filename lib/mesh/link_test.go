@@ -30,6 +30,15 @@ func TestParseLinkRejectsBadAttributesWithActionableMessages(t *testing.T) {
 		{"own gateway", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.12/24", GatewayLink: "b"}), []string{"cannot be its own gateway link"}},
 		{"bad dns ip", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.12/24", Endpoint: "b.org", DNS: &v1alpha1.KubeLinkDNS{DNSIP: "x"}}), []string{"spec.dns.dnsIP"}},
 		{"bad base domain", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.12/24", Endpoint: "b.org", DNS: &v1alpha1.KubeLinkDNS{BaseDomain: "a_b", OmitDNSPropagation: &yes}}), []string{"spec.dns.baseDomain"}},
+		// IPv4 only, per field: an IPv6 prefix once broke the shared iptables-restore of every link.
+		{"ipv6 cluster address", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "fd00:50::2/64", Endpoint: "b.org"}), []string{"spec.clusterAddress", "not IPv4"}},
+		{"ipv6 cidr", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.12/24", CIDR: "fd00:50::/64", Endpoint: "b.org"}), []string{"spec.cidr", "not IPv4"}},
+		{"ipv6 egress", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.12/24", Endpoint: "b.org", Egress: []string{"10.0.0.0/8", "fd00::/8"}}), []string{"spec.egress", `"fd00::/8" is not IPv4`}},
+		{"ipv6 ingress", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.12/24", Endpoint: "b.org", Ingress: []string{"!fd00::1"}}), []string{"spec.ingress", `"!fd00::1" is not IPv4`}},
+		{"ipv6 dns ip", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.12/24", Endpoint: "b.org", DNS: &v1alpha1.KubeLinkDNS{DNSIP: "fd00::10"}}), []string{"spec.dns.dnsIP", "not IPv4"}},
+		{"mesh too large", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "16.0.0.2/4", Endpoint: "b.org"}), []string{"spec.clusterAddress", "/16 to /31"}},
+		{"mesh of everything", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "10.0.0.2/0", Endpoint: "b.org"}), []string{"spec.clusterAddress", "/16 to /31"}},
+		{"mesh too small", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.12/32", Endpoint: "b.org"}), []string{"spec.clusterAddress", "/16 to /31"}},
 		{"several problems at once", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "x", CIDR: "y", Endpoint: "b.org"}), []string{"spec.clusterAddress", "spec.cidr"}},
 	}
 	for _, tt := range tests {

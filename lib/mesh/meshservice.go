@@ -107,6 +107,8 @@ func (m *Model) serviceAddress(s *v1alpha1.MeshServiceSpec) (netip.Addr, error) 
 			return a, fmt.Errorf("spec.meshAddress: %s is the cluster address of mesh %q; leave meshAddress empty and set mesh and ports to bind ports of it", a, MeshDisplayName(ms.Name))
 		} else if _, taken := m.LinkForAddress(a); taken {
 			return a, fmt.Errorf("spec.meshAddress: %s is the cluster address of a peer", a)
+		} else if l := ms.claimedBy(a); l != nil {
+			return a, fmt.Errorf("spec.meshAddress: %s is claimed by link %s (egress); it is the peer's address", a, l.Name)
 		}
 		return a, nil
 	}

@@ -23,7 +23,7 @@ var echo = &ServiceInfo{ClusterIP: addr("100.64.0.20"), Ports: map[string]int32{
 
 func TestBindMeshService(t *testing.T) {
 	m := Build([]v1alpha1.KubeLink{local("a", "192.168.0.11/24", "100.64.0.0/20"), peer("b", "192.168.0.12/24", "100.64.16.0/20", "b.org", keyB),
-		local("lab--a", "10.200.0.1/24", "")}, wgOpts)
+		local("lab--a", "10.200.0.1/24", ""), link("c", 1, v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.13/24", Endpoint: "c.org", PublicKey: keyC, Egress: []string{"192.168.0.200"}})}, wgOpts)
 	tests := []struct {
 		name    string
 		ms      *v1alpha1.MeshService
@@ -65,6 +65,7 @@ func TestBindMeshService(t *testing.T) {
 		{name: "unknown mesh", ms: msvc("x", v1alpha1.MeshServiceSpec{Mesh: "nope", Service: "echo", Ports: []v1alpha1.ServicePort{{Port: 1}}}), svc: echo, wantErr: `mesh "nope" has no LocalLink`},
 		{name: "address outside meshes", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "10.9.9.9", Service: "echo"}), svc: echo, wantErr: "is in no mesh of this cluster"},
 		{name: "address of a peer", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.12", Service: "echo"}), svc: echo, wantErr: "cluster address of a peer"},
+		{name: "address a peer claims", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.200", Service: "echo"}), svc: echo, wantErr: "claimed by link c (egress)"},
 		{name: "own cluster address as meshAddress", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.11", Service: "echo"}), svc: echo, wantErr: "leave meshAddress empty"},
 		{name: "missing service", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.100", Service: "echo"}), svc: nil, wantErr: `Service "echo" not found`},
 		{name: "unknown port name", ms: msvc("x", v1alpha1.MeshServiceSpec{Service: "echo", Ports: []v1alpha1.ServicePort{{Port: 8800}},

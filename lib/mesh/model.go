@@ -105,6 +105,22 @@ func (m *Model) addLocal(meshes map[string]*Mesh, l *Link) {
 			return
 		}
 	}
+	for _, other := range sortedMeshes(meshes) {
+		if lc := l.ServiceCIDR; lc.IsValid() && overlaps(other.CIDR(), lc) {
+			m.stale(l, "cidr %s overlaps the network %s of mesh %q (LocalLink %s); the service CIDR must lie outside every mesh network",
+				lc, other.CIDR(), MeshDisplayName(other.Name), other.Local.Name)
+			return
+		}
+		if oc := other.Local.ServiceCIDR; oc.IsValid() && overlaps(l.MeshCIDR(), oc) {
+			m.stale(l, "mesh network %s overlaps the service CIDR %s (LocalLink %s); the mesh network must lie outside the cluster's networks",
+				l.MeshCIDR(), oc, other.Local.Name)
+			return
+		}
+	}
+	if lc := l.ServiceCIDR; lc.IsValid() && overlaps(l.MeshCIDR(), lc) {
+		m.stale(l, "cidr %s overlaps the mesh network %s; the service CIDR must lie outside the mesh network", lc, l.MeshCIDR())
+		return
+	}
 	meshes[l.Name.Mesh] = &Mesh{Name: l.Name.Mesh, Local: l}
 	m.accept(l)
 }
@@ -130,6 +146,12 @@ func (m *Model) addForeign(meshes map[string]*Mesh, l *Link) {
 			m.stale(l, "clusterAddress %s is already used by link %s", l.Address, other.Name)
 			return
 		}
+		for _, od := range other.Destinations() {
+			if od.Contains(l.IP()) {
+				m.stale(l, "clusterAddress %s is inside %s, which link %s claims (egress)", l.Address, od, other.Name)
+				return
+			}
+		}
 	}
 	if c := m.destinationConflict(meshes, l); c != "" {
 		m.stale(l, "%s", c)
@@ -145,6 +167,9 @@ func (m *Model) addForeign(meshes map[string]*Mesh, l *Link) {
 func (m *Model) destinationConflict(meshes map[string]*Mesh, l *Link) string {
 	for _, d := range l.Destinations() {
 		for _, ms := range sortedMeshes(meshes) {
+			if c := meshNetworkConflict(ms, l, d); c != "" {
+				return c
+			}
 			if lc := ms.Local.ServiceCIDR; lc.IsValid() && overlaps(lc, d) {
 				return fmt.Sprintf("%s overlaps the local service CIDR %s (LocalLink %s); service networks must be disjoint", d, lc, ms.Local.Name)
 			}
@@ -158,6 +183,31 @@ func (m *Model) destinationConflict(meshes map[string]*Mesh, l *Link) string {
 					}
 				}
 			}
+		}
+	}
+	return ""
+}
+
+// meshNetworkConflict checks a destination d of link l against mesh ms: a
+// network around a mesh would swallow it, one in another mesh belongs to
+// that mesh's members, and one inside l's own mesh (an egress for MeshService
+// addresses of the peer) must not take the address of the local cluster or
+// of another member: whoever claims a destination may send from it.
+func meshNetworkConflict(ms *Mesh, l *Link, d netip.Prefix) string {
+	name := MeshDisplayName(ms.Name)
+	switch {
+	case !overlaps(ms.CIDR(), d):
+		return ""
+	case !contains(ms.CIDR(), d):
+		return fmt.Sprintf("%s covers the network %s of mesh %q; cidr and egress must lie outside it (or, for MeshService addresses of the peer, inside its own mesh)", d, ms.CIDR(), name)
+	case ms.Name != l.Name.Mesh:
+		return fmt.Sprintf("%s is inside the network %s of mesh %q, but the link belongs to mesh %q", d, ms.CIDR(), name, MeshDisplayName(l.Name.Mesh))
+	case d.Contains(ms.Local.IP()):
+		return fmt.Sprintf("%s contains the local cluster address %s (LocalLink %s)", d, ms.Local.IP(), ms.Local.Name)
+	}
+	for _, other := range ms.Members {
+		if other != l && d.Contains(other.IP()) {
+			return fmt.Sprintf("%s contains the cluster address %s of link %s", d, other.IP(), other.Name)
 		}
 	}
 	return ""
@@ -242,6 +292,18 @@ func (m *Model) MeshForAddress(a netip.Addr) (*Mesh, bool) {
 		}
 	}
 	return nil, false
+}
+
+// claimedBy returns the member whose networks contain a, or nil.
+func (ms *Mesh) claimedBy(a netip.Addr) *Link {
+	for _, l := range ms.Members {
+		for _, d := range l.Destinations() {
+			if d.Contains(a) {
+				return l
+			}
+		}
+	}
+	return nil
 }
 
 // LinkForAddress returns the accepted foreign link with cluster address a.

@@ -109,6 +109,57 @@ func TestBuildGivesInvalidForBadAttributesAndStaleForBadMeshSetup(t *testing.T) 
 				link("lab--c", 2, v1alpha1.KubeLinkSpec{ClusterAddress: "10.200.0.3/24", GatewayLink: "lab--b"})},
 			want: map[string]string{"lab--a": "", "lab--b": "Stale: clusterAddress", "lab--c": "Stale: gatewayLink lab--b is not usable (Stale:"},
 		},
+		// A link may claim (and so send from) only its own networks: nothing
+		// around a mesh, nothing in another mesh, no other member's address.
+		{
+			name:  "egress covering the mesh network is Stale",
+			links: []v1alpha1.KubeLink{local("a", "192.168.0.11/24", ""), egressPeer("b", "192.168.0.12/24", "192.168.0.0/16")},
+			want:  map[string]string{"a": "", "b": `Stale: 192.168.0.0/16 covers the network 192.168.0.0/24 of mesh "default"`},
+		},
+		{
+			name:  "default route as egress is Stale",
+			links: []v1alpha1.KubeLink{local("a", "192.168.0.11/24", ""), egressPeer("b", "192.168.0.12/24", "0.0.0.0/0")},
+			want:  map[string]string{"a": "", "b": "Stale: 0.0.0.0/0 covers the network 192.168.0.0/24"},
+		},
+		{
+			name: "egress inside another mesh is Stale",
+			links: []v1alpha1.KubeLink{local("a", "192.168.0.11/24", ""), local("lab--a", "10.200.0.1/24", ""),
+				egressPeer("b", "192.168.0.12/24", "10.200.0.77")},
+			want: map[string]string{"a": "", "lab--a": "", "b": `Stale: 10.200.0.77/32 is inside the network 10.200.0.0/24 of mesh "lab", but the link belongs to mesh "default"`},
+		},
+		{
+			name:  "egress with the local cluster address is Stale",
+			links: []v1alpha1.KubeLink{local("a", "192.168.0.11/24", ""), egressPeer("b", "192.168.0.12/24", "192.168.0.8/29")},
+			want:  map[string]string{"a": "", "b": "Stale: 192.168.0.8/29 contains the local cluster address 192.168.0.11"},
+		},
+		{
+			name: "egress with another member's address is Stale",
+			links: []v1alpha1.KubeLink{local("a", "192.168.0.11/24", ""),
+				link("c", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.13/24", Endpoint: "c.org", PublicKey: keyC}),
+				egressPeer("b", "192.168.0.12/24", "192.168.0.13")},
+			want: map[string]string{"a": "", "c": "", "b": "Stale: 192.168.0.13/32 contains the cluster address 192.168.0.13 of link c"},
+		},
+		{
+			name: "member inside an older link's egress is Stale",
+			links: []v1alpha1.KubeLink{local("a", "192.168.0.11/24", ""), egressPeer("b", "192.168.0.12/24", "192.168.0.100"),
+				link("c", 9, v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.100/24", Endpoint: "c.org", PublicKey: keyC})},
+			want: map[string]string{"a": "", "b": "", "c": "Stale: clusterAddress 192.168.0.100/24 is inside 192.168.0.100/32, which link b claims"},
+		},
+		{
+			name:  "egress inside the own mesh (MeshService addresses) is accepted",
+			links: []v1alpha1.KubeLink{local("a", "192.168.0.11/24", ""), egressPeer("b", "192.168.0.12/24", "192.168.0.100")},
+			want:  map[string]string{"a": "", "b": ""},
+		},
+		{
+			name:  "LocalLink service CIDR inside its mesh is Stale",
+			links: []v1alpha1.KubeLink{local("a", "192.168.0.11/24", "192.168.0.128/25")},
+			want:  map[string]string{"a": "Stale: cidr 192.168.0.128/25 overlaps the mesh network 192.168.0.0/24"},
+		},
+		{
+			name:  "mesh network over another mesh's service CIDR is Stale",
+			links: []v1alpha1.KubeLink{local("a", "192.168.0.11/24", "100.64.0.0/20"), link("lab--a", 4, v1alpha1.KubeLinkSpec{Endpoint: "LocalLink", ClusterAddress: "100.64.1.1/24"})},
+			want:  map[string]string{"a": "", "lab--a": "Stale: mesh network 100.64.1.0/24 overlaps the service CIDR 100.64.0.0/20 (LocalLink a)"},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -186,4 +237,9 @@ func TestMeshForAddressUsesTheClusterAddress(t *testing.T) {
 	if _, ok := m.LinkForAddress(addr("10.200.0.77")); ok {
 		t.Error("unknown address resolved to a link")
 	}
+}
+
+// egressPeer is a WireGuard peer without service CIDR and one egress entry.
+func egressPeer(name, addr, egress string) v1alpha1.KubeLink {
+	return link(name, 1, v1alpha1.KubeLinkSpec{ClusterAddress: addr, Endpoint: name + ".org", PublicKey: keyB, Egress: []string{egress}})
 }

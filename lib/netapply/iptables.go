@@ -3,6 +3,7 @@ package netapply
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -35,6 +36,7 @@ type iptablesCmd interface {
 // firewall, ...). It owns the chains its owned function accepts and the rules
 // in built-in chains that jump to them, and nothing else.
 type Chains struct {
+	ipv6    bool
 	owned   func(chain string) bool
 	ipt     iptablesCmd
 	restore func(input []byte) error
@@ -67,7 +69,7 @@ func NewChains(owned func(chain string) bool, ipv6 bool) (*Chains, error) {
 	if err != nil {
 		return nil, fmt.Errorf("iptables: %w (is the iptables package installed?)", err)
 	}
-	return &Chains{owned: owned, ipt: ipt, restore: execRestore(restore), written: map[chainKey]writtenChain{}}, nil
+	return &Chains{ipv6: ipv6, owned: owned, ipt: ipt, restore: execRestore(restore), written: map[chainKey]writtenChain{}}, nil
 }
 
 // Owns builds an ownership test: a pattern ending in "*" matches chain names
@@ -107,17 +109,77 @@ func FirewallChains(chain string) bool {
 func (c *Chains) Set(rs mesh.RuleSet) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	rs, errs := c.quarantine(rs)
 	want, err := c.group(rs)
 	if err != nil {
-		return err
+		return errors.Join(append(errs, err)...)
 	}
-	var errs []error
 	for _, t := range tables {
 		if err := c.setTable(t, want[t]); err != nil {
 			errs = append(errs, fmt.Errorf("iptables table %s: %w", t, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// quarantine keeps one bad chain from failing the restore of its whole
+// table: a chain with an address of the wrong family (or none) after -s, -d
+// or a NAT target would make iptables-restore reject every chain of the
+// table, so the firewall and SNAT of every link would be missing. Such a
+// chain is written fail-closed instead — a single DROP (in nat, where DROP is
+// not allowed, empty: no translation) — and reported; the other chains are
+// written as they are.
+func (c *Chains) quarantine(rs mesh.RuleSet) (mesh.RuleSet, []error) {
+	var errs []error
+	out := mesh.RuleSet{Hooks: rs.Hooks, Chains: make([]mesh.Chain, 0, len(rs.Chains))}
+	for _, ch := range rs.Chains {
+		bad := ""
+		for _, r := range ch.Rules {
+			if bad = badAddress(r, c.ipv6); bad != "" {
+				break
+			}
+		}
+		if bad == "" {
+			out.Chains = append(out.Chains, ch)
+			continue
+		}
+		errs = append(errs, fmt.Errorf("chain %s (table %s) not written as rendered: %s; it drops its traffic until fixed", ch.Name, ch.Table, bad))
+		q := mesh.Chain{Table: ch.Table, Name: ch.Name}
+		if ch.Table != "nat" {
+			q.Rules = [][]string{{"-j", "DROP"}}
+		}
+		out.Chains = append(out.Chains, q)
+	}
+	return out, errs
+}
+
+// badAddress describes the first address argument of rule that is not of
+// the applier's family, or returns "".
+func badAddress(rule []string, ipv6 bool) string {
+	for i := 0; i+1 < len(rule); i++ {
+		switch rule[i] {
+		case "-s", "-d", "--to-source", "--to-destination":
+		default:
+			continue
+		}
+		v := rule[i+1]
+		host := v
+		if h, _, ok := strings.Cut(v, "/"); ok {
+			host = h
+		} else if rule[i] == "--to-destination" || rule[i] == "--to-source" {
+			if ap, err := netip.ParseAddrPort(v); err == nil {
+				host = ap.Addr().String()
+			}
+		}
+		a, err := netip.ParseAddr(host)
+		switch {
+		case err != nil:
+			return fmt.Sprintf("%s %q is not an address", rule[i], v)
+		case a.Is4() == ipv6:
+			return fmt.Sprintf("%s %s is of the wrong address family", rule[i], v)
+		}
+	}
+	return ""
 }
 
 // CleanUp removes all chains and hooks of the concern.

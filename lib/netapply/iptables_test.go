@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -336,4 +337,86 @@ func TestConcernsOwnDisjointChains(t *testing.T) {
 			t.Errorf("Owns(...)(%q) = %v, want %v", name, !want, want)
 		}
 	}
+}
+
+// One bad chain must not fail the restore of its table: before the
+// quarantine, an IPv6 prefix in one link's firewall chain made
+// iptables-restore reject the whole mangle table, so no link had a firewall.
+func TestChainsQuarantineABadChainAndWriteTheRest(t *testing.T) {
+	ns := nstest.New(t, "ipq")
+	m := model(t, localLink("a", "192.168.0.11/24", "100.64.0.0/20"), peerLink("b", "192.168.0.12/24", "100.64.16.0/20", keyB, "100.64.0.0/20"))
+	rs := m.FirewallRules("kubelink", 8779)
+	if len(rs.Chains) != 2 {
+		t.Fatalf("want top chain and b's chain, got %d chains", len(rs.Chains))
+	}
+	good := rs.Chains[1]
+	// A hostile chain rendered past every validation (the renderer never
+	// does this since ParseLink rejects IPv6; this is the last line).
+	bad := mesh.Chain{Table: "mangle", Name: mesh.FirewallChain("evil"), Rules: [][]string{{"-d", "fd00:50::/64", "-j", "RETURN"}, {"-j", "RETURN"}}}
+	rs.Chains[0].Rules = append(rs.Chains[0].Rules, []string{"-s", "192.168.0.66/32", "-j", bad.Name})
+	rs.Chains = append(rs.Chains, bad)
+
+	c := newChains(t, FirewallChains)
+	var err error
+	err = doErr(t, ns, func() error { return c.Set(rs) })
+	if err == nil || !strings.Contains(err.Error(), bad.Name) || !strings.Contains(err.Error(), "wrong address family") {
+		t.Fatalf("Set = %v, want an error naming chain %s and the address family", err, bad.Name)
+	}
+	got := ruleLines(t, ns, "iptables", "mangle")
+	want := expectedLines(mesh.RuleSet{Chains: []mesh.Chain{good}}, "mangle")
+	if !slices.Equal(got[good.Name], want[good.Name]) || len(want[good.Name]) == 0 {
+		t.Errorf("the good chain was not written as rendered:\n got %q\nwant %q", got[good.Name], want[good.Name])
+	}
+	if g := got[bad.Name]; len(g) != 1 || !strings.HasSuffix(g[0], "-j DROP") {
+		t.Errorf("the bad chain must fail closed (one DROP), got %q", g)
+	}
+	if len(got["PREROUTING"]) != 1 || !strings.Contains(got["PREROUTING"][0], mesh.ChainFirewall) {
+		t.Errorf("hook missing: %q", got["PREROUTING"])
+	}
+
+	// In nat a quarantined chain is empty (DROP is not allowed there).
+	nat := newChains(t, SNATChains)
+	nrs := m.SNATRules(mesh.NATOptions{Device: "kubelink"})
+	nrs.Chains[1].Rules = append(nrs.Chains[1].Rules, []string{"-d", "fd00::/8", "-j", "SNAT", "--to-source", "192.168.0.11"})
+	err = doErr(t, ns, func() error { return nat.Set(nrs) })
+	if err == nil {
+		t.Fatal("nat: want an error for the IPv6 rule")
+	}
+	gotNAT := ruleLines(t, ns, "iptables", "nat")
+	if g, ok := gotNAT[nrs.Chains[1].Name]; !ok || len(g) != 0 {
+		t.Errorf("nat: quarantined chain = %q (present %v), want empty", g, ok)
+	}
+	if len(gotNAT[mesh.ChainNAT]) == 0 {
+		t.Error("nat: the top chain must still be written")
+	}
+}
+
+func TestBadAddressFindsWrongFamilies(t *testing.T) {
+	for _, tt := range []struct {
+		rule []string
+		v6   bool
+		bad  bool
+	}{
+		{[]string{"-s", "10.0.0.0/8", "-d", "10.1.2.3/32", "-j", "RETURN"}, false, false},
+		{[]string{"-d", "fd00::/64", "-j", "RETURN"}, false, true},
+		{[]string{"-d", "10.0.0.0/8", "-j", "RETURN"}, true, true},
+		{[]string{"-j", "DNAT", "--to-destination", "100.64.0.20:8080"}, false, false},
+		{[]string{"-j", "DNAT", "--to-destination", "[fd00::1]:8080"}, false, true},
+		{[]string{"-j", "SNAT", "--to-source", "garbage"}, false, true},
+		{[]string{"!", "-o", "kubelink", "-j", "RETURN"}, false, false},
+	} {
+		if got := badAddress(tt.rule, tt.v6) != ""; got != tt.bad {
+			t.Errorf("badAddress(%q, v6=%v) bad = %v, want %v", tt.rule, tt.v6, got, tt.bad)
+		}
+	}
+}
+
+// doErr runs fn in ns and returns fn's error (entering ns must work).
+func doErr(t *testing.T, ns *nstest.Namespace, fn func() error) error {
+	t.Helper()
+	var inner error
+	if err := ns.Do(func() error { inner = fn(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return inner
 }

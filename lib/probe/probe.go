@@ -105,6 +105,11 @@ type Config struct {
 	DownAfter time.Duration
 	// Port of the peer's responder (default DefaultPort).
 	Port int
+	// SourcePort is the local UDP port probes are sent from, on every
+	// source address (0: an ephemeral one). A fixed port lets the ingress
+	// policy admit exactly the replies to our probes and nothing else from
+	// the responder's port.
+	SourcePort int
 	// OnChange is called (from the prober's goroutine) when a target goes Up
 	// or Down; it must not block.
 	OnChange func(target netip.Addr, r Result)
@@ -258,7 +263,7 @@ func (p *Prober) connFor(src netip.Addr) *net.UDPConn {
 	if c, ok := p.conns[src]; ok {
 		return c
 	}
-	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, 0)))
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, uint16(p.cfg.SourcePort))))
 	if err != nil {
 		return nil
 	}

@@ -538,6 +538,25 @@ var invalidCases = []admissionCase{
 	{name: "apiAccess without name", kind: "KubeLink", spec: inboundLink("apiAccess", obj{"namespace": "kubelink"}),
 		want: "spec.apiAccess.name: Required value"},
 
+	// IPv4 only (an IPv6 prefix once broke the firewall of every link), and
+	// a mesh no larger than /16.
+	{name: "clusterAddress IPv6", kind: "KubeLink", spec: inboundLink("clusterAddress", "fd00:1::12/64"),
+		want: "clusterAddress must be IPv4 (dual stack is not supported yet)"},
+	{name: "clusterAddress mesh /4", kind: "KubeLink", spec: inboundLink("clusterAddress", "16.0.0.1/4"),
+		want: "clusterAddress: the mesh prefix length must be /16 to /31"},
+	{name: "clusterAddress mesh /0", kind: "KubeLink", spec: inboundLink("clusterAddress", "10.0.0.1/0"),
+		want: "clusterAddress: the mesh prefix length must be /16 to /31"},
+	{name: "clusterAddress mesh /32", kind: "KubeLink", spec: inboundLink("clusterAddress", "10.0.0.1/32"),
+		want: "clusterAddress: the mesh prefix length must be /16 to /31"},
+	{name: "cidr IPv6", kind: "KubeLink", spec: inboundLink("cidr", "fd00:50::/64"),
+		want: "cidr must be IPv4 (dual stack is not supported yet)"},
+	{name: "egress IPv6", kind: "KubeLink", spec: inboundLink("egress", list("10.1.2.3", "fd00::/64")),
+		want: "egress entries must be IPv4 (dual stack is not supported yet)"},
+	{name: "ingress IPv6", kind: "KubeLink", spec: inboundLink("ingress", list("!fd00::1")),
+		want: "ingress entries must be IPv4 (dual stack is not supported yet)"},
+	{name: "dnsIP IPv6", kind: "KubeLink", spec: inboundLink("dns", obj{"dnsIP": "fd00::10"}),
+		want: "dns.dnsIP must be IPv4"},
+
 	// MeshService
 	{name: "MeshService without meshAddress and ports", kind: "MeshService",
 		spec: obj{"service": "echoserver", "endpoints": list(obj{"portMappings": list(obj{"port": int64(80), "targetPort": "http"})})},
@@ -646,10 +665,10 @@ var validCases = []admissionCase{
 	{name: "endpoint Inbound", kind: "KubeLink", spec: endpointLink("Inbound")},
 	{name: "LocalLink minimal", kind: "KubeLink", spec: obj{"clusterAddress": "192.168.0.11/24", "endpoint": "LocalLink",
 		"ingress": list("100.64.0.0/20", "!100.64.0.1"), "dns": obj{"baseDomain": "kubelink", "dnsIP": "100.64.0.11", "omitDNSPropagation": false}}},
-	{name: "egress single IP", kind: "KubeLink", spec: inboundLink("egress", list("10.1.2.3", "10.10.0.0/16", "fd00::/64"))},
+	{name: "egress single IP", kind: "KubeLink", spec: inboundLink("egress", list("10.1.2.3", "10.10.0.0/16"))},
 	{name: "ingress negated network", kind: "KubeLink", spec: inboundLink("ingress", list("!10.0.0.0/8", "10.1.2.3", "!10.1.2.4"))},
 	{name: "gatewayLink without endpoint", kind: "KubeLink", spec: obj{"clusterAddress": "192.168.0.13/24", "cidr": "100.64.32.0/20", "gatewayLink": "kubelink2"}},
-	{name: "clusterAddress IPv6", kind: "KubeLink", spec: inboundLink("clusterAddress", "fd00:1::12/64")},
+	{name: "clusterAddress largest mesh /16", kind: "KubeLink", spec: inboundLink("clusterAddress", "10.20.0.1/16")},
 	{name: "clusterAddress point-to-point /31", kind: "KubeLink", spec: inboundLink("clusterAddress", "192.168.0.0/31")},
 	{name: "keys and apiAccess", kind: "KubeLink", spec: obj{"clusterAddress": "192.168.0.12/24", "endpoint": "kubelink2.example.org",
 		"publicKey": wgKey, "presharedKey": wgKey2, "apiAccess": obj{"name": "kubelink2-access", "namespace": "kubelink"}}},

@@ -43,6 +43,7 @@ type KubeLinkSpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=64
 	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self) == cidr(self).masked()",message="cidr must be a network in CIDR notation with no host bits set, e.g. 100.64.16.0/20"
+	// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self).ip().family() == 4",message="cidr must be IPv4 (dual stack is not supported yet)"
 	CIDR string `json:"cidr,omitempty"`
 
 	// ClusterAddress is the address of the cluster in the mesh, with the mesh's
@@ -51,6 +52,8 @@ type KubeLinkSpec struct {
 	// +kubebuilder:validation:MaxLength=64
 	// +kubebuilder:validation:XValidation:rule="isCIDR(self)",message="clusterAddress must be an IP address with the mesh prefix length, e.g. 192.168.0.12/24"
 	// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self).prefixLength() >= (cidr(self).ip().family() == 4 ? 31 : 127) || !(cidr(self) == cidr(self).masked())",message="clusterAddress must be a host address, not the network address of the mesh"
+	// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self).ip().family() == 4",message="clusterAddress must be IPv4 (dual stack is not supported yet)"
+	// +kubebuilder:validation:XValidation:rule="!isCIDR(self) || cidr(self).ip().family() != 4 || (cidr(self).prefixLength() >= 16 && cidr(self).prefixLength() <= 31)",message="clusterAddress: the mesh prefix length must be /16 to /31, e.g. 192.168.0.12/24"
 	ClusterAddress string `json:"clusterAddress"`
 
 	// GatewayLink names another link that carries this link's traffic (transit).
@@ -67,6 +70,7 @@ type KubeLinkSpec struct {
 	// +kubebuilder:validation:MaxItems=128
 	// +kubebuilder:validation:items:MaxLength=64
 	// +kubebuilder:validation:items:XValidation:rule="isIP(self.startsWith('!') ? self.substring(1) : self) || (isCIDR(self.startsWith('!') ? self.substring(1) : self) && cidr(self.startsWith('!') ? self.substring(1) : self) == cidr(self.startsWith('!') ? self.substring(1) : self).masked())",message="ingress entries must be an IP or a network CIDR (no host bits), optionally prefixed with '!' to deny it"
+	// +kubebuilder:validation:items:XValidation:rule="!self.contains(':')",message="ingress entries must be IPv4 (dual stack is not supported yet)"
 	Ingress []string `json:"ingress,omitempty"`
 
 	// Egress lists extra destinations (IP or CIDR) reachable through this peer.
@@ -75,6 +79,7 @@ type KubeLinkSpec struct {
 	// +kubebuilder:validation:MaxItems=128
 	// +kubebuilder:validation:items:MaxLength=64
 	// +kubebuilder:validation:items:XValidation:rule="isIP(self) || (isCIDR(self) && cidr(self) == cidr(self).masked())",message="egress entries must be an IP or a network CIDR with no host bits set, e.g. 10.10.0.0/16"
+	// +kubebuilder:validation:items:XValidation:rule="!self.contains(':')",message="egress entries must be IPv4 (dual stack is not supported yet)"
 	Egress []string `json:"egress,omitempty"`
 
 	// Endpoint is host[:port] of the remote broker (DNS name, IPv4 address or
@@ -132,6 +137,7 @@ type KubeLinkDNS struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=64
 	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="dns.dnsIP must be an IP address"
+	// +kubebuilder:validation:XValidation:rule="!isIP(self) || ip(self).family() == 4",message="dns.dnsIP must be IPv4: it is reached through the mesh"
 	DNSIP string `json:"dnsIP,omitempty"`
 
 	// BaseDomain is, on a foreign link, that cluster's domain (default
