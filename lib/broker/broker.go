@@ -153,7 +153,7 @@ func (b *Broker) runActive(ctx context.Context) error {
 	}
 	b.prober = probe.New(probe.Config{Interval: b.cfg.ProbeInterval, DownAfter: b.cfg.ProbeDownAfter, Port: b.cfg.ProbePort,
 		SourcePort: int(mesh.ProbeReplyPort(b.cfg.ProbePort)),
-		OnChange: func(netip.Addr, probe.Result) { b.kick() }})
+		OnChange:   func(netip.Addr, probe.Result) { b.kick() }})
 	defer b.prober.Close()
 	defer b.closeResponders(nil)
 
