@@ -53,7 +53,12 @@ func TestMeshDNSKubernetesMode(t *testing.T) {
 		toB := b.LinkTo()
 		toB.Spec.APIAccess = &v1alpha1.SecretReference{Name: "b-api"}
 		a.Apply(a.LocalLink(), toB)
-		b.Apply(b.LocalLink(), a.LinkTo())
+		// B exports its API server to A explicitly: the default ingress
+		// policy leaves out the kubernetes Service (the service CIDR's first
+		// address), an allow list that covers it lets it in.
+		bl, toA := b.LocalLink(), a.LinkTo()
+		toA.Spec.Ingress = []string{netip.MustParsePrefix(bl.Spec.ClusterAddress).Masked().String(), bl.Spec.CIDR}
+		b.Apply(bl, toA)
 	})
 
 	// The local block uses the in-cluster service account.

@@ -165,7 +165,7 @@ func TestNoIngressMeansTheSecureDefault(t *testing.T) {
 	if lp, _ := m.Policy(8779).Link("b"); !lp.Default {
 		t.Error("b's policy is not marked as the default")
 	}
-	for dst, drop := range map[string]bool{"100.64.0.20": false, "192.168.0.11": false, "192.168.0.99": false,
+	for dst, drop := range map[string]bool{"100.64.0.20": false, "192.168.0.11": false, "192.168.0.99": false, "100.64.0.1": true,
 		"10.250.0.5": true, "10.96.0.1": true, "169.254.169.254": true, "172.18.0.2": true} {
 		if got := droppedBy(t, rs, "192.168.0.12", dst); got != drop {
 			t.Errorf("b -> %s dropped=%v, want %v", dst, got, drop)

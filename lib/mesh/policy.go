@@ -63,8 +63,9 @@ type LinkPolicy struct {
 	// Default reports that Allow is the secure default (neither the link nor
 	// its LocalLink has allow entries): the mesh network and the local
 	// service CIDR, i.e. the local cluster address, MeshService addresses,
-	// transit and the exported services — not the node or pod networks, the
-	// API server or 169.254.0.0/16.
+	// transit and the exported services, less the API server's Service (the
+	// service CIDR's first address, added to Deny) — not the node or pod
+	// networks or 169.254.0.0/16.
 	Default bool
 }
 
@@ -140,8 +141,11 @@ func (m *Model) Policy(probePort int) *Policy {
 			if len(lp.Allow) == 0 {
 				lp.Default = true
 				lp.Allow = []netip.Prefix{ms.CIDR()}
-				if ms.Local.ServiceCIDR.IsValid() {
-					lp.Allow = append(lp.Allow, ms.Local.ServiceCIDR)
+				if sc := ms.Local.ServiceCIDR; sc.IsValid() {
+					lp.Allow = append(lp.Allow, sc)
+					// The kubernetes Service (the first address of the
+					// service CIDR) is the API server: not exported by default.
+					lp.Deny = mergePrefixes(append(lp.Deny, hostPrefix(sc.Addr().Next())))
 				}
 				lp.Allow = mergePrefixes(lp.Allow)
 			}

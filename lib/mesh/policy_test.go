@@ -15,7 +15,7 @@ const keyD = "Yy9nYWhHZmVkY2JhMDEyMzQ1Njc4OWFiY2RlZmdoaWo="
 func policyModel(t *testing.T) *Model {
 	t.Helper()
 	a := local("a", "192.168.0.11/24", "100.64.0.0/20")
-	a.Spec.Ingress = []string{"!100.64.0.1"}
+	a.Spec.Ingress = []string{"!100.64.0.5"}
 	b := peer("b", "192.168.0.12/24", "100.64.16.0/20", "b.org", keyB)
 	b.Spec.Egress = []string{"192.168.0.100"} // a MeshService address of B
 	b.Spec.Ingress = []string{"100.64.0.0/20", "192.168.0.11", "!100.64.0.10"}
@@ -99,7 +99,7 @@ func TestPolicyRenderingsAgree(t *testing.T) {
 	}{
 		{"b", tcp("192.168.0.12", "100.64.0.20"), Accept, "b's allow list has the local service CIDR"},
 		{"b", tcp("192.168.0.12", "100.64.0.10"), DropDenied, "b's own deny"},
-		{"b", tcp("192.168.0.12", "100.64.0.1"), DropDenied, "the mesh-wide deny of the LocalLink"},
+		{"b", tcp("192.168.0.12", "100.64.0.5"), DropDenied, "the mesh-wide deny of the LocalLink"},
 		{"b", tcp("192.168.0.12", "10.250.0.5"), DropDenied, "node network: not in b's allow list"},
 		{"b", tcp("100.64.16.9", "192.168.0.11"), Accept, "b's service CIDR is b's source too"},
 		{"b", tcp("192.168.0.100", "100.64.0.20"), Accept, "b's MeshService address (egress inside the mesh) is b's"},
@@ -117,7 +117,9 @@ func TestPolicyRenderingsAgree(t *testing.T) {
 		{"d", tcp("192.168.0.14", "10.250.0.5"), DropDenied, "the default does not export the node network"},
 		{"d", tcp("192.168.0.14", "169.254.169.254"), DropDenied, "nor cloud metadata"},
 		{"d", tcp("192.168.0.14", "10.96.0.1"), DropDenied, "nor an API server outside the service CIDR"},
-		{"d", tcp("192.168.0.14", "100.64.0.1"), DropDenied, "the mesh-wide deny holds for the default too"},
+		{"d", tcp("192.168.0.14", "100.64.0.1"), DropDenied, "nor the kubernetes Service (the API server)"},
+		{"b", tcp("192.168.0.12", "100.64.0.2"), Accept, "b's explicit allow list has the whole service CIDR"},
+		{"d", tcp("192.168.0.14", "100.64.0.5"), DropDenied, "the mesh-wide deny holds for the default too"},
 		{"d", tcp("192.168.0.12", "100.64.0.20"), DropSpoofed, "b's address from d's peer"},
 		{"lab--z", tcp("10.200.0.26", "100.64.0.20"), Accept, "z in mesh lab: default"},
 		{"lab--z", tcp("10.200.0.26", "100.64.16.1"), DropDenied, "b's networks are not transit for z (another mesh)"},
