@@ -53,13 +53,17 @@ generate: $(CONTROLLER_GEN) ## regenerate deepcopy code and CRDs from the API ty
 	  crd:crdVersions=v1,maxDescLen=400 output:crd:dir=./globaldns/apis/coredns/crds
 
 .PHONY: test
+# -timeout: lib/clusterlab runs its two-cluster scenarios one after the other
+# (about 9 min on 2 cores with -race), close to go test's default of 10 min
+# per package; a slow machine hit that limit in the middle of a passing test.
+TEST_TIMEOUT ?= 30m
 test: deps tools test-bins ## run all tests: unit, real kube-apiserver, (as root) real kernel networking
-	go test -race -count=1 $(PKGS)
+	go test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 
 FLAKE_RUNS ?= 5
 .PHONY: flake
 flake: deps tools test-bins ## run `make test`'s packages FLAKE_RUNS times (default 5); list every test that failed at least once
-	lab/scripts/flake.sh $(FLAKE_RUNS) $(PKGS)
+	TEST_TIMEOUT=$(TEST_TIMEOUT) lab/scripts/flake.sh $(FLAKE_RUNS) $(PKGS)
 
 .PHONY: lint
 lint: $(STATICCHECK) ## go vet and staticcheck

@@ -29,6 +29,7 @@ func main() {
 	f.StringVar(&c.Dir, "dir", c.Dir, "output directory: <dir>/tls/{tls.crt,tls.key,ca.crt} and <dir>/wireguard/{privatekey,publickey}")
 	f.StringVar(&c.Mode, "secret-manage-mode", c.Mode, "none (the TLS Secret is managed elsewhere and only read) or self (keep a CA and a CA-signed certificate for --dns-name in the Secret)")
 	f.StringVar(&c.DNSName, "dns-name", c.DNSName, "CN and DNS SAN of the self-managed certificate (required with --secret-manage-mode=self)")
+	f.StringVar(&c.Identities, "identities", c.Identities, "URI SANs of the self-managed certificate, comma separated: this cluster's identity in each mesh, kubelink://<mesh>/<cluster> (e.g. kubelink://default/a); bridge peers require it")
 	f.DurationVar(&c.CertValidity, "cert-validity", c.CertValidity, "validity of a self-managed certificate; renewed when a third of it remains")
 	f.DurationVar(&c.Resync, "resync", c.Resync, "period of the full sync (also runs on every Secret change and when the certificate is due)")
 	f.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address serving /healthz, /readyz and /metrics (empty: off)")

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -169,7 +170,9 @@ func (c *Certs) Verify(chain []*x509.Certificate, usage x509.ExtKeyUsage) ([]str
 }
 
 // Identities are the names a certificate identifies its holder by: the
-// common name, the DNS SANs and the IP SANs.
+// common name, the DNS SANs, the IP SANs and the URI SANs. Only a URI SAN is
+// an identity a Link pins (Link.Identity); the others name a host and are
+// matched only for links without one.
 func Identities(cert *x509.Certificate) []string {
 	var ids []string
 	if cert.Subject.CommonName != "" {
@@ -179,8 +182,41 @@ func Identities(cert *x509.Certificate) []string {
 	for _, ip := range cert.IPAddresses {
 		ids = append(ids, ip.String())
 	}
+	for _, u := range cert.URIs {
+		ids = append(ids, u.String())
+	}
 	return ids
 }
+
+// URIIdentities are the URI SANs of a certificate.
+func URIIdentities(cert *x509.Certificate) []string {
+	var ids []string
+	for _, u := range cert.URIs {
+		ids = append(ids, u.String())
+	}
+	return ids
+}
+
+// CheckIdentity tells whether a verified peer certificate is the peer a link
+// wants: with identity set, one of its URI SANs must be exactly identity
+// (the CN and host names are no identity: any member the CA signed could
+// carry another's host name); without, host must be among its identities.
+func CheckIdentity(cert *x509.Certificate, identity, host string) error {
+	if identity != "" {
+		if !slices.Contains(URIIdentities(cert), identity) {
+			return fmt.Errorf("%w: certificate identifies %v, the link wants %s", ErrWrongIdentity, URIIdentities(cert), identity)
+		}
+		return nil
+	}
+	if ids := Identities(cert); !MatchIdentity(ids, host) {
+		return fmt.Errorf("%w: certificate is for %v, not %s", ErrWrongIdentity, ids, host)
+	}
+	return nil
+}
+
+// ErrWrongIdentity marks a peer whose certificate verified against the CA
+// but names someone else.
+var ErrWrongIdentity = errors.New("wrong peer identity")
 
 // MatchIdentity reports whether one of ids names host (case-insensitive,
 // no wildcards: bridges are named exactly).
@@ -215,9 +251,9 @@ func (c *Certs) ServerConfig() *tls.Config {
 
 // ClientConfig is for dialing the bridge at host (an endpoint's host, a
 // name or an IP address): TLS 1.3, the current certificate as client
-// certificate, and the server verified against the current CA with host
-// among its identities (CN, DNS or IP SAN).
-func (c *Certs) ClientConfig(host string) *tls.Config {
+// certificate, and the server verified against the current CA and, by
+// CheckIdentity, as the peer identity names (host, when identity is empty).
+func (c *Certs) ClientConfig(host, identity string) *tls.Config {
 	if h, _, err := net.SplitHostPort(host); err == nil {
 		host = h
 	}
@@ -231,14 +267,10 @@ func (c *Certs) ClientConfig(host string) *tls.Config {
 			return c.cur.Load().cert, nil
 		},
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			ids, err := c.Verify(cs.PeerCertificates, x509.ExtKeyUsageServerAuth)
-			if err != nil {
+			if _, err := c.Verify(cs.PeerCertificates, x509.ExtKeyUsageServerAuth); err != nil {
 				return err
 			}
-			if !MatchIdentity(ids, host) {
-				return fmt.Errorf("server certificate is for %v, not %s", ids, host)
-			}
-			return nil
+			return CheckIdentity(cs.PeerCertificates[0], identity, host)
 		},
 	}
 }

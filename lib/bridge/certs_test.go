@@ -115,7 +115,7 @@ func TestCertsReloadAndVerify(t *testing.T) {
 	}
 
 	// a as client, b as server: both authenticated.
-	cs, ss, cerr, serr := tlsPair(t, b.ServerConfig(), a.ClientConfig("b.kubelink.test:8443"))
+	cs, ss, cerr, serr := tlsPair(t, b.ServerConfig(), a.ClientConfig("b.kubelink.test:8443", ""))
 	if cerr != nil || serr != nil {
 		t.Fatalf("handshake: client %v, server %v", cerr, serr)
 	}
@@ -124,7 +124,7 @@ func TestCertsReloadAndVerify(t *testing.T) {
 	}
 
 	// The server is not who the client dials.
-	if _, _, cerr, _ = tlsPair(t, b.ServerConfig(), a.ClientConfig("c.kubelink.test")); cerr == nil || !strings.Contains(cerr.Error(), "not c.kubelink.test") {
+	if _, _, cerr, _ = tlsPair(t, b.ServerConfig(), a.ClientConfig("c.kubelink.test", "")); cerr == nil || !strings.Contains(cerr.Error(), "not c.kubelink.test") {
 		t.Errorf("dialing c but reaching b: %v", cerr)
 	}
 
@@ -135,7 +135,7 @@ func TestCertsReloadAndVerify(t *testing.T) {
 	if changed, err := a.Reload(); !changed || err != nil {
 		t.Fatalf("reload after rotation: changed %v, %v", changed, err)
 	}
-	if _, ss, cerr, serr = tlsPair(t, b.ServerConfig(), a.ClientConfig("b.kubelink.test")); cerr != nil || serr != nil {
+	if _, ss, cerr, serr = tlsPair(t, b.ServerConfig(), a.ClientConfig("b.kubelink.test", "")); cerr != nil || serr != nil {
 		t.Fatalf("handshake after rotation: client %v, server %v", cerr, serr)
 	}
 	if got, want := ss.SerialNumber.String(), serialOf(t, second); got != want {
@@ -150,7 +150,7 @@ func TestCertsReloadAndVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, cerr, _ = tlsPair(t, x.ServerConfig(), a.ClientConfig("b.kubelink.test")); cerr == nil || !strings.Contains(cerr.Error(), "unknown authority") {
+	if _, _, cerr, _ = tlsPair(t, x.ServerConfig(), a.ClientConfig("b.kubelink.test", "")); cerr == nil || !strings.Contains(cerr.Error(), "unknown authority") {
 		t.Errorf("client accepted a server from another CA: %v", cerr)
 	}
 	// (the client trusts the server, so that the server is the one to judge)

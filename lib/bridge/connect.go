@@ -22,9 +22,15 @@ import (
 // Link is one peer bridge a Connector keeps a connection to.
 type Link struct {
 	ID string
-	// Endpoint is the peer bridge's host:port. The host is also the
-	// identity its certificate must carry (CN or SAN).
+	// Endpoint is the peer bridge's host:port.
 	Endpoint string
+	// Identity is the URI SAN the peer's certificate must carry, e.g.
+	// kubelink://default/b (mesh.Link.PeerIdentity): per cluster, so that a
+	// member with a certificate of the same CA cannot pose as another.
+	// Empty: the endpoint host must be among the certificate's names (CN,
+	// DNS or IP SAN) — which any member the CA signed may carry; only for
+	// tests and peers without identities.
+	Identity string
 	// ClusterAddress is the peer's cluster address; its HELLO must carry
 	// exactly this prefix.
 	ClusterAddress netip.Prefix
@@ -121,8 +127,9 @@ type Connector struct {
 	listeners map[net.Listener]struct{}
 	closed    bool
 
-	rejected atomic.Uint64 // failed inbound TLS or HELLO handshakes
-	lastRej  atomic.Pointer[string]
+	rejected  atomic.Uint64 // failed inbound TLS or HELLO handshakes
+	untrusted atomic.Uint64 // connections closed by Reverify
+	lastRej   atomic.Pointer[string]
 }
 
 type linkState struct {
@@ -227,7 +234,7 @@ func (c *Connector) SetLinks(links []Link) {
 	}
 	for id, ls := range c.links {
 		l, ok := want[id]
-		if ok && l.Endpoint == ls.link.Endpoint && l.ClusterAddress == ls.link.ClusterAddress && SameHello(c.localOf(l), c.localOf(ls.link)) {
+		if ok && l.Endpoint == ls.link.Endpoint && l.Identity == ls.link.Identity && l.ClusterAddress == ls.link.ClusterAddress && SameHello(c.localOf(l), c.localOf(ls.link)) {
 			ls.link = l
 			if ls.peer != nil {
 				ls.peer.SetPolicy(l.Policy)
@@ -320,6 +327,45 @@ func (c *Connector) Renew() {
 		})
 	}
 }
+
+// Reverify checks the peer certificate of every established connection
+// again — against the CA of the moment and the link's identity — and
+// closes the connections that no longer verify (the CA was rotated, a pin
+// changed); their links redial under the new trust. It returns how many it
+// closed; each is logged with its reason and counted in Untrusted. Call it
+// after the trust material changed.
+func (c *Connector) Reverify() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	closed := 0
+	for id, ls := range c.links {
+		chain := peerChain(ls)
+		if len(chain) == 0 {
+			continue
+		}
+		usage := x509.ExtKeyUsageClientAuth
+		if ls.outbound {
+			usage = x509.ExtKeyUsageServerAuth
+		}
+		host, _, _ := net.SplitHostPort(ls.link.Endpoint)
+		_, err := c.cfg.Certs.Verify(chain, usage)
+		if err == nil {
+			err = CheckIdentity(chain[0], ls.link.Identity, host)
+		}
+		if err == nil {
+			continue
+		}
+		reason := "peer certificate no longer trusted: " + err.Error()
+		c.log.Warn("bridge: closing a connection", "link", id, "reason", reason)
+		c.untrusted.Add(1)
+		c.cfg.Pump.RemovePeer(id, reason)
+		closed++
+	}
+	return closed
+}
+
+// Untrusted counts connections Reverify closed.
+func (c *Connector) Untrusted() uint64 { return c.untrusted.Load() }
 
 // Links returns the IDs of the links, sorted.
 func (c *Connector) Links() []string {
@@ -421,7 +467,7 @@ func (c *Connector) dialWith(ls *linkState, replace bool) error {
 	if err != nil {
 		return err
 	}
-	tc := tls.Client(raw, c.cfg.Certs.ClientConfig(l.Endpoint))
+	tc := tls.Client(raw, c.cfg.Certs.ClientConfig(l.Endpoint, l.Identity))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return fmt.Errorf("TLS handshake with %s: %w", l.Endpoint, err)
@@ -647,7 +693,7 @@ func (c *Connector) accept(raw net.Conn) error {
 
 // candidates are the links an authenticated client certificate with ids
 // may be for, sorted by ID (caller holds c.mu): Identify's, else those
-// whose endpoint host is one of ids. A peer in several meshes has a link
+// whose Identity is one of ids (links without one: whose endpoint host is). A peer in several meshes has a link
 // in each.
 func (c *Connector) candidates(ids []string) []*linkState {
 	if c.cfg.Identify != nil {
@@ -658,6 +704,12 @@ func (c *Connector) candidates(ids []string) []*linkState {
 	}
 	var cands []*linkState
 	for _, cand := range c.links {
+		if cand.link.Identity != "" {
+			if slices.Contains(ids, cand.link.Identity) {
+				cands = append(cands, cand)
+			}
+			continue
+		}
 		host, _, err := net.SplitHostPort(cand.link.Endpoint)
 		if err == nil && MatchIdentity(ids, host) {
 			cands = append(cands, cand)
@@ -713,14 +765,22 @@ func (c *Connector) unknown(tc *tls.Conn, ids []string, h Hello) error {
 func (c *Connector) PeerCertificate(id string) *x509.Certificate {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ls := c.links[id]
-	if ls == nil || ls.peer == nil {
+	if ls := c.links[id]; ls != nil {
+		if chain := peerChain(ls); len(chain) > 0 {
+			return chain[0]
+		}
+	}
+	return nil
+}
+
+// peerChain is what the peer of the link's current connection presented,
+// leaf first (caller holds c.mu); nil without a TLS connection.
+func peerChain(ls *linkState) []*x509.Certificate {
+	if ls.peer == nil {
 		return nil
 	}
 	if tc, ok := ls.peer.conn.(*tls.Conn); ok {
-		if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 {
-			return certs[0]
-		}
+		return tc.ConnectionState().PeerCertificates
 	}
 	return nil
 }

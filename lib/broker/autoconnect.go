@@ -27,9 +27,9 @@ const AnnotationAutoConnected = "kubelink.mandelsoft.org/auto-connected"
 // port it advertised (its --advertised-port, else its --bridge-port; for a
 // peer that announces none, our bridgePort); no spec.dns, so that the DNS
 // information the peer advertises reaches the mesh DNS through the
-// status (status.advertised) and follows the peer's changes; the name from the first DNS name
-// among its certificate identities (first label) or else from its cluster
-// address ("auto-192-168-0-12"), in the mesh of local. It refuses a peer
+// status (status.advertised) and follows the peer's changes; the name from the identity
+// kubelink://<mesh>/<cluster> its certificate carries for the mesh of local
+// (a peer without one is refused), so that the link pins that identity. It refuses a peer
 // outside the mesh, an existing name, a cluster address another link has,
 // and anything the mesh model would not accept next to existing.
 func AutoLink(local *mesh.Mesh, p bridge.UnknownPeer, bridgePort int, existing []v1alpha1.KubeLink) (*v1alpha1.KubeLink, error) {
@@ -48,20 +48,19 @@ func AutoLink(local *mesh.Mesh, p bridge.UnknownPeer, bridgePort int, existing [
 	if port == 0 {
 		port = bridgePort
 	}
+	// The name comes from the identity the peer's certificate carries for
+	// this mesh: the link then pins exactly that identity. A peer without
+	// one cannot be pinned and gets no link.
 	cluster := ""
+	prefix := mesh.Identity(local.Name, "")
 	for _, id := range p.Identities {
-		if net.ParseIP(id) != nil {
-			continue
-		}
-		label := strings.ToLower(strings.SplitN(strings.TrimSuffix(id, "."), ".", 2)[0])
-		if len(validation.IsDNS1123Label(label)) == 0 && !strings.Contains(label, "--") {
-			cluster = label
+		if c, ok := strings.CutPrefix(id, prefix); ok && len(validation.IsDNS1123Label(c)) == 0 && !strings.Contains(c, "--") {
+			cluster = c
 			break
 		}
 	}
 	if cluster == "" {
-		cluster = "auto-" + strings.NewReplacer(".", "-", ":", "-").Replace(ca.Addr().String())
-		cluster = strings.Trim(cluster, "-")
+		return nil, fmt.Errorf("its certificate has no identity %s<cluster> for mesh %q (identities %v)", prefix, mesh.MeshDisplayName(local.Name), p.Identities)
 	}
 	name := mesh.LinkName{Mesh: local.Name, Cluster: cluster}.String()
 	var ids []string // CN and SAN often repeat each other

@@ -32,15 +32,18 @@ func TestAutoLinkFromHello(t *testing.T) {
 		return bridge.UnknownPeer{Identities: ids, Remote: netip.MustParseAddrPort("172.30.0.21:40000"), Hello: h}
 	}
 
-	kl, err := AutoLink(ms, peer([]string{"172.30.0.21"}, "192.168.0.12/24", "100.64.16.0/20", 9443), 8088, existing)
+	kl, err := AutoLink(ms, peer([]string{"172.30.0.21", "kubelink://default/x", "kubelink://lab/b"}, "192.168.0.12/24", "100.64.16.0/20", 9443), 8088, existing)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if kl.Name != "lab--auto-192-168-0-12" || kl.Spec.ClusterAddress != "192.168.0.12/24" || kl.Spec.CIDR != "100.64.16.0/20" ||
-		kl.Spec.Endpoint != "172.30.0.21:9443" || kl.Annotations[AnnotationAutoConnected] != "172.30.0.21" {
+	if kl.Name != "lab--b" || kl.Spec.ClusterAddress != "192.168.0.12/24" || kl.Spec.CIDR != "100.64.16.0/20" ||
+		kl.Spec.Endpoint != "172.30.0.21:9443" || kl.Annotations[AnnotationAutoConnected] != "172.30.0.21,kubelink://default/x,kubelink://lab/b" {
 		t.Errorf("got %s %+v %v", kl.Name, kl.Spec, kl.Annotations)
 	}
-	kl, err = AutoLink(ms, peer([]string{"B.Example.org", "172.30.0.21"}, "192.168.0.12/24", "", 0), 8088, existing)
+	if l, _ := mesh.ParseLink(kl, mesh.ParseOptions{DefaultPort: 8088}); l.PeerIdentity() != "kubelink://lab/b" {
+		t.Errorf("the created link pins %s, want the certificate's identity kubelink://lab/b", l.PeerIdentity())
+	}
+	kl, err = AutoLink(ms, peer([]string{"kubelink://lab/b"}, "192.168.0.12/24", "", 0), 8088, existing)
 	if err != nil || kl.Name != "lab--b" || kl.Spec.Endpoint != "172.30.0.21:8088" || kl.Spec.CIDR != "" {
 		t.Errorf("named peer: %v %+v", err, kl)
 	}
@@ -50,12 +53,13 @@ func TestAutoLinkFromHello(t *testing.T) {
 		p    bridge.UnknownPeer
 		want string
 	}{
+		{"no identity for the mesh", peer([]string{"b.example.org", "172.30.0.21", "kubelink://default/b"}, "192.168.0.12/24", "", 8088), "no identity kubelink://lab/<cluster>"},
 		{"outside the mesh", peer(nil, "10.1.0.12/24", "", 8088), "not in the mesh"},
 		{"other prefix length", peer(nil, "192.168.0.12/16", "", 8088), "not in the mesh"},
 		{"our own address", peer(nil, "192.168.0.11/24", "", 8088), "this cluster's"},
-		{"existing name", peer([]string{"c.example"}, "192.168.0.14/24", "", 8088), "KubeLink lab--c exists"},
-		{"existing address", peer([]string{"d.example"}, "192.168.0.13/24", "", 8088), "lab--c has cluster address"},
-		{"overlapping service CIDR", peer(nil, "192.168.0.14/24", "100.64.0.0/16", 8088), "overlaps the local service CIDR"},
+		{"existing name", peer([]string{"kubelink://lab/c"}, "192.168.0.14/24", "", 8088), "KubeLink lab--c exists"},
+		{"existing address", peer([]string{"kubelink://lab/d"}, "192.168.0.13/24", "", 8088), "lab--c has cluster address"},
+		{"overlapping service CIDR", peer([]string{"kubelink://lab/e"}, "192.168.0.14/24", "100.64.0.0/16", 8088), "overlaps the local service CIDR"},
 	} {
 		if kl, err := AutoLink(ms, c.p, 8088, existing); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %+v, %v; want an error with %q", c.name, kl, err, c.want)

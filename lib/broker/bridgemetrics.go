@@ -13,7 +13,7 @@ type bridgeCollector struct {
 	p *bridgePlane
 
 	rxBytes, txBytes, rxPackets, txPackets, rxFrames, txFrames *prometheus.Desc
-	drops, pumpDrops, rejected, peerCert                       *prometheus.Desc
+	drops, pumpDrops, rejected, untrusted, peerCert            *prometheus.Desc
 }
 
 func newBridgeCollector(p *bridgePlane) *bridgeCollector {
@@ -31,13 +31,15 @@ func newBridgeCollector(p *bridgePlane) *bridgeCollector {
 			"All packets the bridge dropped, by reason, including packets read from the tun device that no connected link takes (no-route, not-connected).", []string{"reason"}, nil),
 		rejected: prometheus.NewDesc("kubelink_bridge_rejected_handshakes_total",
 			"Inbound bridge connections rejected during TLS or HELLO (e.g. a certificate from another CA, an unknown peer).", nil, nil),
+		untrusted: prometheus.NewDesc("kubelink_bridge_untrusted_connections_total",
+			"Established bridge connections closed because the peer's certificate no longer verified after the trust changed (CA rotated).", nil, nil),
 		peerCert: prometheus.NewDesc("kubelink_bridge_peer_certificate_info",
 			"The certificate the link's peer presented on the current connection (serial in hex).", []string{"link", "serial", "subject"}, nil),
 	}
 }
 
 func (c *bridgeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.rxBytes, c.txBytes, c.rxPackets, c.txPackets, c.rxFrames, c.txFrames, c.drops, c.pumpDrops, c.rejected, c.peerCert} {
+	for _, d := range []*prometheus.Desc{c.rxBytes, c.txBytes, c.rxPackets, c.txPackets, c.rxFrames, c.txFrames, c.drops, c.pumpDrops, c.rejected, c.untrusted, c.peerCert} {
 		ch <- d
 	}
 }
@@ -53,10 +55,11 @@ func (c *bridgeCollector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
-	rejected := c.p.rejected.Load()
+	rejected, untrusted := c.p.rejected.Load(), c.p.untrusted.Load()
 	if conn := c.p.curConn.Load(); conn != nil {
 		n, _ := conn.Rejected()
 		rejected += n
+		untrusted += conn.Untrusted()
 		for _, id := range conn.Links() {
 			s, ok := conn.LinkStats(id)
 			if !ok {
@@ -79,6 +82,7 @@ func (c *bridgeCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	counter(c.rejected, rejected)
+	counter(c.untrusted, untrusted)
 	if pump := c.p.curPump.Load(); pump != nil {
 		for reason, n := range dropReasons(pump.Drops()) {
 			counter(c.pumpDrops, n, reason)

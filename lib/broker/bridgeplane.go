@@ -48,9 +48,10 @@ type bridgePlane struct {
 	model atomic.Pointer[mesh.Model] // the last applied, for unknown peers
 
 	// For the metrics collector, which runs on other goroutines.
-	curConn  atomic.Pointer[bridge.Connector]
-	curPump  atomic.Pointer[bridge.Pump]
-	rejected atomic.Uint64 // rejected handshakes of closed Connectors
+	curConn   atomic.Pointer[bridge.Connector]
+	curPump   atomic.Pointer[bridge.Pump]
+	rejected  atomic.Uint64 // rejected handshakes of closed Connectors
+	untrusted atomic.Uint64 // Reverify closes of closed Connectors
 
 	table atomic.Pointer[[]routeEntry] // destination → link, swapped per sync
 	// idle holds, after apply, why each served link is not connected
@@ -119,8 +120,13 @@ func (p *bridgePlane) open(ctx context.Context) error {
 	// A new certificate is used for new connections at once; Renew moves
 	// the established ones over, so that peers see it too.
 	go certs.Watch(ctx, time.Second, func() {
-		p.log.Info("bridge certificates reloaded; renewing the connections", "serial", certs.Leaf().SerialNumber.Text(16))
+		p.log.Info("bridge certificates reloaded; checking and renewing the connections", "serial", certs.Leaf().SerialNumber.Text(16))
 		if c := p.curConn.Load(); c != nil {
+			// A rotated CA: connections whose peer no longer verifies end
+			// now instead of living on under the old trust.
+			if n := c.Reverify(); n > 0 {
+				p.log.Warn("bridge: closed connections whose peer no longer verifies", "count", n)
+			}
 			c.Renew()
 		}
 	}, func(err error) { p.log.Warn("reloading bridge certificates", "err", err) })
@@ -244,7 +250,7 @@ func (p *bridgePlane) meshLinks(m *mesh.Model, ms *mesh.Mesh, policy *mesh.Polic
 		default:
 			via[name] = name
 			pol := connectionPolicy(policy, l, transit[name])
-			links = append(links, bridge.Link{ID: name, Endpoint: p.endpoint(l.Endpoint), ClusterAddress: l.Address, Policy: pol, Local: &local})
+			links = append(links, bridge.Link{ID: name, Endpoint: p.endpoint(l.Endpoint), Identity: l.PeerIdentity(), ClusterAddress: l.Address, Policy: pol, Local: &local})
 		}
 		res.PeerOf[name] = mesh.Key{}
 		for _, d := range l.AllowedIPs() {
@@ -304,6 +310,7 @@ func (p *bridgePlane) closeConnector() {
 		_ = p.conn.Close()
 		n, _ := p.conn.Rejected()
 		p.rejected.Add(n)
+		p.untrusted.Add(p.conn.Untrusted())
 		p.conn = nil
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
+	"slices"
 	"time"
 )
 
@@ -51,10 +53,11 @@ func NewCA(now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err e
 }
 
 // IssueCert creates a key pair and a certificate signed by the CA for server
-// and client authentication, with CN and DNS SAN dnsName, valid from now for
-// validity (NotBefore is backdated by a tenth of validity, at most 5 minutes,
-// against clock skew).
-func IssueCert(caCertPEM, caKeyPEM []byte, dnsName string, now time.Time, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+// and client authentication, with CN and DNS SAN dnsName and the URI SANs
+// identities (kubelink://<mesh>/<cluster>: what peers' links check), valid
+// from now for validity (NotBefore is backdated by a tenth of validity, at
+// most 5 minutes, against clock skew).
+func IssueCert(caCertPEM, caKeyPEM []byte, dnsName string, now time.Time, validity time.Duration, identities ...string) (certPEM, keyPEM []byte, err error) {
 	ca, caKey, err := parseCA(caCertPEM, caKeyPEM)
 	if err != nil {
 		return nil, nil, err
@@ -86,6 +89,13 @@ func IssueCert(caCertPEM, caKeyPEM []byte, dnsName string, now time.Time, validi
 	} else {
 		tmpl.DNSNames = []string{dnsName}
 	}
+	for _, id := range identities {
+		u, err := url.Parse(id)
+		if err != nil {
+			return nil, nil, fmt.Errorf("identity %q: %w", id, err)
+		}
+		tmpl.URIs = append(tmpl.URIs, u)
+	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {
 		return nil, nil, err
@@ -107,9 +117,10 @@ func RenewalTime(cert *x509.Certificate) time.Time {
 
 // CheckCert tells why the certificate in certPEM/keyPEM cannot be kept in
 // self-managed mode: unparsable, key mismatch, not signed by the CA (or not
-// valid for server and client auth), CN or SAN other than dnsName, or due for
-// renewal at now. It returns the parsed certificate and nil when it is fine.
-func CheckCert(certPEM, keyPEM, caCertPEM []byte, dnsName string, now time.Time) (*x509.Certificate, error) {
+// valid for server and client auth), CN or SAN other than dnsName, URI SANs
+// other than identities, or due for renewal at now. It returns the parsed
+// certificate and nil when it is fine.
+func CheckCert(certPEM, keyPEM, caCertPEM []byte, dnsName string, now time.Time, identities ...string) (*x509.Certificate, error) {
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("tls.crt/tls.key: %w", err)
@@ -132,6 +143,13 @@ func CheckCert(certPEM, keyPEM, caCertPEM []byte, dnsName string, now time.Time)
 	}
 	if err := cert.VerifyHostname(dnsName); err != nil {
 		return cert, fmt.Errorf("tls.crt: %w", err)
+	}
+	var have []string
+	for _, u := range cert.URIs {
+		have = append(have, u.String())
+	}
+	if want := slices.Sorted(slices.Values(identities)); !slices.Equal(slices.Sorted(slices.Values(have)), want) {
+		return cert, fmt.Errorf("tls.crt: identities %v, want %v", have, want)
 	}
 	if NeedsRenewal(cert, now) {
 		return cert, fmt.Errorf("tls.crt: due for renewal since %s (expires %s)", RenewalTime(cert).Format(time.RFC3339), cert.NotAfter.Format(time.RFC3339))

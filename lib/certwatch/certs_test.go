@@ -107,3 +107,38 @@ func TestIssueCertForAnIPAddressUsesAnIPSAN(t *testing.T) {
 		t.Errorf("IP SANs %v DNS SANs %v, want [172.18.0.3] and none", cert.IPAddresses, cert.DNSNames)
 	}
 }
+
+// The identities (URI SANs) are what bridge peers check; a certificate
+// without the wanted ones, or with others, is reissued.
+func TestIssueCertCarriesIdentities(t *testing.T) {
+	now := time.Now()
+	caCrt, caKey, err := NewCA(now, CAValidity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{"kubelink://default/a", "kubelink://lab/a"}
+	crt, key, err := IssueCert(caCrt, caKey, "172.18.0.2", now, time.Hour, ids...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := CheckCert(crt, key, caCrt, "172.18.0.2", now, "kubelink://lab/a", "kubelink://default/a")
+	if err != nil {
+		t.Fatalf("certificate with its identities rejected: %v", err)
+	}
+	if len(cert.URIs) != 2 || cert.URIs[0].String() != ids[0] {
+		t.Errorf("URI SANs %v", cert.URIs)
+	}
+	if _, err := CheckCert(crt, key, caCrt, "172.18.0.2", now, "kubelink://default/a"); err == nil || !strings.Contains(err.Error(), "identities") {
+		t.Errorf("an extra identity must force a new certificate, got %v", err)
+	}
+	if _, err := CheckCert(crt, key, caCrt, "172.18.0.2", now, append(ids, "kubelink://x/a")...); err == nil {
+		t.Error("a missing identity must force a new certificate")
+	}
+	for id, ok := range map[string]bool{"kubelink://default/a": true, "kubelink://lab/b-2": true,
+		"https://default/a": false, "kubelink://default": false, "kubelink://default/a/b": false, "kubelink://Default/a": false,
+		"kubelink://default/a?x=1": false, "kubelink://default/a_b": false, "not a uri at all": false} {
+		if err := ValidIdentity(id); (err == nil) != ok {
+			t.Errorf("ValidIdentity(%q) = %v, want ok=%v", id, err, ok)
+		}
+	}
+}

@@ -8,10 +8,13 @@ package certwatch
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/kubelink/kubelink/lib/mesh"
 )
 
 // Secret management modes (--secret-manage-mode).
@@ -43,15 +46,20 @@ const (
 
 // Config are the settings of a Controller.
 type Config struct {
-	Namespace       string        // namespace of both Secrets
-	TLSSecret       string        // TLS Secret; empty: no TLS handling
-	WireGuardSecret string        // WireGuard key Secret; empty: no WireGuard handling
-	Dir             string        // output directory
-	Mode            string        // ModeNone or ModeSelf
-	DNSName         string        // CN and DNS SAN of the self-managed certificate
-	CertValidity    time.Duration // validity of a self-managed certificate
-	Resync          time.Duration // period of the full sync
-	MetricsAddr     string        // /healthz, /readyz, /metrics; empty: off
+	Namespace       string // namespace of both Secrets
+	TLSSecret       string // TLS Secret; empty: no TLS handling
+	WireGuardSecret string // WireGuard key Secret; empty: no WireGuard handling
+	Dir             string // output directory
+	Mode            string // ModeNone or ModeSelf
+	DNSName         string // CN and DNS SAN of the self-managed certificate
+	// Identities are the URI SANs of the self-managed certificate, comma
+	// separated: this cluster's identity in each of its meshes,
+	// kubelink://<mesh>/<cluster> (mesh.Identity), which the peers' links
+	// require.
+	Identities   string
+	CertValidity time.Duration // validity of a self-managed certificate
+	Resync       time.Duration // period of the full sync
+	MetricsAddr  string        // /healthz, /readyz, /metrics; empty: off
 }
 
 // Defaults returns the default configuration.
@@ -103,6 +111,11 @@ func (c Config) Validate() error {
 		} else if msgs := validation.IsDNS1123Subdomain(c.DNSName); len(msgs) > 0 {
 			errs = append(errs, fmt.Errorf("--dns-name=%q: not a DNS name: %s", c.DNSName, strings.Join(msgs, "; ")))
 		}
+		for _, id := range c.IdentityList() {
+			if err := ValidIdentity(id); err != nil {
+				errs = append(errs, fmt.Errorf("--identities: %w", err))
+			}
+		}
 		if c.CertValidity < 3*time.Second {
 			errs = append(errs, fmt.Errorf("--cert-validity=%s: must be at least 3s", c.CertValidity))
 		}
@@ -111,4 +124,32 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--resync=%s: must be positive", c.Resync))
 	}
 	return errors.Join(errs...)
+}
+
+// IdentityList is Identities split at commas, without empty entries.
+func (c Config) IdentityList() []string {
+	var out []string
+	for _, id := range strings.Split(c.Identities, ",") {
+		if id = strings.TrimSpace(id); id != "" {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// ValidIdentity checks that id is a member identity kubelink://<mesh>/<cluster>.
+func ValidIdentity(id string) error {
+	u, err := url.Parse(id)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%q is not a URI: %w", id, err)
+	case u.Scheme != mesh.IdentityScheme || u.Host == "" || len(u.Path) < 2 || strings.Contains(u.Path[1:], "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil:
+		return fmt.Errorf("%q: want kubelink://<mesh>/<cluster>, e.g. %s", id, mesh.Identity("", "a"))
+	}
+	for _, part := range []string{u.Host, u.Path[1:]} {
+		if msgs := validation.IsDNS1123Label(part); len(msgs) > 0 {
+			return fmt.Errorf("%q: %q is not a DNS label: %s", id, part, strings.Join(msgs, "; "))
+		}
+	}
+	return nil
 }

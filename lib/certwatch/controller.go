@@ -251,7 +251,7 @@ func (c *Controller) manageTLS(ctx context.Context, s *corev1.Secret) (*corev1.S
 	}
 	reason := "new CA"
 	if !newCA {
-		_, err := CheckCert(data[KeyTLSCert], data[KeyTLSKey], caCert, c.cfg.DNSName, now)
+		_, err := CheckCert(data[KeyTLSCert], data[KeyTLSKey], caCert, c.cfg.DNSName, now, c.cfg.IdentityList()...)
 		if err == nil {
 			return s, nil
 		}
@@ -260,7 +260,7 @@ func (c *Controller) manageTLS(ctx context.Context, s *corev1.Secret) (*corev1.S
 			reason = "no certificate yet"
 		}
 	}
-	crt, key, err := IssueCert(caCert, caKey, c.cfg.DNSName, now, c.cfg.CertValidity)
+	crt, key, err := IssueCert(caCert, caKey, c.cfg.DNSName, now, c.cfg.CertValidity, c.cfg.IdentityList()...)
 	if err != nil {
 		return nil, fmt.Errorf("issuing a certificate with the CA of %s/%s: %w", c.cfg.Namespace, c.cfg.TLSSecret, err)
 	}
@@ -275,7 +275,7 @@ func (c *Controller) manageTLS(ctx context.Context, s *corev1.Secret) (*corev1.S
 		return nil, fmt.Errorf("storing the certificate in %s/%s: %w", c.cfg.Namespace, c.cfg.TLSSecret, err)
 	}
 	c.metrics.renewals.Inc()
-	c.log.Info("issued a certificate", "cn", c.cfg.DNSName, "reason", reason, "validity", c.cfg.CertValidity)
+	c.log.Info("issued a certificate", "cn", c.cfg.DNSName, "identities", c.cfg.IdentityList(), "reason", reason, "validity", c.cfg.CertValidity)
 	return s, nil
 }
 

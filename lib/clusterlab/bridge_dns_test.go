@@ -67,18 +67,12 @@ func TestBridgeDNSAdvertisement(t *testing.T) {
 
 	// spec.dns.dnsIP wins over the advertisement; the domain, not set in
 	// the spec, still comes from it.
-	kl.Spec.DNS = &v1alpha1.KubeLinkDNS{DNSIP: b.ClusterDNSIP().String()}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	must(t, a.Kube.Update(ctx, kl))
+	updateLink(t, a, "b", func(kl *v1alpha1.KubeLink) { kl.Spec.DNS = &v1alpha1.KubeLinkDNS{DNSIP: b.ClusterDNSIP().String()} })
 	waitCorefile(t, a, "spec.dns.dnsIP to win over the advertised IP", 5*time.Second, func(c string) bool {
 		return strings.Contains(c, "forward . "+b.ClusterDNSIP().String()) && !strings.Contains(c, "forward . "+bDNSIP.String()) &&
 			strings.Contains(c, `{1}.b.internal.`)
 	})
-	kl, err = a.Link("b")
-	must(t, err)
-	kl.Spec.DNS = nil
-	must(t, a.Kube.Update(ctx, kl))
+	updateLink(t, a, "b", func(kl *v1alpha1.KubeLink) { kl.Spec.DNS = nil })
 	waitCorefile(t, a, "the advertised IP back after spec.dns is removed", 5*time.Second, func(c string) bool {
 		return strings.Contains(c, "forward . "+bDNSIP.String())
 	})

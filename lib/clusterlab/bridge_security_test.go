@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/nstest"
 )
 
@@ -65,6 +66,69 @@ func TestBridgeRejectsAPeerOfAnotherCA(t *testing.T) {
 	a.WaitState("b", v1alpha1.StateUp, 10*time.Second)
 	t.Logf("with a certificate of the mesh CA, the link is Up %s after the swap", time.Since(fixed).Round(time.Millisecond))
 	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
+}
+
+// Identity is per cluster, not "anyone the CA signed": B presents a
+// certificate of the mesh CA with B's own host name (CN and IP SAN) but the
+// identity of another member (kubelink://default/c). A's link to B pins
+// kubelink://default/b, so A neither accepts B's server certificate nor B's
+// dials, counts the rejections, and nothing passes. With its own identity B
+// comes Up — the identity was the only thing in the way. Then A's trust
+// changes (a new CA): the established connection, whose peer no longer
+// verifies, is closed at once instead of living on under the old trust.
+func TestBridgeIdentityIsPerCluster(t *testing.T) {
+	lab := New(t, 2)
+	a, b := lab.Clusters[0], lab.Clusters[1]
+	ca := NewBridgeCA(t)
+	aCerts := ca.CertDir(t, a)
+	bCerts := filepath.Join(t.TempDir(), "certs-b")
+	ca.WriteCertsAs(t, bCerts, b, mesh.Identity("", "c"))
+	a.StartRouter(lab)
+	b.StartRouter(lab)
+	a.StartBroker(lab, a.GW, BridgeFlags(aCerts)...)
+	b.StartBroker(lab, b.GW, BridgeFlags(bCerts)...)
+	a.Apply(a.LocalLink(), BridgeLinkTo(b))
+	b.Apply(b.LocalLink(), BridgeLinkTo(a))
+
+	var kl *v1alpha1.KubeLink
+	waitFor(t, "A's link to B Idle with the identity error", 8*time.Second, func() bool {
+		var err error
+		kl, err = a.Link("b")
+		return err == nil && kl.Status.State == v1alpha1.StateIdle && strings.Contains(kl.Status.Message, "wrong peer identity") &&
+			strings.Contains(kl.Status.Message, "kubelink://default/b")
+	})
+	t.Logf("A's link b: %s: %s", kl.Status.State, kl.Status.Message)
+	n := WaitMetric(t, a.GW, "kubelink_bridge_rejected_handshakes_total", 5*time.Second, func(v float64) bool { return v > 0 })
+	t.Logf("A rejected %v handshakes from the impostor", n)
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); {
+		if kl, err := a.Link("b"); err == nil && kl.Status.State == v1alpha1.StateUp {
+			t.Fatal("A's link to B is Up with a certificate naming another member")
+		}
+		if _, err := Get(a.Pod, b.ServiceIP, "/", 300*time.Millisecond); err == nil {
+			t.Fatal("A reached B's service through a bridge whose peer named another member")
+		}
+	}
+	if v, ok := Metric(a.GW, `kubelink_bridge_rx_bytes_total{link="b"}`); !ok || v != 0 {
+		t.Errorf("A received %v bytes (present %v) from the impostor", v, ok)
+	}
+
+	ca.WriteCerts(t, bCerts, b)
+	a.WaitState("b", v1alpha1.StateUp, 10*time.Second)
+	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
+
+	// A's trust changes: a new CA (and A's certificate from it). B's
+	// certificate no longer verifies at A.
+	NewBridgeCA(t).WriteCerts(t, aCerts, a)
+	WaitMetric(t, a.GW, "kubelink_bridge_untrusted_connections_total", 5*time.Second, func(v float64) bool { return v > 0 })
+	waitFor(t, "A's link to B to leave Up", 5*time.Second, func() bool {
+		kl, err := a.Link("b")
+		return err == nil && kl.Status.State != v1alpha1.StateUp
+	})
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		if _, err := Get(a.Pod, b.ServiceIP, "/", 300*time.Millisecond); err == nil {
+			t.Fatal("traffic still flows over a connection whose peer A no longer trusts")
+		}
+	}
 }
 
 // In bridge mode the receiving side enforces, in user space, that a peer
@@ -135,12 +199,7 @@ func TestBridgeAntiSpoofingAndIngress(t *testing.T) {
 			}
 		}
 		before, _ := Metric(a.GW, `kubelink_bridge_dropped_packets_total{link="b",reason="ingress-denied"}`)
-		kl, err := a.Link("b")
-		must(t, err)
-		kl.Spec.Ingress = []string{"100.64.0.0/20", "!100.64.0.21"}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		must(t, a.Kube.Update(ctx, kl))
+		updateLink(t, a, "b", func(kl *v1alpha1.KubeLink) { kl.Spec.Ingress = []string{"100.64.0.0/20", "!100.64.0.21"} })
 		waitFor(t, "the denied ClusterIP to be dropped", 5*time.Second, func() bool { return dialResult(b.Pod, "100.64.0.21:80") == "dropped" })
 		for addr, want := range map[string]string{"100.64.0.20:80": "ok", "192.168.0.11:80": "dropped"} {
 			if got := dialResult(b.Pod, addr); got != want {
@@ -176,7 +235,7 @@ func TestBridgeAutoConnect(t *testing.T) {
 	a.Apply(a.LocalLink())
 	b.Apply(b.LocalLink(), BridgeLinkTo(a))
 
-	name := "auto-192-168-0-12" // from B's cluster address: B's certificate names it by IP only
+	name := "b" // from the identity in B's certificate, kubelink://default/b
 	var kl *v1alpha1.KubeLink
 	waitFor(t, "A to create a KubeLink from B's HELLO", 10*time.Second, func() bool {
 		var err error
@@ -184,7 +243,7 @@ func TestBridgeAutoConnect(t *testing.T) {
 		return err == nil
 	})
 	if kl.Spec.ClusterAddress != b.MeshAddress.String() || kl.Spec.CIDR != b.ServiceCIDR.String() || kl.Spec.Endpoint != b.InetIP.String()+":8088" ||
-		kl.Annotations["kubelink.mandelsoft.org/auto-connected"] != b.InetIP.String() {
+		kl.Annotations["kubelink.mandelsoft.org/auto-connected"] != b.InetIP.String()+",kubelink://default/b,kubelink://lab/b" {
 		t.Errorf("auto-connected link %+v %v", kl.Spec, kl.Annotations)
 	}
 	up, _ := a.WaitState(name, v1alpha1.StateUp, 10*time.Second)

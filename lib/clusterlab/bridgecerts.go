@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/certwatch"
+	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/nstest"
 )
 
@@ -56,9 +58,17 @@ func (ca *BridgeCA) CertDir(t testing.TB, c *Cluster) string {
 	return dir
 }
 
-// writeCerts issues a new certificate for c and puts it into dir the way
-// certwatch does (an atomic ..data swap); it returns the serial in hex.
+// WriteCerts issues a new certificate for c — named by its internet address
+// (CN, IP SAN) and identified as c in the lab's meshes (URI SANs
+// kubelink://default/<c> and kubelink://lab/<c>) — and puts it into dir the
+// way certwatch does (an atomic ..data swap); it returns the serial in hex.
 func (ca *BridgeCA) WriteCerts(t testing.TB, dir string, c *Cluster) string {
+	t.Helper()
+	return ca.WriteCertsAs(t, dir, c, mesh.Identity("", c.Name), mesh.Identity("lab", c.Name))
+}
+
+// WriteCertsAs is WriteCerts with the given identities (URI SANs).
+func (ca *BridgeCA) WriteCertsAs(t testing.TB, dir string, c *Cluster, identities ...string) string {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	must(t, err)
@@ -68,6 +78,11 @@ func (ca *BridgeCA) WriteCerts(t testing.TB, dir string, c *Cluster) string {
 		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	for _, id := range identities {
+		u, err := url.Parse(id)
+		must(t, err)
+		tmpl.URIs = append(tmpl.URIs, u)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	must(t, err)

@@ -1,7 +1,6 @@
 package clusterlab
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -55,12 +54,7 @@ func TestIngressFirewallWireGuard(t *testing.T) {
 		}
 	}
 
-	kl, err := a.Link("b")
-	must(t, err)
-	kl.Spec.Ingress = []string{"100.64.0.0/20", "!100.64.0.21"}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	must(t, a.Kube.Update(ctx, kl))
+	updateLink(t, a, "b", func(kl *v1alpha1.KubeLink) { kl.Spec.Ingress = []string{"100.64.0.0/20", "!100.64.0.21"} })
 	waitFor(t, "the denied ClusterIP to be dropped", 5*time.Second, func() bool { return dialResult(b.Pod, "100.64.0.21:80") == "dropped" })
 	for addr, want := range map[string]string{"100.64.0.20:80": "ok", "192.168.0.11:80": "dropped"} {
 		if got := dialResult(b.Pod, addr); got != want {

@@ -2,6 +2,7 @@ package clusterlab
 
 import (
 	"context"
+	"k8s.io/client-go/util/retry"
 	"strings"
 	"testing"
 	"time"
@@ -137,10 +138,16 @@ func testTransit(t *testing.T, mode string) {
 // updateLink changes a KubeLink of cl in place.
 func updateLink(t *testing.T, cl *Cluster, name string, change func(*v1alpha1.KubeLink)) {
 	t.Helper()
-	kl, err := cl.Link(name)
-	must(t, err)
-	change(kl)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	must(t, cl.Kube.Update(ctx, kl))
+	// The broker writes the status in between (a new resourceVersion):
+	// read, change and write again on a conflict, as any client must.
+	must(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		kl, err := cl.Link(name)
+		if err != nil {
+			return err
+		}
+		change(kl)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return cl.Kube.Update(ctx, kl)
+	}))
 }

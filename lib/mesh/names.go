@@ -36,3 +36,19 @@ func MeshDisplayName(mesh string) string {
 	}
 	return mesh
 }
+
+// IdentityScheme is the URI scheme of a member's identity in its bridge
+// certificate.
+const IdentityScheme = "kubelink"
+
+// Identity is the URI SAN naming cluster as a member of mesh in its bridge
+// certificate: kubelink://<mesh>/<cluster>, "default" for the default mesh.
+// The peer of a link must present exactly the identity of the link's name,
+// so that a member with a certificate of the same CA cannot pose as another
+// (the CN and host names are no identity).
+func Identity(mesh, cluster string) string {
+	return IdentityScheme + "://" + MeshDisplayName(mesh) + "/" + cluster
+}
+
+// PeerIdentity is the identity the peer of l must present.
+func (l *Link) PeerIdentity() string { return Identity(l.Name.Mesh, l.Name.Cluster) }
