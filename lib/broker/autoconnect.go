@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,9 +18,9 @@ import (
 	"github.com/kubelink/kubelink/lib/mesh"
 )
 
-// AnnotationAutoConnected marks a KubeLink that --auto-connect created; its
+// AnnotationAutoConnected marks a KubeLink that --auto-connect proposed; its
 // value is the peer certificate's identities.
-const AnnotationAutoConnected = "kubelink.mandelsoft.org/auto-connected"
+const AnnotationAutoConnected = v1alpha1.AnnotationAutoConnected
 
 // AutoLink is the KubeLink that --auto-connect creates for an authenticated
 // peer without a link, from its HELLO: spec.clusterAddress and spec.cidr as
@@ -32,7 +33,7 @@ const AnnotationAutoConnected = "kubelink.mandelsoft.org/auto-connected"
 // (a peer without one is refused), so that the link pins that identity. It refuses a peer
 // outside the mesh, an existing name, a cluster address another link has,
 // and anything the mesh model would not accept next to existing.
-func AutoLink(local *mesh.Mesh, p bridge.UnknownPeer, bridgePort int, existing []v1alpha1.KubeLink) (*v1alpha1.KubeLink, error) {
+func AutoLink(local *mesh.Mesh, p bridge.UnknownPeer, bridgePort int, existing []v1alpha1.KubeLink, reserved []netip.Prefix) (*v1alpha1.KubeLink, error) {
 	h := p.Hello
 	ca := h.ClusterAddress
 	if ca.Bits() != local.Local.Address.Bits() || ca.Masked() != local.CIDR() {
@@ -62,6 +63,26 @@ func AutoLink(local *mesh.Mesh, p bridge.UnknownPeer, bridgePort int, existing [
 	if cluster == "" {
 		return nil, fmt.Errorf("its certificate has no identity %s<cluster> for mesh %q (identities %v)", prefix, mesh.MeshDisplayName(local.Name), p.Identities)
 	}
+	identity := mesh.Identity(local.Name, cluster)
+	for _, kl := range existing {
+		if kl.Name != local.Local.Name.String() {
+			continue
+		}
+		for _, d := range strings.Split(kl.Annotations[v1alpha1.AnnotationAutoConnectDeny], ",") {
+			if strings.TrimSpace(d) == identity {
+				return nil, fmt.Errorf("%s is on the deny list of LocalLink %s (annotation %s)", identity, kl.Name, v1alpha1.AnnotationAutoConnectDeny)
+			}
+		}
+	}
+	// What the HELLO claims must not take over local networks: the node,
+	// pod and service networks, link-local (cloud metadata), loopback.
+	if sc := h.ServiceCIDR; sc.IsValid() {
+		for _, r := range reserved {
+			if r.IsValid() && r.Overlaps(sc) {
+				return nil, fmt.Errorf("its service CIDR %s overlaps the local network %s", sc, r)
+			}
+		}
+	}
 	name := mesh.LinkName{Mesh: local.Name, Cluster: cluster}.String()
 	var ids []string // CN and SAN often repeat each other
 	for _, id := range p.Identities {
@@ -88,7 +109,11 @@ func AutoLink(local *mesh.Mesh, p bridge.UnknownPeer, bridgePort int, existing [
 			return nil, fmt.Errorf("KubeLink %s has cluster address %s (its endpoint host does not match the certificate %v); not overwritten", e.Name, ca.Addr(), p.Identities)
 		}
 	}
-	m := mesh.Build(append(append([]v1alpha1.KubeLink(nil), existing...), *kl), mesh.ParseOptions{DefaultPort: uint16(bridgePort)})
+	// The model check as if approved: would the link be accepted next to
+	// the existing ones?
+	check := kl.DeepCopy()
+	check.Annotations[v1alpha1.AnnotationApproved] = "true"
+	m := mesh.Build(append(append([]v1alpha1.KubeLink(nil), existing...), *check), mesh.ParseOptions{DefaultPort: uint16(bridgePort)})
 	if _, ok := m.Link(name); !ok {
 		v := m.Verdicts[name]
 		return nil, fmt.Errorf("the link built from its HELLO would be %s: %s", v.State, v.Message)
@@ -105,7 +130,8 @@ func (b *Broker) autoConnect(local *mesh.Mesh, p bridge.UnknownPeer) error {
 	if err := b.kube.List(ctx, &list); err != nil {
 		return fmt.Errorf("listing KubeLinks: %w", err)
 	}
-	kl, err := AutoLink(local, p, b.cfg.BridgePort, list.Items)
+	reserved := []netip.Prefix{b.cfg.NodeCIDR, b.cfg.PodCIDR, b.cfg.ServiceCIDR, netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("127.0.0.0/8")}
+	kl, err := AutoLink(local, p, b.cfg.BridgePort, list.Items, reserved)
 	if err != nil {
 		b.log.Warn("auto-connect: not creating a link", "peer", p.Identities, "remote", p.Remote, "err", err)
 		return err
@@ -113,7 +139,7 @@ func (b *Broker) autoConnect(local *mesh.Mesh, p bridge.UnknownPeer) error {
 	if err := b.kube.Create(ctx, kl); err != nil {
 		return fmt.Errorf("creating KubeLink %s: %w", kl.Name, err)
 	}
-	b.log.Info("auto-connect: created a KubeLink from the peer's HELLO", "link", kl.Name, "endpoint", kl.Spec.Endpoint,
+	b.log.Info("auto-connect: proposed a KubeLink from the peer's HELLO; it waits for approval (annotation "+v1alpha1.AnnotationApproved+"=true)", "link", kl.Name, "endpoint", kl.Spec.Endpoint,
 		"clusterAddress", kl.Spec.ClusterAddress, "cidr", kl.Spec.CIDR, "peer", p.Identities)
 	b.kick()
 	return nil

@@ -221,8 +221,9 @@ func TestBridgeAntiSpoofingAndIngress(t *testing.T) {
 }
 
 // --auto-connect: A has no link to B; B dials A with a certificate of the
-// mesh CA, and A creates the KubeLink from B's HELLO, connects it, and the
-// link comes Up with traffic both ways.
+// mesh CA, and A proposes the KubeLink from B's HELLO. The proposal routes
+// nothing and stays Stale until an admin approves it; then it connects and
+// the link comes Up with traffic both ways.
 func TestBridgeAutoConnect(t *testing.T) {
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
@@ -246,8 +247,22 @@ func TestBridgeAutoConnect(t *testing.T) {
 		kl.Annotations["kubelink.mandelsoft.org/auto-connected"] != b.InetIP.String()+",kubelink://default/b,kubelink://lab/b" {
 		t.Errorf("auto-connected link %+v %v", kl.Spec, kl.Annotations)
 	}
+	_, pending := a.WaitState(name, v1alpha1.StateStale, 5*time.Second)
+	if !strings.Contains(pending.Status.Message, "not approved") {
+		t.Errorf("the proposal says %q, want that it waits for approval", pending.Status.Message)
+	}
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		if _, err := Get(a.Pod, b.ServiceIP, "/", 300*time.Millisecond); err == nil {
+			t.Fatal("A reached B through a link that was only proposed")
+		}
+		if kl, err := a.Link(name); err == nil && kl.Status.State != v1alpha1.StateStale {
+			t.Fatalf("the unapproved proposal went %s", kl.Status.State)
+		}
+	}
+	approved := time.Now()
+	updateLink(t, a, name, func(kl *v1alpha1.KubeLink) { kl.Annotations[v1alpha1.AnnotationApproved] = "true" })
 	up, _ := a.WaitState(name, v1alpha1.StateUp, 10*time.Second)
-	t.Logf("A created %s %s after the apply and it was Up %s later", name, time.Since(applied).Round(time.Millisecond)-up, up.Round(time.Millisecond))
+	t.Logf("A proposed %s %s after the apply; approved, it was Up %s later", name, approved.Sub(applied).Round(time.Millisecond), up.Round(time.Millisecond))
 	b.WaitState("a", v1alpha1.StateUp, 5*time.Second)
 	if body, _ := WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second); !strings.Contains(body, "echo b from 192.168.0.11:") {
 		t.Errorf("A -> B answered %q", body)

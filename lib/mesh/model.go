@@ -46,6 +46,10 @@ func Build(kls []v1alpha1.KubeLink, opts ParseOptions) *Model {
 	m := &Model{Verdicts: map[string]Verdict{}, links: map[string]*Link{}}
 	var locals, foreign []*Link
 	for i := range kls {
+		if msg := pendingApproval(&kls[i]); msg != "" {
+			m.Verdicts[kls[i].Name] = Verdict{State: v1alpha1.StateStale, Message: msg}
+			continue
+		}
 		l, err := ParseLink(&kls[i], opts)
 		if err != nil {
 			m.Verdicts[kls[i].Name] = Verdict{State: v1alpha1.StateInvalid, Message: err.Error()}
@@ -72,6 +76,20 @@ func Build(kls []v1alpha1.KubeLink, opts ParseOptions) *Model {
 		m.Meshes = append(m.Meshes, ms)
 	}
 	return m
+}
+
+// pendingApproval explains why a link --auto-connect proposed does not take
+// part yet, "" when it is not such a link or is approved. A peer's HELLO may
+// propose a link, never force one: until an admin approves it, it is neither
+// routed nor in the data plane.
+func pendingApproval(kl *v1alpha1.KubeLink) string {
+	ids, proposed := kl.Annotations[v1alpha1.AnnotationAutoConnected]
+	if !proposed || kl.Annotations[v1alpha1.AnnotationApproved] == "true" {
+		return ""
+	}
+	return fmt.Sprintf("proposed by --auto-connect for the peer %s and not approved: check its cidr and endpoint, then approve with "+
+		"kubectl annotate kubelink %s %s=true (or delete it and add the peer's identity to the LocalLink annotation %s)",
+		ids, kl.Name, v1alpha1.AnnotationApproved, v1alpha1.AnnotationAutoConnectDeny)
 }
 
 func sortOldestFirst(ls []*Link) {

@@ -57,3 +57,19 @@ const (
 	SecretKeyToken  = "token"
 	SecretKeyCAData = "certificate-authority-data"
 )
+
+// Annotations of the auto-connect proposal flow (bridge mode).
+const (
+	// AnnotationAutoConnected marks a KubeLink that --auto-connect proposed
+	// for a peer; its value is the peer certificate's identities. Such a
+	// link takes part in nothing (Stale, not routed, not in the data plane)
+	// until AnnotationApproved is "true".
+	AnnotationAutoConnected = "kubelink.mandelsoft.org/auto-connected"
+	// AnnotationApproved set to "true" by an admin (or kubelinkctl) approves
+	// an auto-connected link.
+	AnnotationApproved = "kubelink.mandelsoft.org/approved"
+	// AnnotationAutoConnectDeny on a LocalLink lists peer identities
+	// (kubelink://<mesh>/<cluster>, comma separated) for which --auto-connect
+	// proposes no link, e.g. after an admin deleted one.
+	AnnotationAutoConnectDeny = "kubelink.mandelsoft.org/auto-connect-deny"
+)
