@@ -12,7 +12,7 @@ const keyD = "Yy9nYWhHZmVkY2JhMDEyMzQ1Njc4OWFiY2RlZmdoaWo="
 // policyModel: mesh default with b (allow list and deny), c reached through
 // b, d (no ingress: the default) with an egress network; a mesh-wide deny on
 // the LocalLink; mesh lab with z. Every kind of rule is in it.
-func policyModel(t *testing.T) *Model {
+func policyModel(t testing.TB) *Model {
 	t.Helper()
 	a := local("a", "192.168.0.11/24", "100.64.0.0/20")
 	a.Spec.Ingress = []string{"!100.64.0.5"}
