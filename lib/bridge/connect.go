@@ -108,7 +108,14 @@ type ConnectorConfig struct {
 	MinBackoff, MaxBackoff time.Duration
 	// HandshakeTimeout bounds dial, TLS and HELLO; default 10s.
 	HandshakeTimeout time.Duration
-	Logger           *slog.Logger
+	// Unauthenticated work is bounded: an inbound connection must finish
+	// TLS within TLSTimeout (default 3s); at most MaxPending inbound
+	// connections (default 64) and MaxPendingPerSource from one IP address
+	// (default 4) may be before or in their handshake; more are closed at
+	// once and counted as rejected.
+	TLSTimeout                      time.Duration
+	MaxPending, MaxPendingPerSource int
+	Logger                          *slog.Logger
 }
 
 // Connector keeps one connection per link: it dials eagerly, accepts the
@@ -127,6 +134,8 @@ type Connector struct {
 	listeners map[net.Listener]struct{}
 	closed    bool
 
+	pending   map[netip.Addr]int // inbound connections in their handshake, by source (under mu)
+	npending  int
 	rejected  atomic.Uint64 // failed inbound TLS or HELLO handshakes
 	untrusted atomic.Uint64 // connections closed by Reverify
 	lastRej   atomic.Pointer[string]
@@ -174,6 +183,15 @@ func NewConnector(cfg ConnectorConfig) (*Connector, error) {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
+	if cfg.TLSTimeout <= 0 {
+		cfg.TLSTimeout = 3 * time.Second
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 64
+	}
+	if cfg.MaxPendingPerSource <= 0 {
+		cfg.MaxPendingPerSource = 4
+	}
 	if cfg.Dial == nil {
 		var d net.Dialer
 		cfg.Dial = d.DialContext
@@ -181,7 +199,7 @@ func NewConnector(cfg ConnectorConfig) (*Connector, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	c := &Connector{cfg: cfg, log: cfg.Logger, links: map[string]*linkState{}, listeners: map[net.Listener]struct{}{}}
+	c := &Connector{cfg: cfg, log: cfg.Logger, links: map[string]*linkState{}, listeners: map[net.Listener]struct{}{}, pending: map[netip.Addr]int{}}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }
@@ -599,32 +617,88 @@ func (c *Connector) Serve(l net.Listener) error {
 		delete(c.listeners, l)
 		c.mu.Unlock()
 	}()
+	var delay time.Duration
 	for {
 		conn, err := l.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) || c.ctx.Err() != nil {
+				return err
 			}
-			return err
+			// Out of file descriptors, an aborted connection, ...: wait a
+			// little and go on accepting instead of stopping for good.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			c.log.Warn("bridge: accept failed; retrying", "error", err, "in", delay)
+			select {
+			case <-time.After(delay):
+			case <-c.ctx.Done():
+				return net.ErrClosed
+			}
+			continue
+		}
+		delay = 0
+		src := remoteIP(conn)
+		if reason := c.admit(src); reason != "" {
+			conn.Close()
+			c.reject(conn, errors.New(reason))
+			continue
 		}
 		c.wg.Go(func() {
-			if err := c.accept(conn); err != nil {
-				c.rejected.Add(1)
-				msg := err.Error()
-				c.lastRej.Store(&msg)
-				c.log.Info("bridge: rejected a connection", "remote", conn.RemoteAddr(), "error", err)
+			err := c.accept(conn, func() { c.release(src) })
+			if err != nil {
+				c.reject(conn, err)
 			}
 		})
 	}
 }
 
-func (c *Connector) accept(raw net.Conn) error {
+func remoteIP(conn net.Conn) netip.Addr {
+	ap, _ := netip.ParseAddrPort(conn.RemoteAddr().String())
+	return ap.Addr().Unmap()
+}
+
+// admit reserves a handshake slot for a connection from src, or says why not.
+func (c *Connector) admit(src netip.Addr) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.npending >= c.cfg.MaxPending:
+		return fmt.Sprintf("too many pending handshakes (%d)", c.npending)
+	case c.pending[src] >= c.cfg.MaxPendingPerSource:
+		return fmt.Sprintf("too many pending handshakes from %s (%d)", src, c.pending[src])
+	}
+	c.npending++
+	c.pending[src]++
+	return ""
+}
+
+func (c *Connector) release(src netip.Addr) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.npending--
+	if c.pending[src]--; c.pending[src] <= 0 {
+		delete(c.pending, src)
+	}
+}
+
+func (c *Connector) reject(conn net.Conn, err error) {
+	c.rejected.Add(1)
+	msg := err.Error()
+	c.lastRej.Store(&msg)
+	c.log.Info("bridge: rejected a connection", "remote", conn.RemoteAddr(), "error", err)
+}
+
+// accept authenticates an inbound connection and hands it to its link;
+// done is called when the handshake (TLS and HELLO) is over either way
+// (accept returns then: the connection lives on in the pump).
+func (c *Connector) accept(raw net.Conn, done func()) error {
+	defer done()
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.HandshakeTimeout)
 	defer cancel()
+	tlsCtx, tlsCancel := context.WithTimeout(ctx, c.cfg.TLSTimeout)
+	defer tlsCancel()
 	tc := tls.Server(raw, c.cfg.Certs.ServerConfig())
-	if err := tc.HandshakeContext(ctx); err != nil {
+	if err := tc.HandshakeContext(tlsCtx); err != nil {
 		raw.Close()
 		return fmt.Errorf("TLS handshake: %w", err)
 	}

@@ -3,6 +3,7 @@ package bridge
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/netip"
 	"strings"
@@ -369,5 +370,84 @@ func TestConnectorRejectsOtherCA(t *testing.T) {
 	b.waitStatus(t, 5*time.Second, "Idle", func(st LinkStatus) bool { return st.State == Idle && st.Failures > 0 })
 	if a.pump.Peer("b") != nil || b.pump.Peer("a") != nil {
 		t.Fatal("a peer with a certificate from another CA got connected")
+	}
+}
+
+// Unauthenticated work is bounded: connections that never finish TLS are
+// cut after TLSTimeout, at most MaxPendingPerSource wait per address (more
+// are closed at once), and every one is counted as rejected; a released
+// slot admits the next connection.
+func TestServeBoundsUnauthenticatedConnections(t *testing.T) {
+	p, _ := newTestPump(t, Config{})
+	dir := t.TempDir()
+	ca := newTestCA(t)
+	writeCertDir(t, dir, ca, ca.issue(t, "a.kubelink.test"))
+	certs, err := LoadCerts(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewConnector(ConnectorConfig{Pump: p, Certs: certs, TLSTimeout: 400 * time.Millisecond, MaxPending: 8, MaxPendingPerSource: 3,
+		Hello: Hello{MinVersion: 1, MaxVersion: Version, ClusterAddress: netip.MustParsePrefix("192.168.0.11/24")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = c.Serve(ln) }()
+
+	// closedWithin reports whether the server closed conn within d.
+	closedWithin := func(conn net.Conn, d time.Duration) bool {
+		_ = conn.SetReadDeadline(time.Now().Add(d))
+		_, err := conn.Read(make([]byte, 1))
+		var ne net.Error
+		return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+	}
+	var conns []net.Conn
+	for range 5 {
+		conn, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conns = append(conns, conn)
+		time.Sleep(20 * time.Millisecond) // accepted in order
+	}
+	start := time.Now()
+	for i, conn := range conns[3:] {
+		if !closedWithin(conn, 200*time.Millisecond) {
+			t.Errorf("connection %d over the per-source limit was not closed at once", 4+i)
+		}
+	}
+	for i, conn := range conns[:3] {
+		if closedWithin(conn, 50*time.Millisecond) {
+			t.Errorf("connection %d within the limit was closed before the TLS timeout", i+1)
+		}
+	}
+	for i, conn := range conns[:3] {
+		if !closedWithin(conn, 2*time.Second) {
+			t.Errorf("connection %d without TLS was not cut after the TLS timeout", i+1)
+		}
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("silent connections lived %s, want about the 400ms TLS timeout", took)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for n, _ := c.Rejected(); n < 5; n, _ = c.Rejected() {
+		if time.Now().After(deadline) {
+			t.Fatalf("rejected %d connections, want 5", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The slots are free again.
+	conn, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if closedWithin(conn, 100*time.Millisecond) {
+		t.Error("a new connection was refused after the earlier ones ended")
 	}
 }
