@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/nstest"
 )
 
@@ -76,12 +75,12 @@ func (e *bridgeEnd) open(t testing.TB) {
 // policyFor lets the other end use only its own cluster addresses and
 // reach everything but 192.168.88.77.
 func policyFor(other *bridgeEnd) Policy {
-	in := mesh.Ingress{Deny: []netip.Prefix{netip.MustParsePrefix("192.168.88.77/32")}}
+	denied := netip.MustParseAddr("192.168.88.77")
 	return Policy{Filter: func(p Packet) Verdict {
 		switch {
 		case p.Src != other.cluster4.Addr() && p.Src != other.cluster6.Addr():
 			return Spoofed
-		case !in.Allows(p.Dst):
+		case p.Dst == denied:
 			return Denied
 		}
 		return Pass

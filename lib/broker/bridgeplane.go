@@ -1,17 +1,17 @@
 package broker
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/bridge"
@@ -53,30 +53,35 @@ type bridgePlane struct {
 	rejected  atomic.Uint64 // rejected handshakes of closed Connectors
 	untrusted atomic.Uint64 // Reverify closes of closed Connectors
 
-	table atomic.Pointer[[]routeEntry] // destination → link, swapped per sync
-	// idle holds, after apply, why each served link is not connected
-	// (absent when connected).
-	idle map[string]string
+	table atomic.Pointer[[]mesh.TableEntry] // destination → link, swapped per sync
+
+	ctx     context.Context // bounds the certificate watch
+	metrics prometheus.Registerer
+	col     *bridgeCollector
 }
 
-type routeEntry struct {
-	prefix netip.Prefix
-	link   string
-}
-
-func newBridgePlane(cfg *Config, rm RunMode, log *slog.Logger, kick func(), unknown func(*mesh.Mesh, bridge.UnknownPeer) error) (*bridgePlane, error) {
+func newBridgePlane(ctx context.Context, d PlaneDeps) (DataPlane, error) {
 	// No kernel firewall: the pump enforces ingress in user space.
-	g, err := newGateway(cfg, rm, false)
+	g, err := newGateway(d.Config, d.RunMode, false)
 	if err != nil {
 		return nil, err
 	}
-	p := &bridgePlane{gateway: g, log: log, kick: kick, unknown: unknown}
-	p.table.Store(&[]routeEntry{})
+	p := &bridgePlane{gateway: g, log: d.Log, kick: d.Kick, unknown: d.Unknown, ctx: ctx, metrics: d.Metrics}
+	p.table.Store(&[]mesh.TableEntry{})
+	if d.Metrics != nil {
+		p.col = newBridgeCollector(p)
+		if err := d.Metrics.Register(p.col); err != nil {
+			return nil, fmt.Errorf("bridge metrics: %w", err)
+		}
+	}
 	return p, nil
 }
 
-// kind names the data plane for status and metrics.
-func (p *bridgePlane) kind() string {
+func (p *bridgePlane) Transport() mesh.Transport { return mesh.TransportBridge }
+func (p *bridgePlane) DefaultPort() uint16       { return uint16(p.cfg.BridgePort) }
+
+// Kind names the data plane for status and metrics.
+func (p *bridgePlane) Kind() string {
 	if p.tun == nil {
 		return ""
 	}
@@ -85,17 +90,12 @@ func (p *bridgePlane) kind() string {
 
 // route maps a destination to the link carrying it (longest prefix first).
 func (p *bridgePlane) route(dst netip.Addr) string {
-	for _, e := range *p.table.Load() {
-		if e.prefix.Contains(dst) {
-			return e.link
-		}
-	}
-	return ""
+	return mesh.RouteIn(*p.table.Load(), dst)
 }
 
 // open creates the device, the pump and the certificates on first use; a
 // failure is retried next sync.
-func (p *bridgePlane) open(ctx context.Context) error {
+func (p *bridgePlane) open() error {
 	if p.tun != nil {
 		return nil
 	}
@@ -119,7 +119,7 @@ func (p *bridgePlane) open(ctx context.Context) error {
 	p.curPump.Store(pump)
 	// A new certificate is used for new connections at once; Renew moves
 	// the established ones over, so that peers see it too.
-	go certs.Watch(ctx, time.Second, func() {
+	go certs.Watch(p.ctx, time.Second, func() {
 		p.log.Info("bridge certificates reloaded; checking and renewing the connections", "serial", certs.Leaf().SerialNumber.Text(16))
 		if c := p.curConn.Load(); c != nil {
 			// A rotated CA: connections whose peer no longer verifies end
@@ -142,16 +142,16 @@ func (p *bridgePlane) endpoint(e mesh.Endpoint) string {
 	return net.JoinHostPort(e.Host, strconv.Itoa(port))
 }
 
-// connectionPolicy is what the connection of link gw accepts: the model's
-// ingress policy for the links it carries — gw and the transit links that
-// use gw as their gatewayLink (the peer forwards their traffic). The source
-// of a packet must be owned by one of them, and the rule of the owning link
-// applies, as the kernel chains of WireGuard mode do (mesh.FirewallRules is
-// the other rendering of the same policy).
-func connectionPolicy(pol *mesh.Policy, gw *mesh.Link, transit []*mesh.Link) bridge.Policy {
-	carried := map[string]bool{gw.Name.String(): true}
-	for _, l := range transit {
-		carried[l.Name.String()] = true
+// connectionPolicy is what a connection accepts: the plan's ingress
+// policy for the links it carries — its own and the transit links that use
+// it as their gatewayLink (the peer forwards their traffic). The source of a
+// packet must be owned by one of them, and the rule of the owning link
+// applies, as the kernel chains of WireGuard mode do (Policy.FirewallRules
+// is the other rendering of the same policy).
+func connectionPolicy(pol *mesh.Policy, c mesh.Connection) bridge.Policy {
+	carried := map[string]bool{}
+	for _, l := range c.Carries() {
+		carried[l] = true
 	}
 	carries := func(link string) bool { return carried[link] }
 	return bridge.Policy{Filter: func(p bridge.Packet) bridge.Verdict {
@@ -165,99 +165,98 @@ func connectionPolicy(pol *mesh.Policy, gw *mesh.Link, transit []*mesh.Link) bri
 	}}
 }
 
-// apply makes the namespace and the connections match the model.
-func (p *bridgePlane) apply(ctx context.Context, m *mesh.Model) planeResult {
-	res := planeResult{LinkErrs: map[string]error{}, PeerOf: map[string]mesh.Key{}}
-	p.idle = map[string]string{}
-	if err := p.open(ctx); err != nil {
-		res.DeviceErr = err
-		return res
+// links are the Connector's links of the plan: each announces the local
+// link of its own mesh (a peer in two meshes with us has a link in each).
+func (p *bridgePlane) links(plan *mesh.GatewayPlan) []bridge.Link {
+	var out []bridge.Link
+	hellos := map[*mesh.Mesh]*bridge.Hello{}
+	for _, c := range plan.Connections {
+		h, ok := hellos[c.Mesh]
+		if !ok {
+			local := LocalHello(p.cfg, c.Mesh)
+			h, hellos[c.Mesh] = &local, &local
+		}
+		l := c.Link
+		out = append(out, bridge.Link{ID: l.Name.String(), Endpoint: p.endpoint(l.Endpoint), Identity: l.PeerIdentity(),
+			ClusterAddress: l.Address, Policy: connectionPolicy(plan.Policy, c), Local: h})
+	}
+	return out
+}
+
+// Apply makes the namespace and the connections match the plan.
+func (p *bridgePlane) Apply(_ context.Context, plan *mesh.GatewayPlan) Report {
+	rep := Report{Links: map[string]LinkReport{}}
+	if err := p.open(); err != nil {
+		rep.DeviceErr = err
+		return rep
 	}
 	dev := p.tun.Name()
-	if err := p.setDevice(dev, m); err != nil {
-		res.DeviceErr = err
-		return res
+	plan = forDevice(plan, dev)
+	if err := p.setDevice(dev, plan); err != nil {
+		rep.DeviceErr = err
+		return rep
 	}
-
-	// Links of every mesh, the routing table of the pump, and their
-	// policies (see meshLinks).
-	var links []bridge.Link
-	var table []routeEntry
-	via := map[string]string{} // link → the link whose connection carries it
-	pol := m.Policy(p.cfg.ProbePort)
-	for _, ms := range m.Meshes {
-		ls, t := p.meshLinks(m, ms, pol, via, res)
-		links, table = append(links, ls...), append(table, t...)
+	for n, err := range plan.LinkErrs {
+		rep.Links[n] = LinkReport{Err: err}
 	}
-	slices.SortStableFunc(table, func(a, b routeEntry) int { return cmp.Compare(b.prefix.Bits(), a.prefix.Bits()) })
+	table := plan.Table
 	p.table.Store(&table)
-	p.model.Store(m)
+	p.model.Store(plan.Model)
 
+	m := plan.Model
 	if len(m.Meshes) == 0 {
 		p.closeConnector()
 	} else if err := p.connector(m.Meshes[0]); err != nil {
-		res.DeviceErr = err
+		rep.DeviceErr = err
 	} else {
-		p.conn.SetLinks(links)
-		for name, gw := range via {
-			st, ok := p.conn.Status(gw)
-			switch {
-			case !ok:
-				p.idle[name] = "no connection"
-			case st.State != bridge.Connected:
-				p.idle[name] = st.Reason
-				if p.idle[name] == "" {
-					p.idle[name] = "not connected"
-				}
-			}
-		}
+		p.conn.SetLinks(p.links(plan))
 	}
-
-	if err := p.gateway.apply(m, dev); err != nil && res.DeviceErr == nil {
-		res.DeviceErr = err
+	for name, carrier := range plan.Carrier {
+		rep.Links[name] = p.report(name, carrier)
 	}
-	return res
+	if err := p.gateway.apply(plan); err != nil && rep.DeviceErr == nil {
+		rep.DeviceErr = err
+	}
+	return rep
 }
 
-// meshLinks are the Connector's links of mesh ms, each announcing the
-// local link of ms, with their routing table entries; it records in via
-// which connection carries each link and the errors of links it cannot
-// serve in res. A transit link (gatewayLink) has no connection of its own:
-// its networks are routed into its gateway link's connection, and that
-// connection accepts its sources under its ingress rule.
-func (p *bridgePlane) meshLinks(m *mesh.Model, ms *mesh.Mesh, policy *mesh.Policy, via map[string]string, res planeResult) ([]bridge.Link, []routeEntry) {
-	var links []bridge.Link
-	var table []routeEntry
-	local := LocalHello(p.cfg, ms)
-	transit := map[string][]*mesh.Link{} // gateway link → transit links
-	for _, l := range ms.Members {
-		if l.GatewayLink != "" {
-			transit[l.GatewayLink] = append(transit[l.GatewayLink], l)
+// report is the state of link, carried by the connection of carrier.
+func (p *bridgePlane) report(link, carrier string) LinkReport {
+	var lr LinkReport
+	if p.conn == nil {
+		lr.Idle = "no connection"
+		return lr
+	}
+	st, ok := p.conn.Status(carrier)
+	switch {
+	case !ok:
+		lr.Idle = "no connection"
+	case st.State != bridge.Connected:
+		lr.Idle = st.Reason
+		if lr.Idle == "" {
+			lr.Idle = "not connected"
 		}
 	}
-	for _, l := range ms.Members {
-		name := l.Name.String()
-		switch {
-		case l.GatewayLink != "":
-			if gw, ok := m.Link(l.GatewayLink); !ok || gw.Endpoint.Kind != mesh.EndpointHost {
-				res.LinkErrs[name] = fmt.Errorf("gatewayLink %s has no bridge connection (it needs an endpoint host:port)", l.GatewayLink)
-				continue
-			}
-			via[name] = l.GatewayLink
-		case l.Endpoint.Kind != mesh.EndpointHost:
-			res.LinkErrs[name] = fmt.Errorf("bridge mode needs an endpoint host:port for link %s", name)
-			continue
-		default:
-			via[name] = name
-			pol := connectionPolicy(policy, l, transit[name])
-			links = append(links, bridge.Link{ID: name, Endpoint: p.endpoint(l.Endpoint), Identity: l.PeerIdentity(), ClusterAddress: l.Address, Policy: pol, Local: &local})
-		}
-		res.PeerOf[name] = mesh.Key{}
-		for _, d := range l.AllowedIPs() {
-			table = append(table, routeEntry{d, via[name]})
-		}
+	lr.Peer = p.figures(link)
+	lr.Advertised = p.advertised(link)
+	return lr
+}
+
+// Drops is the number of packets the link's ingress policy denied.
+func (p *bridgePlane) Drops(link string) (uint64, bool) {
+	if p.conn == nil {
+		return 0, false
 	}
-	return links, table
+	s, ok := p.conn.LinkStats(link)
+	return s.Drops.IngressDenied, ok
+}
+
+// ApplyServices installs the MeshService DNAT once the device exists.
+func (p *bridgePlane) ApplyServices(bindings []*mesh.ServiceBinding) error {
+	if p.tun == nil {
+		return nil
+	}
+	return p.gateway.applyServices(bindings)
 }
 
 // connector makes sure a Connector runs and serves :BridgePort; it
@@ -345,8 +344,12 @@ func (p *bridgePlane) advertised(link string) *v1alpha1.AdvertisedInfo {
 	return Advertised(st.PeerHello)
 }
 
-// close stops the connections, the pump and the device.
-func (p *bridgePlane) close() {
+// Close stops the connections, the pump and the device.
+func (p *bridgePlane) Close() {
+	if p.col != nil {
+		p.metrics.Unregister(p.col)
+		p.col = nil
+	}
 	p.closeConnector()
 	if p.pump != nil {
 		_ = p.pump.Close()

@@ -30,10 +30,20 @@ func TestConnectionPolicyOfAGatewayLink(t *testing.T) {
 			t.Fatalf("link %s: %s %s", n, v.State, v.Message)
 		}
 	}
-	b, _ := m.Link("b")
-	a, _ := m.Link("a")
-	policy := m.Policy(8779)
-	pol := connectionPolicy(policy, b, []*mesh.Link{a})
+	plan := m.Plan(mesh.PlanOptions{Transport: mesh.TransportBridge, Device: "kubelink", ProbePort: 8779})
+	conn := func(link string) mesh.Connection {
+		for _, c := range plan.Connections {
+			if c.Link.Name.String() == link {
+				return c
+			}
+		}
+		t.Fatalf("no connection for link %s in %v", link, plan.Connections)
+		return mesh.Connection{}
+	}
+	if got := conn("b").Carries(); strings.Join(got, ",") != "b,a" {
+		t.Errorf("b's connection carries %v, want b and its transit link a", got)
+	}
+	pol := connectionPolicy(plan.Policy, conn("b"))
 	for _, c := range []struct {
 		src, dst string
 		want     bridge.Verdict
@@ -56,7 +66,7 @@ func TestConnectionPolicyOfAGatewayLink(t *testing.T) {
 	}
 
 	// Without transit links the connection is b's alone.
-	alone := connectionPolicy(policy, b, nil)
+	alone := connectionPolicy(plan.Policy, mesh.Connection{Link: conn("b").Link})
 	if v := alone.Filter(bridge.Packet{Src: netip.MustParseAddr("192.168.0.11"), Dst: netip.MustParseAddr("100.64.32.21")}); v != bridge.Spoofed {
 		t.Errorf("b's connection gives a's packet verdict %d, want spoofed: no link uses b as gatewayLink", v)
 	}
@@ -80,16 +90,10 @@ func TestBridgeLinksOfSeveralMeshes(t *testing.T) {
 		t.Fatalf("%d meshes", len(m.Meshes))
 	}
 	p := &bridgePlane{gateway: &gateway{cfg: &Config{BridgePort: 8088, ProbePort: 8779}}}
-	res := planeResult{LinkErrs: map[string]error{}, PeerOf: map[string]mesh.Key{}}
-	via := map[string]string{}
+	plan := m.Plan(mesh.PlanOptions{Transport: mesh.TransportBridge, Device: "kubelink", ProbePort: 8779})
 	links := map[string]bridge.Link{}
-	var table []routeEntry
-	for _, ms := range m.Meshes {
-		ls, tab := p.meshLinks(m, ms, m.Policy(8779), via, res)
-		for _, l := range ls {
-			links[l.ID] = l
-		}
-		table = append(table, tab...)
+	for _, l := range p.links(plan) {
+		links[l.ID] = l
 	}
 	want := map[string]struct{ local, endpoint string }{
 		"b":      {"192.168.0.11/24", "172.30.0.21:8088"},
@@ -108,11 +112,11 @@ func TestBridgeLinksOfSeveralMeshes(t *testing.T) {
 			t.Errorf("link %s announces %v at %s, want %s at %s", id, l.Local, l.Endpoint, w.local, w.endpoint)
 		}
 	}
-	if err := res.LinkErrs["lab--d"]; err == nil || !strings.Contains(err.Error(), "endpoint host:port") {
+	if err := plan.LinkErrs["lab--d"]; err == nil || !strings.Contains(err.Error(), "endpoint host:port") {
 		t.Errorf("inbound link lab--d: %v", err)
 	}
-	if len(res.LinkErrs) != 1 {
-		t.Errorf("link errors %v", res.LinkErrs)
+	if len(plan.LinkErrs) != 1 {
+		t.Errorf("link errors %v", plan.LinkErrs)
 	}
 	// Each mesh's probe and rules: C reaches A's address in lab (and its
 	// probe responder there), not B's networks.
@@ -126,8 +130,8 @@ func TestBridgeLinksOfSeveralMeshes(t *testing.T) {
 		t.Error("lab--c: want A's services and A's lab probe responder allowed, B's networks (another mesh) denied")
 	}
 	routes := map[string]string{}
-	for _, e := range table {
-		routes[e.prefix.String()] = e.link
+	for _, e := range plan.Table {
+		routes[e.Prefix.String()] = e.Link
 	}
 	for dst, l := range map[string]string{"100.64.16.0/20": "b", "192.168.0.12/32": "b", "100.64.32.0/20": "lab--c", "10.200.0.3/32": "lab--c"} {
 		if routes[dst] != l {

@@ -35,10 +35,12 @@ type Broker struct {
 	events  *eventSink
 	metrics *metrics
 	trigger chan struct{}
-	plane   *wgPlane
-	bplane  *bridgePlane // --mode=bridge (plane is nil then)
-	prober  *probe.Prober
-	resp    map[netip.Addr]*probe.Responder
+	// newPlane opens the data plane of --mode (the registry's; tests
+	// give a fake).
+	newPlane PlaneFactory
+	plane    DataPlane // while active
+	prober   *probe.Prober
+	resp     map[netip.Addr]*probe.Responder
 
 	active    atomic.Bool
 	synced    atomic.Bool
@@ -125,32 +127,24 @@ func (b *Broker) runActive(ctx context.Context) error {
 		b.active.Store(false)
 		b.metrics.leader.Set(0)
 	}()
-	if b.cfg.Mode == ModeWireGuard {
-		p, err := newWGPlane(&b.cfg, b.rm, b.log)
-		if err != nil {
-			return err
-		}
-		b.plane = p
-		defer p.close()
-		go p.resolver.Run(ctx, b.kick)
+	var unknown func(*mesh.Mesh, bridge.UnknownPeer) error
+	if b.cfg.AutoConnect {
+		unknown = b.autoConnect
 	}
-	if b.cfg.Mode == ModeBridge {
-		var unknown func(*mesh.Mesh, bridge.UnknownPeer) error
-		if b.cfg.AutoConnect {
-			unknown = b.autoConnect
-		}
-		p, err := newBridgePlane(&b.cfg, b.rm, b.log, b.kick, unknown)
-		if err != nil {
-			return err
-		}
-		b.bplane = p
-		defer p.close()
-		col := newBridgeCollector(p)
-		if err := b.metrics.reg.Register(col); err != nil {
-			return fmt.Errorf("bridge metrics: %w", err)
-		}
-		defer b.metrics.reg.Unregister(col)
+	newPlane := b.newPlane
+	if newPlane == nil {
+		newPlane = func(ctx context.Context, d PlaneDeps) (DataPlane, error) { return openPlane(ctx, b.cfg.Mode, d) }
 	}
+	p, err := newPlane(ctx, PlaneDeps{Config: &b.cfg, RunMode: b.rm, Log: b.log, Kick: b.kick,
+		PrivateKey: b.privateKey, Unknown: unknown, Metrics: b.metrics.reg})
+	if err != nil {
+		return err
+	}
+	b.plane = p
+	defer func() {
+		p.Close()
+		b.plane = nil
+	}()
 	b.prober = probe.New(probe.Config{Interval: b.cfg.ProbeInterval, DownAfter: b.cfg.ProbeDownAfter, Port: b.cfg.ProbePort,
 		SourcePort: int(mesh.ProbeReplyPort(b.cfg.ProbePort)),
 		OnChange:   func(netip.Addr, probe.Result) { b.kick() }})

@@ -4,116 +4,125 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/bridge"
 	"github.com/kubelink/kubelink/lib/mesh"
-	"github.com/kubelink/kubelink/lib/wireguard"
 )
 
-// wgPlane owns the WireGuard device and the kernel state around it in the
-// broker's network namespace.
-type wgPlane struct {
-	*gateway
-	log      *slog.Logger
-	dev      *wireguard.Device
-	resolver *wireguard.Resolver
+// DataPlane carries the traffic of the served links: kernel or embedded
+// WireGuard, the TLS bridge, or nothing (--mode=none). The broker computes
+// one mesh.GatewayPlan per sync and hands it to the plane; everything the
+// status needs comes back in one Report.
+type DataPlane interface {
+	// Kind names the device for status and metrics ("" while none is
+	// open, and always in mode none).
+	Kind() string
+	// Transport says which plan the plane wants.
+	Transport() mesh.Transport
+	// DefaultPort is the port of an endpoint that names none.
+	DefaultPort() uint16
+	// Apply makes the data plane match the plan. It does not fail as a
+	// whole: a device problem is Report.DeviceErr, a link's is its
+	// LinkReport.Err.
+	Apply(ctx context.Context, plan *mesh.GatewayPlan) Report
+	// ApplyServices installs the MeshService DNAT of the bindings (an empty
+	// list removes it); nothing happens while the device is not open.
+	ApplyServices(bindings []*mesh.ServiceBinding) error
+	// Drops is the number of packets the ingress policy of link dropped.
+	Drops(link string) (uint64, bool)
+	// Close releases the device and connections.
+	Close()
 }
 
-// planeResult is what one apply tells the status computation.
-type planeResult struct {
-	// DeviceErr makes every served link Error (device or key problem).
+// Report is what one Apply tells the status computation.
+type Report struct {
+	// DeviceErr makes every served link Error (device, key, kernel state).
 	DeviceErr error
-	// LinkErrs are per-link problems (peer conflicts, endpoint lookups).
-	LinkErrs map[string]error
-	// Stats per peer public key.
-	Stats map[mesh.Key]wireguard.PeerStats
-	// PeerOf maps a link to the public key of the peer carrying it.
-	PeerOf    map[string]mesh.Key
+	// PublicKey is the local WireGuard public key (zero in other planes).
 	PublicKey mesh.Key
+	// Links holds every foreign link the plane serves; a link that is
+	// absent is not carried (it has an Err, or the plane carries nothing).
+	Links map[string]LinkReport
 }
 
-func newWGPlane(cfg *Config, rm RunMode, log *slog.Logger) (*wgPlane, error) {
-	g, err := newGateway(cfg, rm, true)
-	if err != nil {
-		return nil, err
-	}
-	return &wgPlane{gateway: g, log: log, resolver: &wireguard.Resolver{Interval: cfg.ResolveInterval}}, nil
+// LinkReport is the plane's view of one served link.
+type LinkReport struct {
+	// Err is a problem that keeps the link from working (state Error).
+	Err error
+	// Idle says why the link has no connection (bridge), "" if it has one.
+	Idle string
+	// Peer are the tunnel figures; nil for a transit link (they are its
+	// gateway link's).
+	Peer *PeerFigures
+	// Advertised is what the peer announced (bridge HELLO).
+	Advertised *v1alpha1.AdvertisedInfo
 }
 
-// open creates the device on first use; a failure is retried next sync.
-func (p *wgPlane) open() error {
-	if p.dev != nil {
-		return nil
-	}
-	if err := enableForwarding(); err != nil {
-		return err
-	}
-	dev, err := wireguard.Open(wireguard.Options{Name: p.cfg.Interface, Mode: p.cfg.WireGuard, MTU: p.deviceMTU(), ListenPort: p.cfg.ListenPort, Logger: p.log})
-	if err != nil {
-		return fmt.Errorf("WireGuard device %s: %w", p.cfg.Interface, err)
-	}
-	if r := dev.FallbackReason(); r != "" {
-		p.log.Info("kernel WireGuard unavailable, using embedded wireguard-go", "reason", r)
-	}
-	p.dev = dev
-	return nil
+// served reports whether the plane carries link without error.
+func (r Report) served(link string) bool {
+	lr, ok := r.Links[link]
+	return ok && lr.Err == nil && r.DeviceErr == nil
 }
 
-// kind names the data plane for status and metrics.
-func (p *wgPlane) kind() string {
-	if p.dev == nil {
-		return ""
-	}
-	return p.dev.Kind()
+// PlaneDeps is what a data plane gets from the broker.
+type PlaneDeps struct {
+	Config  *Config
+	RunMode RunMode
+	Log     *slog.Logger
+	// Kick asks for a sync (a connection changed, a name resolved anew).
+	Kick func()
+	// PrivateKey reads the WireGuard key (each sync: it may be rotated).
+	PrivateKey func(context.Context) (mesh.Key, error)
+	// Unknown handles authenticated bridge peers without a link
+	// (--auto-connect); nil rejects them.
+	Unknown func(*mesh.Mesh, bridge.UnknownPeer) error
+	// Metrics is where a plane registers its own collectors.
+	Metrics prometheus.Registerer
 }
 
-// apply makes the namespace match the model. Routes and NAT do not depend on
-// the device's peers, so they are applied even when the key is missing.
-func (p *wgPlane) apply(ctx context.Context, m *mesh.Model, key mesh.Key, keyErr error) planeResult {
-	res := planeResult{LinkErrs: map[string]error{}, PeerOf: map[string]mesh.Key{}}
-	if err := p.open(); err != nil {
-		res.DeviceErr = err
-		return res
-	}
-	if err := p.setDevice(p.dev.Name(), m); err != nil {
-		res.DeviceErr = err
-		return res
-	}
-	peers, linkErrs := m.WireGuardPeers(p.cfg.Keepalive)
-	for n, err := range linkErrs {
-		res.LinkErrs[n] = err
-	}
-	resolved, hostErrs := p.resolver.ResolvePeers(ctx, peers)
-	for _, pr := range peers {
-		for _, l := range pr.Links {
-			res.PeerOf[l] = pr.PublicKey
-			if err, ok := hostErrs[pr.Endpoint.Host]; ok && pr.Endpoint.Kind == mesh.EndpointHost {
-				res.LinkErrs[l] = fmt.Errorf("endpoint %s: %w", pr.Endpoint, err)
-			}
-		}
-	}
-	if keyErr != nil {
-		res.DeviceErr = keyErr
-	} else if err := p.dev.Apply(key, p.cfg.ListenPort, resolved); err != nil {
-		res.DeviceErr = fmt.Errorf("configuring WireGuard device %s: %w", p.dev.Name(), err)
-	} else {
-		res.PublicKey = wireguard.PublicKey(key)
-	}
-	if st, err := p.dev.Stats(); err == nil {
-		res.Stats = st
-	}
-	if err := p.gateway.apply(m, p.dev.Name()); err != nil && res.DeviceErr == nil {
-		res.DeviceErr = err
-	}
-	return res
+// PlaneFactory opens a data plane; ctx bounds its background work.
+type PlaneFactory func(ctx context.Context, d PlaneDeps) (DataPlane, error)
+
+// planes is the registry of data planes by --mode.
+var planes = map[string]PlaneFactory{
+	ModeWireGuard: newWGPlane,
+	ModeBridge:    newBridgePlane,
+	ModeNone: func(_ context.Context, d PlaneDeps) (DataPlane, error) {
+		return nonePlane{port: uint16(d.Config.ListenPort)}, nil
+	},
 }
 
-// close stops the device. Kernel state (routes, chains) stays: --cleanup
-// removes it; a kernel WireGuard device keeps forwarding without us.
-func (p *wgPlane) close() {
-	if p.dev != nil {
-		if err := p.dev.Close(); err != nil {
-			p.log.Warn("closing WireGuard device", "err", err)
-		}
-		p.dev = nil
+// PlaneModes lists the registered --mode values.
+func PlaneModes() []string {
+	var out []string
+	for m := range planes {
+		out = append(out, m)
 	}
+	slices.Sort(out)
+	return out
 }
+
+func openPlane(ctx context.Context, mode string, d PlaneDeps) (DataPlane, error) {
+	f, ok := planes[mode]
+	if !ok {
+		return nil, fmt.Errorf("--mode=%q: no such data plane (%s)", mode, strings.Join(PlaneModes(), ", "))
+	}
+	return f(ctx, d)
+}
+
+// nonePlane carries nothing: links are Idle ("no data plane"); endpoints
+// without a port are read as WireGuard's.
+type nonePlane struct{ port uint16 }
+
+func (nonePlane) Kind() string                                    { return "" }
+func (nonePlane) Transport() mesh.Transport                       { return mesh.TransportNone }
+func (p nonePlane) DefaultPort() uint16                           { return p.port }
+func (nonePlane) Apply(context.Context, *mesh.GatewayPlan) Report { return Report{} }
+func (nonePlane) ApplyServices([]*mesh.ServiceBinding) error      { return nil }
+func (nonePlane) Drops(string) (uint64, bool)                     { return 0, false }
+func (nonePlane) Close()                                          {}

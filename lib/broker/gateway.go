@@ -3,7 +3,6 @@ package broker
 import (
 	"fmt"
 	"net"
-	"net/netip"
 
 	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/netapply"
@@ -55,32 +54,25 @@ func (g *gateway) deviceMTU() int {
 }
 
 // setDevice gives the device the local address of every mesh and brings it up.
-func (g *gateway) setDevice(dev string, m *mesh.Model) error {
-	var addrs []netip.Prefix
-	for _, ms := range m.Meshes {
-		addrs = append(addrs, ms.Local.Address)
-	}
-	if err := netapply.SetAddresses(dev, addrs); err != nil {
+func (g *gateway) setDevice(dev string, plan *mesh.GatewayPlan) error {
+	if err := netapply.SetAddresses(dev, plan.Addresses); err != nil {
 		return err
 	}
 	return netapply.SetUp(dev)
 }
 
-// apply sets routes, SNAT and the kernel firewall for the device.
-func (g *gateway) apply(m *mesh.Model, dev string) error {
+// apply sets the plan's routes, SNAT and, where the kernel enforces ingress
+// (WireGuard), its firewall.
+func (g *gateway) apply(plan *mesh.GatewayPlan) error {
 	var errs []error
-	if err := g.routes.Set(m.GatewayRoutes(dev)); err != nil {
+	if err := g.routes.Set(plan.Routes); err != nil {
 		errs = append(errs, fmt.Errorf("routes: %w", err))
 	}
-	natOpts := mesh.NATOptions{Device: dev}
-	if g.rm.PodMode {
-		natOpts.PodInterface = g.rm.Interface
-	}
-	if err := g.snat.Set(m.SNATRules(natOpts)); err != nil {
+	if err := g.snat.Set(plan.SNAT); err != nil {
 		errs = append(errs, fmt.Errorf("SNAT rules: %w", err))
 	}
 	if g.fw != nil {
-		if err := g.fw.Set(m.FirewallRules(dev, g.cfg.ProbePort)); err != nil {
+		if err := g.fw.Set(plan.Firewall); err != nil {
 			errs = append(errs, fmt.Errorf("firewall rules: %w", err))
 		}
 	}
@@ -105,4 +97,15 @@ func enableForwarding() error {
 		return fmt.Errorf("enabling IP forwarding: %w", err)
 	}
 	return nil
+}
+
+// forDevice is plan for the device the plane opened: the broker plans for
+// --interface, and a device that got another name is planned anew.
+func forDevice(plan *mesh.GatewayPlan, dev string) *mesh.GatewayPlan {
+	if plan.Options.Device == dev {
+		return plan
+	}
+	o := plan.Options
+	o.Device = dev
+	return plan.Model.Plan(o)
 }

@@ -38,7 +38,7 @@ func (b *Broker) syncMeshServices(ctx context.Context, m *mesh.Model) ([]*mesh.S
 			continue
 		}
 		st := v1alpha1.MeshServiceStatus{State: v1alpha1.StateOk, ObservedGeneration: ms.Generation}
-		if !b.rm.PodMode || (b.plane == nil && b.bplane == nil) {
+		if !b.rm.PodMode || b.plane.Transport() == mesh.TransportNone {
 			st.State, st.Message = v1alpha1.StateUnsupported, msgUnsupported
 		} else if bnd, err := m.BindMeshService(ms, b.serviceInfo(ctx, ms)); err != nil {
 			st.State, st.Message = v1alpha1.StateInvalid, err.Error()

@@ -26,43 +26,29 @@ func (b *Broker) sync(ctx context.Context) error {
 	// Links of meshes another broker serves are not ours: not in the data
 	// plane, and their status is that broker's to write.
 	list.Items = b.cfg.Served.Links(list.Items)
-	defaultPort := b.cfg.ListenPort
-	if b.bplane != nil {
-		defaultPort = b.cfg.BridgePort
+	model := mesh.Build(list.Items, mesh.ParseOptions{DefaultPort: b.plane.DefaultPort()})
+	o := mesh.PlanOptions{Transport: b.plane.Transport(), Device: b.cfg.Interface, ProbePort: b.cfg.ProbePort, Keepalive: b.cfg.Keepalive}
+	if b.rm.PodMode {
+		o.PodInterface = b.rm.Interface
 	}
-	model := mesh.Build(list.Items, mesh.ParseOptions{DefaultPort: uint16(defaultPort)})
-
-	res := planeResult{LinkErrs: map[string]error{}, PeerOf: map[string]mesh.Key{}}
-	if b.plane != nil {
-		key, keyErr := b.privateKey(ctx)
-		res = b.plane.apply(ctx, model, key, keyErr)
-		b.metrics.setDataPlane(b.plane.kind())
-	} else if b.bplane != nil {
-		res = b.bplane.apply(ctx, model)
-		b.metrics.setDataPlane(b.bplane.kind())
-	}
-	b.updateProbes(model, res)
+	rep := b.plane.Apply(ctx, model.Plan(o))
+	b.metrics.setDataPlane(b.plane.Kind())
+	b.updateProbes(model, rep)
 
 	var errs []error
 	bindings, err := b.syncMeshServices(ctx, model)
 	if err != nil {
 		errs = append(errs, err)
 	}
-	if b.plane != nil && b.plane.dev != nil {
-		if err := b.plane.applyServices(bindings); err != nil {
-			errs = append(errs, err)
-		}
-	} else if b.bplane != nil && b.bplane.tun != nil {
-		if err := b.bplane.applyServices(bindings); err != nil {
-			errs = append(errs, err)
-		}
+	if err := b.plane.ApplyServices(bindings); err != nil {
+		errs = append(errs, err)
 	}
 
 	now := time.Now()
 	states := map[string]int{}
 	for i := range list.Items {
 		kl := &list.Items[i]
-		o := b.observe(kl, model, res)
+		o := b.observe(kl, model, rep)
 		st := DesiredStatus(kl, o, now)
 		states[st.State]++
 		b.metrics.observeLink(kl.Name, st)
@@ -77,15 +63,10 @@ func (b *Broker) sync(ctx context.Context) error {
 }
 
 // observe gathers what the status computation needs for one link.
-func (b *Broker) observe(kl *v1alpha1.KubeLink, m *mesh.Model, res planeResult) Observation {
-	o := Observation{Verdict: m.Verdicts[kl.Name], Gateway: b.rm.NodeIP.String()}
+func (b *Broker) observe(kl *v1alpha1.KubeLink, m *mesh.Model, rep Report) Observation {
+	o := Observation{Verdict: m.Verdicts[kl.Name], Gateway: b.rm.NodeIP.String(), DataPlane: b.plane.Kind()}
 	if b.rm.PodMode {
 		o.GatewayPod = b.rm.PodIP.String()
-	}
-	if b.plane != nil {
-		o.DataPlane = b.plane.kind()
-	} else if b.bplane != nil {
-		o.DataPlane = b.bplane.kind()
 	}
 	l, accepted := m.Link(kl.Name)
 	if !accepted {
@@ -93,15 +74,16 @@ func (b *Broker) observe(kl *v1alpha1.KubeLink, m *mesh.Model, res planeResult) 
 	}
 	o.IsLocal = l.IsLocal()
 	o.GatewayLink = l.GatewayLink
+	lr := rep.Links[kl.Name]
 	switch {
-	case res.DeviceErr != nil:
-		o.Err = res.DeviceErr
-	case res.LinkErrs[kl.Name] != nil:
-		o.Err = res.LinkErrs[kl.Name]
+	case rep.DeviceErr != nil:
+		o.Err = rep.DeviceErr
+	case lr.Err != nil:
+		o.Err = lr.Err
 	}
 	if o.IsLocal {
-		if !res.PublicKey.IsZero() {
-			o.PublicKey = res.PublicKey.String()
+		if !rep.PublicKey.IsZero() {
+			o.PublicKey = rep.PublicKey.String()
 		}
 		return o
 	}
@@ -110,35 +92,20 @@ func (b *Broker) observe(kl *v1alpha1.KubeLink, m *mesh.Model, res planeResult) 
 			o.Probe = &r
 		}
 	}
-	if b.bplane != nil {
-		if reason, idle := b.bplane.idle[kl.Name]; idle {
-			o.IdleReason = reason
-		}
-	}
-	if b.bplane != nil {
-		o.Peer = b.bplane.figures(kl.Name)
-		o.Advertised = b.bplane.advertised(kl.Name)
-	}
-	// A transit link shares its gateway's WireGuard peer; that peer's
-	// figures are the gateway link's, so a transit link shows only its RTT.
-	if key, ok := res.PeerOf[kl.Name]; ok && l.GatewayLink == "" {
-		if s, ok := res.Stats[key]; ok {
-			o.Peer = &PeerFigures{LastHandshake: s.LastHandshake, RxBytes: s.RxBytes, TxBytes: s.TxBytes}
-		}
-	}
+	o.IdleReason, o.Peer, o.Advertised = lr.Idle, lr.Peer, lr.Advertised
 	return o
 }
 
 // updateProbes keeps a responder on every local cluster address and probes
 // every served peer from the local address of its mesh.
-func (b *Broker) updateProbes(m *mesh.Model, res planeResult) {
+func (b *Broker) updateProbes(m *mesh.Model, rep Report) {
 	local := map[netip.Addr]bool{}
 	targets := map[netip.Addr]netip.Addr{}
-	if res.DeviceErr == nil && (b.plane != nil || b.bplane != nil) {
+	if rep.DeviceErr == nil && b.plane.Kind() != "" {
 		for _, ms := range m.Meshes {
 			local[ms.Local.IP()] = true
 			for _, l := range ms.Members {
-				if _, served := res.PeerOf[l.Name.String()]; served && res.LinkErrs[l.Name.String()] == nil {
+				if rep.served(l.Name.String()) {
 					targets[l.IP()] = ms.Local.IP()
 				}
 			}
@@ -201,23 +168,13 @@ func (b *Broker) forgetDeleted(items []v1alpha1.KubeLink) {
 	}
 }
 
-// observeDrops reports the packets a link's ingress rules dropped.
+// observeDrops reports the packets a link's ingress policy dropped.
 func (b *Broker) observeDrops(link string, m *mesh.Model) {
 	l, ok := m.Link(link)
 	if !ok || l.IsLocal() {
 		return
 	}
-	if b.bplane != nil && b.bplane.conn != nil {
-		if s, ok := b.bplane.conn.LinkStats(link); ok {
-			b.metrics.fwDrops.WithLabelValues(link).Set(float64(s.Drops.IngressDenied))
-		}
-		return
-	}
-	if b.plane == nil || b.plane.dev == nil {
-		return
-	}
-	n, err := b.plane.fw.DroppedPackets("mangle", mesh.FirewallChain(link))
-	if err == nil {
+	if n, ok := b.plane.Drops(link); ok {
 		b.metrics.fwDrops.WithLabelValues(link).Set(float64(n))
 	}
 }

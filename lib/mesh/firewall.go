@@ -69,24 +69,5 @@ func EffectiveIngress(mesh, link Ingress) Ingress {
 	return out
 }
 
-// Allows reports whether the ingress rule lets a packet to dst pass; the
-// bridge data plane enforces ingress in user space with it.
-func (i Ingress) Allows(dst netip.Addr) bool {
-	for _, d := range i.Deny {
-		if d.Contains(dst) {
-			return false
-		}
-	}
-	if len(i.Allow) == 0 {
-		return true
-	}
-	for _, a := range i.Allow {
-		if a.Contains(dst) {
-			return true
-		}
-	}
-	return false
-}
-
 // FirewallChain is the mangle chain holding the ingress rules of a link.
 func FirewallChain(link string) string { return chainName("FW", link) }

@@ -173,14 +173,16 @@ func TestNoIngressMeansTheSecureDefault(t *testing.T) {
 	}
 }
 
-func TestIngressAllows(t *testing.T) {
-	in := Ingress{Allow: pfxs("100.64.0.0/20"), Deny: pfxs("100.64.0.1/32")}
+func TestLinkPolicyAllows(t *testing.T) {
+	lp := &LinkPolicy{Allow: pfxs("100.64.0.0/20"), Deny: pfxs("100.64.0.1/32")}
 	for dst, want := range map[string]bool{"100.64.0.2": true, "100.64.0.1": false, "10.0.0.1": false} {
-		if got := in.Allows(addr(dst)); got != want {
+		if got := lp.Allows(Packet{Src: addr("192.168.0.12"), Dst: addr(dst)}); got != want {
 			t.Errorf("Allows(%s) = %v, want %v", dst, got, want)
 		}
 	}
-	if !(Ingress{}).Allows(addr("10.0.0.1")) {
-		t.Error("an empty ingress must allow everything")
+	// No allow list left after EffectiveIngress means nothing is allowed,
+	// never "everything".
+	if (&LinkPolicy{}).Allows(Packet{Dst: addr("10.0.0.1")}) {
+		t.Error("an empty policy must allow nothing")
 	}
 }

@@ -1,0 +1,134 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/kubelink/kubelink/lib/mesh"
+	"github.com/kubelink/kubelink/lib/wireguard"
+)
+
+// wgPlane owns the WireGuard device and the kernel state around it in the
+// broker's network namespace.
+type wgPlane struct {
+	*gateway
+	log      *slog.Logger
+	key      func(context.Context) (mesh.Key, error)
+	dev      *wireguard.Device
+	resolver *wireguard.Resolver
+}
+
+func newWGPlane(ctx context.Context, d PlaneDeps) (DataPlane, error) {
+	g, err := newGateway(d.Config, d.RunMode, true)
+	if err != nil {
+		return nil, err
+	}
+	p := &wgPlane{gateway: g, log: d.Log, key: d.PrivateKey, resolver: &wireguard.Resolver{Interval: d.Config.ResolveInterval}}
+	go p.resolver.Run(ctx, d.Kick)
+	return p, nil
+}
+
+func (p *wgPlane) Transport() mesh.Transport { return mesh.TransportWireGuard }
+func (p *wgPlane) DefaultPort() uint16       { return uint16(p.cfg.ListenPort) }
+
+// open creates the device on first use; a failure is retried next sync.
+func (p *wgPlane) open() error {
+	if p.dev != nil {
+		return nil
+	}
+	if err := enableForwarding(); err != nil {
+		return err
+	}
+	dev, err := wireguard.Open(wireguard.Options{Name: p.cfg.Interface, Mode: p.cfg.WireGuard, MTU: p.deviceMTU(), ListenPort: p.cfg.ListenPort, Logger: p.log})
+	if err != nil {
+		return fmt.Errorf("WireGuard device %s: %w", p.cfg.Interface, err)
+	}
+	if r := dev.FallbackReason(); r != "" {
+		p.log.Info("kernel WireGuard unavailable, using embedded wireguard-go", "reason", r)
+	}
+	p.dev = dev
+	return nil
+}
+
+// Kind names the data plane for status and metrics.
+func (p *wgPlane) Kind() string {
+	if p.dev == nil {
+		return ""
+	}
+	return p.dev.Kind()
+}
+
+// Apply makes the namespace match the plan. Routes and NAT do not depend on
+// the device's peers, so they are applied even when the key is missing.
+func (p *wgPlane) Apply(ctx context.Context, plan *mesh.GatewayPlan) Report {
+	rep := Report{Links: map[string]LinkReport{}}
+	if err := p.open(); err != nil {
+		rep.DeviceErr = err
+		return rep
+	}
+	plan = forDevice(plan, p.dev.Name())
+	if err := p.setDevice(p.dev.Name(), plan); err != nil {
+		rep.DeviceErr = err
+		return rep
+	}
+	for n, err := range plan.LinkErrs {
+		rep.Links[n] = LinkReport{Err: err}
+	}
+	resolved, hostErrs := p.resolver.ResolvePeers(ctx, plan.Peers)
+	key, keyErr := p.key(ctx)
+	if keyErr != nil {
+		rep.DeviceErr = keyErr
+	} else if err := p.dev.Apply(key, p.cfg.ListenPort, resolved); err != nil {
+		rep.DeviceErr = fmt.Errorf("configuring WireGuard device %s: %w", p.dev.Name(), err)
+	} else {
+		rep.PublicKey = wireguard.PublicKey(key)
+	}
+	stats, _ := p.dev.Stats()
+	for _, pr := range plan.Peers {
+		for _, l := range pr.Links {
+			var lr LinkReport
+			if err, ok := hostErrs[pr.Endpoint.Host]; ok && pr.Endpoint.Kind == mesh.EndpointHost {
+				lr.Err = fmt.Errorf("endpoint %s: %w", pr.Endpoint, err)
+			}
+			// A transit link shares its gateway's peer; that peer's figures
+			// are the gateway link's, so a transit link shows only its RTT.
+			if s, ok := stats[pr.PublicKey]; ok && plan.Carrier[l] == l {
+				lr.Peer = &PeerFigures{LastHandshake: s.LastHandshake, RxBytes: s.RxBytes, TxBytes: s.TxBytes}
+			}
+			rep.Links[l] = lr
+		}
+	}
+	if err := p.gateway.apply(plan); err != nil && rep.DeviceErr == nil {
+		rep.DeviceErr = err
+	}
+	return rep
+}
+
+// Drops reads the packet counter of the link's firewall chain.
+func (p *wgPlane) Drops(link string) (uint64, bool) {
+	if p.dev == nil {
+		return 0, false
+	}
+	n, err := p.fw.DroppedPackets("mangle", mesh.FirewallChain(link))
+	return n, err == nil
+}
+
+// ApplyServices installs the MeshService DNAT once the device exists.
+func (p *wgPlane) ApplyServices(bindings []*mesh.ServiceBinding) error {
+	if p.dev == nil {
+		return nil
+	}
+	return p.gateway.applyServices(bindings)
+}
+
+// Close stops the device. Kernel state (routes, chains) stays: --cleanup
+// removes it; a kernel WireGuard device keeps forwarding without us.
+func (p *wgPlane) Close() {
+	if p.dev != nil {
+		if err := p.dev.Close(); err != nil {
+			p.log.Warn("closing WireGuard device", "err", err)
+		}
+		p.dev = nil
+	}
+}
