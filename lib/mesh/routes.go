@@ -21,17 +21,21 @@ type Route struct {
 func (m *Model) RoutedNetworks() []netip.Prefix {
 	var nets []netip.Prefix
 	for _, ms := range m.Meshes {
-		nets = append(nets, ms.CIDR())
+		nets = append(nets, m.MeshNetworks(ms)...)
 	}
-	for _, ms := range m.Meshes {
-		if len(ms.Members) == 0 {
-			continue
-		}
-		for _, l := range ms.Members {
-			for _, d := range l.Destinations() {
-				if !m.inMeshCIDR(d) {
-					nets = append(nets, d)
-				}
+	return mergePrefixes(nets)
+}
+
+// MeshNetworks are the routed networks of one mesh: its CIDR and its
+// members' service CIDRs and egress networks outside every mesh CIDR.
+// Meshes have disjoint networks (see the verdicts), so each routed network
+// belongs to exactly one mesh and may go to that mesh's gateway.
+func (m *Model) MeshNetworks(ms *Mesh) []netip.Prefix {
+	nets := []netip.Prefix{ms.CIDR()}
+	for _, l := range ms.Members {
+		for _, d := range l.Destinations() {
+			if !m.inMeshCIDR(d) {
+				nets = append(nets, d)
 			}
 		}
 	}
@@ -62,10 +66,19 @@ func (m *Model) GatewayRoutes(device string) []Route {
 // network via the gateway address, on the node device towards it (the node's
 // interface, or a VXLAN/IPIP tunnel to the gateway).
 func (m *Model) NodeRoutes(gateway netip.Addr, device string) []Route {
+	return routesVia(m.RoutedNetworks(), gateway, device)
+}
+
+// MeshNodeRoutes are NodeRoutes for the networks of one mesh, towards the
+// gateway that serves it (brokers may split the meshes, --served-links).
+func (m *Model) MeshNodeRoutes(ms *Mesh, gateway netip.Addr, device string) []Route {
+	return routesVia(m.MeshNetworks(ms), gateway, device)
+}
+
+func routesVia(nets []netip.Prefix, gateway netip.Addr, device string) []Route {
 	if !gateway.IsValid() {
 		return nil
 	}
-	nets := m.RoutedNetworks()
 	out := make([]Route, 0, len(nets))
 	for _, n := range nets {
 		if n.Addr().Is4() != gateway.Is4() {

@@ -79,6 +79,7 @@ type Router struct {
 	trigger chan struct{}
 	stale   []netip.Prefix // from the datafile, removed after the first Set
 	saved   []netip.Prefix
+	last    map[string][]mesh.Route // routes set per mesh, kept while its gateway is unknown
 }
 
 // New prepares a router.
@@ -171,59 +172,74 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 }
 
-// GatewayInfo is where the active broker runs, as its LocalLink status says.
+// GatewayInfo is where the active broker of a mesh runs, as the status of
+// the mesh's LocalLink says.
 type GatewayInfo struct {
 	Node netip.Addr
 	// Pod is set when the broker runs in pod mode.
 	Pod netip.Addr
 }
 
-// Gateway returns the active broker's location as published in the status of
-// the accepted LocalLinks (the first mesh by name that has one).
-func Gateway(m *mesh.Model, links []v1alpha1.KubeLink) GatewayInfo {
+// Gateways returns, per mesh (by name), where its active broker runs as
+// published in the status of its accepted LocalLink. A mesh whose LocalLink
+// names no gateway yet is absent. Brokers may split the meshes
+// (--served-links), so each mesh has a gateway of its own.
+func Gateways(m *mesh.Model, links []v1alpha1.KubeLink) map[string]GatewayInfo {
 	byName := map[string]*v1alpha1.KubeLink{}
 	for i := range links {
 		byName[links[i].Name] = &links[i]
 	}
+	out := map[string]GatewayInfo{}
 	for _, ms := range m.Meshes {
 		if kl := byName[ms.Local.Name.String()]; kl != nil {
 			if a, err := netip.ParseAddr(kl.Status.Gateway); err == nil {
 				g := GatewayInfo{Node: a}
 				g.Pod, _ = netip.ParseAddr(kl.Status.GatewayPod)
-				return g
+				out[ms.Name] = g
 			}
 		}
 	}
-	return GatewayInfo{}
+	return out
 }
 
-// Desired computes this node's routes. On another node: every routed network
-// via the gateway node. On the gateway node: nothing when the broker runs on
-// the node itself (its own routes serve), or every routed network via the
-// broker pod (podDevice is the node's interface towards it). ok=false means
-// "gateway unknown: keep what is installed".
-func Desired(m *mesh.Model, gw GatewayInfo, nodeIP netip.Addr, device, podDevice string) (routes []mesh.Route, ok bool) {
-	if len(m.Meshes) == 0 {
-		return nil, true
-	}
-	if !gw.Node.IsValid() {
-		return nil, false
-	}
-	if gw.Node != nodeIP {
-		return m.NodeRoutes(gw.Node, device), true
-	}
-	if gw.Pod.IsValid() && podDevice != "" {
-		// CNIs like ptp give the node's route to a pod scope host; a
-		// gateway reached through such a route is ignored by the kernel,
-		// which then ARPs for every destination itself (found in the kind
-		// lab). onlink makes the pod the next hop on that device.
-		routes := m.NodeRoutes(gw.Pod, podDevice)
-		for i := range routes {
-			routes[i].OnLink = true
+// Desired computes this node's routes, mesh by mesh, each towards the
+// gateway of its mesh. On another node: the mesh's networks via the gateway
+// node on device. On the gateway node: nothing when the broker runs on the
+// node itself (its own routes serve), or the mesh's networks via the broker
+// pod, on the node's interface towards it (podDevices: pod IP → device). A
+// mesh whose gateway is unknown keeps the routes last set for it (last, by
+// mesh name); unknown is false when there are none to keep, and the caller
+// then leaves every installed route alone ("gateway unknown: keep what is
+// installed", also across a restart of the router).
+func Desired(m *mesh.Model, gws map[string]GatewayInfo, last map[string][]mesh.Route, nodeIP netip.Addr, device string, podDevices map[netip.Addr]string) (routes []mesh.Route, perMesh map[string][]mesh.Route, ok bool) {
+	perMesh = map[string][]mesh.Route{}
+	ok = true
+	for _, ms := range m.Meshes {
+		gw, known := gws[ms.Name]
+		var rs []mesh.Route
+		switch {
+		case !known:
+			prev, had := last[ms.Name]
+			if !had {
+				ok = false
+			}
+			rs = prev
+		case gw.Node != nodeIP:
+			rs = m.MeshNodeRoutes(ms, gw.Node, device)
+		case gw.Pod.IsValid() && podDevices[gw.Pod] != "":
+			// CNIs like ptp give the node's route to a pod scope host; a
+			// gateway reached through such a route is ignored by the kernel,
+			// which then ARPs for every destination itself (found in the kind
+			// lab). onlink makes the pod the next hop on that device.
+			rs = m.MeshNodeRoutes(ms, gw.Pod, podDevices[gw.Pod])
+			for i := range rs {
+				rs[i].OnLink = true
+			}
 		}
-		return routes, true
+		perMesh[ms.Name] = rs
+		routes = append(routes, rs...)
 	}
-	return nil, true
+	return routes, perMesh, ok
 }
 
 // deviceTowards names the interface the kernel uses to reach a (the broker
@@ -246,36 +262,47 @@ func (r *Router) sync(ctx context.Context) error {
 		return err
 	}
 	m := mesh.Build(list.Items, mesh.ParseOptions{})
-	gw := Gateway(m, list.Items)
+	gws := Gateways(m, list.Items)
 	device := r.nodeIfc
 	if r.tunnel != nil {
-		// Every node has the device: the gateway receives through it.
-		dev, err := r.tunnel.ensure(gw.Node)
+		// Every node has the device: the gateways receive through it.
+		dev, err := r.tunnel.ensure(netip.Addr{})
 		if err != nil {
 			return err
 		}
 		device = dev
 	}
-	podDevice := ""
-	if gw.Node == r.nodeIP && gw.Pod.IsValid() {
-		var err error
-		if podDevice, err = deviceTowards(gw.Pod); err != nil {
-			return err
+	podDevices := map[netip.Addr]string{}
+	for _, gw := range gws {
+		if r.tunnel != nil {
+			if _, err := r.tunnel.ensure(gw.Node); err != nil {
+				return err
+			}
+		}
+		if gw.Node == r.nodeIP && gw.Pod.IsValid() {
+			dev, err := deviceTowards(gw.Pod)
+			if err != nil {
+				return err
+			}
+			podDevices[gw.Pod] = dev
 		}
 	}
-	want, ok := Desired(m, gw, r.nodeIP, device, podDevice)
-	if r.tunnel != nil && gw.Node != r.nodeIP {
-		for i := range want {
-			want[i].OnLink = true
-		}
-	}
+	want, perMesh, ok := Desired(m, gws, r.last, r.nodeIP, device, podDevices)
 	if !ok {
-		r.log.Debug("gateway unknown; keeping installed routes")
+		r.log.Debug("gateway of a mesh unknown; keeping installed routes")
 		return nil
+	}
+	if r.tunnel != nil {
+		for i := range want {
+			if want[i].Device == device {
+				want[i].OnLink = true
+			}
+		}
 	}
 	if err := r.routes.Set(want); err != nil {
 		return err
 	}
+	r.last = perMesh
 	if r.stale != nil {
 		if err := r.routes.RemoveStale(r.stale); err != nil {
 			return err

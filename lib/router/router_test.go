@@ -1,6 +1,7 @@
 package router
 
 import (
+	"maps"
 	"net/netip"
 	"testing"
 
@@ -43,7 +44,7 @@ func TestDesiredRoutesFollowTheGateway(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := mesh.Build(tt.links, mesh.ParseOptions{})
-			routes, ok := Desired(m, Gateway(m, tt.links), node, "eth0", "vbroker")
+			routes, _, ok := Desired(m, Gateways(m, tt.links), nil, node, "eth0", map[netip.Addr]string{netip.MustParseAddr("10.110.2.2"): "vbroker"})
 			if ok != tt.wantOK || len(routes) != tt.wantCount {
 				t.Fatalf("routes %v ok %v, want %d routes ok %v", routes, ok, tt.wantCount, tt.wantOK)
 			}
@@ -59,8 +60,65 @@ func TestDesiredRoutesFollowTheGateway(t *testing.T) {
 			}
 		})
 	}
-	if routes, ok := Desired(mesh.Build(nil, mesh.ParseOptions{}), GatewayInfo{}, node, "eth0", ""); !ok || routes != nil {
+	if routes, _, ok := Desired(mesh.Build(nil, mesh.ParseOptions{}), nil, nil, node, "eth0", nil); !ok || routes != nil {
 		t.Error("without meshes every route must go")
+	}
+}
+
+// Two meshes served by two brokers (--served-links): each mesh's networks
+// go to the gateway its LocalLink names, and a mesh whose gateway is
+// unknown keeps what was set for it while the other follows its own.
+func TestDesiredRoutesPerMesh(t *testing.T) {
+	node := netip.MustParseAddr("10.10.0.3")
+	kl := func(name string, spec v1alpha1.KubeLinkSpec, gw string) v1alpha1.KubeLink {
+		return v1alpha1.KubeLink{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec, Status: v1alpha1.KubeLinkStatus{Gateway: gw}}
+	}
+	items := func(gwDefault, gwLab string) []v1alpha1.KubeLink {
+		return []v1alpha1.KubeLink{
+			kl("a", v1alpha1.KubeLinkSpec{Endpoint: "LocalLink", ClusterAddress: "192.168.0.11/24", CIDR: "100.64.0.0/20"}, gwDefault),
+			kl("b", v1alpha1.KubeLinkSpec{Endpoint: "b.org", ClusterAddress: "192.168.0.12/24", CIDR: "100.64.16.0/20"}, ""),
+			kl("lab--a", v1alpha1.KubeLinkSpec{Endpoint: "LocalLink", ClusterAddress: "10.200.0.1/24", CIDR: "100.64.0.0/20"}, gwLab),
+			kl("lab--c", v1alpha1.KubeLinkSpec{Endpoint: "c.org", ClusterAddress: "10.200.0.3/24", CIDR: "100.64.32.0/20", Egress: []string{"172.31.0.0/16"}}, ""),
+		}
+	}
+	via := func(routes []mesh.Route) map[string]string {
+		out := map[string]string{}
+		for _, r := range routes {
+			out[r.Dst.String()] = r.Gateway.String()
+		}
+		return out
+	}
+	links := items("10.10.0.1", "10.10.0.2")
+	m := mesh.Build(links, mesh.ParseOptions{})
+	if len(m.Meshes) != 2 {
+		t.Fatalf("%d meshes: %v", len(m.Meshes), m.Verdicts)
+	}
+	routes, perMesh, ok := Desired(m, Gateways(m, links), nil, node, "eth0", nil)
+	want := map[string]string{
+		"192.168.0.0/24": "10.10.0.1", "100.64.16.0/20": "10.10.0.1", // mesh default → broker on .1
+		"10.200.0.0/24": "10.10.0.2", "100.64.32.0/20": "10.10.0.2", "172.31.0.0/16": "10.10.0.2", // mesh lab → broker on .2
+	}
+	if got := via(routes); !ok || !maps.Equal(got, want) {
+		t.Errorf("routes %v ok %v, want %v", got, ok, want)
+	}
+
+	// lab's broker is gone (its LocalLink names no gateway): lab keeps what
+	// it had, default follows its broker to .4.
+	links = items("10.10.0.4", "")
+	routes, _, ok = Desired(m, Gateways(m, links), perMesh, node, "eth0", nil)
+	want["192.168.0.0/24"], want["100.64.16.0/20"] = "10.10.0.4", "10.10.0.4"
+	if got := via(routes); !ok || !maps.Equal(got, want) {
+		t.Errorf("lab gateway unknown: routes %v ok %v, want %v", got, ok, want)
+	}
+	// The same without routes set before (router restart): keep everything.
+	if _, _, ok := Desired(m, Gateways(m, links), nil, node, "eth0", nil); ok {
+		t.Error("a mesh with unknown gateway and nothing set before must keep the installed routes (ok=false)")
+	}
+	// This node runs lab's broker (node mode): no routes for lab here.
+	links = items("10.10.0.1", node.String())
+	routes, _, _ = Desired(m, Gateways(m, links), nil, node, "eth0", nil)
+	if got := via(routes); len(got) != 2 || got["10.200.0.0/24"] != "" {
+		t.Errorf("this node is lab's gateway: routes %v, want only default's two", got)
 	}
 }
 
