@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os/exec"
@@ -147,6 +148,42 @@ func TestDataPlaneAndPodMode(t *testing.T) {
 				}
 				if ll.Status.GatewayPod == "" || !slices.Contains(ips, ll.Status.GatewayPod) {
 					t.Errorf("%s: status.gatewayPod %q is not a broker pod IP %v (pod mode)", c.Name, ll.Status.GatewayPod, ips)
+				}
+			}
+			return ctx
+		}).
+		Assess("the broker runs unprivileged: NET_ADMIN and NET_RAW only", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			for _, c := range []*Cluster{lab.A, lab.B} {
+				pods, err := c.BrokerPods(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, p := range pods {
+					for _, ct := range p.Spec.Containers {
+						if sc := ct.SecurityContext; sc != nil && sc.Privileged != nil && *sc.Privileged {
+							t.Errorf("%s: pod %s container %s is privileged", c.Name, p.Name, ct.Name)
+						}
+					}
+					if p.Status.Phase != corev1.PodRunning {
+						continue
+					}
+					// The effective capabilities of the broker process (PID 1 of
+					// its container): bits 12 (NET_ADMIN) and 13 (NET_RAW).
+					var out, errb bytes.Buffer
+					if err := c.Res.ExecInPod(ctx, "kubelink", p.Name, "broker", []string{"cat", "/proc/1/status"}, &out, &errb); err != nil {
+						t.Errorf("%s: reading the capabilities of %s: %v (%s)", c.Name, p.Name, err, errb.String())
+						continue
+					}
+					var capEff string
+					for _, line := range strings.Split(out.String(), "\n") {
+						if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+							capEff = strings.TrimSpace(v)
+						}
+					}
+					t.Logf("%s: broker %s CapEff %s", c.Name, p.Name, capEff)
+					if capEff != "0000000000003000" {
+						t.Errorf("%s: broker %s has effective capabilities %q, want 0000000000003000 (NET_ADMIN, NET_RAW)", c.Name, p.Name, capEff)
+					}
 				}
 			}
 			return ctx

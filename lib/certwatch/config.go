@@ -35,6 +35,12 @@ const (
 	KeyWireGuardPublic     = "WireguardPublicKey"  // informational
 )
 
+// KeyFileMode is the mode of the key files: readable by the owner
+// (certwatch) and its group, never by others. In deploy/base the pod's
+// fsGroup is that group, so the broker — root without CAP_DAC_OVERRIDE —
+// reads the keys through it and nobody else in the pod's image can.
+const KeyFileMode = 0o640
+
 // Files under Config.Dir.
 const (
 	TLSDir           = "tls"       // <dir>/tls/{tls.crt,tls.key,ca.crt}

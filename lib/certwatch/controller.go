@@ -205,7 +205,7 @@ func (c *Controller) syncTLS(ctx context.Context) (time.Time, error) {
 	}
 	changed, err := WriteAtomic(filepath.Join(c.cfg.Dir, TLSDir), []File{
 		{Name: KeyTLSCert, Data: s.Data[KeyTLSCert], Mode: 0o644},
-		{Name: KeyTLSKey, Data: s.Data[KeyTLSKey], Mode: 0o600},
+		{Name: KeyTLSKey, Data: s.Data[KeyTLSKey], Mode: KeyFileMode},
 		{Name: KeyCACert, Data: s.Data[KeyCACert], Mode: 0o644},
 	})
 	if err != nil {
@@ -307,7 +307,7 @@ func (c *Controller) syncWireGuard(ctx context.Context) error {
 	pub := wireguard.PublicKey(priv)
 	dir := filepath.Join(c.cfg.Dir, WireGuardDir)
 	changed, err := WriteAtomic(dir, []File{
-		{Name: FilePrivateKey, Data: []byte(priv.String() + "\n"), Mode: 0o600},
+		{Name: FilePrivateKey, Data: []byte(priv.String() + "\n"), Mode: KeyFileMode},
 		{Name: FilePublicKey, Data: []byte(pub.String() + "\n"), Mode: 0o644},
 	})
 	if err != nil {

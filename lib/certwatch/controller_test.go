@@ -135,10 +135,10 @@ func TestController(t *testing.T) {
 			return fileIs(filepath.Join(dir, WireGuardDir, FilePrivateKey), []byte(k.String()+"\n")) &&
 				fileIs(filepath.Join(dir, WireGuardDir, FilePublicKey), []byte(wireguard.PublicKey(k).String()+"\n"))
 		})
-		if st, err := os.Stat(filepath.Join(tdir, "tls.key")); err != nil || st.Mode().Perm() != 0o600 {
+		if st, err := os.Stat(filepath.Join(tdir, "tls.key")); err != nil || st.Mode().Perm() != KeyFileMode {
 			t.Errorf("tls.key: %v %v", st, err)
 		}
-		if st, err := os.Stat(filepath.Join(dir, WireGuardDir, FilePrivateKey)); err != nil || st.Mode().Perm() != 0o600 {
+		if st, err := os.Stat(filepath.Join(dir, WireGuardDir, FilePrivateKey)); err != nil || st.Mode().Perm() != KeyFileMode {
 			t.Errorf("privatekey: %v %v", st, err)
 		}
 		if s := e.secret(ns, "wg"); s == nil || len(s.Data) != 1 {

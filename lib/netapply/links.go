@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -146,8 +147,14 @@ func EnableForwarding(ipv4, ipv6 bool) error {
 		files = append(files, "/proc/sys/net/ipv6/conf/all/forwarding")
 	}
 	for _, f := range files {
+		// Already on (e.g. set by the pod's init container or sysctls): no
+		// write, so an unprivileged container with a read-only /proc/sys
+		// works.
+		if b, err := os.ReadFile(f); err == nil && strings.TrimSpace(string(b)) == "1" {
+			continue
+		}
 		if err := os.WriteFile(f, []byte("1\n"), 0o644); err != nil {
-			return fmt.Errorf("enable forwarding: %w", err)
+			return fmt.Errorf("enable forwarding: %w (an unprivileged broker needs it set before it starts: the init container of deploy/base/broker.yaml, or the pod's sysctls)", err)
 		}
 	}
 	return nil
