@@ -13,7 +13,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/bridge"
 	"github.com/kubelink/kubelink/lib/mesh"
 )
@@ -220,25 +219,39 @@ func (p *bridgePlane) Apply(_ context.Context, plan *mesh.GatewayPlan) Report {
 	return rep
 }
 
-// report is the state of link, carried by the connection of carrier.
+// report is the state of link, carried by the connection of carrier: why
+// that connection is down, and for a link with a connection of its own
+// (not a transit link, whose figures and HELLO are its gateway link's) the
+// tunnel counters — bytes summed over the link's connections, and when the
+// current one was set up — and what the peer announced in its HELLO.
 func (p *bridgePlane) report(link, carrier string) LinkReport {
-	var lr LinkReport
 	if p.conn == nil {
-		lr.Idle = "no connection"
-		return lr
+		return LinkReport{Idle: "no connection"}
 	}
+	var lr LinkReport
 	st, ok := p.conn.Status(carrier)
+	connected := ok && st.State == bridge.Connected
 	switch {
 	case !ok:
 		lr.Idle = "no connection"
-	case st.State != bridge.Connected:
+	case !connected:
 		lr.Idle = st.Reason
 		if lr.Idle == "" {
 			lr.Idle = "not connected"
 		}
 	}
-	lr.Peer = p.figures(link)
-	lr.Advertised = p.advertised(link)
+	if link != carrier {
+		return lr
+	}
+	if s, ok := p.conn.LinkStats(link); ok {
+		lr.Peer = &PeerFigures{RxBytes: int64(s.RxBytes), TxBytes: int64(s.TxBytes)}
+		if connected {
+			lr.Peer.LastHandshake = st.Since
+		}
+	}
+	if connected {
+		lr.Advertised = Advertised(st.PeerHello)
+	}
 	return lr
 }
 
@@ -312,36 +325,6 @@ func (p *bridgePlane) closeConnector() {
 		p.untrusted.Add(p.conn.Untrusted())
 		p.conn = nil
 	}
-}
-
-// figures are the tunnel counters of a link for its status: bytes summed
-// over the link's connections, and when the current one was set up.
-func (p *bridgePlane) figures(link string) *PeerFigures {
-	if p.conn == nil {
-		return nil
-	}
-	s, ok := p.conn.LinkStats(link)
-	if !ok {
-		return nil
-	}
-	f := &PeerFigures{RxBytes: int64(s.RxBytes), TxBytes: int64(s.TxBytes)}
-	if st, ok := p.conn.Status(link); ok && st.State == bridge.Connected {
-		f.LastHandshake = st.Since
-	}
-	return f
-}
-
-// advertised is what the peer of link announced in the HELLO of its
-// current connection (status.advertised); nil when not connected.
-func (p *bridgePlane) advertised(link string) *v1alpha1.AdvertisedInfo {
-	if p.conn == nil {
-		return nil
-	}
-	st, ok := p.conn.Status(link)
-	if !ok || st.State != bridge.Connected {
-		return nil
-	}
-	return Advertised(st.PeerHello)
 }
 
 // Close stops the connections, the pump and the device.

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -97,20 +95,10 @@ var planes = map[string]PlaneFactory{
 	},
 }
 
-// PlaneModes lists the registered --mode values.
-func PlaneModes() []string {
-	var out []string
-	for m := range planes {
-		out = append(out, m)
-	}
-	slices.Sort(out)
-	return out
-}
-
 func openPlane(ctx context.Context, mode string, d PlaneDeps) (DataPlane, error) {
 	f, ok := planes[mode]
 	if !ok {
-		return nil, fmt.Errorf("--mode=%q: no such data plane (%s)", mode, strings.Join(PlaneModes(), ", "))
+		return nil, fmt.Errorf("--mode=%q: no such data plane", mode) // Config.Validate names the modes
 	}
 	return f(ctx, d)
 }

@@ -208,7 +208,7 @@ func Gateways(m *mesh.Model, links []v1alpha1.KubeLink) map[string]GatewayInfo {
 // node itself (its own routes serve), or the mesh's networks via the broker
 // pod, on the node's interface towards it (podDevices: pod IP → device). A
 // mesh whose gateway is unknown keeps the routes last set for it (last, by
-// mesh name); unknown is false when there are none to keep, and the caller
+// mesh name); ok is false when there are none to keep, and the caller
 // then leaves every installed route alone ("gateway unknown: keep what is
 // installed", also across a restart of the router).
 func Desired(m *mesh.Model, gws map[string]GatewayInfo, last map[string][]mesh.Route, nodeIP netip.Addr, device string, podDevices map[netip.Addr]string) (routes []mesh.Route, perMesh map[string][]mesh.Route, ok bool) {
@@ -265,20 +265,25 @@ func (r *Router) sync(ctx context.Context) error {
 	gws := Gateways(m, list.Items)
 	device := r.nodeIfc
 	if r.tunnel != nil {
-		// Every node has the device: the gateways receive through it.
-		dev, err := r.tunnel.ensure(netip.Addr{})
-		if err != nil {
-			return err
+		// Every node has the device, the gateways receive through it: it is
+		// made ready towards each gateway (or none yet).
+		nodes := []netip.Addr{{}}
+		if len(gws) > 0 {
+			nodes = nodes[:0]
+			for _, gw := range gws {
+				nodes = append(nodes, gw.Node)
+			}
 		}
-		device = dev
+		for _, n := range nodes {
+			dev, err := r.tunnel.ensure(n)
+			if err != nil {
+				return err
+			}
+			device = dev
+		}
 	}
 	podDevices := map[netip.Addr]string{}
 	for _, gw := range gws {
-		if r.tunnel != nil {
-			if _, err := r.tunnel.ensure(gw.Node); err != nil {
-				return err
-			}
-		}
 		if gw.Node == r.nodeIP && gw.Pod.IsValid() {
 			dev, err := deviceTowards(gw.Pod)
 			if err != nil {
