@@ -66,9 +66,29 @@ func IssueCert(caCertPEM, caKeyPEM []byte, dnsName string, now time.Time, validi
 	if err != nil {
 		return nil, nil, err
 	}
-	serial, err := newSerial()
+	var uris []*url.URL
+	for _, id := range identities {
+		u, err := url.Parse(id)
+		if err != nil {
+			return nil, nil, fmt.Errorf("identity %q: %w", id, err)
+		}
+		uris = append(uris, u)
+	}
+	der, err := signLeaf(ca, caKey, &key.PublicKey, dnsName, now, validity, uris)
 	if err != nil {
 		return nil, nil, err
+	}
+	return encode(der, key)
+}
+
+// signLeaf signs a certificate for pub with the CA: server and client
+// auth, CN dnsName, a DNS SAN (an IP SAN when dnsName is an address), the
+// URI SANs uris, valid from now (backdated) for validity, capped at the
+// CA's expiry. It returns the DER.
+func signLeaf(ca *x509.Certificate, caKey crypto.Signer, pub crypto.PublicKey, dnsName string, now time.Time, validity time.Duration, uris []*url.URL) ([]byte, error) {
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
 	}
 	notAfter := now.Add(validity)
 	if notAfter.After(ca.NotAfter) {
@@ -81,6 +101,10 @@ func IssueCert(caCertPEM, caKeyPEM []byte, dnsName string, now time.Time, validi
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		URIs:         uris,
+	}
+	if _, ok := pub.(*rsa.PublicKey); ok {
+		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
 	}
 	// A bridge reached by IP address (no DNS name, as in the kind lab) is
 	// named by an IP SAN: that is what TLS host verification checks for IPs.
@@ -89,18 +113,7 @@ func IssueCert(caCertPEM, caKeyPEM []byte, dnsName string, now time.Time, validi
 	} else {
 		tmpl.DNSNames = []string{dnsName}
 	}
-	for _, id := range identities {
-		u, err := url.Parse(id)
-		if err != nil {
-			return nil, nil, fmt.Errorf("identity %q: %w", id, err)
-		}
-		tmpl.URIs = append(tmpl.URIs, u)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		return nil, nil, err
-	}
-	return encode(der, key)
+	return x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
 }
 
 // NeedsRenewal reports whether less than a third of cert's lifetime
@@ -152,10 +165,14 @@ func CheckCert(certPEM, keyPEM, caCertPEM []byte, dnsName string, now time.Time,
 		return cert, fmt.Errorf("tls.crt: identities %v, want %v", have, want)
 	}
 	if NeedsRenewal(cert, now) {
-		return cert, fmt.Errorf("tls.crt: due for renewal since %s (expires %s)", RenewalTime(cert).Format(time.RFC3339), cert.NotAfter.Format(time.RFC3339))
+		return cert, fmt.Errorf("tls.crt: %w since %s (expires %s)", ErrDue, RenewalTime(cert).Format(time.RFC3339), cert.NotAfter.Format(time.RFC3339))
 	}
 	return cert, nil
 }
+
+// ErrDue is CheckCert's error for a certificate that is fine but due for
+// renewal.
+var ErrDue = errors.New("due for renewal")
 
 // ParseCertificate decodes the first certificate of a PEM bundle.
 func ParseCertificate(certPEM []byte) (*x509.Certificate, error) {

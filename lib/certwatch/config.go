@@ -21,7 +21,14 @@ import (
 const (
 	ModeNone = "none" // the TLS Secret is managed elsewhere; only read
 	ModeSelf = "self" // certwatch keeps a CA and a CA-signed certificate in the Secret
+	// ModeCSR: certwatch keeps a key in the Secret and has the mesh
+	// authority sign its certificate through a CertificateSigningRequest;
+	// the cluster never holds the CA key.
+	ModeCSR = "csr"
 )
+
+// MinCertValidity is the shortest --cert-validity (tests use seconds).
+const MinCertValidity = 3 * time.Second
 
 // Secret data keys.
 const (
@@ -62,23 +69,33 @@ type Config struct {
 	// separated: this cluster's identity in each of its meshes,
 	// kubelink://<mesh>/<cluster> (mesh.Identity), which the peers' links
 	// require.
-	Identities   string
-	CertValidity time.Duration // validity of a self-managed certificate
-	Resync       time.Duration // period of the full sync
-	MetricsAddr  string        // /healthz, /readyz, /metrics; empty: off
+	Identities string
+	// Sign (self mode only) makes this certwatch the mesh authority: it
+	// publishes the CA certificate and signs the CSRs of registered members.
+	Sign bool
+	// AuthorityKubeconfig (csr mode) is the kubeconfig of the authority's
+	// API server, with the credentials of this cluster's member
+	// ServiceAccount there.
+	AuthorityKubeconfig string
+	// AuthorityNamespace (csr mode) is the authority's kubelink namespace.
+	AuthorityNamespace string
+	CertValidity       time.Duration // validity of a self-managed certificate
+	Resync             time.Duration // period of the full sync
+	MetricsAddr        string        // /healthz, /readyz, /metrics; empty: off
 }
 
 // Defaults returns the default configuration.
 func Defaults() Config {
 	return Config{
-		Namespace:       defaultNamespace,
-		TLSSecret:       "kubelink-tls",
-		WireGuardSecret: "wireguard",
-		Dir:             "/var/run/kubelink/certs",
-		Mode:            ModeNone,
-		CertValidity:    10 * 24 * time.Hour,
-		Resync:          time.Minute,
-		MetricsAddr:     ":8080",
+		Namespace:          defaultNamespace,
+		TLSSecret:          "kubelink-tls",
+		WireGuardSecret:    "wireguard",
+		Dir:                "/var/run/kubelink/certs",
+		Mode:               ModeNone,
+		AuthorityNamespace: defaultNamespace,
+		CertValidity:       10 * 24 * time.Hour,
+		Resync:             time.Minute,
+		MetricsAddr:        ":8080",
 	}
 }
 
@@ -86,11 +103,25 @@ func Defaults() Config {
 func (c Config) Validate() error {
 	var errs []error
 	switch c.Mode {
-	case ModeNone, ModeSelf:
+	case ModeNone, ModeSelf, ModeCSR:
 	case "cert":
-		errs = append(errs, errors.New(`--secret-manage-mode="cert": gardener cert-management is not supported by certwatch; use none (with cert-manager or similar writing the Secret) or self`))
+		errs = append(errs, errors.New(`--secret-manage-mode="cert": gardener cert-management is not supported by certwatch; use none (with cert-manager or similar writing the Secret), self or csr`))
 	default:
-		errs = append(errs, fmt.Errorf("--secret-manage-mode=%q: must be none or self", c.Mode))
+		errs = append(errs, fmt.Errorf("--secret-manage-mode=%q: must be none, self or csr", c.Mode))
+	}
+	if c.Sign && c.Mode != ModeSelf {
+		errs = append(errs, fmt.Errorf("--sign-requests needs --secret-manage-mode=self (the authority holds the CA), not %q", c.Mode))
+	}
+	if c.Mode == ModeCSR {
+		if c.AuthorityKubeconfig == "" {
+			errs = append(errs, errors.New("--secret-manage-mode=csr needs --authority-kubeconfig (the mesh authority's API server and this member's credentials there)"))
+		}
+		if msgs := validation.IsDNS1123Label(c.AuthorityNamespace); len(msgs) > 0 {
+			errs = append(errs, fmt.Errorf("--authority-namespace=%q: %s", c.AuthorityNamespace, strings.Join(msgs, "; ")))
+		}
+		if len(c.IdentityList()) == 0 {
+			errs = append(errs, errors.New("--secret-manage-mode=csr needs --identities (what the authority is asked to certify)"))
+		}
 	}
 	if c.Namespace == "" {
 		errs = append(errs, errors.New("--namespace: must not be empty"))
@@ -108,12 +139,12 @@ func (c Config) Validate() error {
 			}
 		}
 	}
-	if c.Mode == ModeSelf {
+	if c.Mode == ModeSelf || c.Mode == ModeCSR {
 		if c.TLSSecret == "" {
-			errs = append(errs, errors.New("--secret-manage-mode=self needs --tls-secret"))
+			errs = append(errs, fmt.Errorf("--secret-manage-mode=%s needs --tls-secret", c.Mode))
 		}
 		if c.DNSName == "" {
-			errs = append(errs, errors.New("--secret-manage-mode=self needs --dns-name (CN and SAN of the certificate)"))
+			errs = append(errs, fmt.Errorf("--secret-manage-mode=%s needs --dns-name (CN and SAN of the certificate)", c.Mode))
 		} else if msgs := validation.IsDNS1123Subdomain(c.DNSName); len(msgs) > 0 {
 			errs = append(errs, fmt.Errorf("--dns-name=%q: not a DNS name: %s", c.DNSName, strings.Join(msgs, "; ")))
 		}
@@ -122,8 +153,8 @@ func (c Config) Validate() error {
 				errs = append(errs, fmt.Errorf("--identities: %w", err))
 			}
 		}
-		if c.CertValidity < 3*time.Second {
-			errs = append(errs, fmt.Errorf("--cert-validity=%s: must be at least 3s", c.CertValidity))
+		if c.CertValidity < MinCertValidity {
+			errs = append(errs, fmt.Errorf("--cert-validity=%s: must be at least %s", c.CertValidity, MinCertValidity))
 		}
 	}
 	if c.Resync <= 0 {

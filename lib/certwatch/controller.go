@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -29,20 +30,26 @@ import (
 // level-triggered loop that runs on every change of a Secret in the
 // namespace, periodically, and when the certificate is due for renewal.
 type Controller struct {
-	cfg     Config
-	log     *slog.Logger
-	api     client.Client // direct reads and writes: always the latest state
-	cache   cache.Cache   // Secret metadata, for change events
-	trigger chan struct{}
-	metrics *metrics
-	now     func() time.Time
+	cfg Config
+	log *slog.Logger
+	api client.Client // direct reads and writes: always the latest state
+	// authority is the mesh authority's API (csr mode), as this member.
+	authority client.Client
+	cache     cache.Cache     // Secret metadata, for change events
+	watched   []client.Object // what cache watches: Secrets, and CSRs when signing
+	trigger   chan struct{}
+	metrics   *metrics
+	now       func() time.Time
 
 	syncs     atomic.Int64 // completed syncs
 	goodSyncs atomic.Int64 // syncs without error, for /readyz
 	lastErr   string
 }
 
-var secretMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"}
+var (
+	secretMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"}
+	csrMeta    = metav1.TypeMeta{APIVersion: "certificates.k8s.io/v1", Kind: "CertificateSigningRequest"}
+)
 
 // New prepares a controller; Run starts it.
 func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
@@ -53,9 +60,17 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return nil, err
 	}
-	c, err := cache.New(rc, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
+	byObject := map[client.Object]cache.ByObject{
 		&metav1.PartialObjectMetadata{TypeMeta: secretMeta}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},
-	}})
+	}
+	watched := []client.Object{&metav1.PartialObjectMetadata{TypeMeta: secretMeta}}
+	if cfg.Sign {
+		// The authority answers a member's request as soon as it appears.
+		csrs := &metav1.PartialObjectMetadata{TypeMeta: csrMeta}
+		byObject[csrs] = cache.ByObject{}
+		watched = append(watched, csrs)
+	}
+	c, err := cache.New(rc, cache.Options{Scheme: scheme, ByObject: byObject})
 	if err != nil {
 		return nil, fmt.Errorf("creating cache: %w", err)
 	}
@@ -63,7 +78,17 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating client: %w", err)
 	}
-	return &Controller{cfg: cfg, log: log, api: api, cache: c, trigger: make(chan struct{}, 1), metrics: newMetrics(), now: time.Now}, nil
+	ctrl := &Controller{cfg: cfg, log: log, api: api, cache: c, watched: watched, trigger: make(chan struct{}, 1), metrics: newMetrics(), now: time.Now}
+	if cfg.Mode == ModeCSR {
+		arc, err := clientcmd.BuildConfigFromFlags("", cfg.AuthorityKubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("--authority-kubeconfig=%s: %w", cfg.AuthorityKubeconfig, err)
+		}
+		if ctrl.authority, err = client.New(arc, client.Options{Scheme: scheme}); err != nil {
+			return nil, fmt.Errorf("creating the authority's client: %w", err)
+		}
+	}
+	return ctrl, nil
 }
 
 // Syncs is the number of completed syncs (successful or not).
@@ -81,7 +106,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		return err
 	}
 	defer srv.Close()
-	if err := kubeflags.WatchAndSync(ctx, c.cache, c.kick, &metav1.PartialObjectMetadata{TypeMeta: secretMeta}); err != nil {
+	if err := kubeflags.WatchAndSync(ctx, c.cache, c.kick, c.watched...); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -99,7 +124,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		c.report(err)
 		c.syncs.Add(1)
 		wait := c.cfg.Resync
-		if err != nil {
+		if err != nil && renewAt.IsZero() {
 			wait = min(wait, 5*time.Second) // retry soon, e.g. after an update conflict
 		}
 		if !renewAt.IsZero() {
@@ -157,6 +182,9 @@ func (c *Controller) sync(ctx context.Context) (renewAt time.Time, err error) {
 	if c.cfg.WireGuardSecret != "" {
 		errs = append(errs, c.syncWireGuard(ctx))
 	}
+	if c.cfg.Sign {
+		errs = append(errs, c.signRequests(ctx))
+	}
 	return renewAt, errors.Join(errs...)
 }
 
@@ -178,10 +206,17 @@ func (c *Controller) syncTLS(ctx context.Context) (time.Time, error) {
 		return time.Time{}, err
 	}
 	var renewAt time.Time
-	if c.cfg.Mode == ModeSelf {
+	switch c.cfg.Mode {
+	case ModeSelf:
 		if s, err = c.manageTLS(ctx, s); err != nil {
 			return time.Time{}, err
 		}
+	case ModeCSR:
+		var pollAt time.Time
+		if s, pollAt, err = c.requestTLS(ctx, s); err != nil {
+			return pollAt, err
+		}
+		renewAt = pollAt
 	}
 	if s == nil {
 		// Managed elsewhere and not there (yet): keep what was written last.
@@ -200,7 +235,7 @@ func (c *Controller) syncTLS(ctx context.Context) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, fmt.Errorf("secret %s: tls.crt: %w; files left as they are", ref, err)
 	}
-	if c.cfg.Mode == ModeSelf {
+	if c.cfg.Mode != ModeNone && (renewAt.IsZero() || RenewalTime(cert).Before(renewAt)) {
 		renewAt = RenewalTime(cert)
 	}
 	changed, err := WriteAtomic(filepath.Join(c.cfg.Dir, TLSDir), []File{

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"io/fs"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,25 +28,7 @@ type env struct {
 
 func (e *env) start(cfg Config) *Controller {
 	e.t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	ctrl, err := New(cfg, e.cp.Config(), slog.New(slog.NewTextHandler(testWriter{e.t}, nil)))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- ctrl.Run(ctx) }()
-	e.t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				e.t.Errorf("Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			e.t.Error("Run did not return within 10s")
-		}
-	})
-	return ctrl
+	return startController(e.t, cfg, e.cp.Config())
 }
 
 type testWriter struct{ t *testing.T }

@@ -14,7 +14,11 @@ type metrics struct {
 	syncErrors prometheus.Counter
 	renewals   prometheus.Counter
 	generated  prometheus.Counter
-	notAfter   atomic.Int64 // Unix seconds of the written certificate's NotAfter; 0: none
+	// the mesh authority (signer) and its members
+	csrSigned    prometheus.Counter
+	csrDenied    prometheus.Counter
+	csrRequested prometheus.Counter
+	notAfter     atomic.Int64 // Unix seconds of the written certificate's NotAfter; 0: none
 }
 
 // newMetrics uses a registry of its own, so that several controllers can run
@@ -27,7 +31,13 @@ func newMetrics() *metrics {
 		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kubelink_certwatch_sync_errors_total",
 			Help: "Syncs that failed."}),
 		renewals: prometheus.NewCounter(prometheus.CounterOpts{Name: "kubelink_certwatch_cert_issued_total",
-			Help: "Certificates issued in self-managed mode (first issue and renewals)."}),
+			Help: "Certificates put into the TLS Secret in self or csr mode (first issue and renewals)."}),
+		csrSigned: prometheus.NewCounter(prometheus.CounterOpts{Name: "kubelink_certwatch_csr_signed_total",
+			Help: "Member CertificateSigningRequests the mesh authority signed."}),
+		csrDenied: prometheus.NewCounter(prometheus.CounterOpts{Name: "kubelink_certwatch_csr_denied_total",
+			Help: "Member CertificateSigningRequests the mesh authority denied (the log says why)."}),
+		csrRequested: prometheus.NewCounter(prometheus.CounterOpts{Name: "kubelink_certwatch_csr_requested_total",
+			Help: "CertificateSigningRequests this member created at the mesh authority."}),
 		generated: prometheus.NewCounter(prometheus.CounterOpts{Name: "kubelink_certwatch_wireguard_keys_generated_total",
 			Help: "WireGuard key pairs generated because the Secret had none."}),
 	}
@@ -40,7 +50,7 @@ func newMetrics() *metrics {
 			}
 			return time.Until(time.Unix(na, 0)).Seconds()
 		})
-	m.reg.MustRegister(m.writes, m.syncErrors, m.renewals, m.generated, expiry,
+	m.reg.MustRegister(m.writes, m.syncErrors, m.renewals, m.generated, m.csrSigned, m.csrDenied, m.csrRequested, expiry,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

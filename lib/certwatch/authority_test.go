@@ -1,0 +1,405 @@
+package certwatch
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	certificatesv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kubelink/kubelink/lib/testenv"
+)
+
+// The mesh authority against two real API servers: the authority's
+// (certwatch in self mode with --sign-requests) and a member's (certwatch
+// in csr mode, speaking to the authority as its member ServiceAccount with
+// the RBAC of deploy/optional/mesh-authority). The member gets a
+// certificate for its own identity without ever holding the CA key, renews
+// it without a gap, and a hostile member can get nothing for another's
+// identity or name, nor approve or sign anything itself.
+func TestMeshAuthority(t *testing.T) {
+	authCP := &testenv.ControlPlane{Name: "authority"}
+	testenv.StartControlPlaneForTest(t, authCP)
+	memberCP := &testenv.ControlPlane{Name: "member"}
+	testenv.StartControlPlaneForTest(t, memberCP)
+	ctx := context.Background()
+	auth, err := authCP.Client()
+	must(t, err)
+	member, err := memberCP.Client()
+	must(t, err)
+	for _, c := range []client.Client{auth, member} {
+		must(t, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kubelink"}}))
+	}
+	applyManifest(t, auth, filepath.Join("..", "..", "deploy", "optional", "mesh-authority", "rbac.yaml"))
+	must(t, auth.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "kubelink", Name: "kubelink-broker"}}))
+
+	// The authority itself runs as kubelink-broker, with only its RBAC.
+	authCfg := Defaults()
+	authCfg.Namespace, authCfg.Mode, authCfg.Sign, authCfg.DNSName, authCfg.Identities = "kubelink", ModeSelf, true, "a.example.com", "kubelink://lab/a"
+	authCfg.TLSSecret, authCfg.WireGuardSecret, authCfg.Dir, authCfg.MetricsAddr, authCfg.Resync = "kubelink-tls", "", t.TempDir(), "", time.Second
+	// The authority's validity caps the members' (a CSR cannot ask for less
+	// than 10 minutes): 9 s, so that the test sees a renewal after 6 s.
+	authCfg.CertValidity = 9 * time.Second
+	// certwatch also manages its own Secrets: give the authority that much.
+	grantSecrets(t, auth, "kubelink-broker")
+	startController(t, authCfg, saConfig(t, authCP, "kubelink", "kubelink-broker"))
+	var caCM corev1.ConfigMap
+	eventually(t, "the CA published in ConfigMap kubelink-mesh-ca", func() bool {
+		return auth.Get(ctx, client.ObjectKey{Namespace: "kubelink", Name: CAConfigMap}, &caCM) == nil
+	})
+	authTLS := secretOf(t, auth, "kubelink", "kubelink-tls")
+	if caCM.Data[KeyCACert] != string(authTLS.Data[KeyCACert]) {
+		t.Fatal("ConfigMap kubelink-mesh-ca does not hold the authority's ca.crt")
+	}
+
+	// Members b and c are registered; x has an account but no registration.
+	register(t, auth, "member-b", "kubelink://lab/b", "b.example.com")
+	register(t, auth, "member-c", "kubelink://lab/c", "c.example.com")
+	register(t, auth, "member-x", "", "")
+
+	t.Run("a member gets its own certificate and renews it without a gap", func(t *testing.T) {
+		kc := writeKubeconfig(t, saConfig(t, authCP, "kubelink", "member-b"))
+		dir := t.TempDir()
+		cfg := Defaults()
+		cfg.Namespace, cfg.Mode, cfg.DNSName, cfg.Identities, cfg.AuthorityKubeconfig = "kubelink", ModeCSR, "b.example.com", "kubelink://lab/b", kc
+		cfg.TLSSecret, cfg.WireGuardSecret, cfg.Dir, cfg.MetricsAddr, cfg.Resync = "kubelink-tls", "", dir, "", time.Second
+		startController(t, cfg, memberCP.Config())
+
+		var first *x509.Certificate
+		eventually(t, "b's certificate from the authority", func() bool {
+			s := secretOf(t, member, "kubelink", "kubelink-tls")
+			if s == nil {
+				return false
+			}
+			c, err := CheckCert(s.Data[KeyTLSCert], s.Data[KeyTLSKey], authTLS.Data[KeyCACert], "b.example.com", time.Now(), "kubelink://lab/b")
+			if err != nil {
+				return false
+			}
+			first = c
+			return fileIs(filepath.Join(dir, TLSDir, KeyTLSCert), s.Data[KeyTLSCert])
+		})
+		s := secretOf(t, member, "kubelink", "kubelink-tls")
+		if len(s.Data[KeyCAKey]) > 0 || len(s.Data[KeyPendingKey]) > 0 {
+			t.Errorf("member Secret keys %v: no ca.key, no pending.key wanted", slices.Sorted(mapsKeys(s.Data)))
+		}
+		if string(s.Data[KeyCACert]) != string(authTLS.Data[KeyCACert]) {
+			t.Error("member's ca.crt is not the authority's")
+		}
+		// Over 12 s (past the renewal at 6 s and the first certificate's
+		// expiry at 9 s), the file in the directory is always a valid
+		// certificate for b, and a second one replaces the first.
+		renewed := false
+		for end := time.Now().Add(12 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+			m, err := ReadSnapshot(filepath.Join(dir, TLSDir), KeyTLSCert, KeyTLSKey, KeyCACert)
+			if err != nil {
+				t.Fatalf("reading the TLS files: %v", err)
+			}
+			c, err := CheckCert(m[KeyTLSCert], m[KeyTLSKey], authTLS.Data[KeyCACert], "b.example.com", time.Now(), "kubelink://lab/b")
+			if err != nil && !strings.Contains(err.Error(), ErrDue.Error()) {
+				t.Fatalf("at %s the member's TLS files are not a valid certificate for b: %v", time.Now().Format(time.StampMilli), err)
+			}
+			if c.SerialNumber.Cmp(first.SerialNumber) != 0 {
+				renewed = true
+			}
+		}
+		if !renewed {
+			t.Error("the certificate was not renewed within 12 s of a 9 s validity")
+		}
+		var list certificatesv1.CertificateSigningRequestList
+		must(t, auth.List(ctx, &list))
+		signed := 0
+		for _, csr := range list.Items {
+			if csr.Spec.Username == "system:serviceaccount:kubelink:member-b" && len(csr.Status.Certificate) > 0 && approved(&csr) {
+				signed++
+			}
+		}
+		if signed < 2 {
+			t.Errorf("%d approved and signed requests of member-b, want ≥ 2 (first + renewal)", signed)
+		}
+	})
+
+	t.Run("a hostile member gets nothing that is not its own", func(t *testing.T) {
+		hostile, err := client.New(saConfig(t, authCP, "kubelink", "member-c"), client.Options{Scheme: auth.Scheme()})
+		must(t, err)
+		for _, tc := range []struct {
+			name, cn string
+			ids      []string
+			usages   []certificatesv1.KeyUsage
+			as       client.Client
+			want     string
+		}{
+			{"another member's identity", "c.example.com", []string{"kubelink://lab/b"}, nil, hostile, "identity kubelink://lab/b is not the member's"},
+			{"its own and another's identity", "c.example.com", []string{"kubelink://lab/c", "kubelink://lab/b"}, nil, hostile, "identity kubelink://lab/b is not the member's"},
+			{"another member's name", "b.example.com", []string{"kubelink://lab/c"}, nil, hostile, `name "b.example.com" is not the member's`},
+			{"a CA's usage", "c.example.com", []string{"kubelink://lab/c"}, []certificatesv1.KeyUsage{certificatesv1.UsageCertSign}, hostile, `"cert sign" is not allowed`},
+			{"no identity", "c.example.com", nil, nil, hostile, "no identity"},
+			{"an unregistered account", "x.example.com", []string{"kubelink://lab/x"}, nil, asSA(t, authCP, "member-x"), "is not a registered member"},
+			{"the admin itself", "a.example.com", []string{"kubelink://lab/a"}, nil, auth, "is not a member"},
+		} {
+			key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			req, err := CertificateRequest(key, tc.cn, tc.ids)
+			must(t, err)
+			usages := tc.usages
+			if usages == nil {
+				usages = []certificatesv1.KeyUsage{certificatesv1.UsageServerAuth, certificatesv1.UsageClientAuth}
+			}
+			csr := &certificatesv1.CertificateSigningRequest{ObjectMeta: metav1.ObjectMeta{GenerateName: "hostile-"},
+				Spec: certificatesv1.CertificateSigningRequestSpec{Request: req, SignerName: SignerName, Usages: usages}}
+			must(t, tc.as.Create(ctx, csr))
+			var got certificatesv1.CertificateSigningRequest
+			eventually(t, tc.name+": an answer", func() bool {
+				return auth.Get(ctx, client.ObjectKeyFromObject(csr), &got) == nil && (finished(&got) || len(got.Status.Certificate) > 0)
+			})
+			if len(got.Status.Certificate) > 0 || approved(&got) || !strings.Contains(conditionMessage(&got), tc.want) {
+				t.Errorf("%s: certificate %d bytes, approved %v, conditions %q; want denied with %q", tc.name, len(got.Status.Certificate), approved(&got), conditionMessage(&got), tc.want)
+			}
+		}
+
+		// Nor can it approve or sign its own request, or read any Secret.
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		req, _ := CertificateRequest(key, "c.example.com", []string{"kubelink://lab/b"})
+		csr := &certificatesv1.CertificateSigningRequest{ObjectMeta: metav1.ObjectMeta{GenerateName: "self-approve-"},
+			Spec: certificatesv1.CertificateSigningRequestSpec{Request: req, SignerName: SignerName, Usages: []certificatesv1.KeyUsage{certificatesv1.UsageClientAuth}}}
+		must(t, hostile.Create(ctx, csr))
+		csr.Status.Conditions = append(csr.Status.Conditions, certificatesv1.CertificateSigningRequestCondition{Type: certificatesv1.CertificateApproved, Status: corev1.ConditionTrue, Reason: "self"})
+		if err := hostile.SubResource("approval").Update(ctx, csr); !apierrors.IsForbidden(err) {
+			t.Errorf("a member approving its request: %v, want Forbidden", err)
+		}
+		csr.Status.Certificate = []byte("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+		if err := hostile.Status().Update(ctx, csr); !apierrors.IsForbidden(err) {
+			t.Errorf("a member writing a certificate: %v, want Forbidden", err)
+		}
+		if err := hostile.Get(ctx, client.ObjectKey{Namespace: "kubelink", Name: "kubelink-tls"}, &corev1.Secret{}); !apierrors.IsForbidden(err) {
+			t.Errorf("a member reading the authority's Secret: %v, want Forbidden", err)
+		}
+	})
+
+	t.Run("a member asking for another's identity is refused and retries with a new request", func(t *testing.T) {
+		must(t, member.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "posing"}}))
+		kc := writeKubeconfig(t, saConfig(t, authCP, "kubelink", "member-c"))
+		cfg := Defaults()
+		cfg.Namespace, cfg.Mode, cfg.DNSName, cfg.Identities, cfg.AuthorityKubeconfig = "posing", ModeCSR, "c.example.com", "kubelink://lab/b", kc
+		cfg.TLSSecret, cfg.WireGuardSecret, cfg.Dir, cfg.MetricsAddr, cfg.Resync = "kubelink-tls", "", t.TempDir(), "", time.Second
+		ctrl := startController(t, cfg, memberCP.Config())
+		denied := func() int {
+			var list certificatesv1.CertificateSigningRequestList
+			must(t, auth.List(ctx, &list))
+			n := 0
+			for _, csr := range list.Items {
+				if csr.Spec.Username == "system:serviceaccount:kubelink:member-c" && strings.HasPrefix(csr.Name, "kubelink-") && finished(&csr) {
+					n++
+				}
+			}
+			return n
+		}
+		eventually(t, "two denied requests (the first and a retry with a new key)", func() bool { return denied() >= 2 })
+		if s := secretOf(t, member, "posing", "kubelink-tls"); s != nil && len(s.Data[KeyTLSCert]) > 0 {
+			t.Error("the posing member has a certificate")
+		}
+		if ctrl.goodSyncs.Load() != 0 {
+			t.Errorf("%d good syncs of the posing member, want 0 (never ready)", ctrl.goodSyncs.Load())
+		}
+	})
+}
+
+func mapsKeys(m map[string][]byte) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// register makes a member ServiceAccount at the authority, annotated with
+// what it may hold (none: not registered) and bound to the member roles.
+func register(t *testing.T, auth client.Client, name, ids, names string) {
+	t.Helper()
+	ctx := context.Background()
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "kubelink", Name: name}}
+	if ids != "" {
+		sa.Annotations = map[string]string{AnnotationIdentities: ids, AnnotationNames: names}
+	}
+	must(t, auth.Create(ctx, sa))
+	subj := []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: "kubelink"}}
+	must(t, auth.Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "kubelink-member-" + name},
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "kubelink-member"}, Subjects: subj}))
+	must(t, auth.Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: "kubelink", Name: "kubelink-member-" + name},
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "kubelink-member"}, Subjects: subj}))
+}
+
+func grantSecrets(t *testing.T, c client.Client, sa string) {
+	t.Helper()
+	ctx := context.Background()
+	must(t, c.Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: "kubelink", Name: "test-secrets"},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list", "watch", "create", "update"}}}}))
+	must(t, c.Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: "kubelink", Name: "test-secrets"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "test-secrets"},
+		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: "kubelink"}}}))
+}
+
+// saConfig is a rest.Config that authenticates as a ServiceAccount of cp
+// with a token from the TokenRequest API.
+func saConfig(t *testing.T, cp *testenv.ControlPlane, ns, name string) *rest.Config {
+	t.Helper()
+	cs, err := kubernetes.NewForConfig(cp.Config())
+	must(t, err)
+	exp := int64(3600)
+	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), name,
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	must(t, err)
+	rc := rest.AnonymousClientConfig(cp.Config())
+	rc.BearerToken = tr.Status.Token
+	return rc
+}
+
+func asSA(t *testing.T, cp *testenv.ControlPlane, name string) client.Client {
+	t.Helper()
+	c, err := client.New(saConfig(t, cp, "kubelink", name), client.Options{Scheme: cp.Scheme()})
+	must(t, err)
+	return c
+}
+
+func writeKubeconfig(t *testing.T, rc *rest.Config) string {
+	t.Helper()
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["authority"] = &clientcmdapi.Cluster{Server: rc.Host, CertificateAuthorityData: rc.CAData}
+	kc.AuthInfos["member"] = &clientcmdapi.AuthInfo{Token: rc.BearerToken}
+	kc.Contexts["authority"] = &clientcmdapi.Context{Cluster: "authority", AuthInfo: "member"}
+	kc.CurrentContext = "authority"
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	must(t, clientcmd.WriteToFile(*kc, path))
+	return path
+}
+
+func startController(t *testing.T, cfg Config, rc *rest.Config) *Controller {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ctrl, err := New(cfg, rc, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+	must(t, err)
+	done := make(chan error, 1)
+	go func() { done <- ctrl.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return within 10s")
+		}
+	})
+	return ctrl
+}
+
+func secretOf(t *testing.T, c client.Client, ns, name string) *corev1.Secret {
+	t.Helper()
+	var s corev1.Secret
+	if err := c.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: name}, &s); err != nil {
+		return nil
+	}
+	return &s
+}
+
+// applyManifest creates every object of a YAML stream.
+func applyManifest(t *testing.T, c client.Client, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	must(t, err)
+	defer f.Close()
+	dec := utilyaml.NewYAMLOrJSONDecoder(f, 4096)
+	for {
+		var u unstructured.Unstructured
+		if err := dec.Decode(&u.Object); err != nil {
+			if errors.Is(err, io.EOF) {
+				return
+			}
+			t.Fatalf("%s: %v", path, err)
+		}
+		if len(u.Object) == 0 {
+			continue
+		}
+		must(t, c.Create(context.Background(), &u))
+	}
+}
+
+// The components patch the certwatch container by index: they must land
+// on certwatch, whatever deploy/base/broker.yaml's container order becomes.
+func TestDeployComponents(t *testing.T) {
+	if err := testenv.CheckBinaries(testenv.BinKubectl); err != nil {
+		t.Fatal(err)
+	}
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	must(t, err)
+	for comp, want := range map[string][]string{
+		"mesh-authority": {"--sign-requests"},
+		"mesh-member":    {"--authority-kubeconfig=/var/run/kubelink/authority/kubeconfig"},
+	} {
+		dir := t.TempDir()
+		// kustomize wants paths relative to the kustomization.
+		base, err := filepath.Rel(dir, filepath.Join(root, "deploy", "base"))
+		must(t, err)
+		component, err := filepath.Rel(dir, filepath.Join(root, "deploy", "optional", comp))
+		must(t, err)
+		must(t, os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"+
+			"resources: ["+base+"]\ncomponents: ["+component+"]\n"), 0o644))
+		out, err := exec.Command(testenv.BinPath(testenv.BinKubectl), "kustomize", dir).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: kubectl kustomize: %v\n%s", comp, err, out)
+		}
+		dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
+		found := false
+		for {
+			var d appsv1.Deployment
+			if err := dec.Decode(&d); err != nil {
+				break
+			}
+			if d.Kind != "Deployment" || d.Name != "kubelink-broker" {
+				continue
+			}
+			for _, c := range d.Spec.Template.Spec.Containers {
+				if c.Name == "certwatch" {
+					found = true
+					for _, w := range want {
+						if !slices.Contains(c.Args, w) {
+							t.Errorf("%s: certwatch args %v lack %s", comp, c.Args, w)
+						}
+					}
+				} else if slices.ContainsFunc(c.Args, func(a string) bool { return slices.Contains(want, a) }) {
+					t.Errorf("%s: the patch landed on container %s", comp, c.Name)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s: no certwatch container in the built kubelink-broker", comp)
+		}
+	}
+}
