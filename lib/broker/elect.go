@@ -3,61 +3,72 @@ package broker
 import (
 	"context"
 	"fmt"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 )
 
-// runElected waits for the Lease and runs the data plane while holding it.
-// Losing the Lease ends Run: the process exits and restarts as a standby, so
+// runElected waits for the Lease and runs the data plane while holding it
+// (lease.go: an unreachable API server neither stops nor flips it). Seeing
+// another holder ends Run: the process exits and restarts as a standby, so
 // no half-torn-down state lingers.
 func (b *Broker) runElected(ctx context.Context, cfg *rest.Config) error {
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return err
 	}
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Namespace: b.cfg.Namespace, Name: b.cfg.LeaseName},
-		Client:     cs.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: b.cfg.Identity},
-	}
-	parent := ctx
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var runErr error
-	lost := false
-	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-		Lock: lock, ReleaseOnCancel: true, Name: b.cfg.LeaseName,
-		LeaseDuration: b.cfg.LeaseDuration, RenewDeadline: b.cfg.RenewDeadline, RetryPeriod: b.cfg.RetryPeriod,
-		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(ctx context.Context) {
-				b.log.Info("acquired the lease: this broker is active", "lease", b.cfg.LeaseName, "identity", b.cfg.Identity)
-				runErr = b.runActive(ctx)
-				cancel()
-			},
-			OnStoppedLeading: func() { lost = true; cancel() },
-			OnNewLeader: func(id string) {
-				if id != b.cfg.Identity {
-					b.log.Info("standby: another broker is active", "active", id)
-				}
-			},
+	e := &elector{
+		lock: &resourcelock.LeaseLock{
+			LeaseMeta:  metav1.ObjectMeta{Namespace: b.cfg.Namespace, Name: b.cfg.LeaseName},
+			Client:     cs.CoordinationV1(),
+			LockConfig: resourcelock.ResourceLockConfig{Identity: b.cfg.Identity},
 		},
-	})
-	if err != nil {
-		return fmt.Errorf("leader election: %w", err)
+		id: b.cfg.Identity, leaseDuration: b.cfg.LeaseDuration, renew: b.cfg.RenewDeadline, retry: b.cfg.RetryPeriod,
+		now: time.Now, log: b.log,
+		onNewHolder: func(id string) {
+			if id != b.cfg.Identity {
+				b.log.Info("standby: another broker is active", "active", id)
+			}
+		},
+		onUnconfirmed: func(since time.Time) {
+			b.metrics.leaseUnconfirmed.Set(1)
+			b.log.Warn("the lease cannot be renewed (API server unreachable?): keeping the data plane; stepping down only when another broker holds the lease",
+				"lease", b.cfg.LeaseName, "lastRenewal", since.Format(time.RFC3339))
+		},
+		onReconfirmed: func(since time.Time) {
+			b.metrics.leaseUnconfirmed.Set(0)
+			b.log.Info("the lease is renewed again", "lease", b.cfg.LeaseName, "unrenewedFor", time.Since(since).Round(time.Second).String())
+		},
 	}
-	le.Run(ctx)
-	if runErr != nil {
-		return runErr
+	b.log.Info("waiting for the lease", "lease", b.cfg.LeaseName, "identity", b.cfg.Identity)
+	if err := e.acquire(ctx); err != nil {
+		return nil // shutdown while standby
 	}
-	if parent.Err() != nil {
-		return nil // shutdown, not a lost lease
+	b.log.Info("acquired the lease: this broker is active", "lease", b.cfg.LeaseName, "identity", b.cfg.Identity)
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	held := make(chan error, 1)
+	go func() { held <- e.hold(actx) }()
+	ran := make(chan error, 1)
+	go func() { ran <- b.runActive(actx) }()
+	var runErr, holdErr error
+	select {
+	case runErr = <-ran:
+		cancel()
+		holdErr = <-held
+	case holdErr = <-held:
+		cancel()
+		runErr = <-ran
 	}
-	if lost {
-		return fmt.Errorf("lost the lease %s: exiting so that a restart joins as standby", b.cfg.LeaseName)
+	if holdErr != nil {
+		return fmt.Errorf("lost the lease %s (%w): exiting so that a restart joins as standby", b.cfg.LeaseName, holdErr)
 	}
-	return nil
+	// Shutdown (or a data plane error): hand the lease over at once.
+	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.RenewDeadline)
+	defer rcancel()
+	e.release(rctx)
+	return runErr
 }

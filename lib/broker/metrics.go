@@ -20,6 +20,8 @@ type metrics struct {
 	reconcileErrors prometheus.Counter
 	syncSeconds     prometheus.Histogram
 	leader          prometheus.Gauge
+	// leaseUnconfirmed is 1 while the active broker cannot renew its lease.
+	leaseUnconfirmed prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -35,8 +37,10 @@ func newMetrics() *metrics {
 		reconcileErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kubelink_reconcile_errors_total", Help: "Sync passes that ended with an error."}),
 		syncSeconds:     prometheus.NewHistogram(prometheus.HistogramOpts{Name: "kubelink_sync_duration_seconds", Help: "Duration of a sync pass.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 8)}),
 		leader:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "kubelink_broker_active", Help: "1 while this broker holds the lease."}),
+		leaseUnconfirmed: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kubelink_broker_lease_unrenewed",
+			Help: "1 while the active broker has not renewed its lease for a lease duration (API server unreachable); it keeps the data plane."}),
 	}
-	m.reg.MustRegister(m.links, m.linkUp, m.rx, m.tx, m.rtt, m.fwDrops, m.dataPlane, m.reconcileErrors, m.syncSeconds, m.leader)
+	m.reg.MustRegister(m.links, m.linkUp, m.rx, m.tx, m.rtt, m.fwDrops, m.dataPlane, m.reconcileErrors, m.syncSeconds, m.leader, m.leaseUnconfirmed)
 	return m
 }
 

@@ -56,6 +56,7 @@ type Cluster struct {
 	PrivateKey          mesh.Key
 
 	kubeconfigs map[*nstest.Namespace]string
+	apiProxies  []*testenv.Proxy
 	t           testing.TB
 }
 
@@ -163,9 +164,19 @@ func (c *Cluster) Kubeconfig(ns *nstest.Namespace) string {
 	if p, ok := c.kubeconfigs[ns]; ok {
 		return p
 	}
-	p := apiForward(c.t, ns, c.Plane)
+	p, proxy := apiForward(c.t, ns, c.Plane)
 	c.kubeconfigs[ns] = p
+	c.apiProxies = append(c.apiProxies, proxy)
 	return p
+}
+
+// SetAPIDown cuts (true) or restores (false) the API server for every
+// kubelink process of c: connections are refused and open ones reset, as
+// for a stopped API server. The test's own client is not affected.
+func (c *Cluster) SetAPIDown(down bool) {
+	for _, p := range c.apiProxies {
+		p.SetDown(down)
+	}
 }
 
 // StartBroker runs a broker in gw (c.GW or c.GW2) with the lab's flags plus

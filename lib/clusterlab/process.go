@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
@@ -77,30 +76,22 @@ func repoRoot() (string, error) {
 
 // apiForward makes the control plane reachable from inside ns at
 // https://127.0.0.1:<port>: a listener in the namespace's own loopback relays
-// to the API server on the root namespace's loopback. No address outside the
+// to the API server on the root namespace's loopback (a testenv.Proxy, so
+// that a test can cut it: Cluster.SetAPIDown). No address outside the
 // test's namespaces is involved, and the serving certificate (valid for
 // 127.0.0.1) still verifies.
-func apiForward(t testing.TB, ns *nstest.Namespace, cp *testenv.ControlPlane) (kubeconfig string) {
+func apiForward(t testing.TB, ns *nstest.Namespace, cp *testenv.ControlPlane) (kubeconfig string, proxy *testenv.Proxy) {
 	t.Helper()
 	u, err := url.Parse(cp.Config().Host)
 	if err != nil {
 		t.Fatalf("API server URL: %v", err)
 	}
-	target := u.Host
 	var ln net.Listener
 	if err := ns.Do(func() (err error) { ln, err = net.Listen("tcp", "127.0.0.1:0"); return }); err != nil {
 		t.Fatalf("API forwarder in %s: %v", ns.Name, err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go relay(c, target)
-		}
-	}()
+	proxy = testenv.NewProxy(ln, u.Host)
+	t.Cleanup(proxy.Close)
 	raw, err := cp.KubeConfig()
 	if err != nil {
 		t.Fatal(err)
@@ -120,20 +111,7 @@ func apiForward(t testing.TB, ns *nstest.Namespace, cp *testenv.ControlPlane) (k
 	if err := os.WriteFile(path, out, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return path
-}
-
-func relay(in net.Conn, target string) {
-	defer in.Close()
-	out, err := net.DialTimeout("tcp", target, 5*time.Second)
-	if err != nil {
-		return
-	}
-	defer out.Close()
-	done := make(chan struct{}, 2)
-	go func() { _, _ = io.Copy(out, in); done <- struct{}{} }()
-	go func() { _, _ = io.Copy(in, out); done <- struct{}{} }()
-	<-done
+	return path, proxy
 }
 
 // Process is a kubelink binary running inside a namespace.
