@@ -73,11 +73,13 @@ lint: $(STATICCHECK) ## go vet and staticcheck
 	$(STATICCHECK) -tags e2e ./e2e/...
 
 .PHONY: fuzz
-fuzz: ## run each fuzz target (bridge frame decoder and HELLO parser, mesh model, endpoint parser, ingress policy) for FUZZTIME (default 60s)
+fuzz: ## run each fuzz target (bridge frame decoder and HELLO parser, mesh model, endpoint parser, ingress policy, Corefile renderer, iptables-restore writer and -S parser) for FUZZTIME (default 60s)
 	@for f in FuzzDecodeFrame FuzzParseHello; do \
 	  go test -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-60s} ./lib/bridge/ || exit 1; done
 	@for f in FuzzBuild FuzzParseEndpoint FuzzPolicyDecide; do \
 	  go test -run '^$$' -fuzz "^$$f$$" -fuzztime $${FUZZTIME:-60s} ./lib/mesh/ || exit 1; done
+	go test -run '^$$' -fuzz '^FuzzRender$$' -fuzztime $${FUZZTIME:-60s} ./lib/meshdns/
+	go test -run '^$$' -fuzz '^FuzzRestoreInput$$' -fuzztime $${FUZZTIME:-60s} ./lib/netapply/
 
 .PHONY: images
 images: build ## build the per-component container images (docker, no registry), tagged $(VERSION)

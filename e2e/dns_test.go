@@ -10,6 +10,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
 	"sigs.k8s.io/e2e-framework/pkg/features"
 
@@ -18,12 +19,15 @@ import (
 
 // scaleBrokers sets the replicas of cluster c's broker Deployment.
 func scaleBrokers(ctx context.Context, c *Cluster, n int32) error {
-	var d appsv1.Deployment
-	if err := c.Res.Get(ctx, "kubelink-broker", "kubelink", &d); err != nil {
-		return err
-	}
-	d.Spec.Replicas = &n
-	return c.Res.Update(ctx, &d)
+	// the Deployment controller writes the object too: retry a conflict
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var d appsv1.Deployment
+		if err := c.Res.Get(ctx, "kubelink-broker", "kubelink", &d); err != nil {
+			return err
+		}
+		d.Spec.Replicas = &n
+		return c.Res.Update(ctx, &d)
+	})
 }
 
 // resolves reports whether name resolves from pod (busybox nslookup through
@@ -82,7 +86,7 @@ func TestMeshDNSFollowsLinkHealth(t *testing.T) {
 	testenv.Test(t, f)
 }
 
-// Checks for probeLoop: "gone" is an NXDOMAIN (the name was withdrawn),
+// Checks for startProbe: "gone" is an NXDOMAIN (the name was withdrawn),
 // not a timeout towards B's unreachable DNS; "resolves" is an answer with
 // an address. The name is rooted so that no search domain is tried.
 func nameGone(name string) []string     { return []string{"nxdomain", name + "."} }
@@ -122,16 +126,11 @@ func dnsCycle(ctx context.Context, t *testing.T, run int, pod, name string) (gon
 	if _, err := installProber(ctx, lab.A, pod); err != nil {
 		t.Fatal(err)
 	}
-	type result struct {
-		series []probe
-		err    error
-	}
-	probeAsync := func(check []string, window time.Duration) chan result {
-		done := make(chan result, 1)
-		go func() {
-			s, err := probeLoop(ctx, lab.A, pod, check, time.Second, 100*time.Millisecond, window)
-			done <- result{s, err}
-		}()
+	probeAsync := func(check []string, window time.Duration) <-chan probeSeries {
+		done, err := startProbe(ctx, lab.A, pod, check, time.Second, 100*time.Millisecond, window)
+		if err != nil {
+			t.Fatalf("run %d: %v", run, err)
+		}
 		return done
 	}
 
@@ -140,7 +139,6 @@ func dnsCycle(ctx context.Context, t *testing.T, run int, pod, name string) (gon
 	// the withdrawal is how much later than Down the name went (0 when it
 	// went first).
 	goneProbe := probeAsync(nameGone(name), 15*time.Second)
-	time.Sleep(time.Second) // checks that resolve before the stop
 	stopped := time.Now()
 	if err := scaleBrokers(ctx, lab.B, 0); err != nil {
 		t.Fatal(err)
@@ -166,7 +164,6 @@ func dnsCycle(ctx context.Context, t *testing.T, run int, pod, name string) (gon
 	fmt.Printf("BENCH e2e_dns_gone_after_down_seconds %.2f\n", gone.Seconds())
 
 	backProbe := probeAsync(nameResolves(name), 40*time.Second)
-	time.Sleep(time.Second) // checks that see NXDOMAIN before the start
 	started := time.Now()
 	if err := scaleBrokers(ctx, lab.B, 2); err != nil {
 		t.Fatal(err)

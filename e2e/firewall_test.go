@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
 	"sigs.k8s.io/e2e-framework/pkg/features"
 )
@@ -17,12 +18,15 @@ import (
 // network (its DNS) stays reachable; removing the rule lets them through.
 func TestIngressDenyInB(t *testing.T) {
 	setIngress := func(ctx context.Context, ingress []string) error {
-		l, err := lab.B.Link(ctx, "a")
-		if err != nil {
-			return err
-		}
-		l.Spec.Ingress = ingress
-		return lab.B.Res.Update(ctx, l)
+		// the brokers write the object too (status): retry a conflict
+		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			l, err := lab.B.Link(ctx, "a")
+			if err != nil {
+				return err
+			}
+			l.Spec.Ingress = ingress
+			return lab.B.Res.Update(ctx, l)
+		})
 	}
 	f := features.New("ingress firewall").
 		Assess("denied destination dropped, others reachable, rule removed: reachable again", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {

@@ -265,17 +265,11 @@ func failoverOnce(ctx context.Context, t *testing.T, run int, url string) time.D
 	// long enough to see traffic back within the budget and then unbroken
 	// for 5 s
 	const window = failoverBudget + 7*time.Second
-	type result struct {
-		series []probe
-		err    error
+	done, err := startProbe(ctx, lab.A, pod, []string{"http", url, "echo from cluster b"},
+		300*time.Millisecond, 50*time.Millisecond, window)
+	if err != nil {
+		t.Fatalf("run %d: %v", run, err)
 	}
-	done := make(chan result, 1)
-	go func() {
-		s, err := probeLoop(ctx, lab.A, pod, []string{"http", url, "echo from cluster b"},
-			300*time.Millisecond, 50*time.Millisecond, window)
-		done <- result{s, err}
-	}()
-	time.Sleep(1500 * time.Millisecond) // checks that pass before the delete
 	t0 := time.Now()
 	if err := lab.A.Res.Delete(ctx, &victim); err != nil {
 		t.Fatal(err)

@@ -26,15 +26,20 @@ type probe struct {
 	ok bool
 }
 
-// probeLoop runs the prober (e2e/prober) in pod with args (e.g. "http",
-// URL, WANT) every pause, each check bounded by perCheck, until window has
-// passed, and returns the series.
-func probeLoop(ctx context.Context, c *Cluster, pod string, args []string, perCheck, pause, window time.Duration) ([]probe, error) {
+// probeLoopReady runs the prober (e2e/prober) in pod with args (e.g.
+// "http", URL, WANT) every pause, each check bounded by perCheck, until
+// window has passed (creating the file ready after its first check, when
+// not empty), and returns the series.
+func probeLoopReady(ctx context.Context, c *Cluster, pod, ready string, args []string, perCheck, pause, window time.Duration) ([]probe, error) {
 	bin, err := installProber(ctx, c, pod)
 	if err != nil {
 		return nil, err
 	}
-	cmd := append([]string{bin, "-window", window.String(), "-every", pause.String(), "-timeout", perCheck.String()}, args...)
+	cmd := []string{bin, "-window", window.String(), "-every", pause.String(), "-timeout", perCheck.String()}
+	if ready != "" {
+		cmd = append(cmd, "-ready", ready)
+	}
+	cmd = append(cmd, args...)
 	ctx, cancel := context.WithTimeout(ctx, window+30*time.Second)
 	defer cancel()
 	out, err := c.Exec(ctx, pod, cmd...)
@@ -57,6 +62,41 @@ func probeLoop(ctx context.Context, c *Cluster, pod string, args []string, perCh
 		return nil, fmt.Errorf("probe in %s/%s printed nothing: %q", c.Name, pod, out)
 	}
 	return series, nil
+}
+
+// probeSeries is the result of a prober started by startProbe.
+type probeSeries struct {
+	series []probe
+	err    error
+}
+
+// startProbe runs probeLoopReady in the background and returns once the prober
+// has made its first checks (it waits for the prober's -ready file, not for
+// a fixed time: a loaded node can take seconds to start an exec), so that
+// an event after it has checks before it. The channel gets the series.
+func startProbe(ctx context.Context, c *Cluster, pod string, args []string, perCheck, pause, window time.Duration) (<-chan probeSeries, error) {
+	ready := fmt.Sprintf("/tmp/kubelink-prober-ready-%d", time.Now().UnixNano())
+	done := make(chan probeSeries, 1)
+	go func() {
+		s, err := probeLoopReady(ctx, c, pod, ready, args, perCheck, pause, window)
+		done <- probeSeries{s, err}
+	}()
+	_, err := Eventually(ctx, 30*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
+		select {
+		case r := <-done:
+			done <- r
+			return nil // ended already: the caller reads why
+		default:
+		}
+		_, err := c.Exec(ctx, pod, "test", "-e", ready)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("the prober in %s/%s did not start its checks: %w", c.Name, pod, err)
+	}
+	// a few checks more before the event
+	time.Sleep(3*pause + perCheck/2)
+	return done, nil
 }
 
 var (

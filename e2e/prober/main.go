@@ -9,7 +9,8 @@
 //	prober nxdomain NAME        ok when NAME does not exist (NXDOMAIN)
 //	prober resolves NAME        ok when NAME has an address
 //
-// Flags: -window, -every, -timeout.
+// Flags: -window, -every, -timeout, -ready (a file created after the first
+// check, so that a test knows the series has begun).
 package main
 
 import (
@@ -29,6 +30,7 @@ func main() {
 	window := flag.Duration("window", 10*time.Second, "how long to check")
 	every := flag.Duration("every", 50*time.Millisecond, "pause between checks")
 	timeout := flag.Duration("timeout", 300*time.Millisecond, "bound of one check")
+	ready := flag.String("ready", "", "file to create after the first check")
 	flag.Parse()
 	if flag.NArg() < 2 {
 		fmt.Fprintln(os.Stderr, "usage: prober [flags] http URL WANT | nxdomain NAME | resolves NAME")
@@ -50,6 +52,13 @@ func main() {
 			word = "ok"
 		}
 		fmt.Printf("%s %d.%09d\n", word, start.Unix(), start.Nanosecond())
+		if *ready != "" {
+			if err := os.WriteFile(*ready, nil, 0o644); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(2)
+			}
+			*ready = ""
+		}
 		time.Sleep(*every)
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Modes of --dns-propagation.
@@ -201,6 +203,14 @@ func checkName(what, v string) error {
 	return nil
 }
 
+// plainToken tells whether s can stand as (part of) one Corefile token:
+// no blank or other space, no control character, brace, quote or comment.
+func plainToken(s string) bool {
+	return !strings.ContainsFunc(s, func(r rune) bool {
+		return unicode.IsSpace(r) || unicode.IsControl(r) || strings.ContainsRune("{}\"#", r) || r == utf8.RuneError
+	})
+}
+
 func (in *Input) validate() error {
 	var errs []error
 	switch in.Mode {
@@ -211,8 +221,8 @@ func (in *Input) validate() error {
 	if in.Port < 0 || in.Port > 65535 {
 		errs = append(errs, fmt.Errorf("port %d: must be 1-65535", in.Port))
 	}
-	if strings.ContainsAny(in.Upstream+in.HealthAddr+in.ReadyAddr+in.Bind+in.KubeconfigPath, " \t\n{}\"#") {
-		errs = append(errs, errors.New("upstream, bind, health and ready addresses and the kubeconfig path must not contain blanks, braces, quotes or #"))
+	if !plainToken(in.Upstream + in.HealthAddr + in.ReadyAddr + in.Bind + in.KubeconfigPath) {
+		errs = append(errs, errors.New("upstream, bind, health and ready addresses and the kubeconfig path must not contain blanks, control characters, braces, quotes or #"))
 	}
 	for _, m := range in.Meshes {
 		if m.Omit {
@@ -239,16 +249,19 @@ func (c *Cluster) validate(mode, mesh string) error {
 	where := fmt.Sprintf("mesh %s: cluster %s", mesh, c.Name)
 	errs := []error{checkName("mesh "+mesh+": cluster", c.Name)}
 	if mode == ModeKubernetes {
-		if !strings.HasPrefix(c.APIServer, "https://") || strings.ContainsAny(c.APIServer, " \t\n{}\"#") {
+		if !strings.HasPrefix(c.APIServer, "https://") || !plainToken(c.APIServer) {
 			errs = append(errs, fmt.Errorf("%s: API server %q must be an https:// URL", where, c.APIServer))
 		}
 		if c.Token == "" {
 			errs = append(errs, fmt.Errorf("%s: no API token", where))
 		}
-		if c.Context == "" {
-			errs = append(errs, fmt.Errorf("%s: no kubeconfig context name", where))
-		}
+		// the context name is a token of the kubeconfig directive
+		errs = append(errs, checkName(where+": kubeconfig context", c.Context))
 		return errors.Join(errs...)
+	}
+	if c.Gated {
+		// the link name is the kubelinkgate directive's argument
+		errs = append(errs, checkName(where+": gate (link name)", c.Context))
 	}
 	errs = append(errs, checkName(where+": cluster domain", c.Domain))
 	if !c.DNS.IsValid() {

@@ -121,10 +121,13 @@ func splitWords(s string) ([]string, error) {
 	var words []string
 	var cur strings.Builder
 	inWord, quoted, escaped := false, false, false
-	for _, r := range s {
+	// Byte by byte: the special characters are ASCII, and any other byte
+	// (also of invalid UTF-8, as a comment may hold) is kept as it is.
+	for i := 0; i < len(s); i++ {
+		r := s[i]
 		switch {
 		case escaped:
-			cur.WriteRune(r)
+			cur.WriteByte(r)
 			escaped = false
 		case r == '\\':
 			escaped, inWord = true, true
@@ -137,7 +140,7 @@ func splitWords(s string) ([]string, error) {
 				inWord = false
 			}
 		default:
-			cur.WriteRune(r)
+			cur.WriteByte(r)
 			inWord = true
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"unicode"
 
 	"github.com/coreos/go-iptables/iptables"
 
@@ -133,8 +134,16 @@ func (c *Chains) quarantine(rs mesh.RuleSet) (mesh.RuleSet, []error) {
 	var errs []error
 	out := mesh.RuleSet{Hooks: rs.Hooks, Chains: make([]mesh.Chain, 0, len(rs.Chains))}
 	for _, ch := range rs.Chains {
+		if bad := badChainName(ch.Name); bad != "" {
+			// Not even a fail-closed chain can be written under this name.
+			errs = append(errs, fmt.Errorf("chain %q (table %s) not written: %s", ch.Name, ch.Table, bad))
+			continue
+		}
 		bad := ""
 		for _, r := range ch.Rules {
+			if bad = badArgument(r); bad != "" {
+				break
+			}
 			if bad = badAddress(r, c.ipv6); bad != "" {
 				break
 			}
@@ -151,6 +160,34 @@ func (c *Chains) quarantine(rs mesh.RuleSet) (mesh.RuleSet, []error) {
 		out.Chains = append(out.Chains, q)
 	}
 	return out, errs
+}
+
+// badArgument describes the first argument of rule holding a control
+// character: a new line would end the rule's line of the iptables-restore
+// input and start another (quoteArg cannot quote it), others are no part of
+// any valid rule. It returns "" when there is none.
+func badArgument(rule []string) string {
+	for _, a := range rule {
+		if strings.ContainsFunc(a, unicode.IsControl) {
+			return fmt.Sprintf("argument %q holds a control character", a)
+		}
+	}
+	return ""
+}
+
+// badChainName describes why name cannot be an iptables chain name of the
+// restore input (empty, longer than 28 bytes, blanks, quotes or control
+// characters), or returns "".
+func badChainName(name string) string {
+	switch {
+	case name == "" || len(name) > 28:
+		return "a chain name must have 1-28 characters"
+	case strings.ContainsFunc(name, func(r rune) bool {
+		return unicode.IsSpace(r) || unicode.IsControl(r) || strings.ContainsRune("\"'\\", r)
+	}):
+		return "a chain name must not hold blanks, quotes, backslashes or control characters"
+	}
+	return ""
 }
 
 // badAddress describes the first address argument of rule that is not of
