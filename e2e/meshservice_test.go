@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/util/retry"
@@ -48,7 +49,20 @@ func TestMeshServiceAcrossClusters(t *testing.T) {
 	f := features.New("MeshService across clusters").
 		Setup(func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
 			for _, m := range msvcs() {
-				if err := lab.B.Res.Create(ctx, m); err != nil {
+				// one left by an interrupted earlier run is replaced
+				if err := lab.B.Res.Delete(ctx, m); err != nil && !apierrors.IsNotFound(err) {
+					t.Fatal(err)
+				}
+				if _, err := Eventually(ctx, 30*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
+					err := lab.B.Res.Create(ctx, m)
+					if apierrors.IsAlreadyExists(err) {
+						return err // still being deleted
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					return nil
+				}); err != nil {
 					t.Fatal(err)
 				}
 			}
