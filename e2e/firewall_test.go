@@ -8,9 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
 	"sigs.k8s.io/e2e-framework/pkg/features"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 )
 
 // B denies A's traffic to its echo Service with `ingress: ["!<ClusterIP>"]`
@@ -18,15 +19,7 @@ import (
 // network (its DNS) stays reachable; removing the rule lets them through.
 func TestIngressDenyInB(t *testing.T) {
 	setIngress := func(ctx context.Context, ingress []string) error {
-		// the brokers write the object too (status): retry a conflict
-		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			l, err := lab.B.Link(ctx, "a")
-			if err != nil {
-				return err
-			}
-			l.Spec.Ingress = ingress
-			return lab.B.Res.Update(ctx, l)
-		})
+		return lab.B.UpdateLink(ctx, "a", func(s *v1alpha1.KubeLinkSpec) { s.Ingress = ingress })
 	}
 	f := features.New("ingress firewall").
 		Assess("denied destination dropped, others reachable, rule removed: reachable again", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {

@@ -17,6 +17,7 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/e2e-framework/klient/k8s/resources"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -133,6 +134,19 @@ func (c *Cluster) ServiceIP(ctx context.Context, name string) (string, error) {
 func (c *Cluster) Link(ctx context.Context, name string) (*v1alpha1.KubeLink, error) {
 	var l v1alpha1.KubeLink
 	return &l, c.Res.Get(ctx, name, "", &l)
+}
+
+// UpdateLink changes the spec of a KubeLink with edit, read afresh on every
+// try: the brokers write the object too (status), so a conflict is retried.
+func (c *Cluster) UpdateLink(ctx context.Context, name string, edit func(*v1alpha1.KubeLinkSpec)) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		l, err := c.Link(ctx, name)
+		if err != nil {
+			return err
+		}
+		edit(&l.Spec)
+		return c.Res.Update(ctx, l)
+	})
 }
 
 // NodeName maps a node IP to its name.

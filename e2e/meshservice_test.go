@@ -12,7 +12,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
 	"sigs.k8s.io/e2e-framework/pkg/features"
 
@@ -35,15 +34,7 @@ func TestMeshServiceAcrossClusters(t *testing.T) {
 		}
 	}
 	setEgress := func(ctx context.Context, egress []string) error {
-		// the brokers write the object too (status): retry a conflict
-		return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			l, err := lab.A.Link(ctx, "b")
-			if err != nil {
-				return err
-			}
-			l.Spec.Egress = egress
-			return lab.A.Res.Update(ctx, l)
-		})
+		return lab.A.UpdateLink(ctx, "b", func(s *v1alpha1.KubeLinkSpec) { s.Egress = egress })
 	}
 	var pod string
 	f := features.New("MeshService across clusters").

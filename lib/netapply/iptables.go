@@ -264,9 +264,6 @@ func (c *Chains) group(rs mesh.RuleSet) (map[string]*tableWant, error) {
 	}
 	for _, ch := range rs.Chains {
 		for _, r := range ch.Rules {
-			if slices.ContainsFunc(r, func(a string) bool { return strings.ContainsAny(a, "\r\n") }) {
-				return nil, fmt.Errorf("chain %s: rule %q contains a line break", ch.Name, r)
-			}
 			if t := jumpTarget(r); c.owned(t) && !defined[chainKey{ch.Table, t}] {
 				return nil, fmt.Errorf("chain %s jumps to %s, which the rule set does not define", ch.Name, t)
 			}
