@@ -39,6 +39,7 @@ func main() {
 	f.BoolVar(&c.Configure, "coredns-configure", c.Configure, "write key kubelink.server of kube-system/coredns-custom (forward the mesh domains to the kubelink DNS) and restart kube-system/coredns when it changes")
 	f.IntVar(&c.ClusterDNSPort, "cluster-dns-port", c.ClusterDNSPort, "port of the cluster DNS server blocks in the hook (53; gardener: 8053)")
 	f.DurationVar(&c.Resync, "resync", c.Resync, "period of the full sync (also runs on every KubeLink change)")
+	f.DurationVar(&c.AccessPoll, "api-access-poll", c.AccessPoll, "kubernetes mode: how often the apiAccess Secrets are re-read (by name, get only) to pick up a rotated token")
 	f.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address serving /healthz, /readyz and /metrics (empty: off)")
 
 	cmd.Main(func() error {

@@ -7,8 +7,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"errors"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -19,15 +17,12 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -56,19 +51,19 @@ func TestMeshAuthority(t *testing.T) {
 	for _, c := range []client.Client{auth, member} {
 		must(t, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kubelink"}}))
 	}
+	// The RBAC of deploy/base (the ServiceAccounts, certwatch's own
+	// Secrets) and of the authority component.
+	applyManifest(t, auth, filepath.Join("..", "..", "deploy", "base", "rbac.yaml"))
 	applyManifest(t, auth, filepath.Join("..", "..", "deploy", "optional", "mesh-authority", "rbac.yaml"))
-	must(t, auth.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "kubelink", Name: "kubelink-broker"}}))
 
-	// The authority itself runs as kubelink-broker, with only its RBAC.
+	// The authority itself runs as kubelink-certwatch, with only that RBAC.
 	authCfg := Defaults()
 	authCfg.Namespace, authCfg.Mode, authCfg.Sign, authCfg.DNSName, authCfg.Identities = "kubelink", ModeSelf, true, "a.example.com", "kubelink://lab/a"
 	authCfg.TLSSecret, authCfg.WireGuardSecret, authCfg.Dir, authCfg.MetricsAddr, authCfg.Resync = "kubelink-tls", "", t.TempDir(), "", time.Second
 	// The authority's validity caps the members' (a CSR cannot ask for less
 	// than 10 minutes): 9 s, so that the test sees a renewal after 6 s.
 	authCfg.CertValidity = 9 * time.Second
-	// certwatch also manages its own Secrets: give the authority that much.
-	grantSecrets(t, auth, "kubelink-broker")
-	startController(t, authCfg, saConfig(t, authCP, "kubelink", "kubelink-broker"))
+	startController(t, authCfg, saConfig(t, authCP, "kubelink", "kubelink-certwatch"))
 	var caCM corev1.ConfigMap
 	eventually(t, "the CA published in ConfigMap kubelink-mesh-ca", func() bool {
 		return auth.Get(ctx, client.ObjectKey{Namespace: "kubelink", Name: CAConfigMap}, &caCM) == nil
@@ -255,28 +250,11 @@ func register(t *testing.T, auth client.Client, name, ids, names string) {
 		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "kubelink-member"}, Subjects: subj}))
 }
 
-func grantSecrets(t *testing.T, c client.Client, sa string) {
-	t.Helper()
-	ctx := context.Background()
-	must(t, c.Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Namespace: "kubelink", Name: "test-secrets"},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list", "watch", "create", "update"}}}}))
-	must(t, c.Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: "kubelink", Name: "test-secrets"},
-		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "test-secrets"},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: "kubelink"}}}))
-}
-
-// saConfig is a rest.Config that authenticates as a ServiceAccount of cp
-// with a token from the TokenRequest API.
+// saConfig is a rest.Config that authenticates as a ServiceAccount of cp.
 func saConfig(t *testing.T, cp *testenv.ControlPlane, ns, name string) *rest.Config {
 	t.Helper()
-	cs, err := kubernetes.NewForConfig(cp.Config())
+	rc, err := cp.ServiceAccountConfig(context.Background(), ns, name)
 	must(t, err)
-	exp := int64(3600)
-	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(context.Background(), name,
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
-	must(t, err)
-	rc := rest.AnonymousClientConfig(cp.Config())
-	rc.BearerToken = tr.Status.Token
 	return rc
 }
 
@@ -332,23 +310,7 @@ func secretOf(t *testing.T, c client.Client, ns, name string) *corev1.Secret {
 // applyManifest creates every object of a YAML stream.
 func applyManifest(t *testing.T, c client.Client, path string) {
 	t.Helper()
-	f, err := os.Open(path)
-	must(t, err)
-	defer f.Close()
-	dec := utilyaml.NewYAMLOrJSONDecoder(f, 4096)
-	for {
-		var u unstructured.Unstructured
-		if err := dec.Decode(&u.Object); err != nil {
-			if errors.Is(err, io.EOF) {
-				return
-			}
-			t.Fatalf("%s: %v", path, err)
-		}
-		if len(u.Object) == 0 {
-			continue
-		}
-		must(t, c.Create(context.Background(), &u))
-	}
+	must(t, testenv.CreateFromFile(context.Background(), c, path))
 }
 
 // The components patch the certwatch container by index: they must land

@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -35,15 +36,23 @@ type Controller struct {
 	api client.Client // direct reads and writes: always the latest state
 	// authority is the mesh authority's API (csr mode), as this member.
 	authority client.Client
-	cache     cache.Cache     // Secret metadata, for change events
-	watched   []client.Object // what cache watches: Secrets, and CSRs when signing
-	trigger   chan struct{}
-	metrics   *metrics
-	now       func() time.Time
+	// watches are the caches whose changes start a sync: one per Secret,
+	// each selecting its Secret by name (so that RBAC can grant list and
+	// watch by resourceNames), and the CSRs when signing.
+	watches []watch
+	trigger chan struct{}
+	metrics *metrics
+	now     func() time.Time
 
 	syncs     atomic.Int64 // completed syncs
 	goodSyncs atomic.Int64 // syncs without error, for /readyz
 	lastErr   string
+}
+
+// watch is a cache and the objects whose events it reports.
+type watch struct {
+	cache cache.Cache
+	objs  []client.Object
 }
 
 var (
@@ -60,25 +69,34 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return nil, err
 	}
-	byObject := map[client.Object]cache.ByObject{
-		&metav1.PartialObjectMetadata{TypeMeta: secretMeta}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},
+	var watches []watch
+	for _, name := range []string{cfg.TLSSecret, cfg.WireGuardSecret} {
+		if name == "" {
+			continue
+		}
+		secret := &metav1.PartialObjectMetadata{TypeMeta: secretMeta}
+		c, err := cache.New(rc, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
+			secret: {Namespaces: map[string]cache.Config{cfg.Namespace: {}}, Field: fields.OneTermEqualSelector("metadata.name", name)},
+		}})
+		if err != nil {
+			return nil, fmt.Errorf("creating the cache of Secret %s: %w", name, err)
+		}
+		watches = append(watches, watch{c, []client.Object{secret}})
 	}
-	watched := []client.Object{&metav1.PartialObjectMetadata{TypeMeta: secretMeta}}
 	if cfg.Sign {
 		// The authority answers a member's request as soon as it appears.
 		csrs := &metav1.PartialObjectMetadata{TypeMeta: csrMeta}
-		byObject[csrs] = cache.ByObject{}
-		watched = append(watched, csrs)
-	}
-	c, err := cache.New(rc, cache.Options{Scheme: scheme, ByObject: byObject})
-	if err != nil {
-		return nil, fmt.Errorf("creating cache: %w", err)
+		c, err := cache.New(rc, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{csrs: {}}})
+		if err != nil {
+			return nil, fmt.Errorf("creating the cache of CertificateSigningRequests: %w", err)
+		}
+		watches = append(watches, watch{c, []client.Object{csrs}})
 	}
 	api, err := client.New(rc, client.Options{Scheme: scheme})
 	if err != nil {
 		return nil, fmt.Errorf("creating client: %w", err)
 	}
-	ctrl := &Controller{cfg: cfg, log: log, api: api, cache: c, watched: watched, trigger: make(chan struct{}, 1), metrics: newMetrics(), now: time.Now}
+	ctrl := &Controller{cfg: cfg, log: log, api: api, watches: watches, trigger: make(chan struct{}, 1), metrics: newMetrics(), now: time.Now}
 	if cfg.Mode == ModeCSR {
 		arc, err := clientcmd.BuildConfigFromFlags("", cfg.AuthorityKubeconfig)
 		if err != nil {
@@ -106,11 +124,13 @@ func (c *Controller) Run(ctx context.Context) error {
 		return err
 	}
 	defer srv.Close()
-	if err := kubeflags.WatchAndSync(ctx, c.cache, c.kick, c.watched...); err != nil {
-		if ctx.Err() != nil {
-			return nil
+	for _, w := range c.watches {
+		if err := kubeflags.WatchAndSync(ctx, w.cache, c.kick, w.objs...); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
 		}
-		return err
 	}
 	c.log.Info("certwatch running", "namespace", c.cfg.Namespace, "tlsSecret", c.cfg.TLSSecret,
 		"wireguardSecret", c.cfg.WireGuardSecret, "dir", c.cfg.Dir, "mode", c.cfg.Mode)

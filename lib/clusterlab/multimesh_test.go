@@ -152,3 +152,68 @@ func twoMeshes(t *testing.T, bridge bool) {
 		}
 	}
 }
+
+// Two brokers in A split its two meshes (--served-links): the one on GW
+// serves the default mesh with B, the one on GW2 mesh "lab" with C. A's
+// router routes each mesh, and each member's networks, to the gateway that
+// serves it — not every mesh to the first mesh's gateway.
+func TestRouterPerMeshWithSplitBrokers(t *testing.T) {
+	lab := New(t, 3)
+	a, b, c := lab.Clusters[0], lab.Clusters[1], lab.Clusters[2]
+	for _, cl := range lab.Clusters {
+		cl.StartRouter(lab)
+	}
+	a.StartBroker(lab, a.GW, "--served-links=default", "--lease-name=kubelink-broker-default")
+	a.StartBroker(lab, a.GW2, "--served-links=lab", "--lease-name=kubelink-broker-lab")
+	b.StartBroker(lab, b.GW)
+	c.StartBroker(lab, c.GW)
+	wg := func(name, addr string, cl *Cluster, endpoint netip.Addr) *v1alpha1.KubeLink {
+		return link(name, addr, cl.ServiceCIDR.String(), fmt.Sprintf("%s:8777", endpoint), cl.PublicKey().String())
+	}
+	a.Apply(a.LocalLink(), wg(b.Name, b.MeshAddress.String(), b, b.InetIP))
+	b.Apply(b.LocalLink(), wg(a.Name, a.MeshAddress.String(), a, a.InetIP))
+	a.Apply(link("lab--a", "10.200.0.1/24", a.ServiceCIDR.String(), v1alpha1.EndpointLocalLink, ""), wg("lab--c", "10.200.0.3/24", c, c.InetIP))
+	// C reaches A's mesh "lab" at the gateway that serves it: GW2.
+	c.Apply(link("lab--c", "10.200.0.3/24", c.ServiceCIDR.String(), v1alpha1.EndpointLocalLink, ""), wg("lab--a", "10.200.0.1/24", a, a.Inet2IP))
+
+	for name, gw := range map[string]netip.Addr{"a": a.GWIP, "lab--a": a.GW2IP} {
+		waitFor(t, fmt.Sprintf("A's LocalLink %s to name gateway %s", name, gw), 10*time.Second, func() bool {
+			kl, err := a.Link(name)
+			return err == nil && kl.Status.Gateway == gw.String()
+		})
+	}
+	want := map[string]netip.Addr{
+		b.ServiceCIDR.String(): a.GWIP, MeshCIDR.String(): a.GWIP,
+		c.ServiceCIDR.String(): a.GW2IP, "10.200.0.0/24": a.GW2IP,
+	}
+	var routes string
+	waitFor(t, "A's worker to route each mesh via its own gateway", 10*time.Second, func() bool {
+		routes = a.Node.Run(t, "ip", "route")
+		for dst, gw := range want {
+			if !strings.Contains(routes, dst+" via "+gw.String()) {
+				return false
+			}
+		}
+		return true
+	})
+	if body, _ := WaitGet(t, a.Pod, b.ServiceIP, 8*time.Second); !strings.Contains(body, "echo b from 192.168.0.11:") {
+		t.Errorf("A -> B answered %q; want B to see A's address in the default mesh", body)
+	}
+	if body, _ := WaitGet(t, a.Pod, c.ServiceIP, 8*time.Second); !strings.Contains(body, "echo c from 10.200.0.1:") {
+		t.Errorf("A -> C answered %q; want C to see A's address in mesh lab", body)
+	}
+	WaitGet(t, b.Pod, a.ServiceIP, 5*time.Second)
+	WaitGet(t, c.Pod, a.ServiceIP, 5*time.Second)
+	// Each broker serves only its mesh: GW has no route or peer for C, GW2
+	// none for B.
+	if r := a.GW.Run(t, "ip", "route"); strings.Contains(r, c.ServiceCIDR.String()) {
+		t.Errorf("the default mesh's gateway routes C's services:\n%s", r)
+	}
+	if r := a.GW2.Run(t, "ip", "route"); strings.Contains(r, b.ServiceCIDR.String()) {
+		t.Errorf("mesh lab's gateway routes B's services:\n%s", r)
+	}
+	for _, n := range []string{"a", "b", "lab--a", "lab--c"} {
+		a.WaitState(n, v1alpha1.StateUp, 5*time.Second)
+	}
+	t.Logf("A's worker routes:\n%s", routes)
+}

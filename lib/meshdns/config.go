@@ -56,7 +56,12 @@ type Config struct {
 	LinkGate       bool
 	ClusterDNSPort int
 
-	Resync      time.Duration
+	Resync time.Duration
+	// AccessPoll (kubernetes mode) is how often the apiAccess Secrets are
+	// re-read to notice a rotated token: they are read by name, with get
+	// only, rather than watched (which needs list and watch on every Secret
+	// of their namespace).
+	AccessPoll  time.Duration
 	MetricsAddr string
 }
 
@@ -65,7 +70,7 @@ func Defaults() Config {
 	return Config{
 		Mode: ModeNone, ClusterDomain: mesh.DefaultClusterDomain,
 		Namespace: "kubelink", Secret: "kubelink-coredns", Deployment: "kubelink-coredns",
-		ClusterDNSPort: DefaultClusterDNSPort, Resync: 30 * time.Second, MetricsAddr: ":8080",
+		ClusterDNSPort: DefaultClusterDNSPort, Resync: 30 * time.Second, AccessPoll: 2 * time.Second, MetricsAddr: ":8080",
 	}
 }
 
@@ -104,6 +109,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Resync <= 0 {
 		c.Resync = 30 * time.Second
+	}
+	if c.AccessPoll <= 0 {
+		c.AccessPoll = 2 * time.Second
 	}
 	return errors.Join(errs...)
 }

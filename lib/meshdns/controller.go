@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -24,7 +28,7 @@ import (
 
 // Controller keeps the kubelink CoreDNS configuration in line with the
 // KubeLinks: a level-triggered loop that runs on every change of a KubeLink
-// or a Secret in its namespace, and periodically.
+// or of its Corefile Secret, and periodically.
 type Controller struct {
 	cfg     Config
 	log     *slog.Logger
@@ -35,6 +39,12 @@ type Controller struct {
 
 	syncs        atomic.Int64 // completed syncs, for tests and /readyz
 	lastWarnings string
+
+	// access holds the resourceVersion of each apiAccess Secret read by the
+	// last sync (kubernetes mode); pollAccess re-reads them to notice a
+	// rotated token without a watch on every Secret of their namespaces.
+	accessMu sync.Mutex
+	access   map[client.ObjectKey]string
 }
 
 // New prepares a controller; Run starts it.
@@ -47,10 +57,12 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
 		return nil, err
 	}
 	c, err := cache.New(rc, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
-		// apiAccess Secrets in other namespaces are read on every sync and
-		// picked up by the periodic resync; watching all Secrets of a
-		// cluster would cost memory and cluster-wide RBAC.
-		&metav1.PartialObjectMetadata{TypeMeta: secretMeta}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},
+		// Only the Corefile Secret, selected by name so that RBAC can grant
+		// list and watch by resourceNames. apiAccess Secrets are read on
+		// every sync and picked up by the periodic resync: watching them
+		// would need list and watch on every Secret of their namespaces.
+		&metav1.PartialObjectMetadata{TypeMeta: secretMeta}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}},
+			Field: fields.OneTermEqualSelector("metadata.name", cfg.Secret)},
 	}})
 	if err != nil {
 		return nil, fmt.Errorf("creating cache: %w", err)
@@ -88,6 +100,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			return nil
 		}
 		return err
+	}
+	if c.cfg.Mode == ModeKubernetes {
+		go c.pollAccess(ctx)
 	}
 	c.log.Info("mesh DNS running", "mode", c.cfg.Mode, "secret", c.cfg.Namespace+"/"+c.cfg.Secret,
 		"deployment", c.cfg.Deployment, "configureClusterDNS", c.cfg.Configure)
@@ -155,6 +170,12 @@ func (c *Controller) sync(ctx context.Context) error {
 // credentials reads the apiAccess Secrets of the accepted links that are Up.
 func (c *Controller) credentials(ctx context.Context, m *mesh.Model, links []v1alpha1.KubeLink) (map[string]Credentials, map[string]error) {
 	creds, errs := map[string]Credentials{}, map[string]error{}
+	seen := map[client.ObjectKey]string{}
+	defer func() {
+		c.accessMu.Lock()
+		c.access = seen
+		c.accessMu.Unlock()
+	}()
 	for i := range links {
 		kl := &links[i]
 		l, ok := m.Link(kl.Name)
@@ -166,10 +187,16 @@ func (c *Controller) credentials(ctx context.Context, m *mesh.Model, links []v1a
 			ns = c.cfg.Namespace
 		}
 		var s corev1.Secret
-		if err := c.api.Get(ctx, client.ObjectKey{Namespace: ns, Name: l.APIAccess.Name}, &s); err != nil {
+		key := client.ObjectKey{Namespace: ns, Name: l.APIAccess.Name}
+		if err := c.api.Get(ctx, key, &s); err != nil {
+			seen[key] = ""
 			errs[kl.Name] = fmt.Errorf("secret %s/%s: %w", ns, l.APIAccess.Name, err)
+			if apierrors.IsForbidden(err) {
+				errs[kl.Name] = fmt.Errorf("secret %s/%s: %w (grant kubelink-meshdns get on this Secret by name: docs/dns.md, \"What a user applies\")", ns, l.APIAccess.Name, err)
+			}
 			continue
 		}
+		seen[key] = s.ResourceVersion
 		cr, err := ParseCredentials(s.Data)
 		if err != nil {
 			errs[kl.Name] = fmt.Errorf("secret %s/%s: %w", ns, l.APIAccess.Name, err)
@@ -178,6 +205,35 @@ func (c *Controller) credentials(ctx context.Context, m *mesh.Model, links []v1a
 		creds[kl.Name] = cr
 	}
 	return creds, errs
+}
+
+// pollAccess re-reads the apiAccess Secrets of the last sync every
+// Config.AccessPoll and starts a sync when one changed (or appeared or
+// went), until ctx ends.
+func (c *Controller) pollAccess(ctx context.Context) {
+	tick := time.NewTicker(c.cfg.AccessPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		c.accessMu.Lock()
+		last := maps.Clone(c.access)
+		c.accessMu.Unlock()
+		for key, rv := range last {
+			var s corev1.Secret
+			now := ""
+			if err := c.api.Get(ctx, key, &s); err == nil {
+				now = s.ResourceVersion
+			}
+			if now != rv {
+				c.kick()
+				break
+			}
+		}
+	}
 }
 
 // reportWarnings logs why links are left out, once per change rather than

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -106,9 +108,28 @@ func (e *env) touch(name string) {
 // run starts a controller in-process and stops it when the test ends.
 func (e *env) run(cfg Config) *Controller {
 	e.t.Helper()
+	return e.runWith(cfg, e.cp.Config())
+}
+
+// runAsMeshDNS runs the controller as ServiceAccount kubelink-meshdns with
+// the RBAC of deploy/base and nothing else.
+func (e *env) runAsMeshDNS(cfg Config) *Controller {
+	e.t.Helper()
+	if err := testenv.CreateFromFile(e.ctx, e.kube, filepath.Join("..", "..", "deploy", "base", "rbac.yaml")); err != nil {
+		e.t.Fatal(err)
+	}
+	rc, err := e.cp.ServiceAccountConfig(e.ctx, "kubelink", "kubelink-meshdns")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return e.runWith(cfg, rc)
+}
+
+func (e *env) runWith(cfg Config, rc *rest.Config) *Controller {
+	e.t.Helper()
 	cfg.MetricsAddr = ""
 	log := slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	c, err := New(cfg, e.cp.Config(), log)
+	c, err := New(cfg, rc, log)
 	if err != nil {
 		e.t.Fatal(err)
 	}
