@@ -51,6 +51,9 @@ create_cluster() { # c
     echo "- |"
     echo "  kind: KubeletConfiguration"
     echo "  failCgroupV1: false"
+    # The broker pod sets IP forwarding as a pod sysctl (deploy/lab/*), so
+    # no container of it is privileged (docs/operations.md).
+    echo "  allowedUnsafeSysctls: [net.ipv4.ip_forward]"
     echo "nodes:"
     for role in ${NODES[$c]}; do
       echo "- role: $role"
