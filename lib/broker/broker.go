@@ -12,8 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -47,14 +45,6 @@ type Broker struct {
 	lastWrite map[string]time.Time
 }
 
-// Scheme knows core types and the kubelink API.
-func Scheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	_ = clientgoscheme.AddToScheme(s)
-	_ = v1alpha1.AddToScheme(s)
-	return s
-}
-
 // New prepares a broker; Run starts it.
 func New(cfg Config, rest *rest.Config, log *slog.Logger) (*Broker, error) {
 	if err := cfg.Validate(); err != nil {
@@ -64,7 +54,7 @@ func New(cfg Config, rest *rest.Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
-	scheme := Scheme()
+	scheme := v1alpha1.NewScheme()
 	c, err := cache.New(rest, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
 		&corev1.Secret{}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}},
 			Field: fields.OneTermEqualSelector("metadata.name", cfg.Secret)},

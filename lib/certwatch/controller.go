@@ -24,7 +24,6 @@ import (
 
 	"github.com/kubelink/kubelink/lib/kubeflags"
 	"github.com/kubelink/kubelink/lib/mesh"
-	"github.com/kubelink/kubelink/lib/wireguard"
 )
 
 // Controller keeps the files in Config.Dir in line with the Secrets: a
@@ -359,7 +358,7 @@ func (c *Controller) syncWireGuard(ctx context.Context) error {
 			return err
 		}
 	}
-	pub := wireguard.PublicKey(priv)
+	pub := mesh.PublicKey(priv)
 	dir := filepath.Join(c.cfg.Dir, WireGuardDir)
 	changed, err := WriteAtomic(dir, []File{
 		{Name: FilePrivateKey, Data: []byte(priv.String() + "\n"), Mode: KeyFileMode},
@@ -380,7 +379,7 @@ func (c *Controller) syncWireGuard(ctx context.Context) error {
 // (someone else wrote a key meanwhile) fails the sync, and the next sync
 // reads that key.
 func (c *Controller) storeNewKey(ctx context.Context, s *corev1.Secret) (mesh.Key, error) {
-	priv, err := wireguard.GeneratePrivateKey()
+	priv, err := mesh.GeneratePrivateKey()
 	if err != nil {
 		return mesh.Key{}, err
 	}
@@ -394,7 +393,7 @@ func (c *Controller) storeNewKey(ctx context.Context, s *corev1.Secret) (mesh.Ke
 		data = map[string][]byte{}
 	}
 	data[KeyWireGuardPrivate] = []byte(priv.String())
-	data[KeyWireGuardPublic] = []byte(wireguard.PublicKey(priv).String())
+	data[KeyWireGuardPublic] = []byte(mesh.PublicKey(priv).String())
 	s.Data = data
 	if create {
 		err = c.api.Create(ctx, s)
@@ -406,6 +405,6 @@ func (c *Controller) storeNewKey(ctx context.Context, s *corev1.Secret) (mesh.Ke
 	}
 	c.metrics.generated.Inc()
 	c.log.Info("generated a WireGuard key pair", "secret", c.cfg.Namespace+"/"+c.cfg.WireGuardSecret,
-		"publicKey", wireguard.PublicKey(priv).String())
+		"publicKey", mesh.PublicKey(priv).String())
 	return priv, nil
 }

@@ -22,7 +22,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
-	"github.com/kubelink/kubelink/lib/broker"
 	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/netapply"
 )
@@ -95,7 +94,7 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Router, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := cache.New(rc, cache.Options{Scheme: broker.Scheme()})
+	c, err := cache.New(rc, cache.Options{Scheme: v1alpha1.NewScheme()})
 	if err != nil {
 		return nil, fmt.Errorf("creating cache: %w", err)
 	}
