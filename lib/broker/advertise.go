@@ -45,10 +45,7 @@ func LocalHello(cfg *Config, ms *mesh.Mesh) bridge.Hello {
 	if cfg.DNSAdvertisement {
 		d := &bridge.DNSInfo{ClusterDomain: cfg.ClusterDomain, DNSIP: cfg.DNSServiceIP}
 		if !d.DNSIP.IsValid() && h.ServiceCIDR.IsValid() {
-			d.DNSIP = h.ServiceCIDR.Addr()
-			for range mesh.DNSServiceOffset {
-				d.DNSIP = d.DNSIP.Next()
-			}
+			d.DNSIP = mesh.DNSServiceIP(h.ServiceCIDR)
 		}
 		h.DNS = d
 	}

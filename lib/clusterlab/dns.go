@@ -43,6 +43,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/meshdns"
 	"github.com/kubelink/kubelink/lib/nstest"
 	"github.com/kubelink/kubelink/lib/testenv"
@@ -98,13 +99,7 @@ func CoreDNSBinary(t testing.TB) string {
 }
 
 // ServiceAddr is the address at offset n in the cluster's service CIDR.
-func (c *Cluster) ServiceAddr(n int) netip.Addr {
-	a := c.ServiceCIDR.Masked().Addr()
-	for range n {
-		a = a.Next()
-	}
-	return a
-}
+func (c *Cluster) ServiceAddr(n int) netip.Addr { return mesh.ServiceIP(c.ServiceCIDR, n) }
 
 // ClusterDNSIP is the cluster DNS Service IP (service CIDR + 10).
 func (c *Cluster) ClusterDNSIP() netip.Addr { return c.ServiceAddr(clusterDNSOffset) }

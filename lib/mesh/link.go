@@ -237,7 +237,7 @@ func parseDNS(l *Link, d *v1alpha1.KubeLinkDNS, errs []error) (LinkDNS, []error)
 		}
 		out.IP = a
 	} else if !l.IsLocal() && l.ServiceCIDR.IsValid() {
-		out.IP = addrOffset(l.ServiceCIDR.Addr(), DNSServiceOffset)
+		out.IP = DNSServiceIP(l.ServiceCIDR)
 	}
 	out.Domain = d.BaseDomain
 	if d.BaseDomain != "" && (len(d.BaseDomain) > 253 || !dnsNameRE.MatchString(d.BaseDomain)) {
@@ -252,13 +252,23 @@ func parseDNS(l *Link, d *v1alpha1.KubeLinkDNS, errs []error) (LinkDNS, []error)
 	return out, errs
 }
 
-// addrOffset returns a+n (IPv4 or IPv6), e.g. the DNS IP of a service CIDR.
-func addrOffset(a netip.Addr, n int) netip.Addr {
+// ServiceIP is the n-th address of a service CIDR (the network address is
+// the 0th; invalid without a CIDR): + 1 the kubernetes Service, + 10 the
+// cluster DNS (DNSServiceIP), + 11 the kubelink DNS. The one definition of
+// "service CIDR + N" for the broker, meshdns and the model.
+func ServiceIP(cidr netip.Prefix, n int) netip.Addr {
+	if !cidr.IsValid() {
+		return netip.Addr{}
+	}
+	a := cidr.Masked().Addr()
 	for range n {
 		a = a.Next()
 	}
 	return a
 }
+
+// DNSServiceIP is the cluster DNS IP of a service CIDR (+ DNSServiceOffset).
+func DNSServiceIP(cidr netip.Prefix) netip.Addr { return ServiceIP(cidr, DNSServiceOffset) }
 
 // DNSPropagated reports whether the link can take part in DNS propagation: it
 // is not opted out and knows the peer's DNS IP.

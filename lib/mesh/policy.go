@@ -145,7 +145,7 @@ func (m *Model) Policy(probePort int) *Policy {
 					lp.Allow = append(lp.Allow, sc)
 					// The kubernetes Service (the first address of the
 					// service CIDR) is the API server: not exported by default.
-					lp.Deny = mergePrefixes(append(lp.Deny, hostPrefix(sc.Addr().Next())))
+					lp.Deny = mergePrefixes(append(lp.Deny, hostPrefix(ServiceIP(sc, 1))))
 				}
 				lp.Allow = mergePrefixes(lp.Allow)
 			}

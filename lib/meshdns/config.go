@@ -96,7 +96,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("--namespace, --coredns-secret and --coredns-deployment must not be empty"))
 	}
 	if !c.DNSServiceIP.IsValid() && c.ServiceCIDR.IsValid() {
-		c.DNSServiceIP = offset(c.ServiceCIDR.Masked().Addr(), mesh.DNSServiceOffset)
+		c.DNSServiceIP = mesh.DNSServiceIP(c.ServiceCIDR)
 	}
 	if !c.KubelinkDNSIP.IsValid() {
 		c.KubelinkDNSIP = DefaultKubelinkDNS(c.ServiceCIDR)

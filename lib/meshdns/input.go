@@ -131,7 +131,7 @@ func setLocalDNS(in *Input, mi *MeshInput, ms *mesh.Mesh, o InputOptions) string
 	}
 	ip := o.DNS
 	if !ip.IsValid() && ms.Local.ServiceCIDR.IsValid() {
-		ip = offset(ms.Local.ServiceCIDR.Addr(), mesh.DNSServiceOffset)
+		ip = mesh.DNSServiceIP(ms.Local.ServiceCIDR)
 	}
 	if !ip.IsValid() {
 		mi.LocalCluster = ""
@@ -200,16 +200,9 @@ func remoteCluster(l *mesh.Link, kl *v1alpha1.KubeLink, o InputOptions) (Cluster
 		return c, fmt.Errorf("kubernetes mode needs spec.cidr (the remote API server is reached at its service CIDR + 1)")
 	}
 	// The kubernetes Service of the remote cluster, routed through the mesh.
-	c.APIServer = "https://" + offset(l.ServiceCIDR.Addr(), 1).String()
+	c.APIServer = "https://" + mesh.ServiceIP(l.ServiceCIDR, 1).String()
 	c.Token, c.CA = cred.Token, cred.CA
 	return c, nil
-}
-
-func offset(a netip.Addr, n int) netip.Addr {
-	for range n {
-		a = a.Next()
-	}
-	return a
 }
 
 // KubelinkDNSOffset is added to the local service CIDR to get the default
@@ -218,8 +211,5 @@ const KubelinkDNSOffset = 11
 
 // DefaultKubelinkDNS is the service CIDR + 11 (invalid without a CIDR).
 func DefaultKubelinkDNS(serviceCIDR netip.Prefix) netip.Addr {
-	if !serviceCIDR.IsValid() {
-		return netip.Addr{}
-	}
-	return offset(serviceCIDR.Masked().Addr(), KubelinkDNSOffset)
+	return mesh.ServiceIP(serviceCIDR, KubelinkDNSOffset)
 }
