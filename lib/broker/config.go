@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kubelink/kubelink/lib/mesh"
+	"github.com/kubelink/kubelink/lib/netapply"
 	"github.com/kubelink/kubelink/lib/probe"
 	"github.com/kubelink/kubelink/lib/wireguard"
 )
@@ -182,19 +183,7 @@ func DetectRunMode(c *Config, ifaces func() ([]net.Interface, error)) (RunMode, 
 	if err != nil {
 		return RunMode{}, fmt.Errorf("listing interfaces: %w", err)
 	}
-	find := func(p netip.Prefix) (string, netip.Addr) {
-		for _, ifc := range list {
-			addrs, _ := ifc.Addrs()
-			for _, a := range addrs {
-				if n, ok := a.(*net.IPNet); ok {
-					if ip, ok := netip.AddrFromSlice(n.IP); ok && p.IsValid() && p.Contains(ip.Unmap()) {
-						return ifc.Name, ip.Unmap()
-					}
-				}
-			}
-		}
-		return "", netip.Addr{}
-	}
+	find := func(p netip.Prefix) (string, netip.Addr) { return netapply.InterfaceIn(list, p) }
 	if name, ip := find(c.NodeCIDR); name != "" {
 		return RunMode{NodeIP: ip, Interface: name}, nil
 	}

@@ -177,3 +177,23 @@ func addrPrefix(n *net.IPNet) netip.Prefix {
 	ones, _ := n.Mask.Size()
 	return netip.PrefixFrom(a.Unmap(), ones)
 }
+
+// InterfaceIn is the first interface of list with an address inside p, and
+// that address (empty when none has one, or p is invalid): how the broker
+// finds its node or pod interface and the router its node interface.
+func InterfaceIn(list []net.Interface, p netip.Prefix) (string, netip.Addr) {
+	if !p.IsValid() {
+		return "", netip.Addr{}
+	}
+	for _, ifc := range list {
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok && p.Contains(ip.Unmap()) {
+					return ifc.Name, ip.Unmap()
+				}
+			}
+		}
+	}
+	return "", netip.Addr{}
+}

@@ -119,15 +119,8 @@ func findInterface(cidr netip.Prefix) (string, netip.Addr, error) {
 	if err != nil {
 		return "", netip.Addr{}, err
 	}
-	for _, ifc := range ifcs {
-		addrs, _ := ifc.Addrs()
-		for _, a := range addrs {
-			if n, ok := a.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(n.IP); ok && cidr.Contains(ip.Unmap()) {
-					return ifc.Name, ip.Unmap(), nil
-				}
-			}
-		}
+	if name, ip := netapply.InterfaceIn(ifcs, cidr); name != "" {
+		return name, ip, nil
 	}
 	return "", netip.Addr{}, fmt.Errorf("no interface with an address in --node-cidr %s (the router needs hostNetwork)", cidr)
 }
@@ -341,5 +334,5 @@ func Cleanup(cfg Config) error {
 	if err != nil {
 		return err
 	}
-	return errors.Join(routes.CleanUp(), deleteLink(VXLANDevice), deleteLink(IPIPDevice))
+	return errors.Join(routes.CleanUp(), netapply.DeleteLink(VXLANDevice), netapply.DeleteLink(IPIPDevice))
 }

@@ -9,6 +9,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/kubelink/kubelink/lib/netapply"
 )
 
 // Tunnel device names and parameters. Every node derives the tunnel MAC of
@@ -99,7 +101,7 @@ func (v *vxlanTunnel) ensure(gateway netip.Addr) (string, error) {
 	return VXLANDevice, nil
 }
 
-func (v *vxlanTunnel) cleanup() error { return deleteLink(VXLANDevice) }
+func (v *vxlanTunnel) cleanup() error { return netapply.DeleteLink(VXLANDevice) }
 
 // ipipLink is the desired IP-in-IP device of a node (pure, for tests): it
 // sends from the node IP and accepts from any remote, so the same device
@@ -144,7 +146,7 @@ func (t *ipipTunnel) ensure(netip.Addr) (string, error) {
 	return IPIPDevice, nil
 }
 
-func (t *ipipTunnel) cleanup() error { return deleteLink(IPIPDevice) }
+func (t *ipipTunnel) cleanup() error { return netapply.DeleteLink(IPIPDevice) }
 
 // prepareReceive lets the gateway accept decapsulated packets: they come in
 // on the tunnel while the route back to their source leaves on the node
@@ -161,16 +163,4 @@ func prepareReceive(link netlink.Link, nodeIP netip.Addr) error {
 		return fmt.Errorf("loose reverse-path filter: %w", err)
 	}
 	return nil
-}
-
-func deleteLink(name string) error {
-	link, err := netlink.LinkByName(name)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
-		return err
-	}
-	return netlink.LinkDel(link)
 }
