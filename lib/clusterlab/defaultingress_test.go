@@ -1,0 +1,63 @@
+package clusterlab
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/mesh"
+	"github.com/kubelink/kubelink/lib/nstest"
+)
+
+// A link without ingress gives the peer only what the mesh exports: B
+// reaches A's services and A's cluster address, but not A's API server
+// (the kubernetes Service, service CIDR + 1), which sits inside the routed
+// service CIDR and is denied by the secure default — in both data planes.
+// Allowing it explicitly opens it, so the drop is the policy, not routing.
+func TestDefaultIngressWireGuard(t *testing.T) { defaultIngress(t, false) }
+
+// TestDefaultIngressWireGuard with the TLS bridge (the policy in user space).
+func TestDefaultIngressBridge(t *testing.T) { defaultIngress(t, true) }
+
+func defaultIngress(t *testing.T, bridge bool) {
+	lab := New(t, 2)
+	a, b := lab.Clusters[0], lab.Clusters[1]
+	api := mesh.ServiceIP(a.ServiceCIDR, 1)
+	// A stand-in for A's API server behind its kubernetes Service.
+	for _, ns := range []*nstest.Namespace{a.GW, a.Node} {
+		ns.Run(t, "iptables", "-t", "nat", "-A", "PREROUTING", "-d", api.String(), "-p", "tcp", "--dport", "443", "-j", "DNAT", "--to-destination", a.PodIP.String()+":8080")
+	}
+	a.StartRouter(lab)
+	b.StartRouter(lab)
+	if bridge {
+		ca := NewBridgeCA(t)
+		a.StartBroker(lab, a.GW, BridgeFlags(ca.CertDir(t, a))...)
+		b.StartBroker(lab, b.GW, BridgeFlags(ca.CertDir(t, b))...)
+		a.Apply(a.LocalLink(), BridgeLinkTo(b))
+		b.Apply(b.LocalLink(), BridgeLinkTo(a))
+	} else {
+		a.StartBroker(lab, a.GW)
+		b.StartBroker(lab, b.GW)
+		Connect(a, b)
+	}
+	WaitGet(t, b.Pod, a.ServiceIP, 10*time.Second)
+	a.WaitState("b", v1alpha1.StateUp, 5*time.Second)
+
+	apiAddr := fmt.Sprintf("%s:443", api)
+	// A's cluster address has no listener on port 80: refused, i.e. reached.
+	for addr, want := range map[string]string{a.ServiceIP.String(): "ok", a.MeshAddress.Addr().String() + ":80": "refused", apiAddr: "dropped"} {
+		if got := dialResult(b.Pod, addr); got != want {
+			t.Errorf("without ingress, B -> %s: %s, want %s", addr, got, want)
+		}
+	}
+	// Control: an explicit allow list that covers the API server lets B
+	// in, so the drop above was the default policy, not a missing route.
+	updateLink(t, a, "b", func(kl *v1alpha1.KubeLink) {
+		kl.Spec.Ingress = []string{a.ServiceCIDR.String(), a.MeshAddress.Addr().String() + "/32"}
+	})
+	waitFor(t, "B to reach A's API server once allowed", 5*time.Second, func() bool { return dialResult(b.Pod, apiAddr) == "ok" })
+	if got := dialResult(b.Pod, a.ServiceIP.String()); got != "ok" {
+		t.Errorf("with ingress, B -> %s: %s, want ok", a.ServiceIP, got)
+	}
+}
