@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -36,7 +35,7 @@ type elector struct {
 	log                           *slog.Logger
 	onNewHolder                   func(holder string)
 	onUnconfirmed, onReconfirmed  func(since time.Time)
-	observedRaw                   []byte
+	observed                      bool // observedRecord holds a successful read
 	observedRecord                resourcelock.LeaderElectionRecord
 	observedAt, lastRenew, warned time.Time
 }
@@ -69,18 +68,31 @@ func (e *elector) call(ctx context.Context) (context.Context, context.CancelFunc
 func (e *elector) observe(ctx context.Context) (*resourcelock.LeaderElectionRecord, error) {
 	cctx, cancel := e.call(ctx)
 	defer cancel()
-	rec, raw, err := e.lock.Get(cctx)
+	rec, _, err := e.lock.Get(cctx)
 	if err != nil {
-		e.observedRaw = nil
+		e.observed = false
 		return nil, err
 	}
-	if !bytes.Equal(raw, e.observedRaw) {
+	// Compared field by field at the Lease's own (microsecond) precision,
+	// not as the raw record Get returns: that one is serialised with
+	// metav1.Time, in whole seconds, so renewals within one second looked
+	// unchanged and a standby's clock could start up to a second before
+	// the holder's last renewal (found by make flake: a takeover 1.28 s
+	// after the last renewal with a 2 s lease).
+	if !e.observed || !sameRecord(*rec, e.observedRecord) {
 		if rec.HolderIdentity != e.observedRecord.HolderIdentity && rec.HolderIdentity != "" && e.onNewHolder != nil {
 			e.onNewHolder(rec.HolderIdentity)
 		}
-		e.observedRaw, e.observedRecord, e.observedAt = raw, *rec, e.now()
+		e.observed, e.observedRecord, e.observedAt = true, *rec, e.now()
 	}
 	return rec, nil
+}
+
+// sameRecord reports whether two reads of the Lease show the same record.
+func sameRecord(a, b resourcelock.LeaderElectionRecord) bool {
+	return a.HolderIdentity == b.HolderIdentity && a.LeaseDurationSeconds == b.LeaseDurationSeconds &&
+		a.AcquireTime.Time.Equal(b.AcquireTime.Time) && a.RenewTime.Time.Equal(b.RenewTime.Time) &&
+		a.LeaderTransitions == b.LeaderTransitions
 }
 
 func (e *elector) record(acquired time.Time, transitions int) resourcelock.LeaderElectionRecord {

@@ -194,3 +194,24 @@ func TestLeaseSurvivesAPIOutage(t *testing.T) {
 	}
 	t.Logf("released lease taken over after %s", time.Since(released).Round(time.Millisecond))
 }
+
+// Two renewals within one second are two records: a standby that took them
+// for one would start its expiry clock up to a second too early.
+func TestSameRecordSeesSubSecondRenewals(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 13, 0, 0, 100_000_000, time.UTC)
+	rec := func(renew time.Time) resourcelock.LeaderElectionRecord {
+		return resourcelock.LeaderElectionRecord{HolderIdentity: "a", LeaseDurationSeconds: 4,
+			AcquireTime: metav1.NewTime(t0), RenewTime: metav1.NewTime(renew), LeaderTransitions: 1}
+	}
+	if !sameRecord(rec(t0), rec(t0)) {
+		t.Error("the same record read twice differs")
+	}
+	if sameRecord(rec(t0), rec(t0.Add(300*time.Millisecond))) {
+		t.Error("a renewal 300 ms later, in the same second, looks like the same record")
+	}
+	other := rec(t0)
+	other.HolderIdentity = "b"
+	if sameRecord(rec(t0), other) {
+		t.Error("another holder looks like the same record")
+	}
+}

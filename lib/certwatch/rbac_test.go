@@ -134,7 +134,7 @@ func TestBaseRBAC(t *testing.T) {
 		tls := secretOf(t, admin, ns, cfg.TLSSecret)
 		wg := secretOf(t, admin, ns, cfg.WireGuardSecret)
 		return tls != nil && wg != nil && fileIs(filepath.Join(dir, TLSDir, KeyTLSCert), tls.Data[KeyTLSCert]) &&
-			exists(filepath.Join(dir, WireGuardDir))
+			exists(filepath.Join(dir, WireGuardDir, FilePublicKey))
 	})
 	// A change to a Secret reaches certwatch through its watch by name (the
 	// resync is an hour): a WireGuard key removed from its Secret is
