@@ -157,32 +157,10 @@ func TestBridgeAntiSpoofingAndIngress(t *testing.T) {
 		// that is not B's (untracked, so B's SNAT leaves it alone), then
 		// from its own cluster address as the control.
 		spoofed := netip.MustParseAddr("10.99.0.1")
-		b.GW.Run(t, "ip", "addr", "add", spoofed.String()+"/32", "dev", "lo")
-		b.GW.Run(t, "iptables", "-t", "raw", "-A", "OUTPUT", "-s", spoofed.String(), "-j", "NOTRACK")
-		var pc net.PacketConn
 		target := netip.AddrPortFrom(a.MeshAddress.Addr(), 7777)
-		must(t, a.GW.Do(func() (err error) { pc, err = net.ListenPacket("udp4", target.String()); return }))
-		defer pc.Close()
 		before, _ := Metric(a.GW, `kubelink_bridge_dropped_packets_total{link="b",reason="spoofed"}`)
 		const n = 20
-		for i := range n {
-			b.GW.SendRawUDP(t, spoofed, target, fmt.Sprintf("spoofed %d", i))
-		}
-		b.GW.SendRawUDP(t, b.MeshAddress.Addr(), target, "control")
-		var got []string
-		buf := make([]byte, 2048)
-		_ = pc.SetReadDeadline(time.Now().Add(3 * time.Second))
-		for {
-			k, _, err := pc.ReadFrom(buf)
-			if err != nil {
-				break
-			}
-			got = append(got, string(buf[:k]))
-			if string(buf[:k]) == "control" {
-				break
-			}
-		}
-		if len(got) != 1 || got[0] != "control" {
+		if got := injectSpoofed(t, b, a, spoofed, target, n); len(got) != 1 || got[0] != "control" {
 			t.Fatalf("A received %q; want only the control datagram (0 spoofed delivered)", got)
 		}
 		after := WaitMetric(t, a.GW, `kubelink_bridge_dropped_packets_total{link="b",reason="spoofed"}`, 3*time.Second,
@@ -218,6 +196,36 @@ func TestBridgeAntiSpoofingAndIngress(t *testing.T) {
 		// replies to A's own (SNATed) connections to B are dropped too; the
 		// check is stateless, as the kernel rules in WireGuard mode are.
 	})
+}
+
+// injectSpoofed has from's gateway send n UDP datagrams to target from
+// spoofed (an address it adds and leaves untracked, so its SNAT leaves the
+// source alone), then one "control" from its own cluster address, and
+// returns what arrives at target in to's gateway up to the control.
+func injectSpoofed(t *testing.T, from, to *Cluster, spoofed netip.Addr, target netip.AddrPort, n int) []string {
+	t.Helper()
+	from.GW.Run(t, "ip", "addr", "add", spoofed.String()+"/32", "dev", "lo")
+	from.GW.Run(t, "iptables", "-t", "raw", "-A", "OUTPUT", "-s", spoofed.String(), "-j", "NOTRACK")
+	var pc net.PacketConn
+	must(t, to.GW.Do(func() (err error) { pc, err = net.ListenPacket("udp4", target.String()); return }))
+	defer pc.Close()
+	for i := range n {
+		from.GW.SendRawUDP(t, spoofed, target, fmt.Sprintf("spoofed %d", i))
+	}
+	from.GW.SendRawUDP(t, from.MeshAddress.Addr(), target, "control")
+	var got []string
+	buf := make([]byte, 2048)
+	_ = pc.SetReadDeadline(time.Now().Add(3 * time.Second))
+	for {
+		k, _, err := pc.ReadFrom(buf)
+		if err != nil {
+			return got
+		}
+		got = append(got, string(buf[:k]))
+		if string(buf[:k]) == "control" {
+			return got
+		}
+	}
 }
 
 // --auto-connect: A has no link to B; B dials A with a certificate of the

@@ -1,8 +1,6 @@
 package clusterlab
 
 import (
-	"fmt"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -37,32 +35,8 @@ func TestWireGuardDropsSourcesOfAnotherMember(t *testing.T) {
 	a.WaitState("b", v1alpha1.StateUp, 5*time.Second)
 
 	spoofed := netip.MustParseAddr("192.168.0.13")
-	// Untracked, so that B's SNAT leaves the spoofed source alone.
-	b.GW.Run(t, "ip", "addr", "add", spoofed.String()+"/32", "dev", "lo")
-	b.GW.Run(t, "iptables", "-t", "raw", "-A", "OUTPUT", "-s", spoofed.String(), "-j", "NOTRACK")
-	var pc net.PacketConn
-	target := netip.AddrPortFrom(a.MeshAddress.Addr(), 7777)
-	must(t, a.GW.Do(func() (err error) { pc, err = net.ListenPacket("udp4", target.String()); return }))
-	defer pc.Close()
 	const n = 20
-	for i := range n {
-		b.GW.SendRawUDP(t, spoofed, target, fmt.Sprintf("spoofed %d", i))
-	}
-	b.GW.SendRawUDP(t, b.MeshAddress.Addr(), target, "control")
-	var got []string
-	buf := make([]byte, 2048)
-	_ = pc.SetReadDeadline(time.Now().Add(3 * time.Second))
-	for {
-		k, _, err := pc.ReadFrom(buf)
-		if err != nil {
-			break
-		}
-		got = append(got, string(buf[:k]))
-		if string(buf[:k]) == "control" {
-			break
-		}
-	}
-	if len(got) != 1 || got[0] != "control" {
+	if got := injectSpoofed(t, b, a, spoofed, netip.AddrPortFrom(a.MeshAddress.Addr(), 7777), n); len(got) != 1 || got[0] != "control" {
 		t.Fatalf("A received %q; want only the control datagram (0 of %d spoofed delivered)", got, n)
 	}
 	t.Logf("0 of %d datagrams from member c's address delivered through B's tunnel; the control was", n)
