@@ -60,6 +60,10 @@ TEST_TIMEOUT ?= 30m
 test: deps tools test-bins ## run all tests: unit, real kube-apiserver, (as root) real kernel networking
 	go test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
 
+.PHONY: test-kernel
+test-kernel: ## boot a Debian kernel with WireGuard under qemu (no KVM needed) and run the kernel WireGuard tests inside it
+	lab/scripts/test-kernel.sh
+
 FLAKE_RUNS ?= 5
 .PHONY: flake
 flake: deps tools test-bins ## run `make test`'s packages FLAKE_RUNS times (default 5); list every test that failed at least once
@@ -69,8 +73,10 @@ flake: deps tools test-bins ## run `make test`'s packages FLAKE_RUNS times (defa
 lint: $(STATICCHECK) ## go vet and staticcheck
 	go vet $(PKGS)
 	go vet -tags e2e ./e2e/...
+	go vet -tags kernelwg ./lib/wireguard/
 	$(STATICCHECK) $(PKGS)
 	$(STATICCHECK) -tags e2e ./e2e/...
+	$(STATICCHECK) -tags kernelwg ./lib/wireguard/
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target (bridge frame decoder and HELLO parser, mesh model, endpoint parser, ingress policy, Corefile renderer, iptables-restore writer and -S parser) for FUZZTIME (default 60s)

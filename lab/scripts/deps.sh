@@ -8,18 +8,22 @@
 #   test  what `make test` execs: ip, iptables(-restore), nft, conntrack,
 #         iperf3 (throughput checks), ps/pkill, modprobe, wg (read-back check)
 #   bench the same as test (iperf3 is the measuring tool)
+#   kernel `make test-kernel`: qemu-system-x86 (the VM that boots a kernel with
+#         WireGuard; the kernel itself comes from lab/scripts/vm-kernel.sh),
+#         iproute2 and wireguard-tools (copied into the VM's initramfs)
 #   lab   the kind lab: docker.io (dockerd, containerd, runc), debootstrap
 #         (offline node image), jq, openssl
 set -euo pipefail
 declare -A group=(
   [test]="ca-certificates git iproute2 iptables nftables conntrack iperf3 procps kmod wireguard-tools"
   [bench]="ca-certificates git iproute2 iptables nftables conntrack iperf3 procps kmod"
+  [kernel]="ca-certificates iproute2 wireguard-tools qemu-system-x86"
   [lab]="ca-certificates git iproute2 iptables docker.io debootstrap jq openssl procps"
 )
 (($#)) || set -- test
 want=()
 for g in "$@"; do
-  [[ -n ${group[$g]:-} ]] || { echo "deps: unknown group '$g' (test, bench, lab)" >&2; exit 2; }
+  [[ -n ${group[$g]:-} ]] || { echo "deps: unknown group '$g' (test, bench, kernel, lab)" >&2; exit 2; }
   # shellcheck disable=SC2206
   want+=(${group[$g]})
 done

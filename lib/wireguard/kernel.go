@@ -7,6 +7,7 @@ import (
 	"syscall"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // kernelLink is a WireGuard interface of the kernel module.
@@ -20,7 +21,13 @@ type kernelLink struct {
 // openKernel creates the interface, or reuses one of that name left by an
 // earlier run (it keeps its peers, so traffic survives restarts).
 func openKernel(name string, mtu int) (*kernelLink, error) {
-	h, err := netlink.NewHandle()
+	// Only rtnetlink: without a family NewHandle also opens XFRM and
+	// netfilter sockets, and on a node where xfrm_user is not loaded (and
+	// cannot be: no modprobe in the container, modules_disabled) that
+	// fails with EPROTONOSUPPORT, which auto mode took for "no WireGuard"
+	// and fell back to wireguard-go. Found by the first boot under
+	// `make test-kernel` (TestKernelModeOpensOnlyRoutingNetlink).
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("open netlink: %w", err)
 	}

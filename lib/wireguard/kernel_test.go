@@ -44,6 +44,14 @@ func kernelHasWireGuard() bool {
 	return err == nil
 }
 
+// expectedKind is what auto mode must pick on this kernel.
+func expectedKind() string {
+	if kernelHasWireGuard() {
+		return KindKernel
+	}
+	return KindUserspace
+}
+
 func TestOpenRefusesNonWireGuardInterface(t *testing.T) {
 	ns := nstest.New(t, "clash")
 	name := nstest.UniqueName("br")

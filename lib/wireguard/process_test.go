@@ -92,8 +92,8 @@ func TestDeviceInProcessRunningInsideNamespace(t *testing.T) {
 	// has shown a rare race in wireguard-go's MTU lookup under load.)
 	startChild(t, a, childSpec{Name: a.name, Inner: a.inner, Private: a.priv, Port: a.port, Peer: b.asPeer()})
 	kind, port := startChild(t, b, childSpec{Name: b.name, Inner: b.inner, Private: b.priv, Port: b.port, Peer: a.asPeer()})
-	if !kernelHasWireGuard() && kind != KindUserspace {
-		t.Errorf("child device kind %s, want %s", kind, KindUserspace)
+	if want := expectedKind(); kind != want {
+		t.Errorf("child device kind %s, want %s", kind, want)
 	}
 	if err := retry(10*time.Second, func() error { return sendAndVerify(a.ns, b.inner, sink{port: port}, 1<<20, 5*time.Second) }); err != nil {
 		t.Fatalf("1 MiB to the child process through the tunnel: %v", err)

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -50,7 +51,8 @@ func (e *tunnelEnd) open(t *testing.T, log *slog.Logger) {
 	}
 	dev := e.dev
 	t.Cleanup(func() { _ = dev.Close() })
-	e.ns.Run(t, "ip", "addr", "add", e.inner+"/24", "dev", e.name)
+	// replace: a reopened kernel device still has its address.
+	e.ns.Run(t, "ip", "addr", "replace", e.inner+"/24", "dev", e.name)
 	e.ns.Run(t, "ip", "link", "set", e.name, "up")
 }
 
@@ -97,6 +99,11 @@ func TestTunnelBetweenNamespaces(t *testing.T) {
 	nstest.Veth(t, a.ns, "eth0", a.underlay+"/24", b.ns, "eth0", b.underlay+"/24")
 	a.openNew(t, log)
 	b.openNew(t, log)
+	for _, e := range []*tunnelEnd{a, b} {
+		if e.dev.Kind() != expectedKind() {
+			t.Errorf("auto mode picked %s for %s, want %s on this kernel (fallback reason: %s)", e.dev.Kind(), e.name, expectedKind(), e.dev.FallbackReason())
+		}
+	}
 	if !kernelHasWireGuard() {
 		if a.dev.Kind() != KindUserspace || !strings.Contains(a.dev.FallbackReason(), "not supported") {
 			t.Errorf("auto mode without the kernel module: kind %q, reason %q; want %s with the reason", a.dev.Kind(), a.dev.FallbackReason(), KindUserspace)
@@ -145,7 +152,7 @@ func TestTunnelBetweenNamespaces(t *testing.T) {
 			t.Errorf("endpoint %v, want %v", s.Endpoint, want)
 		}
 	})
-	t.Run("wgctrl and wg see the device through the UAPI socket", func(t *testing.T) {
+	t.Run("wgctrl and wg see the device", func(t *testing.T) {
 		assertVisibleToWireGuardTools(t, a, b)
 	})
 	t.Run("unchanged peers are not reconfigured", func(t *testing.T) {
@@ -176,16 +183,30 @@ func TestTunnelBetweenNamespaces(t *testing.T) {
 		}
 	})
 	t.Run("a restarted end is reached again after re-apply", func(t *testing.T) {
+		kind := b.dev.Kind()
 		if err := b.dev.Close(); err != nil {
 			t.Fatalf("close b: %v", err)
 		}
 		if _, err := os.Stat(socketPath(b.name)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("UAPI socket of b still there after Close: %v", err)
 		}
-		if out, err := b.ns.Command("ip", "link", "show", b.name).CombinedOutput(); err == nil {
+		out, err := b.ns.Command("ip", "link", "show", b.name).CombinedOutput()
+		switch {
+		case kind == KindUserspace && err == nil:
 			t.Errorf("tun of b still there after Close:\n%s", out)
+		case kind == KindKernel && err != nil:
+			// The kernel device outlives the process, with its peers, so
+			// that a restarted broker does not interrupt traffic.
+			t.Errorf("kernel device of b gone after Close: %v\n%s", err, out)
+		case kind == KindKernel:
+			if err := sendAndVerify(a.ns, b.inner, srv, 64<<10, 5*time.Second); err != nil {
+				t.Errorf("traffic through b's kernel device stopped when its process closed it: %v", err)
+			}
 		}
 		b.open(t, log)
+		if b.dev.Kind() != kind {
+			t.Errorf("reopened b is %s, was %s", b.dev.Kind(), kind)
+		}
 		b.apply(t, a.asPeer())
 		a.apply(t, b.asPeer())
 		if err := retry(20*time.Second, func() error { return sendAndVerify(a.ns, b.inner, srv, 256<<10, 3*time.Second) }); err != nil {
@@ -213,18 +234,25 @@ func countConfigures(d *Device) *configureCounter {
 	return c
 }
 
+// assertVisibleToWireGuardTools reads a's device with a client of its own
+// and with wg, both from inside a's namespace: a kernel device is reached by
+// genetlink in its namespace, a wireguard-go one by its UAPI socket.
 func assertVisibleToWireGuardTools(t *testing.T, a, b *tunnelEnd) {
-	c, err := wgctrl.New()
-	if err != nil {
-		t.Fatal(err)
+	var d *wgtypes.Device
+	if err := a.ns.Do(func() error {
+		c, err := wgctrl.New()
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		d, err = c.Device(a.name)
+		return err
+	}); err != nil {
+		t.Fatalf("wgctrl does not find %s in %s: %v", a.name, a.ns.Name, err)
 	}
-	defer c.Close()
-	d, err := c.Device(a.name)
-	if err != nil {
-		t.Fatalf("wgctrl does not find %s: %v", a.name, err)
-	}
-	if d.Type != wgtypes.Userspace && a.dev.Kind() == KindUserspace {
-		t.Errorf("wgctrl reports type %v for a wireguard-go device", d.Type)
+	want := map[string]wgtypes.DeviceType{KindUserspace: wgtypes.Userspace, KindKernel: wgtypes.LinuxKernel}[a.dev.Kind()]
+	if d.Type != want {
+		t.Errorf("wgctrl reports type %v for a %s device, want %v", d.Type, a.dev.Kind(), want)
 	}
 	if mesh.Key(d.PublicKey) != PublicKey(a.priv) || len(d.Peers) != 1 || mesh.Key(d.Peers[0].PublicKey) != PublicKey(b.priv) {
 		t.Errorf("wgctrl sees key %s and peers %v", d.PublicKey, d.Peers)
@@ -237,7 +265,7 @@ func assertVisibleToWireGuardTools(t *testing.T, a, b *tunnelEnd) {
 		t.Logf("wg (wireguard-tools) not installed; checked with wgctrl only")
 		return
 	}
-	out, err := exec.Command(wg, "show", a.name, "peers").CombinedOutput()
+	out, err := a.ns.Command(wg, "show", a.name, "peers").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), PublicKey(b.priv).String()) {
 		t.Errorf("wg show %s peers: %v\n%s", a.name, err, out)
 	}
@@ -292,8 +320,18 @@ func sendAndVerify(ns *nstest.Namespace, host string, s sink, n int, timeout tim
 	var c net.Conn
 	if err := ns.Do(func() (err error) {
 		d := net.Dialer{Deadline: deadline}
-		c, err = d.Dial("tcp4", net.JoinHostPort(host, strconv.Itoa(s.port)))
-		return err
+		for {
+			c, err = d.Dial("tcp4", net.JoinHostPort(host, strconv.Itoa(s.port)))
+			// A kernel device answers a packet for which it has no peer
+			// yet (a peer held back for its first handshake, crossing.go)
+			// with "no route to host" at once, where wireguard-go drops
+			// it and TCP retransmits its SYN: dial again, as the
+			// retransmission would, until the deadline.
+			if !errors.Is(err, syscall.EHOSTUNREACH) || time.Until(deadline) < 100*time.Millisecond {
+				return err
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}); err != nil {
 		return err
 	}

@@ -1,0 +1,173 @@
+// Command kernelvm runs test binaries inside a VM that boots a real Debian
+// kernel, for the code paths this machine's kernel cannot run (kernel
+// WireGuard). It builds an initramfs from the test binaries, the programs
+// they exec (with their shared libraries), the kernel modules they need and
+// itself as /init, boots it under qemu-system-x86_64 (software emulation
+// works; KVM is used when /dev/kvm is there) and exits with the tests'
+// result. Nothing of the host's userland runs in the VM besides what is
+// copied.
+//
+//	kernelvm -kernel DIR -modules wireguard,veth -exec ip,ss wireguard=lib/wireguard/wireguard.test
+//
+// DIR holds vmlinuz and lib/modules/<version> (lab/scripts/vm-kernel.sh).
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+func main() {
+	if os.Getpid() == 1 {
+		runInit()
+	}
+	os.Exit(host())
+}
+
+func host() int {
+	kernelDir := flag.String("kernel", "", "directory with vmlinuz and lib/modules/<version> (lab/scripts/vm-kernel.sh prints it)")
+	modules := flag.String("modules", "wireguard", "comma-separated kernel modules to load at boot (their dependencies are added)")
+	execs := flag.String("exec", "ip,ss", "comma-separated programs the tests run, copied from this machine's PATH with their libraries")
+	testArgs := flag.String("test-args", "-test.v -test.count=1", "arguments for every test binary")
+	env := flag.String("env", "", "comma-separated NAME=VALUE pairs for the tests' environment")
+	timeout := flag.Duration("timeout", 20*time.Minute, "limit for the whole VM run")
+	memory := flag.Int("memory", 2048, "VM memory in MiB")
+	cpus := flag.Int("cpus", 2, "VM CPUs")
+	keep := flag.String("initramfs", "", "write the initramfs here (default: a temporary file, removed)")
+	flag.Usage = func() {
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: kernelvm [flags] NAME=TEST-BINARY...\n\nBoots a kernel under qemu and runs the test binaries inside it.\n\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if *kernelDir == "" || flag.NArg() == 0 {
+		flag.Usage()
+		return 2
+	}
+	p := plan{Env: splitList(*env)}
+	for _, arg := range flag.Args() {
+		name, bin, ok := strings.Cut(arg, "=")
+		if !ok || name == "" || strings.ContainsAny(name, "/ ") {
+			fmt.Fprintf(os.Stderr, "kernelvm: %q: want NAME=TEST-BINARY\n", arg)
+			return 2
+		}
+		p.Tests = append(p.Tests, planTest{Name: name, Binary: bin, Args: strings.Fields(*testArgs), Timeout: *timeout})
+	}
+	start := time.Now()
+	initrd, version, err := buildInitramfs(*kernelDir, &p, splitList(*modules), splitList(*execs), *keep)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kernelvm: %v\n", err)
+		return 1
+	}
+	if *keep == "" {
+		defer os.Remove(initrd)
+	}
+	fmt.Printf("kernelvm: initramfs for %s with %d modules and %d tests built in %.1fs\n", version, len(p.Modules), len(p.Tests), time.Since(start).Seconds())
+	res, err := boot(filepath.Join(*kernelDir, "vmlinuz"), initrd, *memory, *cpus, *timeout)
+	fmt.Printf("kernelvm: VM ran %.1fs\n", time.Since(start).Seconds())
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "kernelvm: FAIL: %v\n", err)
+		return 1
+	}
+	return report(res, p)
+}
+
+// splitList splits a flag's value at commas (and blanks).
+func splitList(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' })
+}
+
+// report prints the summary and tells whether every test passed.
+func report(res *result, p plan) int {
+	fmt.Printf("kernelvm: kernel %s, %d modules loaded\n", res.Kernel, res.Modules)
+	if res.Error != "" {
+		fmt.Printf("kernelvm: FAIL: init: %s\n", res.Error)
+		return 1
+	}
+	rc := 0
+	if len(res.Tests) != len(p.Tests) {
+		fmt.Printf("kernelvm: FAIL: %d of %d tests ran\n", len(res.Tests), len(p.Tests))
+		rc = 1
+	}
+	for _, t := range res.Tests {
+		status := "PASS"
+		if t.ExitCode != 0 {
+			status, rc = fmt.Sprintf("FAIL (exit %d)", t.ExitCode), 1
+		}
+		fmt.Printf("kernelvm: %s %s in %.1fs\n", status, t.Name, t.Seconds)
+	}
+	return rc
+}
+
+// boot runs qemu with the console on a pipe, echoes it and returns the
+// result line init printed.
+func boot(kernel, initrd string, memory, cpus int, timeout time.Duration) (*result, error) {
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		return nil, errors.New("qemu-system-x86_64 not found: install Debian's qemu-system-x86 (lab/scripts/deps.sh kernel)")
+	}
+	if _, err := os.Stat(kernel); err != nil {
+		return nil, fmt.Errorf("kernel image: %w (lab/scripts/vm-kernel.sh fetches it)", err)
+	}
+	args := []string{
+		"-nodefaults", "-no-reboot", "-display", "none", "-monitor", "none",
+		"-serial", "stdio",
+		"-m", fmt.Sprint(memory), "-smp", fmt.Sprint(cpus),
+		"-kernel", kernel, "-initrd", initrd,
+		// panic=-1: a crash of init or the kernel ends the VM at once.
+		"-append", "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init",
+	}
+	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+		f.Close()
+		args = append(args, "-accel", "kvm", "-cpu", "host")
+		fmt.Println("kernelvm: booting with KVM")
+	} else {
+		args = append(args, "-accel", "tcg,thread=multi", "-cpu", "max")
+		fmt.Println("kernelvm: booting under software emulation (no /dev/kvm)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, qemu, args...)
+	cmd.Stdin = nil
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start qemu: %w", err)
+	}
+	var res *result
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		if i := strings.Index(line, resultMarker); i >= 0 {
+			var r result
+			if err := json.Unmarshal([]byte(line[i+len(resultMarker):]), &r); err == nil {
+				res = &r
+			}
+		}
+		fmt.Println(line)
+	}
+	_, _ = io.Copy(io.Discard, out)
+	werr := cmd.Wait()
+	switch {
+	case ctx.Err() != nil:
+		return nil, fmt.Errorf("the VM did not finish within %v (killed)", timeout)
+	case res == nil:
+		return nil, fmt.Errorf("the VM ended without a result line (init crashed or the kernel panicked; see the console above): %v", werr)
+	case werr != nil:
+		return nil, fmt.Errorf("qemu: %w", werr)
+	}
+	return res, nil
+}
