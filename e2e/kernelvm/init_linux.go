@@ -70,9 +70,34 @@ func initVM(res *result) error {
 		}
 		res.Modules++
 	}
+	for _, m := range p.Optional {
+		if err := loadModule(m); err != nil {
+			if len(res.Failed) < 5 {
+				fmt.Printf("kernelvm: optional: %v\n", err)
+			}
+			res.Failed = append(res.Failed, filepath.Base(m))
+			continue
+		}
+		res.Modules++
+	}
 	fmt.Printf("kernelvm: loaded %d modules\n", res.Modules)
+	if len(res.Failed) > 0 {
+		fmt.Printf("kernelvm: %d optional modules did not load: %v\n", len(res.Failed), res.Failed)
+	}
 	if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		return fmt.Errorf("ip link set lo up: %v: %s", err, out)
+	}
+	if p.DefaultRoute {
+		for _, args := range [][]string{
+			{"link", "add", "kvm0", "type", "dummy"},
+			{"addr", "add", "10.254.0.1/24", "dev", "kvm0"},
+			{"link", "set", "kvm0", "up"},
+			{"route", "add", "default", "via", "10.254.0.254", "dev", "kvm0"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				return fmt.Errorf("default route: ip %v: %v: %s", args, err, out)
+			}
+		}
 	}
 	for _, t := range p.Tests {
 		res.Tests = append(res.Tests, runTest(t, p.Env))

@@ -1,18 +1,29 @@
 package main
 
 import (
+	"debug/elf"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
+// contents is what goes into the initramfs besides init and the tests.
+type contents struct {
+	modules    []string // required kernel modules (names)
+	moduleDirs []string // every module under these, best effort
+	execs      []string // programs looked up in PATH
+	copies     []string // host paths copied as they are
+}
+
 // buildInitramfs writes the initramfs for p and fills in p's module and
 // binary paths. It returns the file and the kernel version.
-func buildInitramfs(kernelDir string, p *plan, modules, execs []string, out string) (string, string, error) {
+func buildInitramfs(kernelDir string, p *plan, c contents, out string) (string, string, error) {
 	a := newArchive()
 	self, err := os.Executable()
 	if err != nil {
@@ -34,7 +45,7 @@ func buildInitramfs(kernelDir string, p *plan, modules, execs []string, out stri
 	if err != nil {
 		return "", "", err
 	}
-	order, err := tree.loadOrder(modules)
+	order, err := tree.loadOrder(c.modules)
 	if err != nil {
 		return "", "", err
 	}
@@ -45,24 +56,51 @@ func buildInitramfs(kernelDir string, p *plan, modules, execs []string, out stri
 		}
 		p.Modules = append(p.Modules, dst)
 	}
+	if len(c.moduleDirs) > 0 {
+		names := tree.under(c.moduleDirs)
+		if len(names) == 0 {
+			return "", "", fmt.Errorf("no modules under %v", c.moduleDirs)
+		}
+		extra, err := tree.loadOrder(names)
+		if err != nil {
+			return "", "", err
+		}
+		for _, rel := range extra {
+			dst := path.Join("/lib/modules", version, filepath.ToSlash(rel))
+			if slices.Contains(p.Modules, dst) {
+				continue
+			}
+			if err := a.copy(filepath.Join(versions[0], rel), dst); err != nil {
+				return "", "", err
+			}
+			p.Optional = append(p.Optional, dst)
+		}
+	}
 	// Programs the tests exec, at the same paths as here, with their
 	// libraries and the dynamic loader.
-	for _, name := range execs {
+	for _, name := range c.execs {
 		bin, err := exec.LookPath(name)
 		if err != nil {
 			return "", "", fmt.Errorf("%s (copied into the VM) is not installed here: %w", name, err)
 		}
-		if err := a.copy(bin, bin); err != nil {
+		if err := a.copyWithLibraries(bin); err != nil {
 			return "", "", err
 		}
-		libs, err := sharedLibraries(bin)
-		if err != nil {
-			return "", "", err
-		}
-		for _, lib := range libs {
-			if err := a.copy(lib, lib); err != nil {
-				return "", "", err
+	}
+	for _, root := range c.copies {
+		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
 			}
+			if d.Type()&fs.ModeSymlink != 0 {
+				if _, err := os.Stat(p); err != nil {
+					return nil // a dangling link: nothing to copy
+				}
+			}
+			return a.copyWithLibraries(p)
+		})
+		if err != nil {
+			return "", "", fmt.Errorf("copy %s: %w", root, err)
 		}
 	}
 	// The tests.
@@ -107,6 +145,41 @@ func buildInitramfs(kernelDir string, p *plan, modules, execs []string, out stri
 		return "", "", err
 	}
 	return out, version, f.Close()
+}
+
+// copyWithLibraries copies a host file to the same path and, for a
+// dynamically linked ELF file, the libraries it loads.
+func (a *archive) copyWithLibraries(p string) error {
+	if err := a.copy(p, p); err != nil {
+		return err
+	}
+	if !isDynamicELF(p) {
+		return nil
+	}
+	libs, err := sharedLibraries(p)
+	if err != nil {
+		return err
+	}
+	for _, lib := range libs {
+		if err := a.copy(lib, lib); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func isDynamicELF(p string) bool {
+	f, err := elf.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_DYNAMIC {
+			return true
+		}
+	}
+	return false
 }
 
 // sharedLibraries lists what ldd says bin loads (absolute paths only).

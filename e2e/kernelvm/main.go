@@ -38,14 +38,17 @@ func host() int {
 	kernelDir := flag.String("kernel", "", "directory with vmlinuz and lib/modules/<version> (lab/scripts/vm-kernel.sh prints it)")
 	modules := flag.String("modules", "wireguard", "comma-separated kernel modules to load at boot (their dependencies are added)")
 	execs := flag.String("exec", "ip,ss", "comma-separated programs the tests run, copied from this machine's PATH with their libraries")
+	moduleDirs := flag.String("module-dirs", "", "comma-separated directories under lib/modules/<version> whose modules are all loaded too (best effort: one that does not load is logged)")
+	copies := flag.String("copy", "", "comma-separated files or directories copied to the same path in the VM (ELF files with their libraries)")
 	testArgs := flag.String("test-args", "-test.v -test.count=1", "arguments for every test binary")
 	env := flag.String("env", "", "comma-separated NAME=VALUE pairs for the tests' environment")
 	timeout := flag.Duration("timeout", 20*time.Minute, "limit for the whole VM run")
 	memory := flag.Int("memory", 2048, "VM memory in MiB")
 	cpus := flag.Int("cpus", 2, "VM CPUs")
+	defaultRoute := flag.Bool("default-route", false, "give the VM a default route through a dummy interface (needs the dummy module)")
 	keep := flag.String("initramfs", "", "write the initramfs here (default: a temporary file, removed)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: kernelvm [flags] NAME=TEST-BINARY...\n\nBoots a kernel under qemu and runs the test binaries inside it.\n\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: kernelvm [flags] NAME=TEST-BINARY[#ARG,ARG...]...\n\nBoots a kernel under qemu and runs the test binaries inside it, each with -test-args and its own ARGs.\n\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -53,17 +56,23 @@ func host() int {
 		flag.Usage()
 		return 2
 	}
-	p := plan{Env: splitList(*env)}
+	p := plan{Env: splitList(*env), DefaultRoute: *defaultRoute}
 	for _, arg := range flag.Args() {
 		name, bin, ok := strings.Cut(arg, "=")
 		if !ok || name == "" || strings.ContainsAny(name, "/ ") {
 			fmt.Fprintf(os.Stderr, "kernelvm: %q: want NAME=TEST-BINARY\n", arg)
 			return 2
 		}
-		p.Tests = append(p.Tests, planTest{Name: name, Binary: bin, Args: strings.Fields(*testArgs), Timeout: *timeout})
+		// NAME=BINARY#ARG,ARG adds arguments for this binary only.
+		bin, own, _ := strings.Cut(bin, "#")
+		args := append(strings.Fields(*testArgs), splitList(own)...)
+		p.Tests = append(p.Tests, planTest{Name: name, Binary: bin, Args: args, Timeout: *timeout})
 	}
 	start := time.Now()
-	initrd, version, err := buildInitramfs(*kernelDir, &p, splitList(*modules), splitList(*execs), *keep)
+	initrd, version, err := buildInitramfs(*kernelDir, &p, contents{
+		modules: splitList(*modules), moduleDirs: splitList(*moduleDirs),
+		execs: splitList(*execs), copies: splitList(*copies),
+	}, *keep)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "kernelvm: %v\n", err)
 		return 1

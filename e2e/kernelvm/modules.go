@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -110,4 +111,20 @@ func (t *moduleTree) loadOrder(names []string) ([]string, error) {
 		}
 	}
 	return order, nil
+}
+
+// under lists the modules in the given directories (relative to the module
+// root), sorted.
+func (t *moduleTree) under(dirs []string) []string {
+	var names []string
+	for name, rel := range t.paths {
+		for _, d := range dirs {
+			if strings.HasPrefix(rel, strings.TrimSuffix(d, "/")+"/") {
+				names = append(names, name)
+				break
+			}
+		}
+	}
+	slices.Sort(names)
+	return names
 }

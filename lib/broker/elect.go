@@ -29,8 +29,17 @@ func (b *Broker) runElected(ctx context.Context, cfg *rest.Config) error {
 		id: b.cfg.Identity, leaseDuration: b.cfg.LeaseDuration, renew: b.cfg.RenewDeadline, retry: b.cfg.RetryPeriod,
 		now: time.Now, log: b.log,
 		onNewHolder: func(id string) {
-			if id != b.cfg.Identity {
-				b.log.Info("standby: another broker is active", "active", id)
+			if id == b.cfg.Identity {
+				return
+			}
+			b.log.Info("standby: another broker is active", "active", id)
+			if b.cfg.Mode != ModeWireGuard {
+				return
+			}
+			if removed, err := removeStaleDevice(b.cfg.Interface); err != nil {
+				b.log.Error("standby: a WireGuard device left by a crashed broker could not be removed; it may pull the peers' traffic to this node", "device", b.cfg.Interface, "err", err)
+			} else if removed {
+				b.log.Warn("standby: removed the kernel WireGuard device a crashed broker left here, so that it stops sending as the active gateway", "device", b.cfg.Interface, "active", id)
 			}
 		},
 		onUnconfirmed: func(since time.Time) {

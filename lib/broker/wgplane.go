@@ -2,8 +2,11 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/wireguard"
@@ -122,13 +125,43 @@ func (p *wgPlane) ApplyServices(bindings []*mesh.ServiceBinding) error {
 	return p.gateway.applyServices(bindings)
 }
 
-// Close stops the device. Kernel state (routes, chains) stays: --cleanup
-// removes it; a kernel WireGuard device keeps forwarding without us.
+// Close hands the data plane over: it runs when the broker stops
+// (SIGTERM, a rolling update) or loses the Lease, and either way another
+// broker is about to own the key. The device goes, of either kind — a
+// kernel device would otherwise outlive the process with the mesh's key,
+// its peers and their keepalives, and every packet it sent would roam the
+// peers' endpoints back from the new gateway to this node. Routes through
+// the device go with it; chains stay (inert without the device; --cleanup
+// removes them). Only a crash leaves a kernel device behind: a restart that
+// finds the Lease still its own reuses it without interrupting traffic, one
+// that finds another holder removes it (removeStaleDevice).
 func (p *wgPlane) Close() {
 	if p.dev != nil {
-		if err := p.dev.Close(); err != nil {
-			p.log.Warn("closing WireGuard device", "err", err)
+		if err := p.dev.Delete(); err != nil {
+			p.log.Warn("removing WireGuard device", "err", err)
 		}
 		p.dev = nil
 	}
+}
+
+// removeStaleDevice deletes a kernel WireGuard interface of the broker's
+// name that an earlier, crashed process left in this namespace, while
+// another broker holds the Lease: a standby owns no device. Interfaces of
+// another kind are never touched.
+func removeStaleDevice(name string) (bool, error) {
+	l, err := netlink.LinkByName(name)
+	var missing netlink.LinkNotFoundError
+	if errors.As(err, &missing) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up %s: %w", name, err)
+	}
+	if l.Type() != "wireguard" {
+		return false, nil
+	}
+	if err := netlink.LinkDel(l); err != nil {
+		return false, fmt.Errorf("delete stale WireGuard device %s: %w", name, err)
+	}
+	return true, nil
 }
