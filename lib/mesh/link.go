@@ -45,6 +45,10 @@ type Link struct {
 	PresharedKey Key
 	APIAccess    *v1alpha1.SecretReference
 	DNS          LinkDNS
+
+	// dests caches Destinations for a parsed link; Egress and ServiceCIDR
+	// do not change after parsing.
+	dests []netip.Prefix
 }
 
 // Ingress is the firewall of a link: traffic from the peer to Deny is dropped;
@@ -65,6 +69,10 @@ type LinkDNS struct {
 	IP netip.Addr
 	// Domain: foreign link: the peer's cluster domain; LocalLink: the mesh domain.
 	Domain string
+	// IPSet and DomainSet tell that IP and Domain come from the spec
+	// (dnsIP, baseDomain), not from a default: a value the peer advertises
+	// may replace a default, never what the user set.
+	IPSet, DomainSet bool
 }
 
 // IsLocal reports whether the link is a LocalLink.
@@ -78,7 +86,17 @@ func (l *Link) MeshCIDR() netip.Prefix { return l.Address.Masked() }
 
 // Destinations are the networks reached through the link: its service CIDR and
 // egress, merged.
+// They are merged once, when the link is parsed (the model's conflict checks
+// read them for every pair of links); a Link built by hand merges on every
+// call. Callers must not modify the result.
 func (l *Link) Destinations() []netip.Prefix {
+	if l.dests != nil {
+		return l.dests
+	}
+	return l.mergeDestinations()
+}
+
+func (l *Link) mergeDestinations() []netip.Prefix {
 	d := append([]netip.Prefix(nil), l.Egress...)
 	if l.ServiceCIDR.IsValid() {
 		d = append(d, l.ServiceCIDR)
@@ -187,6 +205,7 @@ func ParseLink(kl *v1alpha1.KubeLink, opts ParseOptions) (*Link, error) {
 		add("gatewayLink", "a link cannot be its own gateway link")
 	}
 	l.DNS, errs = parseDNS(l, s.DNS, errs)
+	l.dests = l.mergeDestinations()
 	return l, errors.Join(errs...)
 }
 
@@ -235,11 +254,11 @@ func parseDNS(l *Link, d *v1alpha1.KubeLinkDNS, errs []error) (LinkDNS, []error)
 		} else if !a.Is4() {
 			errs = append(errs, fmt.Errorf("spec.dns.dnsIP: %q is not IPv4; it is reached through the mesh, which is IPv4 only", d.DNSIP))
 		}
-		out.IP = a
+		out.IP, out.IPSet = a, true
 	} else if !l.IsLocal() && l.ServiceCIDR.IsValid() {
 		out.IP = DNSServiceIP(l.ServiceCIDR)
 	}
-	out.Domain = d.BaseDomain
+	out.Domain, out.DomainSet = d.BaseDomain, d.BaseDomain != ""
 	if d.BaseDomain != "" && (len(d.BaseDomain) > 253 || !dnsNameRE.MatchString(d.BaseDomain)) {
 		errs = append(errs, fmt.Errorf("spec.dns.baseDomain: %q is not a DNS domain", d.BaseDomain))
 	}

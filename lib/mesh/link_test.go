@@ -1,6 +1,8 @@
 package mesh
 
 import (
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -99,5 +101,29 @@ func TestMissingDNSInformationDoesNotInvalidateLinks(t *testing.T) {
 	}
 	if l.DNSPropagated() {
 		t.Error("a link without DNS IP cannot take part in DNS propagation")
+	}
+}
+
+// Destinations are merged once at parse time and equal what a hand-built
+// Link with the same networks merges on every call.
+func TestDestinationsOfParsedAndHandBuiltLinksAgree(t *testing.T) {
+	kl := link("b", 0, v1alpha1.KubeLinkSpec{
+		ClusterAddress: "192.168.0.12/24", CIDR: "100.64.16.0/20", Endpoint: "203.0.113.2:8777",
+		PublicKey: "kZyZH0TNzMQEwGcm3ijk4MzAAbNbH86qv4wqfAzvOmc=",
+		Egress:    []string{"10.1.0.0/24", "10.1.1.0/24", "100.64.16.0/21"},
+	})
+	l, err := ParseLink(&kl, ParseOptions{DefaultPort: 8777})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Contained prefixes go (100.64.16.0/21 is inside the service CIDR);
+	// neighbours stay apart.
+	want := []netip.Prefix{netip.MustParsePrefix("10.1.0.0/24"), netip.MustParsePrefix("10.1.1.0/24"), netip.MustParsePrefix("100.64.16.0/20")}
+	if got := l.Destinations(); !slices.Equal(got, want) {
+		t.Errorf("parsed: %v, want %v", got, want)
+	}
+	hand := &Link{ServiceCIDR: l.ServiceCIDR, Egress: l.Egress}
+	if got := hand.Destinations(); !slices.Equal(got, want) {
+		t.Errorf("hand-built: %v, want %v", got, want)
 	}
 }

@@ -152,22 +152,18 @@ func setLocalDNS(in *Input, mi *MeshInput, ms *mesh.Mesh, o InputOptions) string
 // error (the link is left out), not a silent fallback to the default.
 func RemoteDNS(l *mesh.Link, kl *v1alpha1.KubeLink) (ip netip.Addr, domain string, err error) {
 	ip, domain = l.DNS.IP, strings.ToLower(l.DNS.Domain)
-	var spec v1alpha1.KubeLinkDNS
-	if kl.Spec.DNS != nil {
-		spec = *kl.Spec.DNS
-	}
 	adv := kl.Status.Advertised
 	if adv == nil {
 		return ip, domain, nil
 	}
-	if spec.DNSIP == "" && adv.DNSIP != "" {
+	if !l.DNS.IPSet && adv.DNSIP != "" {
 		a, perr := netip.ParseAddr(adv.DNSIP)
 		if perr != nil || a.Zone() != "" {
 			return ip, domain, fmt.Errorf("the advertised DNS IP %q is not a plain IP address", adv.DNSIP)
 		}
 		ip = a.Unmap()
 	}
-	if spec.BaseDomain == "" && adv.ClusterDomain != "" {
+	if !l.DNS.DomainSet && adv.ClusterDomain != "" {
 		domain = strings.ToLower(strings.TrimSuffix(adv.ClusterDomain, "."))
 	}
 	return ip, domain, nil

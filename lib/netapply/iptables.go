@@ -73,20 +73,6 @@ func NewChains(owned func(chain string) bool, ipv6 bool) (*Chains, error) {
 	return &Chains{ipv6: ipv6, owned: owned, ipt: ipt, restore: execRestore(restore), written: map[chainKey]writtenChain{}}, nil
 }
 
-// Owns builds an ownership test: a pattern ending in "*" matches chain names
-// with that prefix, any other pattern matches exactly.
-func Owns(patterns ...string) func(chain string) bool {
-	return func(chain string) bool {
-		for _, p := range patterns {
-			prefix, isPrefix := strings.CutSuffix(p, "*")
-			if isPrefix && strings.HasPrefix(chain, prefix) || !isPrefix && p == chain {
-				return true
-			}
-		}
-		return false
-	}
-}
-
 // SNATChains owns the chains of Model.SNATRules.
 func SNATChains(chain string) bool {
 	return chain == mesh.ChainNAT || strings.HasPrefix(chain, mesh.ChainPrefix+"NT-")

@@ -81,43 +81,6 @@ func SetUp(linkName string) error {
 	return nil
 }
 
-// SetMTU sets the MTU of a device unless it already has it.
-func SetMTU(linkName string, mtu int) error {
-	link, err := linkByName(linkName)
-	if err != nil {
-		return err
-	}
-	if link.Attrs().MTU == mtu {
-		return nil
-	}
-	if err := netlink.LinkSetMTU(link, mtu); err != nil {
-		return fmt.Errorf("device %s: set MTU %d: %w", linkName, mtu, err)
-	}
-	return nil
-}
-
-// UnderlayMTU is the MTU on the path to dst: that of the device the route
-// to dst leaves through, or the route's own MTU if smaller. A tunnel to dst
-// must subtract its overhead from it.
-func UnderlayMTU(dst netip.Addr) (int, error) {
-	routes, err := netlink.RouteGet(dst.AsSlice())
-	if err != nil {
-		return 0, fmt.Errorf("route to %s: %w", dst, err)
-	}
-	if len(routes) == 0 {
-		return 0, fmt.Errorf("no route to %s", dst)
-	}
-	link, err := netlink.LinkByIndex(routes[0].LinkIndex)
-	if err != nil {
-		return 0, fmt.Errorf("device of the route to %s: %w", dst, err)
-	}
-	mtu := link.Attrs().MTU
-	if m := routes[0].MTU; m > 0 && m < mtu {
-		mtu = m
-	}
-	return mtu, nil
-}
-
 // DeleteLink deletes a device; a missing one is not an error, so cleanup can
 // run any number of times.
 func DeleteLink(name string) error {

@@ -73,35 +73,6 @@ func TestSetAddressesAddsAndRemoves(t *testing.T) {
 	}
 }
 
-func TestMTUAndUnderlayMTU(t *testing.T) {
-	n := linkNS(t)
-	n.Run(t, "ip", "addr", "add", "10.0.0.1/24", "dev", "kl0")
-	n.Run(t, "ip", "link", "set", "kl0", "up")
-	do(t, n, func() error { return SetMTU("kl0", 1380) })
-	if out := n.Run(t, "ip", "link", "show", "kl0"); !strings.Contains(out, "mtu 1380") {
-		t.Errorf("SetMTU: %s", out)
-	}
-	n.Run(t, "ip", "route", "add", "10.5.0.0/16", "via", "10.0.0.9", "mtu", "1300")
-	tests := []struct {
-		dst  string
-		want int
-	}{
-		{"10.0.0.9", 1380},   // the device's MTU
-		{"10.5.0.1", 1300},   // the route's own, smaller MTU
-		{"127.0.0.1", 65536}, // loopback
-	}
-	for _, tt := range tests {
-		var got int
-		do(t, n, func() (err error) { got, err = UnderlayMTU(netip.MustParseAddr(tt.dst)); return err })
-		if got != tt.want {
-			t.Errorf("UnderlayMTU(%s) = %d, want %d", tt.dst, got, tt.want)
-		}
-	}
-	if err := n.Do(func() error { _, err := UnderlayMTU(netip.MustParseAddr("203.0.113.1")); return err }); err == nil {
-		t.Error("UnderlayMTU without a route must fail")
-	}
-}
-
 func TestDeleteLinkIsIdempotent(t *testing.T) {
 	n := linkNS(t)
 	for i := range 2 {
