@@ -1,0 +1,250 @@
+package bridge
+
+// The inbound side of a Connector: the listener, admission per source,
+// and matching an accepted peer to a link.
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Serve accepts bridge connections on l until it fails or Close; each
+// peer is authenticated by its certificate, matched to a link and, after
+// the HELLO, handed to the pump.
+func (c *Connector) Serve(l net.Listener) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		l.Close()
+		return net.ErrClosed
+	}
+	c.listeners[l] = struct{}{}
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.listeners, l)
+		c.mu.Unlock()
+	}()
+	var delay time.Duration
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || c.ctx.Err() != nil {
+				return err
+			}
+			// Out of file descriptors, an aborted connection, ...: wait a
+			// little and go on accepting instead of stopping for good.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			c.log.Warn("bridge: accept failed; retrying", "error", err, "in", delay)
+			select {
+			case <-time.After(delay):
+			case <-c.ctx.Done():
+				return net.ErrClosed
+			}
+			continue
+		}
+		delay = 0
+		src := remoteIP(conn)
+		if reason := c.admit(src); reason != "" {
+			conn.Close()
+			c.reject(conn, errors.New(reason))
+			continue
+		}
+		c.wg.Go(func() {
+			err := c.accept(conn, func() { c.release(src) })
+			if err != nil {
+				c.reject(conn, err)
+			}
+		})
+	}
+}
+
+func remoteIP(conn net.Conn) netip.Addr {
+	ap, _ := netip.ParseAddrPort(conn.RemoteAddr().String())
+	return ap.Addr().Unmap()
+}
+
+// admit reserves a handshake slot for a connection from src, or says why not.
+func (c *Connector) admit(src netip.Addr) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.npending >= c.cfg.MaxPending:
+		return fmt.Sprintf("too many pending handshakes (%d)", c.npending)
+	case c.pending[src] >= c.cfg.MaxPendingPerSource:
+		return fmt.Sprintf("too many pending handshakes from %s (%d)", src, c.pending[src])
+	}
+	c.npending++
+	c.pending[src]++
+	return ""
+}
+
+func (c *Connector) release(src netip.Addr) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.npending--
+	if c.pending[src]--; c.pending[src] <= 0 {
+		delete(c.pending, src)
+	}
+}
+
+func (c *Connector) reject(conn net.Conn, err error) {
+	c.rejected.Add(1)
+	msg := err.Error()
+	c.lastRej.Store(&msg)
+	c.log.Info("bridge: rejected a connection", "remote", conn.RemoteAddr(), "error", err)
+}
+
+// accept authenticates an inbound connection and hands it to its link;
+// done is called when the handshake (TLS and HELLO) is over either way
+// (accept returns then: the connection lives on in the pump).
+func (c *Connector) accept(raw net.Conn, done func()) error {
+	defer done()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.HandshakeTimeout)
+	defer cancel()
+	tlsCtx, tlsCancel := context.WithTimeout(ctx, c.cfg.TLSTimeout)
+	defer tlsCancel()
+	tc := tls.Server(raw, c.cfg.Certs.ServerConfig())
+	if err := tc.HandshakeContext(tlsCtx); err != nil {
+		raw.Close()
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	ids := Identities(tc.ConnectionState().PeerCertificates[0])
+	timeout := func() time.Duration { return max(time.Until(start.Add(c.cfg.HandshakeTimeout)), time.Millisecond) }
+	c.mu.Lock()
+	cands := c.candidates(ids)
+	var locals []Hello // what this side announces: to the candidates, or to anyone
+	if len(cands) > 0 {
+		for _, ls := range cands {
+			locals = appendHello(locals, c.localOf(ls.link))
+		}
+	} else {
+		locals = appendHello(locals, c.cfg.Hello)
+		for _, ls := range c.links {
+			locals = appendHello(locals, c.localOf(ls.link))
+		}
+	}
+	c.mu.Unlock()
+	if len(cands) == 0 && c.cfg.OnUnknown == nil {
+		err := fmt.Errorf("no link for peer %v", ids)
+		_ = SendClose(tc, CloseRejected, err.Error(), closeTimeout)
+		return err
+	}
+	var hello Hello
+	var err error
+	if len(locals) == 1 {
+		// One HELLO for this peer whatever it says: send it at once.
+		if hello, err = Handshake(tc, locals[0], timeout()); err != nil {
+			tc.Close()
+			return fmt.Errorf("HELLO from %v: %w", ids, err)
+		}
+	} else {
+		// The peer's HELLO tells which of its links (meshes) it dialed for.
+		choose := func(remote Hello) Hello {
+			if ls := pickLink(cands, remote); ls != nil {
+				return c.localOf(ls.link)
+			}
+			for _, h := range locals {
+				if h.ClusterAddress.Masked().Contains(remote.ClusterAddress.Addr()) {
+					return h
+				}
+			}
+			return c.cfg.Hello
+		}
+		if hello, _, err = HandshakeAnswering(tc, choose, timeout()); err != nil {
+			tc.Close()
+			return fmt.Errorf("HELLO from %v: %w", ids, err)
+		}
+	}
+	if len(cands) == 0 {
+		return c.unknown(tc, ids, hello)
+	}
+	ls := pickLink(cands, hello)
+	if ls == nil {
+		ls = cands[0] // rejected below, with the reason
+	}
+	if err := checkHello(tc, ls.link, hello); err != nil {
+		return err
+	}
+	if err := c.install(ls, tc, hello, false, hello.Replace, time.Since(start)); err != nil && !errors.Is(err, errDuplicate) {
+		return err
+	}
+	return nil
+}
+
+// candidates are the links an authenticated client certificate with ids
+// may be for, sorted by ID (caller holds c.mu): Identify's, else those
+// whose Identity is one of ids (links without one: whose endpoint host is). A peer in several meshes has a link
+// in each.
+func (c *Connector) candidates(ids []string) []*linkState {
+	if c.cfg.Identify != nil {
+		if ls := c.links[c.cfg.Identify(ids)]; ls != nil {
+			return []*linkState{ls}
+		}
+		return nil
+	}
+	var cands []*linkState
+	for _, cand := range c.links {
+		if cand.link.Identity != "" {
+			if slices.Contains(ids, cand.link.Identity) {
+				cands = append(cands, cand)
+			}
+			continue
+		}
+		host, _, err := net.SplitHostPort(cand.link.Endpoint)
+		if err == nil && MatchIdentity(ids, host) {
+			cands = append(cands, cand)
+		}
+	}
+	slices.SortFunc(cands, func(a, b *linkState) int { return strings.Compare(a.link.ID, b.link.ID) })
+	return cands
+}
+
+// pickLink is the candidate whose cluster address the peer announces, else
+// one in the network of that address (whose check then fails with the
+// reason), else nil.
+func pickLink(cands []*linkState, remote Hello) *linkState {
+	for _, ls := range cands {
+		if ls.link.ClusterAddress == remote.ClusterAddress {
+			return ls
+		}
+	}
+	for _, ls := range cands {
+		if ls.link.ClusterAddress.Masked() == remote.ClusterAddress.Masked() {
+			return ls
+		}
+	}
+	return nil
+}
+
+// appendHello adds h to hs unless hs has the same.
+func appendHello(hs []Hello, h Hello) []Hello {
+	for _, o := range hs {
+		if SameHello(o, h) {
+			return hs
+		}
+	}
+	return append(hs, h)
+}
+
+// unknown hands the HELLO of an authenticated peer without a link to
+// OnUnknown and closes the connection.
+func (c *Connector) unknown(tc *tls.Conn, ids []string, h Hello) error {
+	remote, _ := netip.ParseAddrPort(tc.RemoteAddr().String())
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	if err := c.cfg.OnUnknown(UnknownPeer{Identities: ids, Remote: remote, Hello: h}); err != nil {
+		err = fmt.Errorf("no link for peer %v: %w", ids, err)
+		_ = SendClose(tc, CloseRejected, err.Error(), closeTimeout)
+		return err
+	}
+	_ = SendClose(tc, CloseRejected, "no link for this peer yet: one is being created from its HELLO; this side will connect", closeTimeout)
+	return nil
+}
