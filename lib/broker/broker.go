@@ -32,7 +32,7 @@ type Broker struct {
 	cache   cache.Cache
 	events  *eventSink
 	metrics *metrics
-	trigger chan struct{}
+	loop    *kubeflags.Loop
 	// newPlane opens the data plane of --mode (the registry's; tests
 	// give a fake).
 	newPlane PlaneFactory
@@ -71,7 +71,7 @@ func New(cfg Config, rest *rest.Config, log *slog.Logger) (*Broker, error) {
 		return nil, err
 	}
 	b := &Broker{cfg: cfg, log: log, rm: rm, kube: kube, cache: c, events: events, metrics: newMetrics(),
-		trigger: make(chan struct{}, 1), resp: map[netip.Addr]*probe.Responder{}, lastWrite: map[string]time.Time{}}
+		loop: kubeflags.NewLoop(), resp: map[netip.Addr]*probe.Responder{}, lastWrite: map[string]time.Time{}}
 	log.Info("broker configured", "podMode", rm.PodMode, "nodeIP", rm.NodeIP, "interface", rm.Interface, "mode", cfg.Mode)
 	return b, nil
 }
@@ -102,12 +102,7 @@ func (b *Broker) Run(ctx context.Context, rest *rest.Config) error {
 	return b.runElected(ctx, rest)
 }
 
-func (b *Broker) kick() {
-	select {
-	case b.trigger <- struct{}{}:
-	default:
-	}
-}
+func (b *Broker) kick() { b.loop.Kick() }
 
 // runActive owns the data plane until ctx ends.
 func (b *Broker) runActive(ctx context.Context) error {
@@ -141,9 +136,7 @@ func (b *Broker) runActive(ctx context.Context) error {
 	defer b.prober.Close()
 	defer b.closeResponders(nil)
 
-	tick := time.NewTicker(b.cfg.Resync)
-	defer tick.Stop()
-	for {
+	b.loop.Run(ctx, b.cfg.Resync, func(ctx context.Context) time.Duration {
 		start := time.Now()
 		if err := b.sync(ctx); err != nil {
 			b.metrics.reconcileErrors.Inc()
@@ -151,13 +144,9 @@ func (b *Broker) runActive(ctx context.Context) error {
 		}
 		b.metrics.syncSeconds.Observe(time.Since(start).Seconds())
 		b.synced.Store(true)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-b.trigger:
-		case <-tick.C:
-		}
-	}
+		return 0
+	})
+	return nil
 }
 
 // privateKey reads the WireGuard key from the Secret (either spelling).

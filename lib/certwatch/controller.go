@@ -39,7 +39,7 @@ type Controller struct {
 	// each selecting its Secret by name (so that RBAC can grant list and
 	// watch by resourceNames), and the CSRs when signing.
 	watches []watch
-	trigger chan struct{}
+	loop    *kubeflags.Loop
 	metrics *metrics
 	now     func() time.Time
 
@@ -95,7 +95,7 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating client: %w", err)
 	}
-	ctrl := &Controller{cfg: cfg, log: log, api: api, watches: watches, trigger: make(chan struct{}, 1), metrics: newMetrics(), now: time.Now}
+	ctrl := &Controller{cfg: cfg, log: log, api: api, watches: watches, loop: kubeflags.NewLoop(), metrics: newMetrics(), now: time.Now}
 	if cfg.Mode == ModeCSR {
 		arc, err := clientcmd.BuildConfigFromFlags("", cfg.AuthorityKubeconfig)
 		if err != nil {
@@ -133,12 +133,10 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	c.log.Info("certwatch running", "namespace", c.cfg.Namespace, "tlsSecret", c.cfg.TLSSecret,
 		"wireguardSecret", c.cfg.WireGuardSecret, "dir", c.cfg.Dir, "mode", c.cfg.Mode)
-	tick := time.NewTicker(c.cfg.Resync)
-	defer tick.Stop()
-	for {
+	c.loop.Run(ctx, c.cfg.Resync, func(ctx context.Context) time.Duration {
 		renewAt, err := c.sync(ctx)
 		if ctx.Err() != nil {
-			return nil
+			return 0
 		}
 		c.report(err)
 		c.syncs.Add(1)
@@ -147,27 +145,14 @@ func (c *Controller) Run(ctx context.Context) error {
 			wait = min(wait, 5*time.Second) // retry soon, e.g. after an update conflict
 		}
 		if !renewAt.IsZero() {
-			wait = min(wait, max(renewAt.Sub(c.now())+10*time.Millisecond, 0))
+			wait = min(wait, max(renewAt.Sub(c.now())+10*time.Millisecond, time.Millisecond))
 		}
-		timer := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return nil
-		case <-c.trigger:
-		case <-tick.C:
-		case <-timer.C:
-		}
-		timer.Stop()
-	}
+		return wait
+	})
+	return nil
 }
 
-func (c *Controller) kick() {
-	select {
-	case c.trigger <- struct{}{}:
-	default:
-	}
-}
+func (c *Controller) kick() { c.loop.Kick() }
 
 // report logs a sync error once per change rather than on every resync.
 func (c *Controller) report(err error) {

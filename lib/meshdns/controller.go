@@ -34,7 +34,7 @@ type Controller struct {
 	log     *slog.Logger
 	api     client.Client // direct reads and writes: always the latest state
 	cache   cache.Cache   // KubeLinks and Secret metadata, for change events
-	trigger chan struct{}
+	loop    *kubeflags.Loop
 	metrics *metrics
 
 	syncs        atomic.Int64 // completed syncs, for tests and /readyz
@@ -71,7 +71,7 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating client: %w", err)
 	}
-	return &Controller{cfg: cfg, log: log, api: api, cache: c, trigger: make(chan struct{}, 1), metrics: newMetrics()}, nil
+	return &Controller{cfg: cfg, log: log, api: api, cache: c, loop: kubeflags.NewLoop(), metrics: newMetrics()}, nil
 }
 
 var secretMeta = metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"}
@@ -106,9 +106,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	c.log.Info("mesh DNS running", "mode", c.cfg.Mode, "secret", c.cfg.Namespace+"/"+c.cfg.Secret,
 		"deployment", c.cfg.Deployment, "configureClusterDNS", c.cfg.Configure)
-	tick := time.NewTicker(c.cfg.Resync)
-	defer tick.Stop()
-	for {
+	c.loop.Run(ctx, c.cfg.Resync, func(ctx context.Context) time.Duration {
 		start := time.Now()
 		if err := c.sync(ctx); err != nil && ctx.Err() == nil {
 			c.metrics.syncErrors.Inc()
@@ -116,21 +114,12 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 		c.metrics.syncSeconds.Observe(time.Since(start).Seconds())
 		c.syncs.Add(1)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-c.trigger:
-		case <-tick.C:
-		}
-	}
+		return 0
+	})
+	return nil
 }
 
-func (c *Controller) kick() {
-	select {
-	case c.trigger <- struct{}{}:
-	default:
-	}
-}
+func (c *Controller) kick() { c.loop.Kick() }
 
 // sync renders the configuration from the current KubeLinks and applies it.
 func (c *Controller) sync(ctx context.Context) error {

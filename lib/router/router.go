@@ -17,11 +17,11 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"k8s.io/client-go/rest"
-	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/kubeflags"
 	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/netapply"
 )
@@ -75,7 +75,7 @@ type Router struct {
 	cache   cache.Cache
 	routes  *netapply.Routes
 	tunnel  tunnel // nil for --tunnel=none
-	trigger chan struct{}
+	loop    *kubeflags.Loop
 	stale   []netip.Prefix // from the datafile, removed after the first Set
 	saved   []netip.Prefix
 	last    map[string][]mesh.Route // routes set per mesh, kept while its gateway is unknown
@@ -98,7 +98,7 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Router, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating cache: %w", err)
 	}
-	r := &Router{cfg: cfg, log: log, nodeIP: ip, nodeIfc: ifc, kube: c, cache: c, routes: routes, trigger: make(chan struct{}, 1)}
+	r := &Router{cfg: cfg, log: log, nodeIP: ip, nodeIfc: ifc, kube: c, cache: c, routes: routes, loop: kubeflags.NewLoop()}
 	switch cfg.Tunnel {
 	case TunnelVXLAN:
 		r.tunnel = &vxlanTunnel{nodeIP: ip, parent: ifc}
@@ -127,41 +127,22 @@ func findInterface(cidr netip.Prefix) (string, netip.Addr, error) {
 
 // Run serves until ctx ends.
 func (r *Router) Run(ctx context.Context) error {
-	inf, err := r.cache.GetInformer(ctx, &v1alpha1.KubeLink{})
-	if err != nil {
-		return err
-	}
-	kick := func() {
-		select {
-		case r.trigger <- struct{}{}:
-		default:
+	if err := kubeflags.WatchAndSync(ctx, r.cache, r.loop.Kick, &v1alpha1.KubeLink{}); err != nil {
+		if ctx.Err() != nil {
+			return nil
 		}
-	}
-	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { kick() }, UpdateFunc: func(any, any) { kick() }, DeleteFunc: func(any) { kick() },
-	}); err != nil {
 		return err
 	}
-	go func() { _ = r.cache.Start(ctx) }()
-	if !r.cache.WaitForCacheSync(ctx) {
-		return errors.New("cache did not sync (is the KubeLink CRD installed?)")
-	}
-	if err := r.routes.Watch(ctx, kick); err != nil {
+	if err := r.routes.Watch(ctx, r.loop.Kick); err != nil {
 		r.log.Warn("route watch unavailable; relying on periodic resync", "err", err)
 	}
-	tick := time.NewTicker(r.cfg.Resync)
-	defer tick.Stop()
-	for {
+	r.loop.Run(ctx, r.cfg.Resync, func(ctx context.Context) time.Duration {
 		if err := r.sync(ctx); err != nil {
 			r.log.Error("sync", "err", err)
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-r.trigger:
-		case <-tick.C:
-		}
-	}
+		return 0
+	})
+	return nil
 }
 
 // GatewayInfo is where the active broker of a mesh runs, as the status of

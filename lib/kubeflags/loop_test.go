@@ -1,0 +1,78 @@
+package kubeflags
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func TestLoopSyncsAtOnceOnKickOnResyncAndWhenAsked(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	l := NewLoop()
+	var n atomic.Int32
+	syncs := make(chan int32, 100)
+	var next atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.Run(ctx, time.Hour, func(context.Context) time.Duration {
+			syncs <- n.Add(1)
+			return time.Duration(next.Load())
+		})
+	}()
+	wait := func(what string) {
+		t.Helper()
+		select {
+		case <-syncs:
+		case <-time.After(2 * time.Second):
+			t.Fatalf("no sync %s", what)
+		}
+	}
+	wait("at start")
+	l.Kick()
+	wait("after a kick")
+	// Kicks during one sync coalesce: three kicks, at most two more syncs.
+	l.Kick()
+	l.Kick()
+	l.Kick()
+	wait("after three kicks")
+	select {
+	case <-syncs:
+	case <-time.After(200 * time.Millisecond):
+	}
+	select {
+	case <-syncs:
+		t.Error("three kicks gave three syncs; they must coalesce")
+	case <-time.After(200 * time.Millisecond):
+	}
+	// A sync that asks for an early run gets one without a kick.
+	next.Store(int64(50 * time.Millisecond))
+	l.Kick()
+	wait("after the kick that sets the early wake-up")
+	wait("at the early wake-up")
+	next.Store(0)
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
+
+func TestLoopResyncs(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	l := NewLoop()
+	var n atomic.Int32
+	l.Run(ctx, 20*time.Millisecond, func(context.Context) time.Duration {
+		if n.Add(1) == 4 {
+			cancel()
+		}
+		return 0
+	})
+	if n.Load() != 4 {
+		t.Errorf("%d syncs before cancel, want 4 (one at once, three resyncs)", n.Load())
+	}
+}
