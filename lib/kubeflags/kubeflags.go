@@ -4,26 +4,32 @@ package kubeflags
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
 	"strings"
 
+	"github.com/go-logr/logr"
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 // Common are the flags of every controller binary.
 type Common struct {
 	Kubeconfig string
 	LogLevel   string
+	LogFormat  string
 }
 
 // Register adds the flags to fs.
 func (c *Common) Register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config, then $KUBECONFIG)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text (logfmt) or json")
 }
 
 // RESTConfig loads the API server access.
@@ -41,13 +47,33 @@ func (c *Common) RESTConfig() (*rest.Config, error) {
 	return cfg, nil
 }
 
-// Logger returns a text logger at the chosen level.
+// Logger returns the logger of --log-level and --log-format on stderr.
 func (c *Common) Logger() (*slog.Logger, error) {
+	return NewLogger(os.Stderr, c.LogLevel, c.LogFormat)
+}
+
+// NewLogger builds a logger writing to w at level ("debug", "info", "warn",
+// "error") in format ("text" or "json"; empty means text).
+func NewLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level=%q: %w", c.LogLevel, err)
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level=%q: use debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})), nil
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format=%q: use text or json", format)
+}
+
+// RouteLibraryLogs sends what client-go (klog) and controller-runtime log
+// through log, so that a binary writes one format at one level, not three.
+func RouteLibraryLogs(log *slog.Logger) {
+	klog.SetSlogLogger(log)
+	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
 }
 
 // Prefix parses an optional CIDR flag.

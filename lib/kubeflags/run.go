@@ -22,6 +22,7 @@ func (c *Common) Serve(run func(ctx context.Context, rc *rest.Config, log *slog.
 	if err != nil {
 		return err
 	}
+	RouteLibraryLogs(log)
 	rc, err := c.RESTConfig()
 	if err != nil {
 		return err
