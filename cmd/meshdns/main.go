@@ -7,7 +7,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 
 	"k8s.io/client-go/rest"
@@ -21,16 +20,15 @@ func main() {
 	cmd := cli.New("kubelink-meshdns", "renders the Corefile of the kubelink CoreDNS so that <svc>.<ns>.svc.<cluster>.<mesh-domain> resolves in every cluster")
 	c := meshdns.Defaults()
 	var common kubeflags.Common
-	var dnsIP, serviceCIDR, kubelinkDNSIP string
 	f := cmd.Flags
 	common.Register(f)
 	f.StringVar(&c.Mode, "dns-propagation", c.Mode, "none (write nothing), dns (rewrite and forward to each remote cluster DNS) or kubernetes (kubernetes plugin against each remote API server, credentials from spec.apiAccess)")
 	f.StringVar(&c.ClusterName, "cluster-name", c.ClusterName, "name of this cluster in the meshes (default: the cluster part of each mesh's LocalLink name)")
 	f.StringVar(&c.ClusterDomain, "cluster-domain", c.ClusterDomain, "domain of this cluster")
-	f.StringVar(&dnsIP, "dns-service-ip", "", "IP of this cluster's DNS service (default: --service-cidr + 10, else the LocalLink's cidr + 10)")
-	f.StringVar(&serviceCIDR, "service-cidr", "", "this cluster's service CIDR")
-	f.StringVar(&kubelinkDNSIP, "kubelink-dns-ip", "", "ClusterIP of the kubelink CoreDNS Service, target of the coredns-custom hook (default: --service-cidr + 11)")
-	f.StringVar(&kubelinkDNSIP, "coredns-service-ip", "", "the original's name of --kubelink-dns-ip")
+	kubeflags.AddrVar(f, &c.DNSServiceIP, "dns-service-ip", "IP of this cluster's DNS service (default: --service-cidr + 10, else the LocalLink's cidr + 10)")
+	kubeflags.PrefixVar(f, &c.ServiceCIDR, "service-cidr", "this cluster's service CIDR")
+	kubeflags.AddrVar(f, &c.KubelinkDNSIP, "kubelink-dns-ip", "ClusterIP of the kubelink CoreDNS Service, target of the coredns-custom hook (default: --service-cidr + 11)")
+	kubeflags.AddrVar(f, &c.KubelinkDNSIP, "coredns-service-ip", "the original's name of --kubelink-dns-ip")
 	_ = f.MarkDeprecated("coredns-service-ip", "use --kubelink-dns-ip")
 	f.StringVar(&c.Namespace, "namespace", kubeflags.DefaultNamespace(c.Namespace), "namespace of the CoreDNS Secret and Deployment, and the default namespace of apiAccess Secrets")
 	f.StringVar(&c.Secret, "coredns-secret", c.Secret, "Secret that receives the keys Corefile and kubeconfig")
@@ -43,17 +41,6 @@ func main() {
 	f.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address serving /healthz, /readyz and /metrics (empty: off)")
 
 	cmd.Main(func() error {
-		var err error
-		var errs []error
-		c.ServiceCIDR, err = kubeflags.Prefix("service-cidr", serviceCIDR)
-		errs = append(errs, err)
-		c.DNSServiceIP, err = kubeflags.Addr("dns-service-ip", dnsIP)
-		errs = append(errs, err)
-		c.KubelinkDNSIP, err = kubeflags.Addr("kubelink-dns-ip", kubelinkDNSIP)
-		errs = append(errs, err)
-		if err := errors.Join(errs...); err != nil {
-			return err
-		}
 		if err := c.Validate(); err != nil {
 			return err
 		}

@@ -19,11 +19,10 @@ func main() {
 	cmd := cli.New("kubelink-router", "installs, on every node, the routes that send mesh traffic to the active gateway")
 	c := router.Config{Tunnel: router.TunnelNone, RouteTable: 254, RulePriority: 32751, Resync: 10 * time.Second}
 	var common kubeflags.Common
-	var nodeCIDR string
 	var cleanup bool
 	f := cmd.Flags
 	common.Register(f)
-	f.StringVar(&nodeCIDR, "node-cidr", "", "node network CIDR (required)")
+	kubeflags.PrefixVar(f, &c.NodeCIDR, "node-cidr", "node network CIDR (required)")
 	f.StringVar(&c.Tunnel, "tunnel", c.Tunnel, "how to reach the gateway: none (routed), vxlan or ipip (for networks that drop forwarded traffic; every node runs the router, the gateway too)")
 	f.IntVar(&c.RouteTable, "route-table", c.RouteTable, "routing table (254 = main; other tables get an ip rule)")
 	f.IntVar(&c.RulePriority, "rule-priority", c.RulePriority, "priority of the ip rule for --route-table")
@@ -31,10 +30,6 @@ func main() {
 	f.DurationVar(&c.Resync, "resync", c.Resync, "period of the full sync")
 	f.BoolVar(&cleanup, "cleanup", false, "remove the router's routes and rule, then exit")
 	cmd.Main(func() error {
-		var err error
-		if c.NodeCIDR, err = kubeflags.Prefix("node-cidr", nodeCIDR); err != nil {
-			return err
-		}
 		if cleanup {
 			return router.Cleanup(c)
 		}

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 
 	"k8s.io/client-go/rest"
@@ -22,7 +21,6 @@ func Main(name, short, fixedMode string) {
 	}
 	bridge := c.Mode == ModeBridge && fixedMode != ""
 	var common kubeflags.Common
-	var nodeCIDR, podCIDR, nodeIP, serviceCIDR, dnsServiceIP string
 	var cleanup bool
 	var served string
 	f := cmd.Flags
@@ -37,7 +35,7 @@ func Main(name, short, fixedMode string) {
 	f.IntVar(&c.AdvertisedPort, "advertised-port", c.AdvertisedPort, "bridge mode: the port announced in the handshake, where peers reach this bridge (e.g. a NodePort; 0: --bridge-port)")
 	f.BoolVar(&c.DNSAdvertisement, "dns-advertisement", c.DNSAdvertisement, "bridge mode: announce --cluster-domain and --dns-service-ip in the handshake, for the peers' mesh DNS")
 	f.StringVar(&c.ClusterDomain, "cluster-domain", c.ClusterDomain, "bridge mode, with --dns-advertisement: the local cluster domain")
-	f.StringVar(&dnsServiceIP, "dns-service-ip", "", "bridge mode, with --dns-advertisement: the local cluster DNS Service IP (default: the LocalLink's cidr, else --service-cidr, + 10)")
+	kubeflags.AddrVar(f, &c.DNSServiceIP, "dns-service-ip", "bridge mode, with --dns-advertisement: the local cluster DNS Service IP (default: the LocalLink's cidr, else --service-cidr, + 10)")
 	if !bridge {
 		f.StringVar(&c.WireGuard, "wireguard", c.WireGuard, "WireGuard implementation: auto (kernel if available, else embedded wireguard-go), kernel or userspace")
 		f.IntVar(&c.ListenPort, "listen-port", c.ListenPort, "WireGuard UDP port (also the default port of link endpoints)")
@@ -49,10 +47,10 @@ func Main(name, short, fixedMode string) {
 	}
 	f.StringVar(&c.Interface, "ifce-name", c.Interface, "name of the mesh device")
 	f.IntVar(&c.MTU, "mtu", c.MTU, "device MTU (0: node interface MTU - 80)")
-	f.StringVar(&nodeCIDR, "node-cidr", "", "node network CIDR (required; an interface in it means node mode)")
-	f.StringVar(&podCIDR, "pod-cidr", "", "pod network CIDR (pod mode)")
-	f.StringVar(&nodeIP, "node-ip", "", "IP of the node (pod mode; from the downward API status.hostIP)")
-	f.StringVar(&serviceCIDR, "service-cidr", "", "local service CIDR")
+	kubeflags.PrefixVar(f, &c.NodeCIDR, "node-cidr", "node network CIDR (required; an interface in it means node mode)")
+	kubeflags.PrefixVar(f, &c.PodCIDR, "pod-cidr", "pod network CIDR (pod mode)")
+	kubeflags.AddrVar(f, &c.NodeIP, "node-ip", "IP of the node (pod mode; from the downward API status.hostIP)")
+	kubeflags.PrefixVar(f, &c.ServiceCIDR, "service-cidr", "local service CIDR")
 	f.IntVar(&c.RouteTable, "route-table", c.RouteTable, "routing table for mesh routes (254 = main; other tables get an ip rule)")
 	f.IntVar(&c.RulePriority, "rule-priority", c.RulePriority, "priority of the ip rule for --route-table")
 	f.DurationVar(&c.ProbeInterval, "probe-interval", c.ProbeInterval, "health probe interval through the tunnel")
@@ -72,20 +70,7 @@ func Main(name, short, fixedMode string) {
 
 	cmd.Main(func() error {
 		var err error
-		var errs []error
-		c.NodeCIDR, err = kubeflags.Prefix("node-cidr", nodeCIDR)
-		errs = append(errs, err)
-		c.PodCIDR, err = kubeflags.Prefix("pod-cidr", podCIDR)
-		errs = append(errs, err)
-		c.ServiceCIDR, err = kubeflags.Prefix("service-cidr", serviceCIDR)
-		errs = append(errs, err)
-		c.NodeIP, err = kubeflags.Addr("node-ip", nodeIP)
-		errs = append(errs, err)
-		c.DNSServiceIP, err = kubeflags.Addr("dns-service-ip", dnsServiceIP)
-		errs = append(errs, err)
-		c.Served, err = ParseServed(served)
-		errs = append(errs, err)
-		if err := errors.Join(errs...); err != nil {
+		if c.Served, err = ParseServed(served); err != nil {
 			return err
 		}
 		if cleanup {

@@ -76,28 +76,63 @@ func RouteLibraryLogs(log *slog.Logger) {
 	ctrllog.SetLogger(logr.FromSlogHandler(log.Handler()))
 }
 
-// Prefix parses an optional CIDR flag.
-func Prefix(flag, v string) (netip.Prefix, error) {
-	if v == "" {
-		return netip.Prefix{}, nil
-	}
-	p, err := netip.ParsePrefix(v)
-	if err != nil {
-		return p, fmt.Errorf("--%s=%q: not a CIDR", flag, v)
-	}
-	return p.Masked(), nil
+// PrefixVar registers a CIDR flag stored in p (masked; empty leaves it
+// unset). A bad value fails the parse with the flag's name.
+func PrefixVar(fs *pflag.FlagSet, p *netip.Prefix, name, usage string) {
+	fs.Var(prefixValue{p}, name, usage)
 }
 
-// Addr parses an optional IP flag.
-func Addr(flag, v string) (netip.Addr, error) {
-	if v == "" {
-		return netip.Addr{}, nil
+// AddrVar registers an IP flag stored in a (empty leaves it unset).
+func AddrVar(fs *pflag.FlagSet, a *netip.Addr, name, usage string) {
+	fs.Var(addrValue{a}, name, usage)
+}
+
+type prefixValue struct{ p *netip.Prefix }
+
+func (v prefixValue) Type() string { return "cidr" }
+
+func (v prefixValue) String() string {
+	if v.p == nil || !v.p.IsValid() {
+		return ""
 	}
-	a, err := netip.ParseAddr(strings.TrimSpace(v))
+	return v.p.String()
+}
+
+func (v prefixValue) Set(s string) error {
+	if s = strings.TrimSpace(s); s == "" {
+		*v.p = netip.Prefix{}
+		return nil
+	}
+	p, err := netip.ParsePrefix(s)
 	if err != nil {
-		return a, fmt.Errorf("--%s=%q: not an IP address", flag, v)
+		return fmt.Errorf("not a CIDR (e.g. 10.250.0.0/16)")
 	}
-	return a, nil
+	*v.p = p.Masked()
+	return nil
+}
+
+type addrValue struct{ a *netip.Addr }
+
+func (v addrValue) Type() string { return "ip" }
+
+func (v addrValue) String() string {
+	if v.a == nil || !v.a.IsValid() {
+		return ""
+	}
+	return v.a.String()
+}
+
+func (v addrValue) Set(s string) error {
+	if s = strings.TrimSpace(s); s == "" {
+		*v.a = netip.Addr{}
+		return nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return fmt.Errorf("not an IP address")
+	}
+	*v.a = a
+	return nil
 }
 
 // DefaultNamespace is the pod's namespace when running in a cluster.
