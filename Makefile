@@ -73,10 +73,10 @@ flake: deps tools test-bins ## run `make test`'s packages FLAKE_RUNS times (defa
 lint: $(STATICCHECK) ## go vet and staticcheck
 	go vet $(PKGS)
 	go vet -tags e2e ./e2e/...
-	go vet -tags kernelwg ./lib/wireguard/
+	go vet -tags kernelwg ./lib/wireguard/ ./lib/broker/
 	$(STATICCHECK) $(PKGS)
 	$(STATICCHECK) -tags e2e ./e2e/...
-	$(STATICCHECK) -tags kernelwg ./lib/wireguard/
+	$(STATICCHECK) -tags kernelwg ./lib/wireguard/ ./lib/broker/
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target (bridge frame decoder and HELLO parser, mesh model, endpoint parser, ingress policy, Corefile renderer, iptables-restore writer and -S parser) for FUZZTIME (default 60s)

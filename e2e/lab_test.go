@@ -27,6 +27,8 @@ import (
 type Lab struct {
 	Dir  string
 	Mode string // wireguard or bridge
+	// KubeProxy is the kube-proxy mode lab-up was asked for (LAB_KUBE_PROXY).
+	KubeProxy string
 	A, B *Cluster
 }
 
@@ -62,7 +64,11 @@ func OpenLab(dir string) (*Lab, error) {
 	if err != nil {
 		return nil, fmt.Errorf("no running lab in %s: %w", dir, err)
 	}
-	l := &Lab{Dir: dir, Mode: strings.TrimSpace(string(mode))}
+	proxy, err := os.ReadFile(filepath.Join(dir, "kube-proxy"))
+	if err != nil {
+		return nil, fmt.Errorf("lab in %s predates LAB_KUBE_PROXY: run make lab-up again: %w", dir, err)
+	}
+	l := &Lab{Dir: dir, Mode: strings.TrimSpace(string(mode)), KubeProxy: strings.TrimSpace(string(proxy))}
 	for _, name := range []string{"a", "b"} {
 		kc := filepath.Join(dir, name, "kubeconfig")
 		rc, err := clientcmd.BuildConfigFromFlags("", kc)

@@ -4,13 +4,16 @@
 #   lab-b: control plane,          pods 10.120.0.0/16, services 100.64.16.0/20, mesh 192.168.0.12
 # LAB_MODE=wireguard (default) or bridge chooses the data plane. Re-running it
 # on a running lab re-deploys (e.g. to switch LAB_MODE) without recreating
-# the clusters. Everything is built offline and cached under ~/.cache/kubelink.
+# the clusters. LAB_KUBE_PROXY=iptables (default) or nftables chooses
+# kube-proxy's mode; a lab running the other mode is recreated. Everything is built offline and cached under ~/.cache/kubelink.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 MODE=${LAB_MODE:-wireguard}
 TAG=${TAG:?TAG (image version) is required; make lab-up sets it}
 NODE_IMAGE=${NODE_IMAGE:-}
 case $MODE in wireguard|bridge) ;; *) die "LAB_MODE=$MODE: must be wireguard or bridge" ;; esac
+PROXY_MODE=${LAB_KUBE_PROXY:-iptables}
+case $PROXY_MODE in iptables|nftables) ;; *) die "LAB_KUBE_PROXY=$PROXY_MODE: must be iptables or nftables" ;; esac
 start=$(date +%s)
 
 "$ROOT/lab/scripts/host-prep.sh"
@@ -35,18 +38,24 @@ create_cluster() { # c
   mkdir -p "$d"
   if "$KIND" get clusters 2>/dev/null | grep -x "$name" >/dev/null; then
     "$KIND" get kubeconfig --name "$name" >"$d/kubeconfig"
-    if cluster_healthy "$c"; then
-      log "cluster $name exists and is healthy; reusing it"
+    local have; have=$(kube_proxy_mode "$c")
+    if [[ $have != "$PROXY_MODE" ]]; then
+      log "cluster $name runs kube-proxy in ${have:-an unknown} mode, LAB_KUBE_PROXY=$PROXY_MODE: recreating it"
+      "$KIND" delete cluster --name "$name" >/dev/null 2>&1
+    elif cluster_healthy "$c"; then
+      log "cluster $name exists and is healthy (kube-proxy $have); reusing it"
       return
     fi
-    # e.g. its node containers did not survive a dockerd restart
-    log "cluster $name exists but is not healthy; recreating it"
-    "$KIND" delete cluster --name "$name" >/dev/null 2>&1
+    if "$KIND" get clusters 2>/dev/null | grep -x "$name" >/dev/null; then
+      # e.g. its node containers did not survive a dockerd restart
+      log "cluster $name exists but is not healthy; recreating it"
+      "$KIND" delete cluster --name "$name" >/dev/null 2>&1
+    fi
   fi
   {
     echo "kind: Cluster"
     echo "apiVersion: kind.x-k8s.io/v1alpha4"
-    echo "networking: {ipFamily: ipv4, podSubnet: ${POD[$c]}, serviceSubnet: ${SVC[$c]}, disableDefaultCNI: true, kubeProxyMode: iptables}"
+    echo "networking: {ipFamily: ipv4, podSubnet: ${POD[$c]}, serviceSubnet: ${SVC[$c]}, disableDefaultCNI: true, kubeProxyMode: $PROXY_MODE}"
     echo "kubeadmConfigPatches:"
     echo "- |"
     echo "  kind: KubeletConfiguration"
@@ -66,6 +75,13 @@ create_cluster() { # c
   "$KIND" create cluster --name "$name" --config "$d/kind.yaml" --kubeconfig "$d/kubeconfig" >"$d/create.log" 2>&1 ||
     { tail -30 "$d/create.log" >&2; die "kind create cluster $name failed (log: $d/create.log)"; }
   log "cluster $name created in $(( $(date +%s) - s ))s"
+}
+
+# kube_proxy_mode c: the mode in the cluster's kube-proxy configuration
+# (empty when it cannot be read).
+kube_proxy_mode() {
+  timeout 20 "$KUBECTL" --kubeconfig "$LAB_DIR/$1/kubeconfig" --request-timeout=5s -n kube-system \
+    get configmap kube-proxy -o jsonpath='{.data.config\.conf}' 2>/dev/null | awk '$1 == "mode:" {gsub(/"/, "", $2); print $2; exit}'
 }
 
 # cluster_healthy c: every node container runs and every node is Ready.
@@ -278,7 +294,8 @@ for c in a b; do
   kc "$c" -n kubelink rollout status deploy/kubelink-coredns --timeout=180s >/dev/null
 done
 echo "$MODE" >"$LAB_DIR/mode"
-log "lab up in $(( $(date +%s) - start ))s (LAB_MODE=$MODE)"
+echo "$PROXY_MODE" >"$LAB_DIR/kube-proxy"
+log "lab up in $(( $(date +%s) - start ))s (LAB_MODE=$MODE, LAB_KUBE_PROXY=$PROXY_MODE)"
 ECHO_B=$(kc b get svc echo -o jsonpath='{.spec.clusterIP}')
 ECHO_A=$(kc a get svc echo -o jsonpath='{.spec.clusterIP}')
 CLIENT_A=$(kc a get pod -l app=client -o jsonpath='{.items[0].metadata.name}')
