@@ -39,6 +39,10 @@ func TestKubeProxyMode(t *testing.T) {
 		for _, node := range LabNodes(c) {
 			nft := nodeRun(t, node, "nft", "list", "table", "ip", "kube-proxy")
 			ipt := nodeRun(t, node, "iptables-save", "-t", "nat")
+			if ipt.err != nil {
+				t.Errorf("%s: iptables-save: %v\n%s", node, ipt.err, ipt.out)
+				continue
+			}
 			hasNft, hasIpt := nft.err == nil && strings.Contains(nft.out, "services"), strings.Contains(ipt.out, ":KUBE-SERVICES")
 			switch {
 			case lab.KubeProxy == "nftables" && (!hasNft || hasIpt):

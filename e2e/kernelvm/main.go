@@ -168,9 +168,12 @@ func boot(kernel, initrd string, memory, cpus int, timeout time.Duration) (*resu
 		}
 		fmt.Println(line)
 	}
+	scanErr := sc.Err()
 	_, _ = io.Copy(io.Discard, out)
 	werr := cmd.Wait()
 	switch {
+	case scanErr != nil && res == nil:
+		return nil, fmt.Errorf("reading the VM console: %w", scanErr)
 	case ctx.Err() != nil:
 		return nil, fmt.Errorf("the VM did not finish within %v (killed)", timeout)
 	case res == nil:

@@ -38,7 +38,7 @@ create_cluster() { # c
   mkdir -p "$d"
   if "$KIND" get clusters 2>/dev/null | grep -x "$name" >/dev/null; then
     "$KIND" get kubeconfig --name "$name" >"$d/kubeconfig"
-    local have; have=$(kube_proxy_mode "$c")
+    local have; have=$(kube_proxy_mode "$c" || true)  # unreadable: recreated below
     if [[ $have != "$PROXY_MODE" ]]; then
       log "cluster $name runs kube-proxy in ${have:-an unknown} mode, LAB_KUBE_PROXY=$PROXY_MODE: recreating it"
       "$KIND" delete cluster --name "$name" >/dev/null 2>&1

@@ -153,6 +153,9 @@ func (c *Config) Validate() error {
 	if c.ProbeDownAfter < c.ProbeInterval {
 		errs = append(errs, errors.New("--probe-down-after must be at least --probe-interval"))
 	}
+	if c.Resync <= 0 {
+		errs = append(errs, fmt.Errorf("--resync=%s: must be positive", c.Resync))
+	}
 	if c.LeaderElect && !(c.LeaseDuration > c.RenewDeadline && c.RenewDeadline > c.RetryPeriod) {
 		errs = append(errs, errors.New("leader election needs --lease-duration > --lease-renew-deadline > --lease-retry-period"))
 	}

@@ -24,6 +24,7 @@ func TestValidateExplainsBadFlags(t *testing.T) {
 		{func(c *Config) { c.NodeCIDR = netip.Prefix{} }, "--node-cidr is required"},
 		{func(c *Config) { c.RouteTable = 253 }, "--route-table=253"},
 		{func(c *Config) { c.ProbeDownAfter = 1 }, "--probe-down-after"},
+		{func(c *Config) { c.Resync = 0 }, "--resync"},
 		{func(c *Config) { c.Interface = "a-very-long-interface" }, "--ifce-name"},
 		{func(c *Config) { c.RenewDeadline = c.LeaseDuration }, "leader election"},
 		{func(c *Config) { c.DNSAdvertisement = true }, "--dns-advertisement works in bridge mode only"},

@@ -33,10 +33,12 @@ func (b *Broker) runElected(ctx context.Context, cfg *rest.Config) error {
 				return
 			}
 			b.log.Info("standby: another broker is active", "active", id)
-			if b.cfg.Mode != ModeWireGuard {
+			// Only a standby: the active broker sees a new holder too (a
+			// takeover) while its own sync may still use the device.
+			if b.cfg.Mode != ModeWireGuard || b.active.Load() {
 				return
 			}
-			if removed, err := removeStaleDevice(b.cfg.Interface); err != nil {
+			if removed, err := removeStaleDevice(b.cfg.Interface, id); err != nil {
 				b.log.Error("standby: a WireGuard device left by a crashed broker could not be removed; it may pull the peers' traffic to this node", "device", b.cfg.Interface, "err", err)
 			} else if removed {
 				b.log.Warn("standby: removed the kernel WireGuard device a crashed broker left here, so that it stops sending as the active gateway", "device", b.cfg.Interface, "active", id)

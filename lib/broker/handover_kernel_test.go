@@ -48,10 +48,19 @@ func TestClosingTheWireGuardPlaneRemovesTheKernelDevice(t *testing.T) {
 	if d.Kind() != wireguard.KindKernel {
 		t.Fatalf("kind %s", d.Kind())
 	}
-	p := &wgPlane{dev: d, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	p := &wgPlane{gateway: &gateway{cfg: &Config{LeaderElect: true}}, dev: d, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	p.Close()
 	if linkIn(t, ns, name) {
 		t.Errorf("kernel device %s still there after the plane closed", name)
+	}
+	// Without leader election nobody takes over: the device stays and keeps
+	// forwarding through a restart.
+	single := nstest.UniqueName("wg")
+	d = openKernelDevice(t, ns, single)
+	p = &wgPlane{gateway: &gateway{cfg: &Config{LeaderElect: false}}, dev: d, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	p.Close()
+	if !linkIn(t, ns, single) {
+		t.Errorf("--leader-elect=false: kernel device %s removed on close, want it kept", single)
 	}
 }
 
@@ -65,20 +74,28 @@ func TestStandbyRemovesOnlyAStaleWireGuardDevice(t *testing.T) {
 	if !linkIn(t, ns, name) {
 		t.Fatalf("kernel device %s gone after Close; the premise of this test does not hold", name)
 	}
+	// Marked as the holder's: a standby on the active broker's node.
+	if err := ns.Do(func() error { return setOwner(name, "active-pod") }); err != nil {
+		t.Fatal(err)
+	}
 	var removed bool
-	if err := ns.Do(func() (err error) { removed, err = removeStaleDevice(name); return err }); err != nil || !removed {
+	if err := ns.Do(func() (err error) { removed, err = removeStaleDevice(name, "active-pod"); return err }); err != nil || removed {
+		t.Fatalf("removeStaleDevice of the holder's own device = %v, %v; want it left alone", removed, err)
+	}
+	// Marked by the crashed broker, another holder now.
+	if err := ns.Do(func() (err error) { removed, err = removeStaleDevice(name, "other-pod"); return err }); err != nil || !removed {
 		t.Fatalf("removeStaleDevice = %v, %v; want the device removed", removed, err)
 	}
 	if linkIn(t, ns, name) {
 		t.Errorf("device %s still there", name)
 	}
 	// Nothing there: nothing to do.
-	if err := ns.Do(func() (err error) { removed, err = removeStaleDevice(name); return err }); err != nil || removed {
+	if err := ns.Do(func() (err error) { removed, err = removeStaleDevice(name, "other-pod"); return err }); err != nil || removed {
 		t.Errorf("removeStaleDevice without a device = %v, %v", removed, err)
 	}
 	// An interface of another kind under that name is the admin's.
 	ns.Run(t, "ip", "link", "add", name, "type", "bridge")
-	if err := ns.Do(func() (err error) { removed, err = removeStaleDevice(name); return err }); err != nil || removed {
+	if err := ns.Do(func() (err error) { removed, err = removeStaleDevice(name, "other-pod"); return err }); err != nil || removed {
 		t.Errorf("removeStaleDevice over a bridge = %v, %v; want it left alone", removed, err)
 	}
 	var l netlink.Link

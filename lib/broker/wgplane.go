@@ -50,8 +50,29 @@ func (p *wgPlane) open() error {
 	if r := dev.FallbackReason(); r != "" {
 		p.log.Info("kernel WireGuard unavailable, using embedded wireguard-go", "reason", r)
 	}
+	// The owner's identity on the interface: a standby in the same network
+	// namespace (node mode, two replicas on one node) must tell the
+	// active broker's device from one a crashed broker left.
+	if err := setOwner(p.cfg.Interface, p.cfg.Identity); err != nil {
+		p.log.Warn("marking the WireGuard device with this broker's identity", "err", err)
+	}
 	p.dev = dev
 	return nil
+}
+
+// ownerAlias is the interface alias (ifalias) naming the broker that owns
+// a device.
+func ownerAlias(identity string) string { return "kubelink-broker:" + identity }
+
+func setOwner(name, identity string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	if l.Attrs().Alias == ownerAlias(identity) {
+		return nil
+	}
+	return netlink.LinkSetAlias(l, ownerAlias(identity))
 }
 
 // Kind names the data plane for status and metrics.
@@ -135,20 +156,30 @@ func (p *wgPlane) ApplyServices(bindings []*mesh.ServiceBinding) error {
 // removes them). Only a crash leaves a kernel device behind: a restart that
 // finds the Lease still its own reuses it without interrupting traffic, one
 // that finds another holder removes it (removeStaleDevice).
+//
+// Without leader election there is no other broker to hand over to: the
+// device is only closed, and a kernel device keeps forwarding through a
+// restart, as it did before.
 func (p *wgPlane) Close() {
-	if p.dev != nil {
-		if err := p.dev.Delete(); err != nil {
-			p.log.Warn("removing WireGuard device", "err", err)
-		}
-		p.dev = nil
+	if p.dev == nil {
+		return
 	}
+	op, do := "removing", p.dev.Delete
+	if !p.cfg.LeaderElect {
+		op, do = "closing", p.dev.Close
+	}
+	if err := do(); err != nil {
+		p.log.Warn(op+" WireGuard device", "err", err)
+	}
+	p.dev = nil
 }
 
 // removeStaleDevice deletes a kernel WireGuard interface of the broker's
 // name that an earlier, crashed process left in this namespace, while
-// another broker holds the Lease: a standby owns no device. Interfaces of
-// another kind are never touched.
-func removeStaleDevice(name string) (bool, error) {
+// another broker (holder) holds the Lease: a standby owns no device. A
+// device marked as the holder's (a standby on the active broker's node, in
+// node mode) and interfaces of another kind are never touched.
+func removeStaleDevice(name, holder string) (bool, error) {
 	l, err := netlink.LinkByName(name)
 	var missing netlink.LinkNotFoundError
 	if errors.As(err, &missing) {
@@ -157,7 +188,7 @@ func removeStaleDevice(name string) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("look up %s: %w", name, err)
 	}
-	if l.Type() != "wireguard" {
+	if l.Type() != "wireguard" || l.Attrs().Alias == ownerAlias(holder) {
 		return false, nil
 	}
 	if err := netlink.LinkDel(l); err != nil {
