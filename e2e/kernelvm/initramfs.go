@@ -49,12 +49,24 @@ func buildInitramfs(kernelDir string, p *plan, c contents, out string) (string, 
 	if err != nil {
 		return "", "", err
 	}
-	for _, rel := range order {
-		dst := path.Join("/lib/modules", version, filepath.ToSlash(rel))
-		if err := a.copy(filepath.Join(versions[0], rel), dst); err != nil {
-			return "", "", err
+	// addModules copies modules (paths relative to the module directory)
+	// that are not in have yet and returns their paths in the initramfs.
+	addModules := func(rels, have []string) ([]string, error) {
+		var dsts []string
+		for _, rel := range rels {
+			dst := path.Join("/lib/modules", version, filepath.ToSlash(rel))
+			if slices.Contains(have, dst) {
+				continue
+			}
+			if err := a.copy(filepath.Join(versions[0], rel), dst); err != nil {
+				return nil, err
+			}
+			dsts = append(dsts, dst)
 		}
-		p.Modules = append(p.Modules, dst)
+		return dsts, nil
+	}
+	if p.Modules, err = addModules(order, nil); err != nil {
+		return "", "", err
 	}
 	if len(c.moduleDirs) > 0 {
 		names := tree.under(c.moduleDirs)
@@ -65,15 +77,8 @@ func buildInitramfs(kernelDir string, p *plan, c contents, out string) (string, 
 		if err != nil {
 			return "", "", err
 		}
-		for _, rel := range extra {
-			dst := path.Join("/lib/modules", version, filepath.ToSlash(rel))
-			if slices.Contains(p.Modules, dst) {
-				continue
-			}
-			if err := a.copy(filepath.Join(versions[0], rel), dst); err != nil {
-				return "", "", err
-			}
-			p.Optional = append(p.Optional, dst)
+		if p.Optional, err = addModules(extra, p.Modules); err != nil {
+			return "", "", err
 		}
 	}
 	// Programs the tests exec, at the same paths as here, with their
@@ -205,12 +210,11 @@ func sharedLibraries(bin string) ([]string, error) {
 // requireStatic refuses a dynamically linked binary: the VM has no libc
 // for it unless it is copied as a program.
 func requireStatic(bin string) error {
-	out, err := exec.Command("ldd", bin).CombinedOutput()
-	if err == nil && !strings.Contains(string(out), "statically linked") {
-		return fmt.Errorf("%s is dynamically linked", bin)
+	if _, err := os.Stat(bin); err != nil {
+		return err
 	}
-	if _, serr := os.Stat(bin); serr != nil {
-		return serr
+	if isDynamicELF(bin) {
+		return fmt.Errorf("%s is dynamically linked", bin)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@
 package kubeflags
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -79,59 +80,50 @@ func RouteLibraryLogs(log *slog.Logger) {
 // PrefixVar registers a CIDR flag stored in p (masked; empty leaves it
 // unset). A bad value fails the parse with the flag's name.
 func PrefixVar(fs *pflag.FlagSet, p *netip.Prefix, name, usage string) {
-	fs.Var(prefixValue{p}, name, usage)
+	fs.Var(&netValue[netip.Prefix]{v: p, kind: "cidr", want: "not a CIDR (e.g. 10.250.0.0/16)",
+		parse: func(s string) (netip.Prefix, error) {
+			p, err := netip.ParsePrefix(s)
+			return p.Masked(), err
+		}}, name, usage)
 }
 
 // AddrVar registers an IP flag stored in a (empty leaves it unset).
 func AddrVar(fs *pflag.FlagSet, a *netip.Addr, name, usage string) {
-	fs.Var(addrValue{a}, name, usage)
+	fs.Var(&netValue[netip.Addr]{v: a, kind: "ip", want: "not an IP address", parse: netip.ParseAddr}, name, usage)
 }
 
-type prefixValue struct{ p *netip.Prefix }
+// netValue is a pflag.Value of a netip type; the zero value means unset.
+type netValue[T interface {
+	comparable
+	String() string
+}] struct {
+	v     *T
+	kind  string // pflag's type name in --help
+	want  string // the error of a bad value
+	parse func(string) (T, error)
+}
 
-func (v prefixValue) Type() string { return "cidr" }
+func (n *netValue[T]) Type() string { return n.kind }
 
-func (v prefixValue) String() string {
-	if v.p == nil || !v.p.IsValid() {
+func (n *netValue[T]) String() string {
+	var zero T
+	if n.v == nil || *n.v == zero {
 		return ""
 	}
-	return v.p.String()
+	return (*n.v).String()
 }
 
-func (v prefixValue) Set(s string) error {
+func (n *netValue[T]) Set(s string) error {
+	var zero T
 	if s = strings.TrimSpace(s); s == "" {
-		*v.p = netip.Prefix{}
+		*n.v = zero
 		return nil
 	}
-	p, err := netip.ParsePrefix(s)
+	v, err := n.parse(s)
 	if err != nil {
-		return fmt.Errorf("not a CIDR (e.g. 10.250.0.0/16)")
+		return errors.New(n.want)
 	}
-	*v.p = p.Masked()
-	return nil
-}
-
-type addrValue struct{ a *netip.Addr }
-
-func (v addrValue) Type() string { return "ip" }
-
-func (v addrValue) String() string {
-	if v.a == nil || !v.a.IsValid() {
-		return ""
-	}
-	return v.a.String()
-}
-
-func (v addrValue) Set(s string) error {
-	if s = strings.TrimSpace(s); s == "" {
-		*v.a = netip.Addr{}
-		return nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return fmt.Errorf("not an IP address")
-	}
-	*v.a = a
+	*n.v = v
 	return nil
 }
 
