@@ -105,7 +105,7 @@ lab-down: ## remove the lab: clusters, their containers, volumes and network
 	lab/scripts/lab-down.sh
 
 .PHONY: e2e
-e2e: ## run the end-to-end tests (sigs.k8s.io/e2e-framework) against the running lab
+e2e: ## run the end-to-end tests (sigs.k8s.io/e2e-framework) against the running lab; each failover/DNS/link-Up scenario once, both ways
 	cd e2e && go test -tags e2e -count=1 -timeout 30m -v ./... 2>&1 | tee $(KUBELINK_CACHE)/e2e.log; exit $${PIPESTATUS[0]}
 
 .PHONY: bench
@@ -114,6 +114,15 @@ bench: test-bins ## measure the data planes in one run; prints BENCH and RATIO l
 	@set -o pipefail; go test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./lib/clusterlab/ ./lib/bridge/ \
 	  | tee _bench.log | grep -E '^(BENCH|RATIO) '; rc=$$?; \
 	  if [ $$rc -ne 0 ]; then cat _bench.log; fi; rm -f _bench.log; exit $$rc
+
+# The measured scenarios of the e2e suite, repeated for their distributions.
+LAB_BENCH_TESTS := ^(TestBrokerFailover|TestMeshDNSFollowsLinkHealth|TestLinkUpAfterApply)$$
+.PHONY: lab-bench
+lab-bench: ## against the running lab: repeat failover, DNS withdrawal/return and link Up E2E_RUNS times (default 5); prints BENCH min/median/max
+	@mkdir -p $(KUBELINK_CACHE)
+	@cd e2e && E2E_RUNS=$${E2E_RUNS:-5} go test -tags e2e -count=1 -timeout 90m -v -run '$(LAB_BENCH_TESTS)' . 2>&1 \
+	  | tee $(KUBELINK_CACHE)/lab-bench.log | grep --line-buffered -E '^(BENCH|RATIO) |(FAILOVER [ab]|DNS [ab]|LINKUP) run|--- (PASS|FAIL)|^(FAIL|ok) '; \
+	  rc=$${PIPESTATUS[0]}; if [ $$rc -ne 0 ]; then echo "lab-bench failed; the whole log: $(KUBELINK_CACHE)/lab-bench.log"; fi; exit $$rc
 
 .PHONY: clean
 clean: ## remove build output (the binary cache in ~/.cache/kubelink stays)

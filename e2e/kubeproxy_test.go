@@ -12,14 +12,16 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// The lab runs kube-proxy in the mode lab-up was asked for
-// (LAB_KUBE_PROXY), and kube-proxy programs that mode on every node: its
-// `kube-proxy` nftables table, or its KUBE-SERVICES iptables chain. The
-// other e2e tests then run against it (ClusterIPs across clusters, mesh
-// DNS, MeshServices, the firewall).
+// Each cluster of the lab runs kube-proxy in the mode lab-up gave it
+// (nftables in a, iptables in b by default; LAB_KUBE_PROXY forces one), and
+// kube-proxy programs that mode on every node: its `kube-proxy` nftables
+// table, or its KUBE-SERVICES iptables chain. The other e2e tests go both
+// ways across the clusters (ClusterIPs, mesh DNS, MeshServices, the
+// firewall, failover), so one pass covers both modes at both ends.
 func TestKubeProxyMode(t *testing.T) {
-	t.Logf("LAB_KUBE_PROXY=%s, LAB_MODE=%s", lab.KubeProxy, lab.Mode)
+	t.Logf("LAB_MODE=%s, kube-proxy: a %s, b %s", lab.Mode, lab.A.KubeProxy, lab.B.KubeProxy)
 	for _, c := range []*Cluster{lab.A, lab.B} {
+		want := c.KubeProxy
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		var cm corev1.ConfigMap
 		err := c.Res.Get(ctx, "kube-proxy", "kube-system", &cm)
@@ -33,8 +35,8 @@ func TestKubeProxyMode(t *testing.T) {
 				mode = strings.Trim(f[1], `"`)
 			}
 		}
-		if mode != lab.KubeProxy {
-			t.Errorf("cluster %s: kube-proxy mode %q, want %q", c.Name, mode, lab.KubeProxy)
+		if mode != want {
+			t.Errorf("cluster %s: kube-proxy mode %q, want %q", c.Name, mode, want)
 		}
 		for _, node := range LabNodes(c) {
 			nft := nodeRun(t, node, "nft", "list", "table", "ip", "kube-proxy")
@@ -45,9 +47,9 @@ func TestKubeProxyMode(t *testing.T) {
 			}
 			hasNft, hasIpt := nft.err == nil && strings.Contains(nft.out, "services"), strings.Contains(ipt.out, ":KUBE-SERVICES")
 			switch {
-			case lab.KubeProxy == "nftables" && (!hasNft || hasIpt):
+			case want == "nftables" && (!hasNft || hasIpt):
 				t.Errorf("%s: nftables mode, but nft table kube-proxy with services = %v (%v) and iptables KUBE-SERVICES = %v", node, hasNft, nft.err, hasIpt)
-			case lab.KubeProxy == "iptables" && (!hasIpt || hasNft):
+			case want == "iptables" && (!hasIpt || hasNft):
 				t.Errorf("%s: iptables mode, but iptables KUBE-SERVICES = %v and nft table kube-proxy = %v", node, hasIpt, hasNft)
 			}
 		}

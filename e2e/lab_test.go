@@ -27,8 +27,6 @@ import (
 type Lab struct {
 	Dir  string
 	Mode string // wireguard or bridge
-	// KubeProxy is the kube-proxy mode lab-up was asked for (LAB_KUBE_PROXY).
-	KubeProxy string
 	A, B *Cluster
 }
 
@@ -36,8 +34,11 @@ type Lab struct {
 type Cluster struct {
 	Name       string // a or b
 	Kubeconfig string
-	Res        *resources.Resources // all namespaces; see In
-	rest       *rest.Config
+	// KubeProxy is the kube-proxy mode lab-up gave this cluster: nftables
+	// in a and iptables in b, unless LAB_KUBE_PROXY forced one for both.
+	KubeProxy string
+	Res       *resources.Resources // all namespaces; see In
+	rest      *rest.Config
 }
 
 // In returns a Resources scoped to namespace ns. (resources.WithNamespace
@@ -68,7 +69,11 @@ func OpenLab(dir string) (*Lab, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lab in %s predates LAB_KUBE_PROXY: run make lab-up again: %w", dir, err)
 	}
-	l := &Lab{Dir: dir, Mode: strings.TrimSpace(string(mode)), KubeProxy: strings.TrimSpace(string(proxy))}
+	proxyOf, err := parseKubeProxy(string(proxy))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (run make lab-up again)", filepath.Join(dir, "kube-proxy"), err)
+	}
+	l := &Lab{Dir: dir, Mode: strings.TrimSpace(string(mode))}
 	for _, name := range []string{"a", "b"} {
 		kc := filepath.Join(dir, name, "kubeconfig")
 		rc, err := clientcmd.BuildConfigFromFlags("", kc)
@@ -86,7 +91,7 @@ func OpenLab(dir string) (*Lab, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cluster %s does not answer: %w", name, err)
 		}
-		c := &Cluster{Name: name, Kubeconfig: kc, Res: res, rest: rc}
+		c := &Cluster{Name: name, Kubeconfig: kc, Res: res, rest: rc, KubeProxy: proxyOf[name]}
 		if name == "a" {
 			l.A = c
 		} else {
@@ -94,6 +99,23 @@ func OpenLab(dir string) (*Lab, error) {
 		}
 	}
 	return l, nil
+}
+
+// parseKubeProxy reads lab-up's record of each cluster's kube-proxy mode:
+// lines "<cluster> <mode>" for a and b.
+func parseKubeProxy(s string) (map[string]string, error) {
+	m := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(s), "\n") {
+		f := strings.Fields(l)
+		if len(f) != 2 || (f[1] != "iptables" && f[1] != "nftables") {
+			return nil, fmt.Errorf("line %q: want \"<cluster> iptables|nftables\"", l)
+		}
+		m[f[0]] = f[1]
+	}
+	if m["a"] == "" || m["b"] == "" {
+		return nil, fmt.Errorf("no kube-proxy mode for cluster a and b in %q", s)
+	}
+	return m, nil
 }
 
 // Exec runs cmd in the first container of a pod of the default namespace.

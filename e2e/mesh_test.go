@@ -206,80 +206,89 @@ func activeBroker(ctx context.Context, c *Cluster) (string, error) {
 	return *lease.Spec.HolderIdentity, nil
 }
 
-// failoverBudget is the most traffic A → B may stop when the active broker
-// pod is deleted, in every run. Issue #11's goal is 2 s; measured on the
-// 2-core CI machine over 5 runs: 1.4–7.6 s (median 2.3 s; outage = 3 or
-// more failed checks in a row) in WireGuard mode, so the bound is what holds
-// today, not the goal (see the issue note).
+// failoverBudget is the regression bound on how long traffic may stop when
+// the active broker pod of a cluster is deleted (each direction once in
+// `make e2e`). It is not the goal (2 s, issue #11; the figures are
+// `make lab-bench`'s, docs/benchmarks.md): on this 2-core machine the lab
+// measured 0–7.6 s over many runs, so 15 s fails only on a real
+// regression (no hand-over, a stuck Lease, a lost route), never on noise.
 const failoverBudget = 15 * time.Second
 
 func TestBrokerFailover(t *testing.T) {
-	f := features.New("broker failover").
-		Assess("deleting the active broker pod of A, several times: traffic A → B back within the budget every time", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
-			url := echoURL(ctx, t, lab.B)
-			var took []float64
-			for run := 1; run <= runs(t); run++ {
-				took = append(took, failoverOnce(ctx, t, run, url).Seconds())
-			}
-			worst := distribution(t, "e2e_broker_failover_seconds", took)
-			if worst > failoverBudget.Seconds() {
-				t.Errorf("worst failover %.2fs, budget %s", worst, failoverBudget)
-			}
-			// B → A also works after the last one (B reaches A through A's NodePort).
-			bclients, _ := clientsAndGateway(ctx, t, lab.B)
-			for _, p := range bclients {
-				expectEcho(ctx, t, lab.B, p, echoURL(ctx, t, lab.A), "a", 30*time.Second)
-			}
-			return ctx
-		}).Feature()
-	testenv.Test(t, f)
+	var fs []features.Feature
+	for _, d := range []struct{ from, to *Cluster }{{lab.A, lab.B}, {lab.B, lab.A}} {
+		fs = append(fs, features.New("broker failover in "+d.from.Name).Assess(fmt.Sprintf("deleting the active broker pod of %s: traffic %s → %s back within the budget", d.from.Name, d.from.Name, d.to.Name),
+			func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+				url := echoURL(ctx, t, d.to)
+				var took []float64
+				for run := 1; run <= runs(t); run++ {
+					took = append(took, failoverOnce(ctx, t, run, d.from, d.to, url).Seconds())
+				}
+				worst := distribution(t, "failover_"+d.from.Name+"_seconds", took)
+				if worst > failoverBudget.Seconds() {
+					t.Errorf("worst failover %.2fs, regression bound %s", worst, failoverBudget)
+				}
+				// The other way also works after the last one (it reaches the
+				// failed-over cluster through its NodePort).
+				back, _ := clientsAndGateway(ctx, t, d.to)
+				for _, p := range back {
+					expectEcho(ctx, t, d.to, p, echoURL(ctx, t, d.from), d.from.Name, 30*time.Second)
+				}
+				return ctx
+			}).Feature())
+	}
+	testenv.Test(t, fs...)
 }
 
-// failoverOnce deletes A's active broker pod while a client on a node other
-// than the gateway's fetches B's echo every 50 ms, and returns how long
-// fetches failed (from the delete to the first success after the last
-// failure). The series must pass before the delete and keep passing for
-// the rest of the window.
-func failoverOnce(ctx context.Context, t *testing.T, run int, url string) time.Duration {
+// failoverOnce deletes the active broker pod of cluster from while a client
+// there fetches to's echo every 50 ms, and returns how long fetches failed
+// (from the delete to the first success after the last outage). The
+// client runs on a node other than the gateway's where the cluster has one
+// (its traffic crosses a node to the gateway). The series must pass before
+// the delete and keep passing for the rest of the window.
+func failoverOnce(ctx context.Context, t *testing.T, run int, from, to *Cluster, url string) time.Duration {
 	t.Helper()
-	waitStandby(ctx, t, lab.A)
-	clients, gw := clientsAndGateway(ctx, t, lab.A)
+	waitStandby(ctx, t, from)
+	clients, gw := clientsAndGateway(ctx, t, from)
 	var pod string
 	for node, p := range clients {
-		if node != gw {
-			pod = p // a pod whose traffic crosses a node to the gateway
+		if pod == "" || node != gw {
+			pod = p
 		}
 	}
 	if pod == "" {
-		t.Fatalf("no client outside the gateway node %s: %v", gw, clients)
+		t.Fatalf("no client in %s: %v", from.Name, clients)
 	}
-	expectEcho(ctx, t, lab.A, pod, url, "b", 30*time.Second)
-	active, err := activeBroker(ctx, lab.A)
+	if len(clients) > 1 && clients[gw] == pod {
+		t.Fatalf("no client outside the gateway node %s of %s: %v", gw, from.Name, clients)
+	}
+	expectEcho(ctx, t, from, pod, url, to.Name, 30*time.Second)
+	active, err := activeBroker(ctx, from)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var victim corev1.Pod
-	if err := lab.A.Res.Get(ctx, active, "kubelink", &victim); err != nil {
-		t.Fatalf("active broker %s: %v", active, err)
+	if err := from.Res.Get(ctx, active, "kubelink", &victim); err != nil {
+		t.Fatalf("active broker %s of %s: %v", active, from.Name, err)
 	}
-	if _, err := installProber(ctx, lab.A, pod); err != nil {
+	if _, err := installProber(ctx, from, pod); err != nil {
 		t.Fatal(err)
 	}
 	// long enough to see traffic back within the budget and then unbroken
 	// for 5 s
 	const window = failoverBudget + 7*time.Second
-	done, err := startProbe(ctx, lab.A, pod, []string{"http", url, "echo from cluster b"},
+	done, err := startProbe(ctx, from, pod, []string{"http", url, "echo from cluster " + to.Name},
 		300*time.Millisecond, 50*time.Millisecond, window)
 	if err != nil {
 		t.Fatalf("run %d: %v", run, err)
 	}
 	t0 := time.Now()
-	if err := lab.A.Res.Delete(ctx, &victim); err != nil {
+	if err := from.Res.Delete(ctx, &victim); err != nil {
 		t.Fatal(err)
 	}
 	moved, err := Eventually(ctx, 10*time.Second, 100*time.Millisecond, func(ctx context.Context) error {
-		if holder, err := activeBroker(ctx, lab.A); err != nil || holder == active {
-			return fmt.Errorf("the Lease is still with %s (%v)", active, err)
+		if holder, err := activeBroker(ctx, from); err != nil || holder == active {
+			return fmt.Errorf("the Lease of %s is still with %s (%v)", from.Name, active, err)
 		}
 		return nil
 	})
@@ -292,15 +301,14 @@ func failoverOnce(ctx context.Context, t *testing.T, run int, url string) time.D
 	}
 	took, tail, fails, flaps, err := recovered(r.series, t0)
 	if err != nil {
-		t.Fatalf("run %d: traffic did not come back after deleting %s: %v", run, active, err)
+		t.Fatalf("run %d: traffic %s → %s did not come back after deleting %s: %v", run, from.Name, to.Name, active, err)
 	}
 	if tail < 5*time.Second {
 		t.Errorf("run %d: traffic back after %s but the window ended %s later; want ≥ 5s of unbroken traffic", run, took.Round(10*time.Millisecond), tail.Round(10*time.Millisecond))
 	}
-	now, _ := activeBroker(ctx, lab.A)
-	t.Logf("FAILOVER run %d: deleted %s; Lease moved after %s to %s; %d of %d checks failed; traffic A → B back after %s, then for %s with %d flap(s) (fewer than %d failed checks in a row)",
-		run, active, moved.Round(10*time.Millisecond), now, fails, len(r.series), took.Round(10*time.Millisecond), tail.Round(10*time.Millisecond), flaps, outageRun)
-	fmt.Printf("BENCH e2e_broker_failover_seconds %.2f\n", took.Seconds())
+	now, _ := activeBroker(ctx, from)
+	t.Logf("FAILOVER %s run %d: deleted %s; Lease moved after %s to %s; %d of %d checks failed; traffic %s → %s back after %s, then for %s with %d flap(s) (fewer than %d failed checks in a row)",
+		from.Name, run, active, moved.Round(10*time.Millisecond), now, fails, len(r.series), from.Name, to.Name, took.Round(10*time.Millisecond), tail.Round(10*time.Millisecond), flaps, outageRun)
 	return took
 }
 
@@ -339,76 +347,94 @@ func waitStandby(ctx context.Context, t *testing.T, c *Cluster) {
 }
 
 func TestRouterRestartKeepsRoutes(t *testing.T) {
-	f := features.New("router restart").
-		Assess("deleting every router pod of A loses no route; the restarted routers keep them", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
-			var nodes corev1.NodeList
-			if err := lab.A.Res.List(ctx, &nodes); err != nil {
+	var fs []features.Feature
+	for _, d := range []struct{ c, peer *Cluster }{{lab.A, lab.B}, {lab.B, lab.A}} {
+		fs = append(fs, features.New("router restart in "+d.c.Name).Assess(fmt.Sprintf("deleting every router pod of %s loses no route; the restarted routers keep them; traffic to %s flows", d.c.Name, d.peer.Name),
+			func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+				routerRestart(ctx, t, d.c, d.peer)
+				return ctx
+			}).Feature())
+	}
+	testenv.Test(t, fs...)
+}
+
+func routerRestart(ctx context.Context, t *testing.T, c, peer *Cluster) {
+	t.Helper()
+	var nodes corev1.NodeList
+	if err := c.Res.List(ctx, &nodes); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string][]string{}
+	for _, n := range nodes.Items {
+		r, err := NodeRoutes(ctx, n.Name, 77)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r) == 0 {
+			t.Fatalf("node %s has no router routes (protocol 77)", n.Name)
+		}
+		before[n.Name] = r
+		t.Logf("%s: %v", n.Name, r)
+	}
+	var pods corev1.PodList
+	if err := c.In("kubelink").List(ctx, &pods, resourcesLabel("app.kubernetes.io/name=kubelink-router")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range pods.Items {
+		if err := c.Res.Delete(ctx, &pods.Items[i], deleteNow()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(when string) {
+		for node, want := range before {
+			got, err := NodeRoutes(ctx, node, 77)
+			if err != nil {
 				t.Fatal(err)
 			}
-			before := map[string][]string{}
-			for _, n := range nodes.Items {
-				r, err := NodeRoutes(ctx, n.Name, 77)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if len(r) == 0 {
-					t.Fatalf("node %s has no router routes (protocol 77)", n.Name)
-				}
-				before[n.Name] = r
-				t.Logf("%s: %v", n.Name, r)
-			}
-			var pods corev1.PodList
-			if err := lab.A.In("kubelink").List(ctx, &pods, resourcesLabel("app.kubernetes.io/name=kubelink-router")); err != nil {
-				t.Fatal(err)
-			}
-			for i := range pods.Items {
-				if err := lab.A.Res.Delete(ctx, &pods.Items[i], deleteNow()); err != nil {
-					t.Fatal(err)
+			for _, r := range want {
+				if !slices.Contains(got, r) {
+					t.Errorf("%s: route %q lost %s (now %v)", node, r, when, got)
 				}
 			}
-			check := func(when string) {
-				for node, want := range before {
-					got, err := NodeRoutes(ctx, node, 77)
-					if err != nil {
-						t.Fatal(err)
-					}
-					for _, r := range want {
-						if !slices.Contains(got, r) {
-							t.Errorf("%s: route %q lost %s (now %v)", node, r, when, got)
-						}
-					}
+		}
+	}
+	// every route is there all the time the routers are gone and starting
+	checks := 0
+	if _, err := Eventually(ctx, 120*time.Second, 250*time.Millisecond, func(ctx context.Context) error {
+		check("while the routers restarted")
+		checks++
+		var ps corev1.PodList
+		if err := c.In("kubelink").List(ctx, &ps, resourcesLabel("app.kubernetes.io/name=kubelink-router")); err != nil {
+			return err
+		}
+		ready := 0
+		for _, p := range ps.Items {
+			for _, cs := range p.Status.ContainerStatuses {
+				if cs.Ready && p.DeletionTimestamp == nil {
+					ready++
 				}
 			}
-			check("right after the router pods were deleted")
-			if _, err := Eventually(ctx, 120*time.Second, time.Second, func(ctx context.Context) error {
-				var ps corev1.PodList
-				if err := lab.A.In("kubelink").List(ctx, &ps, resourcesLabel("app.kubernetes.io/name=kubelink-router")); err != nil {
-					return err
-				}
-				ready := 0
-				for _, p := range ps.Items {
-					for _, c := range p.Status.ContainerStatuses {
-						if c.Ready && p.DeletionTimestamp == nil {
-							ready++
-						}
-					}
-				}
-				if ready != len(nodes.Items) {
-					return fmt.Errorf("%d of %d routers running", ready, len(nodes.Items))
-				}
-				return nil
-			}); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(2 * time.Second) // a resync of the new routers
-			check("after the routers restarted")
-			clients, _ := clientsAndGateway(ctx, t, lab.A)
-			for _, p := range clients {
-				expectEcho(ctx, t, lab.A, p, echoURL(ctx, t, lab.B), "b", 10*time.Second)
-			}
-			return ctx
-		}).Feature()
-	testenv.Test(t, f)
+		}
+		if ready != len(nodes.Items) {
+			return fmt.Errorf("%d of %d routers running", ready, len(nodes.Items))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// and through the first passes of the new routers: checked every
+	// 250 ms for 3 s, not once after a pause
+	end := time.Now().Add(3 * time.Second)
+	for time.Now().Before(end) && !t.Failed() {
+		check("after the routers restarted")
+		checks++
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Logf("%s: %d route checks on %d nodes while and after the routers restarted", c.Name, checks, len(nodes.Items))
+	clients, _ := clientsAndGateway(ctx, t, c)
+	for _, p := range clients {
+		expectEcho(ctx, t, c, p, echoURL(ctx, t, peer), peer.Name, 10*time.Second)
+	}
 }
 
 func TestInvalidKubeLink(t *testing.T) {

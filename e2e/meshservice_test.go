@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,11 +19,22 @@ import (
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 )
 
-// The MeshService setup of docs/meshservices.md between the lab's clusters:
-// B binds a virtual mesh address and a port of its own cluster address to its
-// echo Service; A lists the virtual address in the egress of its link to B.
+// The MeshService setup of docs/meshservices.md between the lab's clusters,
+// each way in turn: the exporter binds a virtual mesh address and a port of
+// its own cluster address to its echo Service; the consumer lists the
+// virtual address in the egress of its link to the exporter.
 func TestMeshServiceAcrossClusters(t *testing.T) {
-	const virtual = "192.168.0.100"
+	for _, d := range []struct {
+		exporter, consumer *Cluster
+		virtual            string
+	}{{lab.B, lab.A, "192.168.0.100"}, {lab.A, lab.B, "192.168.0.101"}} {
+		t.Run(d.exporter.Name+"-exports-to-"+d.consumer.Name, func(t *testing.T) {
+			meshServiceBetween(t, d.exporter, d.consumer, d.virtual)
+		})
+	}
+}
+
+func meshServiceBetween(t *testing.T, exporter, consumer *Cluster, virtual string) {
 	msvcs := func() []*v1alpha1.MeshService {
 		return []*v1alpha1.MeshService{
 			{ObjectMeta: metav1.ObjectMeta{Name: "e2e-virtual", Namespace: "default"},
@@ -34,18 +46,34 @@ func TestMeshServiceAcrossClusters(t *testing.T) {
 		}
 	}
 	setEgress := func(ctx context.Context, egress []string) error {
-		return lab.A.UpdateLink(ctx, "b", func(s *v1alpha1.KubeLinkSpec) { s.Egress = egress })
+		return consumer.UpdateLink(ctx, exporter.Name, func(s *v1alpha1.KubeLinkSpec) { s.Egress = egress })
 	}
-	var pod string
-	f := features.New("MeshService across clusters").
+	var pod, portURL string
+	f := features.New("MeshService across clusters: "+exporter.Name+" exports, "+consumer.Name+" consumes").
 		Setup(func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			// Everything that can fail before a change comes first: a Fatal
+			// in Setup skips the Teardown.
+			ll, err := exporter.Link(ctx, exporter.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr, _, ok := strings.Cut(ll.Spec.ClusterAddress, "/")
+			if !ok {
+				t.Fatalf("LocalLink %s: clusterAddress %q", exporter.Name, ll.Spec.ClusterAddress)
+			}
+			portURL = "http://" + addr + ":8800/"
+			clients, _ := clientsAndGateway(ctx, t, consumer)
+			for _, p := range clients {
+				pod = p
+				break
+			}
 			for _, m := range msvcs() {
 				// one left by an interrupted earlier run is replaced
-				if err := lab.B.Res.Delete(ctx, m); err != nil && !apierrors.IsNotFound(err) {
+				if err := exporter.Res.Delete(ctx, m); err != nil && !apierrors.IsNotFound(err) {
 					t.Fatal(err)
 				}
 				if _, err := Eventually(ctx, 30*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
-					err := lab.B.Res.Create(ctx, m)
+					err := exporter.Res.Create(ctx, m)
 					if apierrors.IsAlreadyExists(err) {
 						return err // still being deleted
 					}
@@ -60,18 +88,13 @@ func TestMeshServiceAcrossClusters(t *testing.T) {
 			if err := setEgress(ctx, []string{virtual}); err != nil {
 				t.Fatal(err)
 			}
-			clients, _ := clientsAndGateway(ctx, t, lab.A)
-			for _, p := range clients {
-				pod = p
-				break
-			}
 			return ctx
 		}).
-		Assess("B's MeshServices are Ok; A reaches B's echo by the virtual address and by B's address + port", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+		Assess("the exporter's MeshServices are Ok; the consumer reaches its echo by the virtual address and by its cluster address + port", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
 			for _, m := range msvcs() {
 				if _, err := Eventually(ctx, 30*time.Second, 500*time.Millisecond, func(ctx context.Context) error {
 					var got v1alpha1.MeshService
-					if err := lab.B.Res.Get(ctx, m.Name, "default", &got); err != nil {
+					if err := exporter.Res.Get(ctx, m.Name, "default", &got); err != nil {
 						return err
 					}
 					if got.Status.State != v1alpha1.StateOk {
@@ -83,19 +106,19 @@ func TestMeshServiceAcrossClusters(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			expectEcho(ctx, t, lab.A, pod, "http://"+virtual+"/", "b", 30*time.Second)
-			expectEcho(ctx, t, lab.A, pod, "http://192.168.0.12:8800/", "b", 30*time.Second)
+			expectEcho(ctx, t, consumer, pod, "http://"+virtual+"/", exporter.Name, 30*time.Second)
+			expectEcho(ctx, t, consumer, pod, portURL, exporter.Name, 30*time.Second)
 			return ctx
 		}).
 		Assess("deleted: unreachable", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
 			for _, m := range msvcs() {
-				if err := lab.B.Res.Delete(ctx, m); err != nil {
+				if err := exporter.Res.Delete(ctx, m); err != nil {
 					t.Fatal(err)
 				}
 			}
 			if _, err := Eventually(ctx, 30*time.Second, 500*time.Millisecond, func(ctx context.Context) error {
-				for _, url := range []string{"http://" + virtual + "/", "http://192.168.0.12:8800/"} {
-					if _, err := lab.A.Wget(ctx, pod, url); err == nil {
+				for _, url := range []string{"http://" + virtual + "/", portURL} {
+					if _, err := consumer.Wget(ctx, pod, url); err == nil {
 						return fmt.Errorf("%s still answers", url)
 					}
 				}
@@ -107,14 +130,14 @@ func TestMeshServiceAcrossClusters(t *testing.T) {
 		}).
 		Teardown(func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
 			for _, m := range msvcs() {
-				_ = lab.B.Res.Delete(ctx, m)
+				_ = exporter.Res.Delete(ctx, m)
 			}
 			if err := setEgress(ctx, nil); err != nil {
-				t.Errorf("restoring link b: %v", err)
+				t.Errorf("restoring %s's link %s: %v", consumer.Name, exporter.Name, err)
 			}
-			l, err := lab.A.Link(ctx, "b")
+			l, err := consumer.Link(ctx, exporter.Name)
 			if err != nil || slices.Contains(l.Spec.Egress, virtual) {
-				t.Errorf("link b still has egress %v: %v", l.Spec.Egress, err)
+				t.Errorf("%s's link %s still has egress %v: %v", consumer.Name, exporter.Name, l.Spec.Egress, err)
 			}
 			return ctx
 		}).Feature()

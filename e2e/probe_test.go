@@ -237,8 +237,10 @@ func recovered(series []probe, t0 time.Time) (took, tail time.Duration, fails, f
 	return back.at.Sub(t0), end.at.Sub(back.at), fails, flaps, nil
 }
 
-// distribution prints one BENCH line per run and the summary, and returns
-// the worst value.
+// distribution prints the BENCH lines of a measured scenario (min, median
+// and max over its runs, named after the lab's data plane) and returns the
+// worst value. `make lab-bench` repeats the scenarios (E2E_RUNS) for these
+// figures; `make e2e` runs each once and checks its regression bound.
 func distribution(t *testing.T, name string, runs []float64) float64 {
 	t.Helper()
 	if len(runs) == 0 {
@@ -251,12 +253,16 @@ func distribution(t *testing.T, name string, runs []float64) float64 {
 	if len(s)%2 == 0 {
 		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
 	}
-	fmt.Printf("BENCH %s_min %.2f\nBENCH %s_median %.2f\nBENCH %s_max %.2f\n", name, s[0], name, med, name, s[len(s)-1])
-	t.Logf("%s over %d runs: min %.2f median %.2f max %.2f (runs %v)", name, len(runs), s[0], med, s[len(s)-1], runs)
+	full := "lab_" + lab.Mode + "_" + name
+	fmt.Printf("BENCH %s_min %.2f s\nBENCH %s_median %.2f s\nBENCH %s_max %.2f s\nBENCH %s_runs %d runs\n",
+		full, s[0], full, med, full, s[len(s)-1], full, len(s))
+	t.Logf("%s over %d runs: min %.2f median %.2f max %.2f (runs %v)", full, len(runs), s[0], med, s[len(s)-1], runs)
 	return s[len(s)-1]
 }
 
-// runs is how often a measured e2e scenario repeats (E2E_RUNS, default 5).
+// runs is how often a measured e2e scenario repeats: once in `make e2e`
+// (a correctness check with a regression bound), E2E_RUNS times (default 5)
+// in `make lab-bench`, which sets it.
 func runs(t *testing.T) int {
 	t.Helper()
 	if v := os.Getenv("E2E_RUNS"); v != "" {
@@ -266,5 +272,5 @@ func runs(t *testing.T) int {
 		}
 		return n
 	}
-	return 5
+	return 1
 }

@@ -4,16 +4,22 @@
 #   lab-b: control plane,          pods 10.120.0.0/16, services 100.64.16.0/20, mesh 192.168.0.12
 # LAB_MODE=wireguard (default) or bridge chooses the data plane. Re-running it
 # on a running lab re-deploys (e.g. to switch LAB_MODE) without recreating
-# the clusters. LAB_KUBE_PROXY=iptables (default) or nftables chooses
-# kube-proxy's mode; a lab running the other mode is recreated. Everything is built offline and cached under ~/.cache/kubelink.
+# the clusters. kube-proxy runs in nftables mode in lab-a and in iptables
+# mode in lab-b, so one e2e pass covers both modes on both ends of every
+# link; LAB_KUBE_PROXY=iptables or nftables forces one mode on both (a
+# cluster running another mode is recreated). Everything is built offline
+# and cached under ~/.cache/kubelink.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 MODE=${LAB_MODE:-wireguard}
 TAG=${TAG:?TAG (image version) is required; make lab-up sets it}
 NODE_IMAGE=${NODE_IMAGE:-}
 case $MODE in wireguard|bridge) ;; *) die "LAB_MODE=$MODE: must be wireguard or bridge" ;; esac
-PROXY_MODE=${LAB_KUBE_PROXY:-iptables}
-case $PROXY_MODE in iptables|nftables) ;; *) die "LAB_KUBE_PROXY=$PROXY_MODE: must be iptables or nftables" ;; esac
+case ${LAB_KUBE_PROXY:-} in
+  '') declare -A PROXY=([a]=nftables [b]=iptables) ;;
+  iptables|nftables) declare -A PROXY=([a]=$LAB_KUBE_PROXY [b]=$LAB_KUBE_PROXY) ;;
+  *) die "LAB_KUBE_PROXY=$LAB_KUBE_PROXY: must be iptables or nftables (unset: nftables in lab-a, iptables in lab-b)" ;;
+esac
 start=$(date +%s)
 
 "$ROOT/lab/scripts/host-prep.sh"
@@ -39,8 +45,8 @@ create_cluster() { # c
   if "$KIND" get clusters 2>/dev/null | grep -x "$name" >/dev/null; then
     "$KIND" get kubeconfig --name "$name" >"$d/kubeconfig"
     local have; have=$(kube_proxy_mode "$c" || true)  # unreadable: recreated below
-    if [[ $have != "$PROXY_MODE" ]]; then
-      log "cluster $name runs kube-proxy in ${have:-an unknown} mode, LAB_KUBE_PROXY=$PROXY_MODE: recreating it"
+    if [[ $have != "${PROXY[$c]}" ]]; then
+      log "cluster $name runs kube-proxy in ${have:-an unknown} mode, wanted ${PROXY[$c]}: recreating it"
       "$KIND" delete cluster --name "$name" >/dev/null 2>&1
     elif cluster_healthy "$c"; then
       log "cluster $name exists and is healthy (kube-proxy $have); reusing it"
@@ -55,7 +61,7 @@ create_cluster() { # c
   {
     echo "kind: Cluster"
     echo "apiVersion: kind.x-k8s.io/v1alpha4"
-    echo "networking: {ipFamily: ipv4, podSubnet: ${POD[$c]}, serviceSubnet: ${SVC[$c]}, disableDefaultCNI: true, kubeProxyMode: $PROXY_MODE}"
+    echo "networking: {ipFamily: ipv4, podSubnet: ${POD[$c]}, serviceSubnet: ${SVC[$c]}, disableDefaultCNI: true, kubeProxyMode: ${PROXY[$c]}}"
     echo "kubeadmConfigPatches:"
     echo "- |"
     echo "  kind: KubeletConfiguration"
@@ -294,15 +300,16 @@ for c in a b; do
   kc "$c" -n kubelink rollout status deploy/kubelink-coredns --timeout=180s >/dev/null
 done
 echo "$MODE" >"$LAB_DIR/mode"
-echo "$PROXY_MODE" >"$LAB_DIR/kube-proxy"
-log "lab up in $(( $(date +%s) - start ))s (LAB_MODE=$MODE, LAB_KUBE_PROXY=$PROXY_MODE)"
+# read by the e2e tests (TestKubeProxyMode): one line per cluster
+printf 'a %s\nb %s\n' "${PROXY[a]}" "${PROXY[b]}" >"$LAB_DIR/kube-proxy"
+log "lab up in $(( $(date +%s) - start ))s (LAB_MODE=$MODE, kube-proxy: lab-a ${PROXY[a]}, lab-b ${PROXY[b]})"
 ECHO_B=$(kc b get svc echo -o jsonpath='{.spec.clusterIP}')
 ECHO_A=$(kc a get svc echo -o jsonpath='{.spec.clusterIP}')
 CLIENT_A=$(kc a get pod -l app=client -o jsonpath='{.items[0].metadata.name}')
 CLIENT_B=$(kc b get pod -l app=client -o jsonpath='{.items[0].metadata.name}')
 cat <<T
 
-The lab is up ($MODE data plane). Links:
+The lab is up ($MODE data plane; kube-proxy ${PROXY[a]} in lab-a, ${PROXY[b]} in lab-b). Links:
 $(kc a get kubelinks.kubelink.mandelsoft.org 2>/dev/null)
 
 Try:
