@@ -220,10 +220,12 @@ func TestBrokerFailover(t *testing.T) {
 		fs = append(fs, features.New("broker failover in "+d.from.Name).Assess(fmt.Sprintf("deleting the active broker pod of %s: traffic %s → %s back within the budget", d.from.Name, d.from.Name, d.to.Name),
 			func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
 				url := echoURL(ctx, t, d.to)
-				var took []float64
+				var took, blips []float64
 				for run := 1; run <= runs(t); run++ {
-					took = append(took, failoverOnce(ctx, t, run, d.from, d.to, url).Seconds())
+					outage, disrupted := failoverOnce(ctx, t, run, d.from, d.to, url)
+					took, blips = append(took, outage.Seconds()), append(blips, disrupted.Seconds())
 				}
+				distribution(t, "failover_disrupted_"+d.from.Name+"_seconds", blips)
 				worst := distribution(t, "failover_"+d.from.Name+"_seconds", took)
 				if worst > failoverBudget.Seconds() {
 					t.Errorf("worst failover %.2fs, regression bound %s", worst, failoverBudget)
@@ -242,11 +244,13 @@ func TestBrokerFailover(t *testing.T) {
 
 // failoverOnce deletes the active broker pod of cluster from while a client
 // there fetches to's echo every 50 ms, and returns how long fetches failed
-// (from the delete to the first success after the last outage). The
+// (from the delete to the first success after the last outage) and how
+// long any check failed (from the delete to the first success after the
+// last failed check, however short the run of failures). The
 // client runs on a node other than the gateway's where the cluster has one
 // (its traffic crosses a node to the gateway). The series must pass before
 // the delete and keep passing for the rest of the window.
-func failoverOnce(ctx context.Context, t *testing.T, run int, from, to *Cluster, url string) time.Duration {
+func failoverOnce(ctx context.Context, t *testing.T, run int, from, to *Cluster, url string) (outage, disruption time.Duration) {
 	t.Helper()
 	waitStandby(ctx, t, from)
 	clients, gw := clientsAndGateway(ctx, t, from)
@@ -307,9 +311,10 @@ func failoverOnce(ctx context.Context, t *testing.T, run int, from, to *Cluster,
 		t.Errorf("run %d: traffic back after %s but the window ended %s later; want ≥ 5s of unbroken traffic", run, took.Round(10*time.Millisecond), tail.Round(10*time.Millisecond))
 	}
 	now, _ := activeBroker(ctx, from)
-	t.Logf("FAILOVER %s run %d: deleted %s; Lease moved after %s to %s; %d of %d checks failed; traffic %s → %s back after %s, then for %s with %d flap(s) (fewer than %d failed checks in a row)",
-		from.Name, run, active, moved.Round(10*time.Millisecond), now, fails, len(r.series), from.Name, to.Name, took.Round(10*time.Millisecond), tail.Round(10*time.Millisecond), flaps, outageRun)
-	return took
+	blip := disrupted(r.series, t0)
+	t.Logf("FAILOVER %s run %d: deleted %s; Lease moved after %s to %s; %d of %d checks failed, the last until %s; traffic %s → %s back after %s, then for %s with %d flap(s) (fewer than %d failed checks in a row)",
+		from.Name, run, active, moved.Round(10*time.Millisecond), now, fails, len(r.series), blip.Round(10*time.Millisecond), from.Name, to.Name, took.Round(10*time.Millisecond), tail.Round(10*time.Millisecond), flaps, outageRun)
+	return took, blip
 }
 
 // waitStandby waits until cluster c has two running broker pods (one active,

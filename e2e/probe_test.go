@@ -237,6 +237,28 @@ func recovered(series []probe, t0 time.Time) (took, tail time.Duration, fails, f
 	return back.at.Sub(t0), end.at.Sub(back.at), fails, flaps, nil
 }
 
+// disrupted reads a series from t0 on: the time until the first passing
+// check after the last failed one (0 when no check failed). Unlike
+// recovered, it counts every failed check, also one too short to be an
+// outage.
+func disrupted(series []probe, t0 time.Time) time.Duration {
+	var took time.Duration
+	failed := false
+	for _, p := range series {
+		if p.at.Before(t0) {
+			continue
+		}
+		if !p.ok {
+			failed = true
+			continue
+		}
+		if failed {
+			took, failed = p.at.Sub(t0), false
+		}
+	}
+	return took
+}
+
 // distribution prints the BENCH lines of a measured scenario (min, median
 // and max over its runs, named after the lab's data plane) and returns the
 // worst value. `make lab-bench` repeats the scenarios (E2E_RUNS) for these

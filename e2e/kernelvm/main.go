@@ -3,7 +3,9 @@
 // WireGuard). It builds an initramfs from the test binaries, the programs
 // they exec (with their shared libraries), the kernel modules they need and
 // itself as /init, boots it under qemu-system-x86_64 (software emulation
-// works; KVM is used when /dev/kvm is there) and exits with the tests'
+// works; KVM is tried first when /dev/kvm opens, and a VM that prints
+// nothing within 30 s under it, as where /dev/kvm exists but cannot run a
+// guest, is booted again under emulation) and exits with the tests'
 // result. Nothing of the host's userland runs in the VM besides what is
 // copied.
 //
@@ -23,7 +25,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -137,12 +141,32 @@ func boot(kernel, initrd string, memory, cpus int, timeout time.Duration) (*resu
 	}
 	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
 		f.Close()
-		args = append(args, "-accel", "kvm", "-cpu", "host")
 		fmt.Println("kernelvm: booting with KVM")
+		res, err := run(qemu, append(slices.Clone(args), "-accel", "kvm", "-cpu", "host"), timeout, kvmFirstOutput)
+		if !errors.Is(err, errSilent) {
+			return res, err
+		}
+		// A /dev/kvm that opens but cannot run a guest (nested
+		// virtualisation the host does not offer) hangs the VM silently.
+		fmt.Printf("kernelvm: no console output within %v under KVM; booting again under software emulation\n", kvmFirstOutput)
 	} else {
-		args = append(args, "-accel", "tcg,thread=multi", "-cpu", "max")
 		fmt.Println("kernelvm: booting under software emulation (no /dev/kvm)")
 	}
+	return run(qemu, append(args, "-accel", "tcg,thread=multi", "-cpu", "max"), timeout, 0)
+}
+
+// kvmFirstOutput bounds the wait for the first console line of a VM under
+// KVM, where the kernel and init print within seconds; software emulation
+// has no such bound (its whole boot takes tens of seconds).
+const kvmFirstOutput = 30 * time.Second
+
+// errSilent: the VM printed nothing within its first-output bound.
+var errSilent = errors.New("the VM printed nothing on its console")
+
+// run starts qemu with args, echoes the console and returns the result line
+// init printed. With firstOutput > 0, a VM that prints no console line
+// within it is killed and errSilent returned.
+func run(qemu string, args []string, timeout, firstOutput time.Duration) (*result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, qemu, args...)
@@ -155,10 +179,21 @@ func boot(kernel, initrd string, memory, cpus int, timeout time.Duration) (*resu
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start qemu: %w", err)
 	}
+	var gotLine, silent atomic.Bool
+	if firstOutput > 0 {
+		watchdog := time.AfterFunc(firstOutput, func() {
+			if !gotLine.Load() {
+				silent.Store(true)
+				cancel()
+			}
+		})
+		defer watchdog.Stop()
+	}
 	var res *result
 	sc := bufio.NewScanner(out)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
+		gotLine.Store(true)
 		line := strings.TrimRight(sc.Text(), "\r")
 		if i := strings.Index(line, resultMarker); i >= 0 {
 			var r result
@@ -172,6 +207,8 @@ func boot(kernel, initrd string, memory, cpus int, timeout time.Duration) (*resu
 	_, _ = io.Copy(io.Discard, out)
 	werr := cmd.Wait()
 	switch {
+	case silent.Load():
+		return nil, errSilent
 	case scanErr != nil && res == nil:
 		return nil, fmt.Errorf("reading the VM console: %w", scanErr)
 	case ctx.Err() != nil:

@@ -13,7 +13,15 @@ import (
 var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 
 // netState is what kubelink may touch in a namespace, in comparable form.
+// It waits until the kernel has settled the namespace's own IPv6
+// link-local addresses (duplicate address detection takes a moment after
+// an interface comes up, and adds a local route when it ends), so that
+// a snapshot taken right after the lab was built compares with a later one.
 func netState(t *testing.T, ns *nstest.Namespace) string {
+	t.Helper()
+	waitFor(t, "IPv6 duplicate address detection in "+ns.Name, 10*time.Second, func() bool {
+		return !strings.Contains(ns.Run(t, "ip", "-o", "addr", "show"), "tentative")
+	})
 	var b strings.Builder
 	for _, cmd := range [][]string{
 		{"ip", "-o", "link", "show"},

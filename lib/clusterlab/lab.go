@@ -75,14 +75,29 @@ func New(t testing.TB, n int) *Lab {
 	nstest.RequireRoot(t)
 	lab := &Lab{Bin: Binaries(t), Inet: nstest.New(t, "inet")}
 	plugInet := nstest.Bridge(t, lab.Inet, "inet0")
+	// Every cluster's control plane at once (each its own etcd and
+	// kube-apiserver, as real clusters have).
+	planes := make([]*testenv.ControlPlane, n)
+	for i := range planes {
+		planes[i] = &testenv.ControlPlane{Name: "cluster-" + clusterName(i+1), ServiceCIDR: serviceCIDR(i + 1).String()}
+	}
+	testenv.StartControlPlanesForTest(t, planes...)
 	for i := 1; i <= n; i++ {
-		lab.Clusters = append(lab.Clusters, newCluster(t, i, plugInet))
+		lab.Clusters = append(lab.Clusters, newCluster(t, i, plugInet, planes[i-1]))
 	}
 	return lab
 }
 
-func newCluster(t testing.TB, i int, plugInet func(*nstest.Namespace, string, string)) *Cluster {
-	name := string(rune('a' + i - 1))
+// clusterName is the name of the lab's i-th cluster (1: a, 2: b, …).
+func clusterName(i int) string { return string(rune('a' + i - 1)) }
+
+// serviceCIDR is the service CIDR of the lab's i-th cluster.
+func serviceCIDR(i int) netip.Prefix {
+	return netip.MustParsePrefix(fmt.Sprintf("100.64.%d.0/20", 16*(i-1)))
+}
+
+func newCluster(t testing.TB, i int, plugInet func(*nstest.Namespace, string, string), plane *testenv.ControlPlane) *Cluster {
+	name := clusterName(i)
 	c := &Cluster{
 		Name: name, Index: i, t: t, kubeconfigs: map[*nstest.Namespace]string{},
 		GWIP: netip.MustParseAddr("10.10.0.1"), GW2IP: netip.MustParseAddr("10.10.0.2"), NodeIP: netip.MustParseAddr("10.10.0.3"),
@@ -90,7 +105,7 @@ func newCluster(t testing.TB, i int, plugInet func(*nstest.Namespace, string, st
 		Inet2IP:     netip.MustParseAddr(fmt.Sprintf("172.30.0.%d", 10*i+2)),
 		PodCIDR:     netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 100+10*i)),
 		PodIP:       netip.MustParseAddr(fmt.Sprintf("10.%d.1.2", 100+10*i)),
-		ServiceCIDR: netip.MustParsePrefix(fmt.Sprintf("100.64.%d.0/20", 16*(i-1))),
+		ServiceCIDR: serviceCIDR(i),
 		ServiceIP:   netip.MustParseAddrPort(fmt.Sprintf("100.64.%d.20:80", 16*(i-1))),
 		MeshAddress: netip.MustParsePrefix(fmt.Sprintf("192.168.0.%d/24", 10+i)),
 	}
@@ -100,8 +115,7 @@ func newCluster(t testing.TB, i int, plugInet func(*nstest.Namespace, string, st
 	}
 	c.PrivateKey = key
 
-	c.Plane = &testenv.ControlPlane{Name: "cluster-" + name, ServiceCIDR: c.ServiceCIDR.String()}
-	testenv.StartControlPlaneForTest(t, c.Plane)
+	c.Plane = plane
 	if c.Kube, err = c.Plane.Client(); err != nil {
 		t.Fatal(err)
 	}

@@ -35,10 +35,9 @@ func TestRouterRestartRemovesStaleRoutesOnly(t *testing.T) {
 	kl, err := a.Link("b")
 	must(t, err)
 	must(t, a.Kube.Delete(ctx, kl))
-	time.Sleep(500 * time.Millisecond)
-	if !strings.Contains(a.Node.Run(t, "ip", "route"), b.ServiceCIDR.String()) {
-		t.Fatal("route vanished without the router: the test would prove nothing")
-	}
+	holdsFor(t, "the route without a router (else the test would prove nothing)", 500*time.Millisecond, func() bool {
+		return strings.Contains(a.Node.Run(t, "ip", "route"), b.ServiceCIDR.String())
+	})
 	a.StartRouter(lab, "--datafile", data)
 	waitFor(t, "the stale route to be removed after the restart", 5*time.Second, func() bool {
 		return !strings.Contains(a.Node.Run(t, "ip", "route"), b.ServiceCIDR.String())
@@ -93,10 +92,9 @@ func TestEndpointNamesAreResolvedAgain(t *testing.T) {
 	b.GW.Run(t, "ip", "addr", "add", newIP+"/24", "dev", "inet0")
 	b.StartBroker(lab, b.GW)
 	a.WaitState("b", v1alpha1.StateDown, 5*time.Second)
-	time.Sleep(3 * time.Second)
-	if kl, _ := a.Link("b"); kl.Status.State != v1alpha1.StateDown {
-		t.Fatalf("link recovered before the DNS change (%s): the test would prove nothing", kl.Status.State)
-	}
+	holdsFor(t, "link b Down before the DNS change (else the test would prove nothing)", 3*time.Second, func() bool {
+		return linkIs(a, "b", v1alpha1.StateDown)
+	})
 	writeHosts(newIP)
 	changed := time.Now()
 	a.WaitState("b", v1alpha1.StateUp, 15*time.Second)

@@ -100,8 +100,9 @@ func testTransit(t *testing.T, mode string) {
 	if got := dialResult(b.Pod, c.ServiceIP.String()); got != "ok" {
 		t.Errorf("B -> C after C denied A: %s, want ok", got)
 	}
-	time.Sleep(2 * time.Second) // longer than the probe timeout
-	a.WaitState("c", v1alpha1.StateUp, time.Second)
+	// A's transit link stays Up all through a window longer than the
+	// probe timeout (the probe is A's own, not denied).
+	holdsFor(t, "A's link c Up after C denied A's transit traffic", 2*time.Second, func() bool { return linkIs(a, "c", v1alpha1.StateUp) })
 	updateLink(t, c, "a", func(kl *v1alpha1.KubeLink) { kl.Spec.Ingress = nil })
 	WaitGet(t, a.Pod, c.ServiceIP, 5*time.Second)
 

@@ -99,6 +99,29 @@ func expectedDataPlane() string {
 	return "wireguard-userspace"
 }
 
+// holdsFor checks cond every 50 ms for the whole window and fails at the
+// first check that does not hold: a state that must last is checked all
+// through the window, not once after a pause (which would hide a flap).
+func holdsFor(t testing.TB, what string, window time.Duration, cond func() bool) {
+	t.Helper()
+	start := time.Now()
+	for n := 1; ; n++ {
+		if !cond() {
+			t.Fatalf("%s: stopped holding %s into the %s window (check %d)", what, time.Since(start).Round(time.Millisecond), window, n)
+		}
+		if time.Since(start) >= window {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// linkIs reports whether c's link name is in state (a failed read is not).
+func linkIs(c *Cluster, name, state string) bool {
+	kl, err := c.Link(name)
+	return err == nil && kl.Status.State == state
+}
+
 func waitFor(t testing.TB, what string, limit time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
