@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,7 +22,7 @@ import (
 )
 
 // TestTwoControlPlanesAreIndependent starts two control planes concurrently
-// (as the two-cluster network harness will) and checks that each has its own
+// (with the helper the two-cluster harness uses) and checks that each has its own
 // etcd: an object created in one is invisible in the other, and each API
 // server allocates ClusterIPs from its own service CIDR.
 func TestTwoControlPlanesAreIndependent(t *testing.T) {
@@ -31,29 +30,7 @@ func TestTwoControlPlanesAreIndependent(t *testing.T) {
 		{Name: "cluster-a", ServiceCIDR: "100.64.0.0/20"},
 		{Name: "cluster-b", ServiceCIDR: "100.64.16.0/20"},
 	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(planes))
-	for i, cp := range planes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			errs[i] = cp.Start(ctx)
-		}()
-	}
-	wg.Wait()
-	for i, cp := range planes {
-		t.Cleanup(func() {
-			if err := cp.Stop(); err != nil {
-				t.Errorf("%v", err)
-			}
-		})
-		if errs[i] != nil {
-			t.Fatalf("%v", errs[i])
-		}
-		t.Logf("%s up in %s", cp.Name, cp.StartDuration().Round(time.Millisecond))
-	}
+	testenv.StartControlPlanesForTest(t, planes...)
 	if a, b := planes[0].Config().Host, planes[1].Config().Host; a == b {
 		t.Fatalf("both control planes serve on %s", a)
 	}

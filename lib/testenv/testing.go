@@ -48,28 +48,10 @@ func StartControlPlanesForTest(t testing.TB, planes ...*ControlPlane) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	begin := time.Now()
-	errs := make([]error, len(planes))
-	var wg sync.WaitGroup
-	for i, cp := range planes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = cp.Start(ctx)
-		}()
-	}
-	wg.Wait()
+	errs := concurrently(planes, func(cp *ControlPlane) error { return cp.Start(ctx) })
 	t.Cleanup(func() {
-		stopErrs := make([]error, len(planes))
-		var wg sync.WaitGroup
-		for i, cp := range planes {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				stopErrs[i] = cp.Stop() // a plane that never started: nil
-			}()
-		}
-		wg.Wait()
-		if err := errors.Join(stopErrs...); err != nil {
+		// a plane that never started stops with nil
+		if err := errors.Join(concurrently(planes, (*ControlPlane).Stop)...); err != nil {
 			t.Errorf("%v", err)
 		}
 	})
@@ -80,4 +62,20 @@ func StartControlPlanesForTest(t testing.TB, planes ...*ControlPlane) {
 		t.Logf("%s: control plane up in %s", cp.name(), cp.StartDuration().Round(time.Millisecond))
 	}
 	t.Logf("%d control planes up in %s", len(planes), time.Since(begin).Round(time.Millisecond))
+}
+
+// concurrently runs f on every plane at once and returns the errors in
+// the planes' order.
+func concurrently(planes []*ControlPlane, f func(*ControlPlane) error) []error {
+	errs := make([]error, len(planes))
+	var wg sync.WaitGroup
+	for i, cp := range planes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = f(cp)
+		}()
+	}
+	wg.Wait()
+	return errs
 }
