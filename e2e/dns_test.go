@@ -71,15 +71,7 @@ func TestMeshDNSFollowsLinkHealth(t *testing.T) {
 		name := "echo.default.svc." + d.peer.Name + ".kubelink"
 		fs = append(fs, features.New("mesh DNS follows link health in "+d.observer.Name).Assess(fmt.Sprintf("%s's brokers stopped and started: in %s, %s goes within the budget after Down and returns after Up", d.peer.Name, d.observer.Name, name),
 			func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
-				clients, err := d.observer.Clients(ctx)
-				if err != nil || len(clients) == 0 {
-					t.Fatalf("no client in %s: %v", d.observer.Name, err)
-				}
-				var pod string
-				for _, p := range clients {
-					pod = p
-					break
-				}
+				pod := anyClient(ctx, t, d.observer)
 				replicas, err := brokerReplicas(ctx, d.peer)
 				if err != nil {
 					t.Fatal(err)

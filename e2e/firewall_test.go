@@ -30,12 +30,7 @@ func TestIngressDeny(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				clients, _ := clientsAndGateway(ctx, t, d.peer)
-				var pod string
-				for _, p := range clients {
-					pod = p
-					break
-				}
+				pod := anyClient(ctx, t, d.peer)
 				url := "http://" + echoIP + "/"
 				want := "echo from cluster " + d.owner.Name
 				expectEcho(ctx, t, d.peer, pod, url, d.owner.Name, 30*time.Second)

@@ -87,12 +87,7 @@ type linkRef struct {
 // were Up; then traffic must flow both ways.
 func linkUpOnce(ctx context.Context, t *testing.T, run int, pair []linkRef, apply func(context.Context) error) time.Duration {
 	t.Helper()
-	aClients, _ := clientsAndGateway(ctx, t, lab.A)
-	var pod string
-	for _, p := range aClients {
-		pod = p
-		break
-	}
+	pod := anyClient(ctx, t, lab.A)
 	urlB := echoURL(ctx, t, lab.B)
 	expectEcho(ctx, t, lab.A, pod, urlB, "b", 30*time.Second)
 	for _, l := range pair {

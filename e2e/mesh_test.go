@@ -70,6 +70,20 @@ func echoURL(ctx context.Context, t *testing.T, c *Cluster) string {
 	return "http://" + ip + "/"
 }
 
+// anyClient is one of cluster c's client pods (which node it runs on does
+// not matter to the caller).
+func anyClient(ctx context.Context, t *testing.T, c *Cluster) string {
+	t.Helper()
+	clients, err := c.Clients(ctx)
+	if err != nil || len(clients) == 0 {
+		t.Fatalf("no client pod in %s: %v", c.Name, err)
+	}
+	for _, p := range clients {
+		return p
+	}
+	return ""
+}
+
 // clientsAndGateway are cluster c's client pods by node and its gateway node.
 func clientsAndGateway(ctx context.Context, t *testing.T, c *Cluster) (map[string]string, string) {
 	t.Helper()

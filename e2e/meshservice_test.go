@@ -62,11 +62,7 @@ func meshServiceBetween(t *testing.T, exporter, consumer *Cluster, virtual strin
 				t.Fatalf("LocalLink %s: clusterAddress %q", exporter.Name, ll.Spec.ClusterAddress)
 			}
 			portURL = "http://" + addr + ":8800/"
-			clients, _ := clientsAndGateway(ctx, t, consumer)
-			for _, p := range clients {
-				pod = p
-				break
-			}
+			pod = anyClient(ctx, t, consumer)
 			for _, m := range msvcs() {
 				// one left by an interrupted earlier run is replaced
 				if err := exporter.Res.Delete(ctx, m); err != nil && !apierrors.IsNotFound(err) {
