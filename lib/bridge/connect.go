@@ -96,7 +96,7 @@ type ConnectorConfig struct {
 	// CLOSE rejected and the returned error or, on nil, a note that a
 	// link is being set up: the new link then comes through SetLinks and
 	// connects like any other. Without OnUnknown such peers are rejected
-	// before the HELLO.
+	// before the HELLO. It must not block: Close waits for the call.
 	OnUnknown func(UnknownPeer) error
 	// MinBackoff and MaxBackoff bound the redial delay; defaults 250ms and
 	// 30s.

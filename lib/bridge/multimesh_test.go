@@ -193,7 +193,15 @@ func TestUnknownPeerIsAnsweredInItsMesh(t *testing.T) {
 	ca := newTestCA(t)
 	b1, b2 := meshHello("192.168.0.2/24"), meshHello("10.200.0.2/24")
 	seen := make(chan UnknownPeer, 4)
-	b := startMMEnd(t, ca, "b", b1, true, func(u UnknownPeer) error { seen <- u; return nil })
+	// C redials while the test runs, and the callback must never block
+	// (Connector.Close waits for it): later calls past the buffer are dropped.
+	b := startMMEnd(t, ca, "b", b1, true, func(u UnknownPeer) error {
+		select {
+		case seen <- u:
+		default:
+		}
+		return nil
+	})
 	d := startMMEnd(t, ca, "d", meshHello("192.168.0.4/24"), true, nil)
 	// B has links in both meshes, none for C.
 	b.conn.SetLinks([]Link{

@@ -79,7 +79,16 @@ type Peer struct {
 	tell    bool // send a CLOSE frame
 	killer  *time.Timer
 	done    chan struct{}
+
+	// lastDropLog is when deliver last logged a dropped packet; only the
+	// read loop touches it.
+	lastDropLog time.Time
 }
+
+// dropLogEvery bounds the log of dropped packets to one line per peer per
+// period: enough to tell an operator what a peer sends that it may not,
+// never a line per packet.
+const dropLogEvery = 10 * time.Second
 
 func newPeer(p *Pump, id string, conn net.Conn, pol Policy) *Peer {
 	pr := &Peer{
@@ -299,6 +308,24 @@ func (pr *Peer) handle(t FrameType, payload []byte) error {
 	return nil // KEEPALIVE, or a type from a newer minor revision
 }
 
+// logDrop logs a packet the policy dropped, at most once per dropLogEvery.
+func (pr *Peer) logDrop(info *ipInfo, v Verdict, inBatch int) {
+	now := time.Now()
+	if !pr.lastDropLog.IsZero() && now.Sub(pr.lastDropLog) < dropLogEvery {
+		return
+	}
+	pr.lastDropLog = now
+	reason := "ingress-denied"
+	if v == Spoofed {
+		reason = "spoofed"
+	}
+	args := []any{"peer", pr.id, "reason", reason, "src", info.src, "dst", info.dst, "droppedInBatch", inBatch}
+	if info.udp {
+		args = append(args, "udpSrcPort", info.udpSrc, "udpDstPort", info.udpDst)
+	}
+	pr.pump.log.Warn("bridge dropped a packet from the peer (further drops are only counted for "+dropLogEvery.String()+")", args...)
+}
+
 // deliver checks the packets of a batch and writes the good ones to the tun
 // device, each in place: its virtio-net header overwrites the end of our
 // packet header.
@@ -306,6 +333,8 @@ func (pr *Peer) deliver(payload []byte) error {
 	pol := pr.policy.Load()
 	var packets, bytes int
 	var drops [numDropReasons]int
+	var first *ipInfo // the first spoofed or denied packet of the batch
+	var firstVerdict Verdict
 	it := NewPacketIter(payload)
 	for it.Next() {
 		pkt, o := it.Packet(), it.Offload()
@@ -313,6 +342,9 @@ func (pr *Peer) deliver(payload []byte) error {
 		v := Denied
 		if err == nil {
 			v = pol.verdict(&info)
+		}
+		if err == nil && v != Pass && first == nil {
+			first, firstVerdict = &info, v
 		}
 		switch {
 		case err != nil:
@@ -339,6 +371,9 @@ func (pr *Peer) deliver(payload []byte) error {
 			pr.stats.drops.add(dropReason(r), n)
 			pr.pump.drops.add(dropReason(r), n)
 		}
+	}
+	if first != nil {
+		pr.logDrop(first, firstVerdict, drops[dropSpoofed]+drops[dropIngressDenied])
 	}
 	return it.Err()
 }

@@ -31,7 +31,8 @@ type Config struct {
 	// QueueLen is the number of batches queued per peer before packets
 	// are dropped (QueueFull). Default 32.
 	QueueLen int
-	// Logger gets one line per connection event, never per packet.
+	// Logger gets one line per connection event, and at most one line per
+	// peer every 10 s about packets the policy dropped; never one per packet.
 	Logger *slog.Logger
 }
 
