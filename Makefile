@@ -11,6 +11,7 @@ export KUBELINK_CACHE ?= $(HOME)/.cache/kubelink
 TOOLS := $(KUBELINK_CACHE)/tools
 CONTROLLER_GEN := $(TOOLS)/controller-gen
 STATICCHECK := $(TOOLS)/staticcheck
+HELM := $(TOOLS)/helm
 export CONTROLLER_GEN
 
 # Packages of the product (go.work ties the modules together).
@@ -32,12 +33,18 @@ deps: ## install the Debian packages `make test` needs (only the missing ones; l
 	@lab/scripts/deps.sh test
 
 .PHONY: tools
-tools: $(CONTROLLER_GEN) $(STATICCHECK) ## build the pinned dev tools (controller-gen, staticcheck) into the cache
+tools: $(CONTROLLER_GEN) $(STATICCHECK) $(HELM) ## build the pinned dev tools (controller-gen, staticcheck, helm) into the cache
 
 $(CONTROLLER_GEN) $(STATICCHECK): lab/tools/dev/go.mod lab/tools/dev/go.sum
 	@mkdir -p $(TOOLS)
 	cd lab/tools/dev && GOWORK=off go build -o $(CONTROLLER_GEN) sigs.k8s.io/controller-tools/cmd/controller-gen
 	cd lab/tools/dev && GOWORK=off go build -o $(STATICCHECK) honnef.co/go/tools/cmd/staticcheck
+
+# helm lint and helm template in the chart tests (lib/chart), and the lab's
+# installs; its own module, so its Kubernetes modules stay out of go.work.
+$(HELM): lab/tools/helm/go.mod lab/tools/helm/go.sum
+	@mkdir -p $(TOOLS)
+	cd lab/tools/helm && GOWORK=off go build -o $(HELM) helm.sh/helm/v4/cmd/helm
 
 .PHONY: test-bins
 test-bins: ## build (once, cached) kube-apiserver, etcd, kubectl v1.34.4 and CoreDNS v1.12.1 from Go modules
@@ -48,7 +55,7 @@ test-bins: ## build (once, cached) kube-apiserver, etcd, kubectl v1.34.4 and Cor
 generate: $(CONTROLLER_GEN) ## regenerate deepcopy code and CRDs from the API types
 	cd lib && $(CONTROLLER_GEN) object:headerFile="" paths=./apis/... \
 	  crd:crdVersions=v1,maxDescLen=400 output:crd:dir=./apis/kubelink/crds
-	cp lib/apis/kubelink/crds/*.yaml deploy/base/crds/
+	cp lib/apis/kubelink/crds/*.yaml deploy/chart/kubelink/crds/
 	cd lib && $(CONTROLLER_GEN) object:headerFile="" paths=./globaldns/apis/... \
 	  crd:crdVersions=v1,maxDescLen=400 output:crd:dir=./globaldns/apis/coredns/crds
 
@@ -88,16 +95,25 @@ fuzz: ## run each fuzz target (bridge frame decoder and HELLO parser, mesh model
 	go test -run '^$$' -fuzz '^FuzzRestoreInput$$' -fuzztime $${FUZZTIME:-60s} ./lib/netapply/
 
 .PHONY: images
-images: build ## build the per-component container images (docker, no registry), tagged $(VERSION)
-	lab/scripts/host-prep.sh
+images: build ## build the container images with the running docker (its configuration untouched), tagged $(VERSION)
 	lab/scripts/coredns-bin.sh
 	lab/scripts/images.sh $(VERSION)
+
+# The images a cluster runs (the lab's toolbox and CNI stay local).
+PUSH_IMAGES := kubelink/broker kubelink/router kubelink/meshdns kubelink/certwatch kubelink/coredns
+.PHONY: images-push
+images-push: images ## push the images to REGISTRY=host:port (as REGISTRY/kubelink/<component>:$(VERSION)); install with image.registry=REGISTRY
+	@[ -n "$(REGISTRY)" ] || { echo "images-push: set REGISTRY=host:port (e.g. REGISTRY=registry.example.com:5000)"; exit 2; }
+	@for i in $(PUSH_IMAGES); do \
+	  docker tag $$i:$(VERSION) $(REGISTRY)/$$i:$(VERSION) && docker push -q $(REGISTRY)/$$i:$(VERSION) || exit 1; \
+	  docker rmi $(REGISTRY)/$$i:$(VERSION) >/dev/null; done
+	@echo "pushed $(words $(PUSH_IMAGES)) images to $(REGISTRY), tag $(VERSION)"
 
 LAB_MODE ?= wireguard
 export LAB_MODE
 
 .PHONY: lab-up
-lab-up: build ## start the offline two-cluster kind lab with kubelink (LAB_MODE=wireguard|bridge)
+lab-up: build $(HELM) ## start the offline two-cluster kind lab with kubelink (LAB_MODE=wireguard|bridge)
 	TAG=$(VERSION) lab/scripts/lab-up.sh
 
 .PHONY: lab-down

@@ -174,7 +174,7 @@ func TestDataPlaneAndPodMode(t *testing.T) {
 				}
 				for _, p := range pods {
 					// Init containers too: the lab sets IP forwarding as a pod
-					// sysctl (deploy/optional/forwarding-sysctl), so no
+					// sysctl (the chart's ipForwarding: sysctl), so no
 					// container of the pod is privileged.
 					for _, ct := range append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...) {
 						if sc := ct.SecurityContext; sc != nil && sc.Privileged != nil && *sc.Privileged {

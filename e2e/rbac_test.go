@@ -21,7 +21,7 @@ const tokenDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 // In both clusters the broker pod holds two identities: the broker
 // container authenticates as kubelink-broker, certwatch as
 // kubelink-certwatch (from its token Secret, mounted into certwatch only),
-// and each account may touch only its own Secrets (deploy/base/rbac.yaml).
+// and each account may touch only its own Secrets (the chart's RBAC).
 func TestComponentIdentities(t *testing.T) {
 	f := features.New("component identities").
 		Assess("broker and certwatch run as their own ServiceAccounts", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds one container image per kubelink binary, plus the kubelink CoreDNS
-# and the lab's toolbox, with docker and no registry (legacy builder).
+# and the lab's toolbox, with the running docker and no registry (legacy
+# builder); the daemon's configuration is left alone.
 #   kubelink/{broker,router,bridge}:TAG  static binary on kubelink-lab/debian-net (iptables, nft, ip)
 #   kubelink/{meshdns,certwatch}:TAG     static binary alone, user 65532
 #   kubelink/coredns:TAG                 CoreDNS v1.12.1 + plugin kubelinkglobal, user 65532
@@ -12,6 +13,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 TAG=${1:?usage: images.sh TAG}
 [[ $TAG != latest ]] || die "images are never tagged latest"
+$DOCKER info >/dev/null 2>&1 || die "docker is not running: start it (make lab-up starts one itself), then run make images again"
 BASE=$("$ROOT/lab/scripts/node-image.sh" --print-debian-net)
 "$ROOT/lab/scripts/node-image.sh" --debian-net-only
 have_image "$BASE" || die "$BASE missing"

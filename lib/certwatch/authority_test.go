@@ -1,28 +1,23 @@
 package certwatch
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"log/slog"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -34,7 +29,7 @@ import (
 // The mesh authority against two real API servers: the authority's
 // (certwatch in self mode with --sign-requests) and a member's (certwatch
 // in csr mode, speaking to the authority as its member ServiceAccount with
-// the RBAC of deploy/optional/mesh-authority). The member gets a
+// the chart's RBAC with meshAuthority.enabled). The member gets a
 // certificate for its own identity without ever holding the CA key, renews
 // it without a gap, and a hostile member can get nothing for another's
 // identity or name, nor approve or sign anything itself.
@@ -51,10 +46,9 @@ func TestMeshAuthority(t *testing.T) {
 	for _, c := range []client.Client{auth, member} {
 		must(t, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kubelink"}}))
 	}
-	// The RBAC of deploy/base (the ServiceAccounts, certwatch's own
-	// Secrets) and of the authority component.
-	applyManifest(t, auth, filepath.Join("..", "..", "deploy", "base", "rbac.yaml"))
-	applyManifest(t, auth, filepath.Join("..", "..", "deploy", "optional", "mesh-authority", "rbac.yaml"))
+	// The chart's RBAC of a mesh authority (the ServiceAccounts,
+	// certwatch's own Secrets, and the authority's signing rights).
+	must(t, testenv.CreateObjects(ctx, auth, testenv.ChartRBAC(t, map[string]string{"meshAuthority.enabled": "true"})...))
 
 	// The authority itself runs as kubelink-certwatch, with only that RBAC.
 	authCfg := Defaults()
@@ -305,63 +299,4 @@ func secretOf(t *testing.T, c client.Client, ns, name string) *corev1.Secret {
 		return nil
 	}
 	return &s
-}
-
-// applyManifest creates every object of a YAML stream.
-func applyManifest(t *testing.T, c client.Client, path string) {
-	t.Helper()
-	must(t, testenv.CreateFromFile(context.Background(), c, path))
-}
-
-// The components patch the certwatch container by index: they must land
-// on certwatch, whatever deploy/base/broker.yaml's container order becomes.
-func TestDeployComponents(t *testing.T) {
-	if err := testenv.CheckBinaries(testenv.BinKubectl); err != nil {
-		t.Fatal(err)
-	}
-	root, err := filepath.Abs(filepath.Join("..", ".."))
-	must(t, err)
-	for comp, want := range map[string][]string{
-		"mesh-authority": {"--sign-requests"},
-		"mesh-member":    {"--authority-kubeconfig=/var/run/kubelink/authority/kubeconfig"},
-	} {
-		dir := t.TempDir()
-		// kustomize wants paths relative to the kustomization.
-		base, err := filepath.Rel(dir, filepath.Join(root, "deploy", "base"))
-		must(t, err)
-		component, err := filepath.Rel(dir, filepath.Join(root, "deploy", "optional", comp))
-		must(t, err)
-		must(t, os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"+
-			"resources: ["+base+"]\ncomponents: ["+component+"]\n"), 0o644))
-		out, err := exec.Command(testenv.BinPath(testenv.BinKubectl), "kustomize", dir).CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s: kubectl kustomize: %v\n%s", comp, err, out)
-		}
-		dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
-		found := false
-		for {
-			var d appsv1.Deployment
-			if err := dec.Decode(&d); err != nil {
-				break
-			}
-			if d.Kind != "Deployment" || d.Name != "kubelink-broker" {
-				continue
-			}
-			for _, c := range d.Spec.Template.Spec.Containers {
-				if c.Name == "certwatch" {
-					found = true
-					for _, w := range want {
-						if !slices.Contains(c.Args, w) {
-							t.Errorf("%s: certwatch args %v lack %s", comp, c.Args, w)
-						}
-					}
-				} else if slices.ContainsFunc(c.Args, func(a string) bool { return slices.Contains(want, a) }) {
-					t.Errorf("%s: the patch landed on container %s", comp, c.Name)
-				}
-			}
-		}
-		if !found {
-			t.Errorf("%s: no certwatch container in the built kubelink-broker", comp)
-		}
-	}
 }

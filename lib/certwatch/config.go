@@ -43,7 +43,7 @@ const (
 )
 
 // KeyFileMode is the mode of the key files: readable by the owner
-// (certwatch) and its group, never by others. In deploy/base the pod's
+// (certwatch) and its group, never by others. In the chart the pod's
 // fsGroup is that group, so the broker — root without CAP_DAC_OVERRIDE —
 // reads the keys through it and nobody else in the pod's image can.
 const KeyFileMode = 0o640

@@ -16,7 +16,8 @@ import (
 	"github.com/kubelink/kubelink/lib/testenv"
 )
 
-// The RBAC and admission policy of deploy/base against a real API server:
+// The RBAC and admission policy of the chart (deploy/chart/kubelink)
+// against a real API server:
 // each component gets exactly its own Secrets (by name), none can read
 // another's or list Secrets at all, certwatch and meshdns create only their
 // own Secrets, Opaque or TLS (no service-account-token Secret minting another
@@ -28,9 +29,8 @@ func TestBaseRBAC(t *testing.T) {
 	admin, err := cp.Client()
 	must(t, err)
 	must(t, admin.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kubelink"}}))
-	base := filepath.Join("..", "..", "deploy", "base")
-	applyManifest(t, admin, filepath.Join(base, "rbac.yaml"))
-	applyManifest(t, admin, filepath.Join(base, "secret-policy.yaml"))
+	// The chart's RBAC and admission policy, rendered with its defaults.
+	must(t, testenv.CreateObjects(ctx, admin, testenv.ChartRBAC(t, nil)...))
 
 	const ns = "kubelink"
 	sa := func(name string) string { return "system:serviceaccount:kubelink:kubelink-" + name }

@@ -37,7 +37,7 @@ func (c *Cluster) DNSToken() string {
 	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "kubelink-dns"}, Rules: []rbacv1.PolicyRule{
 		{APIGroups: []string{""}, Resources: []string{"services", "endpoints", "namespaces", "pods"}, Verbs: []string{"list", "watch"}},
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"list", "watch"}},
-		// kubelinkgate (as deploy/base grants the kubelink CoreDNS)
+		// kubelinkgate (as the chart grants the kubelink CoreDNS)
 		{APIGroups: []string{"kubelink.mandelsoft.org"}, Resources: []string{"kubelinks"}, Verbs: []string{"get", "list", "watch"}},
 	}}
 	binding := &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "kubelink-dns"},

@@ -155,7 +155,7 @@ func TestControllerModeNoneWritesNothing(t *testing.T) {
 // Kubernetes mode: the kubeconfig carries the apiAccess token, and a rotated
 // token is picked up by the poll of apiAccess Secrets (the resync is too
 // slow to pass this test). meshdns runs as kubelink-meshdns with the RBAC of
-// deploy/base plus get on the one apiAccess Secret, as docs/dns.md says.
+// the chart plus get on the one apiAccess Secret, as docs/dns.md says.
 func TestControllerKubernetesModeFollowsAPIAccessSecret(t *testing.T) {
 	e := startEnv(t)
 	access := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "kubelink", Name: "b-access"},

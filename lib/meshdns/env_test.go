@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -112,10 +111,10 @@ func (e *env) run(cfg Config) *Controller {
 }
 
 // runAsMeshDNS runs the controller as ServiceAccount kubelink-meshdns with
-// the RBAC of deploy/base and nothing else.
+// the chart's RBAC (with its defaults) and nothing else.
 func (e *env) runAsMeshDNS(cfg Config) *Controller {
 	e.t.Helper()
-	if err := testenv.CreateFromFile(e.ctx, e.kube, filepath.Join("..", "..", "deploy", "base", "rbac.yaml")); err != nil {
+	if err := testenv.CreateObjects(e.ctx, e.kube, testenv.ChartRBAC(e.t, nil)...); err != nil {
 		e.t.Fatal(err)
 	}
 	rc, err := e.cp.ServiceAccountConfig(e.ctx, "kubelink", "kubelink-meshdns")

@@ -117,7 +117,7 @@ func EnableForwarding(ipv4, ipv6 bool) error {
 			continue
 		}
 		if err := os.WriteFile(f, []byte("1\n"), 0o644); err != nil {
-			return fmt.Errorf("enable forwarding: %w (an unprivileged broker needs it set before it starts: the init container of deploy/base/broker.yaml, or the pod's sysctls)", err)
+			return fmt.Errorf("enable forwarding: %w (an unprivileged broker needs it set before it starts: the chart's init container (ipForwarding: initContainer), or the pod's sysctls (ipForwarding: sysctl))", err)
 		}
 	}
 	return nil

@@ -36,7 +36,7 @@ func (cp *ControlPlane) ServiceAccountConfig(ctx context.Context, ns, name strin
 }
 
 // CreateFromFile creates every object of a YAML stream (e.g. a manifest of
-// deploy/), as `kubectl create -f` would.
+// the lab's), as `kubectl create -f` would.
 func CreateFromFile(ctx context.Context, c client.Client, path string) error {
 	f, err := os.Open(path)
 	if err != nil {
@@ -55,8 +55,19 @@ func CreateFromFile(ctx context.Context, c client.Client, path string) error {
 		if len(u.Object) == 0 {
 			continue
 		}
-		if err := c.Create(ctx, &u); err != nil {
-			return fmt.Errorf("%s: %s %s: %w", path, u.GetKind(), u.GetName(), err)
+		if err := CreateObjects(ctx, c, &u); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
 		}
 	}
+}
+
+// CreateObjects creates objects (e.g. rendered from the chart, see
+// RenderChart) in order, as `kubectl create` would.
+func CreateObjects(ctx context.Context, c client.Client, objs ...*unstructured.Unstructured) error {
+	for _, u := range objs {
+		if err := c.Create(ctx, u.DeepCopy()); err != nil {
+			return fmt.Errorf("%s %s: %w", u.GetKind(), u.GetName(), err)
+		}
+	}
+	return nil
 }

@@ -179,9 +179,9 @@ func copyFile(t *testing.T, src, dst string) {
 	}
 }
 
-// deploy/base/crds holds copies of the CRDs for kustomize (which cannot
-// reach files outside its root); `make generate` refreshes them.
-func TestDeployCRDCopiesAreCurrent(t *testing.T) {
+// The chart's crds/ holds copies of the CRDs (helm packages only files
+// inside the chart); `make generate` refreshes them.
+func TestChartCRDCopiesAreCurrent(t *testing.T) {
 	names, err := filepath.Glob("crds/*.yaml")
 	if err != nil || len(names) == 0 {
 		t.Fatalf("no CRDs found: %v", err)
@@ -191,7 +191,7 @@ func TestDeployCRDCopiesAreCurrent(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		copyPath := filepath.Join("..", "..", "..", "deploy", "base", "crds", filepath.Base(n))
+		copyPath := filepath.Join("..", "..", "..", "deploy", "chart", "kubelink", "crds", filepath.Base(n))
 		got, err := os.ReadFile(copyPath)
 		if err != nil {
 			t.Fatalf("%v (run make generate)", err)
