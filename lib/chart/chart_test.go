@@ -755,6 +755,7 @@ func TestRefusedValues(t *testing.T) {
 		want  []string
 	}{
 		{"no pod CIDR", map[string]string{"cluster.podCIDR": ""}, nil, []string{"cluster.podCIDR is required", "--cluster-cidr"}},
+		{"switch as a string", nil, []string{"--set-string", "meshAuthority.enabled=false"}, []string{"meshAuthority.enabled must be true or false", "not --set-string"}},
 		{"no service CIDR", map[string]string{"cluster.serviceCIDR": ""}, nil, []string{"cluster.serviceCIDR is required", "kubectl get servicecidr", "--service-cluster-ip-range"}},
 		{"no node CIDR", map[string]string{"cluster.nodeCIDR": ""}, nil, []string{"cluster.nodeCIDR is required", "kubectl get nodes -o wide"}},
 		{"no DNS IP", map[string]string{"dns.serviceIP": ""}, nil, []string{"dns.serviceIP is required", "+ 11"}},

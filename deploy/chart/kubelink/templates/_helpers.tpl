@@ -62,6 +62,12 @@ pods.
 */}}
 {{- define "kubelink.validate" -}}
 {{- $v := .Values -}}
+{{- /* A switch given as a string ("false" from --set-string) would count as true. */ -}}
+{{- range $name, $val := dict "meshAuthority.enabled" $v.meshAuthority.enabled "meshMember.enabled" $v.meshMember.enabled "autoConnect.enabled" $v.autoConnect.enabled "broker.podDisruptionBudget.enabled" $v.broker.podDisruptionBudget.enabled "metrics.service.enabled" $v.metrics.service.enabled "metrics.serviceMonitor.enabled" $v.metrics.serviceMonitor.enabled -}}
+{{- if not (kindIs "bool" $val) -}}
+{{- fail (printf "%s must be true or false, not %q: set switches with --set or a values file, not --set-string" $name (toString $val)) -}}
+{{- end -}}
+{{- end -}}
 {{- if not $v.cluster.podCIDR -}}
 {{- fail "cluster.podCIDR is required: the cluster's pod network, e.g. 10.110.0.0/16 (the --cluster-cidr of kube-controller-manager, or the IP pool of the CNI; kubectl get nodes -o jsonpath='{.items[*].spec.podCIDRs}' shows the per-node slices of it)" -}}
 {{- end -}}
