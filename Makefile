@@ -28,6 +28,17 @@ build: ## build every binary into bin/
 	  CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/kubelink-$$b ./cmd/$$b || exit 1; done
 	@ls bin
 
+# kubelinkctl is its own module outside go.work (the Helm SDK needs newer
+# Kubernetes modules); it embeds the chart, packaged here from deploy/chart.
+.PHONY: kubelinkctl
+kubelinkctl: $(HELM) ## build bin/kubelinkctl (and bin/kubectl-kubelink, the kubectl plugin) with the chart embedded
+	@mkdir -p bin
+	@rm -f cmd/kubelinkctl/chartdata/*.tgz
+	$(HELM) package deploy/chart/kubelink -d cmd/kubelinkctl/chartdata >/dev/null
+	cd cmd/kubelinkctl && GOWORK=off CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o ../../bin/kubelinkctl .
+	cp bin/kubelinkctl bin/kubectl-kubelink
+	@echo "bin/kubelinkctl $$(bin/kubelinkctl version --client | head -1)"
+
 .PHONY: deps
 deps: ## install the Debian packages `make test` needs (only the missing ones; lab/scripts/deps.sh)
 	@lab/scripts/deps.sh test
@@ -66,6 +77,7 @@ generate: $(CONTROLLER_GEN) ## regenerate deepcopy code and CRDs from the API ty
 TEST_TIMEOUT ?= 30m
 test: deps tools test-bins ## run all tests: unit, real kube-apiserver, (as root) real kernel networking
 	go test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
+	cd cmd/kubelinkctl && GOWORK=off go test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 .PHONY: test-kernel
 test-kernel: ## boot a Debian kernel with WireGuard under qemu (no KVM needed) and run the kernel WireGuard tests inside it
@@ -84,6 +96,7 @@ lint: $(STATICCHECK) ## go vet and staticcheck
 	$(STATICCHECK) $(PKGS)
 	$(STATICCHECK) -tags e2e ./e2e/...
 	$(STATICCHECK) -tags kernelwg ./lib/wireguard/ ./lib/broker/
+	cd cmd/kubelinkctl && GOWORK=off go vet ./... && GOWORK=off $(STATICCHECK) ./...
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target (bridge frame decoder and HELLO parser, mesh model, endpoint parser, ingress policy, Corefile renderer, iptables-restore writer and -S parser) for FUZZTIME (default 60s)

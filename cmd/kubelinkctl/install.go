@@ -1,0 +1,672 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"helm.sh/helm/v4/pkg/action"
+	"helm.sh/helm/v4/pkg/kube"
+	releasev1 "helm.sh/helm/v4/pkg/release/v1"
+	"helm.sh/helm/v4/pkg/storage/driver"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/buildinfo"
+	"github.com/kubelink/kubelink/lib/discover"
+)
+
+const (
+	releaseName = "kubelink"
+	// EndpointAnnotation on the LocalLink is the host:port peers reach this
+	// cluster's broker at, as install announced it (join reads it).
+	EndpointAnnotation = "kubelink.mandelsoft.org/endpoint"
+	wireguardPort      = 30777
+	bridgePort         = 30088
+)
+
+type installOptions struct {
+	name, mesh, meshCIDR, address string
+	dataPlane, expose, announce   string
+	serviceCIDR, podCIDR, nodeCIDR string
+	registry, version, chart       string
+	meshAuthority                  bool
+	dnsHook                        bool
+	skipImageCheck                 bool
+	insecureRegistry               bool
+	dryRun                         bool
+}
+
+func newInstall(g *globals) *cobra.Command {
+	o := &installOptions{}
+	cmd := &cobra.Command{
+		Use:   "install",
+		Short: "Install or upgrade kubelink in a cluster and create its LocalLink",
+		Long: `install finds the cluster's service CIDR, pod CIDRs, node network, kube-proxy
+mode, cluster domain and DNS Service, checks that the mesh overlaps none of
+them, installs the kubelink chart (or upgrades it in place when it is there),
+creates the cluster's LocalLink, hooks the mesh domain into the cluster DNS,
+and waits until the broker is ready and the LocalLink shows its key.
+Nothing is changed when a check fails.`,
+		Example: fmt.Sprintf(`  # the first cluster of a mesh, reached by peers on a NodePort of its nodes
+  %[1]s install --context eu --name eu --mesh-cidr 192.168.0.0/24 --address 192.168.0.11
+
+  # the TLS bridge data plane behind a LoadBalancer, images from a private registry
+  %[1]s install --context us --name us --mesh-cidr 192.168.0.0/24 --data-plane bridge \
+      --expose loadbalancer --registry registry.example.com:5000`, commandName()),
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.validate(cmd); err != nil {
+				return err
+			}
+			return o.run(cmd.Context(), g)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.name, "name", "", "this cluster's name in the mesh (a DNS label; the LocalLink's name) (required)")
+	f.StringVar(&o.mesh, "mesh", "default", "the mesh's name (in the clusters' bridge identities kubelink://<mesh>/<name>)")
+	f.StringVar(&o.meshCIDR, "mesh-cidr", "", "the mesh network, e.g. 192.168.0.0/24: one address per cluster, outside every cluster's service, pod and node ranges (required)")
+	f.StringVar(&o.address, "address", "", "this cluster's address in the mesh (default: the one it has, else the first free one)")
+	f.StringVar(&o.dataPlane, "data-plane", "wireguard", "wireguard or bridge (WireGuard over UDP, or the TLS bridge over TCP)")
+	f.StringVar(&o.expose, "expose", "nodeport", "how peers reach the broker: nodeport or loadbalancer")
+	f.StringVar(&o.announce, "announce", "", "the host[:port] peers reach the broker at (default: a node's InternalIP and the NodePort, or the LoadBalancer's address)")
+	f.StringVar(&o.serviceCIDR, "service-cidr", "", "the cluster's service CIDR (default: discovered)")
+	f.StringVar(&o.podCIDR, "pod-cidr", "", "the cluster's pod CIDR (default: discovered)")
+	f.StringVar(&o.nodeCIDR, "node-cidr", "", "the cluster's node network (default: discovered, the /24 or wider prefix covering the nodes)")
+	f.StringVar(&o.registry, "registry", "", "the registry the images are pulled from, host[:port][/path] (default: the chart's)")
+	f.StringVar(&o.version, "version", "", "the image tag (default: this kubelinkctl's version, as make images tags them)")
+	f.StringVar(&o.chart, "chart", "", "install this chart (a directory or archive) instead of the embedded one")
+	f.BoolVar(&o.meshAuthority, "mesh-authority", false, "this cluster holds the mesh CA and signs the other members' certificates (bridge)")
+	f.BoolVar(&o.dnsHook, "dns-hook", true, "add the mesh domain to the cluster DNS's Corefile (kube-system/coredns); false prints what to add")
+	f.BoolVar(&o.skipImageCheck, "skip-image-check", false, "do not check that the registry has the images before installing")
+	f.BoolVar(&o.insecureRegistry, "insecure-registry", false, "check the images over plain HTTP (localhost registries always are)")
+	f.BoolVar(&o.dryRun, "dry-run", false, "discover and check, print the values it would install, change nothing")
+	f.StringVarP(&g.output, "output", "o", "", "print the LocalLink (or with --dry-run the plan) as json or yaml")
+	return cmd
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+func (o *installOptions) validate(cmd *cobra.Command) error {
+	if o.name == "" {
+		return usagef(cmd, "--name is required: this cluster's name in the mesh, e.g. --name eu")
+	}
+	if !dnsLabel.MatchString(o.name) {
+		return usagef(cmd, "--name %q: must be a DNS label (lower case letters, digits and '-', at most 63)", o.name)
+	}
+	if !dnsLabel.MatchString(o.mesh) {
+		return usagef(cmd, "--mesh %q: must be a DNS label", o.mesh)
+	}
+	if o.meshCIDR == "" {
+		return usagef(cmd, "--mesh-cidr is required: the mesh network, e.g. --mesh-cidr 192.168.0.0/24")
+	}
+	p, err := netip.ParsePrefix(o.meshCIDR)
+	if err != nil || !p.Addr().Is4() || p != p.Masked() || p.Bits() < 16 || p.Bits() > 30 {
+		return usagef(cmd, "--mesh-cidr %q: must be an IPv4 network from /16 to /30 with no host bits, e.g. 192.168.0.0/24", o.meshCIDR)
+	}
+	if o.address != "" {
+		a, err := netip.ParseAddr(o.address)
+		if err != nil || !p.Contains(a) || a == p.Addr() || a == lastAddr(p) {
+			return usagef(cmd, "--address %q: must be a host address inside --mesh-cidr %s", o.address, p)
+		}
+	}
+	switch o.dataPlane {
+	case "wireguard", "bridge":
+	default:
+		return usagef(cmd, "--data-plane %q: must be wireguard or bridge", o.dataPlane)
+	}
+	switch o.expose {
+	case "nodeport", "loadbalancer":
+	case "hostport":
+		return usagef(cmd, "--expose hostport is not supported yet: use nodeport or loadbalancer")
+	default:
+		return usagef(cmd, "--expose %q: must be nodeport or loadbalancer", o.expose)
+	}
+	for flag, v := range map[string]string{"--service-cidr": o.serviceCIDR, "--pod-cidr": o.podCIDR, "--node-cidr": o.nodeCIDR} {
+		if v == "" {
+			continue
+		}
+		if q, err := netip.ParsePrefix(v); err != nil || q != q.Masked() || !q.Addr().Is4() {
+			return usagef(cmd, "%s %q: must be an IPv4 network in CIDR notation with no host bits", flag, v)
+		}
+	}
+	if strings.EqualFold(o.version, "latest") {
+		return usagef(cmd, "--version latest: give the exact image tag (kubelink images are never tagged latest)")
+	}
+	return nil
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	n := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	n |= 1<<(32-p.Bits()) - 1
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+}
+
+// plan is what install decided, before it changes anything.
+type plan struct {
+	Cluster      string              `json:"cluster"`
+	Context      string              `json:"context"`
+	Discovered   *discover.Cluster   `json:"discovered"`
+	Address      string              `json:"clusterAddress"`
+	Endpoint     string              `json:"endpoint"`
+	CoreDNSIP    string              `json:"kubelinkDNSServiceIP"`
+	Images       []string            `json:"images"`
+	Values       map[string]any      `json:"values"`
+	Upgrade      bool                `json:"upgrade"`
+	Chart        string              `json:"chart"`
+	existingLink *v1alpha1.KubeLink  `json:"-"`
+	release      *releasev1.Release  `json:"-"`
+}
+
+func (o *installOptions) run(ctx context.Context, g *globals) error {
+	if g.output != "" && g.output != "json" && g.output != "yaml" {
+		return fmt.Errorf("-o %q: must be json or yaml", g.output)
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	ch, chartFrom, err := loadChart(o.chart)
+	if err != nil {
+		return err
+	}
+	c, err := g.connect(ctx)
+	if err != nil {
+		return err
+	}
+	ns := *g.kube.Namespace
+	g.progress("cluster %q (%s, Kubernetes %s): discovering its networks", c.context, c.host, c.version)
+	p := &plan{Cluster: o.name, Context: c.context, Chart: chartFrom}
+	if p.Discovered, err = o.discover(ctx, c); err != nil {
+		return err
+	}
+	d := p.Discovered
+	for _, l := range []string{
+		fmt.Sprintf("service CIDR %s (from %s)", d.ServiceCIDR(), d.ServiceCIDRs.Source),
+		fmt.Sprintf("pod CIDR %s (from %s)", prefixes(d.PodCIDRs.Value), d.PodCIDRs.Source),
+		fmt.Sprintf("node network %s (from %s)", d.NodeCIDR.Value, d.NodeCIDR.Source),
+		fmt.Sprintf("kube-proxy mode %s (from %s)", d.KubeProxyMode.Value, d.KubeProxyMode.Source),
+		fmt.Sprintf("cluster domain %s (from %s)", d.ClusterDomain.Value, d.ClusterDomain.Source),
+		fmt.Sprintf("cluster DNS %s (from %s)", d.DNSServiceIP.Value, d.DNSServiceIP.Source),
+	} {
+		g.progress("  %s", l)
+	}
+	meshCIDR := netip.MustParsePrefix(o.meshCIDR)
+	if err := d.CheckOutside("mesh CIDR", meshCIDR); err != nil {
+		return err
+	}
+
+	// What is there already: the release and this cluster's links.
+	cfg := action.NewConfiguration()
+	if err := cfg.Init(g.kube, ns, "secret"); err != nil {
+		return fmt.Errorf("helm: %w", err)
+	}
+	if rel, err := action.NewGet(cfg).Run(releaseName); err == nil {
+		p.release, _ = rel.(*releasev1.Release)
+		p.Upgrade = true
+	} else if !errors.Is(err, driver.ErrReleaseNotFound) {
+		return fmt.Errorf("reading the kubelink release in namespace %s: %w", ns, err)
+	}
+	addr, err := o.pickAddress(ctx, c, meshCIDR, p)
+	if err != nil {
+		return err
+	}
+	p.Address = netip.PrefixFrom(addr, meshCIDR.Bits()).String()
+	if p.CoreDNSIP, err = o.coreDNSIP(ctx, c, ns, d.ServiceCIDR()); err != nil {
+		return err
+	}
+	if p.Endpoint, err = o.endpoint(ctx, c); err != nil {
+		return err
+	}
+	tag := o.version
+	if tag == "" {
+		// The images of the same build as this binary (make images tags
+		// them with its version); a binary without a version (go build)
+		// takes the chart's appVersion.
+		tag = ch.Metadata.AppVersion
+		if buildinfo.Version != "" && buildinfo.Version != "v0.0.0-dev" {
+			tag = buildinfo.Version
+		}
+		o.version = tag
+	}
+	for _, repo := range []string{"broker", "router", "meshdns", "certwatch", "coredns"} {
+		p.Images = append(p.Images, imageRef(o.registry, "kubelink/"+repo, tag))
+	}
+	p.Values = o.values(p)
+	if !o.skipImageCheck {
+		g.progress("checking that the registry has the %d images (tag %s)", len(p.Images), tag)
+		if err := checkImages(ctx, p.Images, o.insecureRegistry); err != nil {
+			return err
+		}
+	}
+	if o.dryRun {
+		g.progress("dry run: nothing changed")
+		return printObject(g, p, func() {
+			fmt.Fprintf(g.out, "would %s kubelink in %q as %s (mesh %s, address %s, endpoint %s, %s data plane)\n",
+				map[bool]string{true: "upgrade", false: "install"}[p.Upgrade], c.context, o.name, o.mesh, p.Address, p.Endpoint, o.dataPlane)
+		})
+	}
+
+	// From here on the cluster changes.
+	if err := o.helm(ctx, g, cfg, ch, ns, p); err != nil {
+		return err
+	}
+	if err := o.localLink(ctx, c, p); err != nil {
+		return err
+	}
+	if err := o.hookDNS(ctx, g, c, p.CoreDNSIP); err != nil {
+		return err
+	}
+	kl, err := waitReady(ctx, g, c, ns, o.name, o.dataPlane)
+	if err != nil {
+		return err
+	}
+	return printObject(g, kl, func() {
+		printLinks(g.out, []v1alpha1.KubeLink{*kl})
+		fmt.Fprintf(g.out, "\nkubelink %s in %q: cluster %s at %s in mesh %s, reached at %s.\n",
+			map[bool]string{true: "upgraded", false: "installed"}[p.Upgrade], c.context, o.name, p.Address, o.mesh, p.Endpoint)
+	})
+}
+
+func prefixes(ps []netip.Prefix) string {
+	var s []string
+	for _, p := range ps {
+		s = append(s, p.String())
+	}
+	return strings.Join(s, ",")
+}
+
+// discover runs the discovery; a flag given by hand replaces its fact.
+func (o *installOptions) discover(ctx context.Context, c *cluster) (*discover.Cluster, error) {
+	d, err := discover.Discover(ctx, c.cs)
+	if d == nil {
+		return nil, err
+	}
+	if o.serviceCIDR != "" {
+		d.ServiceCIDRs = discover.Value[[]netip.Prefix]{Value: []netip.Prefix{netip.MustParsePrefix(o.serviceCIDR)}, Source: "--service-cidr"}
+	}
+	if o.podCIDR != "" {
+		d.PodCIDRs = discover.Value[[]netip.Prefix]{Value: []netip.Prefix{netip.MustParsePrefix(o.podCIDR)}, Source: "--pod-cidr"}
+	}
+	if o.nodeCIDR != "" {
+		d.NodeCIDR = discover.Value[netip.Prefix]{Value: netip.MustParsePrefix(o.nodeCIDR), Source: "--node-cidr"}
+	}
+	var missing []string
+	if !d.ServiceCIDR().IsValid() {
+		missing = append(missing, "the service CIDR (--service-cidr)")
+	}
+	if len(d.PodCIDRs.Value) == 0 {
+		missing = append(missing, "the pod CIDR (--pod-cidr)")
+	}
+	if !d.NodeCIDR.Value.IsValid() {
+		missing = append(missing, "the node network (--node-cidr)")
+	}
+	if !d.DNSServiceIP.Value.IsValid() {
+		missing = append(missing, "the cluster DNS Service")
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("could not discover %s: %v", strings.Join(missing, ", "), err)
+	}
+	return d, nil
+}
+
+// pickAddress: --address, else the LocalLink's, else the first address of
+// the mesh CIDR no KubeLink of this cluster uses. An address a peer's
+// KubeLink holds is refused, naming the link.
+func (o *installOptions) pickAddress(ctx context.Context, c *cluster, mesh netip.Prefix, p *plan) (netip.Addr, error) {
+	var links v1alpha1.KubeLinkList
+	if err := c.c.List(ctx, &links); err != nil && !isNoKind(err) {
+		return netip.Addr{}, fmt.Errorf("listing KubeLinks: %w", err)
+	}
+	used := map[netip.Addr]string{}
+	for i := range links.Items {
+		l := &links.Items[i]
+		a, err := netip.ParsePrefix(l.Spec.ClusterAddress)
+		if err != nil {
+			continue
+		}
+		if l.Spec.Endpoint == v1alpha1.EndpointLocalLink {
+			if l.Name != o.name {
+				return netip.Addr{}, fmt.Errorf("this cluster is already in the mesh as %q (LocalLink %s, address %s): install again with --name %s, or delete that LocalLink first", l.Name, l.Name, l.Spec.ClusterAddress, l.Name)
+			}
+			p.existingLink = l.DeepCopy()
+			if o.address == "" && mesh.Contains(a.Addr()) {
+				return a.Addr(), nil
+			}
+			continue
+		}
+		used[a.Addr()] = "KubeLink " + l.Name
+	}
+	if o.address != "" {
+		a := netip.MustParseAddr(o.address)
+		if who, ok := used[a]; ok {
+			return netip.Addr{}, fmt.Errorf("mesh address %s is taken by the peer of %s in this cluster: choose another --address (or leave it out for the first free one)", a, who)
+		}
+		return a, nil
+	}
+	for a := mesh.Addr().Next(); mesh.Contains(a) && a != lastAddr(mesh); a = a.Next() {
+		if _, ok := used[a]; !ok {
+			return a, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("mesh CIDR %s has no free address left (%d KubeLinks use it): choose a larger --mesh-cidr", mesh, len(used))
+}
+
+func isNoKind(err error) bool {
+	return err != nil && (strings.Contains(err.Error(), "no matches for kind") || apierrors.IsNotFound(err))
+}
+
+// coreDNSIP is the address of the kubelink CoreDNS Service: what it has,
+// else the service CIDR's base + 11 if that is free.
+func (o *installOptions) coreDNSIP(ctx context.Context, c *cluster, ns string, svcCIDR netip.Prefix) (string, error) {
+	svc, err := c.cs.CoreV1().Services(ns).Get(ctx, "kubelink-coredns", metav1.GetOptions{})
+	if err == nil && svc.Spec.ClusterIP != "" && svc.Spec.ClusterIP != "None" {
+		return svc.Spec.ClusterIP, nil
+	}
+	ip := svcCIDR.Addr()
+	for range 11 {
+		ip = ip.Next()
+	}
+	probe := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "kubelink-coredns-probe", Namespace: "default"},
+		Spec:       corev1.ServiceSpec{ClusterIP: ip.String(), Ports: []corev1.ServicePort{{Port: 53}}},
+	}
+	if _, err := c.cs.CoreV1().Services("default").Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+		return "", fmt.Errorf("the kubelink DNS Service's address %s (service CIDR + 11) is not free: %v", ip, err)
+	}
+	return ip.String(), nil
+}
+
+// endpoint is where peers reach this cluster's broker.
+func (o *installOptions) endpoint(ctx context.Context, c *cluster) (string, error) {
+	port := wireguardPort
+	if o.dataPlane == "bridge" {
+		port = bridgePort
+	}
+	if o.announce != "" {
+		if _, _, err := splitHostPort(o.announce, port); err != nil {
+			return "", fmt.Errorf("--announce %q: %v", o.announce, err)
+		}
+		h, pt, _ := splitHostPort(o.announce, port)
+		return fmt.Sprintf("%s:%d", h, pt), nil
+	}
+	if o.expose == "loadbalancer" {
+		return "", errors.New("--expose loadbalancer needs --announce host[:port] (the LoadBalancer's address is only known once it exists; waiting for it is not built yet)")
+	}
+	nodes, err := c.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return "", err
+	}
+	sort.Slice(nodes.Items, func(i, j int) bool { return nodes.Items[i].Name < nodes.Items[j].Name })
+	for _, n := range nodes.Items {
+		if !nodeReady(&n) {
+			continue
+		}
+		for _, a := range n.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP {
+				if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Is4() {
+					return fmt.Sprintf("%s:%d", ip, port), nil
+				}
+			}
+		}
+	}
+	return "", errors.New("no Ready node with an IPv4 InternalIP to announce: give --announce host[:port]")
+}
+
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func splitHostPort(s string, def int) (string, int, error) {
+	if i := strings.LastIndex(s, ":"); i > 0 && !strings.HasSuffix(s, "]") {
+		p, err := strconv.Atoi(s[i+1:])
+		if err != nil || p < 1 || p > 65535 {
+			return "", 0, errors.New("port must be 1-65535")
+		}
+		return s[:i], p, nil
+	}
+	return s, def, nil
+}
+
+// values are the chart's values for this install.
+func (o *installOptions) values(p *plan) map[string]any {
+	d := p.Discovered
+	host, _, _ := splitHostPort(p.Endpoint, 0)
+	certMode := "self"
+	v := map[string]any{
+		"cluster": map[string]any{
+			"podCIDR":     d.PodCIDRs.Value[0].String(),
+			"serviceCIDR": d.ServiceCIDR().String(),
+			"nodeCIDR":    d.NodeCIDR.Value.String(),
+		},
+		"dataPlane":     o.dataPlane,
+		"certificates":  map[string]any{"mode": certMode},
+		"bridge":        map[string]any{"name": host, "identities": "kubelink://" + o.mesh + "/" + o.name},
+		"meshAuthority": map[string]any{"enabled": o.meshAuthority},
+		"dns":           map[string]any{"serviceIP": p.CoreDNSIP},
+		"broker": map[string]any{"expose": map[string]any{
+			"type": map[string]string{"nodeport": "NodePort", "loadbalancer": "LoadBalancer"}[o.expose]}},
+	}
+	img := map[string]any{}
+	if o.registry != "" {
+		img["registry"] = o.registry
+	}
+	if o.version != "" {
+		img["tag"] = o.version
+	}
+	if len(img) > 0 {
+		v["image"] = img
+	}
+	return v
+}
+
+func imageRef(registry, repo, tag string) string {
+	if registry == "" {
+		return repo + ":" + tag
+	}
+	return strings.TrimSuffix(registry, "/") + "/" + repo + ":" + tag
+}
+
+// helm installs the chart, or upgrades the release in place.
+func (o *installOptions) helm(ctx context.Context, g *globals, cfg *action.Configuration, ch chartType, ns string, p *plan) error {
+	if p.Upgrade {
+		g.progress("upgrading release %s in namespace %s (revision %d)", releaseName, ns, p.release.Version)
+		up := action.NewUpgrade(cfg)
+		up.Namespace = ns
+		up.WaitStrategy = kube.HookOnlyStrategy
+		up.Timeout = g.timeout
+		if _, err := up.RunWithContext(ctx, releaseName, ch, p.Values); err != nil {
+			return fmt.Errorf("helm upgrade: %w", err)
+		}
+		return nil
+	}
+	g.progress("installing release %s into namespace %s (chart %s)", releaseName, ns, p.Chart)
+	in := action.NewInstall(cfg)
+	in.Namespace, in.ReleaseName, in.CreateNamespace = ns, releaseName, true
+	in.WaitStrategy = kube.HookOnlyStrategy
+	in.Timeout = g.timeout
+	if _, err := in.RunWithContext(ctx, ch, p.Values); err != nil {
+		return fmt.Errorf("helm install: %w", err)
+	}
+	return nil
+}
+
+// localLink creates or updates the cluster's LocalLink.
+func (o *installOptions) localLink(ctx context.Context, c *cluster, p *plan) error {
+	kl := &v1alpha1.KubeLink{}
+	kl.Name = o.name
+	if p.existingLink != nil {
+		kl = p.existingLink
+	}
+	_, err := ctrlCreateOrUpdate(ctx, c.c, kl, func() {
+		kl.Spec.Endpoint = v1alpha1.EndpointLocalLink
+		kl.Spec.ClusterAddress = p.Address
+		kl.Spec.CIDR = p.Discovered.ServiceCIDR().String()
+		if kl.Annotations == nil {
+			kl.Annotations = map[string]string{}
+		}
+		kl.Annotations[EndpointAnnotation] = p.Endpoint
+	})
+	if err != nil {
+		return fmt.Errorf("LocalLink %s: %w", o.name, err)
+	}
+	return nil
+}
+
+func ctrlCreateOrUpdate(ctx context.Context, c client.Client, kl *v1alpha1.KubeLink, mutate func()) (bool, error) {
+	var cur v1alpha1.KubeLink
+	err := c.Get(ctx, client.ObjectKey{Name: kl.Name}, &cur)
+	if apierrors.IsNotFound(err) {
+		mutate()
+		return true, c.Create(ctx, kl)
+	}
+	if err != nil {
+		return false, err
+	}
+	*kl = cur
+	mutate()
+	return false, c.Update(ctx, kl)
+}
+
+// meshZone is the DNS zone of the mesh the cluster DNS forwards.
+const meshZone = "kubelink"
+
+// hookDNS adds the mesh zone to the cluster DNS (a CoreDNS Corefile in
+// kube-system/coredns), forwarding to the kubelink CoreDNS, and restarts
+// CoreDNS when it changed. Without --dns-hook, or for another cluster DNS,
+// it says what to add.
+func (o *installOptions) hookDNS(ctx context.Context, g *globals, c *cluster, ip string) error {
+	block := fmt.Sprintf("%s:53 {\n    errors\n    cache 5 {\n        servfail 0\n    }\n    forward . %s\n}", meshZone, ip)
+	cm, err := c.cs.CoreV1().ConfigMaps("kube-system").Get(ctx, "coredns", metav1.GetOptions{})
+	if !o.dnsHook || err != nil || cm.Data["Corefile"] == "" {
+		why := "--dns-hook=false"
+		if o.dnsHook {
+			why = "no CoreDNS Corefile in kube-system/coredns"
+		}
+		g.progress("the cluster DNS is not changed (%s): add this server block to it, so that names under .%s resolve:\n%s", why, meshZone, block)
+		return nil
+	}
+	cf := cm.Data["Corefile"]
+	if strings.Contains(cf, block) {
+		return nil
+	}
+	cf = removeBlock(cf, meshZone+":53 {") + "\n" + block + "\n"
+	cm.Data["Corefile"] = cf
+	if _, err := c.cs.CoreV1().ConfigMaps("kube-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("adding the mesh zone to kube-system/coredns: %w (or install with --dns-hook=false and add it by hand)", err)
+	}
+	g.progress("added zone %s (forward to %s) to kube-system/coredns; restarting CoreDNS", meshZone, ip)
+	return restartDeployment(ctx, c, "kube-system", "coredns")
+}
+
+// removeBlock drops a server block starting with the line head.
+func removeBlock(cf, head string) string {
+	var out []string
+	depth, skip := 0, false
+	for _, line := range strings.Split(cf, "\n") {
+		if !skip && strings.TrimSpace(line) == head {
+			skip, depth = true, 0
+		}
+		if skip {
+			depth += strings.Count(line, "{") - strings.Count(line, "}")
+			if depth <= 0 {
+				skip = false
+			}
+			continue
+		}
+		out = append(out, line)
+	}
+	return strings.TrimRight(strings.Join(out, "\n"), "\n")
+}
+
+func restartDeployment(ctx context.Context, c *cluster, ns, name string) error {
+	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"kubectl.kubernetes.io/restartedAt":%q}}}}}`, time.Now().Format(time.RFC3339))
+	_, err := c.cs.AppsV1().Deployments(ns).Patch(ctx, name, "application/strategic-merge-patch+json", []byte(patch), metav1.PatchOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("restarting %s/%s: %w", ns, name, err)
+	}
+	return nil
+}
+
+// waitReady waits for a ready broker and a LocalLink with its gateway (and
+// in WireGuard mode its public key), printing what it waits for.
+func waitReady(ctx context.Context, g *globals, c *cluster, ns, name, dataPlane string) (*v1alpha1.KubeLink, error) {
+	start := time.Now()
+	last := ""
+	for {
+		var kl v1alpha1.KubeLink
+		state := ""
+		dep, err := c.cs.AppsV1().Deployments(ns).Get(ctx, "kubelink-broker", metav1.GetOptions{})
+		switch {
+		case err != nil:
+			state = "the broker Deployment: " + err.Error()
+		case dep.Status.ReadyReplicas < 1:
+			state = "a ready broker: " + podTrouble(ctx, c, ns, dep)
+		default:
+			if err := c.c.Get(ctx, client.ObjectKey{Name: name}, &kl); err != nil {
+				state = "LocalLink " + name + ": " + err.Error()
+			} else if dataPlane == "wireguard" && kl.Status.PublicKey == "" {
+				state = "the LocalLink's public key"
+			} else if kl.Status.Gateway == "" {
+				state = "the LocalLink's gateway"
+			} else {
+				g.progress("broker ready and LocalLink %s published after %s", name, time.Since(start).Round(time.Second))
+				return &kl, nil
+			}
+		}
+		if state != last {
+			g.progress("waiting for %s", state)
+			last = state
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("timed out after %s waiting for %s (--timeout sets the limit; `kubectl -n %s get pods` and `kubectl -n %s logs deploy/kubelink-broker` show more)",
+				time.Since(start).Round(time.Second), state, ns, ns)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// podTrouble names why the broker pods are not ready, e.g. an image that
+// cannot be pulled.
+func podTrouble(ctx context.Context, c *cluster, ns string, dep *appsv1.Deployment) string {
+	pods, err := c.cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=kubelink-broker"})
+	if err != nil || len(pods.Items) == 0 {
+		return fmt.Sprintf("%d of %d pods created", len(pods.Items), ptrInt(dep.Spec.Replicas))
+	}
+	var why []string
+	for _, p := range pods.Items {
+		for _, s := range append(slices.Clone(p.Status.InitContainerStatuses), p.Status.ContainerStatuses...) {
+			if w := s.State.Waiting; w != nil && w.Reason != "" && w.Reason != "ContainerCreating" && w.Reason != "PodInitializing" {
+				why = append(why, fmt.Sprintf("%s/%s %s: %s", p.Name, s.Name, w.Reason, w.Message))
+			}
+		}
+	}
+	if len(why) == 0 {
+		return fmt.Sprintf("%d pods, none ready yet", len(pods.Items))
+	}
+	return strings.Join(why, "; ")
+}
+
+func ptrInt(p *int32) int32 {
+	if p == nil {
+		return 1
+	}
+	return *p
+}

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/testenv"
+)
+
+const chartDir = "../../deploy/chart/kubelink"
+
+// run runs kubelinkctl with args and returns stdout, stderr and the error.
+func run(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	root := newRoot(&out, &errOut)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), errOut.String(), err
+}
+
+// fakeCluster is a real API server shaped like a small cluster: two Ready
+// nodes with pod CIDRs and addresses, kube-dns, a CoreDNS Corefile. No
+// kubelet runs, so no pod ever starts.
+func fakeCluster(t *testing.T) (kubeconfig string, cs kubernetes.Interface, c client.Client) {
+	t.Helper()
+	cp := &testenv.ControlPlane{Name: "kubelinkctl", ServiceCIDR: "100.64.32.0/20"}
+	testenv.StartControlPlaneForTest(t, cp)
+	ctx := context.Background()
+	var err error
+	if cs, err = kubernetes.NewForConfig(cp.Config()); err != nil {
+		t.Fatal(err)
+	}
+	if c, err = cp.Client(); err != nil {
+		t.Fatal(err)
+	}
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	for i, ip := range []string{"172.18.0.3", "172.18.0.2"} {
+		n, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("node-%d", i)},
+			Spec: corev1.NodeSpec{PodCIDRs: []string{fmt.Sprintf("10.130.%d.0/24", i)}}}, metav1.CreateOptions{})
+		must("node", err)
+		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
+		n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
+		_, err = cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+		must("node status", err)
+	}
+	_, err = cs.CoreV1().Services("kube-system").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "kube-dns"},
+		Spec: corev1.ServiceSpec{ClusterIP: "100.64.32.10", Ports: []corev1.ServicePort{{Port: 53, Protocol: corev1.ProtocolUDP}}}}, metav1.CreateOptions{})
+	must("kube-dns", err)
+	_, err = cs.CoreV1().ConfigMaps("kube-system").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "coredns"},
+		Data: map[string]string{"Corefile": ".:53 {\n    errors\n    kubernetes cluster.local in-addr.arpa ip6.arpa\n    forward . /etc/resolv.conf\n}\n"}}, metav1.CreateOptions{})
+	must("coredns ConfigMap", err)
+	kc, err := cp.KubeConfig()
+	must("kubeconfig", err)
+	kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
+	must("writing kubeconfig", os.WriteFile(kubeconfig, kc, 0o600))
+	return kubeconfig, cs, c
+}
+
+func TestInstallRefusesBadInputAndChangesNothing(t *testing.T) {
+	kubeconfig, cs, c := fakeCluster(t)
+	ctx := context.Background()
+	base := []string{"install", "--kubeconfig", kubeconfig, "--chart", chartDir, "--name", "eu", "--skip-image-check"}
+
+	// A peer of this cluster already has 192.168.0.5.
+	peer := &v1alpha1.KubeLink{ObjectMeta: metav1.ObjectMeta{Name: "us"},
+		Spec: v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.5/24", CIDR: "100.64.48.0/20", Endpoint: "10.0.0.1:30777"}}
+	if err := c.Create(ctx, peer); err != nil {
+		t.Fatal(err)
+	}
+	reg := httptest.NewServer(registry.New())
+	t.Cleanup(reg.Close)
+	regHost := strings.TrimPrefix(reg.URL, "http://")
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"mesh CIDR overlaps the service CIDR", []string{"--mesh-cidr", "100.64.32.0/24"},
+			[]string{"mesh CIDR 100.64.32.0/24 overlaps the service CIDR 100.64.32.0/20 of this cluster (from ServiceCIDR kubernetes)"}},
+		{"mesh CIDR overlaps the pod CIDR", []string{"--mesh-cidr", "10.130.0.0/16"},
+			[]string{"overlaps the pod CIDR 10.130.0.0/23", "spec.podCIDRs of 2 nodes"}},
+		{"mesh CIDR overlaps the node network", []string{"--mesh-cidr", "172.18.0.0/24"}, []string{"overlaps the node network 172.18.0.0/24"}},
+		{"taken address", []string{"--mesh-cidr", "192.168.0.0/24", "--address", "192.168.0.5"},
+			[]string{"mesh address 192.168.0.5 is taken by the peer of KubeLink us"}},
+		{"address outside the mesh", []string{"--mesh-cidr", "192.168.0.0/24", "--address", "192.168.1.5"},
+			[]string{"--address \"192.168.1.5\": must be a host address inside --mesh-cidr 192.168.0.0/24"}},
+		{"missing images", []string{"--mesh-cidr", "192.168.0.0/24", "--skip-image-check=false", "--registry", regHost, "--version", "v9.9.9"},
+			[]string{"image " + regHost + "/kubelink/broker:v9.9.9 is not in its registry", "kubelink/coredns:v9.9.9", "make images-push"}},
+		{"no name", []string{"--name", "", "--mesh-cidr", "192.168.0.0/24"}, []string{"--name is required"}},
+		{"hostport", []string{"--mesh-cidr", "192.168.0.0/24", "--expose", "hostport"}, []string{"--expose hostport is not supported yet"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, err := run(t, append(append([]string{}, base...), tc.args...)...)
+			if err == nil {
+				t.Fatalf("install succeeded; stderr:\n%s", stderr)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q\nlacks %q", err, w)
+				}
+			}
+		})
+	}
+	// Nothing changed: no namespace, no release, no LocalLink, Corefile as it was.
+	if _, err := cs.CoreV1().Namespaces().Get(ctx, "kubelink", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("namespace kubelink exists after refused installs (err %v)", err)
+	}
+	var links v1alpha1.KubeLinkList
+	if err := c.List(ctx, &links); err != nil || len(links.Items) != 1 {
+		t.Errorf("KubeLinks after refused installs: %d (%v), want only the peer", len(links.Items), err)
+	}
+	cm, _ := cs.CoreV1().ConfigMaps("kube-system").Get(ctx, "coredns", metav1.GetOptions{})
+	if strings.Contains(cm.Data["Corefile"], "kubelink:53") {
+		t.Error("the Corefile was changed by a refused install")
+	}
+
+	// With the images in the registry the check passes (a dry run).
+	for _, repo := range []string{"broker", "router", "meshdns", "certwatch", "coredns"} {
+		img, _ := random.Image(64, 1)
+		ref, _ := name.ParseReference(regHost+"/kubelink/"+repo+":v9.9.9", name.Insecure)
+		if err := remote.Write(ref, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, stderr, err := run(t, "install", "--kubeconfig", kubeconfig, "--chart", chartDir, "--name", "eu", "--mesh-cidr", "192.168.0.0/24",
+		"--registry", regHost, "--version", "v9.9.9", "--dry-run", "-o", "json")
+	if err != nil {
+		t.Fatalf("dry run: %v\n%s", err, stderr)
+	}
+	var p plan
+	if err := json.Unmarshal([]byte(out), &p); err != nil {
+		t.Fatalf("dry-run output is not the plan as JSON: %v\n%s", err, out)
+	}
+	// The first free address (192.168.0.5 is the peer's, .1 is free), a
+	// Ready node's address with the WireGuard NodePort, service CIDR + 11.
+	if p.Address != "192.168.0.1/24" || p.Endpoint != "172.18.0.3:30777" || p.CoreDNSIP != "100.64.32.11" || p.Upgrade {
+		t.Errorf("plan: address %s, endpoint %s, DNS %s, upgrade %v", p.Address, p.Endpoint, p.CoreDNSIP, p.Upgrade)
+	}
+	for _, want := range []string{"checking that the registry has the 5 images", "service CIDR 100.64.32.0/20 (from ServiceCIDR kubernetes)", "dry run: nothing changed"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("progress lacks %q:\n%s", want, stderr)
+		}
+	}
+	if _, err := cs.CoreV1().Namespaces().Get(ctx, "kubelink", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("namespace kubelink exists after a dry run (err %v)", err)
+	}
+}
+
+// An install against an API server with no kubelet: the release, the
+// LocalLink and the DNS hook are there; the wait for a ready broker times
+// out with a message that says what it waited for. Run again with other
+// values, it upgrades in place.
+func TestInstallAndUpgradeInPlace(t *testing.T) {
+	kubeconfig, cs, c := fakeCluster(t)
+	ctx := context.Background()
+	args := []string{"install", "--kubeconfig", kubeconfig, "--chart", chartDir, "--name", "eu", "--mesh-cidr", "192.168.0.0/24",
+		"--skip-image-check", "--timeout", "8s"}
+	_, stderr, err := run(t, args...)
+	if err == nil || !strings.Contains(err.Error(), "timed out after") || !strings.Contains(err.Error(), "a ready broker") {
+		t.Fatalf("install without a kubelet: %v, want a timeout waiting for a ready broker\n%s", err, stderr)
+	}
+	var kl v1alpha1.KubeLink
+	if err := c.Get(ctx, client.ObjectKey{Name: "eu"}, &kl); err != nil {
+		t.Fatalf("LocalLink: %v", err)
+	}
+	if kl.Spec.Endpoint != "LocalLink" || kl.Spec.ClusterAddress != "192.168.0.1/24" || kl.Spec.CIDR != "100.64.32.0/20" ||
+		kl.Annotations[EndpointAnnotation] != "172.18.0.3:30777" {
+		t.Errorf("LocalLink spec %+v, annotations %v", kl.Spec, kl.Annotations)
+	}
+	cfg, err := cs.CoreV1().ConfigMaps("kubelink").Get(ctx, "kubelink-cluster", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{"POD_CIDR": "10.130.0.0/23", "SERVICE_CIDR": "100.64.32.0/20", "NODE_CIDR": "172.18.0.0/24", "KUBELINK_MODE": "wireguard"} {
+		if cfg.Data[k] != want {
+			t.Errorf("kubelink-cluster %s = %q, want %q", k, cfg.Data[k], want)
+		}
+	}
+	cm, _ := cs.CoreV1().ConfigMaps("kube-system").Get(ctx, "coredns", metav1.GetOptions{})
+	if !strings.Contains(cm.Data["Corefile"], "kubelink:53 {") || !strings.Contains(cm.Data["Corefile"], "forward . 100.64.32.11") {
+		t.Errorf("the Corefile has no mesh zone:\n%s", cm.Data["Corefile"])
+	}
+	for _, want := range []string{"installing release kubelink", "waiting for a ready broker"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("progress lacks %q:\n%s", want, stderr)
+		}
+	}
+
+	// Again, with the bridge: an upgrade of the same release, the address kept.
+	start := time.Now()
+	_, stderr, err = run(t, append(args, "--data-plane", "bridge")...)
+	if err == nil || !strings.Contains(stderr, "upgrading release kubelink in namespace kubelink (revision 1)") {
+		t.Fatalf("second install: %v, want an upgrade of revision 1 that times out\n%s", err, stderr)
+	}
+	t.Logf("upgrade ran %s", time.Since(start).Round(time.Millisecond))
+	cfg, _ = cs.CoreV1().ConfigMaps("kubelink").Get(ctx, "kubelink-cluster", metav1.GetOptions{})
+	if cfg.Data["KUBELINK_MODE"] != "bridge" {
+		t.Errorf("after the upgrade KUBELINK_MODE = %q", cfg.Data["KUBELINK_MODE"])
+	}
+	if err := c.Get(ctx, client.ObjectKey{Name: "eu"}, &kl); err != nil || kl.Spec.ClusterAddress != "192.168.0.1/24" || kl.Annotations[EndpointAnnotation] != "172.18.0.3:30088" {
+		t.Errorf("LocalLink after the upgrade: %+v %v (%v)", kl.Spec, kl.Annotations, err)
+	}
+	out, _, err := run(t, "version", "--kubeconfig", kubeconfig, "-o", "json")
+	var v versionInfo
+	if err != nil || json.Unmarshal([]byte(out), &v) != nil || v.Installed != "0.1.0" || v.Revision != 2 || v.Chart != "kubelink-0.1.0" {
+		t.Errorf("version: %v %+v\n%s", err, v, out)
+	}
+	// A second cluster name on the same cluster is refused.
+	if _, _, err := run(t, "install", "--kubeconfig", kubeconfig, "--chart", chartDir, "--name", "other", "--mesh-cidr", "192.168.0.0/24", "--skip-image-check"); err == nil ||
+		!strings.Contains(err.Error(), `already in the mesh as "eu"`) {
+		t.Errorf("install as another name: %v", err)
+	}
+}
+
+func TestUnreachableCluster(t *testing.T) {
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kc, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: gone, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: x}}]
+contexts: [{name: gone, context: {cluster: gone, user: u}}]
+current-context: gone
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := run(t, "install", "--kubeconfig", kc, "--chart", chartDir, "--name", "eu", "--mesh-cidr", "192.168.0.0/24")
+	if err == nil || !strings.Contains(err.Error(), `cannot reach the cluster of context "gone" at https://127.0.0.1:1`) {
+		t.Errorf("unreachable cluster: %v", err)
+	}
+	_, _, err = run(t, "version", "--kubeconfig", kc, "--context", "nope")
+	if err == nil || !strings.Contains(err.Error(), `context "nope" is not in the kubeconfig`) {
+		t.Errorf("unknown context: %v", err)
+	}
+}
