@@ -126,7 +126,7 @@ LAB_MODE ?= wireguard
 export LAB_MODE
 
 .PHONY: lab-up
-lab-up: build $(HELM) ## start the offline two-cluster kind lab with kubelink (LAB_MODE=wireguard|bridge)
+lab-up: build kubelinkctl $(HELM) ## start the offline two-cluster kind lab, kubelink installed with kubelinkctl (LAB_MODE=wireguard|bridge, LAB_INSTALL=kubelinkctl|helm)
 	TAG=$(VERSION) lab/scripts/lab-up.sh
 
 .PHONY: lab-down

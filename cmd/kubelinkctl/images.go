@@ -8,13 +8,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // checkImages asks the registry for each image's manifest, so that a
 // missing image is reported before anything is installed (not as an
-// ImagePullBackOff afterwards). Registries on the loopback are plain HTTP.
+// ImagePullBackOff afterwards), with the credentials of the docker
+// configuration (docker login). Registries on the loopback are plain HTTP.
 func checkImages(ctx context.Context, refs []string, insecure bool) error {
 	var errs []error
 	for _, r := range refs {
@@ -28,7 +30,7 @@ func checkImages(ctx context.Context, refs []string, insecure bool) error {
 			continue
 		}
 		hctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-		_, err = remote.Head(ref, remote.WithContext(hctx))
+		_, err = remote.Head(ref, remote.WithContext(hctx), remote.WithAuthFromKeychain(authn.DefaultKeychain))
 		cancel()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("image %s is not in its registry (%v)", r, err))

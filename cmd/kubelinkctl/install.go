@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"regexp"
 	"slices"
 	"sort"
@@ -14,14 +15,17 @@ import (
 
 	"github.com/spf13/cobra"
 	"helm.sh/helm/v4/pkg/action"
+	"helm.sh/helm/v4/pkg/chart/common"
 	"helm.sh/helm/v4/pkg/kube"
 	releasev1 "helm.sh/helm/v4/pkg/release/v1"
 	"helm.sh/helm/v4/pkg/storage/driver"
+	"helm.sh/helm/v4/pkg/strvals"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/buildinfo"
@@ -33,8 +37,11 @@ const (
 	// EndpointAnnotation on the LocalLink is the host:port peers reach this
 	// cluster's broker at, as install announced it (join reads it).
 	EndpointAnnotation = "kubelink.mandelsoft.org/endpoint"
-	wireguardPort      = 30777
-	bridgePort         = 30088
+	// The chart's default NodePorts and Service ports.
+	wireguardPort        = 30777
+	bridgePort           = 30088
+	wireguardServicePort = 8777
+	bridgeServicePort    = 8088
 )
 
 type installOptions struct {
@@ -47,6 +54,7 @@ type installOptions struct {
 	skipImageCheck                 bool
 	insecureRegistry               bool
 	dryRun                         bool
+	valueFiles, set                []string
 }
 
 func newInstall(g *globals) *cobra.Command {
@@ -63,9 +71,11 @@ Nothing is changed when a check fails.`,
 		Example: fmt.Sprintf(`  # the first cluster of a mesh, reached by peers on a NodePort of its nodes
   %[1]s install --context eu --name eu --mesh-cidr 192.168.0.0/24 --address 192.168.0.11
 
-  # the TLS bridge data plane behind a LoadBalancer, images from a private registry
-  %[1]s install --context us --name us --mesh-cidr 192.168.0.0/24 --data-plane bridge \
-      --expose loadbalancer --registry registry.example.com:5000`, commandName()),
+  # the TLS bridge data plane behind a LoadBalancer at lb.example.com, images
+  # from a private registry; this cluster holds the mesh CA for the others
+  %[1]s install --context us --name us --mesh-cidr 192.168.0.0/24 --address 192.168.0.12 \
+      --data-plane bridge --mesh-authority --expose loadbalancer --announce lb.example.com \
+      --registry registry.example.com:5000`, commandName()),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.validate(cmd); err != nil {
@@ -81,7 +91,7 @@ Nothing is changed when a check fails.`,
 	f.StringVar(&o.address, "address", "", "this cluster's address in the mesh (default: the one it has, else the first free one)")
 	f.StringVar(&o.dataPlane, "data-plane", "wireguard", "wireguard or bridge (WireGuard over UDP, or the TLS bridge over TCP)")
 	f.StringVar(&o.expose, "expose", "nodeport", "how peers reach the broker: nodeport or loadbalancer")
-	f.StringVar(&o.announce, "announce", "", "the host[:port] peers reach the broker at (default: a node's InternalIP and the NodePort, or the LoadBalancer's address)")
+	f.StringVar(&o.announce, "announce", "", "the host[:port] peers reach the broker at (default: a Ready node's InternalIP and the NodePort; the port defaults to the NodePort, or with --expose loadbalancer to the Service port 8777/8088)")
 	f.StringVar(&o.serviceCIDR, "service-cidr", "", "the cluster's service CIDR (default: discovered)")
 	f.StringVar(&o.podCIDR, "pod-cidr", "", "the cluster's pod CIDR (default: discovered)")
 	f.StringVar(&o.nodeCIDR, "node-cidr", "", "the cluster's node network (default: discovered, the /24 or wider prefix covering the nodes)")
@@ -92,6 +102,8 @@ Nothing is changed when a check fails.`,
 	f.BoolVar(&o.dnsHook, "dns-hook", true, "add the mesh domain to the cluster DNS's Corefile (kube-system/coredns); false prints what to add")
 	f.BoolVar(&o.skipImageCheck, "skip-image-check", false, "do not check that the registry has the images before installing")
 	f.BoolVar(&o.insecureRegistry, "insecure-registry", false, "check the images over plain HTTP (localhost registries always are)")
+	f.StringArrayVarP(&o.valueFiles, "values", "f", nil, "a values file for the chart (repeatable); its values win over the discovered ones (see the chart's values.yaml)")
+	f.StringArrayVar(&o.set, "set", nil, "a chart value, key=value as in helm --set (repeatable); wins over --values and the discovered values")
 	f.BoolVar(&o.dryRun, "dry-run", false, "discover and check, print the values it would install, change nothing")
 	f.StringVarP(&g.output, "output", "o", "", "print the LocalLink (or with --dry-run the plan) as json or yaml")
 	return cmd
@@ -106,8 +118,8 @@ func (o *installOptions) validate(cmd *cobra.Command) error {
 	if !dnsLabel.MatchString(o.name) {
 		return usagef(cmd, "--name %q: must be a DNS label (lower case letters, digits and '-', at most 63)", o.name)
 	}
-	if !dnsLabel.MatchString(o.mesh) {
-		return usagef(cmd, "--mesh %q: must be a DNS label", o.mesh)
+	if o.mesh != "default" {
+		return usagef(cmd, "--mesh %q: install joins the default mesh only for now; a cluster in several meshes gets its other LocalLinks by hand (docs/operations.md)", o.mesh)
 	}
 	if o.meshCIDR == "" {
 		return usagef(cmd, "--mesh-cidr is required: the mesh network, e.g. --mesh-cidr 192.168.0.0/24")
@@ -243,12 +255,29 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 	for _, repo := range []string{"broker", "router", "meshdns", "certwatch", "coredns"} {
 		p.Images = append(p.Images, imageRef(o.registry, "kubelink/"+repo, tag))
 	}
-	p.Values = o.values(p)
+	base := map[string]any{}
+	if p.release != nil {
+		// An upgrade keeps what the earlier installs set (e.g. --set,
+		// -f, --mesh-authority) unless this run sets it again.
+		base = deepCopyValues(p.release.Config)
+	}
+	mergeValues(base, o.values(p))
+	if p.Values, err = o.userValues(base); err != nil {
+		return err
+	}
+	if dp, ok := p.Values["dataPlane"].(string); ok {
+		o.dataPlane = dp // a --set or -f dataPlane is what runs
+	}
 	if !o.skipImageCheck {
 		g.progress("checking that the registry has the %d images (tag %s)", len(p.Images), tag)
 		if err := checkImages(ctx, p.Images, o.insecureRegistry); err != nil {
 			return err
 		}
+	}
+	// The chart renders with these values (its own checks pass) before
+	// anything is written: helm would install the CRDs first.
+	if err := renderCheck(ctx, c.version, ch, ns, p.Values); err != nil {
+		return err
 	}
 	if o.dryRun {
 		g.progress("dry run: nothing changed")
@@ -259,13 +288,16 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 	}
 
 	// From here on the cluster changes.
+	if err := ensureNamespace(ctx, g, c, ns); err != nil {
+		return err
+	}
 	if err := o.helm(ctx, g, cfg, ch, ns, p); err != nil {
 		return err
 	}
 	if err := o.localLink(ctx, c, p); err != nil {
 		return err
 	}
-	if err := o.hookDNS(ctx, g, c, p.CoreDNSIP); err != nil {
+	if err := o.hookDNS(ctx, g, c, p.CoreDNSIP, p.Discovered.ClusterDNSName); err != nil {
 		return err
 	}
 	kl, err := waitReady(ctx, g, c, ns, o.name, o.dataPlane)
@@ -346,6 +378,9 @@ func (o *installOptions) pickAddress(ctx context.Context, c *cluster, mesh netip
 			}
 			continue
 		}
+		if l.Name == o.name {
+			return netip.Addr{}, fmt.Errorf("KubeLink %s is a link to a peer (endpoint %s), not this cluster's LocalLink: install with another --name", l.Name, l.Spec.Endpoint)
+		}
 		used[a.Addr()] = "KubeLink " + l.Name
 	}
 	if o.address != "" {
@@ -393,6 +428,12 @@ func (o *installOptions) endpoint(ctx context.Context, c *cluster) (string, erro
 	port := wireguardPort
 	if o.dataPlane == "bridge" {
 		port = bridgePort
+	}
+	if o.expose == "loadbalancer" {
+		port = wireguardServicePort
+		if o.dataPlane == "bridge" {
+			port = bridgeServicePort
+		}
 	}
 	if o.announce != "" {
 		if _, _, err := splitHostPort(o.announce, port); err != nil {
@@ -444,24 +485,70 @@ func splitHostPort(s string, def int) (string, int, error) {
 	return s, def, nil
 }
 
+// userValues merges --values files and then --set into v.
+func (o *installOptions) userValues(v map[string]any) (map[string]any, error) {
+	for _, f := range o.valueFiles {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("--values: %w", err)
+		}
+		var m map[string]any
+		if err := yaml.Unmarshal(data, &m); err != nil {
+			return nil, fmt.Errorf("--values %s: %w", f, err)
+		}
+		mergeValues(v, m)
+	}
+	for _, kv := range o.set {
+		if err := strvals.ParseInto(kv, v); err != nil {
+			return nil, fmt.Errorf("--set %s: %w", kv, err)
+		}
+	}
+	return v, nil
+}
+
+// deepCopyValues copies a values tree (maps are copied, leaves shared).
+func deepCopyValues(src map[string]any) map[string]any {
+	out := make(map[string]any, len(src))
+	for k, v := range src {
+		if m, ok := v.(map[string]any); ok {
+			v = deepCopyValues(m)
+		}
+		out[k] = v
+	}
+	return out
+}
+
+// mergeValues copies src into dst, merging maps key by key.
+func mergeValues(dst, src map[string]any) {
+	for k, sv := range src {
+		if sm, ok := sv.(map[string]any); ok {
+			if dm, ok := dst[k].(map[string]any); ok {
+				mergeValues(dm, sm)
+				continue
+			}
+		}
+		dst[k] = sv
+	}
+}
+
 // values are the chart's values for this install.
 func (o *installOptions) values(p *plan) map[string]any {
 	d := p.Discovered
 	host, _, _ := splitHostPort(p.Endpoint, 0)
-	certMode := "self"
 	v := map[string]any{
 		"cluster": map[string]any{
 			"podCIDR":     d.PodCIDRs.Value[0].String(),
 			"serviceCIDR": d.ServiceCIDR().String(),
 			"nodeCIDR":    d.NodeCIDR.Value.String(),
 		},
-		"dataPlane":     o.dataPlane,
-		"certificates":  map[string]any{"mode": certMode},
-		"bridge":        map[string]any{"name": host, "identities": "kubelink://" + o.mesh + "/" + o.name},
-		"meshAuthority": map[string]any{"enabled": o.meshAuthority},
-		"dns":           map[string]any{"serviceIP": p.CoreDNSIP},
+		"dataPlane": o.dataPlane,
+		"bridge":    map[string]any{"name": host, "identities": "kubelink://" + o.mesh + "/" + o.name},
+		"dns":       map[string]any{"serviceIP": p.CoreDNSIP},
 		"broker": map[string]any{"expose": map[string]any{
 			"type": map[string]string{"nodeport": "NodePort", "loadbalancer": "LoadBalancer"}[o.expose]}},
+	}
+	if o.meshAuthority || p.release == nil {
+		v["meshAuthority"] = map[string]any{"enabled": o.meshAuthority}
 	}
 	img := map[string]any{}
 	if o.registry != "" {
@@ -503,6 +590,59 @@ func (o *installOptions) helm(ctx context.Context, g *globals, cfg *action.Confi
 	in.Timeout = g.timeout
 	if _, err := in.RunWithContext(ctx, ch, p.Values); err != nil {
 		return fmt.Errorf("helm install: %w", err)
+	}
+	return nil
+}
+
+// renderCheck renders the chart with the values, as helm install would,
+// without touching the cluster: a value the chart refuses stops install
+// before anything is written.
+func renderCheck(ctx context.Context, kubeVersion string, ch chartType, ns string, values map[string]any) error {
+	// A client-only install replaces its Configuration's client and
+	// storage with fakes: it gets one of its own.
+	in := action.NewInstall(action.NewConfiguration())
+	in.Namespace, in.ReleaseName = ns, releaseName
+	in.DryRunStrategy = action.DryRunClient
+	in.Replace = true
+	kv, err := common.ParseKubeVersion(kubeVersion)
+	if err != nil {
+		return fmt.Errorf("the cluster's Kubernetes version %q: %w", kubeVersion, err)
+	}
+	in.KubeVersion = kv
+	if _, err := in.RunWithContext(ctx, ch, values); err != nil {
+		return fmt.Errorf("the chart refuses these values: %w", err)
+	}
+	return nil
+}
+
+// ensureNamespace creates the namespace with the Pod Security level the
+// broker and router need (privileged: NET_ADMIN, host network, the tun
+// device), or labels an existing one; a cluster that enforces a stricter
+// level would otherwise refuse the pods and install would only time out.
+func ensureNamespace(ctx context.Context, g *globals, c *cluster, ns string) error {
+	const label = "pod-security.kubernetes.io/enforce"
+	cur, err := c.cs.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = c.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns,
+			Labels: map[string]string{label: "privileged", "app.kubernetes.io/part-of": "kubelink"}}}, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("creating namespace %s: %w", ns, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("namespace %s: %w", ns, err)
+	}
+	if cur.Labels[label] == "privileged" {
+		return nil
+	}
+	if cur.Labels == nil {
+		cur.Labels = map[string]string{}
+	}
+	g.progress("namespace %s: Pod Security level %q -> privileged (the broker and router need it)", ns, cur.Labels[label])
+	cur.Labels[label] = "privileged"
+	if _, err := c.cs.CoreV1().Namespaces().Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("labelling namespace %s privileged: %w", ns, err)
 	}
 	return nil
 }
@@ -551,7 +691,7 @@ const meshZone = "kubelink"
 // kube-system/coredns), forwarding to the kubelink CoreDNS, and restarts
 // CoreDNS when it changed. Without --dns-hook, or for another cluster DNS,
 // it says what to add.
-func (o *installOptions) hookDNS(ctx context.Context, g *globals, c *cluster, ip string) error {
+func (o *installOptions) hookDNS(ctx context.Context, g *globals, c *cluster, ip, deployment string) error {
 	block := fmt.Sprintf("%s:53 {\n    errors\n    cache 5 {\n        servfail 0\n    }\n    forward . %s\n}", meshZone, ip)
 	cm, err := c.cs.CoreV1().ConfigMaps("kube-system").Get(ctx, "coredns", metav1.GetOptions{})
 	if !o.dnsHook || err != nil || cm.Data["Corefile"] == "" {
@@ -571,8 +711,11 @@ func (o *installOptions) hookDNS(ctx context.Context, g *globals, c *cluster, ip
 	if _, err := c.cs.CoreV1().ConfigMaps("kube-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("adding the mesh zone to kube-system/coredns: %w (or install with --dns-hook=false and add it by hand)", err)
 	}
-	g.progress("added zone %s (forward to %s) to kube-system/coredns; restarting CoreDNS", meshZone, ip)
-	return restartDeployment(ctx, c, "kube-system", "coredns")
+	if deployment == "" {
+		deployment = "coredns"
+	}
+	g.progress("added zone %s (forward to %s) to kube-system/coredns; restarting kube-system/%s", meshZone, ip, deployment)
+	return restartDeployment(ctx, c, "kube-system", deployment)
 }
 
 // removeBlock drops a server block starting with the line head.
@@ -616,11 +759,15 @@ func waitReady(ctx context.Context, g *globals, c *cluster, ns, name, dataPlane 
 		switch {
 		case err != nil:
 			state = "the broker Deployment: " + err.Error()
+		case dep.Status.ObservedGeneration < dep.Generation || dep.Status.UpdatedReplicas < 1:
+			state = "the broker Deployment to roll out"
 		case dep.Status.ReadyReplicas < 1:
 			state = "a ready broker: " + podTrouble(ctx, c, ns, dep)
 		default:
 			if err := c.c.Get(ctx, client.ObjectKey{Name: name}, &kl); err != nil {
 				state = "LocalLink " + name + ": " + err.Error()
+			} else if kl.Status.DataPlane != dataPlane {
+				state = fmt.Sprintf("the LocalLink's data plane to be %s (it is %q)", dataPlane, kl.Status.DataPlane)
 			} else if dataPlane == "wireguard" && kl.Status.PublicKey == "" {
 				state = "the LocalLink's public key"
 			} else if kl.Status.Gateway == "" {

@@ -114,6 +114,8 @@ func TestInstallRefusesBadInputAndChangesNothing(t *testing.T) {
 			[]string{"image " + regHost + "/kubelink/broker:v9.9.9 is not in its registry", "kubelink/coredns:v9.9.9", "make images-push"}},
 		{"no name", []string{"--name", "", "--mesh-cidr", "192.168.0.0/24"}, []string{"--name is required"}},
 		{"hostport", []string{"--mesh-cidr", "192.168.0.0/24", "--expose", "hostport"}, []string{"--expose hostport is not supported yet"}},
+		{"a value the chart refuses", []string{"--mesh-cidr", "192.168.0.0/24", "--set", "ipForwarding=off"},
+			[]string{"the chart refuses these values", "ipForwarding=off is not valid"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, stderr, err := run(t, append(append([]string{}, base...), tc.args...)...)
@@ -127,7 +129,8 @@ func TestInstallRefusesBadInputAndChangesNothing(t *testing.T) {
 			}
 		})
 	}
-	// Nothing changed: no namespace, no release, no LocalLink, Corefile as it was.
+	// Nothing changed: no namespace, no release, no LocalLink, Corefile as
+	// it was (the CRDs come with the test's control plane).
 	if _, err := cs.CoreV1().Namespaces().Get(ctx, "kubelink", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("namespace kubelink exists after refused installs (err %v)", err)
 	}
@@ -148,8 +151,12 @@ func TestInstallRefusesBadInputAndChangesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	vf := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(vf, []byte("ipForwarding: sysctl\nbroker:\n  replicas: 3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	out, stderr, err := run(t, "install", "--kubeconfig", kubeconfig, "--chart", chartDir, "--name", "eu", "--mesh-cidr", "192.168.0.0/24",
-		"--registry", regHost, "--version", "v9.9.9", "--dry-run", "-o", "json")
+		"--registry", regHost, "--version", "v9.9.9", "--dry-run", "-o", "json", "-f", vf, "--set", "image.pullPolicy=Always,broker.replicas=4")
 	if err != nil {
 		t.Fatalf("dry run: %v\n%s", err, stderr)
 	}
@@ -161,6 +168,13 @@ func TestInstallRefusesBadInputAndChangesNothing(t *testing.T) {
 	// Ready node's address with the WireGuard NodePort, service CIDR + 11.
 	if p.Address != "192.168.0.1/24" || p.Endpoint != "172.18.0.3:30777" || p.CoreDNSIP != "100.64.32.11" || p.Upgrade {
 		t.Errorf("plan: address %s, endpoint %s, DNS %s, upgrade %v", p.Address, p.Endpoint, p.CoreDNSIP, p.Upgrade)
+	}
+	// --values and --set merge into the discovered values, --set last.
+	broker, _ := p.Values["broker"].(map[string]any)
+	image, _ := p.Values["image"].(map[string]any)
+	if p.Values["ipForwarding"] != "sysctl" || fmt.Sprint(broker["replicas"]) != "4" || broker["expose"] == nil ||
+		image["pullPolicy"] != "Always" || image["registry"] != regHost || image["tag"] != "v9.9.9" {
+		t.Errorf("values %v", p.Values)
 	}
 	for _, want := range []string{"checking that the registry has the 5 images", "service CIDR 100.64.32.0/20 (from ServiceCIDR kubernetes)", "dry run: nothing changed"} {
 		if !strings.Contains(stderr, want) {
@@ -181,8 +195,9 @@ func TestInstallAndUpgradeInPlace(t *testing.T) {
 	ctx := context.Background()
 	args := []string{"install", "--kubeconfig", kubeconfig, "--chart", chartDir, "--name", "eu", "--mesh-cidr", "192.168.0.0/24",
 		"--skip-image-check", "--timeout", "8s"}
-	_, stderr, err := run(t, args...)
-	if err == nil || !strings.Contains(err.Error(), "timed out after") || !strings.Contains(err.Error(), "a ready broker") {
+	_, stderr, err := run(t, append(args, "--set", "broker.replicas=3")...)
+	// No controller-manager runs: the Deployment never reports a rollout.
+	if err == nil || !strings.Contains(err.Error(), "timed out after") || !strings.Contains(err.Error(), "the broker Deployment to roll out") {
 		t.Fatalf("install without a kubelet: %v, want a timeout waiting for a ready broker\n%s", err, stderr)
 	}
 	var kl v1alpha1.KubeLink
@@ -206,7 +221,7 @@ func TestInstallAndUpgradeInPlace(t *testing.T) {
 	if !strings.Contains(cm.Data["Corefile"], "kubelink:53 {") || !strings.Contains(cm.Data["Corefile"], "forward . 100.64.32.11") {
 		t.Errorf("the Corefile has no mesh zone:\n%s", cm.Data["Corefile"])
 	}
-	for _, want := range []string{"installing release kubelink", "waiting for a ready broker"} {
+	for _, want := range []string{"installing release kubelink", "waiting for the broker Deployment to roll out"} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("progress lacks %q:\n%s", want, stderr)
 		}
@@ -222,6 +237,10 @@ func TestInstallAndUpgradeInPlace(t *testing.T) {
 	cfg, _ = cs.CoreV1().ConfigMaps("kubelink").Get(ctx, "kubelink-cluster", metav1.GetOptions{})
 	if cfg.Data["KUBELINK_MODE"] != "bridge" {
 		t.Errorf("after the upgrade KUBELINK_MODE = %q", cfg.Data["KUBELINK_MODE"])
+	}
+	// What the first install set and the second did not stays.
+	if d, err := cs.AppsV1().Deployments("kubelink").Get(ctx, "kubelink-broker", metav1.GetOptions{}); err != nil || d.Spec.Replicas == nil || *d.Spec.Replicas != 3 {
+		t.Errorf("after the upgrade the broker Deployment has replicas %v (%v), want the 3 the first install set", d.Spec.Replicas, err)
 	}
 	if err := c.Get(ctx, client.ObjectKey{Name: "eu"}, &kl); err != nil || kl.Spec.ClusterAddress != "192.168.0.1/24" || kl.Annotations[EndpointAnnotation] != "172.18.0.3:30088" {
 		t.Errorf("LocalLink after the upgrade: %+v %v (%v)", kl.Spec, kl.Annotations, err)

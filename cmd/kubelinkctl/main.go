@@ -63,7 +63,7 @@ several Kubernetes clusters over an encrypted tunnel, and reports on it.`,
 	pf.StringVar(g.kube.KubeConfig, "kubeconfig", "", "path to the kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
 	pf.StringVar(g.kube.Context, "context", "", "the kubeconfig context to use (default: the current context)")
 	pf.StringVarP(g.kube.Namespace, "namespace", "n", "kubelink", "the namespace kubelink is installed in")
-	pf.DurationVar(&g.timeout, "timeout", 5*time.Minute, "how long to wait for the cluster before giving up")
+	pf.DurationVar(&g.timeout, "timeout", 5*time.Minute, "how long the whole command may take, waits included, before it gives up")
 	root.AddCommand(newVersion(g), newInstall(g))
 	return root
 }

@@ -234,11 +234,30 @@ deploy() { # c
   fi
   # kubelink through its chart: the per-cluster values of lab/values/$c.yaml,
   # plus what is only known at run time. pullPolicy Always: a rebuilt image
-  # of the same (dirty) tag is pulled again.
-  "$HELM" upgrade --install kubelink "$ROOT/deploy/chart/kubelink" --kubeconfig "$d/kubeconfig" \
-    --namespace kubelink --create-namespace -f "$ROOT/lab/values/$c.yaml" \
-    --set-string "cluster.nodeCIDR=$NODE_NET,dataPlane=$MODE,bridge.name=$bridge_name,image.registry=$REG,image.tag=$TAG,image.pullPolicy=Always" \
-    >"$d/helm.log" 2>&1 || { cat "$d/helm.log" >&2; die "helm upgrade --install kubelink into lab-$c failed"; }
+  # of the same (dirty) tag is pulled again. By default as a user would,
+  # with kubelinkctl install (it discovers the rest and waits for the
+  # broker); LAB_INSTALL=helm installs the chart with the helm CLI instead.
+  local port=30777
+  [[ $MODE == bridge ]] && port=30088
+  case ${LAB_INSTALL:-kubelinkctl} in
+  kubelinkctl)
+    local s; s=$(date +%s)
+    [[ -x $ROOT/bin/kubelinkctl ]] || die "bin/kubelinkctl is missing: run make kubelinkctl (make lab-up builds it)"
+    "$ROOT/bin/kubelinkctl" install --kubeconfig "$d/kubeconfig" --chart "$ROOT/deploy/chart/kubelink" \
+      --name "$c" --mesh-cidr 192.168.0.0/24 --address "${MESH[$c]}" \
+      --data-plane "$MODE" --announce "$bridge_name:$port" --node-cidr "$NODE_NET" --registry "$REG" --version "$TAG" \
+      -f "$ROOT/lab/values/$c.yaml" --set image.pullPolicy=Always >"$d/install.log" 2>&1 ||
+      { cat "$d/install.log" >&2; die "kubelinkctl install into lab-$c failed (log: $d/install.log)"; }
+    log "kubelinkctl install into lab-$c: $(( $(date +%s) - s ))s"
+    ;;
+  helm)
+    "$HELM" upgrade --install kubelink "$ROOT/deploy/chart/kubelink" --kubeconfig "$d/kubeconfig" \
+      --namespace kubelink --create-namespace -f "$ROOT/lab/values/$c.yaml" \
+      --set-string "cluster.nodeCIDR=$NODE_NET,dataPlane=$MODE,bridge.name=$bridge_name,image.registry=$REG,image.tag=$TAG,image.pullPolicy=Always" \
+      >"$d/helm.log" 2>&1 || { cat "$d/helm.log" >&2; die "helm upgrade --install kubelink into lab-$c failed"; }
+    ;;
+  *) die "LAB_INSTALL=$LAB_INSTALL: must be kubelinkctl or helm" ;;
+  esac
   # The lab's own workload: echo and client pods, and the cluster's name.
   local f
   for f in "$ROOT"/lab/workload/*.yaml "$ROOT/lab/values/lab-cluster-$c.yaml"; do

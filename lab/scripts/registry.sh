@@ -65,7 +65,8 @@ start() {
   cached_image "$IMG" build_image
   # kind creates its network with the first cluster; the registry may come first.
   $DOCKER network inspect kind >/dev/null 2>&1 || $DOCKER network create kind >/dev/null
-  if [[ $($DOCKER inspect -f '{{.State.Running}} {{.Config.Image}}' "$NAME" 2>/dev/null) != "true $IMG" ]]; then
+  # Running, and from the image of the current binary (not only its name).
+  if [[ $($DOCKER inspect -f '{{.State.Running}} {{.Image}}' "$NAME" 2>/dev/null) != "true $($DOCKER image inspect -f '{{.Id}}' "$IMG")" ]]; then
     $DOCKER rm -f "$NAME" >/dev/null 2>&1 || true
     $DOCKER run -d --name "$NAME" --restart unless-stopped --network kind -p "127.0.0.1:$PORT:5000" \
       -v kubelink-registry:/var/lib/registry "$IMG" >/dev/null
