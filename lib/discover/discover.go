@@ -359,7 +359,7 @@ func dnsService(ctx context.Context, cs kubernetes.Interface) (Value[netip.Addr]
 	}
 	ip, perr := netip.ParseAddr(svc.Spec.ClusterIP)
 	if perr != nil {
-		return Value[netip.Addr]{}, "", fmt.Errorf("Service kube-system/%s has no cluster IP (%q)", svc.Name, svc.Spec.ClusterIP)
+		return Value[netip.Addr]{}, "", fmt.Errorf("the Service kube-system/%s has no cluster IP (%q)", svc.Name, svc.Spec.ClusterIP)
 	}
 	deploy := ""
 	if ds, err := cs.AppsV1().Deployments("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=kube-dns"}); err == nil && len(ds.Items) > 0 {
