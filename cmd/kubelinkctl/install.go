@@ -23,6 +23,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/client-go/discovery"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -398,8 +400,10 @@ func (o *installOptions) pickAddress(ctx context.Context, c *cluster, mesh netip
 	return netip.Addr{}, fmt.Errorf("mesh CIDR %s has no free address left (%d KubeLinks use it): choose a larger --mesh-cidr", mesh, len(used))
 }
 
+// isNoKind: the CRDs are not there yet (a fresh cluster), so no KubeLinks.
 func isNoKind(err error) bool {
-	return err != nil && (strings.Contains(err.Error(), "no matches for kind") || apierrors.IsNotFound(err))
+	return err != nil && (meta.IsNoMatchError(err) || discovery.IsGroupDiscoveryFailedError(err) ||
+		strings.Contains(err.Error(), "no matches for") || apierrors.IsNotFound(err))
 }
 
 // coreDNSIP is the address of the kubelink CoreDNS Service: what it has,
@@ -766,7 +770,7 @@ func waitReady(ctx context.Context, g *globals, c *cluster, ns, name, dataPlane 
 		default:
 			if err := c.c.Get(ctx, client.ObjectKey{Name: name}, &kl); err != nil {
 				state = "LocalLink " + name + ": " + err.Error()
-			} else if kl.Status.DataPlane != dataPlane {
+			} else if !strings.HasPrefix(kl.Status.DataPlane, dataPlane) { // wireguard-kernel, wireguard-userspace, bridge
 				state = fmt.Sprintf("the LocalLink's data plane to be %s (it is %q)", dataPlane, kl.Status.DataPlane)
 			} else if dataPlane == "wireguard" && kl.Status.PublicKey == "" {
 				state = "the LocalLink's public key"
