@@ -254,9 +254,6 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 		}
 		o.version = tag
 	}
-	for _, repo := range []string{"broker", "router", "meshdns", "certwatch", "coredns"} {
-		p.Images = append(p.Images, imageRef(o.registry, "kubelink/"+repo, tag))
-	}
 	base := map[string]any{}
 	if p.release != nil {
 		// An upgrade keeps what the earlier installs set (e.g. --set,
@@ -269,6 +266,21 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 	}
 	if dp, ok := p.Values["dataPlane"].(string); ok {
 		o.dataPlane = dp // a --set or -f dataPlane is what runs
+	}
+	// The images the chart will run, from the merged values: an earlier
+	// install's registry, or one given with -f/--set, is the one checked.
+	img, _ := p.Values["image"].(map[string]any)
+	repos, _ := p.Values["images"].(map[string]any)
+	registry, _ := img["registry"].(string)
+	if t, ok := img["tag"].(string); ok && t != "" {
+		tag = t
+	}
+	for _, c := range []string{"broker", "router", "meshdns", "certwatch", "coredns"} {
+		repo, _ := repos[c].(string)
+		if repo == "" {
+			repo = "kubelink/" + c
+		}
+		p.Images = append(p.Images, imageRef(registry, repo, tag))
 	}
 	if !o.skipImageCheck {
 		g.progress("checking that the registry has the %d images (tag %s)", len(p.Images), tag)
