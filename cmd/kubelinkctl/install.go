@@ -237,8 +237,25 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 		return err
 	}
 	p.Address = netip.PrefixFrom(addr, meshCIDR.Bits()).String()
-	if p.CoreDNSIP, err = o.coreDNSIP(ctx, c, ns, d.ServiceCIDR()); err != nil {
+	// A kubelink DNS address given with -f/--set (dns.serviceIP) is used
+	// as it is, also for the DNS hook; else install picks one.
+	given, err := o.userValues(map[string]any{})
+	if err != nil {
 		return err
+	}
+	if dv, ok := given["dns"].(map[string]any); ok {
+		if ip, ok := dv["serviceIP"].(string); ok && ip != "" {
+			a, perr := netip.ParseAddr(ip)
+			if perr != nil || !d.ServiceCIDR().Contains(a) {
+				return fmt.Errorf("dns.serviceIP %q: must be an address of the service CIDR %s", ip, d.ServiceCIDR())
+			}
+			p.CoreDNSIP = ip
+		}
+	}
+	if p.CoreDNSIP == "" {
+		if p.CoreDNSIP, err = o.coreDNSIP(ctx, c, ns, d.ServiceCIDR()); err != nil {
+			return err
+		}
 	}
 	if p.Endpoint, err = o.endpoint(ctx, c); err != nil {
 		return err

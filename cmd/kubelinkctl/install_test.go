@@ -117,6 +117,8 @@ func TestInstallRefusesBadInputAndChangesNothing(t *testing.T) {
 			[]string{"image " + regHost + "/acme/broker:v8.8.8 is not in its registry", regHost + "/kubelink/router:v8.8.8"}},
 		{"no name", []string{"--name", "", "--mesh-cidr", "192.168.0.0/24"}, []string{"--name is required"}},
 		{"hostport", []string{"--mesh-cidr", "192.168.0.0/24", "--expose", "hostport"}, []string{"--expose hostport is not supported yet"}},
+		{"a DNS address outside the service CIDR", []string{"--mesh-cidr", "192.168.0.0/24", "--set", "dns.serviceIP=10.0.0.53"},
+			[]string{`dns.serviceIP "10.0.0.53": must be an address of the service CIDR 100.64.32.0/20`}},
 		{"a value the chart refuses", []string{"--mesh-cidr", "192.168.0.0/24", "--set", "ipForwarding=off"},
 			[]string{"the chart refuses these values", "ipForwarding=off is not valid"}},
 	} {
@@ -155,7 +157,7 @@ func TestInstallRefusesBadInputAndChangesNothing(t *testing.T) {
 		}
 	}
 	vf := filepath.Join(t.TempDir(), "values.yaml")
-	if err := os.WriteFile(vf, []byte("ipForwarding: sysctl\nbroker:\n  replicas: 3\n"), 0o600); err != nil {
+	if err := os.WriteFile(vf, []byte("ipForwarding: sysctl\nbroker:\n  replicas: 3\ndns:\n  serviceIP: 100.64.32.53\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out, stderr, err := run(t, "install", "--kubeconfig", kubeconfig, "--chart", chartDir, "--name", "eu", "--mesh-cidr", "192.168.0.0/24",
@@ -168,8 +170,9 @@ func TestInstallRefusesBadInputAndChangesNothing(t *testing.T) {
 		t.Fatalf("dry-run output is not the plan as JSON: %v\n%s", err, out)
 	}
 	// The first free address (192.168.0.5 is the peer's, .1 is free), a
-	// Ready node's address with the WireGuard NodePort, service CIDR + 11.
-	if p.Address != "192.168.0.1/24" || p.Endpoint != "172.18.0.3:30777" || p.CoreDNSIP != "100.64.32.11" || p.Upgrade {
+	// Ready node's address with the WireGuard NodePort, the DNS address of
+	// the values file (else service CIDR + 11, as in TestInstallAndUpgradeInPlace).
+	if p.Address != "192.168.0.1/24" || p.Endpoint != "172.18.0.3:30777" || p.CoreDNSIP != "100.64.32.53" || p.Upgrade {
 		t.Errorf("plan: address %s, endpoint %s, DNS %s, upgrade %v", p.Address, p.Endpoint, p.CoreDNSIP, p.Upgrade)
 	}
 	// --values and --set merge into the discovered values, --set last.
