@@ -47,6 +47,7 @@ const (
 )
 
 type installOptions struct {
+	ns                             *string
 	name, mesh, meshCIDR, address string
 	dataPlane, expose, announce   string
 	serviceCIDR, podCIDR, nodeCIDR string
@@ -60,7 +61,7 @@ type installOptions struct {
 }
 
 func newInstall(g *globals) *cobra.Command {
-	o := &installOptions{}
+	o := &installOptions{ns: g.kube.Namespace}
 	cmd := &cobra.Command{
 		Use:   "install",
 		Short: "Install or upgrade kubelink in a cluster and create its LocalLink",
@@ -93,7 +94,7 @@ Nothing is changed when a check fails.`,
 	f.StringVar(&o.address, "address", "", "this cluster's address in the mesh (default: the one it has, else the first free one)")
 	f.StringVar(&o.dataPlane, "data-plane", "wireguard", "wireguard or bridge (WireGuard over UDP, or the TLS bridge over TCP)")
 	f.StringVar(&o.expose, "expose", "nodeport", "how peers reach the broker: nodeport or loadbalancer")
-	f.StringVar(&o.announce, "announce", "", "the host[:port] peers reach the broker at (default: a Ready node's InternalIP and the NodePort; the port defaults to the NodePort, or with --expose loadbalancer to the Service port 8777/8088)")
+	f.StringVar(&o.announce, "announce", "", "the host[:port] peers reach the broker at (default: a Ready node's InternalIP and the NodePort, or with --expose loadbalancer the LoadBalancer's address, waited for, and the Service port 8777/8088)")
 	f.StringVar(&o.serviceCIDR, "service-cidr", "", "the cluster's service CIDR (default: discovered)")
 	f.StringVar(&o.podCIDR, "pod-cidr", "", "the cluster's pod CIDR (default: discovered)")
 	f.StringVar(&o.nodeCIDR, "node-cidr", "", "the cluster's node network (default: discovered, the /24 or wider prefix covering the nodes)")
@@ -325,6 +326,11 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 	if err := o.helm(ctx, g, cfg, ch, ns, p); err != nil {
 		return err
 	}
+	if p.Endpoint == "" {
+		if err := o.waitLoadBalancer(ctx, g, cfg, ch, ns, p, c); err != nil {
+			return err
+		}
+	}
 	if err := o.localLink(ctx, c, p); err != nil {
 		return err
 	}
@@ -476,7 +482,15 @@ func (o *installOptions) endpoint(ctx context.Context, c *cluster) (string, erro
 		return fmt.Sprintf("%s:%d", h, pt), nil
 	}
 	if o.expose == "loadbalancer" {
-		return "", errors.New("--expose loadbalancer needs --announce host[:port] (the LoadBalancer's address is only known once it exists; waiting for it is not built yet)")
+		// The LoadBalancer's address, when the Service has one already
+		// (an upgrade); else it is waited for after the install.
+		svc, err := c.cs.CoreV1().Services(*o.ns).Get(ctx, "kubelink-broker", metav1.GetOptions{})
+		if err == nil && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+			if h := lbAddress(svc); h != "" {
+				return fmt.Sprintf("%s:%d", h, port), nil
+			}
+		}
+		return "", nil
 	}
 	nodes, err := c.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -568,6 +582,11 @@ func mergeValues(dst, src map[string]any) {
 func (o *installOptions) values(p *plan) map[string]any {
 	d := p.Discovered
 	host, _, _ := splitHostPort(p.Endpoint, 0)
+	if host == "" {
+		// A LoadBalancer without its address yet: the certificate's name
+		// until install has waited for the address and set it.
+		host = "kubelink-broker." + *o.ns + ".svc"
+	}
 	v := map[string]any{
 		"cluster": map[string]any{
 			"podCIDR":     d.PodCIDRs.Value[0].String(),
@@ -676,6 +695,59 @@ func ensureNamespace(ctx context.Context, g *globals, c *cluster, ns string) err
 	cur.Labels[label] = "privileged"
 	if _, err := c.cs.CoreV1().Namespaces().Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("labelling namespace %s privileged: %w", ns, err)
+	}
+	return nil
+}
+
+// lbAddress is the first address a LoadBalancer Service got.
+func lbAddress(svc *corev1.Service) string {
+	for _, in := range svc.Status.LoadBalancer.Ingress {
+		if in.IP != "" {
+			return in.IP
+		}
+		if in.Hostname != "" {
+			return in.Hostname
+		}
+	}
+	return ""
+}
+
+// waitLoadBalancer waits until the broker's LoadBalancer Service has an
+// address, then makes it the endpoint and the bridge's certificate name
+// (an upgrade of the release just installed).
+func (o *installOptions) waitLoadBalancer(ctx context.Context, g *globals, cfg *action.Configuration, ch chartType, ns string, p *plan, c *cluster) error {
+	port := wireguardServicePort
+	if o.dataPlane == "bridge" {
+		port = bridgeServicePort
+	}
+	start := time.Now()
+	g.progress("waiting for the LoadBalancer address of Service %s/kubelink-broker (--announce host[:port] skips this)", ns)
+	for {
+		svc, err := c.cs.CoreV1().Services(ns).Get(ctx, "kubelink-broker", metav1.GetOptions{})
+		if err == nil {
+			if h := lbAddress(svc); h != "" {
+				p.Endpoint = fmt.Sprintf("%s:%d", h, port)
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("timed out after %s waiting for the LoadBalancer address of Service %s/kubelink-broker: does this cluster provision LoadBalancers? (kubectl -n %s describe svc kubelink-broker shows its events; --expose nodeport, or --announce the address peers reach)",
+				time.Since(start).Round(time.Second), ns, ns)
+		case <-time.After(time.Second):
+		}
+	}
+	g.progress("LoadBalancer address %s after %s; setting it as the broker's name", p.Endpoint, time.Since(start).Round(time.Second))
+	host, _, _ := splitHostPort(p.Endpoint, 0)
+	if b, ok := p.Values["bridge"].(map[string]any); ok {
+		b["name"] = host
+	}
+	up := action.NewUpgrade(cfg)
+	up.Namespace = ns
+	up.WaitStrategy = kube.HookOnlyStrategy
+	up.Timeout = g.timeout
+	if _, err := up.RunWithContext(ctx, releaseName, ch, p.Values); err != nil {
+		return fmt.Errorf("helm upgrade with the LoadBalancer address: %w", err)
 	}
 	return nil
 }

@@ -283,3 +283,52 @@ current-context: gone
 		t.Errorf("unknown context: %v", err)
 	}
 }
+
+// --expose loadbalancer without --announce: install waits for the
+// Service's LoadBalancer address (set here, as a cloud's controller
+// would; 203.0.113.10 is TEST-NET-3 and never contacted) and makes it the
+// endpoint and the bridge's certificate name.
+func TestInstallWaitsForTheLoadBalancerAddress(t *testing.T) {
+	kubeconfig, cs, c := fakeCluster(t)
+	ctx := context.Background()
+	done := make(chan error, 1)
+	var stderr string
+	go func() {
+		var err error
+		_, stderr, err = run(t, "install", "--kubeconfig", kubeconfig, "--chart", chartDir, "--name", "eu", "--mesh-cidr", "192.168.0.0/24",
+			"--data-plane", "bridge", "--expose", "loadbalancer", "--skip-image-check", "--timeout", "20s")
+		done <- err
+	}()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		svc, err := cs.CoreV1().Services("kubelink").Get(ctx, "kubelink-broker", metav1.GetOptions{})
+		if err == nil {
+			if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
+				t.Fatalf("Service kubelink-broker has type %s, want LoadBalancer", svc.Spec.Type)
+			}
+			svc.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "203.0.113.10"}}
+			if _, err := cs.CoreV1().Services("kubelink").UpdateStatus(ctx, svc, metav1.UpdateOptions{}); err == nil {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no Service kubelink-broker within 15 s: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	err := <-done
+	if err == nil || !strings.Contains(err.Error(), "the broker Deployment to roll out") {
+		t.Fatalf("install: %v, want the timeout waiting for the broker (no kubelet)\n%s", err, stderr)
+	}
+	if !strings.Contains(stderr, "waiting for the LoadBalancer address") || !strings.Contains(stderr, "LoadBalancer address 203.0.113.10:8088") {
+		t.Errorf("progress lacks the LoadBalancer wait:\n%s", stderr)
+	}
+	var kl v1alpha1.KubeLink
+	if err := c.Get(ctx, client.ObjectKey{Name: "eu"}, &kl); err != nil || kl.Annotations[EndpointAnnotation] != "203.0.113.10:8088" {
+		t.Errorf("LocalLink endpoint %q (%v), want 203.0.113.10:8088", kl.Annotations[EndpointAnnotation], err)
+	}
+	cfg, err := cs.CoreV1().ConfigMaps("kubelink").Get(ctx, "kubelink-cluster", metav1.GetOptions{})
+	if err != nil || cfg.Data["KUBELINK_BRIDGE_NAME"] != "203.0.113.10" {
+		t.Errorf("KUBELINK_BRIDGE_NAME %q (%v), want the LoadBalancer address", cfg.Data["KUBELINK_BRIDGE_NAME"], err)
+	}
+}
