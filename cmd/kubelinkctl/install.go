@@ -32,6 +32,7 @@ import (
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/buildinfo"
 	"github.com/kubelink/kubelink/lib/discover"
+	"github.com/kubelink/kubelink/lib/meshdns"
 )
 
 const (
@@ -626,14 +627,7 @@ func imageRef(registry, repo, tag string) string {
 func (o *installOptions) helm(ctx context.Context, g *globals, cfg *action.Configuration, ch chartType, ns string, p *plan) error {
 	if p.Upgrade {
 		g.progress("upgrading release %s in namespace %s (revision %d)", releaseName, ns, p.release.Version)
-		up := action.NewUpgrade(cfg)
-		up.Namespace = ns
-		up.WaitStrategy = kube.HookOnlyStrategy
-		up.Timeout = g.timeout
-		if _, err := up.RunWithContext(ctx, releaseName, ch, p.Values); err != nil {
-			return fmt.Errorf("helm upgrade: %w", err)
-		}
-		return nil
+		return upgrade(ctx, g, cfg, ch, ns, p.Values)
 	}
 	g.progress("installing release %s into namespace %s (chart %s)", releaseName, ns, p.Chart)
 	in := action.NewInstall(cfg)
@@ -742,12 +736,21 @@ func (o *installOptions) waitLoadBalancer(ctx context.Context, g *globals, cfg *
 	if b, ok := p.Values["bridge"].(map[string]any); ok {
 		b["name"] = host
 	}
+	if err := upgrade(ctx, g, cfg, ch, ns, p.Values); err != nil {
+		return fmt.Errorf("setting the LoadBalancer address: %w", err)
+	}
+	return nil
+}
+
+// upgrade upgrades the release in place with values; it does not wait
+// for the workloads (install's own wait follows).
+func upgrade(ctx context.Context, g *globals, cfg *action.Configuration, ch chartType, ns string, values map[string]any) error {
 	up := action.NewUpgrade(cfg)
 	up.Namespace = ns
 	up.WaitStrategy = kube.HookOnlyStrategy
 	up.Timeout = g.timeout
-	if _, err := up.RunWithContext(ctx, releaseName, ch, p.Values); err != nil {
-		return fmt.Errorf("helm upgrade with the LoadBalancer address: %w", err)
+	if _, err := up.RunWithContext(ctx, releaseName, ch, values); err != nil {
+		return fmt.Errorf("helm upgrade: %w", err)
 	}
 	return nil
 }
@@ -797,7 +800,17 @@ const meshZone = "kubelink"
 // CoreDNS when it changed. Without --dns-hook, or for another cluster DNS,
 // it says what to add.
 func (o *installOptions) hookDNS(ctx context.Context, g *globals, c *cluster, ip, deployment string) error {
-	block := fmt.Sprintf("%s:53 {\n    errors\n    cache 5 {\n        servfail 0\n    }\n    forward . %s\n}", meshZone, ip)
+	// The block kubelink-meshdns writes into coredns-custom where the
+	// cluster DNS imports it.
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return fmt.Errorf("the kubelink DNS address %q: %w", ip, err)
+	}
+	block, err := meshdns.CorednsCustom([]meshdns.MeshInput{{Name: "default", Domain: meshZone}}, addr, meshdns.DefaultClusterDNSPort)
+	if err != nil {
+		return err
+	}
+	block = strings.TrimRight(block, "\n")
 	cm, err := c.cs.CoreV1().ConfigMaps("kube-system").Get(ctx, "coredns", metav1.GetOptions{})
 	if !o.dnsHook || err != nil || cm.Data["Corefile"] == "" {
 		why := "--dns-hook=false"

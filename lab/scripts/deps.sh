@@ -12,13 +12,13 @@
 #         WireGuard; the kernel itself comes from lab/scripts/vm-kernel.sh),
 #         iproute2 and wireguard-tools (copied into the VM's initramfs)
 #   lab   the kind lab: docker.io (dockerd, containerd, runc), debootstrap
-#         (offline node image), jq, openssl
+#         (offline node image), jq, openssl, curl (the lab registry's readiness)
 set -euo pipefail
 declare -A group=(
   [test]="ca-certificates git iproute2 iptables nftables conntrack iperf3 procps kmod wireguard-tools"
   [bench]="ca-certificates git iproute2 iptables nftables conntrack iperf3 procps kmod"
   [kernel]="ca-certificates iproute2 wireguard-tools qemu-system-x86"
-  [lab]="ca-certificates git iproute2 iptables docker.io debootstrap jq openssl procps"
+  [lab]="ca-certificates curl git iproute2 iptables docker.io debootstrap jq openssl procps"
 )
 (($#)) || set -- test
 want=()

@@ -53,7 +53,9 @@ func (c *Cluster) ServiceCIDR() netip.Prefix {
 // it and the flag that sets it by hand.
 func Discover(ctx context.Context, cs kubernetes.Interface) (*Cluster, error) {
 	c := &Cluster{}
+	// Read once: several facts come from these two.
 	kubeadm := kubeadmNetworking(ctx, cs)
+	proxy := kubeProxyConfig(ctx, cs)
 	var errs []error
 	var err error
 	if c.ServiceCIDRs, err = serviceCIDRs(ctx, cs, kubeadm); err != nil {
@@ -63,14 +65,14 @@ func Discover(ctx context.Context, cs kubernetes.Interface) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing the nodes: %w", err)
 	}
-	if c.PodCIDRs, err = podCIDRs(ctx, cs, kubeadm, nodes.Items); err != nil {
+	if c.PodCIDRs, err = podCIDRs(kubeadm, proxy, nodes.Items); err != nil {
 		errs = append(errs, fmt.Errorf("pod CIDR: %w (set it with --pod-cidr)", err))
 	}
 	if c.NodeCIDR, err = nodeCIDR(nodes.Items); err != nil {
 		errs = append(errs, fmt.Errorf("node network: %w (set it with --node-cidr)", err))
 	}
-	c.KubeProxyMode = kubeProxyMode(ctx, cs)
-	c.ClusterDomain = clusterDomain(ctx, cs)
+	c.KubeProxyMode = kubeProxyMode(proxy)
+	c.ClusterDomain = clusterDomain(ctx, cs, kubeadm)
 	if c.DNSServiceIP, c.ClusterDNSName, err = dnsService(ctx, cs); err != nil {
 		errs = append(errs, fmt.Errorf("cluster DNS: %w", err))
 	}
@@ -187,14 +189,14 @@ func isNoMatch(err error) bool {
 
 // podCIDRs: kubeadm's podSubnet; then kube-proxy's clusterCIDR; then the
 // smallest prefix per family covering every node's spec.podCIDRs.
-func podCIDRs(ctx context.Context, cs kubernetes.Interface, kubeadm *kubeadmNet, nodes []corev1.Node) (Value[[]netip.Prefix], error) {
+func podCIDRs(kubeadm *kubeadmNet, cfg *proxyConfig, nodes []corev1.Node) (Value[[]netip.Prefix], error) {
 	if kubeadm != nil && kubeadm.PodSubnet != "" {
 		if out, err := parsePrefixes(kubeadm.PodSubnet); err == nil {
 			sortFamilies(out)
 			return Value[[]netip.Prefix]{out, "kube-system/kubeadm-config networking.podSubnet"}, nil
 		}
 	}
-	if cfg := kubeProxyConfig(ctx, cs); cfg != nil && cfg.ClusterCIDR != "" {
+	if cfg != nil && cfg.ClusterCIDR != "" {
 		if out, err := parsePrefixes(cfg.ClusterCIDR); err == nil {
 			sortFamilies(out)
 			return Value[[]netip.Prefix]{out, "kube-system/kube-proxy clusterCIDR"}, nil
@@ -302,8 +304,7 @@ func kubeProxyConfig(ctx context.Context, cs kubernetes.Interface) *proxyConfig 
 // kubeProxyMode reads kube-proxy's configuration; an empty mode is
 // iptables on Linux. Without a kube-proxy ConfigMap the mode is "unknown"
 // (e.g. a CNI that replaces kube-proxy): kubelink needs none in particular.
-func kubeProxyMode(ctx context.Context, cs kubernetes.Interface) Value[string] {
-	cfg := kubeProxyConfig(ctx, cs)
+func kubeProxyMode(cfg *proxyConfig) Value[string] {
 	switch {
 	case cfg == nil:
 		return Value[string]{"unknown", "no readable kube-system/kube-proxy ConfigMap"}
@@ -318,7 +319,7 @@ var corefileDomain = regexp.MustCompile(`(?m)^\s*kubernetes\s+(\S+)`)
 // clusterDomain: the kubelet's clusterDomain; then kubeadm's dnsDomain;
 // then the first zone of the cluster DNS's kubernetes plugin; else
 // cluster.local.
-func clusterDomain(ctx context.Context, cs kubernetes.Interface) Value[string] {
+func clusterDomain(ctx context.Context, cs kubernetes.Interface, kubeadm *kubeadmNet) Value[string] {
 	if cm, err := cs.CoreV1().ConfigMaps("kube-system").Get(ctx, "kubelet-config", metav1.GetOptions{}); err == nil {
 		var cfg struct {
 			ClusterDomain string `json:"clusterDomain"`
@@ -327,8 +328,8 @@ func clusterDomain(ctx context.Context, cs kubernetes.Interface) Value[string] {
 			return Value[string]{strings.TrimSuffix(cfg.ClusterDomain, "."), "kube-system/kubelet-config clusterDomain"}
 		}
 	}
-	if k := kubeadmNetworking(ctx, cs); k != nil && k.DNSDomain != "" {
-		return Value[string]{strings.TrimSuffix(k.DNSDomain, "."), "kube-system/kubeadm-config networking.dnsDomain"}
+	if kubeadm != nil && kubeadm.DNSDomain != "" {
+		return Value[string]{strings.TrimSuffix(kubeadm.DNSDomain, "."), "kube-system/kubeadm-config networking.dnsDomain"}
 	}
 	if cm, err := cs.CoreV1().ConfigMaps("kube-system").Get(ctx, "coredns", metav1.GetOptions{}); err == nil {
 		if m := corefileDomain.FindStringSubmatch(cm.Data["Corefile"]); m != nil {
