@@ -294,10 +294,10 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 	if t, ok := img["tag"].(string); ok && t != "" {
 		tag = t
 	}
-	for _, c := range []string{"broker", "router", "meshdns", "certwatch", "coredns"} {
-		repo, _ := repos[c].(string)
+	for _, component := range []string{"broker", "router", "meshdns", "certwatch", "coredns"} {
+		repo, _ := repos[component].(string)
 		if repo == "" {
-			repo = "kubelink/" + c
+			repo = "kubelink/" + component
 		}
 		p.Images = append(p.Images, imageRef(registry, repo, tag))
 	}

@@ -137,6 +137,7 @@ start_cni() {
 
 # The cluster DNS forwards the mesh domain to the kubelink CoreDNS (kind's
 # Corefile does not import coredns-custom, so --coredns-configure cannot).
+# kubelinkctl install does this itself; only the helm install needs it.
 hook_cluster_dns() {
   local c=$1 ip cf
   ip=$(kc "$c" -n kubelink get svc kubelink-coredns -o jsonpath='{.spec.clusterIP}')
@@ -310,7 +311,9 @@ for c in a b; do
   for _ in $(seq 1 60); do kc "$c" get sa default >/dev/null 2>&1 && break; sleep 1; done
   deploy "$c"
 done
-for c in a b; do hook_cluster_dns "$c"; done
+if [[ ${LAB_INSTALL:-kubelinkctl} == helm ]]; then
+  for c in a b; do hook_cluster_dns "$c"; done
+fi
 # The LocalLinks first: in WireGuard mode each side needs the other's public key.
 for c in a b; do
   kc "$c" apply -f - >/dev/null <<Y

@@ -58,7 +58,7 @@ func CoreDNSBinary(t testing.TB) string {
 		if _, err := os.Stat(corednsBin); err == nil {
 			return
 		}
-		root, err := repoRoot()
+		root, err := testenv.RepoRoot()
 		if err != nil {
 			corednsErr = err
 			return

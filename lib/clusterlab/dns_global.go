@@ -45,7 +45,7 @@ var (
 func GlobalCoreDNSBinary(t testing.TB) string {
 	t.Helper()
 	globalBinOnce.Do(func() {
-		root, err := repoRoot()
+		root, err := testenv.RepoRoot()
 		if err != nil {
 			globalBinErr = err
 			return

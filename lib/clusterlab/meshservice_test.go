@@ -83,6 +83,15 @@ func TestMeshServices(t *testing.T) {
 	if !strings.Contains(ms.Status.Message, `no port named "http" (it has web)`) {
 		t.Errorf("message %q", ms.Status.Message)
 	}
+	// One Invalid MeshService breaks no other: both stay Ok and answer.
+	for _, n := range []string{"virtual", "direct"} {
+		b.waitServiceState(t, n, v1alpha1.StateOk, time.Second)
+	}
+	for _, target := range []string{"192.168.0.100:80", "192.168.0.101:80"} {
+		if body, _ := WaitGet(t, a.Pod, netip.MustParseAddrPort(target), 5*time.Second); !strings.Contains(body, "echo b") {
+			t.Errorf("%s answered %q while ported was Invalid", target, body)
+		}
+	}
 	waitFor(t, "the stale binding to go", 5*time.Second, func() bool {
 		_, err := Get(a.Pod, netip.MustParseAddrPort("192.168.0.12:8800"), "/", 500*time.Millisecond)
 		return err != nil

@@ -36,7 +36,7 @@ func Binaries(t testing.TB) string {
 			binDir = d
 			return
 		}
-		root, err := repoRoot()
+		root, err := testenv.RepoRoot()
 		if err != nil {
 			buildErr = err
 			return
@@ -58,20 +58,6 @@ func Binaries(t testing.TB) string {
 		t.Fatal(buildErr)
 	}
 	return binDir
-}
-
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for range 10 {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		dir = filepath.Dir(dir)
-	}
-	return "", fmt.Errorf("go.work not found above the working directory")
 }
 
 // apiForward makes the control plane reachable from inside ns at
