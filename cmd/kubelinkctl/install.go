@@ -225,7 +225,7 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 
 	// What is there already: the release and this cluster's links.
 	cfg := action.NewConfiguration()
-	if err := cfg.Init(g.kube, ns, "secret"); err != nil {
+	if err := cfg.Init(c.flags, ns, "secret"); err != nil {
 		return fmt.Errorf("helm: %w", err)
 	}
 	if rel, err := action.NewGet(cfg).Run(releaseName); err == nil {

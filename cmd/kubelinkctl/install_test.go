@@ -20,6 +20,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -43,7 +45,16 @@ func run(t *testing.T, args ...string) (string, string, error) {
 // kubelet runs, so no pod ever starts.
 func fakeCluster(t *testing.T) (kubeconfig string, cs kubernetes.Interface, c client.Client) {
 	t.Helper()
-	cp := &testenv.ControlPlane{Name: "kubelinkctl", ServiceCIDR: "100.64.32.0/20"}
+	return fakeClusterOf(t, "kubelinkctl", "100.64.32.0/20", "10.130", "172.18.0")
+}
+
+// fakeClusterOf is fakeCluster with a name (its kubeconfig context), a
+// service CIDR, the first two octets of its nodes' pod CIDRs and the first
+// three of their addresses. Its kubeconfig's cluster, user and context are
+// all named name, so that several can be merged (KUBECONFIG=a:b).
+func fakeClusterOf(t *testing.T, name, serviceCIDR, podNet, nodeNet string) (kubeconfig string, cs kubernetes.Interface, c client.Client) {
+	t.Helper()
+	cp := &testenv.ControlPlane{Name: name, ServiceCIDR: serviceCIDR}
 	testenv.StartControlPlaneForTest(t, cp)
 	ctx := context.Background()
 	var err error
@@ -59,25 +70,37 @@ func fakeCluster(t *testing.T) (kubeconfig string, cs kubernetes.Interface, c cl
 			t.Fatalf("%s: %v", what, err)
 		}
 	}
-	for i, ip := range []string{"172.18.0.3", "172.18.0.2"} {
+	for i, ip := range []string{nodeNet + ".3", nodeNet + ".2"} {
 		n, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("node-%d", i)},
-			Spec: corev1.NodeSpec{PodCIDRs: []string{fmt.Sprintf("10.130.%d.0/24", i)}}}, metav1.CreateOptions{})
+			Spec: corev1.NodeSpec{PodCIDRs: []string{fmt.Sprintf("%s.%d.0/24", podNet, i)}}}, metav1.CreateOptions{})
 		must("node", err)
 		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
 		n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
 		_, err = cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
 		must("node status", err)
 	}
+	dnsIP := strings.TrimSuffix(strings.SplitN(serviceCIDR, "/", 2)[0], ".0") + ".10"
 	_, err = cs.CoreV1().Services("kube-system").Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "kube-dns"},
-		Spec: corev1.ServiceSpec{ClusterIP: "100.64.32.10", Ports: []corev1.ServicePort{{Port: 53, Protocol: corev1.ProtocolUDP}}}}, metav1.CreateOptions{})
+		Spec: corev1.ServiceSpec{ClusterIP: dnsIP, Ports: []corev1.ServicePort{{Port: 53, Protocol: corev1.ProtocolUDP}}}}, metav1.CreateOptions{})
 	must("kube-dns", err)
 	_, err = cs.CoreV1().ConfigMaps("kube-system").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "coredns"},
 		Data: map[string]string{"Corefile": ".:53 {\n    errors\n    kubernetes cluster.local in-addr.arpa ip6.arpa\n    forward . /etc/resolv.conf\n}\n"}}, metav1.CreateOptions{})
 	must("coredns ConfigMap", err)
-	kc, err := cp.KubeConfig()
+	raw, err := cp.KubeConfig()
 	must("kubeconfig", err)
+	kc, err := clientcmd.Load(raw)
+	must("parsing the kubeconfig", err)
+	cur := kc.Contexts[kc.CurrentContext]
+	if cur == nil {
+		t.Fatalf("the test kubeconfig has no current context")
+	}
+	named := clientcmdapi.NewConfig()
+	named.Clusters[name] = kc.Clusters[cur.Cluster]
+	named.AuthInfos[name] = kc.AuthInfos[cur.AuthInfo]
+	named.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: name}
+	named.CurrentContext = name
 	kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
-	must("writing kubeconfig", os.WriteFile(kubeconfig, kc, 0o600))
+	must("writing kubeconfig", clientcmd.WriteToFile(*named, kubeconfig))
 	return kubeconfig, cs, c
 }
 

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -17,6 +18,7 @@ import (
 // cluster is a connected cluster.
 type cluster struct {
 	context string // the kubeconfig context
+	flags   *genericclioptions.ConfigFlags // for helm: the same kubeconfig and context
 	host    string
 	version string // of the API server
 	rest    *rest.Config
@@ -31,18 +33,25 @@ const reachTimeout = 15 * time.Second
 // connect opens the cluster of --kubeconfig/--context and checks that it
 // answers.
 func (g *globals) connect(ctx context.Context) (*cluster, error) {
-	raw, err := g.kube.ToRawKubeConfigLoader().RawConfig()
+	return g.connectContext(ctx, *g.kube.Context)
+}
+
+// connectContext opens the cluster of the kubeconfig context name (""
+// for the current one) and checks that it answers.
+func (g *globals) connectContext(ctx context.Context, name string) (*cluster, error) {
+	flags := genericclioptions.NewConfigFlags(true)
+	*flags.KubeConfig, *flags.Context, *flags.Namespace = *g.kube.KubeConfig, name, *g.kube.Namespace
+	raw, err := flags.ToRawKubeConfigLoader().RawConfig()
 	if err != nil {
 		return nil, fmt.Errorf("reading the kubeconfig: %w (set --kubeconfig, or KUBECONFIG)", err)
 	}
-	name := raw.CurrentContext
-	if *g.kube.Context != "" {
-		name = *g.kube.Context
+	if name == "" {
+		name = raw.CurrentContext
 	}
 	if _, ok := raw.Contexts[name]; !ok && name != "" {
 		return nil, fmt.Errorf("context %q is not in the kubeconfig (%d contexts there; `kubectl config get-contexts` lists them)", name, len(raw.Contexts))
 	}
-	rc, err := g.kube.ToRESTConfig()
+	rc, err := flags.ToRESTConfig()
 	if err != nil {
 		return nil, fmt.Errorf("kubeconfig context %q: %w", name, err)
 	}
@@ -73,5 +82,5 @@ func (g *globals) connect(ctx context.Context) (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &cluster{context: name, host: rc.Host, version: v.GitVersion, rest: rc, cs: cs, c: c}, nil
+	return &cluster{context: name, flags: flags, host: rc.Host, version: v.GitVersion, rest: rc, cs: cs, c: c}, nil
 }

@@ -57,14 +57,22 @@ several Kubernetes clusters over an encrypted tunnel, and reports on it.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.PersistentPreRun = func(*cobra.Command, []string) {
+		// Several kubeconfig files (join and show reach several clusters)
+		// are merged as kubectl merges $KUBECONFIG.
+		if kc := *g.kube.KubeConfig; strings.ContainsRune(kc, filepath.ListSeparator) {
+			os.Setenv("KUBECONFIG", kc)
+			*g.kube.KubeConfig = ""
+		}
+	}
 	root.SetOut(out)
 	root.SetErr(errOut)
 	pf := root.PersistentFlags()
-	pf.StringVar(g.kube.KubeConfig, "kubeconfig", "", "path to the kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+	pf.StringVar(g.kube.KubeConfig, "kubeconfig", "", "path to the kubeconfig file, or several separated by '"+string(filepath.ListSeparator)+"' as in $KUBECONFIG (default: $KUBECONFIG or ~/.kube/config)")
 	pf.StringVar(g.kube.Context, "context", "", "the kubeconfig context to use (default: the current context)")
 	pf.StringVarP(g.kube.Namespace, "namespace", "n", "kubelink", "the namespace kubelink is installed in")
 	pf.DurationVar(&g.timeout, "timeout", 5*time.Minute, "how long the whole command may take, waits included, before it gives up")
-	root.AddCommand(newVersion(g), newInstall(g))
+	root.AddCommand(newVersion(g), newInstall(g), newJoin(g), newShow(g))
 	return root
 }
 

@@ -71,7 +71,7 @@ func installedVersion(ctx context.Context, g *globals, v *versionInfo) error {
 	}
 	v.Cluster = c.context
 	cfg := action.NewConfiguration()
-	if err := cfg.Init(g.kube, *g.kube.Namespace, "secret"); err != nil {
+	if err := cfg.Init(c.flags, *g.kube.Namespace, "secret"); err != nil {
 		return err
 	}
 	rel, err := action.NewGet(cfg).Run(releaseName)

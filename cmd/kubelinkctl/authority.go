@@ -1,0 +1,268 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"time"
+
+	"helm.sh/helm/v4/pkg/action"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
+)
+
+// The annotations of a member's ServiceAccount at the mesh authority: what
+// the authority's certwatch signs for that member (docs/certwatch.md).
+const (
+	identitiesAnnotation = "kubelink.mandelsoft.org/identities"
+	namesAnnotation      = "kubelink.mandelsoft.org/names"
+	managedByLabel       = "app.kubernetes.io/managed-by"
+	managedBy            = "kubelinkctl"
+)
+
+// findAuthority is the one member that holds the mesh CA (bridge).
+func findAuthority(ms []*member) (*member, error) {
+	var auth []*member
+	for _, m := range ms {
+		if m.authority() {
+			auth = append(auth, m)
+		}
+	}
+	switch len(auth) {
+	case 1:
+		return auth[0], nil
+	case 0:
+		return nil, fmt.Errorf("the bridge data plane needs a mesh authority, the one cluster that holds the mesh CA, and none of these clusters is one: "+
+			"install one of them with --mesh-authority (`%s install --context %s ... --data-plane bridge --mesh-authority`), then join again; nothing was changed",
+			commandName(), ms[0].context)
+	}
+	return nil, fmt.Errorf("%s and %s are both mesh authorities (each holds its own CA): a mesh has one; reinstall the others without --mesh-authority; nothing was changed", auth[0], auth[1])
+}
+
+// registration is what registering a member at the authority needs.
+type registration struct {
+	auth       *member
+	server     string // the authority's API server, as the members' pods reach it
+	caData     []byte // the CA that signs its serving certificate
+	serverNote string // why server is not the kubeconfig's, for the progress line
+}
+
+// authorityServer finds the address the members' broker pods reach the
+// authority's API server at: --authority-server, else the kubeconfig's
+// server unless that is a loopback address (a kind or tunnelled
+// kubeconfig), else the address the API server advertises (the Endpoints
+// of default/kubernetes).
+func authorityServer(ctx context.Context, auth *member, given string) (*registration, error) {
+	r := &registration{auth: auth}
+	// The CA of the kubeconfig, and the cluster's own CA (what signs the
+	// API server's certificate for its advertised address), which the
+	// controller-manager publishes in every namespace.
+	kubeconfigCA := auth.rest.CAData
+	if len(kubeconfigCA) == 0 && auth.rest.CAFile != "" {
+		var err error
+		if kubeconfigCA, err = os.ReadFile(auth.rest.CAFile); err != nil {
+			return nil, fmt.Errorf("%s: the kubeconfig's CA file: %w", auth, err)
+		}
+	}
+	clusterCA := kubeconfigCA
+	if root, err := auth.cs.CoreV1().ConfigMaps(auth.ns).Get(ctx, "kube-root-ca.crt", metav1.GetOptions{}); err == nil && root.Data["ca.crt"] != "" {
+		clusterCA = []byte(root.Data["ca.crt"])
+	}
+	if len(clusterCA) == 0 {
+		return nil, fmt.Errorf("%s: no CA for its API server: neither the kubeconfig nor the ConfigMap %s/kube-root-ca.crt has one", auth, auth.ns)
+	}
+	if given != "" {
+		u, err := url.Parse(given)
+		if err != nil || u.Scheme != "https" || u.Host == "" {
+			return nil, fmt.Errorf("--authority-server %q: must be an https:// URL", given)
+		}
+		r.server, r.caData = given, clusterCA
+		return r, nil
+	}
+	u, err := url.Parse(auth.rest.Host)
+	if err != nil {
+		return nil, fmt.Errorf("%s: the kubeconfig's server %q: %w", auth, auth.rest.Host, err)
+	}
+	if !isLoopback(u.Hostname()) {
+		r.server, r.caData = auth.rest.Host, kubeconfigCA
+		if len(r.caData) == 0 {
+			r.caData = clusterCA
+		}
+		return r, nil
+	}
+	slices, err := auth.cs.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=kubernetes"})
+	if err != nil {
+		return nil, fmt.Errorf("%s: reading the API server's advertised address (EndpointSlices of default/kubernetes): %w", auth, err)
+	}
+	for _, s := range slices.Items {
+		if len(s.Ports) == 0 || s.Ports[0].Port == nil {
+			continue
+		}
+		for _, e := range s.Endpoints {
+			if len(e.Addresses) > 0 {
+				r.server = "https://" + net.JoinHostPort(e.Addresses[0], strconv.Itoa(int(*s.Ports[0].Port)))
+				r.caData = clusterCA
+				r.serverNote = fmt.Sprintf("the kubeconfig reaches the authority's API server at %s, a loopback address its members' pods cannot reach; they use the address it advertises, %s (--authority-server sets another)",
+					auth.rest.Host, r.server)
+				return r, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("%s: the kubeconfig's server %s is a loopback address the members cannot reach, and default/kubernetes has no endpoint: give the authority's API server address with --authority-server", auth, auth.rest.Host)
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// register makes m a member at the authority: its ServiceAccount there,
+// annotated with what the authority may sign for it, bound to the
+// kubelink-member roles, and its token as a kubeconfig in m's Secret; then
+// m's release is switched to have its certificate signed by the authority.
+// It reports whether anything changed. The CA key stays at the authority.
+func (r *registration) register(ctx context.Context, g *globals, m *member) (bool, error) {
+	a := r.auth
+	if m.release == nil {
+		return false, fmt.Errorf("%s: kubelink is not installed there with its chart, so join cannot switch it to certificates signed by the authority: register it by hand (docs/certwatch.md, \"Registering a member\")", m)
+	}
+	ids, name := m.value("bridge.identities"), m.value("bridge.name")
+	if ids == "" || name == "" {
+		return false, fmt.Errorf("%s: its release has no bridge.identities or bridge.name: run `%s install --context %s` again", m, commandName(), m.context)
+	}
+	if _, err := a.cs.RbacV1().ClusterRoles().Get(ctx, "kubelink-member", metav1.GetOptions{}); err != nil {
+		return false, fmt.Errorf("%s: no ClusterRole kubelink-member (%v): is it installed with --mesh-authority?", a, err)
+	}
+	changed := false
+	sa := "member-" + m.name
+	labels := map[string]string{managedByLabel: managedBy}
+
+	// The ServiceAccount and what it may do.
+	cur, err := a.cs.CoreV1().ServiceAccounts(a.ns).Get(ctx, sa, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = a.cs.CoreV1().ServiceAccounts(a.ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: a.ns, Labels: labels,
+			Annotations: map[string]string{identitiesAnnotation: ids, namesAnnotation: name}}}, metav1.CreateOptions{})
+		changed = true
+	case err == nil && (cur.Annotations[identitiesAnnotation] != ids || cur.Annotations[namesAnnotation] != name):
+		if cur.Annotations == nil {
+			cur.Annotations = map[string]string{}
+		}
+		cur.Annotations[identitiesAnnotation], cur.Annotations[namesAnnotation] = ids, name
+		_, err = a.cs.CoreV1().ServiceAccounts(a.ns).Update(ctx, cur, metav1.UpdateOptions{})
+		changed = true
+	}
+	if err != nil {
+		return false, fmt.Errorf("%s: ServiceAccount %s/%s: %w", a, a.ns, sa, err)
+	}
+	subjects := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: a.ns}}
+	binding := "kubelink-member-" + m.name
+	if _, err := a.cs.RbacV1().ClusterRoleBindings().Get(ctx, binding, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		_, err = a.cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: binding, Labels: labels},
+			RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "kubelink-member"}, Subjects: subjects}, metav1.CreateOptions{})
+		if err != nil {
+			return false, fmt.Errorf("%s: ClusterRoleBinding %s: %w", a, binding, err)
+		}
+		changed = true
+	}
+	if _, err := a.cs.RbacV1().RoleBindings(a.ns).Get(ctx, binding, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		_, err = a.cs.RbacV1().RoleBindings(a.ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: binding, Namespace: a.ns, Labels: labels},
+			RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "kubelink-member"}, Subjects: subjects}, metav1.CreateOptions{})
+		if err != nil {
+			return false, fmt.Errorf("%s: RoleBinding %s/%s: %w", a, a.ns, binding, err)
+		}
+		changed = true
+	}
+	// Its token: a Secret the token controller fills.
+	tokenSecret := sa + "-token"
+	if _, err := a.cs.CoreV1().Secrets(a.ns).Get(ctx, tokenSecret, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		_, err = a.cs.CoreV1().Secrets(a.ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: tokenSecret, Namespace: a.ns, Labels: labels,
+			Annotations: map[string]string{corev1.ServiceAccountNameKey: sa}}, Type: corev1.SecretTypeServiceAccountToken}, metav1.CreateOptions{})
+		if err != nil {
+			return false, fmt.Errorf("%s: Secret %s/%s: %w", a, a.ns, tokenSecret, err)
+		}
+		changed = true
+	}
+	var token []byte
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, tokenWait, true, func(ctx context.Context) (bool, error) {
+		s, err := a.cs.CoreV1().Secrets(a.ns).Get(ctx, tokenSecret, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		token = s.Data[corev1.ServiceAccountTokenKey]
+		return len(token) > 0, nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("%s: the token controller did not fill Secret %s/%s within %s: is kube-controller-manager running there?", a, a.ns, tokenSecret, tokenWait)
+	}
+
+	// The member's kubeconfig for the authority.
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["authority"] = &clientcmdapi.Cluster{Server: r.server, CertificateAuthorityData: r.caData}
+	kc.AuthInfos[sa] = &clientcmdapi.AuthInfo{Token: string(token)}
+	kc.Contexts["authority"] = &clientcmdapi.Context{Cluster: "authority", AuthInfo: sa, Namespace: a.ns}
+	kc.CurrentContext = "authority"
+	data, err := clientcmd.Write(*kc)
+	if err != nil {
+		return false, err
+	}
+	secret := m.value("meshMember.authoritySecret")
+	if secret == "" {
+		secret = "kubelink-authority"
+	}
+	s, err := m.cs.CoreV1().Secrets(m.ns).Get(ctx, secret, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = m.cs.CoreV1().Secrets(m.ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: secret, Namespace: m.ns, Labels: labels},
+			Data: map[string][]byte{"kubeconfig": data}}, metav1.CreateOptions{})
+		changed = true
+	case err == nil && !bytes.Equal(s.Data["kubeconfig"], data):
+		s.Data = map[string][]byte{"kubeconfig": data}
+		_, err = m.cs.CoreV1().Secrets(m.ns).Update(ctx, s, metav1.UpdateOptions{})
+		changed = true
+	}
+	if err != nil {
+		return false, fmt.Errorf("%s: Secret %s/%s: %w", m, m.ns, secret, err)
+	}
+
+	// The member's certificate from now on comes from the authority: its
+	// own CA (certificates.mode=self, as installed) goes.
+	if m.value("certificates.mode") == "csr" && m.value("meshMember.enabled") == "true" && m.value("meshMember.authorityNamespace") == a.ns {
+		return changed, nil
+	}
+	if tls, err := m.cs.CoreV1().Secrets(m.ns).Get(ctx, "kubelink-tls", metav1.GetOptions{}); err == nil && len(tls.Data["ca.key"]) > 0 {
+		g.progress("%s: removing its own CA (Secret %s/kubelink-tls): the authority %s signs its certificate from now on", m, m.ns, a)
+		if err := m.cs.CoreV1().Secrets(m.ns).Delete(ctx, "kubelink-tls", metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr.To(tls.UID)}}); err != nil && !apierrors.IsNotFound(err) {
+			return false, fmt.Errorf("%s: deleting its own CA (Secret %s/kubelink-tls): %w", m, m.ns, err)
+		}
+	}
+	values := deepCopyValues(m.release.Config)
+	mergeValues(values, map[string]any{
+		"certificates":  map[string]any{"mode": "csr"},
+		"meshMember":    map[string]any{"enabled": true, "authorityNamespace": a.ns},
+		"meshAuthority": map[string]any{"enabled": false},
+	})
+	cfg := action.NewConfiguration()
+	if err := cfg.Init(m.flags, m.ns, "secret"); err != nil {
+		return false, fmt.Errorf("helm: %w", err)
+	}
+	g.progress("%s: upgrading release %s to a member of the authority %s (certificates.mode=csr, meshMember.enabled=true)", m, releaseName, a)
+	if err := upgrade(ctx, g, cfg, m.release.Chart, m.ns, values); err != nil {
+		return false, fmt.Errorf("%s: %w", m, err)
+	}
+	return true, nil
+}

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"helm.sh/helm/v4/pkg/action"
+	"helm.sh/helm/v4/pkg/chart/common/util"
+	releasev1 "helm.sh/helm/v4/pkg/release/v1"
+	"helm.sh/helm/v4/pkg/storage/driver"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+)
+
+// member is one cluster of a mesh, as join and show see it: its LocalLink,
+// its other KubeLinks and its kubelink release.
+type member struct {
+	*cluster
+	ns        string
+	local     v1alpha1.KubeLink   // the LocalLink
+	links     []v1alpha1.KubeLink // its other KubeLinks
+	release   *releasev1.Release  // nil when kubelink was not installed with helm
+	values    map[string]any      // the release's values, the chart's defaults included
+	name      string              // the cluster's name in the mesh (the LocalLink's)
+	address   netip.Prefix        // its mesh address, with the mesh's prefix length
+	svc       netip.Prefix        // its service CIDR
+	endpoint  string              // host:port peers reach its broker at
+	dataPlane string              // wireguard or bridge
+}
+
+// loadMember reads the cluster of a context as a mesh member. meshCIDR
+// picks the LocalLink when the cluster is in several meshes.
+func (g *globals) loadMember(ctx context.Context, contextName, meshCIDR string) (*member, error) {
+	c, err := g.connectContext(ctx, contextName)
+	if err != nil {
+		return nil, err
+	}
+	m := &member{cluster: c, ns: *g.kube.Namespace}
+	var list v1alpha1.KubeLinkList
+	if err := c.c.List(ctx, &list); err != nil {
+		if isNoKind(err) {
+			return nil, fmt.Errorf("context %q: kubelink is not installed there (no KubeLink resource): run `%s install --context %s` first", c.context, commandName(), c.context)
+		}
+		return nil, fmt.Errorf("context %q: listing KubeLinks: %w", c.context, err)
+	}
+	var locals []v1alpha1.KubeLink
+	for _, l := range list.Items {
+		if l.Spec.Endpoint == v1alpha1.EndpointLocalLink {
+			locals = append(locals, l)
+		} else {
+			m.links = append(m.links, l)
+		}
+	}
+	sort.Slice(m.links, func(i, j int) bool { return m.links[i].Name < m.links[j].Name })
+	if meshCIDR != "" {
+		want, err := netip.ParsePrefix(meshCIDR)
+		if err != nil {
+			return nil, fmt.Errorf("--mesh-cidr %q: %v", meshCIDR, err)
+		}
+		locals = selectMesh(locals, want.Masked())
+	}
+	switch {
+	case len(locals) == 0 && meshCIDR != "":
+		return nil, fmt.Errorf("context %q: no LocalLink in mesh %s: run `%s install --context %s --mesh-cidr %s` first", c.context, meshCIDR, commandName(), c.context, meshCIDR)
+	case len(locals) == 0:
+		return nil, fmt.Errorf("context %q: no LocalLink (this cluster is in no mesh): run `%s install --context %s` first", c.context, commandName(), c.context)
+	case len(locals) > 1:
+		var names []string
+		for _, l := range locals {
+			names = append(names, l.Name+" ("+l.Spec.ClusterAddress+")")
+		}
+		return nil, fmt.Errorf("context %q is in %d meshes (LocalLinks %s): say which with --mesh-cidr", c.context, len(locals), strings.Join(names, ", "))
+	}
+	m.local = locals[0]
+	m.name = m.local.Name
+	if m.address, err = netip.ParsePrefix(m.local.Spec.ClusterAddress); err != nil {
+		return nil, fmt.Errorf("context %q: LocalLink %s: spec.clusterAddress %q: %v", c.context, m.name, m.local.Spec.ClusterAddress, err)
+	}
+	if m.svc, err = netip.ParsePrefix(m.local.Spec.CIDR); err != nil {
+		return nil, fmt.Errorf("context %q: LocalLink %s: spec.cidr %q: %v", c.context, m.name, m.local.Spec.CIDR, err)
+	}
+	m.endpoint = m.local.Annotations[EndpointAnnotation]
+
+	cfg := action.NewConfiguration()
+	if err := cfg.Init(c.flags, m.ns, "secret"); err != nil {
+		return nil, fmt.Errorf("helm: %w", err)
+	}
+	rel, err := action.NewGet(cfg).Run(releaseName)
+	switch {
+	case errors.Is(err, driver.ErrReleaseNotFound):
+	case err != nil:
+		return nil, fmt.Errorf("context %q: reading the kubelink release in namespace %s: %w", c.context, m.ns, err)
+	default:
+		m.release, _ = rel.(*releasev1.Release)
+	}
+	if m.release != nil && m.release.Chart != nil {
+		v, err := util.CoalesceValues(m.release.Chart, m.release.Config)
+		if err != nil {
+			return nil, fmt.Errorf("context %q: the kubelink release's values: %w", c.context, err)
+		}
+		m.values = v
+	}
+	// The data plane the broker runs, else the one installed.
+	switch dp := m.local.Status.DataPlane; {
+	case strings.HasPrefix(dp, "wireguard"):
+		m.dataPlane = "wireguard"
+	case dp != "":
+		m.dataPlane = dp
+	default:
+		m.dataPlane = m.value("dataPlane")
+	}
+	return m, nil
+}
+
+// selectMesh keeps the LocalLinks whose address is in mesh.
+func selectMesh(locals []v1alpha1.KubeLink, mesh netip.Prefix) []v1alpha1.KubeLink {
+	var out []v1alpha1.KubeLink
+	for _, l := range locals {
+		if p, err := netip.ParsePrefix(l.Spec.ClusterAddress); err == nil && p.Masked() == mesh {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// value is a string value of the release ("a.b.c"), "" when unset.
+func (m *member) value(path string) string {
+	var cur any = m.values
+	for _, k := range strings.Split(path, ".") {
+		mv, ok := cur.(map[string]any)
+		if !ok {
+			return ""
+		}
+		cur = mv[k]
+	}
+	switch v := cur.(type) {
+	case string:
+		return v
+	case bool:
+		return fmt.Sprint(v)
+	}
+	return ""
+}
+
+// authority: this cluster holds the mesh CA (bridge).
+func (m *member) authority() bool { return m.value("meshAuthority.enabled") == "true" }
+
+// link is the member's KubeLink named name, nil when it has none.
+func (m *member) link(name string) *v1alpha1.KubeLink {
+	for i := range m.links {
+		if m.links[i].Name == name {
+			return &m.links[i]
+		}
+	}
+	return nil
+}
+
+func (m *member) String() string { return fmt.Sprintf("%q (context %s)", m.name, m.context) }
+
+// checkMembers refuses a set of clusters that cannot form one mesh, naming
+// the clusters at fault and the fix. It changes nothing.
+func checkMembers(ms []*member) error {
+	var errs []string
+	for i, a := range ms {
+		if a.endpoint == "" {
+			errs = append(errs, fmt.Sprintf("%s: its LocalLink has no annotation %s (the host:port peers reach its broker at): run `%s install --context %s` again, or annotate it",
+				a, EndpointAnnotation, commandName(), a.context))
+		}
+		if a.dataPlane == "" {
+			errs = append(errs, fmt.Sprintf("%s: its data plane is unknown (no broker has published it in the LocalLink's status, and no kubelink release says it): check `kubectl --context %s -n %s get pods`", a, a.context, a.ns))
+		}
+		if a.dataPlane == "wireguard" && a.local.Status.PublicKey == "" {
+			errs = append(errs, fmt.Sprintf("%s: its LocalLink has no status.publicKey yet: its broker is not running (`kubectl --context %s -n %s get pods`)", a, a.context, a.ns))
+		}
+		for _, b := range ms[i+1:] {
+			switch {
+			case a.name == b.name:
+				errs = append(errs, fmt.Sprintf("%s and %s have the same name: each cluster of a mesh needs its own (reinstall one with another --name)", a, b))
+			case a.address.Masked() != b.address.Masked():
+				errs = append(errs, fmt.Sprintf("%s is in mesh %s and %s in mesh %s: install both with the same --mesh-cidr", a, a.address.Masked(), b, b.address.Masked()))
+			case a.address.Addr() == b.address.Addr():
+				errs = append(errs, fmt.Sprintf("%s and %s have the same mesh address %s: reinstall one with another --address", a, b, a.address.Addr()))
+			}
+			if a.svc.Overlaps(b.svc) {
+				errs = append(errs, fmt.Sprintf("the service CIDR %s of %s overlaps the service CIDR %s of %s: kubelink routes each cluster's services by CIDR, so they must be disjoint",
+					a.svc, a, b.svc, b))
+			}
+			if a.dataPlane != "" && b.dataPlane != "" && a.dataPlane != b.dataPlane {
+				errs = append(errs, fmt.Sprintf("%s runs the %s data plane and %s the %s data plane: install both with the same --data-plane", a, a.dataPlane, b, b.dataPlane))
+			}
+		}
+		// A KubeLink of another name that already claims a member's address
+		// or service CIDR would make two links for one peer.
+		for _, b := range ms {
+			if a == b {
+				continue
+			}
+			for _, l := range a.links {
+				if l.Name == b.name {
+					continue
+				}
+				if p, err := netip.ParsePrefix(l.Spec.ClusterAddress); err == nil && p.Addr() == b.address.Addr() {
+					errs = append(errs, fmt.Sprintf("%s has KubeLink %s with the mesh address %s of %s: delete it (`kubectl --context %s delete kubelink %s`), join names each link after its peer",
+						a, l.Name, b.address.Addr(), b, a.context, l.Name))
+				}
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("these clusters cannot form one mesh; nothing was changed:\n  - %s", strings.Join(errs, "\n  - "))
+	}
+	return nil
+}
