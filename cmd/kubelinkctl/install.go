@@ -24,8 +24,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/client-go/discovery"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/discovery"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -49,8 +49,8 @@ const (
 
 type installOptions struct {
 	ns                             *string
-	name, mesh, meshCIDR, address string
-	dataPlane, expose, announce   string
+	name, mesh, meshCIDR, address  string
+	dataPlane, expose, announce    string
 	serviceCIDR, podCIDR, nodeCIDR string
 	registry, version, chart       string
 	meshAuthority                  bool
@@ -173,18 +173,18 @@ func lastAddr(p netip.Prefix) netip.Addr {
 
 // plan is what install decided, before it changes anything.
 type plan struct {
-	Cluster      string              `json:"cluster"`
-	Context      string              `json:"context"`
-	Discovered   *discover.Cluster   `json:"discovered"`
-	Address      string              `json:"clusterAddress"`
-	Endpoint     string              `json:"endpoint"`
-	CoreDNSIP    string              `json:"kubelinkDNSServiceIP"`
-	Images       []string            `json:"images"`
-	Values       map[string]any      `json:"values"`
-	Upgrade      bool                `json:"upgrade"`
-	Chart        string              `json:"chart"`
-	existingLink *v1alpha1.KubeLink  `json:"-"`
-	release      *releasev1.Release  `json:"-"`
+	Cluster      string             `json:"cluster"`
+	Context      string             `json:"context"`
+	Discovered   *discover.Cluster  `json:"discovered"`
+	Address      string             `json:"clusterAddress"`
+	Endpoint     string             `json:"endpoint"`
+	CoreDNSIP    string             `json:"kubelinkDNSServiceIP"`
+	Images       []string           `json:"images"`
+	Values       map[string]any     `json:"values"`
+	Upgrade      bool               `json:"upgrade"`
+	Chart        string             `json:"chart"`
+	existingLink *v1alpha1.KubeLink `json:"-"`
+	release      *releasev1.Release `json:"-"`
 }
 
 func (o *installOptions) run(ctx context.Context, g *globals) error {

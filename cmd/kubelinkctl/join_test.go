@@ -138,15 +138,23 @@ func TestJoinRefusesClustersThatCannotFormAMesh(t *testing.T) {
 	}{
 		{"one context", func() {}, []string{"at least two clusters"}},
 		{"no LocalLink", func() {}, []string{`context "us": no LocalLink`, "install --context us"}},
-		{"same address", func() { us.localLink(t, "192.168.0.1/24", "100.64.48.0/20", "172.19.0.3:30777", "wireguard-userspace", keyUS) },
+		{"same address", func() {
+			us.localLink(t, "192.168.0.1/24", "100.64.48.0/20", "172.19.0.3:30777", "wireguard-userspace", keyUS)
+		},
 			[]string{`"eu" (context eu) and "us" (context us) have the same mesh address 192.168.0.1`, "--address"}},
-		{"another mesh", func() { us.localLink(t, "192.168.1.2/24", "100.64.48.0/20", "172.19.0.3:30777", "wireguard-userspace", keyUS) },
+		{"another mesh", func() {
+			us.localLink(t, "192.168.1.2/24", "100.64.48.0/20", "172.19.0.3:30777", "wireguard-userspace", keyUS)
+		},
 			[]string{"is in mesh 192.168.0.0/24", "in mesh 192.168.1.0/24"}},
-		{"overlapping service CIDRs", func() { us.localLink(t, "192.168.0.2/24", "100.64.40.0/21", "172.19.0.3:30777", "wireguard-userspace", keyUS) },
+		{"overlapping service CIDRs", func() {
+			us.localLink(t, "192.168.0.2/24", "100.64.40.0/21", "172.19.0.3:30777", "wireguard-userspace", keyUS)
+		},
 			[]string{`the service CIDR 100.64.32.0/20 of "eu" (context eu) overlaps the service CIDR 100.64.40.0/21 of "us" (context us)`}},
 		{"another data plane", func() { us.localLink(t, "192.168.0.2/24", "100.64.48.0/20", "172.19.0.3:30088", "bridge", "") },
 			[]string{"runs the wireguard data plane", "the bridge data plane"}},
-		{"no key yet", func() { us.localLink(t, "192.168.0.2/24", "100.64.48.0/20", "172.19.0.3:30777", "wireguard-userspace", "") },
+		{"no key yet", func() {
+			us.localLink(t, "192.168.0.2/24", "100.64.48.0/20", "172.19.0.3:30777", "wireguard-userspace", "")
+		},
 			[]string{`"us" (context us): its LocalLink has no status.publicKey yet`}},
 		{"no endpoint", func() { us.localLink(t, "192.168.0.2/24", "100.64.48.0/20", "", "wireguard-userspace", keyUS) },
 			[]string{"its LocalLink has no annotation " + EndpointAnnotation}},

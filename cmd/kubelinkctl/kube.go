@@ -7,8 +7,8 @@ import (
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -17,7 +17,7 @@ import (
 
 // cluster is a connected cluster.
 type cluster struct {
-	context string // the kubeconfig context
+	context string                         // the kubeconfig context
 	flags   *genericclioptions.ConfigFlags // for helm: the same kubeconfig and context
 	host    string
 	version string // of the API server
