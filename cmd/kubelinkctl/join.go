@@ -36,7 +36,8 @@ endpoint and (WireGuard) public key. With the bridge data plane it first
 registers each member at the mesh authority (the cluster installed with
 --mesh-authority): a ServiceAccount there that may have exactly the member's
 identity signed, and its token as the member's Secret kubelink-authority;
-the CA key stays at the authority. Then it waits until every link is Up and
+the CA key stays at the authority (in WireGuard mode too, where one of the
+clusters is the authority). Then it waits until every link is Up and
 prints them with their round-trip time.
 
 Before any change it checks that the clusters can form one mesh: distinct
@@ -114,11 +115,11 @@ func (o *joinOptions) run(ctx context.Context, g *globals) error {
 	if err := checkMembers(ms); err != nil {
 		return err
 	}
-	if ms[0].dataPlane == "bridge" {
-		auth, err := findAuthority(ms)
-		if err != nil {
-			return err
-		}
+	// The bridge needs the mesh authority: the peers' certificates must
+	// come from one CA. WireGuard does not, but where the clusters have
+	// one authority its members are registered too, so that their
+	// certificates are the mesh's in both data planes.
+	if auth, err := findAuthority(ms); err == nil {
 		r, err := authorityServer(ctx, auth, o.authorityServer)
 		if err != nil {
 			return err
@@ -138,6 +139,8 @@ func (o *joinOptions) run(ctx context.Context, g *globals) error {
 				g.progress("%s: registered at the mesh authority %s (identity %s)", m, auth, m.value("bridge.identities"))
 			}
 		}
+	} else if ms[0].dataPlane == "bridge" {
+		return err
 	}
 	var actions []linkAction
 	for _, from := range ms {
