@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo v0.0.0-dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -X github.com/kubelink/kubelink/lib/buildinfo.Version=$(VERSION) -X github.com/kubelink/kubelink/lib/buildinfo.Commit=$(COMMIT)
-BINARIES := broker router bridge meshdns certwatch
+BINARIES := broker router bridge meshdns certwatch verifier
 
 export KUBELINK_CACHE ?= $(HOME)/.cache/kubelink
 TOOLS := $(KUBELINK_CACHE)/tools
@@ -113,7 +113,7 @@ images: build ## build the container images with the running docker (its configu
 	lab/scripts/images.sh $(VERSION)
 
 # The images a cluster runs (the lab's toolbox and CNI stay local).
-PUSH_IMAGES := kubelink/broker kubelink/router kubelink/meshdns kubelink/certwatch kubelink/coredns
+PUSH_IMAGES := kubelink/broker kubelink/router kubelink/meshdns kubelink/certwatch kubelink/coredns kubelink/verifier
 .PHONY: images-push
 images-push: images ## push the images to REGISTRY=host:port (as REGISTRY/kubelink/<component>:$(VERSION)); install with image.registry=REGISTRY
 	@[ -n "$(REGISTRY)" ] || { echo "images-push: set REGISTRY=host:port (e.g. REGISTRY=registry.example.com:5000)"; exit 2; }
@@ -134,7 +134,7 @@ lab-down: ## remove the lab: clusters, their containers, volumes and network
 	lab/scripts/lab-down.sh
 
 .PHONY: e2e
-e2e: ## run the end-to-end tests (sigs.k8s.io/e2e-framework) against the running lab; each failover/DNS/link-Up scenario once, both ways
+e2e: kubelinkctl ## run the end-to-end tests (sigs.k8s.io/e2e-framework) against the running lab; each failover/DNS/link-Up scenario once, both ways
 	cd e2e && go test -tags e2e -count=1 -timeout 30m -v ./... 2>&1 | tee $(KUBELINK_CACHE)/e2e.log; exit $${PIPESTATUS[0]}
 
 .PHONY: bench

@@ -376,6 +376,45 @@ func TestJoinBridgeRegistersTheMember(t *testing.T) {
 	if err != nil || !strings.Contains(out, "(0 changed)") || strings.Contains(stderr, "upgrading") || strings.Contains(stderr, "registered") {
 		t.Errorf("second join: %v\n%s%s", err, out, stderr)
 	}
+
+	// diagnose of the joined clusters: no error (no kube-proxy runs here,
+	// so its mode is unknown: a warning).
+	out, _, err = run(t, "diagnose", "--context", "eu", "--context", "us", "-o", "json")
+	var fs []finding
+	if err != nil || json.Unmarshal([]byte(out), &fs) != nil {
+		t.Fatalf("diagnose of the joined clusters: %v\n%s", err, out)
+	}
+	for _, f := range fs {
+		if f.Severity != "warning" || !strings.Contains(f.Cause, "kube-proxy mode is unknown") {
+			t.Errorf("diagnose of the joined clusters: %+v", f)
+		}
+	}
+	// Broken: us's link to eu routes another CIDR, and the authority no
+	// longer knows us.
+	var kl v1alpha1.KubeLink
+	if err := us.c.Get(ctx, client.ObjectKey{Name: "eu"}, &kl); err != nil {
+		t.Fatal(err)
+	}
+	kl.Spec.CIDR = "100.64.200.0/24"
+	if err := us.c.Update(ctx, &kl); err != nil {
+		t.Fatal(err)
+	}
+	if err := eu.cs.CoreV1().ServiceAccounts("kubelink").Delete(ctx, "member-us", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err = run(t, "diagnose", "--context", "eu", "--context", "us")
+	if err == nil || err.Error() != "diagnose found 2 errors" {
+		t.Errorf("diagnose of the broken clusters: %v, want 2 errors\n%s", err, out)
+	}
+	for _, w := range []string{
+		"KubeLink eu has cidr 100.64.200.0/24, but eu's service CIDR is 100.64.32.0/20: its Services are not routed",
+		"fix: `kubelinkctl join --context us --context eu` sets it from eu's LocalLink",
+		"the mesh authority eu has not registered it (no ServiceAccount kubelink/member-us): it signs no certificate for kubelink://default/us",
+	} {
+		if !strings.Contains(strings.Join(strings.Fields(out), " "), w) {
+			t.Errorf("diagnose lacks %q:\n%s", w, out)
+		}
+	}
 }
 
 func TestFindAuthority(t *testing.T) {

@@ -164,6 +164,15 @@ func (m *member) String() string { return fmt.Sprintf("%q (context %s)", m.name,
 // checkMembers refuses a set of clusters that cannot form one mesh, naming
 // the clusters at fault and the fix. It changes nothing.
 func checkMembers(ms []*member) error {
+	if errs := memberProblems(ms); len(errs) > 0 {
+		return fmt.Errorf("these clusters cannot form one mesh; nothing was changed:\n  - %s", strings.Join(errs, "\n  - "))
+	}
+	return nil
+}
+
+// memberProblems is every reason the clusters cannot form one mesh, each
+// naming the clusters at fault and the fix.
+func memberProblems(ms []*member) []string {
 	var errs []string
 	for i, a := range ms {
 		if a.endpoint == "" {
@@ -210,8 +219,5 @@ func checkMembers(ms []*member) error {
 			}
 		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("these clusters cannot form one mesh; nothing was changed:\n  - %s", strings.Join(errs, "\n  - "))
-	}
-	return nil
+	return errs
 }

@@ -164,7 +164,7 @@ var validRange = regexp.MustCompile(`valid IPs is ([0-9a-fA-F.:/]+)`)
 func serviceRangeFromDryRun(ctx context.Context, cs kubernetes.Interface) (Value[[]netip.Prefix], error) {
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "kubelink-discover-service-range", Namespace: "default"},
-		Spec: corev1.ServiceSpec{ClusterIP: "0.0.0.1", Ports: []corev1.ServicePort{{Port: 1}}},
+		Spec:       corev1.ServiceSpec{ClusterIP: "0.0.0.1", Ports: []corev1.ServicePort{{Port: 1}}},
 	}
 	_, err := cs.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 	if err == nil {

@@ -1,0 +1,615 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/remotecommand"
+	"k8s.io/utils/ptr"
+)
+
+// verifyNamespace holds what verify starts in each cluster; it is deleted
+// at the end (unless --keep).
+const (
+	verifyNamespace = "kubelink-verify"
+	verifyApp       = "kubelink-verifier"
+	verifyPort      = 8080
+	// mtuUpload is the MTU check's POST body: large enough for full-size
+	// segments, so that the kernel learns the path MTU.
+	mtuUpload = 64 << 10
+)
+
+type verifyOptions struct {
+	contexts []string
+	meshCIDR string
+	image    string
+	junit    string
+	failover bool
+	keep     bool
+}
+
+func newVerify(g *globals) *cobra.Command {
+	o := &verifyOptions{}
+	cmd := &cobra.Command{
+		Use:   "verify --context A --context B [...]",
+		Short: "Check connectivity between clusters through the mesh, both ways",
+		Long: `verify starts a small agent (image kubelink/verifier, from the registry the
+release uses) in namespace kubelink-verify of every given cluster: a server
+behind a Service, on the gateway node and on one other node. Then, for every
+ordered pair of clusters, from the pod on the gateway node and from the one on
+another node, it fetches the peer's Service by ClusterIP and by its mesh DNS
+name (<svc>.<ns>.svc.<cluster>.kubelink), and uploads 64 KiB to measure the
+path MTU through the tunnel. It prints each check with pass or fail and its
+duration, writes them as JUnit XML with --junit-report, removes what it
+started, and exits non-zero when a check failed.
+
+--failover then deletes the active broker pod of the first cluster while a
+pod there fetches the second cluster's Service every 100 ms, and prints how
+long traffic stopped.`,
+		Example: fmt.Sprintf(`  %[1]s verify --context eu --context us
+  %[1]s verify --context eu --context us --failover --junit-report verify.xml`, commandName()),
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(dedupe(o.contexts)) < 2 {
+				return usagef(cmd, "verify needs the contexts of at least two clusters (--context A --context B), got %d", len(dedupe(o.contexts)))
+			}
+			return o.run(cmd.Context(), g)
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVar(&o.contexts, "context", nil, "the kubeconfig context of a cluster to check (repeat it, at least twice)")
+	f.StringVar(&o.meshCIDR, "mesh-cidr", "", "the mesh to check, where a cluster is in several")
+	f.StringVar(&o.image, "image", "", "the agent's image (default: images.verifier of each cluster's release, from its registry and tag)")
+	f.StringVar(&o.junit, "junit-report", "", "write the checks as JUnit XML to this file")
+	f.BoolVar(&o.failover, "failover", false, "also delete the first cluster's active broker and measure how long traffic to the second stopped")
+	f.BoolVar(&o.keep, "keep", false, "keep namespace kubelink-verify afterwards (to look at the agents)")
+	f.StringVarP(&g.output, "output", "o", "", "print the checks as json or yaml")
+	return cmd
+}
+
+// check is one verify check.
+type check struct {
+	Name    string  `json:"name"`
+	From    string  `json:"from"`
+	To      string  `json:"to,omitempty"`
+	Pass    bool    `json:"pass"`
+	Seconds float64 `json:"seconds"`
+	Detail  string  `json:"detail,omitempty"`
+}
+
+// agent is the verifier pod on one node of a cluster.
+type agent struct {
+	pod, node, role string // role: gateway node or other node
+}
+
+// verifyCluster is a member with its agents.
+type verifyCluster struct {
+	*member
+	agents    []agent
+	serviceIP string
+}
+
+// agentResult is what kubelink-verifier --get prints.
+type agentResult struct {
+	OK         bool    `json:"ok"`
+	Error      string  `json:"error"`
+	Millis     float64 `json:"ms"`
+	PathMTU    int     `json:"pathMTU"`
+	SendMSS    int     `json:"sendMSS"`
+	UnixMillis int64   `json:"unixMillis"`
+}
+
+type verifyResult struct {
+	Checks          []check  `json:"checks"`
+	PathMTU         []check  `json:"-"`
+	FailoverSeconds *float64 `json:"failoverSeconds,omitempty"`
+}
+
+func (o *verifyOptions) run(ctx context.Context, g *globals) error {
+	if g.output != "" && g.output != "json" && g.output != "yaml" {
+		return fmt.Errorf("-o %q: must be json or yaml", g.output)
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	var vcs []*verifyCluster
+	for _, name := range dedupe(o.contexts) {
+		m, err := g.loadMember(ctx, name, o.meshCIDR)
+		if err != nil {
+			return err
+		}
+		vcs = append(vcs, &verifyCluster{member: m})
+	}
+	defer func() {
+		if o.keep {
+			g.progress("keeping namespace %s (--keep): delete it with kubectl delete namespace %s", verifyNamespace, verifyNamespace)
+			return
+		}
+		// The clean-up runs also after a timeout or ^C.
+		clean, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, vc := range vcs {
+			if err := vc.cs.CoreV1().Namespaces().Delete(clean, verifyNamespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				g.progress("%s: deleting namespace %s: %v", vc.member, verifyNamespace, err)
+			}
+		}
+	}()
+	for _, vc := range vcs {
+		if err := o.startAgents(ctx, g, vc); err != nil {
+			return err
+		}
+	}
+	for _, vc := range vcs {
+		if err := waitAgents(ctx, g, vc); err != nil {
+			return err
+		}
+	}
+	var res verifyResult
+	for _, from := range vcs {
+		for _, to := range vcs {
+			if from == to {
+				continue
+			}
+			for _, a := range from.agents {
+				for _, target := range []struct{ how, url string }{
+					{"ClusterIP", fmt.Sprintf("http://%s/", to.serviceIP)},
+					{"DNS name", fmt.Sprintf("http://%s.%s.svc.%s.%s/", verifyApp, verifyNamespace, to.name, meshZone)},
+				} {
+					c := runCheck(ctx, from, a, to, fmt.Sprintf("%s (%s) → %s by %s", from.name, a.role, to.name, target.how), target.url, 0)
+					g.progress("%s %s (%.2fs)%s", passFail(c.Pass), c.Name, c.Seconds, detail(c))
+					res.Checks = append(res.Checks, c)
+				}
+			}
+			c := runCheck(ctx, from, from.agents[0], to, fmt.Sprintf("%s → %s path MTU", from.name, to.name), fmt.Sprintf("http://%s/", to.serviceIP), mtuUpload)
+			g.progress("%s %s (%.2fs)%s", passFail(c.Pass), c.Name, c.Seconds, detail(c))
+			res.Checks = append(res.Checks, c)
+		}
+	}
+	if o.failover {
+		c, secs := failover(ctx, g, vcs[0], vcs[1])
+		res.Checks = append(res.Checks, c)
+		res.FailoverSeconds = secs
+	}
+	if o.junit != "" {
+		if err := writeJUnit(o.junit, res.Checks); err != nil {
+			return err
+		}
+	}
+	var failed []string
+	for _, c := range res.Checks {
+		if !c.Pass {
+			failed = append(failed, c.Name)
+		}
+	}
+	if err := printObject(g, res, func() { printChecks(g.out, res.Checks) }); err != nil {
+		return err
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d checks failed: %s (`%s show` shows the links' states; `%s diagnose` looks for the usual causes)",
+			len(failed), len(res.Checks), strings.Join(failed, "; "), commandName(), commandName())
+	}
+	return nil
+}
+
+func passFail(ok bool) string {
+	if ok {
+		return "PASS"
+	}
+	return "FAIL"
+}
+
+func detail(c check) string {
+	if c.Detail == "" {
+		return ""
+	}
+	return ": " + c.Detail
+}
+
+// verifierImage is the agent's image in this cluster: --image, else the
+// release's registry, images.verifier and tag.
+func (o *verifyOptions) verifierImage(m *member) (string, error) {
+	if o.image != "" {
+		return o.image, nil
+	}
+	if m.release == nil {
+		return "", fmt.Errorf("%s: kubelink was not installed with its chart here, so verify does not know its registry: give the agent's image with --image", m)
+	}
+	repo := m.value("images.verifier")
+	if repo == "" {
+		repo = "kubelink/verifier"
+	}
+	tag := m.value("image.tag")
+	if tag == "" && m.release.Chart != nil && m.release.Chart.Metadata != nil {
+		tag = m.release.Chart.Metadata.AppVersion
+	}
+	return imageRef(m.value("image.registry"), repo, tag), nil
+}
+
+// startAgents creates the namespace, the agent pods (on the gateway node
+// and on one other Ready node) and their Service.
+func (o *verifyOptions) startAgents(ctx context.Context, g *globals, vc *verifyCluster) error {
+	image, err := o.verifierImage(vc.member)
+	if err != nil {
+		return err
+	}
+	nodes, err := vc.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("%s: listing nodes: %w", vc.member, err)
+	}
+	var gateway, other string
+	for i := range nodes.Items {
+		n := &nodes.Items[i]
+		if !nodeReady(n) {
+			continue
+		}
+		isGateway := false
+		for _, a := range n.Status.Addresses {
+			if a.Address == vc.local.Status.Gateway {
+				isGateway = true
+			}
+		}
+		switch {
+		case isGateway:
+			gateway = n.Name
+		case other == "":
+			other = n.Name
+		}
+	}
+	if gateway == "" {
+		return fmt.Errorf("%s: no Ready node has the gateway address %q of the LocalLink's status: is its broker active? (`%s show gateways --context %s`)",
+			vc.member, vc.local.Status.Gateway, commandName(), vc.context)
+	}
+	vc.agents = []agent{{pod: "verifier-gateway", node: gateway, role: "gateway node"}}
+	if other != "" {
+		vc.agents = append(vc.agents, agent{pod: "verifier-other", node: other, role: "other node"})
+	}
+	if err := ensureVerifyNamespace(ctx, g, vc.member); err != nil {
+		return err
+	}
+	labels := map[string]string{"app.kubernetes.io/name": verifyApp, managedByLabel: managedBy}
+	for _, a := range vc.agents {
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: a.pod, Namespace: verifyNamespace, Labels: labels},
+			Spec: corev1.PodSpec{
+				NodeName:                      a.node,
+				Tolerations:                   []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+				TerminationGracePeriodSeconds: ptr.To[int64](1),
+				AutomountServiceAccountToken:  ptr.To(false),
+				SecurityContext: &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To[int64](65532),
+					SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
+				Containers: []corev1.Container{{
+					Name: "verifier", Image: image,
+					Args:  []string{"--serve", "--cluster", vc.name, "--listen", ":" + strconv.Itoa(verifyPort)},
+					Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: verifyPort}},
+					ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(verifyPort)}},
+						PeriodSeconds: 1},
+					Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: mustQuantity("10m"), corev1.ResourceMemory: mustQuantity("16Mi")},
+						Limits: corev1.ResourceList{corev1.ResourceMemory: mustQuantity("64Mi")}},
+					SecurityContext: &corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(false), ReadOnlyRootFilesystem: ptr.To(true),
+						Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}},
+				}},
+			},
+		}
+		if _, err := vc.cs.CoreV1().Pods(verifyNamespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("%s: creating pod %s/%s: %w", vc.member, verifyNamespace, a.pod, err)
+		}
+	}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: verifyApp, Namespace: verifyNamespace, Labels: labels},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app.kubernetes.io/name": verifyApp},
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(verifyPort)}}}}
+	s, err := vc.cs.CoreV1().Services(verifyNamespace).Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("%s: creating Service %s/%s: %w", vc.member, verifyNamespace, verifyApp, err)
+	}
+	vc.serviceIP = s.Spec.ClusterIP
+	g.progress("%s: agents on %d nodes (%s), Service %s (image %s)", vc.member, len(vc.agents), agentNodes(vc.agents), vc.serviceIP, image)
+	return nil
+}
+
+func agentNodes(as []agent) string {
+	var s []string
+	for _, a := range as {
+		s = append(s, a.node+" ("+a.role+")")
+	}
+	return strings.Join(s, ", ")
+}
+
+// ensureVerifyNamespace creates the namespace afresh, waiting for one of
+// an earlier run to go.
+func ensureVerifyNamespace(ctx context.Context, g *globals, m *member) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: verifyNamespace, Labels: map[string]string{
+		managedByLabel: managedBy, "pod-security.kubernetes.io/enforce": "restricted"}}}
+	waited := false
+	for {
+		_, err := m.cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
+		if err == nil {
+			return nil
+		}
+		if !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("%s: creating namespace %s: %w", m, verifyNamespace, err)
+		}
+		cur, gerr := m.cs.CoreV1().Namespaces().Get(ctx, verifyNamespace, metav1.GetOptions{})
+		if gerr == nil && cur.DeletionTimestamp == nil {
+			// Left by an earlier verify (--keep, or killed): replaced.
+			g.progress("%s: deleting namespace %s of an earlier verify", m, verifyNamespace)
+			if err := m.cs.CoreV1().Namespaces().Delete(ctx, verifyNamespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				return fmt.Errorf("%s: deleting namespace %s: %w", m, verifyNamespace, err)
+			}
+		}
+		if !waited {
+			g.progress("%s: waiting for namespace %s of an earlier verify to go", m, verifyNamespace)
+			waited = true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: namespace %s of an earlier verify is still being deleted: %w", m, verifyNamespace, ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// waitAgents waits until every agent pod is Ready, naming what holds one
+// back (e.g. an image that cannot be pulled).
+func waitAgents(ctx context.Context, g *globals, vc *verifyCluster) error {
+	start, last := time.Now(), ""
+	for {
+		var waiting []string
+		for _, a := range vc.agents {
+			p, err := vc.cs.CoreV1().Pods(verifyNamespace).Get(ctx, a.pod, metav1.GetOptions{})
+			if err != nil {
+				waiting = append(waiting, a.pod+": "+err.Error())
+				continue
+			}
+			ready := false
+			for _, c := range p.Status.Conditions {
+				if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+					ready = true
+				}
+			}
+			if ready {
+				continue
+			}
+			why := string(p.Status.Phase)
+			for _, s := range p.Status.ContainerStatuses {
+				if w := s.State.Waiting; w != nil && w.Reason != "" {
+					why = w.Reason + ": " + w.Message
+				}
+			}
+			waiting = append(waiting, a.pod+" "+why)
+		}
+		if len(waiting) == 0 {
+			return nil
+		}
+		now := strings.Join(waiting, "; ")
+		if now != last {
+			g.progress("%s: waiting for the agents: %s", vc.member, now)
+			last = now
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: the agents in namespace %s were not ready after %s: %s (--image sets another image; --timeout the limit)",
+				vc.member, verifyNamespace, time.Since(start).Round(time.Second), now)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// runCheck runs kubelink-verifier --get in agent a of from against url,
+// where to's agent must answer.
+func runCheck(ctx context.Context, from *verifyCluster, a agent, to *verifyCluster, name, url string, upload int) check {
+	c := check{Name: name, From: from.name, To: to.name}
+	args := []string{"/usr/local/bin/app", "--get", url, "--want", to.name, "--timeout", "5s"}
+	if upload > 0 {
+		args = append(args, "--upload", strconv.Itoa(upload))
+	}
+	start := time.Now()
+	out, err := execIn(ctx, from.member, a.pod, args...)
+	c.Seconds = time.Since(start).Seconds()
+	if err != nil {
+		c.Detail = err.Error()
+		return c
+	}
+	var r agentResult
+	if err := json.Unmarshal(bytes.TrimSpace(out), &r); err != nil {
+		c.Detail = fmt.Sprintf("the agent printed %q: %v", strings.TrimSpace(string(out)), err)
+		return c
+	}
+	c.Pass, c.Seconds = r.OK, r.Millis/1000
+	switch {
+	case !r.OK:
+		c.Detail = r.Error
+		if upload > 0 {
+			c.Detail += fmt.Sprintf(" (the upload of %d KiB failed: where small requests pass, packets of full size are lost on the path: an MTU too small, with ICMP \"fragmentation needed\" blocked)", upload>>10)
+		}
+	case upload > 0:
+		c.Detail = fmt.Sprintf("path MTU %d, MSS %d", r.PathMTU, r.SendMSS)
+	}
+	return c
+}
+
+// execIn runs a command in the agent pod and returns its stdout.
+func execIn(ctx context.Context, m *member, pod string, args ...string) ([]byte, error) {
+	req := m.cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(verifyNamespace).Name(pod).SubResource("exec").
+		VersionedParams(&corev1.PodExecOptions{Container: "verifier", Command: args, Stdout: true, Stderr: true}, scheme.ParameterCodec)
+	ex, err := remotecommand.NewSPDYExecutor(m.rest, "POST", req.URL())
+	if err != nil {
+		return nil, err
+	}
+	var out, errOut bytes.Buffer
+	if err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &out, Stderr: &errOut}); err != nil {
+		return out.Bytes(), fmt.Errorf("exec in %s/%s: %w %s", verifyNamespace, pod, err, strings.TrimSpace(errOut.String()))
+	}
+	return out.Bytes(), nil
+}
+
+// failover deletes from's active broker while from's agent fetches to's
+// Service every 100 ms, and measures how long the fetches failed.
+func failover(ctx context.Context, g *globals, from, to *verifyCluster) (check, *float64) {
+	c := check{Name: fmt.Sprintf("%s → %s across a failover of %s's broker", from.name, to.name, from.name), From: from.name, To: to.name}
+	lease, err := from.cs.CoordinationV1().Leases(from.ns).Get(ctx, "kubelink-broker", metav1.GetOptions{})
+	if err != nil || lease.Spec.HolderIdentity == nil {
+		c.Detail = fmt.Sprintf("no active broker (Lease %s/kubelink-broker): %v", from.ns, err)
+		return c, nil
+	}
+	active := *lease.Spec.HolderIdentity
+	const window = 45 * time.Second
+	type watchOut struct {
+		out []byte
+		err error
+	}
+	done := make(chan watchOut, 1)
+	a := from.agents[len(from.agents)-1] // on another node where there is one: the gateway node may be the one that goes
+	go func() {
+		out, err := execIn(ctx, from.member, a.pod, "/usr/local/bin/app", "--watch", fmt.Sprintf("http://%s/", to.serviceIP), "--want", to.name,
+			"--every", "100ms", "--timeout", "500ms", "--window", window.String())
+		done <- watchOut{out, err}
+	}()
+	select {
+	case <-ctx.Done():
+	case <-time.After(3 * time.Second):
+	}
+	deleted := time.Now()
+	g.progress("failover: deleting %s's active broker pod %s; %s fetches %s's Service every 100 ms for %s", from.name, active, a.pod, to.name, window)
+	if err := from.cs.CoreV1().Pods(from.ns).Delete(ctx, active, metav1.DeleteOptions{}); err != nil {
+		c.Detail = fmt.Sprintf("deleting the active broker pod %s: %v", active, err)
+		return c, nil
+	}
+	w := <-done
+	c.Seconds = time.Since(deleted).Seconds()
+	if w.err != nil {
+		c.Detail = w.err.Error()
+		return c, nil
+	}
+	outage, recovered, err := outageOf(w.out, deleted)
+	if err != nil {
+		c.Detail = err.Error()
+		return c, nil
+	}
+	if !recovered {
+		c.Detail = fmt.Sprintf("traffic did not come back within %s of the deletion", window)
+		return c, nil
+	}
+	c.Pass = true
+	secs := outage.Seconds()
+	c.Detail = fmt.Sprintf("traffic stopped for %.1fs", secs)
+	g.progress("failover: traffic from %s to %s stopped for %.1fs", from.name, to.name, secs)
+	return c, &secs
+}
+
+// outageOf reads the agent's --watch lines and returns how long fetches
+// failed after t0: from the first failed fetch to the start of the first
+// good one after the last failure (0 when none failed), and whether the
+// series ended with good fetches.
+func outageOf(out []byte, t0 time.Time) (time.Duration, bool, error) {
+	var rs []agentResult
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if l == "" {
+			continue
+		}
+		var r agentResult
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			return 0, false, fmt.Errorf("the agent printed %q: %v", l, err)
+		}
+		rs = append(rs, r)
+	}
+	if len(rs) == 0 {
+		return 0, false, errors.New("the agent printed no fetches")
+	}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].UnixMillis < rs[j].UnixMillis })
+	firstFail, lastFail := -1, -1
+	for i, r := range rs {
+		if r.UnixMillis < t0.UnixMilli() || r.OK {
+			continue
+		}
+		if firstFail < 0 {
+			firstFail = i
+		}
+		lastFail = i
+	}
+	if firstFail < 0 {
+		return 0, rs[len(rs)-1].OK, nil
+	}
+	if lastFail == len(rs)-1 {
+		return 0, false, nil
+	}
+	back := rs[lastFail+1].UnixMillis
+	return time.Duration(back-rs[firstFail].UnixMillis) * time.Millisecond, true, nil
+}
+
+func printChecks(out io.Writer, cs []check) {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "RESULT\tCHECK\tSECONDS\tDETAIL")
+	pass := 0
+	for _, c := range cs {
+		if c.Pass {
+			pass++
+		}
+		fmt.Fprintf(w, "%s\t%s\t%.3f\t%s\n", passFail(c.Pass), c.Name, c.Seconds, c.Detail)
+	}
+	w.Flush()
+	fmt.Fprintf(out, "\n%d of %d checks passed.\n", pass, len(cs))
+}
+
+// writeJUnit writes the checks as one JUnit test suite.
+func writeJUnit(path string, cs []check) error {
+	type failure struct {
+		Message string `xml:"message,attr"`
+		Text    string `xml:",chardata"`
+	}
+	type testcase struct {
+		Name      string   `xml:"name,attr"`
+		Classname string   `xml:"classname,attr"`
+		Time      string   `xml:"time,attr"`
+		Failure   *failure `xml:"failure,omitempty"`
+		SystemOut string   `xml:"system-out,omitempty"`
+	}
+	type suite struct {
+		XMLName  xml.Name   `xml:"testsuite"`
+		Name     string     `xml:"name,attr"`
+		Tests    int        `xml:"tests,attr"`
+		Failures int        `xml:"failures,attr"`
+		Time     string     `xml:"time,attr"`
+		Cases    []testcase `xml:"testcase"`
+	}
+	s := suite{Name: "kubelinkctl verify", Tests: len(cs)}
+	total := 0.0
+	for _, c := range cs {
+		tc := testcase{Name: c.Name, Classname: "kubelink." + c.From, Time: fmt.Sprintf("%.3f", c.Seconds)}
+		if c.Pass {
+			tc.SystemOut = c.Detail
+		} else {
+			s.Failures++
+			tc.Failure = &failure{Message: c.Detail, Text: c.Detail}
+		}
+		total += c.Seconds
+		s.Cases = append(s.Cases, tc)
+	}
+	s.Time = fmt.Sprintf("%.3f", total)
+	b, err := xml.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append([]byte(xml.Header), append(b, '\n')...), 0o644); err != nil {
+		return fmt.Errorf("--junit-report: %w", err)
+	}
+	return nil
+}
+
+func mustQuantity(s string) resource.Quantity { return resource.MustParse(s) }

@@ -1,0 +1,54 @@
+// Command kubelink-verifier is the agent of `kubelinkctl verify`: it runs in
+// the pods verify starts in each cluster (namespace kubelink-verify) and is
+// removed with them. --serve answers HTTP with the cluster's name; --get
+// fetches a URL once, --watch every --every for --window; each fetch is
+// printed as one JSON line with its duration and the path MTU the kernel
+// measured (lib/verifier).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/kubelink/kubelink/lib/cli"
+	"github.com/kubelink/kubelink/lib/verifier"
+)
+
+func main() {
+	cmd := cli.New("kubelink-verifier", "the agent of kubelinkctl verify: an HTTP server that answers with its cluster's name, and a client that reports each fetch as JSON")
+	f := cmd.Flags
+	serve := f.Bool("serve", false, "serve HTTP on --listen, answering with --cluster")
+	cluster := f.String("cluster", "", "with --serve: the name of this cluster in the mesh")
+	listen := f.String("listen", ":8080", "with --serve: the address to listen on")
+	get := f.String("get", "", "fetch this URL once and print the result")
+	watch := f.String("watch", "", "fetch this URL every --every for --window, one result per line")
+	want := f.String("want", "", "with --get/--watch: the cluster whose server must answer")
+	upload := f.Int("upload", 0, "with --get: POST this many bytes (the path MTU check) instead of a GET")
+	timeout := f.Duration("timeout", 3*time.Second, "bound of one fetch")
+	every := f.Duration("every", 100*time.Millisecond, "with --watch: the pause between fetches")
+	window := f.Duration("window", 30*time.Second, "with --watch: how long to fetch")
+	cmd.Main(func() error {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		switch {
+		case *serve:
+			if *cluster == "" {
+				return errors.New("--serve needs --cluster")
+			}
+			return verifier.Serve(ctx, *cluster, *listen)
+		case *get != "":
+			return json.NewEncoder(os.Stdout).Encode(verifier.Get(ctx, *get, verifier.Answer(*want), *upload, *timeout))
+		case *watch != "":
+			if *window > 10*time.Minute {
+				return errors.New("--window: at most 10m")
+			}
+			return verifier.Watch(ctx, os.Stdout, *watch, verifier.Answer(*want), *every, *window, *timeout)
+		}
+		return errors.New("give one of --serve, --get URL or --watch URL (see --help)")
+	})
+}

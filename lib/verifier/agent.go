@@ -1,0 +1,162 @@
+// Package verifier is the agent `kubelinkctl verify` runs in the pods it
+// starts in each cluster: a small HTTP server that answers with its
+// cluster's name, and a client that fetches a URL once (or every interval
+// over a window) and reports what happened as one JSON line, with the path
+// MTU the kernel measured on the connection.
+package verifier
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Answer is the body the server sends: "kubelink-verifier <cluster>".
+func Answer(cluster string) string { return "kubelink-verifier " + cluster + "\n" }
+
+// maxUpload bounds what the server reads of a POST body.
+const maxUpload = 1 << 20
+
+// Handler answers GET with Answer(cluster), and POST (the MTU check's
+// upload) with the number of bytes it read, then the same answer.
+func Handler(cluster string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			n, err := io.Copy(io.Discard, io.LimitReader(r.Body, maxUpload))
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			fmt.Fprintf(w, "received %d\n", n)
+		}
+		io.WriteString(w, Answer(cluster))
+	})
+}
+
+// Serve runs the server on listen until ctx ends.
+func Serve(ctx context.Context, cluster, listen string) error {
+	srv := &http.Server{Addr: listen, Handler: Handler(cluster), ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(shut)
+	}()
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Result is one fetch.
+type Result struct {
+	OK         bool    `json:"ok"`
+	Status     int     `json:"status,omitempty"`
+	Body       string  `json:"body,omitempty"`
+	Error      string  `json:"error,omitempty"`
+	Millis     float64 `json:"ms"`
+	PathMTU    int     `json:"pathMTU,omitempty"`    // the kernel's path MTU of the connection
+	SendMSS    int     `json:"sendMSS,omitempty"`    // its send MSS
+	Uploaded   int     `json:"uploaded,omitempty"`   // bytes of the POST body
+	UnixMillis int64   `json:"unixMillis,omitempty"` // when the fetch started
+}
+
+// Get fetches url once within timeout: a GET, or with upload > 0 a POST of
+// that many bytes (large segments, so that the kernel learns the path MTU).
+// OK means status 200 and a body that contains want.
+func Get(ctx context.Context, url, want string, upload int, timeout time.Duration) Result {
+	start := time.Now()
+	r := Result{UnixMillis: start.UnixMilli()}
+	var conn net.Conn
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		conn = c
+		return c, err
+	}}
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var req *http.Request
+	var err error
+	if upload > 0 {
+		req, err = http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(bytes.Repeat([]byte{'k'}, upload)))
+		r.Uploaded = upload
+	} else {
+		req, err = http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	}
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err == nil {
+		// Read while the connection is open (it closes with the body).
+		if conn != nil {
+			r.PathMTU, r.SendMSS = pathMTU(conn)
+		}
+		var body []byte
+		body, err = io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		r.Status, r.Body = resp.StatusCode, strings.TrimSpace(string(body))
+	}
+	r.Millis = float64(time.Since(start).Microseconds()) / 1000
+	switch {
+	case err != nil:
+		r.Error = err.Error()
+	case r.Status != http.StatusOK:
+		r.Error = fmt.Sprintf("status %d", r.Status)
+	case !strings.Contains(r.Body, strings.TrimSpace(want)):
+		r.Error = fmt.Sprintf("the answer %q is not from the expected server (%q)", r.Body, strings.TrimSpace(want))
+	default:
+		r.OK = true
+	}
+	return r
+}
+
+// pathMTU reads the kernel's path MTU and send MSS of a TCP connection
+// (0 when it cannot).
+func pathMTU(c net.Conn) (mtu, mss int) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return 0, 0
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return 0, 0
+	}
+	raw.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), syscall.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			mtu, mss = int(info.Pmtu), int(info.Snd_mss)
+		}
+	})
+	return mtu, mss
+}
+
+// Watch fetches url every interval for window, writing one JSON Result per
+// line to out, each bounded by timeout.
+func Watch(ctx context.Context, out io.Writer, url, want string, every, window, timeout time.Duration) error {
+	end := time.Now().Add(window)
+	enc := json.NewEncoder(out)
+	for time.Now().Before(end) {
+		if err := enc.Encode(Get(ctx, url, want, 0, timeout)); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(every):
+		}
+	}
+	return nil
+}
