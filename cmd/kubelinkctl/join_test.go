@@ -263,6 +263,22 @@ func TestJoinWireGuardIsIdempotentAndFollowsKeys(t *testing.T) {
 	if err != nil || !strings.Contains(out, "4.0 KiB") || strings.Contains(out, "BROKER POD") {
 		t.Errorf("show links of us: %v\n%s", err, out)
 	}
+
+	// us leaves: the links on both sides go; a second leave finds nothing.
+	out, _, err = run(t, "leave", "us", "--context", "eu", "--context", "us")
+	if err != nil || !strings.Contains(out, "us left the mesh: 2 objects removed in 2 clusters") {
+		t.Errorf("leave: %v\n%s", err, out)
+	}
+	if l := links(t, eu); len(l) != 0 {
+		t.Errorf("eu still has links after us left: %v", l)
+	}
+	if l := links(t, us); len(l) != 0 {
+		t.Errorf("us still has links after it left: %v", l)
+	}
+	out, _, err = run(t, "leave", "us", "--context", "eu", "--context", "us")
+	if err != nil || !strings.Contains(out, "nothing to remove") {
+		t.Errorf("second leave: %v\n%s", err, out)
+	}
 }
 
 // The bridge: join registers the member at the authority (its
@@ -377,6 +393,11 @@ func TestJoinBridgeRegistersTheMember(t *testing.T) {
 		t.Errorf("second join: %v\n%s%s", err, out, stderr)
 	}
 
+	// The authority cannot leave.
+	if _, _, err := run(t, "leave", "eu", "--context", "eu", "--context", "us"); err == nil || !strings.Contains(err.Error(), "is the mesh authority") {
+		t.Errorf("leave of the authority: %v", err)
+	}
+
 	// diagnose of the joined clusters: no error (no kube-proxy runs here,
 	// so its mode is unknown: a warning).
 	out, _, err = run(t, "diagnose", "--context", "eu", "--context", "us", "-o", "json")
@@ -403,6 +424,23 @@ func TestJoinBridgeRegistersTheMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, _, err = run(t, "diagnose", "--context", "eu", "--context", "us")
+	defer func() {
+		// us leaves: its registration at the authority goes too.
+		out, _, err := run(t, "leave", "us", "--context", "eu", "--context", "us", "-o", "json")
+		var rs []removal
+		if err != nil || json.Unmarshal([]byte(out), &rs) != nil {
+			t.Fatalf("leave: %v\n%s", err, out)
+		}
+		var objs []string
+		for _, r := range rs {
+			objs = append(objs, r.Cluster+" "+r.Object)
+		}
+		// member-us was deleted above, its token Secret and bindings were not.
+		want := "eu KubeLink us, eu ClusterRoleBinding kubelink-member-us, eu RoleBinding kubelink/kubelink-member-us, eu Secret kubelink/member-us-token, us KubeLink eu"
+		if strings.Join(objs, ", ") != want {
+			t.Errorf("leave removed %s\nwant %s", strings.Join(objs, ", "), want)
+		}
+	}()
 	if err == nil || err.Error() != "diagnose found 2 errors" {
 		t.Errorf("diagnose of the broken clusters: %v, want 2 errors\n%s", err, out)
 	}
