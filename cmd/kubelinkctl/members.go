@@ -97,12 +97,8 @@ func (g *globals) loadMember(ctx context.Context, contextName, meshCIDR string) 
 	default:
 		m.release, _ = rel.(*releasev1.Release)
 	}
-	if m.release != nil && m.release.Chart != nil {
-		v, err := util.CoalesceValues(m.release.Chart, m.release.Config)
-		if err != nil {
-			return nil, fmt.Errorf("context %q: the kubelink release's values: %w", c.context, err)
-		}
-		m.values = v
+	if err := m.loadValues(); err != nil {
+		return nil, fmt.Errorf("context %q: %w", c.context, err)
 	}
 	// The data plane the broker runs, else the one installed.
 	switch dp := m.local.Status.DataPlane; {
@@ -114,6 +110,11 @@ func (g *globals) loadMember(ctx context.Context, contextName, meshCIDR string) 
 		m.dataPlane = m.value("dataPlane")
 	}
 	return m, nil
+}
+
+// coalesce is the release's values over its chart's defaults.
+func coalesce(rel *releasev1.Release) (map[string]any, error) {
+	return util.CoalesceValues(rel.Chart, rel.Config)
 }
 
 // selectMesh keeps the LocalLinks whose address is in mesh.
