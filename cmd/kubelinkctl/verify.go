@@ -129,37 +129,10 @@ func (o *verifyOptions) run(ctx context.Context, g *globals) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.timeout)
 	defer cancel()
-	var vcs []*verifyCluster
-	for _, name := range dedupe(o.contexts) {
-		m, err := g.loadMember(ctx, name, o.meshCIDR)
-		if err != nil {
-			return err
-		}
-		vcs = append(vcs, &verifyCluster{member: m})
-	}
-	defer func() {
-		if o.keep {
-			g.progress("keeping namespace %s (--keep): delete it with kubectl delete namespace %s", verifyNamespace, verifyNamespace)
-			return
-		}
-		// The clean-up runs also after a timeout or ^C.
-		clean, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		for _, vc := range vcs {
-			if err := vc.cs.CoreV1().Namespaces().Delete(clean, verifyNamespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-				g.progress("%s: deleting namespace %s: %v", vc.member, verifyNamespace, err)
-			}
-		}
-	}()
-	for _, vc := range vcs {
-		if err := o.startAgents(ctx, g, vc); err != nil {
-			return err
-		}
-	}
-	for _, vc := range vcs {
-		if err := waitAgents(ctx, g, vc); err != nil {
-			return err
-		}
+	vcs, cleanup, err := startAgentsIn(ctx, g, o.contexts, o.meshCIDR, o.image, o.keep)
+	defer cleanup()
+	if err != nil {
+		return err
 	}
 	var res verifyResult
 	for _, from := range vcs {
@@ -220,6 +193,45 @@ func detail(c check) string {
 		return ""
 	}
 	return ": " + c.Detail
+}
+
+// startAgentsIn loads the members of the contexts and starts the agents
+// in each, waiting until they are ready. cleanup removes them (unless
+// keep); it must be called also when err is set.
+func startAgentsIn(ctx context.Context, g *globals, contexts []string, meshCIDR, image string, keep bool) (vcs []*verifyCluster, cleanup func(), err error) {
+	cleanup = func() {
+		if keep {
+			g.progress("keeping namespace %s (--keep): delete it with kubectl delete namespace %s", verifyNamespace, verifyNamespace)
+			return
+		}
+		// The clean-up runs also after a timeout or ^C.
+		clean, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, vc := range vcs {
+			if err := vc.cs.CoreV1().Namespaces().Delete(clean, verifyNamespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				g.progress("%s: deleting namespace %s: %v", vc.member, verifyNamespace, err)
+			}
+		}
+	}
+	for _, name := range dedupe(contexts) {
+		m, err := g.loadMember(ctx, name, meshCIDR)
+		if err != nil {
+			return vcs, cleanup, err
+		}
+		vcs = append(vcs, &verifyCluster{member: m})
+	}
+	o := &verifyOptions{image: image}
+	for _, vc := range vcs {
+		if err := o.startAgents(ctx, g, vc); err != nil {
+			return vcs, cleanup, err
+		}
+	}
+	for _, vc := range vcs {
+		if err := waitAgents(ctx, g, vc); err != nil {
+			return vcs, cleanup, err
+		}
+	}
+	return vcs, cleanup, nil
 }
 
 // verifierImage is the agent's image in this cluster: --image, else the

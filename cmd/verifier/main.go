@@ -3,7 +3,8 @@
 // removed with them. --serve answers HTTP with the cluster's name; --get
 // fetches a URL once, --watch every --every for --window; each fetch is
 // printed as one JSON line with its duration and the path MTU the kernel
-// measured (lib/verifier).
+// measured. --throughput and --latency are kubelinkctl benchmark's
+// (lib/verifier).
 package main
 
 import (
@@ -32,6 +33,10 @@ func main() {
 	timeout := f.Duration("timeout", 3*time.Second, "bound of one fetch")
 	every := f.Duration("every", 100*time.Millisecond, "with --watch: the pause between fetches")
 	window := f.Duration("window", 30*time.Second, "with --watch: how long to fetch")
+	throughput := f.String("throughput", "", "upload to this server's /sink for --seconds on one TCP stream and print the rate")
+	seconds := f.Duration("seconds", 10*time.Second, "with --throughput: how long to upload")
+	latency := f.String("latency", "", "send --count small requests to this server's /ping, one after the other, and print their round-trip times")
+	count := f.Int("count", 200, "with --latency: how many requests")
 	cmd.Main(func() error {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -48,7 +53,17 @@ func main() {
 				return errors.New("--window: at most 10m")
 			}
 			return verifier.Watch(ctx, os.Stdout, *watch, verifier.Answer(*want), *every, *window, *timeout)
+		case *throughput != "":
+			if *seconds > 5*time.Minute {
+				return errors.New("--seconds: at most 5m")
+			}
+			return json.NewEncoder(os.Stdout).Encode(verifier.Upload(ctx, *throughput, *seconds))
+		case *latency != "":
+			if *count < 1 || *count > 100000 {
+				return errors.New("--count: 1 to 100000")
+			}
+			return json.NewEncoder(os.Stdout).Encode(verifier.RequestResponse(ctx, *latency, *count))
 		}
-		return errors.New("give one of --serve, --get URL or --watch URL (see --help)")
+		return errors.New("give one of --serve, --get URL, --watch URL, --throughput URL or --latency URL (see --help)")
 	})
 }

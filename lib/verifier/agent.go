@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -31,6 +32,19 @@ const maxUpload = 1 << 20
 // upload) with the number of bytes it read, then the same answer.
 func Handler(cluster string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/ping": // the latency test: as small as it gets
+			io.WriteString(w, "pong\n")
+			return
+		case "/sink": // the throughput test: everything read, counted
+			n, err := io.Copy(io.Discard, r.Body)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			json.NewEncoder(w).Encode(map[string]int64{"bytes": n})
+			return
+		}
 		if r.Method == http.MethodPost {
 			n, err := io.Copy(io.Discard, io.LimitReader(r.Body, maxUpload))
 			if err != nil {
@@ -45,8 +59,10 @@ func Handler(cluster string) http.Handler {
 
 // Serve runs the server on listen until ctx ends.
 func Serve(ctx context.Context, cluster, listen string) error {
+	// No read timeout: a throughput upload runs as long as asked (the
+	// client bounds it).
 	srv := &http.Server{Addr: listen, Handler: Handler(cluster), ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+		WriteTimeout: 5 * time.Minute, IdleTimeout: time.Minute}
 	go func() {
 		<-ctx.Done()
 		shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -159,4 +175,124 @@ func Watch(ctx context.Context, out io.Writer, url, want string, every, window, 
 		}
 	}
 	return nil
+}
+
+// Throughput is one upload's figures.
+type Throughput struct {
+	OK      bool    `json:"ok"`
+	Error   string  `json:"error,omitempty"`
+	Bytes   int64   `json:"bytes"`
+	Seconds float64 `json:"seconds"`
+	Mbps    float64 `json:"mbps"`
+	PathMTU int     `json:"pathMTU,omitempty"`
+}
+
+// timedReader yields zeros until its deadline.
+type timedReader struct {
+	end time.Time
+	n   int64
+}
+
+func (r *timedReader) Read(p []byte) (int, error) {
+	if time.Now().After(r.end) {
+		return 0, io.EOF
+	}
+	clear(p)
+	r.n += int64(len(p))
+	return len(p), nil
+}
+
+// Upload POSTs to url/sink for d (one TCP stream) and reports the rate
+// the server received.
+func Upload(ctx context.Context, url string, d time.Duration) Throughput {
+	var t Throughput
+	var conn net.Conn
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		conn = c
+		return c, err
+	}}
+	defer tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(ctx, d+10*time.Second)
+	defer cancel()
+	start := time.Now()
+	body := &timedReader{end: start.Add(d)}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(url, "/")+"/sink", io.NopCloser(body))
+	if err != nil {
+		t.Error = err.Error()
+		return t
+	}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Error = err.Error()
+		return t
+	}
+	if conn != nil {
+		t.PathMTU, _ = pathMTU(conn)
+	}
+	var got struct {
+		Bytes int64 `json:"bytes"`
+	}
+	err = json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&got)
+	resp.Body.Close()
+	t.Seconds = time.Since(start).Seconds()
+	if err != nil {
+		t.Error = fmt.Sprintf("the server's answer: %v", err)
+		return t
+	}
+	t.Bytes, t.OK = got.Bytes, got.Bytes > 0
+	t.Mbps = float64(t.Bytes) * 8 / t.Seconds / 1e6
+	return t
+}
+
+// Latency is the round-trip times of n requests on one connection.
+type Latency struct {
+	OK     bool    `json:"ok"`
+	Error  string  `json:"error,omitempty"`
+	Count  int     `json:"count"`
+	MinMs  float64 `json:"minMs"`
+	P50Ms  float64 `json:"p50Ms"`
+	AvgMs  float64 `json:"avgMs"`
+	P99Ms  float64 `json:"p99Ms"`
+	MaxMs  float64 `json:"maxMs"`
+	Errors int     `json:"errors"`
+}
+
+// RequestResponse sends n small requests, one after the other, on one
+// kept-alive connection, and reports their round-trip times.
+func RequestResponse(ctx context.Context, url string, n int) Latency {
+	l := Latency{}
+	c := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}, Timeout: 3 * time.Second}
+	defer c.CloseIdleConnections()
+	var rtts []time.Duration
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		start := time.Now()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(url, "/")+"/ping", nil)
+		resp, err := c.Do(req)
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		if err != nil {
+			l.Errors++
+			l.Error = err.Error()
+			continue
+		}
+		rtts = append(rtts, time.Since(start))
+	}
+	l.Count = len(rtts)
+	if len(rtts) == 0 {
+		return l
+	}
+	slices.Sort(rtts)
+	var sum time.Duration
+	for _, r := range rtts {
+		sum += r
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	l.MinMs, l.MaxMs = ms(rtts[0]), ms(rtts[len(rtts)-1])
+	l.P50Ms, l.P99Ms = ms(rtts[len(rtts)/2]), ms(rtts[min(len(rtts)-1, len(rtts)*99/100)])
+	l.AvgMs = ms(sum / time.Duration(len(rtts)))
+	l.OK = l.Errors == 0
+	return l
 }

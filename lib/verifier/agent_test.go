@@ -66,3 +66,21 @@ func TestWatchWritesOneLinePerCheck(t *testing.T) {
 		t.Errorf("%d ok and %d failed checks, want several of each:\n%s", ok, fail, out.String())
 	}
 }
+
+func TestUploadAndRequestResponse(t *testing.T) {
+	srv := httptest.NewServer(Handler("b"))
+	defer srv.Close()
+	ctx := context.Background()
+	up := Upload(ctx, srv.URL, 500*time.Millisecond)
+	if !up.OK || up.Bytes < 1<<20 || up.Mbps <= 0 || up.Seconds < 0.5 {
+		t.Errorf("upload over loopback: %+v", up)
+	}
+	l := RequestResponse(ctx, srv.URL, 50)
+	if !l.OK || l.Count != 50 || l.MinMs <= 0 || l.MinMs > l.P50Ms || l.P50Ms > l.P99Ms || l.P99Ms > l.MaxMs {
+		t.Errorf("request/response over loopback: %+v", l)
+	}
+	l = RequestResponse(ctx, "http://127.0.0.1:1", 3)
+	if l.OK || l.Errors != 3 || l.Count != 0 {
+		t.Errorf("request/response to a closed port: %+v", l)
+	}
+}
