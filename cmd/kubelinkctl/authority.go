@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"helm.sh/helm/v4/pkg/action"
@@ -30,6 +32,52 @@ const (
 	managedByLabel       = "app.kubernetes.io/managed-by"
 	managedBy            = "kubelinkctl"
 )
+
+// checkClaims refuses to register m for identities or a name that are not
+// its own: each identity must be kubelink://<mesh>/<m.name>, and neither
+// they nor the name may be the authority's or another member's. The
+// authority signs what the registration says, so a member asking for
+// another cluster's identity would otherwise get it.
+func checkClaims(ctx context.Context, a, m *member, ids, name string) error {
+	mine := map[string]bool{}
+	for _, id := range strings.Split(ids, ",") {
+		id = strings.TrimSpace(id)
+		u, err := url.Parse(id)
+		if err != nil || u.Scheme != "kubelink" || u.Host == "" || strings.Trim(u.Path, "/") != m.name {
+			return fmt.Errorf("%s: its bridge.identities %q must each be kubelink://<mesh>/%s (its own name): join registers a member only for itself", m, ids, m.name)
+		}
+		mine[id] = true
+	}
+	owners := map[string]string{} // identity or name → who holds it
+	for _, id := range strings.Split(a.value("bridge.identities"), ",") {
+		owners[strings.TrimSpace(id)] = a.name + " (the authority)"
+	}
+	owners["name "+a.value("bridge.name")] = a.name + " (the authority)"
+	sas, err := a.cs.CoreV1().ServiceAccounts(a.ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return fmt.Errorf("%s: listing the registered members: %w", a, err)
+	}
+	for _, sa := range sas.Items {
+		if sa.Name == "member-"+m.name || sa.Annotations[identitiesAnnotation] == "" {
+			continue
+		}
+		for _, id := range strings.Split(sa.Annotations[identitiesAnnotation], ",") {
+			owners[strings.TrimSpace(id)] = "ServiceAccount " + sa.Name
+		}
+		for _, n := range strings.Split(sa.Annotations[namesAnnotation], ",") {
+			owners["name "+strings.TrimSpace(n)] = "ServiceAccount " + sa.Name
+		}
+	}
+	for id := range mine {
+		if who, ok := owners[id]; ok {
+			return fmt.Errorf("%s: its identity %s is already registered at the authority for %s: each cluster needs its own name in the mesh", m, id, who)
+		}
+	}
+	if who, ok := owners["name "+name]; ok {
+		return fmt.Errorf("%s: its bridge name %s is already registered at the authority for %s: give it its own address (install --announce)", m, name, who)
+	}
+	return nil
+}
 
 // findAuthority is the one member that holds the mesh CA (bridge).
 func findAuthority(ms []*member) (*member, error) {
@@ -109,14 +157,18 @@ func authorityServer(ctx context.Context, auth *member, given string) (*registra
 		if len(s.Ports) == 0 || s.Ports[0].Port == nil {
 			continue
 		}
+		// The lowest address, so that every run picks the same one.
+		var addrs []string
 		for _, e := range s.Endpoints {
-			if len(e.Addresses) > 0 {
-				r.server = "https://" + net.JoinHostPort(e.Addresses[0], strconv.Itoa(int(*s.Ports[0].Port)))
-				r.caData = clusterCA
-				r.serverNote = fmt.Sprintf("the kubeconfig reaches the authority's API server at %s, a loopback address its members' pods cannot reach; they use the address it advertises, %s (--authority-server sets another)",
-					auth.rest.Host, r.server)
-				return r, nil
-			}
+			addrs = append(addrs, e.Addresses...)
+		}
+		sort.Strings(addrs)
+		if len(addrs) > 0 {
+			r.server = "https://" + net.JoinHostPort(addrs[0], strconv.Itoa(int(*s.Ports[0].Port)))
+			r.caData = clusterCA
+			r.serverNote = fmt.Sprintf("the kubeconfig reaches the authority's API server at %s, a loopback address its members' pods cannot reach; they use the address it advertises, %s (--authority-server sets another)",
+				auth.rest.Host, r.server)
+			return r, nil
 		}
 	}
 	return nil, fmt.Errorf("%s: the kubeconfig's server %s is a loopback address the members cannot reach, and default/kubernetes has no endpoint: give the authority's API server address with --authority-server", auth, auth.rest.Host)
@@ -144,6 +196,9 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 	if ids == "" || name == "" {
 		return false, fmt.Errorf("%s: its release has no bridge.identities or bridge.name: run `%s install --context %s` again", m, commandName(), m.context)
 	}
+	if err := checkClaims(ctx, a, m, ids, name); err != nil {
+		return false, err
+	}
 	if _, err := a.cs.RbacV1().ClusterRoles().Get(ctx, "kubelink-member", metav1.GetOptions{}); err != nil {
 		return false, fmt.Errorf("%s: no ClusterRole kubelink-member (%v): is it installed with --mesh-authority?", a, err)
 	}
@@ -169,9 +224,19 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 	if err != nil {
 		return false, fmt.Errorf("%s: ServiceAccount %s/%s: %w", a, a.ns, sa, err)
 	}
+	getErr := func(what string, err error) error {
+		if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("%s: %s: %w", a, what, err)
+		}
+		return nil
+	}
 	subjects := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: a.ns}}
 	binding := "kubelink-member-" + m.name
-	if _, err := a.cs.RbacV1().ClusterRoleBindings().Get(ctx, binding, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+	_, err = a.cs.RbacV1().ClusterRoleBindings().Get(ctx, binding, metav1.GetOptions{})
+	if err := getErr("ClusterRoleBinding "+binding, err); err != nil {
+		return false, err
+	}
+	if apierrors.IsNotFound(err) {
 		_, err = a.cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: binding, Labels: labels},
 			RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "kubelink-member"}, Subjects: subjects}, metav1.CreateOptions{})
 		if err != nil {
@@ -179,7 +244,11 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 		}
 		changed = true
 	}
-	if _, err := a.cs.RbacV1().RoleBindings(a.ns).Get(ctx, binding, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+	_, err = a.cs.RbacV1().RoleBindings(a.ns).Get(ctx, binding, metav1.GetOptions{})
+	if err := getErr("RoleBinding "+binding, err); err != nil {
+		return false, err
+	}
+	if apierrors.IsNotFound(err) {
 		_, err = a.cs.RbacV1().RoleBindings(a.ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: binding, Namespace: a.ns, Labels: labels},
 			RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "kubelink-member"}, Subjects: subjects}, metav1.CreateOptions{})
 		if err != nil {
@@ -189,7 +258,11 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 	}
 	// Its token: a Secret the token controller fills.
 	tokenSecret := sa + "-token"
-	if _, err := a.cs.CoreV1().Secrets(a.ns).Get(ctx, tokenSecret, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+	_, err = a.cs.CoreV1().Secrets(a.ns).Get(ctx, tokenSecret, metav1.GetOptions{})
+	if err := getErr("Secret "+tokenSecret, err); err != nil {
+		return false, err
+	}
+	if apierrors.IsNotFound(err) {
 		_, err = a.cs.CoreV1().Secrets(a.ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: tokenSecret, Namespace: a.ns, Labels: labels,
 			Annotations: map[string]string{corev1.ServiceAccountNameKey: sa}}, Type: corev1.SecretTypeServiceAccountToken}, metav1.CreateOptions{})
 		if err != nil {
@@ -201,12 +274,15 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, tokenWait, true, func(ctx context.Context) (bool, error) {
 		s, err := a.cs.CoreV1().Secrets(a.ns).Get(ctx, tokenSecret, metav1.GetOptions{})
 		if err != nil {
-			return false, nil
+			return false, getErr("Secret "+tokenSecret, err)
 		}
 		token = s.Data[corev1.ServiceAccountTokenKey]
 		return len(token) > 0, nil
 	})
 	if err != nil {
+		if !wait.Interrupted(err) {
+			return false, err
+		}
 		return false, fmt.Errorf("%s: the token controller did not fill Secret %s/%s within %s: is kube-controller-manager running there?", a, a.ns, tokenSecret, tokenWait)
 	}
 
@@ -244,12 +320,6 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 	if m.value("certificates.mode") == "csr" && m.value("meshMember.enabled") == "true" && m.value("meshMember.authorityNamespace") == a.ns {
 		return changed, nil
 	}
-	if tls, err := m.cs.CoreV1().Secrets(m.ns).Get(ctx, "kubelink-tls", metav1.GetOptions{}); err == nil && len(tls.Data["ca.key"]) > 0 {
-		g.progress("%s: removing its own CA (Secret %s/kubelink-tls): the authority %s signs its certificate from now on", m, m.ns, a)
-		if err := m.cs.CoreV1().Secrets(m.ns).Delete(ctx, "kubelink-tls", metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr.To(tls.UID)}}); err != nil && !apierrors.IsNotFound(err) {
-			return false, fmt.Errorf("%s: deleting its own CA (Secret %s/kubelink-tls): %w", m, m.ns, err)
-		}
-	}
 	values := deepCopyValues(m.release.Config)
 	mergeValues(values, map[string]any{
 		"certificates":  map[string]any{"mode": "csr"},
@@ -263,6 +333,13 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 	g.progress("%s: upgrading release %s to a member of the authority %s (certificates.mode=csr, meshMember.enabled=true)", m, releaseName, a)
 	if err := upgrade(ctx, g, cfg, m.release.Chart, m.ns, values); err != nil {
 		return false, fmt.Errorf("%s: %w", m, err)
+	}
+	// After the upgrade (a failed one leaves the member as it was).
+	if tls, err := m.cs.CoreV1().Secrets(m.ns).Get(ctx, "kubelink-tls", metav1.GetOptions{}); err == nil && len(tls.Data["ca.key"]) > 0 {
+		g.progress("%s: removing its own CA (Secret %s/kubelink-tls): the authority %s signs its certificate from now on", m, m.ns, a)
+		if err := m.cs.CoreV1().Secrets(m.ns).Delete(ctx, "kubelink-tls", metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr.To(tls.UID)}}); err != nil && !apierrors.IsNotFound(err) {
+			return false, fmt.Errorf("%s: deleting its own CA (Secret %s/kubelink-tls): %w", m, m.ns, err)
+		}
 	}
 	return true, nil
 }

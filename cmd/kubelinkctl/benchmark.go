@@ -79,7 +79,8 @@ type benchResult struct {
 }
 
 func (o *benchmarkOptions) run(ctx context.Context, g *globals, what string) error {
-	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	// Both directions fit, with time for the agents to start.
+	ctx, cancel := context.WithTimeout(ctx, max(g.timeout, 2*o.seconds+3*time.Minute))
 	defer cancel()
 	vcs, cleanup, err := startAgentsIn(ctx, g, o.contexts, o.meshCIDR, o.image, false)
 	defer cleanup()

@@ -124,6 +124,7 @@ func diagnose(ctx context.Context, ms []*member) []finding {
 			}
 		}
 		diagnoseCluster(ctx, m, add)
+		diagnoseEndpoint(ctx, m, add)
 		if authErr == nil && m != auth {
 			diagnoseRegistration(ctx, auth, m, add)
 		}
@@ -161,12 +162,11 @@ func diagnoseLink(ctx context.Context, m, p *member, add addFunc) {
 	if s := l.Status.State; s != "" && s != v1alpha1.StateUp {
 		add("warning", m, fmt.Sprintf("KubeLink %s is %s: %s", p.name, s, dash(l.Status.Message)), "see the findings about "+p.name+" and the broker's log")
 	}
-	diagnoseEndpoint(ctx, m, p, add)
 }
 
 // diagnoseEndpoint checks that p's announced endpoint is a way into p's
 // broker: its LoadBalancer address, or a node of p with the NodePort.
-func diagnoseEndpoint(ctx context.Context, m, p *member, add addFunc) {
+func diagnoseEndpoint(ctx context.Context, p *member, add addFunc) {
 	if p.endpoint == "" {
 		return
 	}

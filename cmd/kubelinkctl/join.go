@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -226,26 +227,48 @@ func applyLink(ctx context.Context, from, to *member) (linkAction, error) {
 		a.action = "created"
 		return a, nil
 	}
+	// The brokers write the status meanwhile: each try reads afresh.
 	var diffs []string
-	diff := func(field string, have *string, want string) {
-		if *have != want {
-			diffs = append(diffs, fmt.Sprintf("%s %s → %s", field, dash(*have), dash(want)))
-			*have = want
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		kl := &v1alpha1.KubeLink{}
+		if err := from.c.Get(ctx, client.ObjectKey{Name: to.name}, kl); err != nil {
+			return err
 		}
+		diffs = nil
+		diff := func(field string, have *string, want string) {
+			if *have != want {
+				diffs = append(diffs, fmt.Sprintf("%s %s → %s", field, dash(*have), dash(want)))
+				*have = want
+			}
+		}
+		diff("clusterAddress", &kl.Spec.ClusterAddress, want.ClusterAddress)
+		diff("cidr", &kl.Spec.CIDR, want.CIDR)
+		diff("endpoint", &kl.Spec.Endpoint, want.Endpoint)
+		diff("publicKey", &kl.Spec.PublicKey, want.PublicKey)
+		if kl.Labels[managedByLabel] != managedBy {
+			// A link of the peer's address made by hand: join takes it over.
+			if kl.Labels == nil {
+				kl.Labels = map[string]string{}
+			}
+			kl.Labels[managedByLabel] = managedBy
+			diffs = append(diffs, "label "+managedByLabel+"="+managedBy)
+		}
+		if len(diffs) == 0 {
+			return nil
+		}
+		if err := from.c.Update(ctx, kl); err != nil {
+			return err
+		}
+		*cur = *kl
+		return nil
+	})
+	if err != nil {
+		return a, fmt.Errorf("%s: updating KubeLink %s (%s): %w", from, to.name, strings.Join(diffs, ", "), err)
 	}
-	kl := cur.DeepCopy()
-	diff("clusterAddress", &kl.Spec.ClusterAddress, want.ClusterAddress)
-	diff("cidr", &kl.Spec.CIDR, want.CIDR)
-	diff("endpoint", &kl.Spec.Endpoint, want.Endpoint)
-	diff("publicKey", &kl.Spec.PublicKey, want.PublicKey)
 	if len(diffs) == 0 {
 		a.action = "unchanged"
 		return a, nil
 	}
-	if err := from.c.Update(ctx, kl); err != nil {
-		return a, fmt.Errorf("%s: updating KubeLink %s (%s): %w", from, to.name, strings.Join(diffs, ", "), err)
-	}
-	*cur = *kl
 	a.action = "updated (" + strings.Join(diffs, ", ") + ")"
 	return a, nil
 }
@@ -261,8 +284,12 @@ func waitLinksUp(ctx context.Context, g *globals, actions []linkAction, start ti
 			state := ""
 			if err := a.from.c.Get(ctx, client.ObjectKey{Name: a.to.name}, &kl); err != nil {
 				state = err.Error()
-			} else if kl.Status.State != v1alpha1.StateUp {
+			} else if kl.Status.State != v1alpha1.StateUp || kl.Status.ObservedGeneration < kl.Generation {
+				// An Up of the spec before join's change does not count.
 				state = dash(kl.Status.State)
+				if kl.Status.State != "" && kl.Status.ObservedGeneration < kl.Generation {
+					state += " (of an earlier spec)"
+				}
 				if kl.Status.Message != "" {
 					state += ": " + kl.Status.Message
 				}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -90,10 +92,10 @@ func brokers(t *testing.T, ms ...*testMember) {
 				}
 				for i := range list.Items {
 					l := &list.Items[i]
-					if l.Spec.Endpoint == v1alpha1.EndpointLocalLink || l.Status.State == v1alpha1.StateUp {
+					if l.Spec.Endpoint == v1alpha1.EndpointLocalLink || (l.Status.State == v1alpha1.StateUp && l.Status.ObservedGeneration == l.Generation) {
 						continue
 					}
-					l.Status.State, l.Status.DataPlane = v1alpha1.StateUp, "wireguard-userspace"
+					l.Status.State, l.Status.DataPlane, l.Status.ObservedGeneration = v1alpha1.StateUp, "wireguard-userspace", l.Generation
 					l.Status.Health = &v1alpha1.LinkHealth{RTT: &v1alpha1.RTTStats{Avg: &metav1.Duration{Duration: 1234 * time.Microsecond}}, RxBytes: 4096}
 					_ = m.c.Status().Update(ctx, l)
 				}
@@ -158,6 +160,10 @@ func TestJoinRefusesClustersThatCannotFormAMesh(t *testing.T) {
 			[]string{`"us" (context us): its LocalLink has no status.publicKey yet`}},
 		{"no endpoint", func() { us.localLink(t, "192.168.0.2/24", "100.64.48.0/20", "", "wireguard-userspace", keyUS) },
 			[]string{"its LocalLink has no annotation " + EndpointAnnotation}},
+		{"a hostile endpoint", func() { us.localLink(t, "192.168.0.2/24", "100.64.48.0/20", "LocalLink", "wireguard-userspace", keyUS) },
+			[]string{`its LocalLink's annotation ` + EndpointAnnotation + ` "LocalLink": must be the host:port peers reach the broker at`}},
+		{"a key that is none", func() { us.localLink(t, "192.168.0.2/24", "100.64.48.0/20", "172.19.0.3:30777", "wireguard-userspace", "bm90IGEga2V5") },
+			[]string{`its LocalLink's status.publicKey "bm90IGEga2V5" is not a WireGuard key`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.setup()
@@ -391,6 +397,29 @@ func TestJoinBridgeRegistersTheMember(t *testing.T) {
 	out, stderr, err := run(t, "join", "--context", "eu", "--context", "us", "--timeout", "30s")
 	if err != nil || !strings.Contains(out, "(0 changed)") || strings.Contains(stderr, "upgrading") || strings.Contains(stderr, "registered") {
 		t.Errorf("second join: %v\n%s%s", err, out, stderr)
+	}
+
+	// A member may be registered only for its own identity and name.
+	g := &globals{kube: genericclioptions.NewConfigFlags(true), out: io.Discard, errOut: io.Discard}
+	*g.kube.Namespace = "kubelink"
+	authM, err := g.loadMember(ctx, "eu", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	usM, err := g.loadMember(ctx, "us", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ ids, name, want string }{
+		{"kubelink://default/eu", "172.19.0.3", "must each be kubelink://<mesh>/us (its own name)"},
+		{"kubelink://default/us,kubelink://other/a", "172.19.0.3", "must each be kubelink://<mesh>/us"},
+		{"kubelink://default/us", "172.18.0.3", "its bridge name 172.18.0.3 is already registered at the authority for eu (the authority)"},
+		{"kubelink://default/us", "172.19.0.3", ""},
+	} {
+		err := checkClaims(ctx, authM, usM, tc.ids, tc.name)
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("claims %s / %s: %v, want %q", tc.ids, tc.name, err, tc.want)
+		}
 	}
 
 	// The authority cannot leave.

@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"strconv"
 	"sort"
 	"strings"
 
@@ -112,6 +115,27 @@ func (g *globals) loadMember(ctx context.Context, contextName, meshCIDR string) 
 	return m, nil
 }
 
+// checkEndpoint accepts host:port with a port of 1–65535.
+func checkEndpoint(ep string) error {
+	if ep == v1alpha1.EndpointLocalLink || ep == v1alpha1.EndpointInbound {
+		return fmt.Errorf("must be the host:port peers reach the broker at")
+	}
+	host, port, err := net.SplitHostPort(ep)
+	if err != nil {
+		return err
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 || host == "" {
+		return fmt.Errorf("must be host:port with a port of 1–65535")
+	}
+	return nil
+}
+
+// isWireGuardKey: 32 bytes in standard base64.
+func isWireGuardKey(k string) bool {
+	b, err := base64.StdEncoding.DecodeString(k)
+	return err == nil && len(b) == 32
+}
+
 // coalesce is the release's values over its chart's defaults.
 func coalesce(rel *releasev1.Release) (map[string]any, error) {
 	return util.CoalesceValues(rel.Chart, rel.Config)
@@ -183,8 +207,16 @@ func memberProblems(ms []*member) []string {
 		if a.dataPlane == "" {
 			errs = append(errs, fmt.Sprintf("%s: its data plane is unknown (no broker has published it in the LocalLink's status, and no kubelink release says it): check `kubectl --context %s -n %s get pods`", a, a.context, a.ns))
 		}
-		if a.dataPlane == "wireguard" && a.local.Status.PublicKey == "" {
+		if a.endpoint != "" {
+			if err := checkEndpoint(a.endpoint); err != nil {
+				errs = append(errs, fmt.Sprintf("%s: its LocalLink's annotation %s %q: %v: run `%s install --context %s` again", a, EndpointAnnotation, a.endpoint, err, commandName(), a.context))
+			}
+		}
+		switch k := a.local.Status.PublicKey; {
+		case a.dataPlane == "wireguard" && k == "":
 			errs = append(errs, fmt.Sprintf("%s: its LocalLink has no status.publicKey yet: its broker is not running (`kubectl --context %s -n %s get pods`)", a, a.context, a.ns))
+		case a.dataPlane == "wireguard" && !isWireGuardKey(k):
+			errs = append(errs, fmt.Sprintf("%s: its LocalLink's status.publicKey %q is not a WireGuard key (32 bytes, base64)", a, k))
 		}
 		for _, b := range ms[i+1:] {
 			switch {
@@ -204,13 +236,19 @@ func memberProblems(ms []*member) []string {
 			}
 		}
 		// A KubeLink of another name that already claims a member's address
-		// or service CIDR would make two links for one peer.
+		// or service CIDR would make two links for one peer; one of the
+		// peer's name not made by join, for another address, is someone
+		// else's.
 		for _, b := range ms {
 			if a == b {
 				continue
 			}
 			for _, l := range a.links {
 				if l.Name == b.name {
+					if l.Labels[managedByLabel] != managedBy && l.Spec.ClusterAddress != b.address.String() {
+						errs = append(errs, fmt.Sprintf("%s has KubeLink %s, not made by join, for the address %s, not %s's %s: rename or delete it (`kubectl --context %s delete kubelink %s`)",
+							a, l.Name, l.Spec.ClusterAddress, b.name, b.address, a.context, l.Name))
+					}
 					continue
 				}
 				if p, err := netip.ParsePrefix(l.Spec.ClusterAddress); err == nil && p.Addr() == b.address.Addr() {

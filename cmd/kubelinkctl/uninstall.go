@@ -35,9 +35,9 @@ var kubelinkCRDs = []string{"kubelinks.kubelink.mandelsoft.org", "meshservices.k
 // what kubelink state is left, one "left: ..." line each, and "clean"
 // when none is.
 const nodeCleanupScript = `set -u
-/usr/local/bin/app --cleanup || echo "left: the router's clean-up failed"
-rm -f /state/routes
 left=0
+/usr/local/bin/app --cleanup || { echo "left: the router's clean-up failed"; left=1; }
+rm -rf /host-var-lib/kubelink || { echo "left: /var/lib/kubelink"; left=1; }
 r=$(ip -4 route show table all proto 77; ip -6 route show table all proto 77)
 [ -z "$r" ] || { echo "left: routes of protocol 77: $r"; left=1; }
 d=$(ip -o link show | grep -E ': (kubelink[^:@]*)[:@]' || true)
@@ -50,10 +50,14 @@ n=$(nft list ruleset 2>/dev/null | grep -i kubelink || true)
 exit 0
 `
 
+// cleanLine is the clean-up pod's last line when nothing is left.
+const cleanLine = "clean"
+
 type uninstallOptions struct {
 	contexts    []string
 	keepCRDs    bool
 	nodeCleanup bool
+	routerImage string
 }
 
 func newUninstall(g *globals) *cobra.Command {
@@ -69,10 +73,10 @@ nothing is left:
   3. on every node, a pod of the router's image (host network) runs the
      router's clean-up (its routes, rule and tunnel devices) and removes its
      route file, then reports any kubelink route, device, iptables or
-     nftables rule left;
+     nftables rule left (a node that is not Ready is reported, not cleaned);
   4. the kubelink zone from the cluster DNS, the member registrations a mesh
-     authority holds (ClusterRoleBindings kubelink-member-*), the CRDs and
-     the namespace.
+     authority holds, the CRDs, and the namespace when install created it
+     (else only kubelink's objects in it).
 It touches nothing else. To take one cluster out of a mesh that stays, run
 leave first, with the other members' contexts.`,
 		Example: fmt.Sprintf(`  %[1]s uninstall --context eu --context us`, commandName()),
@@ -85,6 +89,7 @@ leave first, with the other members' contexts.`,
 	f.StringArrayVar(&o.contexts, "context", nil, "the kubeconfig context of a cluster to remove kubelink from (repeat it; default: the current context)")
 	f.BoolVar(&o.keepCRDs, "keep-crds", false, "keep the CRDs (another kubelink install in the cluster uses them)")
 	f.BoolVar(&o.nodeCleanup, "node-cleanup", true, "run the clean-up pod on every node (false: only the API objects; the nodes keep the router's routes until they reboot)")
+	f.StringVar(&o.routerImage, "router-image", "", "the image of the node clean-up pods (default: the router image of the release; needed when the release is gone)")
 	return cmd
 }
 
@@ -111,8 +116,10 @@ func (o *uninstallOptions) run(ctx context.Context, g *globals) error {
 			failed = append(failed, fmt.Sprintf("%q: %v", c.context, err))
 		case len(left) > 0:
 			failed = append(failed, fmt.Sprintf("%q: left behind: %s", c.context, strings.Join(left, "; ")))
-		default:
+		case o.nodeCleanup:
 			fmt.Fprintf(g.out, "kubelink removed from %q: no kubelink object, route, rule, chain or device left.\n", c.context)
+		default:
+			fmt.Fprintf(g.out, "kubelink's API objects removed from %q; its nodes were not cleaned or checked (--node-cleanup=false).\n", c.context)
 		}
 	}
 	if len(failed) > 0 {
@@ -134,8 +141,8 @@ func (o *uninstallOptions) uninstall(ctx context.Context, g *globals, c *cluster
 	} else if !errors.Is(err, driver.ErrReleaseNotFound) {
 		return nil, fmt.Errorf("reading the kubelink release: %w", err)
 	}
-	routerImage := ""
-	if rel != nil {
+	routerImage := o.routerImage
+	if rel != nil && routerImage == "" {
 		m := &member{cluster: c, release: rel}
 		if err := m.loadValues(); err != nil {
 			return nil, err
@@ -146,6 +153,12 @@ func (o *uninstallOptions) uninstall(ctx context.Context, g *globals, c *cluster
 			tag = rel.Chart.Metadata.AppVersion
 		}
 		routerImage = imageRef(m.value("image.registry"), repo, tag)
+	}
+
+	if o.nodeCleanup && routerImage == "" {
+		// Checked before anything changes: without the release, a rerun
+		// could not find the image either.
+		return nil, fmt.Errorf("no kubelink release here, so the router image for the node clean-up is unknown: give it with --router-image, or run with --node-cleanup=false (the nodes keep the router's routes, protocol %d, until they reboot)", routeProtocol)
 	}
 
 	// 1. The links, while the brokers run.
@@ -192,9 +205,6 @@ func (o *uninstallOptions) uninstall(ctx context.Context, g *globals, c *cluster
 	// 3. The nodes.
 	var left []string
 	if o.nodeCleanup {
-		if routerImage == "" {
-			return nil, fmt.Errorf("no kubelink release here, so the router image for the node clean-up is unknown: run with --node-cleanup=false (the nodes keep the router's routes, protocol %d, until they reboot)", routeProtocol)
-		}
 		l, err := cleanNodes(ctx, g, c, ns, routerImage)
 		if err != nil {
 			return nil, err
@@ -215,6 +225,15 @@ func (o *uninstallOptions) uninstall(ctx context.Context, g *globals, c *cluster
 			}
 		}
 	}
+	if custom, err := c.cs.CoreV1().ConfigMaps("kube-system").Get(ctx, "coredns-custom", metav1.GetOptions{}); err == nil {
+		if _, ok := custom.Data[corednsCustomKey]; ok {
+			delete(custom.Data, corednsCustomKey)
+			if _, err := c.cs.CoreV1().ConfigMaps("kube-system").Update(ctx, custom, metav1.UpdateOptions{}); err != nil {
+				return nil, fmt.Errorf("removing %s from kube-system/coredns-custom: %w", corednsCustomKey, err)
+			}
+			g.progress("%q: removed %s from kube-system/coredns-custom", c.context, corednsCustomKey)
+		}
+	}
 	if err := c.cs.RbacV1().ClusterRoleBindings().DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: managedByLabel + "=" + managedBy}); err != nil {
 		return nil, fmt.Errorf("deleting the member registrations (ClusterRoleBindings): %w", err)
 	}
@@ -227,13 +246,7 @@ func (o *uninstallOptions) uninstall(ctx context.Context, g *globals, c *cluster
 			}
 		}
 	}
-	if err := c.cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-		return nil, fmt.Errorf("deleting namespace %s: %w", ns, err)
-	}
-	if err := waitFor(ctx, g, c, "namespace "+ns+" to go", func() (bool, string) {
-		_, err := c.cs.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
-		return apierrors.IsNotFound(err), "terminating"
-	}); err != nil {
+	if err := removeNamespace(ctx, g, c, ns); err != nil {
 		return nil, err
 	}
 	l, err := leftObjects(ctx, c, o.keepCRDs)
@@ -265,16 +278,81 @@ func (m *member) loadValues() error {
 	return nil
 }
 
-// cleanNodes runs nodeCleanupScript on every node and returns what each
-// reports left.
+// corednsCustomKey is the key kubelink-meshdns writes into
+// kube-system/coredns-custom (its hook, where the cluster DNS imports it).
+const corednsCustomKey = "kubelink.server"
+
+// removeNamespace deletes the namespace when install created it (label
+// part-of=kubelink), and waits until it is gone; in a namespace of others
+// it deletes only what kubelink made there at run time.
+func removeNamespace(ctx context.Context, g *globals, c *cluster, ns string) error {
+	cur, err := c.cs.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("namespace %s: %w", ns, err)
+	}
+	if cur.Labels["app.kubernetes.io/part-of"] != "kubelink" {
+		g.progress("%q: namespace %s was not created by kubelinkctl install: keeping it, deleting only kubelink's objects in it", c.context, ns)
+		var errs []error
+		for _, name := range []string{"kubelink-tls", "wireguard", "kubelink-coredns", "kubelink-authority"} {
+			if err := c.cs.CoreV1().Secrets(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				errs = append(errs, err)
+			}
+		}
+		if err := c.cs.CoordinationV1().Leases(ns).Delete(ctx, "kubelink-broker", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err)
+		}
+		if err := c.cs.CoreV1().ConfigMaps(ns).Delete(ctx, "kubelink-mesh-ca", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err)
+		}
+		sel := metav1.ListOptions{LabelSelector: managedByLabel + "=" + managedBy}
+		errs = append(errs, c.cs.CoreV1().ServiceAccounts(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, sel),
+			c.cs.CoreV1().Secrets(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, sel),
+			c.cs.RbacV1().RoleBindings(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, sel),
+			c.cs.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, sel))
+		return errors.Join(errs...)
+	}
+	if err := c.cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting namespace %s: %w", ns, err)
+	}
+	return waitFor(ctx, g, c, "namespace "+ns+" to go", func() (bool, string) {
+		_, err := c.cs.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), "terminating"
+	})
+}
+
+// cleanNodes runs nodeCleanupScript on every Ready node and returns what
+// each reports left (a node that is not Ready is reported as not cleaned).
 func cleanNodes(ctx context.Context, g *globals, c *cluster, ns, image string) ([]string, error) {
-	nodes, err := c.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	list, err := c.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, err
 	}
-	g.progress("%q: cleaning %d nodes (image %s)", c.context, len(nodes.Items), image)
+	var left []string
+	var nodes []corev1.Node
+	for _, n := range list.Items {
+		if nodeReady(&n) {
+			nodes = append(nodes, n)
+		} else {
+			left = append(left, "node "+n.Name+": not Ready, so not cleaned (run uninstall again once it is, with --router-image)")
+		}
+	}
+	// Pods of an earlier, interrupted run go first.
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=kubelink-cleanup"}
+	if err := c.cs.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}, sel); err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("deleting the clean-up pods of an earlier run: %w", err)
+	}
+	if err := waitFor(ctx, g, c, "the clean-up pods of an earlier run to go", func() (bool, string) {
+		pods, err := c.cs.CoreV1().Pods(ns).List(ctx, sel)
+		return err == nil && len(pods.Items) == 0, fmt.Sprintf("%d pods", len(pods.Items))
+	}); err != nil {
+		return nil, err
+	}
+	g.progress("%q: cleaning %d nodes (image %s)", c.context, len(nodes), image)
 	var pods []string
-	for i, n := range nodes.Items {
+	for i, n := range nodes {
 		name := fmt.Sprintf("kubelink-cleanup-%d", i)
 		pod := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{managedByLabel: managedBy, "app.kubernetes.io/name": "kubelink-cleanup"}},
@@ -285,9 +363,10 @@ func cleanNodes(ctx context.Context, g *globals, c *cluster, ns, image string) (
 				Containers: []corev1.Container{{
 					Name: "cleanup", Image: image, Command: []string{"/bin/sh", "-c", nodeCleanupScript},
 					SecurityContext: &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN", "NET_RAW"}, Drop: []corev1.Capability{"ALL"}}},
-					VolumeMounts:    []corev1.VolumeMount{{Name: "state", MountPath: "/state"}},
+					VolumeMounts:    []corev1.VolumeMount{{Name: "var-lib", MountPath: "/host-var-lib"}},
 				}},
-				Volumes: []corev1.Volume{{Name: "state", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/var/lib/kubelink"}}}},
+				// /var/lib, so that the router's directory itself goes.
+				Volumes: []corev1.Volume{{Name: "var-lib", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/var/lib", Type: ptr.To(corev1.HostPathDirectory)}}}},
 			},
 		}
 		if _, err := c.cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
@@ -304,9 +383,7 @@ func cleanNodes(ctx context.Context, g *globals, c *cluster, ns, image string) (
 				continue
 			}
 			switch pod.Status.Phase {
-			case corev1.PodSucceeded:
-			case corev1.PodFailed:
-				return true, ""
+			case corev1.PodSucceeded, corev1.PodFailed: // a failed one is reported from its log
 			default:
 				why := string(pod.Status.Phase)
 				for _, s := range pod.Status.ContainerStatuses {
@@ -321,7 +398,6 @@ func cleanNodes(ctx context.Context, g *globals, c *cluster, ns, image string) (
 	}); err != nil {
 		return nil, err
 	}
-	var left []string
 	for i, p := range pods {
 		logs, err := c.cs.CoreV1().Pods(ns).GetLogs(p, &corev1.PodLogOptions{}).Stream(ctx)
 		if err != nil {
@@ -329,10 +405,10 @@ func cleanNodes(ctx context.Context, g *globals, c *cluster, ns, image string) (
 		}
 		b, _ := io.ReadAll(logs)
 		logs.Close()
-		out := string(b)
-		if !strings.Contains(out, "clean") {
-			for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-				left = append(left, "node "+nodes.Items[i].Name+": "+strings.TrimPrefix(l, "left: "))
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		if lines[len(lines)-1] != cleanLine {
+			for _, l := range lines {
+				left = append(left, "node "+nodes[i].Name+": "+strings.TrimPrefix(l, "left: "))
 			}
 		}
 	}

@@ -63,7 +63,7 @@ func TestUninstallRemovesKubelinkAndNothingElse(t *testing.T) {
 		}
 	}()
 	out, stderr, err := run(t, "uninstall", "--kubeconfig", kubeconfig, "--node-cleanup=false", "--timeout", "60s")
-	if err != nil || !strings.Contains(out, `kubelink removed from "kubelinkctl": no kubelink object, route, rule, chain or device left`) {
+	if err != nil || !strings.Contains(out, `kubelink's API objects removed from "kubelinkctl"; its nodes were not cleaned or checked (--node-cleanup=false)`) {
 		t.Fatalf("uninstall: %v\n%s%s", err, stderr, out)
 	}
 	for _, w := range []string{"helm uninstall kubelink in namespace kubelink", "removed zone kubelink from kube-system/coredns"} {
@@ -97,7 +97,12 @@ func TestUninstallRemovesKubelinkAndNothingElse(t *testing.T) {
 		t.Errorf("ConfigMap kube-system/other: %v", err)
 	}
 	// Again: nothing to remove, and it says so.
-	if out, _, err := run(t, "uninstall", "--kubeconfig", kubeconfig, "--node-cleanup=false", "--timeout", "30s"); err != nil || !strings.Contains(out, "kubelink removed from") {
+	if out, _, err := run(t, "uninstall", "--kubeconfig", kubeconfig, "--node-cleanup=false", "--timeout", "30s"); err != nil || !strings.Contains(out, "API objects removed from") {
 		t.Errorf("second uninstall: %v\n%s", err, out)
+	}
+	// Without the release, the node clean-up needs its image: refused
+	// before anything changes.
+	if _, _, err := run(t, "uninstall", "--kubeconfig", kubeconfig, "--timeout", "30s"); err == nil || !strings.Contains(err.Error(), "give it with --router-image") {
+		t.Errorf("uninstall without a release and without --router-image: %v", err)
 	}
 }

@@ -488,6 +488,7 @@ func failover(ctx context.Context, g *globals, from, to *verifyCluster) (check, 
 	}
 	done := make(chan watchOut, 1)
 	a := from.agents[len(from.agents)-1] // on another node where there is one: the gateway node may be the one that goes
+	watchStart := time.Now()
 	go func() {
 		out, err := execIn(ctx, from.member, a.pod, "/usr/local/bin/app", "--watch", fmt.Sprintf("http://%s/", to.serviceIP), "--want", to.name,
 			"--every", "100ms", "--timeout", "500ms", "--window", window.String())
@@ -509,7 +510,9 @@ func failover(ctx context.Context, g *globals, from, to *verifyCluster) (check, 
 		c.Detail = w.err.Error()
 		return c, nil
 	}
-	outage, recovered, err := outageOf(w.out, deleted)
+	// The fetches carry the node's clock: the deletion is placed on it by
+	// the offset of the first fetch from the start of the watch here.
+	outage, recovered, err := outageOf(w.out, deleted, watchStart)
 	if err != nil {
 		c.Detail = err.Error()
 		return c, nil
@@ -528,8 +531,10 @@ func failover(ctx context.Context, g *globals, from, to *verifyCluster) (check, 
 // outageOf reads the agent's --watch lines and returns how long fetches
 // failed after t0: from the first failed fetch to the start of the first
 // good one after the last failure (0 when none failed), and whether the
-// series ended with good fetches.
-func outageOf(out []byte, t0 time.Time) (time.Duration, bool, error) {
+// series ended with good fetches. t0 and start (when the watch began) are
+// this machine's times; the fetches' times are the node's, so t0 is moved
+// by the first fetch's offset from start.
+func outageOf(out []byte, t0, start time.Time) (time.Duration, bool, error) {
 	var rs []agentResult
 	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		if l == "" {
@@ -545,9 +550,10 @@ func outageOf(out []byte, t0 time.Time) (time.Duration, bool, error) {
 		return 0, false, errors.New("the agent printed no fetches")
 	}
 	sort.Slice(rs, func(i, j int) bool { return rs[i].UnixMillis < rs[j].UnixMillis })
+	t0ms := rs[0].UnixMillis + t0.Sub(start).Milliseconds()
 	firstFail, lastFail := -1, -1
 	for i, r := range rs {
-		if r.UnixMillis < t0.UnixMilli() || r.OK {
+		if r.UnixMillis < t0ms || r.OK {
 			continue
 		}
 		if firstFail < 0 {

@@ -16,7 +16,8 @@ func TestOutageOf(t *testing.T) {
 	series := func(oks ...bool) []byte {
 		var ls []string
 		for i, ok := range oks {
-			ls = append(ls, line(9_800+int64(i)*100, ok))
+			// The node's clock is an hour ahead of this machine's.
+			ls = append(ls, line(3_600_000+9_800+int64(i)*100, ok))
 		}
 		return []byte(strings.Join(ls, "\n") + "\n")
 	}
@@ -33,12 +34,13 @@ func TestOutageOf(t *testing.T) {
 		{"never back", series(true, true, false, false), 0, false},
 		{"a flap counts from the first failure to the last", series(true, true, false, true, false, true), 300 * time.Millisecond, true},
 	} {
-		got, rec, err := outageOf(tc.out, t0)
+		// The watch began at 9.8 s on this machine's clock.
+		got, rec, err := outageOf(tc.out, t0, time.UnixMilli(9_800))
 		if err != nil || got != tc.outage || rec != tc.recovered {
 			t.Errorf("%s: outage %s recovered %v (%v), want %s %v", tc.name, got, rec, err, tc.outage, tc.recovered)
 		}
 	}
-	if _, _, err := outageOf([]byte("oops\n"), t0); err == nil {
+	if _, _, err := outageOf([]byte("oops\n"), t0, t0); err == nil {
 		t.Error("garbage was accepted")
 	}
 }

@@ -132,12 +132,17 @@ func Get(ctx context.Context, url, want string, upload int, timeout time.Duratio
 		r.Error = err.Error()
 	case r.Status != http.StatusOK:
 		r.Error = fmt.Sprintf("status %d", r.Status)
-	case !strings.Contains(r.Body, strings.TrimSpace(want)):
+	case lastLine(r.Body) != strings.TrimSpace(want):
 		r.Error = fmt.Sprintf("the answer %q is not from the expected server (%q)", r.Body, strings.TrimSpace(want))
 	default:
 		r.OK = true
 	}
 	return r
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	return strings.TrimSpace(s[strings.LastIndex(s, "\n")+1:])
 }
 
 // pathMTU reads the kernel's path MTU and send MSS of a TCP connection
