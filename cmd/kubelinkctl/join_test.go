@@ -162,7 +162,9 @@ func TestJoinRefusesClustersThatCannotFormAMesh(t *testing.T) {
 			[]string{"its LocalLink has no annotation " + EndpointAnnotation}},
 		{"a hostile endpoint", func() { us.localLink(t, "192.168.0.2/24", "100.64.48.0/20", "LocalLink", "wireguard-userspace", keyUS) },
 			[]string{`its LocalLink's annotation ` + EndpointAnnotation + ` "LocalLink": must be the host:port peers reach the broker at`}},
-		{"a key that is none", func() { us.localLink(t, "192.168.0.2/24", "100.64.48.0/20", "172.19.0.3:30777", "wireguard-userspace", "bm90IGEga2V5") },
+		{"a key that is none", func() {
+			us.localLink(t, "192.168.0.2/24", "100.64.48.0/20", "172.19.0.3:30777", "wireguard-userspace", "bm90IGEga2V5")
+		},
 			[]string{`its LocalLink's status.publicKey "bm90IGEga2V5" is not a WireGuard key`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
