@@ -427,7 +427,7 @@ func waitAgents(ctx context.Context, g *globals, vc *verifyCluster) error {
 // where to's agent must answer.
 func runCheck(ctx context.Context, from *verifyCluster, a agent, to *verifyCluster, name, url string, upload int) check {
 	c := check{Name: name, From: from.name, To: to.name}
-	args := []string{"/usr/local/bin/app", "--get", url, "--want", to.name, "--timeout", "5s"}
+	args := []string{"/usr/local/bin/app", "--get", url, "--want", to.name, "--timeout", "3s"}
 	if upload > 0 {
 		args = append(args, "--upload", strconv.Itoa(upload))
 	}
