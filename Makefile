@@ -21,21 +21,34 @@ PKGS := ./lib/... $(foreach b,$(BINARIES),./cmd/$(b)/...) ./e2e/...
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
+# The static build configuration (no cgo, paths trimmed) of the binaries
+# and images. make lint and the e2e runs use it too, so that a cold machine
+# compiles the libraries once for them instead of once each (make test
+# compiles with -race, which needs cgo: its own configuration).
+STATIC_GO := CGO_ENABLED=0 GOFLAGS="$$GOFLAGS -trimpath"
+
 .PHONY: build
 build: ## build every binary into bin/
 	@mkdir -p bin
 	@for b in $(BINARIES); do \
-	  CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/kubelink-$$b ./cmd/$$b || exit 1; done
+	  $(STATIC_GO) go build -ldflags "$(LDFLAGS)" -o bin/kubelink-$$b ./cmd/$$b || exit 1; done
 	@ls bin
 
 # kubelinkctl is its own module outside go.work (the Helm SDK needs newer
 # Kubernetes modules); it embeds the chart, packaged here from deploy/chart.
+# One build configuration for everything of kubelinkctl's module (the Helm
+# SDK and Kubernetes v0.37 libraries, a second set next to lib's): build,
+# vet, staticcheck, tests and the helm tool share their compiled packages,
+# which saves two cold compiles of those libraries. Static (no cgo), so
+# its tests run without -race (which needs cgo); the CLI is sequential.
+KCTL_GO := GOWORK=off $(STATIC_GO)
+
 .PHONY: kubelinkctl
 kubelinkctl: $(HELM) ## build bin/kubelinkctl (and bin/kubectl-kubelink, the kubectl plugin) with the chart embedded
 	@mkdir -p bin
 	@rm -f cmd/kubelinkctl/chartdata/*.tgz
 	$(HELM) package deploy/chart/kubelink -d cmd/kubelinkctl/chartdata >/dev/null
-	cd cmd/kubelinkctl && GOWORK=off CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o ../../bin/kubelinkctl .
+	cd cmd/kubelinkctl && $(KCTL_GO) go build -ldflags "$(LDFLAGS)" -o ../../bin/kubelinkctl .
 	cp bin/kubelinkctl bin/kubectl-kubelink
 	@echo "bin/kubelinkctl $$(bin/kubelinkctl version --client | head -1)"
 
@@ -55,7 +68,7 @@ $(CONTROLLER_GEN) $(STATICCHECK): lab/tools/dev/go.mod lab/tools/dev/go.sum
 # installs; its own module, so its Kubernetes modules stay out of go.work.
 $(HELM): lab/tools/helm/go.mod lab/tools/helm/go.sum
 	@mkdir -p $(TOOLS)
-	cd lab/tools/helm && GOWORK=off go build -o $(HELM) helm.sh/helm/v4/cmd/helm
+	cd lab/tools/helm && $(KCTL_GO) go build -o $(HELM) helm.sh/helm/v4/cmd/helm
 
 .PHONY: test-bins
 test-bins: ## build (once, cached) kube-apiserver, etcd, kubectl v1.34.4 and CoreDNS v1.12.1 from Go modules
@@ -77,7 +90,7 @@ generate: $(CONTROLLER_GEN) ## regenerate deepcopy code and CRDs from the API ty
 TEST_TIMEOUT ?= 30m
 test: deps tools test-bins ## run all tests: unit, real kube-apiserver, (as root) real kernel networking
 	go test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
-	cd cmd/kubelinkctl && GOWORK=off go test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
+	cd cmd/kubelinkctl && $(KCTL_GO) go test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 .PHONY: test-kernel
 test-kernel: ## boot a Debian kernel with WireGuard under qemu (no KVM needed) and run the kernel WireGuard tests inside it
@@ -90,13 +103,13 @@ flake: deps tools test-bins ## run `make test`'s packages FLAKE_RUNS times (defa
 
 .PHONY: lint
 lint: $(STATICCHECK) ## go vet and staticcheck
-	go vet $(PKGS)
-	go vet -tags e2e ./e2e/...
-	go vet -tags kernelwg ./lib/wireguard/ ./lib/broker/
-	$(STATICCHECK) $(PKGS)
-	$(STATICCHECK) -tags e2e ./e2e/...
-	$(STATICCHECK) -tags kernelwg ./lib/wireguard/ ./lib/broker/
-	cd cmd/kubelinkctl && GOWORK=off go vet ./... && GOWORK=off $(STATICCHECK) ./...
+	$(STATIC_GO) go vet $(PKGS)
+	$(STATIC_GO) go vet -tags e2e,e2euninstall ./e2e/...
+	$(STATIC_GO) go vet -tags kernelwg ./lib/wireguard/ ./lib/broker/
+	$(STATIC_GO) $(STATICCHECK) $(PKGS)
+	$(STATIC_GO) $(STATICCHECK) -tags e2e,e2euninstall ./e2e/...
+	$(STATIC_GO) $(STATICCHECK) -tags kernelwg ./lib/wireguard/ ./lib/broker/
+	cd cmd/kubelinkctl && $(KCTL_GO) go vet ./... && $(KCTL_GO) $(STATICCHECK) ./...
 
 .PHONY: fuzz
 fuzz: ## run each fuzz target (bridge frame decoder and HELLO parser, mesh model, endpoint parser, ingress policy, Corefile renderer, iptables-restore writer and -S parser) for FUZZTIME (default 60s)
@@ -135,7 +148,11 @@ lab-down: ## remove the lab: clusters, their containers, volumes and network
 
 .PHONY: e2e
 e2e: kubelinkctl ## run the end-to-end tests (sigs.k8s.io/e2e-framework) against the running lab; each failover/DNS/link-Up scenario once, both ways
-	cd e2e && go test -tags e2e -count=1 -timeout 30m -v ./... 2>&1 | tee $(KUBELINK_CACHE)/e2e.log; exit $${PIPESTATUS[0]}
+	cd e2e && $(STATIC_GO) go test -tags e2e -count=1 -timeout 30m -v ./... 2>&1 | tee $(KUBELINK_CACHE)/e2e.log; exit $${PIPESTATUS[0]}
+
+.PHONY: e2e-uninstall
+e2e-uninstall: kubelinkctl ## against the running lab: kubelinkctl uninstall of every cluster, then check that no kubelink state is left and planted state is (ends the lab's kubelink; make lab-up installs again)
+	cd e2e && $(STATIC_GO) go test -tags e2e,e2euninstall -count=1 -timeout 15m -v -run '^TestUninstall$$' ./... 2>&1 | tee $(KUBELINK_CACHE)/e2e-uninstall.log; exit $${PIPESTATUS[0]}
 
 .PHONY: bench
 bench: test-bins ## measure the data planes in one run; prints BENCH and RATIO lines (root; installs iperf3 etc. when missing)
@@ -149,7 +166,7 @@ LAB_BENCH_TESTS := ^(TestBrokerFailover|TestMeshDNSFollowsLinkHealth|TestLinkUpA
 .PHONY: lab-bench
 lab-bench: ## against the running lab: repeat failover, DNS withdrawal/return and link Up E2E_RUNS times (default 5); prints BENCH min/median/max
 	@mkdir -p $(KUBELINK_CACHE)
-	@cd e2e && E2E_RUNS=$${E2E_RUNS:-5} go test -tags e2e -count=1 -timeout 90m -v -run '$(LAB_BENCH_TESTS)' . 2>&1 \
+	@cd e2e && E2E_RUNS=$${E2E_RUNS:-5} $(STATIC_GO) go test -tags e2e -count=1 -timeout 90m -v -run '$(LAB_BENCH_TESTS)' . 2>&1 \
 	  | tee $(KUBELINK_CACHE)/lab-bench.log | grep --line-buffered -E '^(BENCH|RATIO) |(FAILOVER [ab]|DNS [ab]|LINKUP) run|--- (PASS|FAIL)|^(FAIL|ok) '; \
 	  rc=$${PIPESTATUS[0]}; if [ $$rc -ne 0 ]; then echo "lab-bench failed; the whole log: $(KUBELINK_CACHE)/lab-bench.log"; fi; exit $$rc
 

@@ -23,16 +23,18 @@ import (
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 )
 
-// Lab is the running two-cluster lab of lab/scripts/lab-up.sh.
+// Lab is the running lab of lab/scripts/lab-up.sh: two clusters, or three
+// with LAB_CLUSTERS=3.
 type Lab struct {
 	Dir  string
 	Mode string // wireguard or bridge
 	A, B *Cluster
+	C    *Cluster // nil unless the lab has a third cluster
 }
 
 // Cluster is one kind cluster of the lab.
 type Cluster struct {
-	Name       string // a or b
+	Name       string // a, b or c
 	Kubeconfig string
 	// KubeProxy is the kube-proxy mode lab-up gave this cluster: nftables
 	// in a and iptables in b, unless LAB_KUBE_PROXY forced one for both.
@@ -74,8 +76,11 @@ func OpenLab(dir string) (*Lab, error) {
 		return nil, fmt.Errorf("%s: %w (run make lab-up again)", filepath.Join(dir, "kube-proxy"), err)
 	}
 	l := &Lab{Dir: dir, Mode: strings.TrimSpace(string(mode))}
-	for _, name := range []string{"a", "b"} {
+	for _, name := range []string{"a", "b", "c"} {
 		kc := filepath.Join(dir, name, "kubeconfig")
+		if _, err := os.Stat(kc); name == "c" && err != nil {
+			continue // a lab of two clusters
+		}
 		rc, err := clientcmd.BuildConfigFromFlags("", kc)
 		if err != nil {
 			return nil, fmt.Errorf("cluster %s: %w", name, err)
@@ -92,10 +97,13 @@ func OpenLab(dir string) (*Lab, error) {
 			return nil, fmt.Errorf("cluster %s does not answer: %w", name, err)
 		}
 		c := &Cluster{Name: name, Kubeconfig: kc, Res: res, rest: rc, KubeProxy: proxyOf[name]}
-		if name == "a" {
+		switch name {
+		case "a":
 			l.A = c
-		} else {
+		case "b":
 			l.B = c
+		default:
+			l.C = c
 		}
 	}
 	return l, nil
@@ -247,3 +255,11 @@ func NodeRoutes(ctx context.Context, node string, proto int) ([]string, error) {
 func resourcesLabel(sel string) resources.ListOption { return resources.WithLabelSelector(sel) }
 
 func deleteNow() resources.DeleteOption { return resources.WithGracePeriod(0) }
+
+// Members are the lab's clusters: a, b, and c when the lab has it.
+func (l *Lab) Members() []*Cluster {
+	if l.C != nil {
+		return []*Cluster{l.A, l.B, l.C}
+	}
+	return []*Cluster{l.A, l.B}
+}

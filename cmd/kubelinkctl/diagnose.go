@@ -98,6 +98,9 @@ func (o *diagnoseOptions) run(ctx context.Context, g *globals) error {
 		return err
 	}
 	if errs > 0 {
+		if errs == 1 {
+			return fmt.Errorf("diagnose found 1 error")
+		}
 		return fmt.Errorf("diagnose found %d errors", errs)
 	}
 	return nil

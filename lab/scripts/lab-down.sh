@@ -12,10 +12,11 @@ fi
 # The volumes of the lab's node containers, to check they went with them.
 vols=""
 for id in $($DOCKER ps -aq --filter label=io.x-k8s.kind.cluster=lab-a) \
-          $($DOCKER ps -aq --filter label=io.x-k8s.kind.cluster=lab-b); do
+          $($DOCKER ps -aq --filter label=io.x-k8s.kind.cluster=lab-b) \
+          $($DOCKER ps -aq --filter label=io.x-k8s.kind.cluster=lab-c); do
   vols+=" $($DOCKER inspect -f '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}' "$id")"
 done
-for name in lab-a lab-b; do
+for name in lab-a lab-b lab-c; do
   if [[ -x $KIND ]] && "$KIND" get clusters 2>/dev/null | grep -x "$name" >/dev/null; then
     log "deleting cluster $name"
     "$KIND" delete cluster --name "$name" >/dev/null 2>&1
@@ -32,8 +33,8 @@ if $DOCKER network inspect kind >/dev/null 2>&1 && [[ -z $($DOCKER network inspe
   $DOCKER network rm kind >/dev/null
 fi
 for v in $vols; do $DOCKER volume rm -f "$v" >/dev/null 2>&1 || true; done
-rm -rf "$LAB_DIR/a" "$LAB_DIR/b" "$LAB_DIR/mode"
-left=$($DOCKER ps -aq --filter label=io.x-k8s.kind.cluster=lab-a; $DOCKER ps -aq --filter label=io.x-k8s.kind.cluster=lab-b; $DOCKER ps -aq --filter name='^kubelink-registry$')
+rm -rf "$LAB_DIR/a" "$LAB_DIR/b" "$LAB_DIR/c" "$LAB_DIR/mode" "$LAB_DIR"/join-*.log
+left=$($DOCKER ps -aq --filter label=io.x-k8s.kind.cluster=lab-a; $DOCKER ps -aq --filter label=io.x-k8s.kind.cluster=lab-b; $DOCKER ps -aq --filter label=io.x-k8s.kind.cluster=lab-c; $DOCKER ps -aq --filter name='^kubelink-registry$')
 nets=$($DOCKER network ls -q --filter name='^kind$')
 leftvols=""
 for v in $vols; do $DOCKER volume inspect "$v" >/dev/null 2>&1 && leftvols+=" $v"; done

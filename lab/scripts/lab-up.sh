@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# make lab-up: two offline kind clusters with kubelink between them.
-#   lab-a: control plane + worker, pods 10.110.0.0/16, services 100.64.0.0/20, mesh 192.168.0.11
+# make lab-up: two (LAB_CLUSTERS=3: three) offline kind clusters with
+# kubelink between them, built as a user would: kubelinkctl install per
+# cluster, then one kubelinkctl join (with three, a second join brings lab-c
+# into the running mesh of a and b). No script writes a KubeLink, a
+# member's ServiceAccount or a token.
+#   lab-a: control plane + worker, pods 10.110.0.0/16, services 100.64.0.0/20, mesh 192.168.0.11 (the mesh authority)
 #   lab-b: control plane,          pods 10.120.0.0/16, services 100.64.16.0/20, mesh 192.168.0.12
+#   lab-c: control plane,          pods 10.130.0.0/16, services 100.64.32.0/20, mesh 192.168.0.13
 # LAB_MODE=wireguard (default) or bridge chooses the data plane. Re-running it
 # on a running lab re-deploys (e.g. to switch LAB_MODE) without recreating
 # the clusters. kube-proxy runs in nftables mode in lab-a and in iptables
@@ -16,21 +21,42 @@ TAG=${TAG:?TAG (image version) is required; make lab-up sets it}
 NODE_IMAGE=${NODE_IMAGE:-}
 case $MODE in wireguard|bridge) ;; *) die "LAB_MODE=$MODE: must be wireguard or bridge" ;; esac
 case ${LAB_KUBE_PROXY:-} in
-  '') declare -A PROXY=([a]=nftables [b]=iptables) ;;
-  iptables|nftables) declare -A PROXY=([a]=$LAB_KUBE_PROXY [b]=$LAB_KUBE_PROXY) ;;
-  *) die "LAB_KUBE_PROXY=$LAB_KUBE_PROXY: must be iptables or nftables (unset: nftables in lab-a, iptables in lab-b)" ;;
+  '') declare -A PROXY=([a]=nftables [b]=iptables [c]=iptables) ;;
+  iptables|nftables) declare -A PROXY=([a]=$LAB_KUBE_PROXY [b]=$LAB_KUBE_PROXY [c]=$LAB_KUBE_PROXY) ;;
+  *) die "LAB_KUBE_PROXY=$LAB_KUBE_PROXY: must be iptables or nftables (unset: nftables in lab-a, iptables in lab-b and lab-c)" ;;
+esac
+case ${LAB_CLUSTERS:-2} in
+  2) CLUSTERS=(a b) ;;
+  3) CLUSTERS=(a b c) ;;
+  *) die "LAB_CLUSTERS=$LAB_CLUSTERS: must be 2 or 3" ;;
 esac
 start=$(date +%s)
 
 "$ROOT/lab/scripts/host-prep.sh"
+# On a cold machine the Debian trees of the node image (debootstrap: network
+# and disk) are built while the Kubernetes binaries compile (CPU).
+bases=""
+if [[ -z $NODE_IMAGE ]]; then
+  mkdir -p "$LAB_DIR"
+  "$ROOT/lab/scripts/node-image.sh" --bases-only >"$LAB_DIR/node-bases.log" 2>&1 &
+  bases=$!
+  # If lab-up stops early, so does the build (its own trap removes its tree).
+  trap '[[ -z $bases ]] || kill "$bases" 2>/dev/null || true' EXIT
+fi
 "$ROOT/lab/scripts/k8s-bins.sh" kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubeadm kubectl etcd
 "$ROOT/lab/scripts/coredns-bin.sh"
+if [[ -n $bases ]] && ! wait "$bases"; then
+  bases=""
+  cat "$LAB_DIR/node-bases.log" >&2
+  die "building the node image's Debian trees failed (log: $LAB_DIR/node-bases.log)"
+fi
+bases=""
 if [[ -z $NODE_IMAGE ]]; then
   "$ROOT/lab/scripts/node-image.sh"
   NODE_IMAGE=$("$ROOT/lab/scripts/node-image.sh" --print-node-image)
 fi
 "$ROOT/lab/scripts/images.sh" "$TAG"
-IMAGES="kubelink/broker kubelink/router kubelink/meshdns kubelink/certwatch kubelink/coredns kubelink-lab/toolbox kubelink-lab/cni"
+IMAGES="kubelink/broker kubelink/router kubelink/meshdns kubelink/certwatch kubelink/coredns kubelink/verifier kubelink-lab/toolbox kubelink-lab/cni"
 # Every image is pulled from the lab's registry (lab/scripts/registry.sh),
 # as on a user's cluster; nothing is loaded into the nodes.
 REG=localhost:5001
@@ -39,10 +65,16 @@ REG=localhost:5001
 "$ROOT/lab/scripts/registry.sh" push "$TAG" $IMAGES
 
 # Per-cluster facts: pod CIDR, service CIDR, mesh address, node roles.
-declare -A POD=([a]=10.110.0.0/16 [b]=10.120.0.0/16)
-declare -A SVC=([a]=100.64.0.0/20 [b]=100.64.16.0/20)
-declare -A MESH=([a]=192.168.0.11 [b]=192.168.0.12)
-declare -A NODES=([a]="control-plane worker" [b]="control-plane")
+declare -A POD=([a]=10.110.0.0/16 [b]=10.120.0.0/16 [c]=10.130.0.0/16)
+declare -A SVC=([a]=100.64.0.0/20 [b]=100.64.16.0/20 [c]=100.64.32.0/20)
+declare -A MESH=([a]=192.168.0.11 [b]=192.168.0.12 [c]=192.168.0.13)
+declare -A NODES=([a]="control-plane worker" [b]="control-plane" [c]="control-plane")
+# A lab-c from an earlier LAB_CLUSTERS=3 stays in the mesh (make lab-down
+# removes it).
+if [[ ${#CLUSTERS[@]} == 2 ]] && "$KIND" get clusters 2>/dev/null | grep -x lab-c >/dev/null; then
+  log "lab-c exists (an earlier LAB_CLUSTERS=3): keeping it in the mesh; make lab-down removes it"
+  CLUSTERS=(a b c)
+fi
 kc() { local c=$1; shift; "$KUBECTL" --kubeconfig "$LAB_DIR/$c/kubeconfig" "$@"; }
 HELM=${HELM:-$CACHE/tools/helm}
 [[ -x $HELM ]] || die "helm not found at $HELM: run make tools (make lab-up builds it)"
@@ -153,86 +185,12 @@ hook_cluster_dns() {
   kc "$c" -n kube-system rollout restart deploy/coredns >/dev/null
 }
 
-# The mesh CA (kept with the lab). Only cluster a, the mesh authority,
-# holds its key; b is a member that gets its certificate from a through a
-# CertificateSigningRequest (docs/certwatch.md, "The mesh authority").
-ensure_ca() {
-  if [[ ! -s $LAB_DIR/ca.key ]]; then
-    openssl ecparam -name prime256v1 -genkey -noout -out "$LAB_DIR/ca.key.tmp" 2>/dev/null
-    openssl req -x509 -new -key "$LAB_DIR/ca.key.tmp" -sha256 -days 3650 -subj "/O=kubelink-lab/CN=kubelink-lab-ca" \
-      -out "$LAB_DIR/ca.crt" 2>/dev/null
-    mv "$LAB_DIR/ca.key.tmp" "$LAB_DIR/ca.key"
-  fi
-}
-
-# register_member c name: makes cluster c a member at the authority a — a
-# ServiceAccount member-<c> there annotated with c's identity and bridge name
-# and bound to the kubelink-member roles, and its token as kubeconfig in
-# c's Secret kubelink-authority (reaching a's API server on the kind network).
-register_member() {
-  local c=$1 name=$2 ids server token ca
-  ids=$(sed -n 's/^ *identities: *//p' "$ROOT/lab/values/$c.yaml" | tr -d '"')
-  [[ -n $ids ]] || die "no bridge.identities in lab/values/$c.yaml"
-  kc a apply -f - >/dev/null <<Y
-apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: member-$c
-  namespace: kubelink
-  annotations: {kubelink.mandelsoft.org/identities: "$ids", kubelink.mandelsoft.org/names: "$name"}
----
-apiVersion: v1
-kind: Secret
-type: kubernetes.io/service-account-token
-metadata:
-  name: member-$c-token
-  namespace: kubelink
-  annotations: {kubernetes.io/service-account.name: member-$c}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: kubelink-member-$c}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kubelink-member}
-subjects: [{kind: ServiceAccount, name: member-$c, namespace: kubelink}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: kubelink-member-$c, namespace: kubelink}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: kubelink-member}
-subjects: [{kind: ServiceAccount, name: member-$c, namespace: kubelink}]
-Y
-  token=$(wait_for "token of member-$c at lab-a" 60 kc a -n kubelink get secret "member-$c-token" -o jsonpath='{.data.token}' | base64 -d)
-  ca=$(kc a config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
-  server=https://$(node_ip lab-a-control-plane):6443
-  cat >"$LAB_DIR/$c/authority.kubeconfig" <<K
-apiVersion: v1
-kind: Config
-clusters: [{name: authority, cluster: {server: "$server", certificate-authority-data: "$ca"}}]
-users: [{name: member-$c, user: {token: "$token"}}]
-contexts: [{name: authority, context: {cluster: authority, user: member-$c}}]
-current-context: authority
-K
-  chmod 600 "$LAB_DIR/$c/authority.kubeconfig"
-  kc "$c" -n kubelink create secret generic kubelink-authority --from-file=kubeconfig="$LAB_DIR/$c/authority.kubeconfig" \
-    --dry-run=client -o yaml | kc "$c" apply -f - >/dev/null
-}
-
 deploy() { # c
-  local c=$1 d=$LAB_DIR/$1 bridge_name
+  local c=$1 d=$LAB_DIR/$1 bridge_name authority=()
   bridge_name=$(node_ip "lab-$c-control-plane")
-  kc "$c" get ns kubelink >/dev/null 2>&1 || kc "$c" create ns kubelink >/dev/null
-  if [[ $c == a ]]; then
-    # The authority's certwatch signs with the lab CA.
-    kc "$c" -n kubelink create secret generic kubelink-tls --from-file=ca.crt="$LAB_DIR/ca.crt" \
-      --from-file=ca.key="$LAB_DIR/ca.key" --dry-run=client -o yaml | kc "$c" apply -f - >/dev/null 2>&1 ||
-      kc "$c" -n kubelink get secret kubelink-tls >/dev/null
-  else
-    # A member never holds the CA key (a lab from before the authority had it).
-    if [[ -n $(kc "$c" -n kubelink get secret kubelink-tls -o jsonpath='{.data.ca\.key}' 2>/dev/null) ]]; then
-      kc "$c" -n kubelink delete secret kubelink-tls >/dev/null
-    fi
-    register_member "$c" "$bridge_name"
-  fi
+  # a holds the mesh CA (its certwatch makes one); join registers the
+  # others at it.
+  [[ $c == a ]] && authority=(--mesh-authority)
   # kubelink through its chart: the per-cluster values of lab/values/$c.yaml,
   # plus what is only known at run time. pullPolicy Always: a rebuilt image
   # of the same (dirty) tag is pulled again. By default as a user would,
@@ -247,15 +205,24 @@ deploy() { # c
     "$ROOT/bin/kubelinkctl" install --kubeconfig "$d/kubeconfig" --chart "$ROOT/deploy/chart/kubelink" \
       --name "$c" --mesh-cidr 192.168.0.0/24 --address "${MESH[$c]}" \
       --data-plane "$MODE" --announce "$bridge_name:$port" --node-cidr "$NODE_NET" --registry "$REG" --version "$TAG" \
-      -f "$ROOT/lab/values/$c.yaml" --set image.pullPolicy=Always >"$d/install.log" 2>&1 ||
+      "${authority[@]}" -f "$ROOT/lab/values/$c.yaml" --set image.pullPolicy=Always >"$d/install.log" 2>&1 ||
       { cat "$d/install.log" >&2; die "kubelinkctl install into lab-$c failed (log: $d/install.log)"; }
     log "kubelinkctl install into lab-$c: $(( $(date +%s) - s ))s"
     ;;
   helm)
     "$HELM" upgrade --install kubelink "$ROOT/deploy/chart/kubelink" --kubeconfig "$d/kubeconfig" \
       --namespace kubelink --create-namespace -f "$ROOT/lab/values/$c.yaml" \
-      --set-string "cluster.nodeCIDR=$NODE_NET,dataPlane=$MODE,bridge.name=$bridge_name,image.registry=$REG,image.tag=$TAG,image.pullPolicy=Always" \
+      --set-string "cluster.nodeCIDR=$NODE_NET,dataPlane=$MODE,bridge.name=$bridge_name,bridge.identities=kubelink://default/$c,image.registry=$REG,image.tag=$TAG,image.pullPolicy=Always" \
+      --set "meshAuthority.enabled=$([[ $c == a ]] && echo true || echo false)" \
       >"$d/helm.log" 2>&1 || { cat "$d/helm.log" >&2; die "helm upgrade --install kubelink into lab-$c failed"; }
+    # The chart makes no LocalLink: with helm alone the user writes it, with
+    # the endpoint join reads (kubelinkctl install does both).
+    kc "$c" apply -f - >/dev/null <<Y
+apiVersion: kubelink.mandelsoft.org/v1alpha1
+kind: KubeLink
+metadata: {name: $c, annotations: {kubelink.mandelsoft.org/endpoint: "$bridge_name:$port"}}
+spec: {endpoint: LocalLink, clusterAddress: ${MESH[$c]}/24, cidr: ${SVC[$c]}}
+Y
     ;;
   *) die "LAB_INSTALL=$LAB_INSTALL: must be kubelinkctl or helm" ;;
   esac
@@ -267,67 +234,37 @@ deploy() { # c
     { cat "$d/apply.log" >&2; die "apply of the lab workload to lab-$c failed"; }
 }
 
-# links c o: the link from c to the other cluster o.
-links() {
-  local c=$1 o=$2 port=30777 key=""
-  [[ $MODE == bridge ]] && port=30088
-  if [[ $MODE == wireguard ]]; then
-    key=$(wait_for "public key of lab-$o" 120 kc "$o" get kubelinks.kubelink.mandelsoft.org "$o" -o jsonpath='{.status.publicKey}')
-  fi
-  kc "$c" apply -f - >/dev/null <<Y
-apiVersion: kubelink.mandelsoft.org/v1alpha1
-kind: KubeLink
-metadata: {name: $o}
-spec:
-  clusterAddress: ${MESH[$o]}/24
-  cidr: ${SVC[$o]}
-  endpoint: $(node_ip "lab-$o-control-plane"):$port
-${key:+  publicKey: $key}
-Y
+# join c...: kubelinkctl join of the clusters c..., which waits until every
+# link between them is Up.
+join() {
+  local args=() c s names="" out; s=$(date +%s)
+  for c in "$@"; do args+=(--context "kind-lab-$c"); names+="${names:+, }lab-$c"; done
+  out=$LAB_DIR/join-$(IFS=; echo "$*").log
+  "$ROOT/bin/kubelinkctl" join --kubeconfig "$KCS" "${args[@]}" --timeout 5m >"$out" 2>&1 ||
+    { cat "$out" >&2; die "kubelinkctl join of $names failed (log: $out)"; }
+  log "kubelinkctl join of $names: $(( $(date +%s) - s ))s"
 }
-
-# wait_for what seconds cmd...: runs cmd every second until it prints
-# something non-empty; prints that.
-wait_for() {
-  local what=$1 secs=$2 out; shift 2
-  for _ in $(seq 1 "$secs"); do
-    out=$("$@" 2>/dev/null || true)
-    [[ -n $out ]] && { echo "$out"; return 0; }
-    sleep 1
-  done
-  die "timed out after ${secs}s waiting for $what"
-}
-link_up() { local s; s=$(kc "$1" get kubelinks.kubelink.mandelsoft.org "$2" -o jsonpath='{.status.state}'); [[ $s == Up ]] && echo Up; }
 
 mkdir -p "$LAB_DIR"
-ensure_ca
-create_cluster a
-create_cluster b
+for c in "${CLUSTERS[@]}"; do create_cluster "$c"; done
+KCS=""  # the clusters' kubeconfigs, as a KUBECONFIG list
+for c in "${CLUSTERS[@]}"; do KCS+=${KCS:+:}$LAB_DIR/$c/kubeconfig; done
 NODE_NET=$($DOCKER network inspect kind -f '{{range .IPAM.Config}}{{if .Subnet}}{{.Subnet}} {{end}}{{end}}' | tr ' ' '\n' | grep -m1 '\.')
 [[ -n $NODE_NET ]] || die "no IPv4 subnet on docker network kind"
-for c in a b; do
+for c in "${CLUSTERS[@]}"; do
   for n in ${NODES[$c]}; do "$ROOT/lab/scripts/registry.sh" configure-node "lab-$c-$n"; done
   start_cni "$c"
   for _ in $(seq 1 60); do kc "$c" get sa default >/dev/null 2>&1 && break; sleep 1; done
   deploy "$c"
 done
 if [[ ${LAB_INSTALL:-kubelinkctl} == helm ]]; then
-  for c in a b; do hook_cluster_dns "$c"; done
+  for c in "${CLUSTERS[@]}"; do hook_cluster_dns "$c"; done
 fi
-# The LocalLinks first: in WireGuard mode each side needs the other's public key.
-for c in a b; do
-  kc "$c" apply -f - >/dev/null <<Y
-apiVersion: kubelink.mandelsoft.org/v1alpha1
-kind: KubeLink
-metadata: {name: $c}
-spec: {endpoint: LocalLink, clusterAddress: ${MESH[$c]}/24, cidr: ${SVC[$c]}}
-Y
-done
-links a b
-links b a
-wait_for "link a→b Up" 300 link_up a b >/dev/null
-wait_for "link b→a Up" 120 link_up b a >/dev/null
-for c in a b; do
+# The mesh of a and b; with three clusters, c then joins the running mesh
+# (the links between a and b stay as they are).
+join a b
+[[ ${#CLUSTERS[@]} == 3 ]] && join a b c
+for c in "${CLUSTERS[@]}"; do
   kc "$c" rollout status deploy/echo --timeout=180s >/dev/null
   kc "$c" rollout status ds/client --timeout=180s >/dev/null
   kc "$c" -n kube-system rollout status deploy/coredns --timeout=180s >/dev/null
@@ -335,19 +272,22 @@ for c in a b; do
 done
 echo "$MODE" >"$LAB_DIR/mode"
 # read by the e2e tests (TestKubeProxyMode): one line per cluster
-printf 'a %s\nb %s\n' "${PROXY[a]}" "${PROXY[b]}" >"$LAB_DIR/kube-proxy"
-log "lab up in $(( $(date +%s) - start ))s (LAB_MODE=$MODE, kube-proxy: lab-a ${PROXY[a]}, lab-b ${PROXY[b]})"
+for c in "${CLUSTERS[@]}"; do echo "$c ${PROXY[$c]}"; done >"$LAB_DIR/kube-proxy"
+PROXIES=""
+for c in "${CLUSTERS[@]}"; do PROXIES+="${PROXIES:+, }${PROXY[$c]} in lab-$c"; done
+log "lab up in $(( $(date +%s) - start ))s (LAB_MODE=$MODE, ${#CLUSTERS[@]} clusters, kube-proxy $PROXIES)"
 ECHO_B=$(kc b get svc echo -o jsonpath='{.spec.clusterIP}')
 ECHO_A=$(kc a get svc echo -o jsonpath='{.spec.clusterIP}')
 CLIENT_A=$(kc a get pod -l app=client -o jsonpath='{.items[0].metadata.name}')
 CLIENT_B=$(kc b get pod -l app=client -o jsonpath='{.items[0].metadata.name}')
 cat <<T
 
-The lab is up ($MODE data plane; kube-proxy ${PROXY[a]} in lab-a, ${PROXY[b]} in lab-b). Links:
-$(kc a get kubelinks.kubelink.mandelsoft.org 2>/dev/null)
+The lab is up ($MODE data plane; kube-proxy $PROXIES). Links:
+$(cat "$LAB_DIR/join-$(IFS=; echo "${CLUSTERS[*]}").log" | sed -n '/^CLUSTER/,$p')
 
 Try:
-  export KUBECONFIG=$LAB_DIR/a/kubeconfig:$LAB_DIR/b/kubeconfig
+  export KUBECONFIG=$KCS
+  bin/kubelinkctl show all$(for c in "${CLUSTERS[@]}"; do printf ' --context kind-lab-%s' "$c"; done)
   kubectl --context kind-lab-a exec $CLIENT_A -- wget -qO- http://$ECHO_B/                  # A → B by ClusterIP
   kubectl --context kind-lab-a exec $CLIENT_A -- wget -qO- http://echo.default.svc.b.kubelink/   # A → B by name
   kubectl --context kind-lab-b exec $CLIENT_B -- wget -qO- http://$ECHO_A/                  # B → A

@@ -141,6 +141,10 @@ build_node() {
 
 cached_image "$DEBIAN_NET" build_debian_net
 [[ ${1:-} == --debian-net-only ]] && exit 0
+# The two Debian trees need no Kubernetes binary: lab-up builds them while
+# the binaries compile (debootstrap waits on the network and the disk, the
+# compiler on the CPU).
+if [[ ${1:-} == --bases-only ]]; then cached_image "$NODE_BASE" build_node_base; exit 0; fi
 for b in kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd; do
   [[ -x $BIN/$b ]] || die "$BIN/$b missing: run lab/scripts/k8s-bins.sh first (make lab-up does)"
 done

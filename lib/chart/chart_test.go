@@ -118,9 +118,21 @@ func clusterConfig(t *testing.T, objs objects) map[string]string {
 }
 
 // labRunTime are the values lab/scripts/lab-up.sh sets at run time on top
-// of lab/values/<cluster>.yaml.
+// of lab/values/<cluster>.yaml: those kubelinkctl install sets from its
+// flags and what it discovers.
 func labRunTime(dataPlane string) string {
 	return "cluster.nodeCIDR=172.18.0.0/16,bridge.name=172.18.0.2,image.tag=v0.1.0-3-gabcdef0,dataPlane=" + dataPlane
+}
+
+// labRoles are the values that make lab cluster a the mesh authority
+// (install --mesh-authority) and b a member (what kubelinkctl join sets
+// when it registers b at a), with each cluster's discovered networks and
+// identity as install sets them.
+var labRoles = map[string][]string{
+	"a": {"--set-string", "cluster.podCIDR=10.110.0.0/16,cluster.serviceCIDR=100.64.0.0/20,bridge.identities=kubelink://default/a",
+		"--set", "meshAuthority.enabled=true"},
+	"b": {"--set-string", "cluster.podCIDR=10.120.0.0/16,cluster.serviceCIDR=100.64.16.0/20,bridge.identities=kubelink://default/b,certificates.mode=csr",
+		"--set", "meshMember.enabled=true"},
 }
 
 func labValues(t *testing.T, cluster string) string {
@@ -142,10 +154,11 @@ func TestLint(t *testing.T) {
 		name string
 		args []string
 	}{
-		{"lab a, wireguard", []string{"-f", labValues(t, "a"), "--set-string", labRunTime("wireguard")}},
-		{"lab a, bridge", []string{"-f", labValues(t, "a"), "--set-string", labRunTime("bridge")}},
-		{"lab b, wireguard", []string{"-f", labValues(t, "b"), "--set-string", labRunTime("wireguard")}},
-		{"lab b, bridge", []string{"-f", labValues(t, "b"), "--set-string", labRunTime("bridge")}},
+		{"lab a, wireguard", append([]string{"-f", labValues(t, "a"), "--set-string", labRunTime("wireguard")}, labRoles["a"]...)},
+		{"lab a, bridge", append([]string{"-f", labValues(t, "a"), "--set-string", labRunTime("bridge")}, labRoles["a"]...)},
+		{"lab b, wireguard", append([]string{"-f", labValues(t, "b"), "--set-string", labRunTime("wireguard")}, labRoles["b"]...)},
+		{"lab b, bridge", append([]string{"-f", labValues(t, "b"), "--set-string", labRunTime("bridge")}, labRoles["b"]...)},
+		{"lab c, as installed", []string{"-f", labValues(t, "c"), "--set-string", labRunTime("bridge") + ",cluster.podCIDR=10.130.0.0/16,cluster.serviceCIDR=100.64.32.0/20"}},
 		{"required values only", []string{"--set-string", strings.Join(required, ",")}},
 	}
 	for _, c := range cases {
@@ -159,7 +172,8 @@ func TestLint(t *testing.T) {
 	}
 }
 
-// The lab's values carry over what deploy/lab/{a,b} set before the chart.
+// The lab's values, with what install and join add, carry over what
+// deploy/lab/{a,b} set before the chart.
 func TestLabValues(t *testing.T) {
 	cases := []struct {
 		cluster      string
@@ -181,7 +195,7 @@ func TestLabValues(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.cluster, func(t *testing.T) {
 			// The lab's file must override the test's required values.
-			objs := testenv.RenderChart(t, nil, "-f", labValues(t, c.cluster), "--set-string", labRunTime("wireguard"))
+			objs := testenv.RenderChart(t, nil, append([]string{"-f", labValues(t, c.cluster), "--set-string", labRunTime("wireguard")}, labRoles[c.cluster]...)...)
 			if got := clusterConfig(t, objs); !reflect.DeepEqual(got, c.config) {
 				t.Errorf("ConfigMap kubelink-cluster = %v, want %v", got, c.config)
 			}

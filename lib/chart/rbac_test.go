@@ -94,7 +94,7 @@ func TestLeastPrivilege(t *testing.T) {
 			var extra []string
 			if c.name == "lab values" {
 				// The authority a: its RBAC is the authority's.
-				extra = []string{"-f", labValues(t, "a"), "--set-string", labRunTime("wireguard")}
+				extra = append([]string{"-f", labValues(t, "a"), "--set-string", labRunTime("wireguard")}, labRoles["a"]...)
 				c.grants = append(c.grants, authorityRBAC)
 				c.unbound = authorityUnbound
 			}

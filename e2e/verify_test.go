@@ -1,0 +1,233 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/xml"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/e2e-framework/pkg/envconf"
+	"sigs.k8s.io/e2e-framework/pkg/features"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+)
+
+// kubelinkctl runs bin/kubelinkctl (make e2e builds it) against the lab's
+// clusters; it returns stdout, stderr and the error.
+func kubelinkctl(ctx context.Context, t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	bin, err := filepath.Abs(filepath.Join("..", "bin", "kubelinkctl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("%s: %v (make e2e builds it: make kubelinkctl)", bin, err)
+	}
+	var kcs []string
+	for _, c := range lab.Members() {
+		kcs = append(kcs, c.Kubeconfig)
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+strings.Join(kcs, ":"))
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	return out.String(), errOut.String(), err
+}
+
+// labContexts are --context flags for every cluster of the lab.
+func labContexts() []string {
+	var args []string
+	for _, c := range lab.Members() {
+		args = append(args, "--context", "kind-lab-"+c.Name)
+	}
+	return args
+}
+
+type junitReport struct {
+	Tests    int `xml:"tests,attr"`
+	Failures int `xml:"failures,attr"`
+	Cases    []struct {
+		Name    string    `xml:"name,attr"`
+		Failure *struct{} `xml:"failure"`
+	} `xml:"testcase"`
+}
+
+func readJUnit(t *testing.T, path string) junitReport {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("the JUnit report: %v", err)
+	}
+	var r junitReport
+	if err := xml.Unmarshal(b, &r); err != nil {
+		t.Fatalf("the JUnit report: %v\n%s", err, b)
+	}
+	return r
+}
+
+// wantChecks is how many checks verify runs: from every cluster to every
+// other, from its agents (the gateway node and one other node where it has
+// one) by ClusterIP and by DNS name, plus one path MTU check per pair.
+func wantChecks(ctx context.Context, t *testing.T) int {
+	n := 0
+	for _, c := range lab.Members() {
+		agents := len(LabNodes(c))
+		if agents > 2 {
+			agents = 2
+		}
+		n += (len(lab.Members()) - 1) * (agents*2 + 1)
+	}
+	return n
+}
+
+// kubelinkctl verify passes on the healthy lab, and diagnose finds no
+// error there; with a link broken, verify fails naming the checks, and
+// diagnose names the cause.
+func TestKubelinkctlVerify(t *testing.T) {
+	f := features.New("kubelinkctl verify").
+		Assess("every check passes on the healthy lab, and the JUnit report says so", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			report := filepath.Join(t.TempDir(), "verify.xml")
+			out, stderr, err := kubelinkctl(ctx, t, append([]string{"verify", "--junit-report", report, "--timeout", "4m"}, labContexts()...)...)
+			t.Logf("verify:\n%s%s", stderr, out)
+			if err != nil {
+				t.Fatalf("verify failed on the healthy lab: %v", err)
+			}
+			r := readJUnit(t, report)
+			if want := wantChecks(ctx, t); r.Tests != want || r.Failures != 0 {
+				t.Errorf("JUnit report: %d checks, %d failed; want %d checks, none failed", r.Tests, r.Failures, want)
+			}
+			if !strings.Contains(out, "path MTU") {
+				t.Errorf("verify printed no path MTU:\n%s", out)
+			}
+			out, stderr, err = kubelinkctl(ctx, t, append([]string{"diagnose"}, labContexts()...)...)
+			if err != nil || strings.Contains(out, "ERROR") {
+				t.Errorf("diagnose of the healthy lab: %v\n%s%s", err, stderr, out)
+			}
+			return ctx
+		}).
+		Assess("benchmark measures both directions between a and b", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			// The command is the same in both planes (make bench measures the
+			// planes); checked in the WireGuard pass only, for CI's time.
+			if lab.Mode != "wireguard" {
+				t.Skip("benchmark is checked in the WireGuard pass")
+			}
+			for _, what := range []string{"throughput", "latency"} {
+				out, stderr, err := kubelinkctl(ctx, t, "benchmark", what, "--context", "kind-lab-a", "--context", "kind-lab-b",
+					"--seconds", "3s", "--count", "100", "-o", "json", "--timeout", "3m")
+				var rs []struct {
+					From, To    string
+					OK          bool
+					Mbps, P50Ms float64
+					Count       int
+				}
+				if err != nil || json.Unmarshal([]byte(out), &rs) != nil || len(rs) != 2 {
+					t.Fatalf("benchmark %s: %v\n%s%s", what, err, stderr, out)
+				}
+				for _, r := range rs {
+					if !r.OK || (what == "throughput" && r.Mbps <= 0) || (what == "latency" && (r.Count != 100 || r.P50Ms <= 0)) {
+						t.Errorf("benchmark %s %s → %s: %+v", what, r.From, r.To, r)
+					}
+				}
+				t.Logf("benchmark %s: %s", what, out)
+			}
+			return ctx
+		}).
+		Assess("a broken link makes verify fail and name the checks", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			orig, err := lab.A.Link(ctx, "b")
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec := orig.Spec
+			// WireGuard: another key for b, so the tunnel fails both ways.
+			// The bridge: a service CIDR that is not b's (a peer may dial
+			// in, so a wrong endpoint alone would not break it): a no
+			// longer routes b's Services there.
+			var broken string
+			var edit func(s *v1alpha1.KubeLinkSpec)
+			if lab.Mode == "wireguard" {
+				key := make([]byte, 32)
+				rand.Read(key)
+				k := base64.StdEncoding.EncodeToString(key)
+				broken, edit = "publicKey "+k, func(s *v1alpha1.KubeLinkSpec) { s.PublicKey = k }
+			} else {
+				broken, edit = "cidr 100.64.200.0/24", func(s *v1alpha1.KubeLinkSpec) { s.CIDR = "100.64.200.0/24" }
+			}
+			t.Cleanup(func() {
+				ctx := context.Background()
+				if err := lab.A.UpdateLink(ctx, "b", func(s *v1alpha1.KubeLinkSpec) { s.PublicKey, s.CIDR = spec.PublicKey, spec.CIDR }); err != nil {
+					t.Errorf("restoring a's link to b: %v", err)
+				}
+				client := anyClient(ctx, t, lab.A)
+				url := echoURL(ctx, t, lab.B)
+				if _, err := Eventually(ctx, 90*time.Second, time.Second, func(ctx context.Context) error {
+					l, err := lab.A.Link(ctx, "b")
+					if err == nil && l.Status.State != v1alpha1.StateUp {
+						return fmt.Errorf("a's link to b is %s", l.Status.State)
+					}
+					if err == nil {
+						_, err = lab.A.Wget(ctx, client, url)
+					}
+					return err
+				}); err != nil {
+					t.Errorf("a's link to b did not come back after the restore: %v", err)
+				}
+			})
+			if err := lab.A.UpdateLink(ctx, "b", edit); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("a's link to b now has %s", broken)
+			client, url := anyClient(ctx, t, lab.A), echoURL(ctx, t, lab.B)
+			if _, err := Eventually(ctx, 60*time.Second, time.Second, func(ctx context.Context) error {
+				if _, err := lab.A.Wget(ctx, client, url); err == nil {
+					return fmt.Errorf("a still reaches b's echo at %s", url)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			report := filepath.Join(t.TempDir(), "verify.xml")
+			out, stderr, err := kubelinkctl(ctx, t, append([]string{"verify", "--junit-report", report, "--timeout", "4m"}, labContexts()...)...)
+			t.Logf("verify:\n%s%s", stderr, out)
+			if err == nil {
+				t.Fatal("verify passed with a's link to b broken")
+			}
+			names := []string{"a (gateway node) → b by ClusterIP", "a (other node) → b by ClusterIP"}
+			if lab.Mode == "wireguard" {
+				names = append(names, "b (gateway node) → a by ClusterIP")
+			}
+			table := strings.Join(strings.Fields(out), " ")
+			for _, name := range names {
+				if !strings.Contains(stderr, name) || !strings.Contains(table, "FAIL "+name) {
+					t.Errorf("verify does not name the failed check %q", name)
+				}
+			}
+			r := readJUnit(t, report)
+			if r.Failures == 0 {
+				t.Errorf("the JUnit report has no failure")
+			}
+			// diagnose names the cause.
+			out, stderr, err = kubelinkctl(ctx, t, append([]string{"diagnose"}, labContexts()...)...)
+			t.Logf("diagnose:\n%s%s", stderr, out)
+			cause := "KubeLink b has cidr 100.64.200.0/24, but b's service CIDR is " + spec.CIDR
+			if lab.Mode == "wireguard" {
+				cause = "KubeLink b has publicKey " + strings.TrimPrefix(broken, "publicKey ") + ", but b's LocalLink publishes " + spec.PublicKey
+			}
+			if err == nil || !strings.Contains(out, cause) {
+				t.Errorf("diagnose (%v) does not name the cause %q", err, cause)
+			}
+			return ctx
+		}).Feature()
+	testenv.Test(t, f)
+}
