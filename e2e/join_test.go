@@ -4,10 +4,12 @@ package e2e
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
 	"sigs.k8s.io/e2e-framework/pkg/features"
 
@@ -52,43 +54,83 @@ func TestLabLinksMadeByJoin(t *testing.T) {
 	testenv.Test(t, f)
 }
 
-// With LAB_CLUSTERS=3, lab-c joined the running mesh of a and b with a
-// second kubelinkctl join: it reaches both by ClusterIP and DNS name and
-// both reach it, and the join restarted no broker of a or b and changed
-// none of their links to each other.
-func TestThirdClusterJoinedTheRunningMesh(t *testing.T) {
+// With LAB_CLUSTERS=3: lab-c leaves the mesh (kubelinkctl leave) and joins
+// the running mesh of a and b again with one kubelinkctl join. The join
+// restarts no broker of a or b and changes none of their links to each
+// other, c's links are Up within a bound, and c reaches both by ClusterIP
+// and DNS name and both reach it.
+func TestThirdClusterJoinsTheRunningMesh(t *testing.T) {
 	if lab.C == nil {
 		t.Skip("the lab has two clusters (LAB_CLUSTERS=3 make lab-up adds lab-c)")
 	}
-	f := features.New("lab-c joined the running mesh of a and b").
-		Assess("traffic both ways between c and a, and c and b", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
-			for _, other := range []*Cluster{lab.A, lab.B} {
-				expectEcho(ctx, t, lab.C, anyClient(ctx, t, lab.C), echoURL(ctx, t, other), other.Name, 30*time.Second)
-				expectEcho(ctx, t, lab.C, anyClient(ctx, t, lab.C), "http://echo.default.svc."+other.Name+".kubelink/", other.Name, 30*time.Second)
-				expectEcho(ctx, t, other, anyClient(ctx, t, other), echoURL(ctx, t, lab.C), "c", 30*time.Second)
-				expectEcho(ctx, t, other, anyClient(ctx, t, other), "http://echo.default.svc.c.kubelink/", "c", 30*time.Second)
+	// joinBound is a regression bound, not the goal: the lab's join of c
+	// takes 2–9 s (lab-up's log); a loaded 2-core machine stretches it.
+	const joinBound = 30 * time.Second
+	f := features.New("lab-c leaves and joins the running mesh of a and b").
+		Assess("leave removes c from every side", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			out, stderr, err := kubelinkctl(ctx, t, append([]string{"leave", "c"}, labContexts()...)...)
+			if err != nil || !strings.Contains(out, "c left the mesh") {
+				t.Fatalf("leave c: %v\n%s%s", err, stderr, out)
+			}
+			for _, pair := range [][2]*Cluster{{lab.A, lab.C}, {lab.B, lab.C}, {lab.C, lab.A}, {lab.C, lab.B}} {
+				if _, err := pair[0].Link(ctx, pair[1].Name); !apierrors.IsNotFound(err) {
+					t.Errorf("%s: KubeLink %s after leave: %v, want it gone", pair[0].Name, pair[1].Name, err)
+				}
+			}
+			var sa corev1.ServiceAccount
+			if err := lab.A.In("kubelink").Get(ctx, "member-c", "kubelink", &sa); !apierrors.IsNotFound(err) {
+				t.Errorf("a: ServiceAccount member-c after leave: %v, want it gone", err)
 			}
 			return ctx
 		}).
-		Assess("the join of c restarted no broker of a or b and left the a–b links alone", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+		Assess("join brings c back without touching a and b", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			type state struct {
+				pods map[string]bool
+				gen  int64
+				rv   string
+			}
+			before := map[string]state{}
 			for _, pair := range [][2]*Cluster{{lab.A, lab.B}, {lab.B, lab.A}} {
 				c, peer := pair[0], pair[1]
-				toC, err := c.Link(ctx, "c")
+				pods, err := c.BrokerPods(ctx)
 				if err != nil {
-					t.Fatalf("%s: KubeLink c: %v", c.Name, err)
+					t.Fatal(err)
 				}
-				joined := toC.CreationTimestamp.Time
+				st := state{pods: map[string]bool{}}
+				for _, p := range pods {
+					st.pods[string(p.UID)] = true
+				}
+				l, err := c.Link(ctx, peer.Name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				st.gen = l.Generation
+				before[c.Name] = st
+			}
+			start := time.Now()
+			out, stderr, err := kubelinkctl(ctx, t, append([]string{"join", "--timeout", "3m"}, labContexts()...)...)
+			took := time.Since(start)
+			t.Logf("join:\n%s%s", stderr, out)
+			if err != nil {
+				t.Fatalf("join of a, b and c: %v", err)
+			}
+			t.Logf("JOIN c: every link Up %.1f s after join started", took.Seconds())
+			if took > joinBound {
+				t.Errorf("join of c took %s, over the regression bound %s", took.Round(time.Millisecond), joinBound)
+			}
+			for _, pair := range [][2]*Cluster{{lab.A, lab.B}, {lab.B, lab.A}} {
+				c, peer := pair[0], pair[1]
 				pods, err := c.BrokerPods(ctx)
 				if err != nil {
 					t.Fatal(err)
 				}
 				for _, p := range pods {
-					if !p.CreationTimestamp.Time.Before(joined) {
-						t.Errorf("%s: broker pod %s was created at %s, not before c joined (%s)", c.Name, p.Name, p.CreationTimestamp.Time, joined)
+					if !before[c.Name].pods[string(p.UID)] {
+						t.Errorf("%s: broker pod %s is new: the join of c restarted a broker", c.Name, p.Name)
 					}
 					for _, s := range p.Status.ContainerStatuses {
-						if s.LastTerminationState.Terminated != nil && !s.LastTerminationState.Terminated.FinishedAt.Time.Before(joined) {
-							t.Errorf("%s: container %s of broker pod %s restarted after c joined", c.Name, s.Name, p.Name)
+						if s.LastTerminationState.Terminated != nil && !s.LastTerminationState.Terminated.FinishedAt.Time.Before(start) {
+							t.Errorf("%s: container %s of broker pod %s restarted during the join of c", c.Name, s.Name, p.Name)
 						}
 					}
 				}
@@ -96,12 +138,18 @@ func TestThirdClusterJoinedTheRunningMesh(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				// Only the brokers (status) may have written the link since.
-				for _, mf := range l.ManagedFields {
-					if mf.Subresource == "" && mf.Time != nil && mf.Time.Time.After(joined) {
-						t.Errorf("%s: KubeLink %s was changed at %s by %s, after c joined (%s)", c.Name, peer.Name, mf.Time.Time, mf.Manager, joined)
-					}
+				if l.Generation != before[c.Name].gen {
+					t.Errorf("%s: the spec of KubeLink %s changed during the join of c (generation %d → %d)", c.Name, peer.Name, before[c.Name].gen, l.Generation)
 				}
+			}
+			return ctx
+		}).
+		Assess("traffic both ways between c and a, and c and b", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			for _, other := range []*Cluster{lab.A, lab.B} {
+				expectEcho(ctx, t, lab.C, anyClient(ctx, t, lab.C), echoURL(ctx, t, other), other.Name, 30*time.Second)
+				expectEcho(ctx, t, lab.C, anyClient(ctx, t, lab.C), "http://echo.default.svc."+other.Name+".kubelink/", other.Name, 30*time.Second)
+				expectEcho(ctx, t, other, anyClient(ctx, t, other), echoURL(ctx, t, lab.C), "c", 30*time.Second)
+				expectEcho(ctx, t, other, anyClient(ctx, t, other), "http://echo.default.svc.c.kubelink/", "c", 30*time.Second)
 			}
 			return ctx
 		}).Feature()
