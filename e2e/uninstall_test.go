@@ -77,8 +77,8 @@ func TestUninstall(t *testing.T) {
 					for what, cmd := range map[string][]string{
 						"routes of protocol 77": {"ip", "route", "show", "table", "all", "proto", "77"},
 						"kubelink devices":      {"sh", "-c", "ip -o link show | grep kubelink || true"},
-						"kubelink iptables":     {"sh", "-c", "iptables-save | grep -i kubelink || true"},
-						"kubelink nftables":     {"sh", "-c", "nft list ruleset | grep -i kubelink || true"},
+						"kubelink iptables":     {"sh", "-c", "iptables-save 2>/dev/null | grep KUBELINK- || true"},
+						"kubelink nftables":     {"sh", "-c", "nft list ruleset 2>/dev/null | grep KUBELINK- || true"},
 						"the route file":        {"sh", "-c", "ls /var/lib/kubelink 2>/dev/null || true"},
 					} {
 						if r := nodeRun(t, n, cmd...); r.err != nil || strings.TrimSpace(r.out) != "" {

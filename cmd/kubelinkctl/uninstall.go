@@ -33,7 +33,9 @@ var kubelinkCRDs = []string{"kubelinks.kubelink.mandelsoft.org", "meshservices.k
 // nodeCleanupScript runs on every node (host network) after the chart is
 // gone: the router's own clean-up, the route datafile, then a report of
 // what kubelink state is left, one "left: ..." line each, and "clean"
-// when none is.
+// when none is. Chains are kubelink's by their prefix KUBELINK- (kube-proxy's
+// chains for the Services of the kubelink namespace carry its name too,
+// and go with the Services).
 const nodeCleanupScript = `set -u
 left=0
 /usr/local/bin/app --cleanup || { echo "left: the router's clean-up failed"; left=1; }
@@ -42,9 +44,9 @@ r=$(ip -4 route show table all proto 77; ip -6 route show table all proto 77)
 [ -z "$r" ] || { echo "left: routes of protocol 77: $r"; left=1; }
 d=$(ip -o link show | grep -E ': (kubelink[^:@]*)[:@]' || true)
 [ -z "$d" ] || { echo "left: devices: $d"; left=1; }
-c=$( (iptables-save 2>/dev/null; ip6tables-save 2>/dev/null) | grep -i kubelink || true)
+c=$( (iptables-save 2>/dev/null; ip6tables-save 2>/dev/null) | grep KUBELINK- || true)
 [ -z "$c" ] || { echo "left: iptables: $c"; left=1; }
-n=$(nft list ruleset 2>/dev/null | grep -i kubelink || true)
+n=$(nft list ruleset 2>/dev/null | grep KUBELINK- || true)
 [ -z "$n" ] || { echo "left: nftables: $n"; left=1; }
 [ "$left" = 0 ] && echo clean
 exit 0
