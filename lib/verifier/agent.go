@@ -94,12 +94,7 @@ type Result struct {
 func Get(ctx context.Context, url, want string, upload int, timeout time.Duration) Result {
 	start := time.Now()
 	r := Result{UnixMillis: start.UnixMilli()}
-	var conn net.Conn
-	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-		conn = c
-		return c, err
-	}}
+	tr, conn := oneConnection()
 	defer tr.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -118,8 +113,8 @@ func Get(ctx context.Context, url, want string, upload int, timeout time.Duratio
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err == nil {
 		// Read while the connection is open (it closes with the body).
-		if conn != nil {
-			r.PathMTU, r.SendMSS = pathMTU(conn)
+		if *conn != nil {
+			r.PathMTU, r.SendMSS = pathMTU(*conn)
 		}
 		var body []byte
 		body, err = io.ReadAll(io.LimitReader(resp.Body, 4096))
@@ -143,6 +138,17 @@ func Get(ctx context.Context, url, want string, upload int, timeout time.Duratio
 func lastLine(s string) string {
 	s = strings.TrimSpace(s)
 	return strings.TrimSpace(s[strings.LastIndex(s, "\n")+1:])
+}
+
+// oneConnection is a transport for one request on its own connection, and
+// where that connection will be (to read its path MTU while it is open).
+func oneConnection() (*http.Transport, *net.Conn) {
+	conn := new(net.Conn)
+	return &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		*conn = c
+		return c, err
+	}}, conn
 }
 
 // pathMTU reads the kernel's path MTU and send MSS of a TCP connection
@@ -211,12 +217,7 @@ func (r *timedReader) Read(p []byte) (int, error) {
 // the server received.
 func Upload(ctx context.Context, url string, d time.Duration) Throughput {
 	var t Throughput
-	var conn net.Conn
-	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-		conn = c
-		return c, err
-	}}
+	tr, conn := oneConnection()
 	defer tr.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, d+10*time.Second)
 	defer cancel()
@@ -232,8 +233,8 @@ func Upload(ctx context.Context, url string, d time.Duration) Throughput {
 		t.Error = err.Error()
 		return t
 	}
-	if conn != nil {
-		t.PathMTU, _ = pathMTU(conn)
+	if *conn != nil {
+		t.PathMTU, _ = pathMTU(*conn)
 	}
 	var got struct {
 		Bytes int64 `json:"bytes"`
