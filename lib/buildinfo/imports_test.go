@@ -26,6 +26,9 @@ func TestBinaryImports(t *testing.T) {
 		"certwatch": {wgDevice, bridge, broker, wgLib, meshdns},
 		"broker":    {meshdns},
 		"bridge":    {meshdns},
+		// verify's agent runs in the users' clusters: it links nothing of
+		// kubelink's planes, and no Kubernetes client.
+		"verifier": {wgDevice, bridge, broker, wgLib, meshdns, "k8s.io/client-go/kubernetes"},
 	} {
 		c := exec.Command("go", "list", "-deps", ".")
 		c.Dir = filepath.Join("..", "..", "cmd", cmd)
