@@ -87,7 +87,6 @@ func TestThirdClusterJoinsTheRunningMesh(t *testing.T) {
 			type state struct {
 				pods map[string]bool
 				gen  int64
-				rv   string
 			}
 			before := map[string]state{}
 			for _, pair := range [][2]*Cluster{{lab.A, lab.B}, {lab.B, lab.A}} {
