@@ -19,6 +19,7 @@ import (
 const tokenWait = 60 * time.Second
 
 type joinOptions struct {
+	token           string
 	contexts        []string
 	meshCIDR        string
 	authorityServer string
@@ -52,10 +53,21 @@ cluster joins a running mesh without touching the links between the others
   # a third cluster joins the running mesh; the eu-us links stay as they are
   %[1]s join --context eu --context us --context ap
 
+  # with a token from another team (kubelinkctl token create in their cluster)
+  %[1]s join --token ap.token --context ap
+
   # clusters from separate kubeconfig files
   %[1]s join --kubeconfig eu.yaml:us.yaml --context eu-admin --context us-admin`, commandName()),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.token != "" {
+				if len(dedupe(o.contexts)) != 1 {
+					return usagef(cmd, "join --token needs the context of the one new cluster (--context NEW), got %d", len(dedupe(o.contexts)))
+				}
+				ctx, cancel := context.WithTimeout(cmd.Context(), g.timeout)
+				defer cancel()
+				return joinWithToken(ctx, g, o.token, o.contexts[0], o.wait)
+			}
 			if len(dedupe(o.contexts)) < 2 {
 				return usagef(cmd, "join needs the contexts of at least two clusters (--context A --context B), got %d", len(dedupe(o.contexts)))
 			}
@@ -67,6 +79,7 @@ cluster joins a running mesh without touching the links between the others
 	f.StringArrayVar(&o.contexts, "context", nil, "the kubeconfig context of a cluster to join (repeat it, at least twice)")
 	f.StringVar(&o.meshCIDR, "mesh-cidr", "", "the mesh to join, where a cluster is in several (default: each cluster's only LocalLink)")
 	f.StringVar(&o.authorityServer, "authority-server", "", "bridge: the https:// URL the members' pods reach the mesh authority's API server at (default: its kubeconfig's server, or the address it advertises when that is a loopback address)")
+	f.StringVar(&o.token, "token", "", "join the one cluster of --context to the mesh of the token's issuer (kubelinkctl token create there), without its kubeconfig")
 	f.BoolVar(&o.wait, "wait", true, "wait until every link is Up (false: create the links and return)")
 	f.StringVarP(&g.output, "output", "o", "", "print the links as json or yaml")
 	return cmd

@@ -72,7 +72,7 @@ several Kubernetes clusters over an encrypted tunnel, and reports on it.`,
 	pf.StringVar(g.kube.Context, "context", "", "the kubeconfig context to use (default: the current context)")
 	pf.StringVarP(g.kube.Namespace, "namespace", "n", "kubelink", "the namespace kubelink is installed in")
 	pf.DurationVar(&g.timeout, "timeout", 5*time.Minute, "how long the whole command may take, waits included, before it gives up")
-	root.AddCommand(newVersion(g), newInstall(g), newJoin(g), newShow(g), newVerify(g), newDiagnose(g), newLeave(g), newUninstall(g), newBenchmark(g))
+	root.AddCommand(newVersion(g), newInstall(g), newJoin(g), newShow(g), newVerify(g), newDiagnose(g), newLeave(g), newUninstall(g), newBenchmark(g), newToken(g))
 	return root
 }
 

@@ -236,8 +236,20 @@ func (o *uninstallOptions) uninstall(ctx context.Context, g *globals, c *cluster
 			g.progress("%q: removed %s from kube-system/coredns-custom", c.context, corednsCustomKey)
 		}
 	}
-	if err := c.cs.RbacV1().ClusterRoleBindings().DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: managedByLabel + "=" + managedBy}); err != nil {
+	// What join and token create made at cluster scope: the members'
+	// bindings, the join tokens' roles and the tokens' admission policy.
+	mine := metav1.ListOptions{LabelSelector: managedByLabel + "=" + managedBy}
+	if err := c.cs.RbacV1().ClusterRoleBindings().DeleteCollection(ctx, metav1.DeleteOptions{}, mine); err != nil {
 		return nil, fmt.Errorf("deleting the member registrations (ClusterRoleBindings): %w", err)
+	}
+	if err := c.cs.RbacV1().ClusterRoles().DeleteCollection(ctx, metav1.DeleteOptions{}, mine); err != nil {
+		return nil, fmt.Errorf("deleting the join tokens' ClusterRoles: %w", err)
+	}
+	if err := c.cs.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(ctx, joinPolicy, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("deleting the admission policy binding %s: %w", joinPolicy, err)
+	}
+	if err := c.cs.AdmissionregistrationV1().ValidatingAdmissionPolicies().Delete(ctx, joinPolicy, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("deleting the admission policy %s: %w", joinPolicy, err)
 	}
 	if !o.keepCRDs {
 		for _, name := range kubelinkCRDs {

@@ -1,0 +1,535 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	admissionv1 "k8s.io/api/admissionregistration/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+)
+
+const (
+	tokenPrefix = "kubelink-token-v1:"
+	// tokenAnnotation on the issuer's KubeLink for the new member: the hash
+	// of the token's content, so that an altered token is refused.
+	tokenAnnotation = "kubelink.mandelsoft.org/join-token"
+	// joinPolicy lets a join token's ServiceAccount change only the key and
+	// the endpoint of the one KubeLink it may update.
+	joinPolicy  = "kubelink-join-tokens"
+	minTokenTTL = 10 * time.Minute // the API server's least TokenRequest lifetime
+	maxTokenTTL = 24 * time.Hour
+)
+
+// tokenPeer is one side of a token.
+type tokenPeer struct {
+	Name      string `json:"name"`
+	Address   string `json:"address"` // with the mesh's prefix length
+	CIDR      string `json:"cidr"`
+	Endpoint  string `json:"endpoint,omitempty"`
+	PublicKey string `json:"publicKey,omitempty"`
+}
+
+// tokenContent is what a join token carries.
+type tokenContent struct {
+	ID        string    `json:"id"`
+	Expires   time.Time `json:"expires"`
+	MeshCIDR  string    `json:"meshCIDR"`
+	DataPlane string    `json:"dataPlane"`
+	Issuer    tokenPeer `json:"issuer"`
+	Member    tokenPeer `json:"member"`
+	Server    string    `json:"server"` // the issuer's API server
+	CAData    []byte    `json:"caData,omitempty"`
+	Namespace string    `json:"namespace"`
+	// Credential is the one-time ServiceAccount token at the issuer.
+	Credential string `json:"credential"`
+}
+
+// hash is the token's content without its credential (which the API
+// server itself checks).
+func (t *tokenContent) hash() string {
+	c := *t
+	c.Credential = ""
+	b, _ := json.Marshal(c)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+func (t *tokenContent) encode() string {
+	b, _ := json.Marshal(t)
+	return tokenPrefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+func decodeToken(s string) (*tokenContent, error) {
+	s = strings.TrimSpace(s)
+	if !strings.HasPrefix(s, tokenPrefix) {
+		return nil, fmt.Errorf("not a kubelink join token (it starts with %q)", tokenPrefix)
+	}
+	b, err := base64.RawURLEncoding.DecodeString(strings.TrimPrefix(s, tokenPrefix))
+	if err != nil {
+		return nil, fmt.Errorf("the token is damaged: %v", err)
+	}
+	var t tokenContent
+	if err := json.Unmarshal(b, &t); err != nil {
+		return nil, fmt.Errorf("the token is damaged: %v", err)
+	}
+	return &t, nil
+}
+
+type tokenOptions struct {
+	name, address, cidr, file, meshCIDR string
+	ttl                                 time.Duration
+}
+
+func newToken(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "token",
+		Short: "Join tokens: let another team join its cluster to this one without sharing kubeconfigs",
+	}
+	o := &tokenOptions{}
+	create := &cobra.Command{
+		Use:   "create --name NAME --address ADDRESS --cidr CIDR",
+		Short: "Print a single-use join token for a new member of this cluster's mesh",
+		Long: `token create, in a cluster of the mesh (WireGuard), makes ready the link of
+this cluster to a new member NAME, with the mesh address and service CIDR
+the new member's team gave, and prints a token that carries what the new
+member needs: this cluster's endpoint, key, address and CIDR, and a
+credential that expires with the token (--ttl, 15 min by default) and may
+do exactly one thing: set the new member's key and endpoint on that one
+link. The new member's admin runs
+
+  kubelinkctl join --token FILE --context <its cluster>
+
+which completes the pair from that side and uses the token up. A token
+that was used, has expired or was altered is refused.`,
+		Example: fmt.Sprintf(`  %[1]s token create --context eu --name ap --address 192.168.0.13 --cidr 100.64.48.0/20 -f ap.token`, commandName()),
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.name == "" || o.address == "" || o.cidr == "" {
+				return usagef(cmd, "token create needs --name, --address and --cidr of the new member")
+			}
+			if o.ttl < minTokenTTL || o.ttl > maxTokenTTL {
+				return usagef(cmd, "--ttl %s: must be %s to %s", o.ttl, minTokenTTL, maxTokenTTL)
+			}
+			return o.create(cmd.Context(), g)
+		},
+	}
+	f := create.Flags()
+	f.StringVar(&o.name, "name", "", "the new member's name in the mesh (its LocalLink's name) (required)")
+	f.StringVar(&o.address, "address", "", "the new member's mesh address (required)")
+	f.StringVar(&o.cidr, "cidr", "", "the new member's service CIDR (required)")
+	f.DurationVar(&o.ttl, "ttl", 15*time.Minute, "how long the token is valid (10m to 24h)")
+	f.StringVarP(&o.file, "file", "f", "", "write the token to this file (mode 0600) instead of printing it")
+	f.StringVar(&o.meshCIDR, "mesh-cidr", "", "the mesh, where this cluster is in several")
+	cmd.AddCommand(create)
+	return cmd
+}
+
+func (o *tokenOptions) create(ctx context.Context, g *globals) error {
+	ctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	m, err := g.loadMember(ctx, *g.kube.Context, o.meshCIDR)
+	if err != nil {
+		return err
+	}
+	if errs := memberProblems([]*member{m}); len(errs) > 0 {
+		return fmt.Errorf("this cluster cannot issue a token: %s", strings.Join(errs, "; "))
+	}
+	if m.dataPlane != "wireguard" {
+		return fmt.Errorf("%s runs the %s data plane: join tokens work in WireGuard meshes; for the bridge, join with both clusters' contexts (the new member must be registered at the mesh authority)", m, m.dataPlane)
+	}
+	// The new member's claims, checked here: the issuer decides them.
+	if !dnsLabel.MatchString(o.name) {
+		return fmt.Errorf("--name %q: must be a DNS label (lower case letters, digits, '-')", o.name)
+	}
+	addr, err := netip.ParseAddr(o.address)
+	mesh := m.address.Masked()
+	if err != nil || !mesh.Contains(addr) || addr == mesh.Addr() || addr == lastAddr(mesh) {
+		return fmt.Errorf("--address %q: must be a host address inside the mesh %s", o.address, mesh)
+	}
+	cidr, err := netip.ParsePrefix(o.cidr)
+	if err != nil || cidr != cidr.Masked() {
+		return fmt.Errorf("--cidr %q: must be a network such as 100.64.48.0/20", o.cidr)
+	}
+	if addr == m.address.Addr() {
+		return fmt.Errorf("--address %s is %s's own", addr, m)
+	}
+	if cidr.Overlaps(m.svc) {
+		return fmt.Errorf("--cidr %s overlaps %s's service CIDR %s", cidr, m, m.svc)
+	}
+	for _, l := range m.links {
+		if l.Name == o.name {
+			return fmt.Errorf("%s already has a KubeLink %s: choose another --name, or delete it (kubectl delete kubelink %s)", m, o.name, o.name)
+		}
+		if p, err := netip.ParsePrefix(l.Spec.ClusterAddress); err == nil && p.Addr() == addr {
+			return fmt.Errorf("--address %s is taken by the peer of KubeLink %s", addr, l.Name)
+		}
+		if p, err := netip.ParsePrefix(l.Spec.CIDR); err == nil && p.Overlaps(cidr) {
+			return fmt.Errorf("--cidr %s overlaps the CIDR %s of KubeLink %s", cidr, p, l.Name)
+		}
+	}
+	id := make([]byte, 5)
+	rand.Read(id)
+	t := &tokenContent{
+		ID: hex.EncodeToString(id), Expires: time.Now().Add(o.ttl).UTC().Truncate(time.Second),
+		MeshCIDR: mesh.String(), DataPlane: m.dataPlane, Namespace: m.ns, Server: m.rest.Host, CAData: m.rest.CAData,
+		Issuer: tokenPeer{Name: m.name, Address: m.address.String(), CIDR: m.svc.String(), Endpoint: m.endpoint, PublicKey: m.local.Status.PublicKey},
+		Member: tokenPeer{Name: o.name, Address: netip.PrefixFrom(addr, mesh.Bits()).String(), CIDR: cidr.String()},
+	}
+	if len(t.CAData) == 0 && m.rest.CAFile != "" {
+		if t.CAData, err = os.ReadFile(m.rest.CAFile); err != nil {
+			return err
+		}
+	}
+	if err := ensureJoinPolicy(ctx, m); err != nil {
+		return err
+	}
+	if err := collectTokens(ctx, g, m); err != nil {
+		return err
+	}
+	// The issuer's side of the pair: the new member dials in.
+	kl := &v1alpha1.KubeLink{ObjectMeta: metav1.ObjectMeta{Name: o.name,
+		Labels:      map[string]string{managedByLabel: managedBy},
+		Annotations: map[string]string{tokenAnnotation: t.hash()}},
+		Spec: v1alpha1.KubeLinkSpec{ClusterAddress: t.Member.Address, CIDR: t.Member.CIDR, Endpoint: v1alpha1.EndpointInbound}}
+	if err := m.c.Create(ctx, kl); err != nil {
+		return fmt.Errorf("%s: creating KubeLink %s: %w", m, o.name, err)
+	}
+	sa := "kubelink-join-" + t.ID
+	labels := map[string]string{managedByLabel: managedBy, "app.kubernetes.io/part-of": "kubelink"}
+	meta := metav1.ObjectMeta{Name: sa, Namespace: m.ns, Labels: labels, Annotations: map[string]string{"kubelink.mandelsoft.org/expires": t.Expires.Format(time.RFC3339)}}
+	subjects := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: m.ns}}
+	// The ServiceAccount owns its Role and RoleBinding (they go with it);
+	// the ClusterRole and its binding (KubeLinks are cluster-scoped) are
+	// collected by the next token create, or uninstall, once it is gone.
+	var owner []metav1.OwnerReference
+	steps := []func() error{
+		func() error {
+			s, err := m.cs.CoreV1().ServiceAccounts(m.ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: meta}, metav1.CreateOptions{})
+			if err == nil {
+				owner = []metav1.OwnerReference{{APIVersion: "v1", Kind: "ServiceAccount", Name: sa, UID: s.UID}}
+			}
+			return err
+		},
+		func() error { // the one link
+			_, err := m.cs.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: sa, Labels: labels}, Rules: []rbacv1.PolicyRule{
+				{APIGroups: []string{v1alpha1.GroupName}, Resources: []string{"kubelinks"}, ResourceNames: []string{o.name}, Verbs: []string{"get", "update"}},
+			}}, metav1.CreateOptions{})
+			return err
+		},
+		func() error {
+			_, err := m.cs.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: sa, Labels: labels},
+				RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: sa}, Subjects: subjects}, metav1.CreateOptions{})
+			return err
+		},
+		func() error { // using it up: deleting its own ServiceAccount
+			om := meta
+			om.OwnerReferences = owner
+			_, err := m.cs.RbacV1().Roles(m.ns).Create(ctx, &rbacv1.Role{ObjectMeta: om, Rules: []rbacv1.PolicyRule{
+				{APIGroups: []string{""}, Resources: []string{"serviceaccounts"}, ResourceNames: []string{sa}, Verbs: []string{"delete"}},
+			}}, metav1.CreateOptions{})
+			return err
+		},
+		func() error {
+			om := meta
+			om.OwnerReferences = owner
+			_, err := m.cs.RbacV1().RoleBindings(m.ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: om,
+				RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: sa}, Subjects: subjects}, metav1.CreateOptions{})
+			return err
+		},
+		func() error {
+			tr, err := m.cs.CoreV1().ServiceAccounts(m.ns).CreateToken(ctx, sa, &authenticationv1.TokenRequest{
+				Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To(int64(o.ttl / time.Second))}}, metav1.CreateOptions{})
+			if err == nil {
+				t.Credential = tr.Status.Token
+			}
+			return err
+		},
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			// Nothing of a token that could not be made stays.
+			undo, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_ = m.c.Delete(undo, kl)
+			_ = m.cs.RbacV1().ClusterRoleBindings().Delete(undo, sa, metav1.DeleteOptions{})
+			_ = m.cs.RbacV1().ClusterRoles().Delete(undo, sa, metav1.DeleteOptions{})
+			_ = m.cs.RbacV1().RoleBindings(m.ns).Delete(undo, sa, metav1.DeleteOptions{})
+			_ = m.cs.RbacV1().Roles(m.ns).Delete(undo, sa, metav1.DeleteOptions{})
+			_ = m.cs.CoreV1().ServiceAccounts(m.ns).Delete(undo, sa, metav1.DeleteOptions{})
+			return fmt.Errorf("%s: making the token's credential: %w (nothing of the token was kept)", m, err)
+		}
+	}
+	if err := checkJoinPolicy(ctx, t, kl); err != nil {
+		return err
+	}
+	g.progress("%s: KubeLink %s made (Inbound; it gets %s's key and endpoint when the token is used), token %s valid until %s", m, o.name, o.name, t.ID, t.Expires.Format(time.RFC3339))
+	out := t.encode() + "\n"
+	if o.file != "" {
+		if err := os.WriteFile(o.file, []byte(out), 0o600); err != nil {
+			return err
+		}
+		fmt.Fprintf(g.out, "token written to %s: give it to the admin of %s, who runs\n  %s join --token %s --context <%s's context>\n", o.file, o.name, commandName(), o.file, o.name)
+		return nil
+	}
+	_, err = fmt.Fprint(g.out, out)
+	return err
+}
+
+// ensureJoinPolicy installs the admission policy that keeps a join token's
+// ServiceAccount to the key and the endpoint of its link.
+func ensureJoinPolicy(ctx context.Context, m *member) error {
+	labels := map[string]string{managedByLabel: managedBy, "app.kubernetes.io/part-of": "kubelink"}
+	same := func(field string) string {
+		return fmt.Sprintf("object.spec.?%[1]s == oldObject.spec.?%[1]s", field)
+	}
+	var keep []string
+	for _, f := range []string{"clusterAddress", "cidr", "gatewayLink", "ingress", "egress", "presharedKey", "apiAccess", "dns"} {
+		keep = append(keep, same(f))
+	}
+	policy := &admissionv1.ValidatingAdmissionPolicy{ObjectMeta: metav1.ObjectMeta{Name: joinPolicy, Labels: labels},
+		Spec: admissionv1.ValidatingAdmissionPolicySpec{
+			FailurePolicy: ptr.To(admissionv1.Fail),
+			MatchConstraints: &admissionv1.MatchResources{ResourceRules: []admissionv1.NamedRuleWithOperations{{RuleWithOperations: admissionv1.RuleWithOperations{
+				Operations: []admissionv1.OperationType{admissionv1.Update},
+				Rule:       admissionv1.Rule{APIGroups: []string{v1alpha1.GroupName}, APIVersions: []string{"*"}, Resources: []string{"kubelinks"}}}}}},
+			MatchConditions: []admissionv1.MatchCondition{{Name: "join-token",
+				Expression: fmt.Sprintf("request.userInfo.username.startsWith('system:serviceaccount:%s:kubelink-join-')", m.ns)}},
+			Validations: []admissionv1.Validation{
+				{Expression: strings.Join(keep, " && "), Message: "a join token may set only spec.publicKey and spec.endpoint of its link"},
+				{Expression: "object.metadata.?labels == oldObject.metadata.?labels && object.metadata.?annotations == oldObject.metadata.?annotations",
+					Message: "a join token may not change the link's labels or annotations"},
+				// Single use, also while the API server still accepts the
+				// credential of a deleted ServiceAccount from its cache.
+				{Expression: "oldObject.spec.?publicKey.orValue('') == ''", Message: "the join token was already used"},
+			},
+		}}
+	binding := &admissionv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: joinPolicy, Labels: labels},
+		Spec: admissionv1.ValidatingAdmissionPolicyBindingSpec{PolicyName: joinPolicy, ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny}}}
+	vaps := m.cs.AdmissionregistrationV1()
+	if cur, err := vaps.ValidatingAdmissionPolicies().Get(ctx, joinPolicy, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		if _, err := vaps.ValidatingAdmissionPolicies().Create(ctx, policy, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("%s: the admission policy %s: %w", m, joinPolicy, err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("%s: the admission policy %s: %w", m, joinPolicy, err)
+	} else {
+		cur.Spec = policy.Spec
+		if _, err := vaps.ValidatingAdmissionPolicies().Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("%s: the admission policy %s: %w", m, joinPolicy, err)
+		}
+	}
+	if _, err := vaps.ValidatingAdmissionPolicyBindings().Get(ctx, joinPolicy, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		if _, err := vaps.ValidatingAdmissionPolicyBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("%s: the admission policy binding %s: %w", m, joinPolicy, err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("%s: the admission policy binding %s: %w", m, joinPolicy, err)
+	}
+	return nil
+}
+
+// joinWithToken completes the pair of the token from the new member's
+// side: its key and endpoint onto the issuer's link (with the token's
+// credential, which it then removes), and its own link to the issuer.
+func joinWithToken(ctx context.Context, g *globals, path, contextName string, wait bool) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--token: %w", err)
+	}
+	t, err := decodeToken(string(b))
+	if err != nil {
+		return fmt.Errorf("--token %s: %w", path, err)
+	}
+	if time.Now().After(t.Expires) {
+		return fmt.Errorf("--token %s: the token expired at %s: ask the admin of %s for a new one (kubelinkctl token create)", path, t.Expires.Format(time.RFC3339), t.Issuer.Name)
+	}
+	m, err := g.loadMember(ctx, contextName, t.MeshCIDR)
+	if err != nil {
+		return err
+	}
+	if m.name != t.Member.Name || m.address.String() != t.Member.Address || m.svc.String() != t.Member.CIDR {
+		return fmt.Errorf("the token is for member %s (address %s, service CIDR %s), but %s is %s (address %s, service CIDR %s): ask for a token with this cluster's values, or reinstall it with them",
+			t.Member.Name, t.Member.Address, t.Member.CIDR, m.context, m.name, m.address, m.svc)
+	}
+	if errs := memberProblems([]*member{m}); len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	if m.dataPlane != t.DataPlane {
+		return fmt.Errorf("%s runs the %s data plane, the mesh of the token %s", m, m.dataPlane, t.DataPlane)
+	}
+	// The issuer, through the token's credential.
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	rc := &rest.Config{Host: t.Server, BearerToken: t.Credential, TLSClientConfig: rest.TLSClientConfig{CAData: t.CAData}, Timeout: reachTimeout}
+	issuer, err := client.New(rc, client.Options{Scheme: scheme})
+	if err != nil {
+		return err
+	}
+	var kl v1alpha1.KubeLink
+	if err := issuer.Get(ctx, client.ObjectKey{Name: t.Member.Name}, &kl); err != nil {
+		if apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err) || apierrors.IsNotFound(err) {
+			return fmt.Errorf("the token was already used or withdrawn (%s does not accept its credential any more: %v): ask the admin of %s for a new one", t.Issuer.Name, err, t.Issuer.Name)
+		}
+		return fmt.Errorf("reaching %s's API server at %s with the token: %w", t.Issuer.Name, t.Server, err)
+	}
+	if kl.Annotations[tokenAnnotation] != t.hash() {
+		return fmt.Errorf("the token was altered: its content does not match what %s issued; ask for a new one", t.Issuer.Name)
+	}
+	kl.Spec.PublicKey, kl.Spec.Endpoint = m.local.Status.PublicKey, m.endpoint
+	if err := issuer.Update(ctx, &kl); err != nil {
+		if strings.Contains(err.Error(), "the join token was already used") {
+			return fmt.Errorf("the token was already used: ask the admin of %s for a new one", t.Issuer.Name)
+		}
+		return fmt.Errorf("setting %s's key and endpoint on %s's KubeLink %s: %w", m.name, t.Issuer.Name, kl.Name, err)
+	}
+	g.progress("%s: KubeLink %s now has %s's key and endpoint", t.Issuer.Name, kl.Name, m.name)
+	// Used up: the credential deletes its ServiceAccount, which ends it.
+	sa := "kubelink-join-" + t.ID
+	cs, err := kubernetesFor(rc)
+	if err != nil {
+		return err
+	}
+	if err := cs.CoreV1().ServiceAccounts(t.Namespace).Delete(ctx, sa, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("using up the token at %s (deleting its ServiceAccount %s/%s): %w", t.Issuer.Name, t.Namespace, sa, err)
+	}
+	// This side of the pair.
+	issuerM := &member{cluster: &cluster{context: t.Issuer.Name}, name: t.Issuer.Name, endpoint: t.Issuer.Endpoint, dataPlane: t.DataPlane}
+	issuerM.address, _ = netip.ParsePrefix(t.Issuer.Address)
+	issuerM.svc, _ = netip.ParsePrefix(t.Issuer.CIDR)
+	issuerM.local.Status.PublicKey = t.Issuer.PublicKey
+	if err := checkEndpoint(t.Issuer.Endpoint); err != nil || !isWireGuardKey(t.Issuer.PublicKey) || !issuerM.address.IsValid() || !issuerM.svc.IsValid() {
+		return fmt.Errorf("the token's issuer data is not usable (endpoint %q, key %q): ask for a new token", t.Issuer.Endpoint, t.Issuer.PublicKey)
+	}
+	if issuerM.svc.Overlaps(m.svc) {
+		return fmt.Errorf("%s's service CIDR %s overlaps %s's %s", t.Issuer.Name, issuerM.svc, m.name, m.svc)
+	}
+	a, err := applyLink(ctx, m, issuerM)
+	if err != nil {
+		return err
+	}
+	g.progress("%s: KubeLink %s %s", m, t.Issuer.Name, a.action)
+	if wait {
+		if err := waitLinksUp(ctx, g, []linkAction{a}, time.Now()); err != nil {
+			return err
+		}
+	}
+	rows, err := linkRows(ctx, []*member{m}, func(_ *member, l *v1alpha1.KubeLink) bool { return l.Name == t.Issuer.Name })
+	if err != nil {
+		return err
+	}
+	return printObject(g, rows, func() {
+		printLinkRows(g.out, rows, false)
+		fmt.Fprintf(g.out, "\n%s joined %s's mesh %s with token %s (now used up).\n", m.name, t.Issuer.Name, t.MeshCIDR, t.ID)
+	})
+}
+
+func kubernetesFor(rc *rest.Config) (kubernetes.Interface, error) { return kubernetes.NewForConfig(rc) }
+
+// collectTokens removes what tokens left at the issuer: the ClusterRole
+// and binding of a used token (its ServiceAccount is gone), and everything
+// of an expired one that was never used.
+func collectTokens(ctx context.Context, g *globals, m *member) error {
+	sel := metav1.ListOptions{LabelSelector: managedByLabel + "=" + managedBy}
+	sas, err := m.cs.CoreV1().ServiceAccounts(m.ns).List(ctx, sel)
+	if err != nil {
+		return fmt.Errorf("%s: listing the join tokens: %w", m, err)
+	}
+	live := map[string]bool{}
+	for _, sa := range sas.Items {
+		if !strings.HasPrefix(sa.Name, "kubelink-join-") {
+			continue
+		}
+		if exp, err := time.Parse(time.RFC3339, sa.Annotations["kubelink.mandelsoft.org/expires"]); err == nil && time.Now().After(exp) {
+			if err := m.cs.CoreV1().ServiceAccounts(m.ns).Delete(ctx, sa.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				return fmt.Errorf("%s: removing the expired token %s: %w", m, sa.Name, err)
+			}
+			g.progress("%s: removed the expired, unused join token %s", m, strings.TrimPrefix(sa.Name, "kubelink-join-"))
+			continue
+		}
+		live[sa.Name] = true
+	}
+	crs, err := m.cs.RbacV1().ClusterRoles().List(ctx, sel)
+	if err != nil {
+		return fmt.Errorf("%s: listing the join tokens' ClusterRoles: %w", m, err)
+	}
+	for _, cr := range crs.Items {
+		if !strings.HasPrefix(cr.Name, "kubelink-join-") || live[cr.Name] {
+			continue
+		}
+		for _, del := range []func() error{
+			func() error { return m.cs.RbacV1().ClusterRoleBindings().Delete(ctx, cr.Name, metav1.DeleteOptions{}) },
+			func() error { return m.cs.RbacV1().ClusterRoles().Delete(ctx, cr.Name, metav1.DeleteOptions{}) },
+		} {
+			if err := del(); err != nil && !apierrors.IsNotFound(err) {
+				return fmt.Errorf("%s: removing the RBAC of token %s: %w", m, cr.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// checkJoinPolicy proves, with the token's own credential and a dry run,
+// that the admission policy is in force (a new policy takes a moment)
+// before the token is handed out.
+func checkJoinPolicy(ctx context.Context, t *tokenContent, kl *v1alpha1.KubeLink) error {
+	scheme := runtime.NewScheme()
+	if err := v1alpha1.AddToScheme(scheme); err != nil {
+		return err
+	}
+	c, err := client.New(&rest.Config{Host: t.Server, BearerToken: t.Credential, TLSClientConfig: rest.TLSClientConfig{CAData: t.CAData}, Timeout: reachTimeout},
+		client.Options{Scheme: scheme})
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var cur v1alpha1.KubeLink
+		err := c.Get(ctx, client.ObjectKey{Name: kl.Name}, &cur)
+		if err == nil {
+			cur.Spec.CIDR = "0.0.0.0/0"
+			err = c.Update(ctx, &cur, client.DryRunAll)
+			if err != nil && strings.Contains(err.Error(), "a join token may set only") {
+				return nil
+			}
+			if err == nil {
+				err = fmt.Errorf("a dry-run change of the link's CIDR was accepted")
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the admission policy %s does not hold the token's credential to its link (%v): the token is not handed out; is the API server 1.30 or newer?", joinPolicy, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+)
+
+func TestJoinWithToken(t *testing.T) {
+	eu, us := twoClusters(t)
+	eu.localLink(t, "192.168.0.1/24", "100.64.32.0/20", "172.18.0.3:30777", "wireguard-userspace", keyEU)
+	us.localLink(t, "192.168.0.2/24", "100.64.48.0/20", "172.19.0.3:30777", "wireguard-userspace", keyUS)
+	ctx := context.Background()
+	// kubelink's namespace, as install makes it (no install here).
+	if _, err := eu.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kubelink"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "us.token")
+	create := []string{"token", "create", "--context", "eu", "--name", "us", "--address", "192.168.0.2", "--cidr", "100.64.48.0/20"}
+
+	// The issuer refuses claims that are not the new member's to make.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"token", "create", "--context", "eu", "--name", "us", "--address", "192.168.0.1", "--cidr", "100.64.48.0/20"}, `--address 192.168.0.1 is "eu" (context eu)'s own`},
+		{[]string{"token", "create", "--context", "eu", "--name", "us", "--address", "192.168.0.2", "--cidr", "100.64.40.0/21"}, "overlaps \"eu\" (context eu)'s service CIDR 100.64.32.0/20"},
+		{[]string{"token", "create", "--context", "eu", "--name", "us", "--address", "192.168.1.2", "--cidr", "100.64.48.0/20"}, "must be a host address inside the mesh 192.168.0.0/24"},
+		{append(create, "--ttl", "1m"), "--ttl 1m0s: must be 10m0s to 24h0m0s"},
+	} {
+		if _, _, err := run(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("token create %v: %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	if l := links(t, eu); len(l) != 0 {
+		t.Fatalf("refused token requests made links: %v", l)
+	}
+
+	out, stderr, err := run(t, append(create, "-f", tok)...)
+	if err != nil || !strings.Contains(out, "token written to "+tok) {
+		t.Fatalf("token create: %v\n%s%s", err, stderr, out)
+	}
+	if fi, err := os.Stat(tok); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("token file: %v %v, want mode 0600", fi.Mode(), err)
+	}
+	if l := links(t, eu)["us"]; l.Spec.Endpoint != "Inbound" || l.Spec.ClusterAddress != "192.168.0.2/24" || l.Spec.PublicKey != "" || l.Annotations[tokenAnnotation] == "" {
+		t.Errorf("eu's link to the new member: %+v %v", l.Spec, l.Annotations)
+	}
+	raw, _ := os.ReadFile(tok)
+	tc, err := decodeToken(string(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The credential may set the key and endpoint of its one link, nothing else.
+	scheme := runtime.NewScheme()
+	clientgoscheme.AddToScheme(scheme)
+	v1alpha1.AddToScheme(scheme)
+	cred, err := client.New(&rest.Config{Host: tc.Server, BearerToken: tc.Credential, TLSClientConfig: rest.TLSClientConfig{CAData: tc.CAData}}, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kl v1alpha1.KubeLink
+	if err := cred.Get(ctx, client.ObjectKey{Name: "us"}, &kl); err != nil {
+		t.Fatalf("the credential cannot read its link: %v", err)
+	}
+	claim := kl.DeepCopy()
+	claim.Spec.CIDR = "10.0.0.0/8"
+	if err := cred.Update(ctx, claim); err == nil || !strings.Contains(err.Error(), "a join token may set only spec.publicKey and spec.endpoint") {
+		t.Errorf("the credential changed the link's CIDR: %v", err)
+	}
+	if err := cred.Get(ctx, client.ObjectKey{Name: "eu"}, &v1alpha1.KubeLink{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the credential read another KubeLink: %v", err)
+	}
+
+	// Altered, expired, or for another cluster: refused, nothing changes.
+	altered := *tc
+	altered.Issuer.Endpoint = "10.66.66.66:30777"
+	expired := *tc
+	expired.Expires = time.Now().Add(-time.Minute)
+	for _, c := range []struct {
+		name, ctx string
+		t         *tokenContent
+		want      string
+	}{
+		{"altered", "us", &altered, "the token was altered"},
+		{"expired", "us", &expired, "the token expired at"},
+		{"another cluster", "eu", tc, "the token is for member us"},
+	} {
+		p := filepath.Join(dir, c.name)
+		os.WriteFile(p, []byte(c.t.encode()), 0o600)
+		if _, _, err := run(t, "join", "--token", p, "--context", c.ctx, "--timeout", "20s"); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("join with a token %s: %v, want %q", c.name, err, c.want)
+		}
+	}
+	if l := links(t, us); len(l) != 0 {
+		t.Errorf("refused tokens made links in us: %v", l)
+	}
+
+	brokers(t, eu, us)
+	out, stderr, err = run(t, "join", "--token", tok, "--context", "us", "--timeout", "30s")
+	if err != nil || !strings.Contains(out, "us joined eu's mesh 192.168.0.0/24 with token "+tc.ID+" (now used up)") {
+		t.Fatalf("join --token: %v\n%s%s", err, stderr, out)
+	}
+	if l := links(t, eu)["us"]; l.Spec.PublicKey != keyUS || l.Spec.Endpoint != "172.19.0.3:30777" || l.Spec.CIDR != "100.64.48.0/20" {
+		t.Errorf("eu's link to us after the join: %+v", l.Spec)
+	}
+	if l := links(t, us)["eu"]; l.Spec.PublicKey != keyEU || l.Spec.Endpoint != "172.18.0.3:30777" || l.Spec.ClusterAddress != "192.168.0.1/24" {
+		t.Errorf("us's link to eu: %+v", l.Spec)
+	}
+	sa := "kubelink-join-" + tc.ID
+	if _, err := eu.cs.CoreV1().ServiceAccounts("kubelink").Get(ctx, sa, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the token's ServiceAccount is still there: %v", err)
+	}
+	// Used up.
+	if _, _, err := run(t, "join", "--token", tok, "--context", "us", "--timeout", "20s"); err == nil || !strings.Contains(err.Error(), "the token was already used") {
+		t.Errorf("a second use: %v", err)
+	}
+	// The used token's ClusterRole and binding go with the next token.
+	if _, err := eu.cs.RbacV1().ClusterRoles().Get(ctx, sa, metav1.GetOptions{}); err != nil {
+		t.Errorf("the used token's ClusterRole: %v", err)
+	}
+	if _, _, err := run(t, "token", "create", "--context", "eu", "--name", "ap", "--address", "192.168.0.3", "--cidr", "100.64.64.0/20", "-f", filepath.Join(dir, "ap.token")); err != nil {
+		t.Fatalf("a second token: %v", err)
+	}
+	if _, err := eu.cs.RbacV1().ClusterRoles().Get(ctx, sa, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the used token's ClusterRole after the next token create: %v, want it gone", err)
+	}
+	if _, err := eu.cs.RbacV1().ClusterRoleBindings().Get(ctx, sa, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the used token's ClusterRoleBinding after the next token create: %v, want it gone", err)
+	}
+}
