@@ -334,7 +334,12 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 	if err := upgrade(ctx, g, cfg, m.release.Chart, m.ns, values); err != nil {
 		return false, fmt.Errorf("%s: %w", m, err)
 	}
-	// After the upgrade (a failed one leaves the member as it was).
+	// After the upgrade (a failed one leaves the member as it was), and
+	// only once no broker pod of the old release runs: its certwatch, in
+	// self mode, would make a new CA of its own at once.
+	if err := waitRolledOut(ctx, g, m, "kubelink-broker"); err != nil {
+		return false, err
+	}
 	if tls, err := m.cs.CoreV1().Secrets(m.ns).Get(ctx, "kubelink-tls", metav1.GetOptions{}); err == nil && len(tls.Data["ca.key"]) > 0 {
 		g.progress("%s: removing its own CA (Secret %s/kubelink-tls): the authority %s signs its certificate from now on", m, m.ns, a)
 		if err := m.cs.CoreV1().Secrets(m.ns).Delete(ctx, "kubelink-tls", metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr.To(tls.UID)}}); err != nil && !apierrors.IsNotFound(err) {
@@ -342,4 +347,31 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 		}
 	}
 	return true, nil
+}
+
+// waitRolledOut waits until the Deployment runs only pods of its current
+// template (the old ones are gone).
+func waitRolledOut(ctx context.Context, g *globals, m *member, name string) error {
+	start, last := time.Now(), ""
+	for {
+		d, err := m.cs.AppsV1().Deployments(m.ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("%s: Deployment %s/%s: %w", m, m.ns, name, err)
+		}
+		want := ptrInt(d.Spec.Replicas)
+		st := d.Status
+		if st.ObservedGeneration >= d.Generation && st.UpdatedReplicas == want && st.Replicas == want {
+			return nil
+		}
+		now := fmt.Sprintf("%d of %d pods of the new template, %d in all", st.UpdatedReplicas, want, st.Replicas)
+		if now != last {
+			g.progress("%s: waiting for the broker to roll out: %s", m, now)
+			last = now
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: the broker did not roll out within %s (%s): `kubectl --context %s -n %s get pods`", m, time.Since(start).Round(time.Second), now, m.context, m.ns)
+		case <-time.After(time.Second):
+		}
+	}
 }

@@ -325,8 +325,21 @@ func TestJoinBridgeRegistersTheMember(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// No kube-controller-manager runs: the test fills the token Secret as
-	// its token controller would.
+	// No kube-controller-manager runs: the test rolls out us's broker
+	// Deployment as its deployment controller would (join waits for that
+	// before it removes us's own CA) ...
+	go func() {
+		for i := 0; i < 600; i++ {
+			d, err := us.cs.AppsV1().Deployments("kubelink").Get(ctx, "kubelink-broker", metav1.GetOptions{})
+			if err == nil && d.Status.ObservedGeneration < d.Generation {
+				d.Status.ObservedGeneration = d.Generation
+				d.Status.Replicas, d.Status.UpdatedReplicas = *d.Spec.Replicas, *d.Spec.Replicas
+				us.cs.AppsV1().Deployments("kubelink").UpdateStatus(ctx, d, metav1.UpdateOptions{})
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	// ... and fills the token Secret as its token controller would.
 	go func() {
 		for i := 0; i < 300; i++ {
 			s, err := eu.cs.CoreV1().Secrets("kubelink").Get(ctx, "member-us-token", metav1.GetOptions{})

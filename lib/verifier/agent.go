@@ -219,7 +219,9 @@ func Upload(ctx context.Context, url string, d time.Duration) Throughput {
 	var t Throughput
 	tr, conn := oneConnection()
 	defer tr.CloseIdleConnections()
-	ctx, cancel := context.WithTimeout(ctx, d+10*time.Second)
+	// Room after the upload for a stalled stream to recover (a loaded
+	// machine) before the server's answer.
+	ctx, cancel := context.WithTimeout(ctx, d+time.Minute)
 	defer cancel()
 	start := time.Now()
 	body := &timedReader{end: start.Add(d)}
