@@ -352,26 +352,17 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 // waitRolledOut waits until the Deployment runs only pods of its current
 // template (the old ones are gone).
 func waitRolledOut(ctx context.Context, g *globals, m *member, name string) error {
-	start, last := time.Now(), ""
-	for {
+	err := waitFor(ctx, g, m.cluster, "the broker to roll out", func() (bool, string) {
 		d, err := m.cs.AppsV1().Deployments(m.ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
-			return fmt.Errorf("%s: Deployment %s/%s: %w", m, m.ns, name, err)
+			return false, err.Error()
 		}
-		want := ptrInt(d.Spec.Replicas)
-		st := d.Status
-		if st.ObservedGeneration >= d.Generation && st.UpdatedReplicas == want && st.Replicas == want {
-			return nil
-		}
-		now := fmt.Sprintf("%d of %d pods of the new template, %d in all", st.UpdatedReplicas, want, st.Replicas)
-		if now != last {
-			g.progress("%s: waiting for the broker to roll out: %s", m, now)
-			last = now
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: the broker did not roll out within %s (%s): `kubectl --context %s -n %s get pods`", m, time.Since(start).Round(time.Second), now, m.context, m.ns)
-		case <-time.After(time.Second):
-		}
+		want, st := ptrInt(d.Spec.Replicas), d.Status
+		return st.ObservedGeneration >= d.Generation && st.UpdatedReplicas == want && st.Replicas == want,
+			fmt.Sprintf("%d of %d pods of the new template, %d in all", st.UpdatedReplicas, want, st.Replicas)
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w: `kubectl --context %s -n %s get pods`", m, err, m.context, m.ns)
 	}
+	return nil
 }

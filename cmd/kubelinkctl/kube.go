@@ -72,14 +72,8 @@ func (g *globals) connectContext(ctx context.Context, name string) (*cluster, er
 	if err != nil {
 		return nil, err
 	}
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		return nil, err
-	}
-	if err := apiextensionsv1.AddToScheme(scheme); err != nil {
+	scheme, err := newScheme()
+	if err != nil {
 		return nil, err
 	}
 	c, err := client.New(rc, client.Options{Scheme: scheme})
@@ -87,4 +81,16 @@ func (g *globals) connectContext(ctx context.Context, name string) (*cluster, er
 		return nil, err
 	}
 	return &cluster{context: name, flags: flags, host: rc.Host, version: v.GitVersion, rest: rc, cs: cs, c: c}, nil
+}
+
+// newScheme has the types kubelinkctl reads and writes: Kubernetes',
+// kubelink's and CRDs.
+func newScheme() (*runtime.Scheme, error) {
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, v1alpha1.AddToScheme, apiextensionsv1.AddToScheme} {
+		if err := add(scheme); err != nil {
+			return nil, err
+		}
+	}
+	return scheme, nil
 }

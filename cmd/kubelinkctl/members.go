@@ -171,6 +171,21 @@ func (m *member) value(path string) string {
 	return ""
 }
 
+// releaseImage is the image the release names under images.<component>
+// (else kubelink/<component>), from its registry, with its tag (else the
+// chart's appVersion).
+func (m *member) releaseImage(component string) string {
+	repo := m.value("images." + component)
+	if repo == "" {
+		repo = "kubelink/" + component
+	}
+	tag := m.value("image.tag")
+	if tag == "" && m.release != nil && m.release.Chart != nil && m.release.Chart.Metadata != nil {
+		tag = m.release.Chart.Metadata.AppVersion
+	}
+	return imageRef(m.value("image.registry"), repo, tag)
+}
+
 // authority: this cluster holds the mesh CA (bridge).
 func (m *member) authority() bool { return m.value("meshAuthority.enabled") == "true" }
 

@@ -21,9 +21,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -75,6 +73,17 @@ func (t *tokenContent) hash() string {
 	b, _ := json.Marshal(c)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+// client reaches the issuer's API server as the token's credential.
+func (t *tokenContent) client() (client.Client, *rest.Config, error) {
+	rc := &rest.Config{Host: t.Server, BearerToken: t.Credential, TLSClientConfig: rest.TLSClientConfig{CAData: t.CAData}, Timeout: reachTimeout}
+	scheme, err := newScheme()
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := client.New(rc, client.Options{Scheme: scheme})
+	return c, rc, err
 }
 
 func (t *tokenContent) encode() string {
@@ -381,15 +390,7 @@ func joinWithToken(ctx context.Context, g *globals, path, contextName string, wa
 		return fmt.Errorf("%s runs the %s data plane, the mesh of the token %s", m, m.dataPlane, t.DataPlane)
 	}
 	// The issuer, through the token's credential.
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return err
-	}
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		return err
-	}
-	rc := &rest.Config{Host: t.Server, BearerToken: t.Credential, TLSClientConfig: rest.TLSClientConfig{CAData: t.CAData}, Timeout: reachTimeout}
-	issuer, err := client.New(rc, client.Options{Scheme: scheme})
+	issuer, rc, err := t.client()
 	if err != nil {
 		return err
 	}
@@ -500,12 +501,7 @@ func collectTokens(ctx context.Context, g *globals, m *member) error {
 // that the admission policy is in force (a new policy takes a moment)
 // before the token is handed out.
 func checkJoinPolicy(ctx context.Context, t *tokenContent, kl *v1alpha1.KubeLink) error {
-	scheme := runtime.NewScheme()
-	if err := v1alpha1.AddToScheme(scheme); err != nil {
-		return err
-	}
-	c, err := client.New(&rest.Config{Host: t.Server, BearerToken: t.Credential, TLSClientConfig: rest.TLSClientConfig{CAData: t.CAData}, Timeout: reachTimeout},
-		client.Options{Scheme: scheme})
+	c, _, err := t.client()
 	if err != nil {
 		return err
 	}

@@ -11,9 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -66,10 +63,7 @@ func TestJoinWithToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The credential may set the key and endpoint of its one link, nothing else.
-	scheme := runtime.NewScheme()
-	clientgoscheme.AddToScheme(scheme)
-	v1alpha1.AddToScheme(scheme)
-	cred, err := client.New(&rest.Config{Host: tc.Server, BearerToken: tc.Credential, TLSClientConfig: rest.TLSClientConfig{CAData: tc.CAData}}, client.Options{Scheme: scheme})
+	cred, _, err := tc.client()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -149,12 +149,7 @@ func (o *uninstallOptions) uninstall(ctx context.Context, g *globals, c *cluster
 		if err := m.loadValues(); err != nil {
 			return nil, err
 		}
-		repo := m.value("images.router")
-		tag := m.value("image.tag")
-		if tag == "" && rel.Chart != nil && rel.Chart.Metadata != nil {
-			tag = rel.Chart.Metadata.AppVersion
-		}
-		routerImage = imageRef(m.value("image.registry"), repo, tag)
+		routerImage = m.releaseImage("router")
 	}
 
 	if o.nodeCleanup && routerImage == "" {

@@ -256,15 +256,7 @@ func (o *verifyOptions) verifierImage(m *member) (string, error) {
 	if m.release == nil {
 		return "", fmt.Errorf("%s: kubelink was not installed with its chart here, so verify does not know its registry: give the agent's image with --image", m)
 	}
-	repo := m.value("images.verifier")
-	if repo == "" {
-		repo = "kubelink/verifier"
-	}
-	tag := m.value("image.tag")
-	if tag == "" && m.release.Chart != nil && m.release.Chart.Metadata != nil {
-		tag = m.release.Chart.Metadata.AppVersion
-	}
-	return imageRef(m.value("image.registry"), repo, tag), nil
+	return m.releaseImage("verifier"), nil
 }
 
 // startAgents creates the namespace, the agent pods (on the gateway node
