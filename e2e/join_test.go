@@ -54,101 +54,106 @@ func TestLabLinksMadeByJoin(t *testing.T) {
 	testenv.Test(t, f)
 }
 
-// With LAB_CLUSTERS=3: lab-c leaves the mesh (kubelinkctl leave) and joins
-// the running mesh of a and b again with one kubelinkctl join. The join
-// restarts no broker of a or b and changes none of their links to each
-// other, c's links are Up within a bound, and c reaches both by ClusterIP
-// and DNS name and both reach it.
-func TestThirdClusterJoinsTheRunningMesh(t *testing.T) {
-	if lab.C == nil {
-		t.Skip("the lab has two clusters (LAB_CLUSTERS=3 make lab-up adds lab-c)")
-	}
-	// joinBound is a regression bound, not the goal: the lab's join of c
-	// takes 2–9 s (lab-up's log); a loaded 2-core machine stretches it.
+// The lab's last cluster (b, or c with LAB_CLUSTERS=3) leaves the mesh
+// (kubelinkctl leave) and joins the running mesh of the others again with
+// one kubelinkctl join. The join restarts no broker of the others and
+// changes none of their links to each other, the new links are Up within a
+// bound, and the cluster reaches every other by ClusterIP and DNS name and
+// each reaches it.
+func TestMemberLeavesAndJoinsTheRunningMesh(t *testing.T) {
+	members := lab.Members()
+	last, others := members[len(members)-1], members[:len(members)-1]
+	// joinBound is a regression bound, not the goal: the lab's joins take
+	// 2–9 s (lab-up's log); a loaded 2-core machine stretches it.
 	const joinBound = 30 * time.Second
-	f := features.New("lab-c leaves and joins the running mesh of a and b").
-		Assess("leave removes c from every side", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
-			out, stderr, err := kubelinkctl(ctx, t, append([]string{"leave", "c"}, labContexts()...)...)
-			if err != nil || !strings.Contains(out, "c left the mesh") {
-				t.Fatalf("leave c: %v\n%s%s", err, stderr, out)
+	f := features.New(last.Name+" leaves and joins the running mesh").
+		Assess("leave removes it from every side", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			out, stderr, err := kubelinkctl(ctx, t, append([]string{"leave", last.Name}, labContexts()...)...)
+			if err != nil || !strings.Contains(out, last.Name+" left the mesh") {
+				t.Fatalf("leave %s: %v\n%s%s", last.Name, err, stderr, out)
 			}
-			for _, pair := range [][2]*Cluster{{lab.A, lab.C}, {lab.B, lab.C}, {lab.C, lab.A}, {lab.C, lab.B}} {
-				if _, err := pair[0].Link(ctx, pair[1].Name); !apierrors.IsNotFound(err) {
-					t.Errorf("%s: KubeLink %s after leave: %v, want it gone", pair[0].Name, pair[1].Name, err)
+			for _, o := range others {
+				for _, pair := range [][2]*Cluster{{o, last}, {last, o}} {
+					if _, err := pair[0].Link(ctx, pair[1].Name); !apierrors.IsNotFound(err) {
+						t.Errorf("%s: KubeLink %s after leave: %v, want it gone", pair[0].Name, pair[1].Name, err)
+					}
 				}
 			}
 			var sa corev1.ServiceAccount
-			if err := lab.A.In("kubelink").Get(ctx, "member-c", "kubelink", &sa); !apierrors.IsNotFound(err) {
-				t.Errorf("a: ServiceAccount member-c after leave: %v, want it gone", err)
+			if err := lab.A.In("kubelink").Get(ctx, "member-"+last.Name, "kubelink", &sa); !apierrors.IsNotFound(err) {
+				t.Errorf("a: ServiceAccount member-%s after leave: %v, want it gone", last.Name, err)
 			}
 			return ctx
 		}).
-		Assess("join brings c back without touching a and b", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
-			type state struct {
-				pods map[string]bool
-				gen  int64
-			}
-			before := map[string]state{}
-			for _, pair := range [][2]*Cluster{{lab.A, lab.B}, {lab.B, lab.A}} {
-				c, peer := pair[0], pair[1]
-				pods, err := c.BrokerPods(ctx)
+		Assess("join brings it back without touching the others", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			pods := map[string]bool{}  // the others' broker pods, by UID
+			gens := map[string]int64{} // their links to each other: "c/peer" → generation
+			for _, c := range others {
+				ps, err := c.BrokerPods(ctx)
 				if err != nil {
 					t.Fatal(err)
 				}
-				st := state{pods: map[string]bool{}}
-				for _, p := range pods {
-					st.pods[string(p.UID)] = true
+				for _, p := range ps {
+					pods[string(p.UID)] = true
 				}
-				l, err := c.Link(ctx, peer.Name)
-				if err != nil {
-					t.Fatal(err)
+				for _, peer := range others {
+					if peer == c {
+						continue
+					}
+					l, err := c.Link(ctx, peer.Name)
+					if err != nil {
+						t.Fatal(err)
+					}
+					gens[c.Name+"/"+peer.Name] = l.Generation
 				}
-				st.gen = l.Generation
-				before[c.Name] = st
 			}
 			start := time.Now()
 			out, stderr, err := kubelinkctl(ctx, t, append([]string{"join", "--timeout", "3m"}, labContexts()...)...)
 			took := time.Since(start)
 			t.Logf("join:\n%s%s", stderr, out)
 			if err != nil {
-				t.Fatalf("join of a, b and c: %v", err)
+				t.Fatalf("join of every cluster: %v", err)
 			}
-			t.Logf("JOIN c: every link Up %.1f s after join started", took.Seconds())
+			t.Logf("JOIN %s: every link Up %.1f s after join started", last.Name, took.Seconds())
 			if took > joinBound {
-				t.Errorf("join of c took %s, over the regression bound %s", took.Round(time.Millisecond), joinBound)
+				t.Errorf("join of %s took %s, over the regression bound %s", last.Name, took.Round(time.Millisecond), joinBound)
 			}
-			for _, pair := range [][2]*Cluster{{lab.A, lab.B}, {lab.B, lab.A}} {
-				c, peer := pair[0], pair[1]
-				pods, err := c.BrokerPods(ctx)
+			for _, c := range others {
+				ps, err := c.BrokerPods(ctx)
 				if err != nil {
 					t.Fatal(err)
 				}
-				for _, p := range pods {
-					if !before[c.Name].pods[string(p.UID)] {
-						t.Errorf("%s: broker pod %s is new: the join of c restarted a broker", c.Name, p.Name)
+				for _, p := range ps {
+					if !pods[string(p.UID)] {
+						t.Errorf("%s: broker pod %s is new: the join of %s restarted a broker", c.Name, p.Name, last.Name)
 					}
 					for _, s := range p.Status.ContainerStatuses {
 						if s.LastTerminationState.Terminated != nil && !s.LastTerminationState.Terminated.FinishedAt.Time.Before(start) {
-							t.Errorf("%s: container %s of broker pod %s restarted during the join of c", c.Name, s.Name, p.Name)
+							t.Errorf("%s: container %s of broker pod %s restarted during the join of %s", c.Name, s.Name, p.Name, last.Name)
 						}
 					}
 				}
-				l, err := c.Link(ctx, peer.Name)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if l.Generation != before[c.Name].gen {
-					t.Errorf("%s: the spec of KubeLink %s changed during the join of c (generation %d → %d)", c.Name, peer.Name, before[c.Name].gen, l.Generation)
+				for _, peer := range others {
+					if peer == c {
+						continue
+					}
+					l, err := c.Link(ctx, peer.Name)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if before := gens[c.Name+"/"+peer.Name]; l.Generation != before {
+						t.Errorf("%s: the spec of KubeLink %s changed during the join of %s (generation %d → %d)", c.Name, peer.Name, last.Name, before, l.Generation)
+					}
 				}
 			}
 			return ctx
 		}).
-		Assess("traffic both ways between c and a, and c and b", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
-			for _, other := range []*Cluster{lab.A, lab.B} {
-				expectEcho(ctx, t, lab.C, anyClient(ctx, t, lab.C), echoURL(ctx, t, other), other.Name, 30*time.Second)
-				expectEcho(ctx, t, lab.C, anyClient(ctx, t, lab.C), "http://echo.default.svc."+other.Name+".kubelink/", other.Name, 30*time.Second)
-				expectEcho(ctx, t, other, anyClient(ctx, t, other), echoURL(ctx, t, lab.C), "c", 30*time.Second)
-				expectEcho(ctx, t, other, anyClient(ctx, t, other), "http://echo.default.svc.c.kubelink/", "c", 30*time.Second)
+		Assess("traffic both ways between it and every other cluster", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			for _, other := range others {
+				expectEcho(ctx, t, last, anyClient(ctx, t, last), echoURL(ctx, t, other), other.Name, 30*time.Second)
+				expectEcho(ctx, t, last, anyClient(ctx, t, last), "http://echo.default.svc."+other.Name+".kubelink/", other.Name, 30*time.Second)
+				expectEcho(ctx, t, other, anyClient(ctx, t, other), echoURL(ctx, t, last), last.Name, 30*time.Second)
+				expectEcho(ctx, t, other, anyClient(ctx, t, other), "http://echo.default.svc."+last.Name+".kubelink/", last.Name, 30*time.Second)
 			}
 			return ctx
 		}).Feature()

@@ -118,11 +118,6 @@ func TestKubelinkctlVerify(t *testing.T) {
 			return ctx
 		}).
 		Assess("benchmark measures both directions between a and b", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
-			// The command is the same in both planes (make bench measures the
-			// planes); checked in the WireGuard pass only, for CI's time.
-			if lab.Mode != "wireguard" {
-				t.Skip("benchmark is checked in the WireGuard pass")
-			}
 			for _, what := range []string{"throughput", "latency"} {
 				out, stderr, err := kubelinkctl(ctx, t, "benchmark", what, "--context", "kind-lab-a", "--context", "kind-lab-b",
 					"--seconds", "3s", "--count", "100", "-o", "json", "--timeout", "3m")
