@@ -244,7 +244,44 @@ func startAgentsIn(ctx context.Context, g *globals, contexts []string, meshCIDR,
 			return vcs, cleanup, err
 		}
 	}
+	for _, vc := range vcs {
+		if err := waitServing(ctx, g, vc); err != nil {
+			return vcs, cleanup, err
+		}
+	}
 	return vcs, cleanup, nil
+}
+
+// serveWait bounds how long the agents' new Service may take to be served
+// in its own cluster.
+const serveWait = time.Minute
+
+// waitServing waits until the agents' Service answers on the gateway
+// node, inside its own cluster: a Service just made is refused (or its
+// packets dropped) until kube-proxy there has programmed it, and the
+// checks through the mesh must not count that against the mesh (nor
+// measure it).
+func waitServing(ctx context.Context, g *globals, vc *verifyCluster) error {
+	start := time.Now()
+	url := fmt.Sprintf("http://%s/", vc.serviceIP)
+	var last check
+	for {
+		last = runCheck(ctx, vc, vc.agents[0], vc, "", url, 0)
+		if last.Pass {
+			if d := time.Since(start); d > 2*time.Second {
+				g.progress("%s: the agents' Service %s answers in its own cluster (after %s)", vc.member, vc.serviceIP, d.Round(100*time.Millisecond))
+			}
+			return nil
+		}
+		if time.Since(start) > serveWait || ctx.Err() != nil {
+			return fmt.Errorf("%s: the agents' Service %s did not answer inside its own cluster within %s (%s): is kube-proxy (or the CNI's service proxy) running on %s?",
+				vc.member, vc.serviceIP, serveWait, last.Detail, vc.agents[0].node)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
 }
 
 // verifierImage is the agent's image in this cluster: --image, else the
