@@ -19,6 +19,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
@@ -101,6 +102,7 @@ func findAuthority(ms []*member) (*member, error) {
 // registration is what registering a member at the authority needs.
 type registration struct {
 	auth       *member
+	ns         string // kubelink's namespace at the authority
 	server     string // the authority's API server, as the members' pods reach it
 	caData     []byte // the CA that signs its serving certificate
 	serverNote string // why server is not the kubeconfig's, for the progress line
@@ -112,7 +114,7 @@ type registration struct {
 // kubeconfig), else the address the API server advertises (the Endpoints
 // of default/kubernetes).
 func authorityServer(ctx context.Context, auth *member, given string) (*registration, error) {
-	r := &registration{auth: auth}
+	r := &registration{auth: auth, ns: auth.ns}
 	// The CA of the kubeconfig, and the cluster's own CA (what signs the
 	// API server's certificate for its advertised address), which the
 	// controller-manager publishes in every namespace.
@@ -199,11 +201,32 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 	if err := checkClaims(ctx, a, m, ids, name); err != nil {
 		return false, err
 	}
+	changed, err := memberAccount(ctx, a, m.name, ids, name)
+	if err != nil {
+		return false, err
+	}
+	token, err := memberToken(ctx, a, m.name)
+	if err != nil {
+		return false, err
+	}
+	data, err := r.kubeconfig(m.name, token)
+	if err != nil {
+		return false, err
+	}
+	switched, err := becomeMember(ctx, g, m, a.ns, a.String(), data)
+	return changed || switched, err
+}
+
+// memberAccount makes name a member at the authority a: its
+// ServiceAccount member-<name>, annotated with the identities and names
+// the authority may sign for it, bound to the kubelink-member roles, and a
+// Secret for its token. It reports whether anything changed.
+func memberAccount(ctx context.Context, a *member, name, ids, names string) (bool, error) {
 	if _, err := a.cs.RbacV1().ClusterRoles().Get(ctx, "kubelink-member", metav1.GetOptions{}); err != nil {
 		return false, fmt.Errorf("%s: no ClusterRole kubelink-member (%v): is it installed with --mesh-authority?", a, err)
 	}
 	changed := false
-	sa := "member-" + m.name
+	sa := "member-" + name
 	labels := map[string]string{managedByLabel: managedBy}
 
 	// The ServiceAccount and what it may do.
@@ -211,13 +234,13 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 	switch {
 	case apierrors.IsNotFound(err):
 		_, err = a.cs.CoreV1().ServiceAccounts(a.ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: a.ns, Labels: labels,
-			Annotations: map[string]string{identitiesAnnotation: ids, namesAnnotation: name}}}, metav1.CreateOptions{})
+			Annotations: map[string]string{identitiesAnnotation: ids, namesAnnotation: names}}}, metav1.CreateOptions{})
 		changed = true
-	case err == nil && (cur.Annotations[identitiesAnnotation] != ids || cur.Annotations[namesAnnotation] != name):
+	case err == nil && (cur.Annotations[identitiesAnnotation] != ids || cur.Annotations[namesAnnotation] != names):
 		if cur.Annotations == nil {
 			cur.Annotations = map[string]string{}
 		}
-		cur.Annotations[identitiesAnnotation], cur.Annotations[namesAnnotation] = ids, name
+		cur.Annotations[identitiesAnnotation], cur.Annotations[namesAnnotation] = ids, names
 		_, err = a.cs.CoreV1().ServiceAccounts(a.ns).Update(ctx, cur, metav1.UpdateOptions{})
 		changed = true
 	}
@@ -231,7 +254,7 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 		return nil
 	}
 	subjects := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: sa, Namespace: a.ns}}
-	binding := "kubelink-member-" + m.name
+	binding := "kubelink-member-" + name
 	_, err = a.cs.RbacV1().ClusterRoleBindings().Get(ctx, binding, metav1.GetOptions{})
 	if err := getErr("ClusterRoleBinding "+binding, err); err != nil {
 		return false, err
@@ -270,32 +293,59 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 		}
 		changed = true
 	}
+	return changed, nil
+}
+
+// memberToken waits until the token controller filled the Secret of
+// member name's token at the authority, and returns the token.
+func memberToken(ctx context.Context, a *member, name string) ([]byte, error) {
+	return readMemberToken(ctx, a.String(), a.cs.CoreV1().Secrets(a.ns), name)
+}
+
+// readMemberToken is memberToken through any client of the authority's
+// Secrets (join --token reads it with the token's credential).
+func readMemberToken(ctx context.Context, authority string, secrets corev1client.SecretInterface, name string) ([]byte, error) {
+	tokenSecret := "member-" + name + "-token"
 	var token []byte
-	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, tokenWait, true, func(ctx context.Context) (bool, error) {
-		s, err := a.cs.CoreV1().Secrets(a.ns).Get(ctx, tokenSecret, metav1.GetOptions{})
+	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, tokenWait, true, func(ctx context.Context) (bool, error) {
+		s, err := secrets.Get(ctx, tokenSecret, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
 		if err != nil {
-			return false, getErr("Secret "+tokenSecret, err)
+			return false, fmt.Errorf("%s: Secret %s: %w", authority, tokenSecret, err)
 		}
 		token = s.Data[corev1.ServiceAccountTokenKey]
 		return len(token) > 0, nil
 	})
 	if err != nil {
 		if !wait.Interrupted(err) {
-			return false, err
+			return nil, err
 		}
-		return false, fmt.Errorf("%s: the token controller did not fill Secret %s/%s within %s: is kube-controller-manager running there?", a, a.ns, tokenSecret, tokenWait)
+		return nil, fmt.Errorf("%s: the token controller did not fill Secret %s within %s: is kube-controller-manager running there?", authority, tokenSecret, tokenWait)
 	}
+	return token, nil
+}
 
-	// The member's kubeconfig for the authority.
+// kubeconfig is member name's kubeconfig for the authority: its advertised
+// address, its CA, and the member's token.
+func (r *registration) kubeconfig(name string, token []byte) ([]byte, error) {
+	sa := "member-" + name
 	kc := clientcmdapi.NewConfig()
 	kc.Clusters["authority"] = &clientcmdapi.Cluster{Server: r.server, CertificateAuthorityData: r.caData}
 	kc.AuthInfos[sa] = &clientcmdapi.AuthInfo{Token: string(token)}
-	kc.Contexts["authority"] = &clientcmdapi.Context{Cluster: "authority", AuthInfo: sa, Namespace: a.ns}
+	kc.Contexts["authority"] = &clientcmdapi.Context{Cluster: "authority", AuthInfo: sa, Namespace: r.ns}
 	kc.CurrentContext = "authority"
-	data, err := clientcmd.Write(*kc)
-	if err != nil {
-		return false, err
-	}
+	return clientcmd.Write(*kc)
+}
+
+// becomeMember writes m's kubeconfig for the authority (in namespace
+// authNS there) into m's Secret, and switches m's release to have its
+// certificate signed by the authority; then m's own CA goes. It reports
+// whether anything changed.
+func becomeMember(ctx context.Context, g *globals, m *member, authNS, authority string, kubeconfig []byte) (bool, error) {
+	changed := false
+	labels := map[string]string{managedByLabel: managedBy}
 	secret := m.value("meshMember.authoritySecret")
 	if secret == "" {
 		secret = "kubelink-authority"
@@ -304,10 +354,10 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 	switch {
 	case apierrors.IsNotFound(err):
 		_, err = m.cs.CoreV1().Secrets(m.ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: secret, Namespace: m.ns, Labels: labels},
-			Data: map[string][]byte{"kubeconfig": data}}, metav1.CreateOptions{})
+			Data: map[string][]byte{"kubeconfig": kubeconfig}}, metav1.CreateOptions{})
 		changed = true
-	case err == nil && !bytes.Equal(s.Data["kubeconfig"], data):
-		s.Data = map[string][]byte{"kubeconfig": data}
+	case err == nil && !bytes.Equal(s.Data["kubeconfig"], kubeconfig):
+		s.Data = map[string][]byte{"kubeconfig": kubeconfig}
 		_, err = m.cs.CoreV1().Secrets(m.ns).Update(ctx, s, metav1.UpdateOptions{})
 		changed = true
 	}
@@ -317,20 +367,20 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 
 	// The member's certificate from now on comes from the authority: its
 	// own CA (certificates.mode=self, as installed) goes.
-	if m.value("certificates.mode") == "csr" && m.value("meshMember.enabled") == "true" && m.value("meshMember.authorityNamespace") == a.ns {
+	if m.value("certificates.mode") == "csr" && m.value("meshMember.enabled") == "true" && m.value("meshMember.authorityNamespace") == authNS {
 		return changed, nil
 	}
 	values := deepCopyValues(m.release.Config)
 	mergeValues(values, map[string]any{
 		"certificates":  map[string]any{"mode": "csr"},
-		"meshMember":    map[string]any{"enabled": true, "authorityNamespace": a.ns},
+		"meshMember":    map[string]any{"enabled": true, "authorityNamespace": authNS},
 		"meshAuthority": map[string]any{"enabled": false},
 	})
 	cfg := action.NewConfiguration()
 	if err := cfg.Init(m.flags, m.ns, "secret"); err != nil {
 		return false, fmt.Errorf("helm: %w", err)
 	}
-	g.progress("%s: upgrading release %s to a member of the authority %s (certificates.mode=csr, meshMember.enabled=true)", m, releaseName, a)
+	g.progress("%s: upgrading release %s to a member of the authority %s (certificates.mode=csr, meshMember.enabled=true)", m, releaseName, authority)
 	if err := upgrade(ctx, g, cfg, m.release.Chart, m.ns, values); err != nil {
 		return false, fmt.Errorf("%s: %w", m, err)
 	}
@@ -341,7 +391,7 @@ func (r *registration) register(ctx context.Context, g *globals, m *member) (boo
 		return false, err
 	}
 	if tls, err := m.cs.CoreV1().Secrets(m.ns).Get(ctx, "kubelink-tls", metav1.GetOptions{}); err == nil && len(tls.Data["ca.key"]) > 0 {
-		g.progress("%s: removing its own CA (Secret %s/kubelink-tls): the authority %s signs its certificate from now on", m, m.ns, a)
+		g.progress("%s: removing its own CA (Secret %s/kubelink-tls): the authority %s signs its certificate from now on", m, m.ns, authority)
 		if err := m.cs.CoreV1().Secrets(m.ns).Delete(ctx, "kubelink-tls", metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr.To(tls.UID)}}); err != nil && !apierrors.IsNotFound(err) {
 			return false, fmt.Errorf("%s: deleting its own CA (Secret %s/kubelink-tls): %w", m, m.ns, err)
 		}

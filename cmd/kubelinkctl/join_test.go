@@ -292,11 +292,15 @@ func TestJoinWireGuardIsIdempotentAndFollowsKeys(t *testing.T) {
 // The bridge: join registers the member at the authority (its
 // ServiceAccount, bindings and token; the member's kubeconfig Secret) and
 // switches the member to certificates the authority signs.
-func TestJoinBridgeRegistersTheMember(t *testing.T) {
-	eu, us := twoClusters(t)
+// bridgePair installs eu (the mesh authority) and us with the bridge, as a
+// user would (no kubelet runs: each install ends waiting for its broker),
+// gives us its own CA as its certwatch would, and does the work of the
+// controllers that do not run here: the deployment controller rolls out
+// us's broker Deployment (join waits for that before it removes us's own
+// CA), the token controller fills us's token Secret at eu.
+func bridgePair(t *testing.T) (eu, us *testMember) {
+	eu, us = twoClusters(t)
 	ctx := context.Background()
-	// Installed as a user would; no kubelet runs, so each install ends
-	// waiting for its broker, after the release and the LocalLink are made.
 	for _, tc := range []struct {
 		m    *testMember
 		args []string
@@ -310,7 +314,6 @@ func TestJoinBridgeRegistersTheMember(t *testing.T) {
 			t.Fatalf("install %s: %v\n%s", tc.m.name, err, stderr)
 		}
 	}
-	// us's own CA, as its certwatch makes it in certificates.mode=self.
 	if _, err := us.cs.CoreV1().Secrets("kubelink").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "kubelink-tls"},
 		Data: map[string][]byte{"ca.key": []byte("k"), "ca.crt": []byte("c")}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -325,33 +328,34 @@ func TestJoinBridgeRegistersTheMember(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// No kube-controller-manager runs: the test rolls out us's broker
-	// Deployment as its deployment controller would (join waits for that
-	// before it removes us's own CA) ...
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
 	go func() {
-		for i := 0; i < 600; i++ {
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
 			d, err := us.cs.AppsV1().Deployments("kubelink").Get(ctx, "kubelink-broker", metav1.GetOptions{})
 			if err == nil && d.Status.ObservedGeneration < d.Generation {
 				d.Status.ObservedGeneration = d.Generation
 				d.Status.Replicas, d.Status.UpdatedReplicas = *d.Spec.Replicas, *d.Spec.Replicas
 				us.cs.AppsV1().Deployments("kubelink").UpdateStatus(ctx, d, metav1.UpdateOptions{})
 			}
-			time.Sleep(100 * time.Millisecond)
-		}
-	}()
-	// ... and fills the token Secret as its token controller would.
-	go func() {
-		for i := 0; i < 300; i++ {
 			s, err := eu.cs.CoreV1().Secrets("kubelink").Get(ctx, "member-us-token", metav1.GetOptions{})
-			if err == nil {
+			if err == nil && len(s.Data) == 0 {
 				s.Data = map[string][]byte{corev1.ServiceAccountTokenKey: []byte("member-us-token-value")}
-				if _, err := eu.cs.CoreV1().Secrets("kubelink").Update(ctx, s, metav1.UpdateOptions{}); err == nil {
-					return
-				}
+				eu.cs.CoreV1().Secrets("kubelink").Update(ctx, s, metav1.UpdateOptions{})
 			}
-			time.Sleep(100 * time.Millisecond)
 		}
 	}()
+	return eu, us
+}
+
+func TestJoinBridgeRegistersTheMember(t *testing.T) {
+	eu, us := bridgePair(t)
+	ctx := context.Background()
 	brokers(t, eu, us)
 	_, stderr, err := run(t, "join", "--context", "eu", "--context", "us", "--timeout", "60s")
 	if err != nil {

@@ -199,7 +199,12 @@ func (m *member) link(name string) *v1alpha1.KubeLink {
 	return nil
 }
 
-func (m *member) String() string { return fmt.Sprintf("%q (context %s)", m.name, m.context) }
+func (m *member) String() string {
+	if m.cluster == nil { // a member known only by name (a token's)
+		return fmt.Sprintf("%q", m.name)
+	}
+	return fmt.Sprintf("%q (context %s)", m.name, m.context)
+}
 
 // checkMembers refuses a set of clusters that cannot form one mesh, naming
 // the clusters at fault and the fix. It changes nothing.

@@ -83,7 +83,8 @@ type gatewayRow struct {
 	Version   string `json:"version,omitempty"` // the broker image's tag
 	Release   string `json:"release,omitempty"` // chart and revision
 	DataPlane string `json:"dataPlane,omitempty"`
-	Gateway   string `json:"gateway,omitempty"` // the address the cluster's links route through
+	Gateway   string `json:"gateway,omitempty"`  // the address the cluster's links route through
+	Endpoint  string `json:"endpoint,omitempty"` // host:port the peers reach the active broker at
 }
 
 type showResult struct {
@@ -256,7 +257,7 @@ func gatewayRows(ctx context.Context, ms []*member) ([]gatewayRow, error) {
 			r := gatewayRow{Cluster: m.name, Context: m.context, Pod: p.Name, Node: p.Spec.NodeName, Phase: string(p.Status.Phase),
 				Active: p.Name == holder, Release: release, DataPlane: m.local.Status.DataPlane}
 			if r.Active {
-				r.Gateway = m.local.Status.Gateway
+				r.Gateway, r.Endpoint = m.local.Status.Gateway, m.endpoint
 			}
 			for _, c := range p.Status.Conditions {
 				if c.Type == corev1.PodReady {
@@ -278,10 +279,10 @@ func gatewayRows(ctx context.Context, ms []*member) ([]gatewayRow, error) {
 
 func printGatewayRows(out io.Writer, rows []gatewayRow) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "CLUSTER\tBROKER POD\tNODE\tACTIVE\tREADY\tPHASE\tGATEWAY\tDATA PLANE\tVERSION\tRELEASE")
+	fmt.Fprintln(w, "CLUSTER\tBROKER POD\tNODE\tACTIVE\tREADY\tPHASE\tGATEWAY\tENDPOINT\tDATA PLANE\tVERSION\tRELEASE")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%v\t%s\t%s\t%s\t%s\t%s\n", r.Cluster, r.Pod, dash(r.Node), r.Active, r.Ready, r.Phase,
-			dash(r.Gateway), dash(r.DataPlane), dash(r.Version), dash(r.Release))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%v\t%v\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Cluster, r.Pod, dash(r.Node), r.Active, r.Ready, r.Phase,
+			dash(r.Gateway), dash(r.Endpoint), dash(r.DataPlane), dash(r.Version), dash(r.Release))
 	}
 	w.Flush()
 }

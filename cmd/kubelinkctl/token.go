@@ -8,7 +8,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
+	"net/url"
 	"os"
 
 	"strings"
@@ -23,6 +25,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -63,6 +66,14 @@ type tokenContent struct {
 	Namespace string    `json:"namespace"`
 	// Credential is the one-time ServiceAccount token at the issuer.
 	Credential string `json:"credential"`
+	// The bridge: the new member's registration at the mesh authority (the
+	// issuer), which signs its certificate for Identity and BridgeName (the
+	// host of its endpoint); its pods reach the authority's API server at
+	// AuthorityServer, whose certificate AuthorityCA signs.
+	Identity        string `json:"identity,omitempty"`
+	BridgeName      string `json:"bridgeName,omitempty"`
+	AuthorityServer string `json:"authorityServer,omitempty"`
+	AuthorityCA     []byte `json:"authorityCA,omitempty"`
 }
 
 // hash is the token's content without its credential (which the API
@@ -109,6 +120,7 @@ func decodeToken(s string) (*tokenContent, error) {
 
 type tokenOptions struct {
 	name, address, cidr, file, meshCIDR string
+	endpoint, authorityServer           string
 	ttl                                 time.Duration
 }
 
@@ -121,20 +133,32 @@ func newToken(g *globals) *cobra.Command {
 	create := &cobra.Command{
 		Use:   "create --name NAME --address ADDRESS --cidr CIDR",
 		Short: "Print a single-use join token for a new member of this cluster's mesh",
-		Long: `token create, in a cluster of the mesh (WireGuard), makes ready the link of
-this cluster to a new member NAME, with the mesh address and service CIDR
-the new member's team gave, and prints a token that carries what the new
+		Long: `token create, in a cluster of the mesh, makes ready the link of this
+cluster to a new member NAME, with the mesh address and service CIDR the
+new member's team gave, and prints a token that carries what the new
 member needs: this cluster's endpoint, key, address and CIDR, and a
 credential that expires with the token (--ttl, 15 min by default) and may
-do exactly one thing: set the new member's key and endpoint on that one
-link. The new member's admin runs
+do exactly one thing: in WireGuard, set the new member's key and endpoint
+on that one link; with the bridge, read the new member's registration at
+the mesh authority. The new member's admin runs
 
   kubelinkctl join --token FILE --context <its cluster>
 
 which completes the pair from that side and uses the token up. A token
-that was used, has expired or was altered is refused.`,
-		Example: fmt.Sprintf(`  %[1]s token create --context eu --name ap --address 192.168.0.13 --cidr 100.64.48.0/20 -f ap.token`, commandName()),
-		Args:    cobra.NoArgs,
+that was used, has expired or was altered is refused.
+
+The bridge: run token create in the mesh authority's cluster, and give
+the new member's --endpoint as well (its install prints it; kubelinkctl
+show gateways --context <its cluster> shows it). token create registers
+the new member at the authority for exactly its own identity
+(kubelink://<mesh>/NAME) and the host of that endpoint; join --token then
+switches the new member to certificates the authority signs. The CA key
+never leaves the authority.`,
+		Example: fmt.Sprintf(`  # WireGuard
+  %[1]s token create --context eu --name ap --address 192.168.0.13 --cidr 100.64.48.0/20 -f ap.token
+  # the bridge, in the mesh authority's cluster
+  %[1]s token create --context eu --name ap --address 192.168.0.13 --cidr 100.64.48.0/20 --endpoint 203.0.113.7:30088 -f ap.token`, commandName()),
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.name == "" || o.address == "" || o.cidr == "" {
 				return usagef(cmd, "token create needs --name, --address and --cidr of the new member")
@@ -152,6 +176,8 @@ that was used, has expired or was altered is refused.`,
 	f.DurationVar(&o.ttl, "ttl", 15*time.Minute, "how long the token is valid (10m to 24h)")
 	f.StringVarP(&o.file, "file", "f", "", "write the token to this file (mode 0600) instead of printing it")
 	f.StringVar(&o.meshCIDR, "mesh-cidr", "", "the mesh, where this cluster is in several")
+	f.StringVar(&o.endpoint, "endpoint", "", "bridge: the new member's endpoint host:port (the host its certificate names)")
+	f.StringVar(&o.authorityServer, "authority-server", "", "bridge: the https:// URL the new member's pods reach this cluster's API server at (default: as join finds it)")
 	cmd.AddCommand(create)
 	return cmd
 }
@@ -166,8 +192,14 @@ func (o *tokenOptions) create(ctx context.Context, g *globals) error {
 	if errs := memberProblems([]*member{m}); len(errs) > 0 {
 		return fmt.Errorf("this cluster cannot issue a token: %s", strings.Join(errs, "; "))
 	}
-	if m.dataPlane != "wireguard" {
-		return fmt.Errorf("%s runs the %s data plane: join tokens work in WireGuard meshes; for the bridge, join with both clusters' contexts (the new member must be registered at the mesh authority)", m, m.dataPlane)
+	bridge := m.dataPlane == "bridge"
+	switch {
+	case bridge && !m.authority():
+		return fmt.Errorf("%s is not the mesh authority: with the bridge, run token create in the authority's cluster (it registers the new member there)", m)
+	case bridge && o.endpoint == "":
+		return fmt.Errorf("--endpoint: the bridge needs the new member's endpoint host:port (its certificate names that host): its install printed it, and `%s show gateways --context <its cluster>` shows it", commandName())
+	case !bridge && o.endpoint != "":
+		return fmt.Errorf("--endpoint: only for the bridge (in WireGuard the new member sets its endpoint itself when it uses the token)")
 	}
 	// The new member's claims, checked here: the issuer decides them.
 	if !dnsLabel.MatchString(o.name) {
@@ -199,13 +231,39 @@ func (o *tokenOptions) create(ctx context.Context, g *globals) error {
 			return fmt.Errorf("--cidr %s overlaps the CIDR %s of KubeLink %s", cidr, p, l.Name)
 		}
 	}
+	var identity, bridgeName string
+	if bridge {
+		if err := checkEndpoint(o.endpoint); err != nil {
+			return fmt.Errorf("--endpoint %q: %v", o.endpoint, err)
+		}
+		bridgeName, _, _ = net.SplitHostPort(o.endpoint)
+		u, err := url.Parse(strings.TrimSpace(strings.Split(m.value("bridge.identities"), ",")[0]))
+		if err != nil || u.Scheme != "kubelink" || u.Host == "" {
+			return fmt.Errorf("%s: its release's bridge.identities %q is not kubelink://<mesh>/<name>: run `%s install --context %s` again", m, m.value("bridge.identities"), commandName(), m.context)
+		}
+		identity = "kubelink://" + u.Host + "/" + o.name
+		if err := checkClaims(ctx, m, &member{name: o.name}, identity, bridgeName); err != nil {
+			return err
+		}
+	}
 	id := make([]byte, 5)
 	rand.Read(id)
 	t := &tokenContent{
 		ID: hex.EncodeToString(id), Expires: time.Now().Add(o.ttl).UTC().Truncate(time.Second),
 		MeshCIDR: mesh.String(), DataPlane: m.dataPlane, Namespace: m.ns, Server: m.rest.Host, CAData: m.rest.CAData,
-		Issuer: tokenPeer{Name: m.name, Address: m.address.String(), CIDR: m.svc.String(), Endpoint: m.endpoint, PublicKey: m.local.Status.PublicKey},
-		Member: tokenPeer{Name: o.name, Address: netip.PrefixFrom(addr, mesh.Bits()).String(), CIDR: cidr.String()},
+		Issuer:   tokenPeer{Name: m.name, Address: m.address.String(), CIDR: m.svc.String(), Endpoint: m.endpoint, PublicKey: m.local.Status.PublicKey},
+		Member:   tokenPeer{Name: o.name, Address: netip.PrefixFrom(addr, mesh.Bits()).String(), CIDR: cidr.String(), Endpoint: o.endpoint},
+		Identity: identity, BridgeName: bridgeName,
+	}
+	if bridge {
+		r, err := authorityServer(ctx, m, o.authorityServer)
+		if err != nil {
+			return err
+		}
+		if r.serverNote != "" {
+			g.progress("%s", r.serverNote)
+		}
+		t.AuthorityServer, t.AuthorityCA = r.server, r.caData
 	}
 	if len(t.CAData) == 0 && m.rest.CAFile != "" {
 		if t.CAData, err = os.ReadFile(m.rest.CAFile); err != nil {
@@ -218,13 +276,27 @@ func (o *tokenOptions) create(ctx context.Context, g *globals) error {
 	if err := collectTokens(ctx, g, m); err != nil {
 		return err
 	}
-	// The issuer's side of the pair: the new member dials in.
+	// The issuer's side of the pair: the new member dials in; its key
+	// (WireGuard) and endpoint come with the token's use, which they also
+	// mark as used.
+	ep := v1alpha1.EndpointInbound
 	kl := &v1alpha1.KubeLink{ObjectMeta: metav1.ObjectMeta{Name: o.name,
 		Labels:      map[string]string{managedByLabel: managedBy},
 		Annotations: map[string]string{tokenAnnotation: t.hash()}},
-		Spec: v1alpha1.KubeLinkSpec{ClusterAddress: t.Member.Address, CIDR: t.Member.CIDR, Endpoint: v1alpha1.EndpointInbound}}
+		Spec: v1alpha1.KubeLinkSpec{ClusterAddress: t.Member.Address, CIDR: t.Member.CIDR, Endpoint: ep}}
 	if err := m.c.Create(ctx, kl); err != nil {
 		return fmt.Errorf("%s: creating KubeLink %s: %w", m, o.name, err)
+	}
+	if bridge {
+		// The new member's account at the authority, for its own identity
+		// and name only; join --token reads its token with the credential.
+		if _, err := memberAccount(ctx, m, o.name, identity, bridgeName); err != nil {
+			undo, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_ = m.c.Delete(undo, kl)
+			return err
+		}
+		g.progress("%s: %s registered at the mesh authority for identity %s and name %s", m, o.name, identity, bridgeName)
 	}
 	sa := "kubelink-join-" + t.ID
 	labels := map[string]string{managedByLabel: managedBy, "app.kubernetes.io/part-of": "kubelink"}
@@ -253,12 +325,16 @@ func (o *tokenOptions) create(ctx context.Context, g *globals) error {
 				RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: sa}, Subjects: subjects}, metav1.CreateOptions{})
 			return err
 		},
-		func() error { // using it up: deleting its own ServiceAccount
+		func() error { // using it up: deleting its own ServiceAccount; the bridge: the member's token
 			om := meta
 			om.OwnerReferences = owner
-			_, err := m.cs.RbacV1().Roles(m.ns).Create(ctx, &rbacv1.Role{ObjectMeta: om, Rules: []rbacv1.PolicyRule{
+			rules := []rbacv1.PolicyRule{
 				{APIGroups: []string{""}, Resources: []string{"serviceaccounts"}, ResourceNames: []string{sa}, Verbs: []string{"delete"}},
-			}}, metav1.CreateOptions{})
+			}
+			if bridge {
+				rules = append(rules, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"secrets"}, ResourceNames: []string{"member-" + o.name + "-token"}, Verbs: []string{"get"}})
+			}
+			_, err := m.cs.RbacV1().Roles(m.ns).Create(ctx, &rbacv1.Role{ObjectMeta: om, Rules: rules}, metav1.CreateOptions{})
 			return err
 		},
 		func() error {
@@ -294,7 +370,11 @@ func (o *tokenOptions) create(ctx context.Context, g *globals) error {
 	if err := checkJoinPolicy(ctx, t, kl); err != nil {
 		return err
 	}
-	g.progress("%s: KubeLink %s made (Inbound; it gets %s's key and endpoint when the token is used), token %s valid until %s", m, o.name, o.name, t.ID, t.Expires.Format(time.RFC3339))
+	if bridge {
+		g.progress("%s: KubeLink %s made (Inbound; it gets %s's endpoint when the token is used), token %s valid until %s", m, o.name, o.name, t.ID, t.Expires.Format(time.RFC3339))
+	} else {
+		g.progress("%s: KubeLink %s made (Inbound; it gets %s's key and endpoint when the token is used), token %s valid until %s", m, o.name, o.name, t.ID, t.Expires.Format(time.RFC3339))
+	}
 	out := t.encode() + "\n"
 	if o.file != "" {
 		if err := os.WriteFile(o.file, []byte(out), 0o600); err != nil {
@@ -332,7 +412,7 @@ func ensureJoinPolicy(ctx context.Context, m *member) error {
 					Message: "a join token may not change the link's labels or annotations"},
 				// Single use, also while the API server still accepts the
 				// credential of a deleted ServiceAccount from its cache.
-				{Expression: "oldObject.spec.?publicKey.orValue('') == ''", Message: "the join token was already used"},
+				{Expression: "oldObject.spec.?publicKey.orValue('') == '' && oldObject.spec.?endpoint.orValue('') == 'Inbound'", Message: "the join token was already used"},
 			},
 		}}
 	binding := &admissionv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: joinPolicy, Labels: labels},
@@ -389,6 +469,16 @@ func joinWithToken(ctx context.Context, g *globals, path, contextName string, wa
 	if m.dataPlane != t.DataPlane {
 		return fmt.Errorf("%s runs the %s data plane, the mesh of the token %s", m, m.dataPlane, t.DataPlane)
 	}
+	bridge := t.DataPlane == "bridge"
+	if bridge {
+		if m.release == nil {
+			return fmt.Errorf("%s: kubelink is not installed there with its chart, so join cannot switch it to certificates signed by the authority: install it with `%s install`", m, commandName())
+		}
+		if ids, name := m.value("bridge.identities"), m.value("bridge.name"); ids != t.Identity || name != t.BridgeName || m.endpoint != t.Member.Endpoint {
+			return fmt.Errorf("the token registers %s at %s's authority for identity %s, name %s and endpoint %s, but %s has identity %q, name %q and endpoint %s: ask for a token with --endpoint %s, or reinstall it (`%s install --name %s --mesh <mesh>`)",
+				t.Member.Name, t.Issuer.Name, t.Identity, t.BridgeName, t.Member.Endpoint, m, ids, name, m.endpoint, m.endpoint, commandName(), t.Member.Name)
+		}
+	}
 	// The issuer, through the token's credential.
 	issuer, rc, err := t.client()
 	if err != nil {
@@ -404,20 +494,57 @@ func joinWithToken(ctx context.Context, g *globals, path, contextName string, wa
 	if kl.Annotations[tokenAnnotation] != t.hash() {
 		return fmt.Errorf("the token was altered: its content does not match what %s issued; ask for a new one", t.Issuer.Name)
 	}
-	kl.Spec.PublicKey, kl.Spec.Endpoint = m.local.Status.PublicKey, m.endpoint
-	if err := issuer.Update(ctx, &kl); err != nil {
-		if strings.Contains(err.Error(), "the join token was already used") {
-			return fmt.Errorf("the token was already used: ask the admin of %s for a new one", t.Issuer.Name)
-		}
-		return fmt.Errorf("setting %s's key and endpoint on %s's KubeLink %s: %w", m.name, t.Issuer.Name, kl.Name, err)
-	}
-	g.progress("%s: KubeLink %s now has %s's key and endpoint", t.Issuer.Name, kl.Name, m.name)
-	// Used up: the credential deletes its ServiceAccount, which ends it.
-	sa := "kubelink-join-" + t.ID
 	cs, err := kubernetesFor(rc)
 	if err != nil {
 		return err
 	}
+	usedUp := fmt.Errorf("the token was already used: ask the admin of %s for a new one", t.Issuer.Name)
+	if bridge {
+		// The use is marked first, on the link: the new member's endpoint.
+		// A use from here that stopped before its end (the upgrade below
+		// failed) may go on; any other is refused.
+		switch kl.Spec.Endpoint {
+		case v1alpha1.EndpointInbound:
+			if err := updateLink(ctx, issuer, &kl, func(s *v1alpha1.KubeLinkSpec) { s.Endpoint = m.endpoint }); err != nil {
+				if strings.Contains(err.Error(), "the join token was already used") {
+					return usedUp
+				}
+				return fmt.Errorf("setting %s's endpoint on %s's KubeLink %s: %w", m.name, t.Issuer.Name, kl.Name, err)
+			}
+		case m.endpoint:
+			g.progress("%s: KubeLink %s has %s's endpoint already: completing an earlier use of this token", t.Issuer.Name, kl.Name, m.name)
+		default:
+			return fmt.Errorf("the token was already used (by the member at %s): ask the admin of %s for a new one", kl.Spec.Endpoint, t.Issuer.Name)
+		}
+		// The member's registration at the authority: its token there, as
+		// its kubeconfig; then certificates signed by the authority.
+		token, err := readMemberToken(ctx, t.Issuer.Name, cs.CoreV1().Secrets(t.Namespace), m.name)
+		if err != nil {
+			if apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err) {
+				return fmt.Errorf("the token was already used or withdrawn (%v): ask the admin of %s for a new one", err, t.Issuer.Name)
+			}
+			return err
+		}
+		r := &registration{server: t.AuthorityServer, caData: t.AuthorityCA, ns: t.Namespace}
+		data, err := r.kubeconfig(m.name, token)
+		if err != nil {
+			return err
+		}
+		if _, err := becomeMember(ctx, g, m, t.Namespace, t.Issuer.Name, data); err != nil {
+			return err
+		}
+		g.progress("%s: registered at the mesh authority %s (identity %s)", m, t.Issuer.Name, t.Identity)
+	} else {
+		if err := updateLink(ctx, issuer, &kl, func(s *v1alpha1.KubeLinkSpec) { s.PublicKey, s.Endpoint = m.local.Status.PublicKey, m.endpoint }); err != nil {
+			if strings.Contains(err.Error(), "the join token was already used") {
+				return usedUp
+			}
+			return fmt.Errorf("setting %s's key and endpoint on %s's KubeLink %s: %w", m.name, t.Issuer.Name, kl.Name, err)
+		}
+		g.progress("%s: KubeLink %s now has %s's key and endpoint", t.Issuer.Name, kl.Name, m.name)
+	}
+	// Used up: the credential deletes its ServiceAccount, which ends it.
+	sa := "kubelink-join-" + t.ID
 	if err := cs.CoreV1().ServiceAccounts(t.Namespace).Delete(ctx, sa, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("using up the token at %s (deleting its ServiceAccount %s/%s): %w", t.Issuer.Name, t.Namespace, sa, err)
 	}
@@ -426,7 +553,7 @@ func joinWithToken(ctx context.Context, g *globals, path, contextName string, wa
 	issuerM.address, _ = netip.ParsePrefix(t.Issuer.Address)
 	issuerM.svc, _ = netip.ParsePrefix(t.Issuer.CIDR)
 	issuerM.local.Status.PublicKey = t.Issuer.PublicKey
-	if err := checkEndpoint(t.Issuer.Endpoint); err != nil || !isWireGuardKey(t.Issuer.PublicKey) || !issuerM.address.IsValid() || !issuerM.svc.IsValid() {
+	if err := checkEndpoint(t.Issuer.Endpoint); err != nil || (!bridge && !isWireGuardKey(t.Issuer.PublicKey)) || !issuerM.address.IsValid() || !issuerM.svc.IsValid() {
 		return fmt.Errorf("the token's issuer data is not usable (endpoint %q, key %q): ask for a new token", t.Issuer.Endpoint, t.Issuer.PublicKey)
 	}
 	if issuerM.svc.Overlaps(m.svc) {
@@ -449,6 +576,22 @@ func joinWithToken(ctx context.Context, g *globals, path, contextName string, wa
 	return printObject(g, rows, func() {
 		printLinkRows(g.out, rows, false)
 		fmt.Fprintf(g.out, "\n%s joined %s's mesh %s with token %s (now used up).\n", m.name, t.Issuer.Name, t.MeshCIDR, t.ID)
+	})
+}
+
+// updateLink changes kl's spec with set, again on a conflict with the
+// broker's status writes (each try from the link as it is now).
+func updateLink(ctx context.Context, c client.Client, kl *v1alpha1.KubeLink, set func(*v1alpha1.KubeLinkSpec)) error {
+	first := true
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if !first {
+			if err := c.Get(ctx, client.ObjectKeyFromObject(kl), kl); err != nil {
+				return err
+			}
+		}
+		first = false
+		set(&kl.Spec)
+		return c.Update(ctx, kl)
 	})
 }
 

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -136,4 +137,148 @@ func TestJoinWithToken(t *testing.T) {
 	if _, err := eu.cs.RbacV1().ClusterRoleBindings().Get(ctx, sa, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("the used token's ClusterRoleBinding after the next token create: %v, want it gone", err)
 	}
+}
+
+// The bridge: token create at the mesh authority registers the new member
+// there for its own identity and name only; join --token reads the
+// member's token with the one-time credential, switches the member to
+// certificates the authority signs, and completes the pair.
+func TestJoinWithTokenBridge(t *testing.T) {
+	eu, us := bridgePair(t)
+	ctx := context.Background()
+	brokers(t, eu, us)
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "us.token")
+	create := []string{"token", "create", "--context", "eu", "--name", "us", "--address", "192.168.0.2", "--cidr", "100.64.48.0/20"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{create, "--endpoint: the bridge needs the new member's endpoint"},
+		{[]string{"token", "create", "--context", "us", "--name", "ap", "--address", "192.168.0.3", "--cidr", "100.64.64.0/20", "--endpoint", "172.20.0.3:30088"},
+			`"us" (context us) is not the mesh authority`},
+		// the authority's own name for the member's certificate
+		{append(create, "--endpoint", "172.18.0.3:30088"), "its bridge name 172.18.0.3 is already registered at the authority for eu (the authority)"},
+	} {
+		if _, _, err := run(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("token create %v: %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	if l := links(t, eu); len(l) != 0 {
+		t.Fatalf("refused token requests made links: %v", l)
+	}
+	// A token for another endpoint than us's: join refuses it.
+	other := filepath.Join(dir, "other.token")
+	if _, stderr, err := run(t, append(create, "--endpoint", "172.19.0.9:30088", "-f", other)...); err != nil {
+		t.Fatalf("token create: %v\n%s", err, stderr)
+	}
+	if _, _, err := run(t, "join", "--token", other, "--context", "us", "--timeout", "20s"); err == nil || !strings.Contains(err.Error(), "ask for a token with --endpoint 172.19.0.3:30088") {
+		t.Errorf("join with a token for another endpoint: %v", err)
+	}
+	if err := eu.c.Delete(ctx, &v1alpha1.KubeLink{ObjectMeta: metav1.ObjectMeta{Name: "us"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	_, stderr, err := run(t, append(create, "--endpoint", "172.19.0.3:30088", "-f", tok)...)
+	if err != nil || !strings.Contains(stderr, `us registered at the mesh authority for identity kubelink://default/us and name 172.19.0.3`) {
+		t.Fatalf("token create: %v\n%s", err, stderr)
+	}
+	sa, err := eu.cs.CoreV1().ServiceAccounts("kubelink").Get(ctx, "member-us", metav1.GetOptions{})
+	if err != nil || sa.Annotations[identitiesAnnotation] != "kubelink://default/us" || sa.Annotations[namesAnnotation] != "172.19.0.3" {
+		t.Errorf("the member's ServiceAccount at the authority: %v %v", sa, err)
+	}
+	if l := links(t, eu)["us"]; l.Spec.Endpoint != "Inbound" || l.Spec.PublicKey != "" {
+		t.Errorf("eu's link to us before the join: %+v", l.Spec)
+	}
+	raw, _ := os.ReadFile(tok)
+	tc, err := decodeToken(string(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The credential reads the new member's token and no other Secret.
+	cred, rc, err := tc.client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, _ := kubernetesFor(rc)
+	if _, err := cs.CoreV1().Secrets("kubelink").Get(ctx, "member-us-token", metav1.GetOptions{}); err != nil {
+		t.Errorf("the credential cannot read the member's token: %v", err)
+	}
+	if _, err := cs.CoreV1().Secrets("kubelink").Get(ctx, "kubelink-ca", metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the credential read another Secret: %v", err)
+	}
+	var kl v1alpha1.KubeLink
+	if err := cred.Get(ctx, client.ObjectKey{Name: "us"}, &kl); err != nil {
+		t.Fatal(err)
+	}
+	kl.Spec.CIDR = "10.0.0.0/8"
+	if err := cred.Update(ctx, &kl); err == nil {
+		t.Errorf("the credential changed the link's CIDR")
+	}
+
+	out, stderr, err := run(t, "join", "--token", tok, "--context", "us", "--timeout", "60s")
+	if err != nil || !strings.Contains(out, "us joined eu's mesh 192.168.0.0/24 with token "+tc.ID+" (now used up)") {
+		t.Fatalf("join --token: %v\n%s%s", err, stderr, out)
+	}
+	for _, w := range []string{`upgrading release kubelink to a member of the authority eu`, `"us" (context us): removing its own CA`,
+		`"us" (context us): registered at the mesh authority eu (identity kubelink://default/us)`} {
+		if !strings.Contains(stderr, w) {
+			t.Errorf("progress lacks %q:\n%s", w, stderr)
+		}
+	}
+	s, err := us.cs.CoreV1().Secrets("kubelink").Get(ctx, "kubelink-authority", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the member's Secret kubelink-authority: %v", err)
+	}
+	kc, err := clientcmd.Load(s.Data["kubeconfig"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	kctx := kc.Contexts[kc.CurrentContext]
+	if kc.Clusters[kctx.Cluster].Server != tc.AuthorityServer || kc.AuthInfos[kctx.AuthInfo].Token != "member-us-token-value" || kctx.Namespace != "kubelink" {
+		t.Errorf("the member's kubeconfig: server %s (want %s), token %q", kc.Clusters[kctx.Cluster].Server, tc.AuthorityServer, kc.AuthInfos[kctx.AuthInfo].Token)
+	}
+	if _, err := us.cs.CoreV1().Secrets("kubelink").Get(ctx, "kubelink-tls", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the member's own CA is still there: %v", err)
+	}
+	if cfg, _ := us.cs.CoreV1().ConfigMaps("kubelink").Get(ctx, "kubelink-cluster", metav1.GetOptions{}); cfg.Data["KUBELINK_CERT_MODE"] != "csr" {
+		t.Errorf("the member's KUBELINK_CERT_MODE = %q, want csr", cfg.Data["KUBELINK_CERT_MODE"])
+	}
+	if l := links(t, us)["eu"]; l.Spec.Endpoint != "172.18.0.3:30088" || l.Spec.PublicKey != "" || l.Spec.ClusterAddress != "192.168.0.1/24" {
+		t.Errorf("us's bridge link to eu: %+v", l.Spec)
+	}
+	if _, err := eu.cs.CoreV1().ServiceAccounts("kubelink").Get(ctx, "kubelink-join-"+tc.ID, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the token's ServiceAccount is still there: %v", err)
+	}
+	if l := links(t, eu)["us"]; l.Spec.Endpoint != "172.19.0.3:30088" || l.Spec.PublicKey != "" {
+		t.Errorf("eu's link to us after the join: %+v", l.Spec)
+	}
+	// Used up: by another member at once (the link says who used it) ...
+	tc2 := *tc
+	tc2.Member.Endpoint = "172.19.0.9:30088"
+	if _, _, err := joinWithTokenContent(t, &tc2, "us"); err == nil {
+		t.Errorf("a token altered for another endpoint was accepted")
+	}
+	kl = v1alpha1.KubeLink{}
+	if err := cred.Get(ctx, client.ObjectKey{Name: "us"}, &kl); err == nil {
+		kl.Spec.Endpoint = "172.19.0.9:30088"
+		if err := cred.Update(ctx, &kl); err == nil || !strings.Contains(err.Error(), "the join token was already used") {
+			t.Errorf("the credential moved the used link's endpoint: %v", err)
+		}
+	}
+	// ... and by anyone once the API server dropped the credential with
+	// its ServiceAccount.
+	deadline := time.Now().Add(15 * time.Second)
+	for cred.Get(ctx, client.ObjectKey{Name: "us"}, &v1alpha1.KubeLink{}) == nil && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, _, err := run(t, "join", "--token", tok, "--context", "us", "--timeout", "20s"); err == nil || !strings.Contains(err.Error(), "already used") {
+		t.Errorf("a second use: %v", err)
+	}
+}
+
+func joinWithTokenContent(t *testing.T, tc *tokenContent, context string) (string, string, error) {
+	p := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(p, []byte(tc.encode()), 0o600)
+	return run(t, "join", "--token", p, "--context", context, "--timeout", "20s")
 }
