@@ -17,6 +17,9 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
 	"sigs.k8s.io/e2e-framework/pkg/features"
 
@@ -98,6 +101,37 @@ func wantChecks(ctx context.Context, t *testing.T) int {
 func TestKubelinkctlVerify(t *testing.T) {
 	f := features.New("kubelinkctl verify").
 		Assess("every check passes on the healthy lab, and the JUnit report says so", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			// A MeshService of b (a port of its cluster address to its
+			// echo), which verify checks from every other cluster.
+			ms := &v1alpha1.MeshService{ObjectMeta: metav1.ObjectMeta{Name: "e2e-verify", Namespace: "default"},
+				Spec: v1alpha1.MeshServiceSpec{Service: "echo", Ports: []v1alpha1.ServicePort{{Port: 8801}},
+					Endpoints: []v1alpha1.ServiceEndpoint{{PortMappings: []v1alpha1.PortMapping{
+						{Port: intstr.FromInt32(8801), TargetPort: intstr.FromString("http")}}}}}}
+			if err := lab.B.Res.Delete(ctx, ms); err != nil && !apierrors.IsNotFound(err) {
+				t.Fatal(err)
+			}
+			if _, err := Eventually(ctx, 30*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
+				return lab.B.Res.Create(ctx, ms.DeepCopy())
+			}); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := lab.B.Res.Delete(context.Background(), ms); err != nil && !apierrors.IsNotFound(err) {
+					t.Errorf("deleting MeshService e2e-verify: %v", err)
+				}
+			})
+			if _, err := Eventually(ctx, 30*time.Second, 250*time.Millisecond, func(ctx context.Context) error {
+				var cur v1alpha1.MeshService
+				if err := lab.B.Res.Get(ctx, ms.Name, ms.Namespace, &cur); err != nil {
+					return err
+				}
+				if cur.Status.State != v1alpha1.StateOk {
+					return fmt.Errorf("MeshService e2e-verify is %q: %s", cur.Status.State, cur.Status.Message)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
 			report := filepath.Join(t.TempDir(), "verify.xml")
 			out, stderr, err := kubelinkctl(ctx, t, append([]string{"verify", "--junit-report", report, "--timeout", "4m"}, labContexts()...)...)
 			t.Logf("verify:\n%s%s", stderr, out)
@@ -105,8 +139,11 @@ func TestKubelinkctlVerify(t *testing.T) {
 				t.Fatalf("verify failed on the healthy lab: %v", err)
 			}
 			r := readJUnit(t, report)
-			if want := wantChecks(ctx, t); r.Tests != want || r.Failures != 0 {
+			if want := wantChecks(ctx, t) + len(lab.Members()) - 1; r.Tests != want || r.Failures != 0 {
 				t.Errorf("JUnit report: %d checks, %d failed; want %d checks, none failed", r.Tests, r.Failures, want)
+			}
+			if table := strings.Join(strings.Fields(out), " "); !strings.Contains(table, "PASS a → MeshService default/e2e-verify of b (192.168.0.12:8801)") {
+				t.Errorf("verify did not check the MeshService from a:\n%s", out)
 			}
 			if !strings.Contains(out, "path MTU") {
 				t.Errorf("verify printed no path MTU:\n%s", out)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"sort"
 	"strconv"
@@ -24,6 +25,8 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/remotecommand"
 	"k8s.io/utils/ptr"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 )
 
 // verifyNamespace holds what verify starts in each cluster; it is deleted
@@ -158,6 +161,11 @@ func (o *verifyOptions) run(ctx context.Context, g *globals) error {
 			res.Checks = append(res.Checks, c)
 		}
 	}
+	msc, err := meshServiceChecks(ctx, g, vcs)
+	if err != nil {
+		return err
+	}
+	res.Checks = append(res.Checks, msc...)
 	if o.failover {
 		c, secs := failover(ctx, g, vcs[0], vcs[1])
 		res.Checks = append(res.Checks, c)
@@ -492,6 +500,125 @@ func runCheck(ctx context.Context, from *verifyCluster, a agent, to *verifyClust
 	case upload > 0:
 		c.Detail = fmt.Sprintf("path MTU %d, MSS %d", r.PathMTU, r.SendMSS)
 	}
+	return c
+}
+
+// meshServiceChecks checks every MeshService of each cluster from the
+// gateway agent of every other cluster that routes its address: a TCP
+// connection to each of its TCP ports (its server is not an agent, so only
+// the connection is checked). A MeshService that is not Ok fails, with its
+// message; UDP ports are not checked.
+func meshServiceChecks(ctx context.Context, g *globals, vcs []*verifyCluster) ([]check, error) {
+	var checks []check
+	for _, to := range vcs {
+		var list v1alpha1.MeshServiceList
+		if err := to.c.List(ctx, &list); err != nil {
+			if isNoKind(err) {
+				continue
+			}
+			return nil, fmt.Errorf("%s: listing MeshServices: %w", to.member, err)
+		}
+		for i := range list.Items {
+			ms := &list.Items[i]
+			what := fmt.Sprintf("MeshService %s/%s of %s", ms.Namespace, ms.Name, to.name)
+			if ms.Status.State != v1alpha1.StateOk {
+				c := check{Name: what, To: to.name, Detail: fmt.Sprintf("state %s: %s", dash(ms.Status.State), ms.Status.Message)}
+				g.progress("%s %s%s", passFail(false), c.Name, detail(c))
+				checks = append(checks, c)
+				continue
+			}
+			addr := to.address.Addr()
+			if ms.Spec.MeshAddress != "" {
+				a, err := netip.ParseAddr(ms.Spec.MeshAddress)
+				if err != nil {
+					continue // admission refuses it
+				}
+				addr = a
+			}
+			ports, err := meshServicePorts(ctx, to, ms)
+			if err != nil {
+				return nil, err
+			}
+			if len(ports) == 0 {
+				g.progress("%s: not checked (no TCP port)", what)
+				continue
+			}
+			for _, from := range vcs {
+				if from == to {
+					continue
+				}
+				if ms.Spec.MeshAddress != "" && !routes(from.link(to.name), addr) {
+					g.progress("%s: not checked from %s: its KubeLink %s does not route %s (spec.egress)", what, from.name, to.name, addr)
+					continue
+				}
+				for _, port := range ports {
+					target := netip.AddrPortFrom(addr, uint16(port)).String()
+					c := runConnect(ctx, from, from.agents[0], to, fmt.Sprintf("%s → %s (%s)", from.name, what, target), target)
+					g.progress("%s %s (%.2fs)%s", passFail(c.Pass), c.Name, c.Seconds, detail(c))
+					checks = append(checks, c)
+				}
+			}
+		}
+	}
+	return checks, nil
+}
+
+// meshServicePorts are the TCP ports a MeshService serves: its ports, or
+// without them (a virtual address) its Service's.
+func meshServicePorts(ctx context.Context, vc *verifyCluster, ms *v1alpha1.MeshService) ([]int32, error) {
+	var ports []int32
+	for _, p := range ms.Spec.Ports {
+		if p.Protocol == "" || strings.EqualFold(p.Protocol, "tcp") {
+			ports = append(ports, p.Port)
+		}
+	}
+	if len(ms.Spec.Ports) > 0 || ms.Spec.Service == "" {
+		return ports, nil
+	}
+	svc, err := vc.cs.CoreV1().Services(ms.Namespace).Get(ctx, ms.Spec.Service, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("%s: the Service %s/%s of MeshService %s: %w", vc.member, ms.Namespace, ms.Spec.Service, ms.Name, err)
+	}
+	for _, p := range svc.Spec.Ports {
+		if p.Protocol == "" || p.Protocol == corev1.ProtocolTCP {
+			ports = append(ports, p.Port)
+		}
+	}
+	return ports, nil
+}
+
+// routes reports whether the link routes addr (its egress).
+func routes(l *v1alpha1.KubeLink, addr netip.Addr) bool {
+	if l == nil {
+		return false
+	}
+	for _, e := range l.Spec.Egress {
+		if p, err := netip.ParsePrefix(e); err == nil && p.Contains(addr) {
+			return true
+		}
+		if a, err := netip.ParseAddr(e); err == nil && a == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// runConnect runs kubelink-verifier --connect in agent a of from.
+func runConnect(ctx context.Context, from *verifyCluster, a agent, to *verifyCluster, name, target string) check {
+	c := check{Name: name, From: from.name, To: to.name}
+	start := time.Now()
+	out, err := execIn(ctx, from.member, a.pod, "/usr/local/bin/app", "--connect", target, "--timeout", "3s")
+	c.Seconds = time.Since(start).Seconds()
+	if err != nil {
+		c.Detail = err.Error()
+		return c
+	}
+	var r agentResult
+	if err := json.Unmarshal(bytes.TrimSpace(out), &r); err != nil {
+		c.Detail = fmt.Sprintf("the agent printed %q: %v", strings.TrimSpace(string(out)), err)
+		return c
+	}
+	c.Pass, c.Seconds, c.Detail = r.OK, r.Millis/1000, r.Error
 	return c
 }
 

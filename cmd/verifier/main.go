@@ -3,7 +3,8 @@
 // removed with them. --serve answers HTTP with the cluster's name; --get
 // fetches a URL once, --watch every --every for --window; each fetch is
 // printed as one JSON line with its duration and the path MTU the kernel
-// measured. --throughput and --latency are kubelinkctl benchmark's
+// measured; --connect opens one TCP connection (a MeshService's port).
+// --throughput and --latency are kubelinkctl benchmark's
 // (lib/verifier).
 package main
 
@@ -37,6 +38,7 @@ func main() {
 	seconds := f.Duration("seconds", 10*time.Second, "with --throughput: how long to upload")
 	latency := f.String("latency", "", "send --count small requests to this server's /ping, one after the other, and print their round-trip times")
 	count := f.Int("count", 200, "with --latency: how many requests")
+	connect := f.String("connect", "", "open a TCP connection to this host:port once (within --timeout) and print the result")
 	cmd.Main(func() error {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -58,12 +60,14 @@ func main() {
 				return errors.New("--seconds: at most 5m")
 			}
 			return json.NewEncoder(os.Stdout).Encode(verifier.Upload(ctx, *throughput, *seconds))
+		case *connect != "":
+			return json.NewEncoder(os.Stdout).Encode(verifier.Connect(ctx, *connect, *timeout))
 		case *latency != "":
 			if *count < 1 || *count > 100000 {
 				return errors.New("--count: 1 to 100000")
 			}
 			return json.NewEncoder(os.Stdout).Encode(verifier.RequestResponse(ctx, *latency, *count))
 		}
-		return errors.New("give one of --serve, --get URL, --watch URL, --throughput URL or --latency URL (see --help)")
+		return errors.New("give one of --serve, --get URL, --watch URL, --connect HOST:PORT, --throughput URL or --latency URL (see --help)")
 	})
 }

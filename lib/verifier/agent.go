@@ -304,3 +304,22 @@ func RequestResponse(ctx context.Context, url string, n int) Latency {
 	l.OK = l.Errors == 0
 	return l
 }
+
+// Connect opens a TCP connection to addr (host:port) within timeout and
+// closes it: the check of a MeshService, whose server is not an agent.
+// OK means the connection was established.
+func Connect(ctx context.Context, addr string, timeout time.Duration) Result {
+	start := time.Now()
+	r := Result{UnixMillis: start.UnixMilli()}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	r.Millis = float64(time.Since(start).Microseconds()) / 1000
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	c.Close()
+	r.OK = true
+	return r
+}

@@ -84,3 +84,15 @@ func TestUploadAndRequestResponse(t *testing.T) {
 		t.Errorf("request/response to a closed port: %+v", l)
 	}
 }
+
+func TestConnect(t *testing.T) {
+	srv := httptest.NewServer(Handler("b"))
+	defer srv.Close()
+	ctx := context.Background()
+	if r := Connect(ctx, strings.TrimPrefix(srv.URL, "http://"), time.Second); !r.OK || r.Error != "" {
+		t.Errorf("a listening port: %+v", r)
+	}
+	if r := Connect(ctx, "127.0.0.1:1", time.Second); r.OK || !strings.Contains(r.Error, "refused") {
+		t.Errorf("a closed port: %+v", r)
+	}
+}
