@@ -152,6 +152,49 @@ func TestKubelinkctlVerify(t *testing.T) {
 			if err != nil || strings.Contains(out, "ERROR") {
 				t.Errorf("diagnose of the healthy lab: %v\n%s%s", err, stderr, out)
 			}
+			out, stderr, err = kubelinkctl(ctx, t, append([]string{"diagnose", "--probe"}, labContexts()...)...)
+			t.Logf("diagnose --probe:\n%s%s", stderr, out)
+			if err != nil || strings.Contains(out, "ERROR") {
+				t.Errorf("diagnose --probe of the healthy lab: %v", err)
+			}
+			for _, w := range []string{"b's endpoint", "path to b through the mesh: small requests PASS, upload of 64 KiB PASS"} {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("diagnose --probe did not report %q", w)
+				}
+			}
+			return ctx
+		}).
+		Assess("diagnose --probe names an endpoint that refuses", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			// b announces a port nothing listens on (only kubelinkctl reads
+			// the announcement; the links keep their endpoint).
+			const ann = "kubelink.mandelsoft.org/endpoint"
+			local, err := lab.B.Link(ctx, "b")
+			if err != nil {
+				t.Fatal(err)
+			}
+			orig := local.Annotations[ann]
+			host, _, _ := strings.Cut(orig, ":")
+			set := func(ep string) error {
+				var kl v1alpha1.KubeLink
+				if err := lab.B.Res.Get(ctx, "b", "", &kl); err != nil {
+					return err
+				}
+				kl.Annotations[ann] = ep
+				return lab.B.Res.Update(ctx, &kl)
+			}
+			if err := set(host + ":1"); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := set(orig); err != nil {
+					t.Errorf("restoring b's endpoint annotation %s: %v", orig, err)
+				}
+			})
+			out, stderr, err := kubelinkctl(ctx, t, append([]string{"diagnose", "--probe"}, labContexts()...)...)
+			t.Logf("diagnose --probe:\n%s%s", stderr, out)
+			if err == nil || !strings.Contains(strings.Join(strings.Fields(out), " "), "b's endpoint "+host+":1 does not take") {
+				t.Errorf("diagnose --probe (%v) does not name b's endpoint %s:1 as refusing", err, host)
+			}
 			return ctx
 		}).
 		Assess("benchmark measures both directions between a and b", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {

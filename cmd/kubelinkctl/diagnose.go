@@ -29,6 +29,8 @@ const maxClockSkew = 30 * time.Second
 type diagnoseOptions struct {
 	contexts []string
 	meshCIDR string
+	probe    bool
+	image    string
 }
 
 func newDiagnose(g *globals) *cobra.Command {
@@ -47,9 +49,17 @@ working, each finding with the fix:
   - a clock that is off, and certificates outside their validity;
   - a cluster DNS without the kubelink zone;
   - a member whose identity the mesh authority did not register.
-It changes nothing, and exits non-zero when it finds an error.`,
-		Example: fmt.Sprintf(`  %[1]s diagnose --context eu --context us`, commandName()),
-		Args:    cobra.NoArgs,
+It changes nothing, and exits non-zero when it finds an error.
+
+With --probe it also looks from each cluster at the others, with verify's
+agent (started in the namespace kubelink-verify and removed afterwards):
+  - each peer's endpoint from the cluster's gateway node: a TCP connection
+    (the bridge), or a datagram that must not be refused (WireGuard);
+  - the path MTU through the mesh: small requests to the peer pass, but an
+    upload of 64 KiB does not.`,
+		Example: fmt.Sprintf(`  %[1]s diagnose --context eu --context us
+  %[1]s diagnose --context eu --context us --probe`, commandName()),
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return o.run(cmd.Context(), g)
 		},
@@ -57,6 +67,8 @@ It changes nothing, and exits non-zero when it finds an error.`,
 	f := cmd.Flags()
 	f.StringArrayVar(&o.contexts, "context", nil, "the kubeconfig context of a cluster to look at (repeat it; default: the current context)")
 	f.StringVar(&o.meshCIDR, "mesh-cidr", "", "the mesh to look at, where a cluster is in several")
+	f.BoolVar(&o.probe, "probe", false, "also probe each peer's endpoint and the path MTU from each cluster (starts verify's agent for the time of the probe)")
+	f.StringVar(&o.image, "image", "", "with --probe: the agent's image (default: the release's registry and tag, kubelink/verifier)")
 	f.StringVarP(&g.output, "output", "o", "", "print the findings as json or yaml")
 	return cmd
 }
@@ -88,6 +100,13 @@ func (o *diagnoseOptions) run(ctx context.Context, g *globals) error {
 		ms = append(ms, m)
 	}
 	fs := diagnose(ctx, ms)
+	if o.probe && len(ms) > 1 {
+		pf, err := probe(ctx, g, contexts, o.meshCIDR, o.image)
+		if err != nil {
+			return err
+		}
+		fs = append(fs, pf...)
+	}
 	errs := 0
 	for _, f := range fs {
 		if f.Severity == "error" {
@@ -219,6 +238,57 @@ func diagnoseEndpoint(ctx context.Context, p *member, add addFunc) {
 		add("warning", p, fmt.Sprintf("it announces %s, which is neither a node's address nor its LoadBalancer's", p.endpoint),
 			"fine behind a NAT or an external load balancer that forwards to the NodePort; else fix --announce")
 	}
+}
+
+// probe looks from each cluster at every other: its endpoint from the
+// gateway node (outside the mesh), and the path MTU through the mesh.
+func probe(ctx context.Context, g *globals, contexts []string, meshCIDR, image string) ([]finding, error) {
+	vcs, cleanup, err := startAgentsIn(ctx, g, contexts, meshCIDR, image, false)
+	defer cleanup()
+	if err != nil {
+		return nil, err
+	}
+	var fs []finding
+	add := func(sev string, m *member, cause, fix string) {
+		fs = append(fs, finding{Severity: sev, Cluster: m.name, Cause: cause, Fix: fix})
+	}
+	for _, from := range vcs {
+		for _, to := range vcs {
+			if from == to || to.endpoint == "" {
+				continue
+			}
+			a := from.agents[0]
+			var c check
+			if to.dataPlane == "bridge" {
+				c = runConnect(ctx, from, a, to, "", to.endpoint)
+			} else {
+				c = runAgent(ctx, from, a, to, "", "--probe-udp", to.endpoint, "--timeout", "2s")
+			}
+			g.progress("%s: %s's endpoint %s from %s: %s%s", from.member, to.name, to.endpoint, a.node, passFail(c.Pass), detail(c))
+			if !c.Pass {
+				how := "TCP connections"
+				if to.dataPlane != "bridge" {
+					how = "UDP (the port is refused)"
+				}
+				add("error", from.member, fmt.Sprintf("from its gateway node %s, %s's endpoint %s does not take %s: %s", a.node, to.name, to.endpoint, how, c.Detail),
+					fmt.Sprintf("is %s's broker running (`%s show gateways --context %s`)? open the port between the clusters' gateway nodes; or announce another endpoint (install --announce)", to.name, commandName(), to.context))
+			}
+			url := fmt.Sprintf("http://%s/", to.serviceIP)
+			small := runCheck(ctx, from, a, to, "", url, 0)
+			if !small.Pass {
+				add("warning", from.member, fmt.Sprintf("%s's Service %s does not answer through the mesh: %s", to.name, to.serviceIP, small.Detail),
+					fmt.Sprintf("the findings about %s's link above; `%s verify` for every path", to.name, commandName()))
+				continue
+			}
+			big := runCheck(ctx, from, a, to, "", url, mtuUpload)
+			g.progress("%s: path to %s through the mesh: small requests %s, upload of %d KiB %s%s", from.member, to.name, passFail(true), mtuUpload>>10, passFail(big.Pass), detail(big))
+			if !big.Pass {
+				add("error", from.member, fmt.Sprintf("small requests to %s through the mesh pass, an upload of %d KiB does not (%s): packets of full size are lost, an MTU on the path smaller than the tunnel's with ICMP \"fragmentation needed\" blocked", to.name, mtuUpload>>10, big.Detail),
+					"allow ICMP \"fragmentation needed\" between the clusters, or lower the tunnel MTU on both sides (install --set broker.mtu=1380)")
+			}
+		}
+	}
+	return fs, nil
 }
 
 // diagnoseCluster checks one cluster on its own: kube-proxy, clock,

@@ -605,9 +605,15 @@ func routes(l *v1alpha1.KubeLink, addr netip.Addr) bool {
 
 // runConnect runs kubelink-verifier --connect in agent a of from.
 func runConnect(ctx context.Context, from *verifyCluster, a agent, to *verifyCluster, name, target string) check {
+	return runAgent(ctx, from, a, to, name, "--connect", target, "--timeout", "3s")
+}
+
+// runAgent runs kubelink-verifier with args in agent a of from, which
+// prints one result.
+func runAgent(ctx context.Context, from *verifyCluster, a agent, to *verifyCluster, name string, args ...string) check {
 	c := check{Name: name, From: from.name, To: to.name}
 	start := time.Now()
-	out, err := execIn(ctx, from.member, a.pod, "/usr/local/bin/app", "--connect", target, "--timeout", "3s")
+	out, err := execIn(ctx, from.member, a.pod, append([]string{"/usr/local/bin/app"}, args...)...)
 	c.Seconds = time.Since(start).Seconds()
 	if err != nil {
 		c.Detail = err.Error()

@@ -3,7 +3,9 @@
 // removed with them. --serve answers HTTP with the cluster's name; --get
 // fetches a URL once, --watch every --every for --window; each fetch is
 // printed as one JSON line with its duration and the path MTU the kernel
-// measured; --connect opens one TCP connection (a MeshService's port).
+// measured; --connect opens one TCP connection (a MeshService's port, a
+// bridge endpoint), --probe-udp checks that a UDP port is not refused (a
+// WireGuard endpoint).
 // --throughput and --latency are kubelinkctl benchmark's
 // (lib/verifier).
 package main
@@ -39,6 +41,7 @@ func main() {
 	latency := f.String("latency", "", "send --count small requests to this server's /ping, one after the other, and print their round-trip times")
 	count := f.Int("count", 200, "with --latency: how many requests")
 	connect := f.String("connect", "", "open a TCP connection to this host:port once (within --timeout) and print the result")
+	probeUDP := f.String("probe-udp", "", "send a datagram to this host:port and report whether it is refused within --timeout")
 	cmd.Main(func() error {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -60,6 +63,8 @@ func main() {
 				return errors.New("--seconds: at most 5m")
 			}
 			return json.NewEncoder(os.Stdout).Encode(verifier.Upload(ctx, *throughput, *seconds))
+		case *probeUDP != "":
+			return json.NewEncoder(os.Stdout).Encode(verifier.ProbeUDP(ctx, *probeUDP, *timeout))
 		case *connect != "":
 			return json.NewEncoder(os.Stdout).Encode(verifier.Connect(ctx, *connect, *timeout))
 		case *latency != "":
@@ -68,6 +73,6 @@ func main() {
 			}
 			return json.NewEncoder(os.Stdout).Encode(verifier.RequestResponse(ctx, *latency, *count))
 		}
-		return errors.New("give one of --serve, --get URL, --watch URL, --connect HOST:PORT, --throughput URL or --latency URL (see --help)")
+		return errors.New("give one of --serve, --get URL, --watch URL, --connect HOST:PORT, --probe-udp HOST:PORT, --throughput URL or --latency URL (see --help)")
 	})
 }

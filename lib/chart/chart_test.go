@@ -602,6 +602,17 @@ func TestSwitches(t *testing.T) {
 		}
 	})
 
+	t.Run("broker.mtu", func(t *testing.T) {
+		args := container(t, brokerPod(t, testenv.RenderChart(t, nil)), "broker").Args
+		if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--mtu") }) {
+			t.Errorf("broker.mtu 0 (default): %v, want no --mtu (the broker derives it)", args)
+		}
+		args = container(t, brokerPod(t, testenv.RenderChart(t, map[string]string{"broker.mtu": "1380"})), "broker").Args
+		if !slices.Contains(args, "--mtu=1380") {
+			t.Errorf("broker.mtu 1380: %v, want --mtu=1380", args)
+		}
+	})
+
 	t.Run("autoConnect", func(t *testing.T) {
 		for _, on := range []bool{false, true} {
 			set := map[string]string{"dataPlane": "bridge"}
@@ -790,6 +801,7 @@ func TestRefusedValues(t *testing.T) {
 		{"tag latest", map[string]string{"image.tag": "latest"}, nil, []string{`image.tag must not be "latest"`}},
 		{"tag Latest", map[string]string{"image.tag": "Latest"}, nil, []string{`image.tag must not be "latest"`}},
 		{"no replicas", map[string]string{"broker.replicas": "0"}, nil, []string{"broker.replicas must be at least 1"}},
+		{"tiny MTU", map[string]string{"broker.mtu": "576"}, nil, []string{"broker.mtu 576: must be 0", "1280 to 9000"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

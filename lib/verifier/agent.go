@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -321,5 +322,37 @@ func Connect(ctx context.Context, addr string, timeout time.Duration) Result {
 	}
 	c.Close()
 	r.OK = true
+	return r
+}
+
+// ProbeUDP sends one datagram to addr (host:port) and waits for wait: a
+// closed port answers with ICMP "port unreachable" (the error says
+// refused); an open one — a WireGuard endpoint ignores what it cannot
+// authenticate — or a firewall that drops stays silent, so OK means only
+// "not refused".
+func ProbeUDP(ctx context.Context, addr string, wait time.Duration) Result {
+	start := time.Now()
+	r := Result{UnixMillis: start.UnixMilli()}
+	c, err := (&net.Dialer{}).DialContext(ctx, "udp", addr)
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer c.Close()
+	buf := make([]byte, 64)
+	// Twice: the ICMP answer to the first datagram is reported on the
+	// socket's next operation.
+	for i := 0; i < 2 && r.Error == ""; i++ {
+		if _, err := c.Write([]byte("kubelink-verifier probe")); err != nil {
+			r.Error = err.Error()
+			break
+		}
+		c.SetReadDeadline(time.Now().Add(wait / 2))
+		if _, err := c.Read(buf); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			r.Error = err.Error()
+		}
+	}
+	r.Millis = float64(time.Since(start).Microseconds()) / 1000
+	r.OK = r.Error == ""
 	return r
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -93,6 +94,25 @@ func TestConnect(t *testing.T) {
 		t.Errorf("a listening port: %+v", r)
 	}
 	if r := Connect(ctx, "127.0.0.1:1", time.Second); r.OK || !strings.Contains(r.Error, "refused") {
+		t.Errorf("a closed port: %+v", r)
+	}
+}
+
+func TestProbeUDP(t *testing.T) {
+	ctx := context.Background()
+	open, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	if r := ProbeUDP(ctx, open.LocalAddr().String(), 400*time.Millisecond); !r.OK {
+		t.Errorf("a bound port: %+v", r)
+	}
+	// A port nobody listens on: the kernel answers port unreachable.
+	closed, _ := net.ListenPacket("udp", "127.0.0.1:0")
+	addr := closed.LocalAddr().String()
+	closed.Close()
+	if r := ProbeUDP(ctx, addr, 400*time.Millisecond); r.OK || !strings.Contains(r.Error, "refused") {
 		t.Errorf("a closed port: %+v", r)
 	}
 }

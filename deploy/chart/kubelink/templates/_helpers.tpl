@@ -88,6 +88,10 @@ pods.
 {{- include "kubelink.oneOf" (list "ipForwarding" $v.ipForwarding (list "initContainer" "sysctl")) -}}
 {{- include "kubelink.oneOf" (list "broker.expose.type" $v.broker.expose.type (list "NodePort" "LoadBalancer")) -}}
 {{- include "kubelink.oneOf" (list "broker.expose.externalTrafficPolicy" $v.broker.expose.externalTrafficPolicy (list "Cluster" "Local")) -}}
+{{- $mtu := int64 (default 0 $v.broker.mtu) -}}
+{{- if and (ne $mtu 0) (or (lt $mtu 1280) (gt $mtu 9000)) -}}
+{{- fail (printf "broker.mtu %v: must be 0 (the node interface's MTU less 80) or 1280 to 9000" $v.broker.mtu) -}}
+{{- end -}}
 {{- if and $v.meshAuthority.enabled $v.meshMember.enabled -}}
 {{- fail "meshAuthority.enabled and meshMember.enabled are both true: a cluster is either the mesh authority (it holds the CA) or a member (the authority signs its certificate), never both" -}}
 {{- end -}}
