@@ -552,3 +552,56 @@ func restoreSchema(ctx context.Context, c *Cluster, orig *apiextensionsv1.Custom
 	crd.Spec = orig.Spec
 	return c.Res.Update(ctx, &crd)
 }
+
+// A connection to a peer's Service without endpoints is refused at once:
+// kube-proxy there rejects it with an ICMP error from a node address,
+// which the peer's gateway sends on with its cluster address as source
+// (the receiving gateway drops sources the link does not own). Without
+// that, the client would only time out, and so would path MTU discovery
+// through the mesh.
+func TestPeerRejectionReachesTheClient(t *testing.T) {
+	for _, d := range [][2]*Cluster{{lab.A, lab.B}, {lab.B, lab.A}} {
+		from, to := d[0], d[1]
+		t.Run(from.Name+"-to-"+to.Name, func(t *testing.T) {
+			ctx := context.Background()
+			svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "e2e-no-endpoints", Namespace: "default"},
+				Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "e2e-nothing"}, Ports: []corev1.ServicePort{{Port: 80}}}}
+			if err := to.Res.Delete(ctx, svc); err != nil && !apierrors.IsNotFound(err) {
+				t.Fatal(err)
+			}
+			if _, err := Eventually(ctx, 30*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
+				return to.Res.Create(ctx, svc.DeepCopy())
+			}); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := to.Res.Delete(context.Background(), svc); err != nil && !apierrors.IsNotFound(err) {
+					t.Errorf("deleting Service e2e-no-endpoints in %s: %v", to.Name, err)
+				}
+			})
+			ip, err := to.ServiceIP(ctx, svc.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pod := anyClient(ctx, t, from)
+			// Until kube-proxy in to has programmed the Service, packets to
+			// it go unanswered; then each attempt must be refused within
+			// wget's 3 s bound.
+			took, err := Eventually(ctx, 60*time.Second, time.Second, func(ctx context.Context) error {
+				start := time.Now()
+				_, err := from.Wget(ctx, pod, "http://"+ip+"/")
+				switch {
+				case err == nil:
+					return fmt.Errorf("a Service without endpoints answered")
+				case !strings.Contains(err.Error(), "refused"):
+					return fmt.Errorf("not refused after %s: %v", time.Since(start).Round(time.Millisecond), err)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatalf("%s → %s's Service %s without endpoints: %v", from.Name, to.Name, ip, err)
+			}
+			t.Logf("%s → %s's Service %s without endpoints: refused (after %s)", from.Name, to.Name, ip, took.Round(time.Millisecond))
+		})
+	}
+}

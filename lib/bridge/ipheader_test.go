@@ -91,3 +91,39 @@ func TestInspect(t *testing.T) {
 		})
 	}
 }
+
+// ipChecksumOK reports whether an IPv4 header's checksum is valid.
+func ipChecksumOK(p []byte) bool {
+	l3 := int(p[0]&0x0f) * 4
+	var sum uint32
+	for i := 0; i < l3; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(p[i : i+2]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	return uint16(sum) == 0xffff
+}
+
+// withChecksum sets an IPv4 header's checksum.
+func withChecksum(p []byte) []byte {
+	binary.BigEndian.PutUint16(p[10:12], 0)
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(p[i : i+2]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(p[10:12], ^uint16(sum))
+	return p
+}
+
+// icmp is an IPv4 ICMP message of type typ from src, with its header
+// checksum.
+func icmp(typ byte, src string) []byte {
+	p := ipv4(1, 8, 28)
+	p[20] = typ
+	copy(p[12:16], netip.MustParseAddr(src).AsSlice())
+	return withChecksum(p)
+}

@@ -400,3 +400,39 @@ func waitUntil(cond func() bool) bool {
 	}
 	return true
 }
+
+// An ICMP error the kernel sent from an address the peer does not accept
+// from us leaves with the source ICMPErrorSource gives; other packets, and
+// errors from an accepted source, keep theirs.
+func TestICMPErrorsLeaveWithAnAcceptedSource(t *testing.T) {
+	own := netip.MustParseAddr("192.168.88.9")
+	p, dev := newTestPump(t, Config{ICMPErrorSource: func(src, dst netip.Addr) netip.Addr {
+		if src == own {
+			return netip.Addr{}
+		}
+		return own
+	}})
+	_, b := addRemote(t, p, "b", Policy{})
+	unreachable := func(src string) []byte {
+		pkt := icmp(3, src)
+		copy(pkt[16:20], netip.MustParseAddr("10.0.1.1").AsSlice())
+		return withChecksum(pkt)
+	}
+	echo := icmp(0, "10.244.0.1")
+	copy(echo[16:20], netip.MustParseAddr("10.0.1.1").AsSlice())
+	dev.bursts <- [][]byte{fromKernel(unreachable("10.244.0.1"), Offload{}), fromKernel(unreachable("192.168.88.9"), Offload{}),
+		fromKernel(withChecksum(echo), Offload{})}
+	f := b.next(t)
+	var srcs []string
+	it := NewPacketIter(f.Payload)
+	for it.Next() {
+		pkt := it.Packet()
+		srcs = append(srcs, netip.AddrFrom4([4]byte(pkt[12:16])).String())
+		if !ipChecksumOK(pkt) {
+			t.Errorf("packet from %s: bad header checksum", srcs[len(srcs)-1])
+		}
+	}
+	if want := []string{"192.168.88.9", "192.168.88.9", "10.244.0.1"}; !slices.Equal(srcs, want) {
+		t.Errorf("sources at the peer %v, want %v", srcs, want)
+	}
+}

@@ -53,6 +53,7 @@ type bridgePlane struct {
 	untrusted atomic.Uint64 // Reverify closes of closed Connectors
 
 	table atomic.Pointer[[]mesh.TableEntry] // destination → link, swapped per sync
+	addrs atomic.Pointer[[]netip.Prefix]    // the local cluster addresses, swapped per sync
 
 	ctx     context.Context // bounds the certificate watch
 	metrics prometheus.Registerer
@@ -67,6 +68,7 @@ func newBridgePlane(ctx context.Context, d PlaneDeps) (DataPlane, error) {
 	}
 	p := &bridgePlane{gateway: g, log: d.Log, kick: d.Kick, unknown: d.Unknown, ctx: ctx, metrics: d.Metrics}
 	p.table.Store(&[]mesh.TableEntry{})
+	p.addrs.Store(&[]netip.Prefix{})
 	if d.Metrics != nil {
 		p.col = newBridgeCollector(p)
 		if err := d.Metrics.Register(p.col); err != nil {
@@ -92,6 +94,12 @@ func (p *bridgePlane) route(dst netip.Addr) string {
 	return mesh.RouteIn(*p.table.Load(), dst)
 }
 
+// icmpErrorSource is the source of an ICMP error to dst through the mesh
+// (mesh.ErrorSource).
+func (p *bridgePlane) icmpErrorSource(src, dst netip.Addr) netip.Addr {
+	return mesh.ErrorSource(*p.addrs.Load(), src, dst)
+}
+
 // open creates the device, the pump and the certificates on first use; a
 // failure is retried next sync.
 func (p *bridgePlane) open() error {
@@ -109,7 +117,7 @@ func (p *bridgePlane) open() error {
 	if err != nil {
 		return err
 	}
-	pump, err := bridge.NewPump(tun, bridge.Config{Route: p.route, Keepalive: 5 * time.Second, Logger: p.log})
+	pump, err := bridge.NewPump(tun, bridge.Config{Route: p.route, ICMPErrorSource: p.icmpErrorSource, Keepalive: 5 * time.Second, Logger: p.log})
 	if err != nil {
 		_ = tun.Close()
 		return err
@@ -198,8 +206,9 @@ func (p *bridgePlane) Apply(_ context.Context, plan *mesh.GatewayPlan) Report {
 	for n, err := range plan.LinkErrs {
 		rep.Links[n] = LinkReport{Err: err}
 	}
-	table := plan.Table
+	table, addrs := plan.Table, plan.Addresses
 	p.table.Store(&table)
+	p.addrs.Store(&addrs)
 	p.model.Store(plan.Model)
 
 	m := plan.Model

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 
@@ -20,6 +22,7 @@ type wgPlane struct {
 	key      func(context.Context) (mesh.Key, error)
 	dev      *wireguard.Device
 	resolver *wireguard.Resolver
+	addrs    atomic.Pointer[[]netip.Prefix] // the local cluster addresses, for ICMP errors (wireguard-go)
 }
 
 func newWGPlane(ctx context.Context, d PlaneDeps) (DataPlane, error) {
@@ -28,6 +31,7 @@ func newWGPlane(ctx context.Context, d PlaneDeps) (DataPlane, error) {
 		return nil, err
 	}
 	p := &wgPlane{gateway: g, log: d.Log, key: d.PrivateKey, resolver: &wireguard.Resolver{Interval: d.Config.ResolveInterval}}
+	p.addrs.Store(&[]netip.Prefix{})
 	go p.resolver.Run(ctx, d.Kick)
 	return p, nil
 }
@@ -43,7 +47,8 @@ func (p *wgPlane) open() error {
 	if err := enableForwarding(); err != nil {
 		return err
 	}
-	dev, err := wireguard.Open(wireguard.Options{Name: p.cfg.Interface, Mode: p.cfg.WireGuard, MTU: p.deviceMTU(), ListenPort: p.cfg.ListenPort, Logger: p.log})
+	dev, err := wireguard.Open(wireguard.Options{Name: p.cfg.Interface, Mode: p.cfg.WireGuard, MTU: p.deviceMTU(), ListenPort: p.cfg.ListenPort, Logger: p.log,
+		LocalAddresses: func() []netip.Prefix { return *p.addrs.Load() }})
 	if err != nil {
 		return fmt.Errorf("WireGuard device %s: %w", p.cfg.Interface, err)
 	}
@@ -92,6 +97,8 @@ func (p *wgPlane) Apply(ctx context.Context, plan *mesh.GatewayPlan) Report {
 		return rep
 	}
 	plan = forDevice(plan, p.dev.Name())
+	addrs := plan.Addresses
+	p.addrs.Store(&addrs)
 	if err := p.setDevice(p.dev.Name(), plan); err != nil {
 		rep.DeviceErr = err
 		return rep

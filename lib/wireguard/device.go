@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 
@@ -51,6 +52,12 @@ type Options struct {
 	ListenPort int
 	// Logger receives wireguard-go's messages; nil discards them.
 	Logger *slog.Logger
+	// LocalAddresses, if set, are the local cluster addresses (with their
+	// mesh's prefix length) that wireguard-go gives the ICMP errors it
+	// reads from the tun device as their source
+	// (mesh.RewriteICMPErrorSource). The kernel module cannot: with it,
+	// such errors from node or pod addresses stay dropped at the peer.
+	LocalAddresses func() []netip.Prefix
 }
 
 // link is what differs between the kernel and the userspace device: how the
@@ -112,7 +119,7 @@ func Open(opts Options) (*Device, error) {
 		d.link, err = openKernel(opts.Name, opts.MTU)
 		d.kind = KindKernel
 	case ModeUserspace:
-		d.link, err = openUserspace(opts.Name, opts.MTU, log)
+		d.link, err = openUserspace(opts.Name, opts.MTU, opts.LocalAddresses, log)
 		d.kind = KindUserspace
 	case ModeAuto, "":
 		d.link, d.kind, d.fallback, err = openAuto(opts, log)
@@ -153,7 +160,7 @@ func openAuto(opts Options, log *slog.Logger) (l link, kind, reason string, err 
 	}
 	reason = err.Error()
 	log.Info("kernel WireGuard unavailable, using wireguard-go", "reason", reason)
-	l, err = openUserspace(opts.Name, opts.MTU, log)
+	l, err = openUserspace(opts.Name, opts.MTU, opts.LocalAddresses, log)
 	if err != nil {
 		return nil, "", "", fmt.Errorf("%w (kernel WireGuard unavailable too: %s)", err, reason)
 	}

@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/kubelink/kubelink/lib/mesh"
 )
 
 // userspaceLink is wireguard-go on a tun device, configured through its UAPI
@@ -28,7 +31,7 @@ type userspaceLink struct {
 	once   sync.Once
 }
 
-func openUserspace(name string, mtu int, log *slog.Logger) (*userspaceLink, error) {
+func openUserspace(name string, mtu int, addrs func() []netip.Prefix, log *slog.Logger) (*userspaceLink, error) {
 	pin, err := pinCurrentNetns()
 	if err != nil {
 		return nil, err
@@ -38,7 +41,11 @@ func openUserspace(name string, mtu int, log *slog.Logger) (*userspaceLink, erro
 		pin.close()
 		return nil, fmt.Errorf("create tun device %s for wireguard-go (needs /dev/net/tun and CAP_NET_ADMIN): %w", name, err)
 	}
-	dev := device.NewDevice(pin.tun(tunDev), pin.bind(conn.NewDefaultBind()), wgLogger(log))
+	var td tun.Device = tunDev
+	if addrs != nil {
+		td = &icmpTUN{Device: tunDev, addrs: addrs}
+	}
+	dev := device.NewDevice(pin.tun(td), pin.bind(conn.NewDefaultBind()), wgLogger(log))
 	uapi, err := listenUAPI(name)
 	if err != nil {
 		dev.Close()
@@ -49,6 +56,23 @@ func openUserspace(name string, mtu int, log *slog.Logger) (*userspaceLink, erro
 	u.wg.Add(1)
 	go u.serve()
 	return u, nil
+}
+
+// icmpTUN gives the ICMP errors read from the tun device a source the
+// peers accept (mesh.RewriteICMPErrorSource).
+type icmpTUN struct {
+	tun.Device
+	addrs func() []netip.Prefix
+}
+
+func (t *icmpTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := t.Device.Read(bufs, sizes, offset)
+	for i := 0; i < n; i++ {
+		if pkt := bufs[i][offset : offset+sizes[i]]; len(pkt) >= 20 && pkt[9] == 1 {
+			mesh.RewriteICMPErrorSource(pkt, t.addrs())
+		}
+	}
+	return n, err
 }
 
 func listenUAPI(name string) (net.Listener, error) {

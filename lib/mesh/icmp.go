@@ -1,0 +1,87 @@
+package mesh
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// ICMP errors through the mesh. The kernel sends an ICMP error (a rejected
+// connection, "fragmentation needed") from the address of the interface
+// that had the offending packet: a node or pod address of this cluster,
+// which no peer accepts from us (it is not a source our links own), so the
+// peer drops it as spoofed. The sender then retries instead of learning
+// that the port is closed, and path MTU discovery through the mesh fails.
+// The data planes that read the tunnel's packets in user space therefore
+// give such errors the local cluster address of the destination's mesh as
+// their source (ErrorSource); the peer's conntrack relates an error to its
+// connection by the inner header, whatever the outer source.
+
+// ICMPErrorSource reports the source of an IPv4 ICMP error message
+// (destination unreachable, time exceeded, parameter problem; not a
+// fragment), and whether pkt is one.
+func ICMPErrorSource(pkt []byte) (netip.Addr, bool) {
+	if len(pkt) < 20 || pkt[0]>>4 != 4 || pkt[9] != 1 {
+		return netip.Addr{}, false
+	}
+	l3 := int(pkt[0]&0x0f) * 4
+	if l3 < 20 || len(pkt) < l3+8 || binary.BigEndian.Uint16(pkt[6:8])&0x1fff != 0 {
+		return netip.Addr{}, false
+	}
+	switch pkt[l3] {
+	case 3, 11, 12:
+		return netip.AddrFrom4([4]byte(pkt[12:16])), true
+	}
+	return netip.Addr{}, false
+}
+
+// SetSource4 replaces the source address of an IPv4 packet and updates its
+// header checksum incrementally (RFC 1624); an ICMP checksum does not cover
+// the IP header.
+func SetSource4(pkt []byte, src netip.Addr) {
+	sum := uint32(^binary.BigEndian.Uint16(pkt[10:12]))
+	n := src.As4()
+	for i := 0; i < 4; i += 2 {
+		sum += uint32(^binary.BigEndian.Uint16(pkt[12+i:14+i])) + uint32(binary.BigEndian.Uint16(n[i:i+2]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	copy(pkt[12:16], n[:])
+	binary.BigEndian.PutUint16(pkt[10:12], ^uint16(sum))
+}
+
+// ErrorSource is the source an ICMP error from src to dst leaves the
+// cluster with, given the local cluster addresses (with their mesh's
+// prefix length): none (an invalid address: keep src) when src is one of
+// them, else the one whose mesh holds dst, else the first.
+func ErrorSource(addrs []netip.Prefix, src, dst netip.Addr) netip.Addr {
+	for _, a := range addrs {
+		if a.Addr() == src {
+			return netip.Addr{}
+		}
+	}
+	for _, a := range addrs {
+		if a.Masked().Contains(dst) {
+			return a.Addr()
+		}
+	}
+	if len(addrs) > 0 {
+		return addrs[0].Addr()
+	}
+	return netip.Addr{}
+}
+
+// RewriteICMPErrorSource gives pkt, if it is an IPv4 ICMP error, the source
+// ErrorSource says (dst is its destination); it reports whether it did.
+func RewriteICMPErrorSource(pkt []byte, addrs []netip.Prefix) bool {
+	src, ok := ICMPErrorSource(pkt)
+	if !ok {
+		return false
+	}
+	to := ErrorSource(addrs, src, netip.AddrFrom4([4]byte(pkt[16:20])))
+	if !to.Is4() || to == src {
+		return false
+	}
+	SetSource4(pkt, to)
+	return true
+}
