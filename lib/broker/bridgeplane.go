@@ -97,7 +97,11 @@ func (p *bridgePlane) route(dst netip.Addr) string {
 // icmpErrorSource is the source of an ICMP error to dst through the mesh
 // (mesh.ErrorSource).
 func (p *bridgePlane) icmpErrorSource(src, dst netip.Addr) netip.Addr {
-	return mesh.ErrorSource(*p.addrs.Load(), src, dst)
+	var addrs []netip.Prefix
+	if a := p.addrs.Load(); a != nil {
+		addrs = *a
+	}
+	return mesh.ErrorSource(addrs, src, dst)
 }
 
 // open creates the device, the pump and the certificates on first use; a

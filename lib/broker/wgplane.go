@@ -48,7 +48,7 @@ func (p *wgPlane) open() error {
 		return err
 	}
 	dev, err := wireguard.Open(wireguard.Options{Name: p.cfg.Interface, Mode: p.cfg.WireGuard, MTU: p.deviceMTU(), ListenPort: p.cfg.ListenPort, Logger: p.log,
-		LocalAddresses: func() []netip.Prefix { return *p.addrs.Load() }})
+		LocalAddresses: p.localAddresses})
 	if err != nil {
 		return fmt.Errorf("WireGuard device %s: %w", p.cfg.Interface, err)
 	}
@@ -62,6 +62,14 @@ func (p *wgPlane) open() error {
 		p.log.Warn("marking the WireGuard device with this broker's identity", "err", err)
 	}
 	p.dev = dev
+	return nil
+}
+
+// localAddresses are the local cluster addresses of the last sync.
+func (p *wgPlane) localAddresses() []netip.Prefix {
+	if a := p.addrs.Load(); a != nil {
+		return *a
+	}
 	return nil
 }
 
