@@ -602,7 +602,7 @@ func TestSwitches(t *testing.T) {
 		}
 	})
 
-	t.Run("broker.mtu", func(t *testing.T) {
+	t.Run("broker.mtu and broker.pprofAddr", func(t *testing.T) {
 		args := container(t, brokerPod(t, testenv.RenderChart(t, nil)), "broker").Args
 		if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--mtu") }) {
 			t.Errorf("broker.mtu 0 (default): %v, want no --mtu (the broker derives it)", args)
@@ -610,6 +610,13 @@ func TestSwitches(t *testing.T) {
 		args = container(t, brokerPod(t, testenv.RenderChart(t, map[string]string{"broker.mtu": "1380"})), "broker").Args
 		if !slices.Contains(args, "--mtu=1380") {
 			t.Errorf("broker.mtu 1380: %v, want --mtu=1380", args)
+		}
+		if slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--pprof-addr") }) {
+			t.Errorf("broker.pprofAddr empty (default): %v, want no --pprof-addr", args)
+		}
+		args = container(t, brokerPod(t, testenv.RenderChart(t, map[string]string{"broker.pprofAddr": "127.0.0.1:6060"})), "broker").Args
+		if !slices.Contains(args, "--pprof-addr=127.0.0.1:6060") {
+			t.Errorf("broker.pprofAddr: %v, want --pprof-addr=127.0.0.1:6060", args)
 		}
 	})
 

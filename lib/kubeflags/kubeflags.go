@@ -24,6 +24,8 @@ type Common struct {
 	Kubeconfig string
 	LogLevel   string
 	LogFormat  string
+	// PprofAddr serves Go's profiles there (ServePprof); empty: off.
+	PprofAddr string
 }
 
 // Register adds the flags to fs.
@@ -31,6 +33,7 @@ func (c *Common) Register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config, then $KUBECONFIG)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text (logfmt) or json")
+	fs.StringVar(&c.PprofAddr, "pprof-addr", "", "serve Go's profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6060; off when empty (they show the process's internals to whoever reaches the port)")
 }
 
 // RESTConfig loads the API server access.

@@ -29,6 +29,11 @@ func (c *Common) Serve(run func(ctx context.Context, rc *rest.Config, log *slog.
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if c.PprofAddr != "" {
+		if _, err := ServePprof(ctx, c.PprofAddr, log); err != nil {
+			return err
+		}
+	}
 	return run(ctx, rc, log)
 }
 
