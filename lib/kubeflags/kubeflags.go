@@ -26,18 +26,48 @@ type Common struct {
 	LogFormat  string
 	// PprofAddr serves Go's profiles there (ServePprof); empty: off.
 	PprofAddr string
+	// QPS and Burst limit the client's requests to the API server
+	// (client-go's token bucket, whose own default of 5/s with bursts of
+	// 10 would make the status writes of 250 links take 50 s).
+	QPS   float32
+	Burst int
 }
+
+// The default client-side rate limit: a status pass over 250 links fits in
+// a few seconds, and one gateway still cannot flood the API server.
+const (
+	DefaultQPS   = 50
+	DefaultBurst = 100
+)
 
 // Register adds the flags to fs.
 func (c *Common) Register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config, then $KUBECONFIG)")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text (logfmt) or json")
+	fs.Float32Var(&c.QPS, "kube-api-qps", DefaultQPS, "requests per second to the API server at most (the client-side rate limit)")
+	fs.IntVar(&c.Burst, "kube-api-burst", DefaultBurst, "requests above --kube-api-qps allowed in a burst")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", "", "serve Go's profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6060; off when empty (they show the process's internals to whoever reaches the port)")
 }
 
-// RESTConfig loads the API server access.
+// RESTConfig loads the API server access, with the client-side rate limit
+// of --kube-api-qps and --kube-api-burst (client-go's defaults when both
+// are 0, as in a Common that was not registered).
 func (c *Common) RESTConfig() (*rest.Config, error) {
+	if c.QPS < 0 || c.Burst < 0 || (c.QPS == 0) != (c.Burst == 0) {
+		return nil, fmt.Errorf("--kube-api-qps %v and --kube-api-burst %d: both must be positive", c.QPS, c.Burst)
+	}
+	cfg, err := c.loadConfig()
+	if err != nil {
+		return nil, err
+	}
+	if c.QPS > 0 {
+		cfg.QPS, cfg.Burst = c.QPS, c.Burst
+	}
+	return cfg, nil
+}
+
+func (c *Common) loadConfig() (*rest.Config, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	if c.Kubeconfig != "" {
 		rules.ExplicitPath = c.Kubeconfig

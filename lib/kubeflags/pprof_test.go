@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -54,5 +55,41 @@ func TestServePprof(t *testing.T) {
 			t.Fatal("the pprof server still accepts connections 5 s after its context ended")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestClientRateLimit(t *testing.T) {
+	dir := t.TempDir()
+	kc := dir + "/kubeconfig"
+	if err := os.WriteFile(kc, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:6443"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var c Common
+	fs := pflag.NewFlagSet("x", pflag.ContinueOnError)
+	c.Register(fs)
+	if err := fs.Parse([]string{"--kubeconfig", kc}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := c.RESTConfig()
+	if err != nil || cfg.QPS != DefaultQPS || cfg.Burst != DefaultBurst {
+		t.Fatalf("defaults: %v, QPS %v burst %v, want %v/%v", err, cfg.QPS, cfg.Burst, DefaultQPS, DefaultBurst)
+	}
+	if err := fs.Parse([]string{"--kube-api-qps", "20", "--kube-api-burst", "30"}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := c.RESTConfig(); err != nil || cfg.QPS != 20 || cfg.Burst != 30 {
+		t.Errorf("--kube-api-qps 20 --kube-api-burst 30: %v %v/%v", err, cfg.QPS, cfg.Burst)
+	}
+	if err := fs.Parse([]string{"--kube-api-qps", "-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RESTConfig(); err == nil || !strings.Contains(err.Error(), "--kube-api-qps") {
+		t.Errorf("a negative QPS: %v", err)
 	}
 }
