@@ -219,6 +219,41 @@ func TestKubelinkctlVerify(t *testing.T) {
 			}
 			return ctx
 		}).
+		Assess("verify --failover replaces a's active broker and says how long traffic stopped", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			before, err := lab.A.BrokerPods(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			report := filepath.Join(t.TempDir(), "verify.xml")
+			out, stderr, err := kubelinkctl(ctx, t, "verify", "--failover", "--junit-report", report, "--timeout", "4m", "--context", "kind-lab-a", "--context", "kind-lab-b")
+			t.Logf("verify --failover:\n%s%s", stderr, out)
+			if err != nil {
+				t.Fatalf("verify --failover: %v", err)
+			}
+			table := strings.Join(strings.Fields(out), " ")
+			if !strings.Contains(table, "PASS a → b across a failover of a's broker") || !strings.Contains(table, "traffic stopped for") {
+				t.Errorf("verify --failover printed no passing failover check with its figure")
+			}
+			if r := readJUnit(t, report); r.Failures != 0 || r.Tests == 0 {
+				t.Errorf("JUnit report: %d checks, %d failed", r.Tests, r.Failures)
+			}
+			after, err := lab.A.BrokerPods(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			old := map[string]bool{}
+			for _, p := range before {
+				old[string(p.UID)] = true
+			}
+			replaced := false
+			for _, p := range after {
+				replaced = replaced || !old[string(p.UID)]
+			}
+			if !replaced {
+				t.Errorf("no broker pod of a was replaced: verify --failover deleted none")
+			}
+			return ctx
+		}).
 		Assess("a broken link makes verify fail and name the checks", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
 			orig, err := lab.A.Link(ctx, "b")
 			if err != nil {

@@ -296,19 +296,35 @@ func memberAccount(ctx context.Context, a *member, name, ids, names string) (boo
 	return changed, nil
 }
 
+// unregister removes what memberAccount made for name at the authority a
+// (what is gone already is fine); for the clean-up of a token that could
+// not be made.
+func unregister(ctx context.Context, a *member, name string) {
+	sa, binding := "member-"+name, "kubelink-member-"+name
+	_ = a.cs.RbacV1().ClusterRoleBindings().Delete(ctx, binding, metav1.DeleteOptions{})
+	_ = a.cs.RbacV1().RoleBindings(a.ns).Delete(ctx, binding, metav1.DeleteOptions{})
+	_ = a.cs.CoreV1().Secrets(a.ns).Delete(ctx, sa+"-token", metav1.DeleteOptions{})
+	_ = a.cs.CoreV1().ServiceAccounts(a.ns).Delete(ctx, sa, metav1.DeleteOptions{})
+}
+
 // memberToken waits until the token controller filled the Secret of
 // member name's token at the authority, and returns the token.
 func memberToken(ctx context.Context, a *member, name string) ([]byte, error) {
-	return readMemberToken(ctx, a.String(), a.cs.CoreV1().Secrets(a.ns), name)
+	return readMemberToken(ctx, a.String(), a.cs.CoreV1().Secrets(a.ns), name, false)
 }
 
 // readMemberToken is memberToken through any client of the authority's
-// Secrets (join --token reads it with the token's credential).
-func readMemberToken(ctx context.Context, authority string, secrets corev1client.SecretInterface, name string) ([]byte, error) {
+// Secrets. join --token reads it with the token's credential (viaToken):
+// a Secret that is gone, or a credential refused, means the token was
+// withdrawn or used.
+func readMemberToken(ctx context.Context, authority string, secrets corev1client.SecretInterface, name string, viaToken bool) ([]byte, error) {
 	tokenSecret := "member-" + name + "-token"
 	var token []byte
 	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, tokenWait, true, func(ctx context.Context) (bool, error) {
 		s, err := secrets.Get(ctx, tokenSecret, metav1.GetOptions{})
+		if viaToken && (apierrors.IsNotFound(err) || apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err)) {
+			return false, fmt.Errorf("the token was already used or withdrawn (%s: %v): ask the admin of %s for a new one", authority, err, authority)
+		}
 		if apierrors.IsNotFound(err) {
 			return false, nil
 		}
@@ -344,12 +360,29 @@ func (r *registration) kubeconfig(name string, token []byte) ([]byte, error) {
 // certificate signed by the authority; then m's own CA goes. It reports
 // whether anything changed.
 func becomeMember(ctx context.Context, g *globals, m *member, authNS, authority string, kubeconfig []byte) (bool, error) {
+	wrote, err := writeAuthorityKubeconfig(ctx, m, kubeconfig)
+	if err != nil {
+		return false, err
+	}
+	switched, err := switchToAuthority(ctx, g, m, authNS, authority)
+	return wrote || switched, err
+}
+
+// authoritySecret is the name of m's Secret with its kubeconfig for the
+// authority.
+func authoritySecret(m *member) string {
+	if s := m.value("meshMember.authoritySecret"); s != "" {
+		return s
+	}
+	return "kubelink-authority"
+}
+
+// writeAuthorityKubeconfig writes m's kubeconfig for the authority into
+// its Secret; it reports whether that changed anything.
+func writeAuthorityKubeconfig(ctx context.Context, m *member, kubeconfig []byte) (bool, error) {
 	changed := false
 	labels := map[string]string{managedByLabel: managedBy}
-	secret := m.value("meshMember.authoritySecret")
-	if secret == "" {
-		secret = "kubelink-authority"
-	}
+	secret := authoritySecret(m)
 	s, err := m.cs.CoreV1().Secrets(m.ns).Get(ctx, secret, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
@@ -364,11 +397,17 @@ func becomeMember(ctx context.Context, g *globals, m *member, authNS, authority 
 	if err != nil {
 		return false, fmt.Errorf("%s: Secret %s/%s: %w", m, m.ns, secret, err)
 	}
+	return changed, nil
+}
 
+// switchToAuthority switches m's release to have its certificate signed by
+// the authority (in namespace authNS there); then m's own CA goes. It
+// reports whether anything changed.
+func switchToAuthority(ctx context.Context, g *globals, m *member, authNS, authority string) (bool, error) {
 	// The member's certificate from now on comes from the authority: its
 	// own CA (certificates.mode=self, as installed) goes.
-	if m.value("certificates.mode") == "csr" && m.value("meshMember.enabled") == "true" && m.value("meshMember.authorityNamespace") == authNS {
-		return changed, nil
+	if switchedTo(m, authNS) {
+		return false, nil
 	}
 	values := deepCopyValues(m.release.Config)
 	mergeValues(values, map[string]any{

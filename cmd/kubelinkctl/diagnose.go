@@ -103,7 +103,9 @@ func (o *diagnoseOptions) run(ctx context.Context, g *globals) error {
 	if o.probe && len(ms) > 1 {
 		pf, err := probe(ctx, g, contexts, o.meshCIDR, o.image)
 		if err != nil {
-			return err
+			// The findings so far still count.
+			pf = append(pf, finding{Severity: "error", Cluster: "-", Cause: "--probe could not run: " + err.Error(),
+				Fix: "see the message; `" + commandName() + " verify` starts the same agents"})
 		}
 		fs = append(fs, pf...)
 	}

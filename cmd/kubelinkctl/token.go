@@ -12,6 +12,8 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"regexp"
+	"slices"
 
 	"strings"
 	"time"
@@ -25,12 +27,16 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 )
+
+// dnsName is a lower-case DNS name (the host of a bridge endpoint).
+var dnsName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$`)
 
 const (
 	tokenPrefix = "kubelink-token-v1:"
@@ -237,6 +243,18 @@ func (o *tokenOptions) create(ctx context.Context, g *globals) error {
 			return fmt.Errorf("--endpoint %q: %v", o.endpoint, err)
 		}
 		bridgeName, _, _ = net.SplitHostPort(o.endpoint)
+		// One name: the authority signs each comma-separated entry.
+		if _, err := netip.ParseAddr(bridgeName); err != nil && !dnsName.MatchString(bridgeName) {
+			return fmt.Errorf("--endpoint %q: the host must be one IP address or DNS name", o.endpoint)
+		}
+		// A name that is registered already stays its member's: a token
+		// must not hand out an existing member's credential.
+		if _, err := m.cs.CoreV1().ServiceAccounts(m.ns).Get(ctx, "member-"+o.name, metav1.GetOptions{}); err == nil {
+			return fmt.Errorf("%s: %s is registered at the mesh authority already (ServiceAccount %s/member-%s): a token registers a new member only; to register it anew, take it out first (`%s leave %s --context %s`, or delete that ServiceAccount)",
+				m, o.name, m.ns, o.name, commandName(), o.name, m.context)
+		} else if !apierrors.IsNotFound(err) {
+			return fmt.Errorf("%s: ServiceAccount %s/member-%s: %w", m, m.ns, o.name, err)
+		}
 		u, err := url.Parse(strings.TrimSpace(strings.Split(m.value("bridge.identities"), ",")[0]))
 		if err != nil || u.Scheme != "kubelink" || u.Host == "" {
 			return fmt.Errorf("%s: its release's bridge.identities %q is not kubelink://<mesh>/<name>: run `%s install --context %s` again", m, m.value("bridge.identities"), commandName(), m.context)
@@ -288,12 +306,32 @@ func (o *tokenOptions) create(ctx context.Context, g *globals) error {
 		return fmt.Errorf("%s: creating KubeLink %s: %w", m, o.name, err)
 	}
 	if bridge {
+		// An earlier token for this name that was never used may read the
+		// token Secret of the new registration (its Role names it): it is
+		// withdrawn.
+		roles, err := m.cs.RbacV1().Roles(m.ns).List(ctx, metav1.ListOptions{LabelSelector: managedByLabel + "=" + managedBy})
+		if err != nil {
+			_ = m.c.Delete(context.Background(), kl)
+			return fmt.Errorf("%s: listing the join tokens' Roles: %w", m, err)
+		}
+		for _, r := range roles.Items {
+			for _, rule := range r.Rules {
+				if strings.HasPrefix(r.Name, "kubelink-join-") && slices.Contains(rule.ResourceNames, "member-"+o.name+"-token") {
+					if err := m.cs.CoreV1().ServiceAccounts(m.ns).Delete(ctx, r.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+						_ = m.c.Delete(context.Background(), kl)
+						return fmt.Errorf("%s: withdrawing the earlier token %s for %s: %w", m, strings.TrimPrefix(r.Name, "kubelink-join-"), o.name, err)
+					}
+					g.progress("%s: withdrew the earlier, unused token %s for %s", m, strings.TrimPrefix(r.Name, "kubelink-join-"), o.name)
+				}
+			}
+		}
 		// The new member's account at the authority, for its own identity
 		// and name only; join --token reads its token with the credential.
 		if _, err := memberAccount(ctx, m, o.name, identity, bridgeName); err != nil {
 			undo, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			_ = m.c.Delete(undo, kl)
+			unregister(undo, m, o.name)
 			return err
 		}
 		g.progress("%s: %s registered at the mesh authority for identity %s and name %s", m, o.name, identity, bridgeName)
@@ -353,22 +391,29 @@ func (o *tokenOptions) create(ctx context.Context, g *globals) error {
 			return err
 		},
 	}
+	// Nothing of a token that could not be made stays.
+	undoAll := func() {
+		undo, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = m.c.Delete(undo, kl)
+		_ = m.cs.RbacV1().ClusterRoleBindings().Delete(undo, sa, metav1.DeleteOptions{})
+		_ = m.cs.RbacV1().ClusterRoles().Delete(undo, sa, metav1.DeleteOptions{})
+		_ = m.cs.RbacV1().RoleBindings(m.ns).Delete(undo, sa, metav1.DeleteOptions{})
+		_ = m.cs.RbacV1().Roles(m.ns).Delete(undo, sa, metav1.DeleteOptions{})
+		_ = m.cs.CoreV1().ServiceAccounts(m.ns).Delete(undo, sa, metav1.DeleteOptions{})
+		if bridge {
+			unregister(undo, m, o.name)
+		}
+	}
 	for _, step := range steps {
 		if err := step(); err != nil {
-			// Nothing of a token that could not be made stays.
-			undo, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			_ = m.c.Delete(undo, kl)
-			_ = m.cs.RbacV1().ClusterRoleBindings().Delete(undo, sa, metav1.DeleteOptions{})
-			_ = m.cs.RbacV1().ClusterRoles().Delete(undo, sa, metav1.DeleteOptions{})
-			_ = m.cs.RbacV1().RoleBindings(m.ns).Delete(undo, sa, metav1.DeleteOptions{})
-			_ = m.cs.RbacV1().Roles(m.ns).Delete(undo, sa, metav1.DeleteOptions{})
-			_ = m.cs.CoreV1().ServiceAccounts(m.ns).Delete(undo, sa, metav1.DeleteOptions{})
+			undoAll()
 			return fmt.Errorf("%s: making the token's credential: %w (nothing of the token was kept)", m, err)
 		}
 	}
 	if err := checkJoinPolicy(ctx, t, kl); err != nil {
-		return err
+		undoAll()
+		return fmt.Errorf("%w (nothing of the token was kept)", err)
 	}
 	if bridge {
 		g.progress("%s: KubeLink %s made (Inbound; it gets %s's endpoint when the token is used), token %s valid until %s", m, o.name, o.name, t.ID, t.Expires.Format(time.RFC3339))
@@ -479,50 +524,73 @@ func joinWithToken(ctx context.Context, g *globals, path, contextName string, wa
 				t.Member.Name, t.Issuer.Name, t.Identity, t.BridgeName, t.Member.Endpoint, m, ids, name, m.endpoint, m.endpoint, commandName(), t.Member.Name)
 		}
 	}
+	// The issuer's data, checked before anything changes.
+	issuerM := &member{cluster: &cluster{context: t.Issuer.Name}, name: t.Issuer.Name, endpoint: t.Issuer.Endpoint, dataPlane: t.DataPlane}
+	issuerM.address, _ = netip.ParsePrefix(t.Issuer.Address)
+	issuerM.svc, _ = netip.ParsePrefix(t.Issuer.CIDR)
+	issuerM.local.Status.PublicKey = t.Issuer.PublicKey
+	if err := checkEndpoint(t.Issuer.Endpoint); err != nil || (!bridge && !isWireGuardKey(t.Issuer.PublicKey)) || !issuerM.address.IsValid() || !issuerM.svc.IsValid() ||
+		(bridge && (t.AuthorityServer == "" || len(t.AuthorityCA) == 0)) {
+		return fmt.Errorf("the token's issuer data is not usable (endpoint %q, key %q, authority %q): ask for a new token", t.Issuer.Endpoint, t.Issuer.PublicKey, t.AuthorityServer)
+	}
+	if issuerM.svc.Overlaps(m.svc) {
+		return fmt.Errorf("%s's service CIDR %s overlaps %s's %s", t.Issuer.Name, issuerM.svc, m.name, m.svc)
+	}
 	// The issuer, through the token's credential.
 	issuer, rc, err := t.client()
 	if err != nil {
 		return err
 	}
 	var kl v1alpha1.KubeLink
+	resume := false
 	if err := issuer.Get(ctx, client.ObjectKey{Name: t.Member.Name}, &kl); err != nil {
-		if apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err) || apierrors.IsNotFound(err) {
+		if !apierrors.IsUnauthorized(err) && !apierrors.IsForbidden(err) && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("reaching %s's API server at %s with the token: %w", t.Issuer.Name, t.Server, err)
+		}
+		// A bridge join from here that used the token up and stopped
+		// before its end (the upgrade failed) goes on without it.
+		if !bridge || !usedHere(ctx, m, t) || switchedTo(m, t.Namespace) {
 			return fmt.Errorf("the token was already used or withdrawn (%s does not accept its credential any more: %v): ask the admin of %s for a new one", t.Issuer.Name, err, t.Issuer.Name)
 		}
-		return fmt.Errorf("reaching %s's API server at %s with the token: %w", t.Issuer.Name, t.Server, err)
-	}
-	if kl.Annotations[tokenAnnotation] != t.hash() {
+		resume = true
+		g.progress("%s: the token was used from here already (its kubeconfig for the authority %s is in place): completing that join", m, t.Issuer.Name)
+	} else if kl.Annotations[tokenAnnotation] != t.hash() {
 		return fmt.Errorf("the token was altered: its content does not match what %s issued; ask for a new one", t.Issuer.Name)
 	}
-	cs, err := kubernetesFor(rc)
-	if err != nil {
-		return err
-	}
 	usedUp := fmt.Errorf("the token was already used: ask the admin of %s for a new one", t.Issuer.Name)
-	if bridge {
+	// useUp deletes the credential's ServiceAccount, which ends it.
+	useUp := func() error {
+		cs, err := kubernetesFor(rc)
+		if err != nil {
+			return err
+		}
+		sa := "kubelink-join-" + t.ID
+		if err := cs.CoreV1().ServiceAccounts(t.Namespace).Delete(ctx, sa, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("using up the token at %s (deleting its ServiceAccount %s/%s): %w", t.Issuer.Name, t.Namespace, sa, err)
+		}
+		return nil
+	}
+	switch {
+	case bridge && !resume:
 		// The use is marked first, on the link: the new member's endpoint.
-		// A use from here that stopped before its end (the upgrade below
-		// failed) may go on; any other is refused.
-		switch kl.Spec.Endpoint {
-		case v1alpha1.EndpointInbound:
-			if err := updateLink(ctx, issuer, &kl, func(s *v1alpha1.KubeLinkSpec) { s.Endpoint = m.endpoint }); err != nil {
-				if strings.Contains(err.Error(), "the join token was already used") {
-					return usedUp
-				}
-				return fmt.Errorf("setting %s's endpoint on %s's KubeLink %s: %w", m.name, t.Issuer.Name, kl.Name, err)
-			}
-		case m.endpoint:
-			g.progress("%s: KubeLink %s has %s's endpoint already: completing an earlier use of this token", t.Issuer.Name, kl.Name, m.name)
-		default:
+		if kl.Spec.Endpoint != v1alpha1.EndpointInbound {
 			return fmt.Errorf("the token was already used (by the member at %s): ask the admin of %s for a new one", kl.Spec.Endpoint, t.Issuer.Name)
 		}
-		// The member's registration at the authority: its token there, as
-		// its kubeconfig; then certificates signed by the authority.
-		token, err := readMemberToken(ctx, t.Issuer.Name, cs.CoreV1().Secrets(t.Namespace), m.name)
-		if err != nil {
-			if apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err) {
-				return fmt.Errorf("the token was already used or withdrawn (%v): ask the admin of %s for a new one", err, t.Issuer.Name)
+		if err := updateLink(ctx, issuer, &kl, func(s *v1alpha1.KubeLinkSpec) { s.Endpoint = m.endpoint }); err != nil {
+			if strings.Contains(err.Error(), "the join token was already used") {
+				return usedUp
 			}
+			return fmt.Errorf("setting %s's endpoint on %s's KubeLink %s: %w", m.name, t.Issuer.Name, kl.Name, err)
+		}
+		// The member's registration at the authority: its token there, as
+		// its kubeconfig, in its Secret; then the token is used up, before
+		// the upgrade, which may take minutes.
+		cs, err := kubernetesFor(rc)
+		if err != nil {
+			return err
+		}
+		token, err := readMemberToken(ctx, t.Issuer.Name, cs.CoreV1().Secrets(t.Namespace), m.name, true)
+		if err != nil {
 			return err
 		}
 		r := &registration{server: t.AuthorityServer, caData: t.AuthorityCA, ns: t.Namespace}
@@ -530,11 +598,14 @@ func joinWithToken(ctx context.Context, g *globals, path, contextName string, wa
 		if err != nil {
 			return err
 		}
-		if _, err := becomeMember(ctx, g, m, t.Namespace, t.Issuer.Name, data); err != nil {
+		if _, err := writeAuthorityKubeconfig(ctx, m, data); err != nil {
+			return err
+		}
+		if err := useUp(); err != nil {
 			return err
 		}
 		g.progress("%s: registered at the mesh authority %s (identity %s)", m, t.Issuer.Name, t.Identity)
-	} else {
+	case !bridge:
 		if err := updateLink(ctx, issuer, &kl, func(s *v1alpha1.KubeLinkSpec) { s.PublicKey, s.Endpoint = m.local.Status.PublicKey, m.endpoint }); err != nil {
 			if strings.Contains(err.Error(), "the join token was already used") {
 				return usedUp
@@ -542,23 +613,16 @@ func joinWithToken(ctx context.Context, g *globals, path, contextName string, wa
 			return fmt.Errorf("setting %s's key and endpoint on %s's KubeLink %s: %w", m.name, t.Issuer.Name, kl.Name, err)
 		}
 		g.progress("%s: KubeLink %s now has %s's key and endpoint", t.Issuer.Name, kl.Name, m.name)
+		if err := useUp(); err != nil {
+			return err
+		}
 	}
-	// Used up: the credential deletes its ServiceAccount, which ends it.
-	sa := "kubelink-join-" + t.ID
-	if err := cs.CoreV1().ServiceAccounts(t.Namespace).Delete(ctx, sa, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("using up the token at %s (deleting its ServiceAccount %s/%s): %w", t.Issuer.Name, t.Namespace, sa, err)
+	if bridge {
+		if _, err := switchToAuthority(ctx, g, m, t.Namespace, t.Issuer.Name); err != nil {
+			return fmt.Errorf("%w (the token is used up; run the same join --token again from %s to finish)", err, m.context)
+		}
 	}
 	// This side of the pair.
-	issuerM := &member{cluster: &cluster{context: t.Issuer.Name}, name: t.Issuer.Name, endpoint: t.Issuer.Endpoint, dataPlane: t.DataPlane}
-	issuerM.address, _ = netip.ParsePrefix(t.Issuer.Address)
-	issuerM.svc, _ = netip.ParsePrefix(t.Issuer.CIDR)
-	issuerM.local.Status.PublicKey = t.Issuer.PublicKey
-	if err := checkEndpoint(t.Issuer.Endpoint); err != nil || (!bridge && !isWireGuardKey(t.Issuer.PublicKey)) || !issuerM.address.IsValid() || !issuerM.svc.IsValid() {
-		return fmt.Errorf("the token's issuer data is not usable (endpoint %q, key %q): ask for a new token", t.Issuer.Endpoint, t.Issuer.PublicKey)
-	}
-	if issuerM.svc.Overlaps(m.svc) {
-		return fmt.Errorf("%s's service CIDR %s overlaps %s's %s", t.Issuer.Name, issuerM.svc, m.name, m.svc)
-	}
 	a, err := applyLink(ctx, m, issuerM)
 	if err != nil {
 		return err
@@ -671,4 +735,26 @@ func checkJoinPolicy(ctx context.Context, t *tokenContent, kl *v1alpha1.KubeLink
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// usedHere reports whether a bridge token was used from m already: m's
+// kubeconfig for the authority is the token's authority, for m.
+func usedHere(ctx context.Context, m *member, t *tokenContent) bool {
+	s, err := m.cs.CoreV1().Secrets(m.ns).Get(ctx, authoritySecret(m), metav1.GetOptions{})
+	if err != nil {
+		return false
+	}
+	kc, err := clientcmd.Load(s.Data["kubeconfig"])
+	if err != nil {
+		return false
+	}
+	c := kc.Contexts[kc.CurrentContext]
+	return c != nil && kc.Clusters[c.Cluster] != nil && kc.Clusters[c.Cluster].Server == t.AuthorityServer &&
+		c.AuthInfo == "member-"+m.name && c.Namespace == t.Namespace
+}
+
+// switchedTo reports whether m's release has its certificates from the
+// authority in namespace authNS already.
+func switchedTo(m *member, authNS string) bool {
+	return m.value("certificates.mode") == "csr" && m.value("meshMember.enabled") == "true" && m.value("meshMember.authorityNamespace") == authNS
 }

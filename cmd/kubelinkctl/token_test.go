@@ -159,6 +159,7 @@ func TestJoinWithTokenBridge(t *testing.T) {
 			`"us" (context us) is not the mesh authority`},
 		// the authority's own name for the member's certificate
 		{append(create, "--endpoint", "172.18.0.3:30088"), "its bridge name 172.18.0.3 is already registered at the authority for eu (the authority)"},
+		{append(create, "--endpoint", "172.19.0.3,172.18.0.3:30088"), "the host must be one IP address or DNS name"},
 	} {
 		if _, _, err := run(t, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("token create %v: %v, want %q", tc.args, err, tc.want)
@@ -178,10 +179,28 @@ func TestJoinWithTokenBridge(t *testing.T) {
 	if err := eu.c.Delete(ctx, &v1alpha1.KubeLink{ObjectMeta: metav1.ObjectMeta{Name: "us"}}); err != nil {
 		t.Fatal(err)
 	}
+	// A registered name stays its member's: no token hands it out again ...
+	if _, _, err := run(t, append(create, "--endpoint", "172.19.0.3:30088")...); err == nil || !strings.Contains(err.Error(), "us is registered at the mesh authority already") {
+		t.Errorf("a token for a registered member: %v", err)
+	}
+	if l := links(t, eu); len(l) != 0 {
+		t.Errorf("the refused token left links: %v", l)
+	}
+	// ... until it is taken out; then the unused earlier token, whose Role
+	// names the new registration's token Secret, is withdrawn.
+	if err := eu.cs.CoreV1().ServiceAccounts("kubelink").Delete(ctx, "member-us", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rawOther, _ := os.ReadFile(other)
+	otherTC, _ := decodeToken(string(rawOther))
 
 	_, stderr, err := run(t, append(create, "--endpoint", "172.19.0.3:30088", "-f", tok)...)
-	if err != nil || !strings.Contains(stderr, `us registered at the mesh authority for identity kubelink://default/us and name 172.19.0.3`) {
+	if err != nil || !strings.Contains(stderr, `us registered at the mesh authority for identity kubelink://default/us and name 172.19.0.3`) ||
+		!strings.Contains(stderr, "withdrew the earlier, unused token "+otherTC.ID+" for us") {
 		t.Fatalf("token create: %v\n%s", err, stderr)
+	}
+	if _, err := eu.cs.CoreV1().ServiceAccounts("kubelink").Get(ctx, "kubelink-join-"+otherTC.ID, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the earlier token's ServiceAccount: %v, want it gone", err)
 	}
 	sa, err := eu.cs.CoreV1().ServiceAccounts("kubelink").Get(ctx, "member-us", metav1.GetOptions{})
 	if err != nil || sa.Annotations[identitiesAnnotation] != "kubelink://default/us" || sa.Annotations[namesAnnotation] != "172.19.0.3" {

@@ -537,7 +537,10 @@ func meshServiceChecks(ctx context.Context, g *globals, vcs []*verifyCluster) ([
 			}
 			ports, err := meshServicePorts(ctx, to, ms)
 			if err != nil {
-				return nil, err
+				c := check{Name: what, To: to.name, Detail: err.Error()}
+				g.progress("%s %s%s", passFail(false), c.Name, detail(c))
+				checks = append(checks, c)
+				continue
 			}
 			if len(ports) == 0 {
 				g.progress("%s: not checked (no TCP port)", what)
@@ -545,6 +548,10 @@ func meshServiceChecks(ctx context.Context, g *globals, vcs []*verifyCluster) ([
 			}
 			for _, from := range vcs {
 				if from == to {
+					continue
+				}
+				if from.link(to.name) == nil {
+					g.progress("%s: not checked from %s: it has no KubeLink to %s", what, from.name, to.name)
 					continue
 				}
 				if ms.Spec.MeshAddress != "" && !routes(from.link(to.name), addr) {

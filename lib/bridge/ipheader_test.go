@@ -125,5 +125,7 @@ func icmp(typ byte, src string) []byte {
 	p := ipv4(1, 8, 28)
 	p[20] = typ
 	copy(p[12:16], netip.MustParseAddr(src).AsSlice())
+	p[28] = 0x45 // the packet an error is about: from the error's destination
+	copy(p[28+12:28+16], p[16:20])
 	return withChecksum(p)
 }

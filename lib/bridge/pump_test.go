@@ -416,6 +416,7 @@ func TestICMPErrorsLeaveWithAnAcceptedSource(t *testing.T) {
 	unreachable := func(src string) []byte {
 		pkt := icmp(3, src)
 		copy(pkt[16:20], netip.MustParseAddr("10.0.1.1").AsSlice())
+		copy(pkt[28+12:28+16], pkt[16:20])
 		return withChecksum(pkt)
 	}
 	echo := icmp(0, "10.244.0.1")

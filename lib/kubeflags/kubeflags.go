@@ -54,7 +54,7 @@ func (c *Common) Register(fs *pflag.FlagSet) {
 // of --kube-api-qps and --kube-api-burst (client-go's defaults when both
 // are 0, as in a Common that was not registered).
 func (c *Common) RESTConfig() (*rest.Config, error) {
-	if c.QPS < 0 || c.Burst < 0 || (c.QPS == 0) != (c.Burst == 0) {
+	if !(c.QPS >= 0) || c.Burst < 0 || (c.QPS == 0) != (c.Burst == 0) { // !(>=) also catches NaN
 		return nil, fmt.Errorf("--kube-api-qps %v and --kube-api-burst %d: both must be positive", c.QPS, c.Burst)
 	}
 	cfg, err := c.loadConfig()

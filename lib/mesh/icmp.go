@@ -18,13 +18,20 @@ import (
 
 // ICMPErrorSource reports the source of an IPv4 ICMP error message
 // (destination unreachable, time exceeded, parameter problem; not a
-// fragment), and whether pkt is one.
+// fragment) about a packet its destination sent, and whether pkt is one.
 func ICMPErrorSource(pkt []byte) (netip.Addr, bool) {
 	if len(pkt) < 20 || pkt[0]>>4 != 4 || pkt[9] != 1 {
 		return netip.Addr{}, false
 	}
 	l3 := int(pkt[0]&0x0f) * 4
-	if l3 < 20 || len(pkt) < l3+8 || binary.BigEndian.Uint16(pkt[6:8])&0x1fff != 0 {
+	if l3 < 20 || len(pkt) < l3+8+20 || binary.BigEndian.Uint16(pkt[6:8])&0x1fff != 0 {
+		return netip.Addr{}, false
+	}
+	// An error about a packet this cluster sent to the destination: the
+	// embedded IPv4 header's source is the error's destination. (A pod may
+	// craft errors; one about nothing we sent keeps its source.)
+	inner := pkt[l3+8:]
+	if inner[0]>>4 != 4 || [4]byte(inner[12:16]) != [4]byte(pkt[16:20]) {
 		return netip.Addr{}, false
 	}
 	switch pkt[l3] {
@@ -52,11 +59,13 @@ func SetSource4(pkt []byte, src netip.Addr) {
 
 // ErrorSource is the source an ICMP error from src to dst leaves the
 // cluster with, given the local cluster addresses (with their mesh's
-// prefix length): none (an invalid address: keep src) when src is one of
-// them, else the one whose mesh holds dst, else the first.
+// prefix length): none (an invalid address: keep src) when src is inside
+// one of their meshes (a local cluster address, a MeshService address, or
+// a member this cluster forwards for), else the local address of the mesh
+// that holds dst, else the first.
 func ErrorSource(addrs []netip.Prefix, src, dst netip.Addr) netip.Addr {
 	for _, a := range addrs {
-		if a.Addr() == src {
+		if a.Masked().Contains(src) {
 			return netip.Addr{}
 		}
 	}

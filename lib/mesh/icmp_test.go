@@ -15,6 +15,9 @@ func icmp4(typ byte, src, dst string) []byte {
 	copy(p[12:16], netip.MustParseAddr(src).AsSlice())
 	copy(p[16:20], netip.MustParseAddr(dst).AsSlice())
 	p[20] = typ
+	// the packet the error is about: from dst
+	p[28] = 0x45
+	copy(p[28+12:28+16], netip.MustParseAddr(dst).AsSlice())
 	var sum uint32
 	for i := 0; i < 20; i += 2 {
 		sum += uint32(binary.BigEndian.Uint16(p[i : i+2]))
@@ -58,6 +61,8 @@ func TestICMPErrorSource(t *testing.T) {
 		{"a later fragment", frag, false},
 		{"truncated", icmp4(3, "10.244.0.1", "192.168.0.11")[:24], false},
 		{"IPv6", v6, false},
+		{"about a packet its destination did not send", func() []byte { p := icmp4(3, "10.244.0.1", "192.168.0.11"); p[28+15] = 99; return p }(), false},
+		{"without the packet it is about", icmp4(3, "10.244.0.1", "192.168.0.11")[:40], false},
 	} {
 		src, ok := ICMPErrorSource(c.pkt)
 		if ok != c.want || (ok && src != netip.MustParseAddr("10.244.0.1")) {
@@ -83,6 +88,7 @@ func TestRewriteICMPErrorSource(t *testing.T) {
 		{"from a node, to mesh 2", "172.18.0.5", "10.99.0.7", "10.99.0.2"},
 		{"to no mesh: the first address", "172.18.0.5", "100.64.0.9", "192.168.0.12"},
 		{"from a local cluster address: kept", "10.99.0.2", "192.168.0.11", "10.99.0.2"},
+		{"from another address of a mesh (transit, a MeshService): kept", "192.168.0.100", "192.168.0.11", "192.168.0.100"},
 	} {
 		p := icmp4(3, c.src, c.dst)
 		changed := RewriteICMPErrorSource(p, addrs)
