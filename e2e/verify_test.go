@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -340,4 +341,58 @@ func TestKubelinkctlVerify(t *testing.T) {
 			return ctx
 		}).Feature()
 	testenv.Test(t, f)
+}
+
+// diagnose --probe finds a path MTU blackhole: b's active broker forwards
+// into a pod network whose MTU is smaller than the tunnel's and drops the
+// ICMP "fragmentation needed" it would send, so small requests from a to
+// b pass and large packets are lost.
+func TestDiagnoseFindsAPathMTUBlackhole(t *testing.T) {
+	ctx := context.Background()
+	pods, err := lab.B.BrokerPods(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ip, node string
+	for _, p := range pods {
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue { // the active broker
+				if p.Spec.HostNetwork {
+					t.Fatalf("b's broker %s runs in the node's network namespace: this test changes the broker pod's own interface", p.Name)
+				}
+				ip, node = p.Status.PodIP, p.Spec.NodeName
+			}
+		}
+	}
+	if ip == "" {
+		t.Fatal("b has no Ready (active) broker pod")
+	}
+	// The broker's network namespace: the process on its node whose eth0
+	// has the pod's address.
+	sh := func(script string) (string, error) {
+		out, err := exec.CommandContext(ctx, "docker", "exec", node, "sh", "-c", script).CombinedOutput()
+		return string(out), err
+	}
+	pid, err := sh(fmt.Sprintf(`for p in $(pgrep -f -- '--node-ip='); do nsenter -t $p -n ip -4 -o addr show dev eth0 2>/dev/null | grep -q ' %s/' && { echo $p; exit 0; }; done; exit 1`, ip))
+	if err != nil {
+		t.Fatalf("finding the network namespace of b's active broker (%s on %s): %v %s", ip, node, err, pid)
+	}
+	pid = strings.TrimSpace(pid)
+	in := func(cmd string) string { return fmt.Sprintf("nsenter -t %s -n %s", pid, cmd) }
+	if out, err := sh(in("ip link set eth0 mtu 1300") + " && " + in("nft add table ip e2e-mtu") + " && " +
+		in(`nft 'add chain ip e2e-mtu out { type filter hook output priority 0 ; }'`) + " && " +
+		in("nft add rule ip e2e-mtu out icmp type destination-unreachable icmp code frag-needed drop")); err != nil {
+		t.Fatalf("making the blackhole in b's broker: %v %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := sh(in("ip link set eth0 mtu 1500") + " ; " + in("nft delete table ip e2e-mtu")); err != nil {
+			t.Errorf("removing the blackhole from b's broker: %v %s", err, out)
+		}
+	})
+	out, stderr, err := kubelinkctl(ctx, t, "diagnose", "--probe", "--context", "kind-lab-a", "--context", "kind-lab-b")
+	t.Logf("diagnose --probe:\n%s%s", stderr, out)
+	table := strings.Join(strings.Fields(out), " ")
+	if err == nil || !strings.Contains(table, "small requests to b through the mesh pass, an upload of 64 KiB does not") {
+		t.Errorf("diagnose --probe (%v) does not name the path MTU blackhole from a to b", err)
+	}
 }
