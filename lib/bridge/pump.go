@@ -33,16 +33,11 @@ type Config struct {
 	// QueueLen is the number of batches queued per peer before packets
 	// are dropped (QueueFull). Default 32.
 	QueueLen int
-	// ICMPErrorSource, if set, is the source an ICMP error message to dst
-	// leaves with when its source src is not one the peers accept from us
-	// (an invalid address keeps src). The kernel sends such errors (a
-	// rejected connection, "fragmentation needed") from the address of the
-	// interface that had the packet, a node or pod address of this cluster
-	// the peer does not route to us, so it would drop them as spoofed: the
-	// sender would retry instead of learning the port is closed, and path
-	// MTU discovery through the mesh would fail. The peer's conntrack
-	// relates the error to the connection by its inner header.
-	ICMPErrorSource func(src, dst netip.Addr) netip.Addr
+	// LocalAddresses, if set, are the local cluster addresses (with their
+	// mesh's prefix length) that ICMP errors read from the tun device get
+	// as their source when the peers would drop theirs as spoofed
+	// (mesh.RewriteICMPErrorSource).
+	LocalAddresses func() []netip.Prefix
 	// Logger gets one line per connection event, and at most one line per
 	// peer every 10 s about packets the policy dropped; never one per packet.
 	Logger *slog.Logger
@@ -299,12 +294,8 @@ func (r *tunReader) readOne(wait bool) error {
 		r.p.drops.add(dropMalformed, 1)
 		return nil
 	}
-	if f := r.p.cfg.ICMPErrorSource; f != nil && o == (Offload{}) {
-		if src, ok := mesh.ICMPErrorSource(pkt); ok {
-			if to := f(src, dst); to.Is4() && to != src {
-				mesh.SetSource4(pkt, to)
-			}
-		}
+	if f := r.p.cfg.LocalAddresses; f != nil && o == (Offload{}) {
+		mesh.RewriteICMPErrorSource(pkt, f)
 	}
 	peer := r.route(dst)
 	if peer == nil {

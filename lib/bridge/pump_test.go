@@ -402,16 +402,10 @@ func waitUntil(cond func() bool) bool {
 }
 
 // An ICMP error the kernel sent from an address the peer does not accept
-// from us leaves with the source ICMPErrorSource gives; other packets, and
-// errors from an accepted source, keep theirs.
+// from us leaves with the local cluster address; other packets, and errors
+// from an accepted source, keep theirs.
 func TestICMPErrorsLeaveWithAnAcceptedSource(t *testing.T) {
-	own := netip.MustParseAddr("192.168.88.9")
-	p, dev := newTestPump(t, Config{ICMPErrorSource: func(src, dst netip.Addr) netip.Addr {
-		if src == own {
-			return netip.Addr{}
-		}
-		return own
-	}})
+	p, dev := newTestPump(t, Config{LocalAddresses: func() []netip.Prefix { return []netip.Prefix{netip.MustParsePrefix("192.168.88.9/24")} }})
 	_, b := addRemote(t, p, "b", Policy{})
 	unreachable := func(src string) []byte {
 		pkt := icmp(3, src)

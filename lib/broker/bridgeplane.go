@@ -53,7 +53,6 @@ type bridgePlane struct {
 	untrusted atomic.Uint64 // Reverify closes of closed Connectors
 
 	table atomic.Pointer[[]mesh.TableEntry] // destination → link, swapped per sync
-	addrs atomic.Pointer[[]netip.Prefix]    // the local cluster addresses, swapped per sync
 
 	ctx     context.Context // bounds the certificate watch
 	metrics prometheus.Registerer
@@ -68,7 +67,6 @@ func newBridgePlane(ctx context.Context, d PlaneDeps) (DataPlane, error) {
 	}
 	p := &bridgePlane{gateway: g, log: d.Log, kick: d.Kick, unknown: d.Unknown, ctx: ctx, metrics: d.Metrics}
 	p.table.Store(&[]mesh.TableEntry{})
-	p.addrs.Store(&[]netip.Prefix{})
 	if d.Metrics != nil {
 		p.col = newBridgeCollector(p)
 		if err := d.Metrics.Register(p.col); err != nil {
@@ -94,16 +92,6 @@ func (p *bridgePlane) route(dst netip.Addr) string {
 	return mesh.RouteIn(*p.table.Load(), dst)
 }
 
-// icmpErrorSource is the source of an ICMP error to dst through the mesh
-// (mesh.ErrorSource).
-func (p *bridgePlane) icmpErrorSource(src, dst netip.Addr) netip.Addr {
-	var addrs []netip.Prefix
-	if a := p.addrs.Load(); a != nil {
-		addrs = *a
-	}
-	return mesh.ErrorSource(addrs, src, dst)
-}
-
 // open creates the device, the pump and the certificates on first use; a
 // failure is retried next sync.
 func (p *bridgePlane) open() error {
@@ -121,7 +109,7 @@ func (p *bridgePlane) open() error {
 	if err != nil {
 		return err
 	}
-	pump, err := bridge.NewPump(tun, bridge.Config{Route: p.route, ICMPErrorSource: p.icmpErrorSource, Keepalive: 5 * time.Second, Logger: p.log})
+	pump, err := bridge.NewPump(tun, bridge.Config{Route: p.route, LocalAddresses: p.localAddresses, Keepalive: 5 * time.Second, Logger: p.log})
 	if err != nil {
 		_ = tun.Close()
 		return err
@@ -210,9 +198,8 @@ func (p *bridgePlane) Apply(_ context.Context, plan *mesh.GatewayPlan) Report {
 	for n, err := range plan.LinkErrs {
 		rep.Links[n] = LinkReport{Err: err}
 	}
-	table, addrs := plan.Table, plan.Addresses
+	table := plan.Table
 	p.table.Store(&table)
-	p.addrs.Store(&addrs)
 	p.model.Store(plan.Model)
 
 	m := plan.Model

@@ -3,6 +3,8 @@ package broker
 import (
 	"fmt"
 	"net"
+	"net/netip"
+	"sync/atomic"
 
 	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/netapply"
@@ -19,6 +21,9 @@ type gateway struct {
 	snat   *netapply.Chains
 	svc    *netapply.Chains
 	fw     *netapply.Chains // nil when ingress is enforced elsewhere (bridge)
+	// addrs are the local cluster addresses on the device (setDevice), the
+	// source of the ICMP errors the data plane sends on (localAddresses).
+	addrs atomic.Pointer[[]netip.Prefix]
 }
 
 func newGateway(cfg *Config, rm RunMode, kernelFirewall bool) (*gateway, error) {
@@ -58,7 +63,18 @@ func (g *gateway) setDevice(dev string, plan *mesh.GatewayPlan) error {
 	if err := netapply.SetAddresses(dev, plan.Addresses); err != nil {
 		return err
 	}
+	addrs := plan.Addresses
+	g.addrs.Store(&addrs)
 	return netapply.SetUp(dev)
+}
+
+// localAddresses are the local cluster addresses on the device, for
+// mesh.RewriteICMPErrorSource (none before the first sync).
+func (g *gateway) localAddresses() []netip.Prefix {
+	if a := g.addrs.Load(); a != nil {
+		return *a
+	}
+	return nil
 }
 
 // apply sets the plan's routes, SNAT and, where the kernel enforces ingress

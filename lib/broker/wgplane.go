@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
-	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 
@@ -22,7 +20,6 @@ type wgPlane struct {
 	key      func(context.Context) (mesh.Key, error)
 	dev      *wireguard.Device
 	resolver *wireguard.Resolver
-	addrs    atomic.Pointer[[]netip.Prefix] // the local cluster addresses, for ICMP errors (wireguard-go)
 }
 
 func newWGPlane(ctx context.Context, d PlaneDeps) (DataPlane, error) {
@@ -31,7 +28,6 @@ func newWGPlane(ctx context.Context, d PlaneDeps) (DataPlane, error) {
 		return nil, err
 	}
 	p := &wgPlane{gateway: g, log: d.Log, key: d.PrivateKey, resolver: &wireguard.Resolver{Interval: d.Config.ResolveInterval}}
-	p.addrs.Store(&[]netip.Prefix{})
 	go p.resolver.Run(ctx, d.Kick)
 	return p, nil
 }
@@ -62,14 +58,6 @@ func (p *wgPlane) open() error {
 		p.log.Warn("marking the WireGuard device with this broker's identity", "err", err)
 	}
 	p.dev = dev
-	return nil
-}
-
-// localAddresses are the local cluster addresses of the last sync.
-func (p *wgPlane) localAddresses() []netip.Prefix {
-	if a := p.addrs.Load(); a != nil {
-		return *a
-	}
 	return nil
 }
 
@@ -105,8 +93,6 @@ func (p *wgPlane) Apply(ctx context.Context, plan *mesh.GatewayPlan) Report {
 		return rep
 	}
 	plan = forDevice(plan, p.dev.Name())
-	addrs := plan.Addresses
-	p.addrs.Store(&addrs)
 	if err := p.setDevice(p.dev.Name(), plan); err != nil {
 		rep.DeviceErr = err
 		return rep

@@ -13,13 +13,13 @@ import (
 // that the port is closed, and path MTU discovery through the mesh fails.
 // The data planes that read the tunnel's packets in user space therefore
 // give such errors the local cluster address of the destination's mesh as
-// their source (ErrorSource); the peer's conntrack relates an error to its
+// their source (RewriteICMPErrorSource); the peer's conntrack relates an error to its
 // connection by the inner header, whatever the outer source.
 
-// ICMPErrorSource reports the source of an IPv4 ICMP error message
+// icmpErrorSource reports the source of an IPv4 ICMP error message
 // (destination unreachable, time exceeded, parameter problem; not a
 // fragment) about a packet its destination sent, and whether pkt is one.
-func ICMPErrorSource(pkt []byte) (netip.Addr, bool) {
+func icmpErrorSource(pkt []byte) (netip.Addr, bool) {
 	if len(pkt) < 20 || pkt[0]>>4 != 4 || pkt[9] != 1 {
 		return netip.Addr{}, false
 	}
@@ -41,10 +41,10 @@ func ICMPErrorSource(pkt []byte) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// SetSource4 replaces the source address of an IPv4 packet and updates its
+// setSource4 replaces the source address of an IPv4 packet and updates its
 // header checksum incrementally (RFC 1624); an ICMP checksum does not cover
 // the IP header.
-func SetSource4(pkt []byte, src netip.Addr) {
+func setSource4(pkt []byte, src netip.Addr) {
 	sum := uint32(^binary.BigEndian.Uint16(pkt[10:12]))
 	n := src.As4()
 	for i := 0; i < 4; i += 2 {
@@ -57,13 +57,13 @@ func SetSource4(pkt []byte, src netip.Addr) {
 	binary.BigEndian.PutUint16(pkt[10:12], ^uint16(sum))
 }
 
-// ErrorSource is the source an ICMP error from src to dst leaves the
+// errorSource is the source an ICMP error from src to dst leaves the
 // cluster with, given the local cluster addresses (with their mesh's
 // prefix length): none (an invalid address: keep src) when src is inside
 // one of their meshes (a local cluster address, a MeshService address, or
 // a member this cluster forwards for), else the local address of the mesh
 // that holds dst, else the first.
-func ErrorSource(addrs []netip.Prefix, src, dst netip.Addr) netip.Addr {
+func errorSource(addrs []netip.Prefix, src, dst netip.Addr) netip.Addr {
 	for _, a := range addrs {
 		if a.Masked().Contains(src) {
 			return netip.Addr{}
@@ -80,17 +80,19 @@ func ErrorSource(addrs []netip.Prefix, src, dst netip.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-// RewriteICMPErrorSource gives pkt, if it is an IPv4 ICMP error, the source
-// ErrorSource says (dst is its destination); it reports whether it did.
-func RewriteICMPErrorSource(pkt []byte, addrs []netip.Prefix) bool {
-	src, ok := ICMPErrorSource(pkt)
+// RewriteICMPErrorSource gives pkt, if it is an IPv4 ICMP error about a
+// packet this cluster sent, the source errorSource says for the local
+// cluster addresses addrs returns (called only for such errors, so a data
+// path may call this for every packet); it reports whether it did.
+func RewriteICMPErrorSource(pkt []byte, addrs func() []netip.Prefix) bool {
+	src, ok := icmpErrorSource(pkt)
 	if !ok {
 		return false
 	}
-	to := ErrorSource(addrs, src, netip.AddrFrom4([4]byte(pkt[16:20])))
+	to := errorSource(addrs(), src, netip.AddrFrom4([4]byte(pkt[16:20])))
 	if !to.Is4() || to == src {
 		return false
 	}
-	SetSource4(pkt, to)
+	setSource4(pkt, to)
 	return true
 }

@@ -64,7 +64,7 @@ func TestICMPErrorSource(t *testing.T) {
 		{"about a packet its destination did not send", func() []byte { p := icmp4(3, "10.244.0.1", "192.168.0.11"); p[28+15] = 99; return p }(), false},
 		{"without the packet it is about", icmp4(3, "10.244.0.1", "192.168.0.11")[:40], false},
 	} {
-		src, ok := ICMPErrorSource(c.pkt)
+		src, ok := icmpErrorSource(c.pkt)
 		if ok != c.want || (ok && src != netip.MustParseAddr("10.244.0.1")) {
 			t.Errorf("%s: %v %v, want %v", c.name, src, ok, c.want)
 		}
@@ -72,7 +72,7 @@ func TestICMPErrorSource(t *testing.T) {
 	// The rewrite keeps the header checksum valid, whatever the addresses.
 	for _, to := range []string{"192.168.0.12", "255.255.255.255", "0.0.0.1", "10.244.0.1"} {
 		p := icmp4(3, "10.244.0.1", "192.168.0.11")
-		SetSource4(p, netip.MustParseAddr(to))
+		setSource4(p, netip.MustParseAddr(to))
 		if got := netip.AddrFrom4([4]byte(p[12:16])); got.String() != to || !headerChecksumOK(p) {
 			t.Errorf("source set to %s: %s, checksum valid %v", to, got, headerChecksumOK(p))
 		}
@@ -80,7 +80,8 @@ func TestICMPErrorSource(t *testing.T) {
 }
 
 func TestRewriteICMPErrorSource(t *testing.T) {
-	addrs := []netip.Prefix{netip.MustParsePrefix("192.168.0.12/24"), netip.MustParsePrefix("10.99.0.2/24")}
+	local := []netip.Prefix{netip.MustParsePrefix("192.168.0.12/24"), netip.MustParsePrefix("10.99.0.2/24")}
+	addrs := func() []netip.Prefix { return local }
 	for _, c := range []struct {
 		name, src, dst, want string
 	}{
@@ -97,7 +98,7 @@ func TestRewriteICMPErrorSource(t *testing.T) {
 			t.Errorf("%s: source %s (changed %v, checksum ok %v), want %s", c.name, got, changed, headerChecksumOK(p), c.want)
 		}
 	}
-	if RewriteICMPErrorSource(icmp4(3, "10.244.0.1", "192.168.0.11"), nil) {
+	if RewriteICMPErrorSource(icmp4(3, "10.244.0.1", "192.168.0.11"), func() []netip.Prefix { return nil }) {
 		t.Errorf("rewritten without local addresses")
 	}
 	echo := icmp4(8, "10.244.0.1", "192.168.0.11")

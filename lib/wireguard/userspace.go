@@ -68,9 +68,7 @@ type icmpTUN struct {
 func (t *icmpTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := t.Device.Read(bufs, sizes, offset)
 	for i := 0; i < n; i++ {
-		if pkt := bufs[i][offset : offset+sizes[i]]; len(pkt) >= 20 && pkt[9] == 1 {
-			mesh.RewriteICMPErrorSource(pkt, t.addrs())
-		}
+		mesh.RewriteICMPErrorSource(bufs[i][offset:offset+sizes[i]], t.addrs)
 	}
 	return n, err
 }
