@@ -11,13 +11,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/e2e-framework/klient/k8s"
 	"sigs.k8s.io/e2e-framework/klient/k8s/resources"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -134,6 +137,25 @@ func (c *Cluster) Exec(ctx context.Context, pod string, cmd ...string) (string, 
 		return out.String(), fmt.Errorf("%s in %s/%s: %w (stderr: %s)", strings.Join(cmd, " "), c.Name, pod, err, strings.TrimSpace(errb.String()))
 	}
 	return out.String(), nil
+}
+
+// CreateFresh creates obj for the test, replacing one an interrupted
+// earlier run left, and deletes it when the test ends.
+func (c *Cluster) CreateFresh(ctx context.Context, t *testing.T, obj k8s.Object) {
+	t.Helper()
+	if err := c.Res.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	if _, err := Eventually(ctx, 30*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
+		return c.Res.Create(ctx, obj.DeepCopyObject().(k8s.Object)) // the old one may still be going
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Res.Delete(context.Background(), obj); err != nil && !apierrors.IsNotFound(err) {
+			t.Errorf("deleting %T %s in %s: %v", obj, obj.GetName(), c.Name, err)
+		}
+	})
 }
 
 // Wget fetches url from a pod with a bounded timeout.

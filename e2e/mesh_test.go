@@ -566,19 +566,7 @@ func TestPeerRejectionReachesTheClient(t *testing.T) {
 			ctx := context.Background()
 			svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "e2e-no-endpoints", Namespace: "default"},
 				Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "e2e-nothing"}, Ports: []corev1.ServicePort{{Port: 80}}}}
-			if err := to.Res.Delete(ctx, svc); err != nil && !apierrors.IsNotFound(err) {
-				t.Fatal(err)
-			}
-			if _, err := Eventually(ctx, 30*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
-				return to.Res.Create(ctx, svc.DeepCopy())
-			}); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				if err := to.Res.Delete(context.Background(), svc); err != nil && !apierrors.IsNotFound(err) {
-					t.Errorf("deleting Service e2e-no-endpoints in %s: %v", to.Name, err)
-				}
-			})
+			to.CreateFresh(ctx, t, svc)
 			ip, err := to.ServiceIP(ctx, svc.Name)
 			if err != nil {
 				t.Fatal(err)

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
@@ -108,19 +107,7 @@ func TestKubelinkctlVerify(t *testing.T) {
 				Spec: v1alpha1.MeshServiceSpec{Service: "echo", Ports: []v1alpha1.ServicePort{{Port: 8801}},
 					Endpoints: []v1alpha1.ServiceEndpoint{{PortMappings: []v1alpha1.PortMapping{
 						{Port: intstr.FromInt32(8801), TargetPort: intstr.FromString("http")}}}}}}
-			if err := lab.B.Res.Delete(ctx, ms); err != nil && !apierrors.IsNotFound(err) {
-				t.Fatal(err)
-			}
-			if _, err := Eventually(ctx, 30*time.Second, 200*time.Millisecond, func(ctx context.Context) error {
-				return lab.B.Res.Create(ctx, ms.DeepCopy())
-			}); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				if err := lab.B.Res.Delete(context.Background(), ms); err != nil && !apierrors.IsNotFound(err) {
-					t.Errorf("deleting MeshService e2e-verify: %v", err)
-				}
-			})
+			lab.B.CreateFresh(ctx, t, ms)
 			if _, err := Eventually(ctx, 30*time.Second, 250*time.Millisecond, func(ctx context.Context) error {
 				var cur v1alpha1.MeshService
 				if err := lab.B.Res.Get(ctx, ms.Name, ms.Namespace, &cur); err != nil {

@@ -264,7 +264,7 @@ func probe(ctx context.Context, g *globals, contexts []string, meshCIDR, image s
 			if to.dataPlane == "bridge" {
 				c = runConnect(ctx, from, a, to, "", to.endpoint)
 			} else {
-				c = runAgent(ctx, from, a, to, "", "--probe-udp", to.endpoint, "--timeout", "2s")
+				c, _ = runAgent(ctx, from, a, to, "", "--probe-udp", to.endpoint, "--timeout", "2s")
 			}
 			g.progress("%s: %s's endpoint %s from %s: %s%s", from.member, to.name, to.endpoint, a.node, passFail(c.Pass), detail(c))
 			if !c.Pass {

@@ -17,6 +17,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -353,6 +354,21 @@ func bridgePair(t *testing.T) (eu, us *testMember) {
 	return eu, us
 }
 
+// authorityKubeconfig is m's kubeconfig for the mesh authority (its Secret
+// kubelink-authority) and its current context.
+func authorityKubeconfig(t *testing.T, m *testMember) (*clientcmdapi.Config, *clientcmdapi.Context) {
+	t.Helper()
+	s, err := m.cs.CoreV1().Secrets("kubelink").Get(context.Background(), "kubelink-authority", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the member's Secret kubelink-authority: %v", err)
+	}
+	kc, err := clientcmd.Load(s.Data["kubeconfig"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kc, kc.Contexts[kc.CurrentContext]
+}
+
 func TestJoinBridgeRegistersTheMember(t *testing.T) {
 	eu, us := bridgePair(t)
 	ctx := context.Background()
@@ -383,20 +399,12 @@ func TestJoinBridgeRegistersTheMember(t *testing.T) {
 	}
 	// The member's kubeconfig: the authority's advertised address, its CA,
 	// the token.
-	s, err := us.cs.CoreV1().Secrets("kubelink").Get(ctx, "kubelink-authority", metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("the member's Secret kubelink-authority: %v", err)
-	}
-	kc, err := clientcmd.Load(s.Data["kubeconfig"])
-	if err != nil {
-		t.Fatal(err)
-	}
+	kc, ctxt := authorityKubeconfig(t, us)
 	slices, _ := eu.cs.DiscoveryV1().EndpointSlices("default").List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=kubernetes"})
 	want := fmt.Sprintf("https://%s:%d", slices.Items[0].Endpoints[0].Addresses[0], *slices.Items[0].Ports[0].Port)
 	// No controller-manager publishes kube-root-ca.crt here: the CA is the
 	// kubeconfig's (in a real cluster the same one).
 	euKC, _ := clientcmd.LoadFromFile(eu.kubeconfig)
-	ctxt := kc.Contexts[kc.CurrentContext]
 	if kc.Clusters[ctxt.Cluster].Server != want || string(kc.Clusters[ctxt.Cluster].CertificateAuthorityData) != string(euKC.Clusters["eu"].CertificateAuthorityData) ||
 		kc.AuthInfos[ctxt.AuthInfo].Token != "member-us-token-value" {
 		t.Errorf("the member's kubeconfig: server %s (want %s), token %q", kc.Clusters[ctxt.Cluster].Server, want, kc.AuthInfos[ctxt.AuthInfo].Token)

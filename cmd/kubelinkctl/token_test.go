@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -58,11 +57,7 @@ func TestJoinWithToken(t *testing.T) {
 	if l := links(t, eu)["us"]; l.Spec.Endpoint != "Inbound" || l.Spec.ClusterAddress != "192.168.0.2/24" || l.Spec.PublicKey != "" || l.Annotations[tokenAnnotation] == "" {
 		t.Errorf("eu's link to the new member: %+v %v", l.Spec, l.Annotations)
 	}
-	raw, _ := os.ReadFile(tok)
-	tc, err := decodeToken(string(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tc := readToken(t, tok)
 	// The credential may set the key and endpoint of its one link, nothing else.
 	cred, _, err := tc.client()
 	if err != nil {
@@ -191,8 +186,7 @@ func TestJoinWithTokenBridge(t *testing.T) {
 	if err := eu.cs.CoreV1().ServiceAccounts("kubelink").Delete(ctx, "member-us", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	rawOther, _ := os.ReadFile(other)
-	otherTC, _ := decodeToken(string(rawOther))
+	otherTC := readToken(t, other)
 
 	_, stderr, err := run(t, append(create, "--endpoint", "172.19.0.3:30088", "-f", tok)...)
 	if err != nil || !strings.Contains(stderr, `us registered at the mesh authority for identity kubelink://default/us and name 172.19.0.3`) ||
@@ -209,11 +203,7 @@ func TestJoinWithTokenBridge(t *testing.T) {
 	if l := links(t, eu)["us"]; l.Spec.Endpoint != "Inbound" || l.Spec.PublicKey != "" {
 		t.Errorf("eu's link to us before the join: %+v", l.Spec)
 	}
-	raw, _ := os.ReadFile(tok)
-	tc, err := decodeToken(string(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tc := readToken(t, tok)
 	// The credential reads the new member's token and no other Secret.
 	cred, rc, err := tc.client()
 	if err != nil {
@@ -245,15 +235,7 @@ func TestJoinWithTokenBridge(t *testing.T) {
 			t.Errorf("progress lacks %q:\n%s", w, stderr)
 		}
 	}
-	s, err := us.cs.CoreV1().Secrets("kubelink").Get(ctx, "kubelink-authority", metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("the member's Secret kubelink-authority: %v", err)
-	}
-	kc, err := clientcmd.Load(s.Data["kubeconfig"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	kctx := kc.Contexts[kc.CurrentContext]
+	kc, kctx := authorityKubeconfig(t, us)
 	if kc.Clusters[kctx.Cluster].Server != tc.AuthorityServer || kc.AuthInfos[kctx.AuthInfo].Token != "member-us-token-value" || kctx.Namespace != "kubelink" {
 		t.Errorf("the member's kubeconfig: server %s (want %s), token %q", kc.Clusters[kctx.Cluster].Server, tc.AuthorityServer, kc.AuthInfos[kctx.AuthInfo].Token)
 	}
@@ -294,6 +276,20 @@ func TestJoinWithTokenBridge(t *testing.T) {
 	if _, _, err := run(t, "join", "--token", tok, "--context", "us", "--timeout", "20s"); err == nil || !strings.Contains(err.Error(), "already used") {
 		t.Errorf("a second use: %v", err)
 	}
+}
+
+// readToken is the token in the file path.
+func readToken(t *testing.T, path string) *tokenContent {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := decodeToken(string(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tc
 }
 
 func joinWithTokenContent(t *testing.T, tc *tokenContent, context string) (string, string, error) {

@@ -476,28 +476,12 @@ func waitAgents(ctx context.Context, g *globals, vc *verifyCluster) error {
 // runCheck runs kubelink-verifier --get in agent a of from against url,
 // where to's agent must answer.
 func runCheck(ctx context.Context, from *verifyCluster, a agent, to *verifyCluster, name, url string, upload int) check {
-	c := check{Name: name, From: from.name, To: to.name}
-	args := []string{"/usr/local/bin/app", "--get", url, "--want", to.name, "--timeout", "3s"}
+	args := []string{"--get", url, "--want", to.name, "--timeout", "3s"}
 	if upload > 0 {
 		args = append(args, "--upload", strconv.Itoa(upload))
 	}
-	start := time.Now()
-	out, err := execIn(ctx, from.member, a.pod, args...)
-	c.Seconds = time.Since(start).Seconds()
-	if err != nil {
-		c.Detail = err.Error()
-		return c
-	}
-	var r agentResult
-	if err := json.Unmarshal(bytes.TrimSpace(out), &r); err != nil {
-		c.Detail = fmt.Sprintf("the agent printed %q: %v", strings.TrimSpace(string(out)), err)
-		return c
-	}
-	c.Pass, c.Seconds = r.OK, r.Millis/1000
-	switch {
-	case !r.OK:
-		c.Detail = r.Error
-	case upload > 0:
+	c, r := runAgent(ctx, from, a, to, name, args...)
+	if c.Pass && upload > 0 {
 		c.Detail = fmt.Sprintf("path MTU %d, MSS %d", r.PathMTU, r.SendMSS)
 	}
 	return c
@@ -612,27 +596,28 @@ func routes(l *v1alpha1.KubeLink, addr netip.Addr) bool {
 
 // runConnect runs kubelink-verifier --connect in agent a of from.
 func runConnect(ctx context.Context, from *verifyCluster, a agent, to *verifyCluster, name, target string) check {
-	return runAgent(ctx, from, a, to, name, "--connect", target, "--timeout", "3s")
+	c, _ := runAgent(ctx, from, a, to, name, "--connect", target, "--timeout", "3s")
+	return c
 }
 
 // runAgent runs kubelink-verifier with args in agent a of from, which
-// prints one result.
-func runAgent(ctx context.Context, from *verifyCluster, a agent, to *verifyCluster, name string, args ...string) check {
+// prints one result: the check, and the result as the agent printed it.
+func runAgent(ctx context.Context, from *verifyCluster, a agent, to *verifyCluster, name string, args ...string) (check, agentResult) {
 	c := check{Name: name, From: from.name, To: to.name}
+	var r agentResult
 	start := time.Now()
 	out, err := execIn(ctx, from.member, a.pod, append([]string{"/usr/local/bin/app"}, args...)...)
 	c.Seconds = time.Since(start).Seconds()
 	if err != nil {
 		c.Detail = err.Error()
-		return c
+		return c, r
 	}
-	var r agentResult
 	if err := json.Unmarshal(bytes.TrimSpace(out), &r); err != nil {
 		c.Detail = fmt.Sprintf("the agent printed %q: %v", strings.TrimSpace(string(out)), err)
-		return c
+		return c, r
 	}
 	c.Pass, c.Seconds, c.Detail = r.OK, r.Millis/1000, r.Error
-	return c
+	return c, r
 }
 
 // execIn runs a command in the agent pod and returns its stdout.
