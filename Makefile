@@ -89,8 +89,7 @@ generate: $(CONTROLLER_GEN) ## regenerate deepcopy code and CRDs from the API ty
 # per package; a slow machine hit that limit in the middle of a passing test.
 TEST_TIMEOUT ?= 30m
 test: deps tools test-bins ## run all tests: unit, real kube-apiserver, (as root) real kernel networking
-	go test -race -count=1 -timeout $(TEST_TIMEOUT) $(PKGS)
-	cd cmd/kubelinkctl && $(KCTL_GO) go test -count=1 -timeout $(TEST_TIMEOUT) ./...
+	TEST_TIMEOUT=$(TEST_TIMEOUT) lab/scripts/test.sh $(PKGS)
 
 .PHONY: test-kernel
 test-kernel: ## boot a Debian kernel with WireGuard under qemu (no KVM needed) and run the kernel WireGuard tests inside it
@@ -98,7 +97,7 @@ test-kernel: ## boot a Debian kernel with WireGuard under qemu (no KVM needed) a
 
 FLAKE_RUNS ?= 5
 .PHONY: flake
-flake: deps tools test-bins ## run `make test`'s packages FLAKE_RUNS times (default 5); list every test that failed at least once
+flake: deps tools test-bins ## run `make test`'s tests FLAKE_RUNS times (default 5); list every test that failed at least once
 	TEST_TIMEOUT=$(TEST_TIMEOUT) lab/scripts/flake.sh $(FLAKE_RUNS) $(PKGS)
 
 .PHONY: lint

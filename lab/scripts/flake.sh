@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# flake.sh N PKG...: runs `go test -race -count=1 -timeout $TEST_TIMEOUT PKG...` N times (the same
-# command as `make test`) and lists every test that failed at least once,
-# with how often and its first failure line. Exit status 1 when any run
+# flake.sh N PKG...: runs make test's tests (test.sh: PKG... with -race and,
+# alongside, cmd/kubelinkctl's module) N times and lists every test that
+# failed at least once, with how often and its first failure line. Exit status 1 when any run
 # failed. Logs stay in $FLAKE_DIR (default ~/.cache/kubelink/flake).
 set -uo pipefail
 n=${1:?usage: flake.sh N PKG...}; shift
@@ -11,7 +11,7 @@ rm -rf "$dir"; mkdir -p "$dir"
 start=$(date +%s); failed_runs=0
 for ((i = 1; i <= n; i++)); do
   s=$(date +%s)
-  go test -race -count=1 -timeout "${TEST_TIMEOUT:-30m}" "$@" >"$dir/run-$i.log" 2>&1
+  "$(dirname "$0")/test.sh" "$@" >"$dir/run-$i.log" 2>&1
   rc=$?
   ((rc == 0)) || failed_runs=$((failed_runs + 1))
   echo "flake: run $i/$n exit $rc in $(( $(date +%s) - s ))s (log $dir/run-$i.log)"
