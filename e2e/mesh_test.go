@@ -14,9 +14,13 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/e2e-framework/klient/k8s/resources"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
 	"sigs.k8s.io/e2e-framework/pkg/features"
 
@@ -313,6 +317,13 @@ func failoverOnce(ctx context.Context, t *testing.T, run int, from, to *Cluster,
 	if err != nil {
 		t.Errorf("run %d: %v", run, err)
 	}
+	// The Service follows the Lease: its one EndpointSlice names the new
+	// holder's pod (written once its data plane is up).
+	if _, err := Eventually(ctx, 10*time.Second, 100*time.Millisecond, func(ctx context.Context) error {
+		return sliceFollowsLease(ctx, from)
+	}); err != nil {
+		t.Errorf("run %d: %v", run, err)
+	}
 	r := <-done
 	if r.err != nil {
 		t.Fatalf("run %d: probe: %v", run, r.err)
@@ -329,6 +340,104 @@ func failoverOnce(ctx context.Context, t *testing.T, run int, from, to *Cluster,
 	t.Logf("FAILOVER %s run %d: deleted %s; Lease moved after %s to %s; %d of %d checks failed, the last until %s; traffic %s → %s back after %s, then for %s with %d flap(s) (fewer than %d failed checks in a row)",
 		from.Name, run, active, moved.Round(10*time.Millisecond), now, fails, len(r.series), blip.Round(10*time.Millisecond), from.Name, to.Name, took.Round(10*time.Millisecond), tail.Round(10*time.Millisecond), flaps, outageRun)
 	return took, blip
+}
+
+// sliceFollowsLease checks that the Service kubelink-broker of c reaches
+// exactly the Lease holder: its EndpointSlice kubelink-broker-active names
+// that pod's address, ready, and no other slice of the Service exists.
+func sliceFollowsLease(ctx context.Context, c *Cluster) error {
+	holder, err := activeBroker(ctx, c)
+	if err != nil {
+		return err
+	}
+	var pod corev1.Pod
+	if err := c.Res.Get(ctx, holder, "kubelink", &pod); err != nil {
+		return fmt.Errorf("the Lease holder %s: %w", holder, err)
+	}
+	var list discoveryv1.EndpointSliceList
+	if err := c.In("kubelink").List(ctx, &list, resources.WithLabelSelector(discoveryv1.LabelServiceName+"=kubelink-broker")); err != nil {
+		return err
+	}
+	if len(list.Items) != 1 || list.Items[0].Name != "kubelink-broker-active" {
+		var names []string
+		for _, s := range list.Items {
+			names = append(names, s.Name)
+		}
+		return fmt.Errorf("the Service kubelink-broker of %s has the EndpointSlices %v, want only kubelink-broker-active", c.Name, names)
+	}
+	eps := list.Items[0].Endpoints
+	if len(eps) != 1 || len(eps[0].Addresses) != 1 || eps[0].Addresses[0] != pod.Status.PodIP || eps[0].TargetRef == nil ||
+		eps[0].TargetRef.Name != holder || eps[0].Conditions.Ready == nil || !*eps[0].Conditions.Ready {
+		return fmt.Errorf("the EndpointSlice of %s names %+v, want the Lease holder %s at %s", c.Name, eps, holder, pod.Status.PodIP)
+	}
+	return nil
+}
+
+// TestDrainTakesOneBrokerAtATime: both brokers are Ready (the EndpointSlice,
+// not readiness, tells the active one), so the chart's PodDisruptionBudget
+// lets a drain evict the active broker while its standby is Ready, refuses
+// to evict the second one until the replacement is Ready, and the Service
+// follows the Lease to the standby; traffic a → b comes back.
+func TestDrainTakesOneBrokerAtATime(t *testing.T) {
+	f := features.New("a drain of a's brokers").Assess("the PodDisruptionBudget evicts the active broker, refuses the second, and the Service follows the Lease",
+		func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+			c := lab.A
+			waitStandby(ctx, t, c)
+			cs, err := kubernetes.NewForConfig(c.rest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Eventually(ctx, 60*time.Second, 500*time.Millisecond, func(ctx context.Context) error {
+				pdb, err := cs.PolicyV1().PodDisruptionBudgets("kubelink").Get(ctx, "kubelink-broker", metav1.GetOptions{})
+				if err != nil {
+					return err
+				}
+				if pdb.Status.CurrentHealthy != 2 || pdb.Status.DisruptionsAllowed != 1 {
+					return fmt.Errorf("PodDisruptionBudget kubelink-broker: %d healthy, %d disruptions allowed; want both brokers Ready and one allowed",
+						pdb.Status.CurrentHealthy, pdb.Status.DisruptionsAllowed)
+				}
+				return sliceFollowsLease(ctx, c)
+			}); err != nil {
+				t.Fatal(err)
+			}
+			active, err := activeBroker(ctx, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pods, err := c.BrokerPods(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			evict := func(name string) error {
+				return cs.PolicyV1().Evictions("kubelink").Evict(ctx, &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "kubelink"}})
+			}
+			if err := evict(active); err != nil {
+				t.Fatalf("evicting the active broker %s while its standby is Ready: %v", active, err)
+			}
+			for _, p := range pods {
+				if p.Name == active {
+					continue
+				}
+				if err := evict(p.Name); !apierrors.IsTooManyRequests(err) {
+					t.Errorf("evicting the second broker %s right after the first: %v, want a refusal by the PodDisruptionBudget (429)", p.Name, err)
+				}
+			}
+			if _, err := Eventually(ctx, 20*time.Second, 100*time.Millisecond, func(ctx context.Context) error {
+				if holder, err := activeBroker(ctx, c); err != nil || holder == active {
+					return fmt.Errorf("the Lease is still with the evicted %s (%v)", active, err)
+				}
+				return sliceFollowsLease(ctx, c)
+			}); err != nil {
+				t.Error(err)
+			}
+			clients, _ := clientsAndGateway(ctx, t, c)
+			for _, p := range clients {
+				expectEcho(ctx, t, c, p, echoURL(ctx, t, lab.B), lab.B.Name, 30*time.Second)
+			}
+			waitStandby(ctx, t, c)
+			return ctx
+		}).Feature()
+	testenv.Test(t, f)
 }
 
 // waitStandby waits until cluster c has two running broker pods (one active,

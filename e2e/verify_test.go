@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
@@ -340,19 +339,22 @@ func TestDiagnoseFindsAPathMTUBlackhole(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	active, err := activeBroker(ctx, lab.B)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var ip, node string
 	for _, p := range pods {
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue { // the active broker
-				if p.Spec.HostNetwork {
-					t.Fatalf("b's broker %s runs in the node's network namespace: this test changes the broker pod's own interface", p.Name)
-				}
-				ip, node = p.Status.PodIP, p.Spec.NodeName
-			}
+		if p.Name != active {
+			continue
 		}
+		if p.Spec.HostNetwork {
+			t.Fatalf("b's broker %s runs in the node's network namespace: this test changes the broker pod's own interface", p.Name)
+		}
+		ip, node = p.Status.PodIP, p.Spec.NodeName
 	}
 	if ip == "" {
-		t.Fatal("b has no Ready (active) broker pod")
+		t.Fatalf("b's active broker %s (the Lease's holder) is not among its broker pods", active)
 	}
 	// The broker's network namespace: the process on its node whose eth0
 	// has the pod's address.

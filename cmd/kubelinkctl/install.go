@@ -22,6 +22,7 @@ import (
 	"helm.sh/helm/v4/pkg/strvals"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -326,6 +327,11 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 	}
 	if err := o.helm(ctx, g, cfg, ch, ns, p); err != nil {
 		return err
+	}
+	if p.Upgrade {
+		if err := dropControllerEndpoints(ctx, g, c, ns); err != nil {
+			return err
+		}
 	}
 	if p.Endpoint == "" {
 		if err := o.waitLoadBalancer(ctx, g, cfg, ch, ns, p, c); err != nil {
@@ -755,6 +761,40 @@ func upgrade(ctx context.Context, g *globals, cfg *action.Configuration, ch char
 	return nil
 }
 
+// brokerEndpointSlice is the EndpointSlice of the Service kubelink-broker
+// that the active broker points at itself (the Service has no selector).
+const brokerEndpointSlice = "kubelink-broker-active"
+
+// dropControllerEndpoints deletes what Kubernetes' controllers made for the
+// Service kubelink-broker while an older chart gave it a selector: its
+// Endpoints and their EndpointSlices stay when the selector goes, and
+// kube-proxy would keep sending peers to the pods they name (a standby, or
+// a pod long gone) next to the active broker's own slice.
+func dropControllerEndpoints(ctx context.Context, g *globals, c *cluster, ns string) error {
+	const svc = "kubelink-broker"
+	var errs []error
+	if err := c.cs.CoreV1().Endpoints(ns).Delete(ctx, svc, metav1.DeleteOptions{}); err == nil {
+		g.progress("deleted the Endpoints %s/%s an earlier version's Service selector left", ns, svc)
+	} else if !apierrors.IsNotFound(err) {
+		errs = append(errs, fmt.Errorf("deleting the Endpoints %s/%s left by an earlier version: %w", ns, svc, err))
+	}
+	list, err := c.cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + svc})
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("listing the EndpointSlices of %s/%s: %w", ns, svc, err))...)
+	}
+	for _, s := range list.Items {
+		if s.Name == brokerEndpointSlice {
+			continue
+		}
+		if err := c.cs.DiscoveryV1().EndpointSlices(ns).Delete(ctx, s.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("deleting the EndpointSlice %s/%s left by an earlier version: %w", ns, s.Name, err))
+			continue
+		}
+		g.progress("deleted the EndpointSlice %s/%s (managed by %s) an earlier version's Service selector left", ns, s.Name, s.Labels[discoveryv1.LabelManagedBy])
+	}
+	return errors.Join(errs...)
+}
+
 // localLink creates or updates the cluster's LocalLink.
 func (o *installOptions) localLink(ctx context.Context, c *cluster, p *plan) error {
 	kl := &v1alpha1.KubeLink{}
@@ -885,6 +925,8 @@ func waitReady(ctx context.Context, g *globals, c *cluster, ns, name, dataPlane 
 			state = "the broker Deployment to roll out"
 		case dep.Status.ReadyReplicas < 1:
 			state = "a ready broker: " + podTrouble(ctx, c, ns, dep)
+		case !activeEndpoint(ctx, c, ns):
+			state = "the active broker to point the Service kubelink-broker at itself (EndpointSlice " + brokerEndpointSlice + ")"
 		default:
 			if err := c.c.Get(ctx, client.ObjectKey{Name: name}, &kl); err != nil {
 				state = "LocalLink " + name + ": " + err.Error()
@@ -910,6 +952,21 @@ func waitReady(ctx context.Context, g *globals, c *cluster, ns, name, dataPlane 
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// activeEndpoint tells whether the active broker's EndpointSlice names a
+// ready endpoint.
+func activeEndpoint(ctx context.Context, c *cluster, ns string) bool {
+	s, err := c.cs.DiscoveryV1().EndpointSlices(ns).Get(ctx, brokerEndpointSlice, metav1.GetOptions{})
+	if err != nil {
+		return false
+	}
+	for _, e := range s.Endpoints {
+		if len(e.Addresses) > 0 && (e.Conditions.Ready == nil || *e.Conditions.Ready) {
+			return true
+		}
+	}
+	return false
 }
 
 // podTrouble names why the broker pods are not ready, e.g. an image that

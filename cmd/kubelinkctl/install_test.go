@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -256,6 +257,27 @@ func TestInstallAndUpgradeInPlace(t *testing.T) {
 		}
 	}
 
+	// What Kubernetes' controllers made while an earlier chart's Service
+	// selected the broker pods: gone after the upgrade; the active
+	// broker's own slice stays.
+	ready := true
+	leftover := func(name, managedBy string) *discoveryv1.EndpointSlice {
+		return &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "kubelink",
+			Labels: map[string]string{discoveryv1.LabelServiceName: "kubelink-broker", discoveryv1.LabelManagedBy: managedBy}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.130.0.9"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}}}
+	}
+	for _, s := range []*discoveryv1.EndpointSlice{leftover("kubelink-broker-x7k2p", "endpointslice-controller.k8s.io"),
+		leftover("kubelink-broker-active", "kubelink-broker")} {
+		if _, err := cs.DiscoveryV1().EndpointSlices("kubelink").Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cs.CoreV1().Endpoints("kubelink").Create(ctx, &corev1.Endpoints{ObjectMeta: metav1.ObjectMeta{Name: "kubelink-broker"},
+		Subsets: []corev1.EndpointSubset{{Addresses: []corev1.EndpointAddress{{IP: "10.130.0.9"}}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	// Again, with the bridge: an upgrade of the same release, the address kept.
 	start := time.Now()
 	_, stderr, err = run(t, append(args, "--data-plane", "bridge")...)
@@ -263,6 +285,19 @@ func TestInstallAndUpgradeInPlace(t *testing.T) {
 		t.Fatalf("second install: %v, want an upgrade of revision 1 that times out\n%s", err, stderr)
 	}
 	t.Logf("upgrade ran %s", time.Since(start).Round(time.Millisecond))
+	if _, err := cs.CoreV1().Endpoints("kubelink").Get(ctx, "kubelink-broker", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the selector era's Endpoints kubelink-broker after the upgrade: %v, want deleted", err)
+	}
+	if _, err := cs.DiscoveryV1().EndpointSlices("kubelink").Get(ctx, "kubelink-broker-x7k2p", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the controller's EndpointSlice after the upgrade: %v, want deleted", err)
+	}
+	if _, err := cs.DiscoveryV1().EndpointSlices("kubelink").Get(ctx, "kubelink-broker-active", metav1.GetOptions{}); err != nil {
+		t.Errorf("the active broker's EndpointSlice after the upgrade: %v, want kept", err)
+	}
+	if !strings.Contains(stderr, "deleted the EndpointSlice kubelink/kubelink-broker-x7k2p (managed by endpointslice-controller.k8s.io)") ||
+		!strings.Contains(stderr, "deleted the Endpoints kubelink/kubelink-broker") {
+		t.Errorf("the upgrade does not say what it deleted:\n%s", stderr)
+	}
 	cfg, _ = cs.CoreV1().ConfigMaps("kubelink").Get(ctx, "kubelink-cluster", metav1.GetOptions{})
 	if cfg.Data["KUBELINK_MODE"] != "bridge" {
 		t.Errorf("after the upgrade KUBELINK_MODE = %q", cfg.Data["KUBELINK_MODE"])

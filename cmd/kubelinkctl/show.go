@@ -245,7 +245,8 @@ func gatewayRows(ctx context.Context, ms []*member) ([]gatewayRow, error) {
 		if m.release != nil && m.release.Chart != nil && m.release.Chart.Metadata != nil {
 			release = fmt.Sprintf("%s-%s (revision %d)", m.release.Chart.Metadata.Name, m.release.Chart.Metadata.Version, m.release.Version)
 		}
-		// The active broker holds the Lease (a standby is never Ready).
+		// The active broker holds the Lease (and the Service's EndpointSlice
+		// points at it); every healthy replica is Ready.
 		holder := ""
 		if l, err := m.cs.CoordinationV1().Leases(m.ns).Get(ctx, "kubelink-broker", metav1.GetOptions{}); err == nil && l.Spec.HolderIdentity != nil {
 			holder = *l.Spec.HolderIdentity

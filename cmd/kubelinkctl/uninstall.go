@@ -313,6 +313,11 @@ func removeNamespace(ctx context.Context, g *globals, c *cluster, ns string) err
 		if err := c.cs.CoordinationV1().Leases(ns).Delete(ctx, "kubelink-broker", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			errs = append(errs, err)
 		}
+		// Owned by the Service (gone with it), deleted here too in case the
+		// garbage collector is slow or the owner reference was refused.
+		if err := c.cs.DiscoveryV1().EndpointSlices(ns).Delete(ctx, brokerEndpointSlice, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			errs = append(errs, err)
+		}
 		if err := c.cs.CoreV1().ConfigMaps(ns).Delete(ctx, "kubelink-mesh-ca", metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			errs = append(errs, err)
 		}

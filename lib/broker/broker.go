@@ -12,6 +12,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -43,6 +45,11 @@ type Broker struct {
 	active    atomic.Bool
 	synced    atomic.Bool
 	lastWrite map[string]time.Time
+
+	// endpoint writes the Service's EndpointSlice while active
+	// (--active-endpoint-slice); nil when off.
+	endpoint    *endpointPublisher
+	endpointErr string // the last publishing error logged
 }
 
 // New prepares a broker; Run starts it.
@@ -72,6 +79,18 @@ func New(cfg Config, rest *rest.Config, log *slog.Logger) (*Broker, error) {
 	}
 	b := &Broker{cfg: cfg, log: log, rm: rm, kube: kube, cache: c, events: events, metrics: newMetrics(),
 		loop: kubeflags.NewLoop(), resp: map[netip.Addr]*probe.Responder{}, lastWrite: map[string]time.Time{}}
+	if cfg.ActiveEndpointSlice != "" {
+		cs, err := kubernetes.NewForConfig(rest)
+		if err != nil {
+			return nil, err
+		}
+		b.endpoint = &endpointPublisher{
+			slices: cs.DiscoveryV1().EndpointSlices(cfg.Namespace), namespace: cfg.Namespace,
+			name: cfg.ActiveEndpointSlice, service: cfg.ActiveService, serviceUID: b.serviceUID,
+			podIP: cfg.PodIP, podName: cfg.PodName, podUID: types.UID(cfg.PodUID), nodeName: cfg.NodeName,
+			ports: slicePorts(&cfg), recheck: cfg.Resync, now: time.Now,
+		}
+	}
 	log.Info("broker configured", "podMode", rm.PodMode, "nodeIP", rm.NodeIP, "interface", rm.Interface, "mode", cfg.Mode)
 	return b, nil
 }
@@ -84,20 +103,31 @@ func (b *Broker) Run(ctx context.Context, rest *rest.Config) error {
 		&v1alpha1.KubeLink{}, &corev1.Secret{}, &v1alpha1.MeshService{}, &corev1.Service{}); err != nil {
 		return err
 	}
-	// Readiness follows the Lease: a Service selecting ready brokers follows
-	// the active one. A taken metrics port is logged, not fatal.
-	srv, err := kubeflags.ServeHealth(ctx, b.cfg.MetricsAddr, b.metrics.reg, func() error {
+	// /activez: this broker holds the Lease and its data plane is synced.
+	// /readyz is the same where a Service selects Ready brokers (so it
+	// follows the active one); with --active-endpoint-slice the active
+	// broker points the Service at itself, and every replica whose caches
+	// synced is Ready. A taken metrics port is logged, not fatal.
+	activez := func() error {
 		if !b.active.Load() || !b.synced.Load() {
 			return errors.New("standby: not the active broker")
 		}
 		return nil
-	}, b.log)
+	}
+	readyz := activez
+	if b.endpoint != nil {
+		readyz = func() error { return nil }
+	}
+	srv, err := kubeflags.ServeHealth(ctx, b.cfg.MetricsAddr, b.metrics.reg, readyz, b.log,
+		kubeflags.Check{Path: "/activez", Check: activez})
 	if err != nil {
 		b.log.Error("metrics listener", "addr", b.cfg.MetricsAddr, "err", err)
 	}
 	defer srv.Close()
 	if !b.cfg.LeaderElect {
-		return b.runActive(ctx)
+		err := b.runActive(ctx)
+		b.clearEndpoint(ctx)
+		return err
 	}
 	return b.runElected(ctx, rest)
 }
@@ -144,9 +174,64 @@ func (b *Broker) runActive(ctx context.Context) error {
 		}
 		b.metrics.syncSeconds.Observe(time.Since(start).Seconds())
 		b.synced.Store(true)
-		return 0
+		return b.publishEndpoint(ctx)
 	})
 	return nil
+}
+
+// publishEndpoint points the Service's EndpointSlice at this broker once
+// its data plane is synced; it returns how soon to try again after a
+// failure (0: at the next resync or change).
+func (b *Broker) publishEndpoint(ctx context.Context) time.Duration {
+	if b.endpoint == nil {
+		return 0
+	}
+	err := b.endpoint.ensure(ctx)
+	if err == nil {
+		b.metrics.endpointPublished.Set(1)
+		if b.endpointErr != "" {
+			b.log.Info("the Service's EndpointSlice points at this broker", "endpointSlice", b.cfg.ActiveEndpointSlice, "podIP", b.cfg.PodIP)
+		}
+		b.endpointErr = ""
+		return 0
+	}
+	if ctx.Err() != nil {
+		return 0
+	}
+	if err.Error() != b.endpointErr {
+		b.log.Warn("the Service's EndpointSlice could not be pointed at this broker; peers still reach the previous endpoint", "endpointSlice", b.cfg.ActiveEndpointSlice, "err", err)
+		b.endpointErr = err.Error()
+	}
+	return time.Second
+}
+
+// clearEndpoint marks this broker's endpoint in the Service's EndpointSlice
+// terminating at a graceful stop, if the slice still points at it.
+func (b *Broker) clearEndpoint(ctx context.Context) {
+	if b.endpoint == nil {
+		return
+	}
+	b.metrics.endpointPublished.Set(0)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.RenewDeadline)
+	defer cancel()
+	if err := b.endpoint.clear(cctx); err != nil {
+		b.log.Warn("clearing the Service's EndpointSlice", "endpointSlice", b.cfg.ActiveEndpointSlice, "err", err)
+	}
+}
+
+// serviceUID is the UID of --active-service (the EndpointSlice's owner).
+func (b *Broker) serviceUID(ctx context.Context) (types.UID, error) {
+	var s corev1.Service
+	if err := b.kube.Get(ctx, client.ObjectKey{Namespace: b.cfg.Namespace, Name: b.cfg.ActiveService}, &s); err != nil {
+		if apierrors.IsNotFound(err) {
+			return "", fmt.Errorf("--active-service: Service %s/%s not found (the chart creates it)", b.cfg.Namespace, b.cfg.ActiveService)
+		}
+		return "", fmt.Errorf("--active-service: reading Service %s/%s: %w", b.cfg.Namespace, b.cfg.ActiveService, err)
+	}
+	if s.Spec.Selector != nil {
+		return "", fmt.Errorf("--active-service: Service %s/%s has a selector, so its endpoints are the controller's; with --active-endpoint-slice it must have none", b.cfg.Namespace, b.cfg.ActiveService)
+	}
+	return s.UID, nil
 }
 
 // privateKey reads the WireGuard key from the Secret (either spelling).

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"log/slog"
+	"os"
 
 	"k8s.io/client-go/rest"
 
@@ -65,6 +66,12 @@ func Main(name, short, fixedMode string) {
 	f.DurationVar(&c.RetryPeriod, "lease-retry-period", c.RetryPeriod, "Lease retry period")
 	f.StringVar(&c.Identity, "identity", kubeflags.DefaultIdentity(), "identity of this replica in the Lease")
 	f.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address serving /healthz, /readyz and /metrics (empty: off)")
+	f.StringVar(&c.ActiveEndpointSlice, "active-endpoint-slice", c.ActiveEndpointSlice, "while active, point this EndpointSlice of --active-service at this pod (the Service has no selector; every healthy replica is then Ready); empty: only the active replica is Ready")
+	f.StringVar(&c.ActiveService, "active-service", c.ActiveService, "with --active-endpoint-slice: the Service through which peers reach the gateway")
+	kubeflags.AddrVar(f, &c.PodIP, "pod-ip", "with --active-endpoint-slice: this pod's IP (downward API status.podIP)")
+	f.StringVar(&c.PodName, "pod-name", os.Getenv("POD_NAME"), "with --active-endpoint-slice: this pod's name (downward API metadata.name)")
+	f.StringVar(&c.PodUID, "pod-uid", c.PodUID, "with --active-endpoint-slice: this pod's UID (downward API metadata.uid)")
+	f.StringVar(&c.NodeName, "node-name", c.NodeName, "with --active-endpoint-slice: this pod's node (downward API spec.nodeName; externalTrafficPolicy Local needs it)")
 	f.StringVar(&served, "served-links", "all", "meshes this broker serves: all, or a comma list of mesh names (default for the default mesh) or mesh CIDRs; brokers splitting the meshes need different --lease-name")
 	f.BoolVar(&cleanup, "cleanup", false, "remove every device, route, rule and chain kubelink created in this network namespace, then exit")
 

@@ -78,6 +78,20 @@ type Config struct {
 	Identity      string
 
 	MetricsAddr string
+
+	// ActiveEndpointSlice names the EndpointSlice of ActiveService that
+	// the active broker points at its own pod (endpoint.go); empty: off
+	// (a Service selecting Ready brokers, and only the active one is
+	// Ready).
+	ActiveEndpointSlice string
+	ActiveService       string
+	// The pod of this broker (downward API): its address, name, UID and
+	// node, for the EndpointSlice.
+	PodIP    netip.Addr
+	PodName  string
+	PodUID   string
+	NodeName string
+
 	// Served selects the meshes this broker serves (--served-links).
 	Served Served
 }
@@ -158,6 +172,17 @@ func (c *Config) Validate() error {
 	}
 	if c.LeaderElect && !(c.LeaseDuration > c.RenewDeadline && c.RenewDeadline > c.RetryPeriod) {
 		errs = append(errs, errors.New("leader election needs --lease-duration > --lease-renew-deadline > --lease-retry-period"))
+	}
+	if c.ActiveEndpointSlice != "" {
+		if c.ActiveService == "" {
+			errs = append(errs, errors.New("--active-endpoint-slice needs --active-service (the Service it belongs to)"))
+		}
+		if !c.PodIP.IsValid() || c.PodIP.IsUnspecified() || c.PodIP.Zone() != "" {
+			errs = append(errs, errors.New("--active-endpoint-slice needs --pod-ip (from the downward API status.podIP)"))
+		}
+		if c.PodName == "" || c.PodUID == "" {
+			errs = append(errs, errors.New("--active-endpoint-slice needs --pod-name and --pod-uid (from the downward API metadata.name and metadata.uid)"))
+		}
 	}
 	if len(c.Interface) == 0 || len(c.Interface) > 15 {
 		errs = append(errs, fmt.Errorf("--ifce-name=%q: must be 1-15 characters", c.Interface))

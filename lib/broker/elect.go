@@ -54,6 +54,10 @@ func (b *Broker) runElected(ctx context.Context, cfg *rest.Config) error {
 			b.log.Info("the lease is renewed again", "lease", b.cfg.LeaseName, "unrenewedFor", time.Since(since).Round(time.Second).String())
 		},
 	}
+	if b.endpoint != nil {
+		// The EndpointSlice is written only while the Lease is confirmed.
+		b.endpoint.leaseFresh = func() bool { return e.confirmedWithin(b.cfg.RenewDeadline) }
+	}
 	b.log.Info("waiting for the lease", "lease", b.cfg.LeaseName, "identity", b.cfg.Identity)
 	if err := e.acquire(ctx); err != nil {
 		return nil // shutdown while standby
@@ -77,7 +81,9 @@ func (b *Broker) runElected(ctx context.Context, cfg *rest.Config) error {
 	if holdErr != nil {
 		return fmt.Errorf("lost the lease %s (%w): exiting so that a restart joins as standby", b.cfg.LeaseName, holdErr)
 	}
-	// Shutdown (or a data plane error): hand the lease over at once.
+	// Shutdown (or a data plane error): peers are refused rather than
+	// left in silence, and the lease is handed over at once.
+	b.clearEndpoint(ctx)
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.RenewDeadline)
 	defer rcancel()
 	e.release(rctx)

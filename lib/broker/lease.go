@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -38,6 +39,20 @@ type elector struct {
 	observed                      bool // observedRecord holds a successful read
 	observedRecord                resourcelock.LeaderElectionRecord
 	observedAt, lastRenew, warned time.Time
+	// confirmed is lastRenew for other goroutines (UnixNano; 0: never).
+	confirmed atomic.Int64
+}
+
+// confirm records a successful acquisition or renewal.
+func (e *elector) confirm() {
+	e.lastRenew = e.now()
+	e.confirmed.Store(e.lastRenew.UnixNano())
+}
+
+// confirmedWithin tells whether the lease was acquired or renewed within d.
+func (e *elector) confirmedWithin(d time.Duration) bool {
+	c := e.confirmed.Load()
+	return c != 0 && e.now().Sub(time.Unix(0, c)) < d
 }
 
 // errLeaseTaken ends hold: another broker holds the lease.
@@ -113,7 +128,7 @@ func (e *elector) tryAcquire(ctx context.Context) bool {
 		if err := e.lock.Create(cctx, e.record(e.now(), 0)); err != nil {
 			return false
 		}
-		e.lastRenew = e.now()
+		e.confirm()
 		return true
 	}
 	if err != nil {
@@ -134,7 +149,7 @@ func (e *elector) tryAcquire(ctx context.Context) bool {
 	if err := e.lock.Update(cctx, e.record(acquired, transitions)); err != nil {
 		return false
 	}
-	e.lastRenew = e.now()
+	e.confirm()
 	return true
 }
 
@@ -183,7 +198,7 @@ func (e *elector) renewOnce(ctx context.Context) error {
 	if err := e.lock.Update(cctx, e.record(rec.AcquireTime.Time, rec.LeaderTransitions)); err != nil {
 		return err // a conflict: the next read tells who holds it
 	}
-	e.lastRenew = e.now()
+	e.confirm()
 	return nil
 }
 

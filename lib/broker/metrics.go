@@ -22,6 +22,9 @@ type metrics struct {
 	leader          prometheus.Gauge
 	// leaseUnconfirmed is 1 while the active broker cannot renew its lease.
 	leaseUnconfirmed prometheus.Gauge
+	// endpointPublished is 1 while the active broker's EndpointSlice
+	// points at this pod (--active-endpoint-slice).
+	endpointPublished prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -39,8 +42,10 @@ func newMetrics() *metrics {
 		leader:          prometheus.NewGauge(prometheus.GaugeOpts{Name: "kubelink_broker_active", Help: "1 while this broker holds the lease."}),
 		leaseUnconfirmed: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kubelink_broker_lease_unrenewed",
 			Help: "1 while the active broker has not renewed its lease for a lease duration (API server unreachable); it keeps the data plane."}),
+		endpointPublished: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kubelink_broker_endpoint_published",
+			Help: "1 while the Service's EndpointSlice (--active-endpoint-slice) points at this broker, as last written or read back."}),
 	}
-	m.reg.MustRegister(m.links, m.linkUp, m.rx, m.tx, m.rtt, m.fwDrops, m.dataPlane, m.reconcileErrors, m.syncSeconds, m.leader, m.leaseUnconfirmed)
+	m.reg.MustRegister(m.links, m.linkUp, m.rx, m.tx, m.rtt, m.fwDrops, m.dataPlane, m.reconcileErrors, m.syncSeconds, m.leader, m.leaseUnconfirmed, m.endpointPublished)
 	return m
 }
 

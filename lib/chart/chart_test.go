@@ -306,11 +306,47 @@ func TestDefaults(t *testing.T) {
 		}
 	})
 
-	t.Run("no pod disruption budget by default", func(t *testing.T) {
-		// A standby broker is never Ready: a budget would block every drain
-		// of the active broker's node (values.yaml says why).
-		if pdb := testenv.ChartObjects(objs, "PodDisruptionBudget"); len(pdb) != 0 {
-			t.Errorf("PDBs %v by default", pdb)
+	t.Run("pod disruption budget and rolling update by default", func(t *testing.T) {
+		// Every healthy broker is Ready (the EndpointSlice, not readiness,
+		// tells the active one), so a budget of one lets a drain take the
+		// active broker while its standby is Ready, never both.
+		pdb := get[policyv1.PodDisruptionBudget](t, objs, "PodDisruptionBudget", "kubelink-broker")
+		if pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 ||
+			pdb.Spec.UnhealthyPodEvictionPolicy == nil || *pdb.Spec.UnhealthyPodEvictionPolicy != policyv1.AlwaysAllow {
+			t.Errorf("PDB spec %+v", pdb.Spec)
+		}
+		d := get[appsv1.Deployment](t, objs, "Deployment", "kubelink-broker")
+		ru := d.Spec.Strategy.RollingUpdate
+		if d.Spec.Strategy.Type != appsv1.RollingUpdateDeploymentStrategyType || ru == nil ||
+			ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 1 || ru.MaxSurge == nil || ru.MaxSurge.IntValue() != 0 {
+			t.Errorf("broker strategy %+v, want a rolling update of one replica at a time, no surge", d.Spec.Strategy)
+		}
+	})
+
+	t.Run("the active broker's EndpointSlice", func(t *testing.T) {
+		// The Service has no selector; the broker that holds the Lease
+		// writes the slice, told which one and its own pod by flags.
+		d := get[appsv1.Deployment](t, objs, "Deployment", "kubelink-broker")
+		broker := container(t, &d.Spec.Template.Spec, "broker")
+		for _, arg := range []string{"--active-endpoint-slice=kubelink-broker-active", "--active-service=kubelink-broker",
+			"--pod-ip=$(POD_IP)", "--pod-uid=$(POD_UID)", "--node-name=$(NODE_NAME)"} {
+			if !slices.Contains(broker.Args, arg) {
+				t.Errorf("broker args %v lack %s", broker.Args, arg)
+			}
+		}
+		env := map[string]string{}
+		for _, e := range broker.Env {
+			if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+				env[e.Name] = e.ValueFrom.FieldRef.FieldPath
+			}
+		}
+		for k, v := range map[string]string{"POD_IP": "status.podIP", "POD_UID": "metadata.uid", "NODE_NAME": "spec.nodeName", "POD_NAME": "metadata.name"} {
+			if env[k] != v {
+				t.Errorf("broker env %s from %q, want %q", k, env[k], v)
+			}
+		}
+		if svc := get[corev1.Service](t, objs, "Service", "kubelink-broker"); len(svc.Spec.Selector) != 0 {
+			t.Errorf("Service kubelink-broker selects %v: its endpoints would be the controller's (every Ready broker), not the active broker's slice", svc.Spec.Selector)
 		}
 	})
 
@@ -665,13 +701,16 @@ func TestSwitches(t *testing.T) {
 		}
 	})
 
-	t.Run("podDisruptionBudget on", func(t *testing.T) {
-		objs := testenv.RenderChart(t, map[string]string{"broker.podDisruptionBudget.enabled": "true"})
+	t.Run("podDisruptionBudget", func(t *testing.T) {
+		objs := testenv.RenderChart(t, map[string]string{"broker.podDisruptionBudget.maxUnavailable": "2"})
 		pdb := get[policyv1.PodDisruptionBudget](t, objs, "PodDisruptionBudget", "kubelink-broker")
-		if pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 1 ||
-			pdb.Spec.UnhealthyPodEvictionPolicy == nil || *pdb.Spec.UnhealthyPodEvictionPolicy != policyv1.AlwaysAllow ||
+		if pdb.Spec.MaxUnavailable == nil || pdb.Spec.MaxUnavailable.IntValue() != 2 ||
 			!reflect.DeepEqual(pdb.Spec.Selector.MatchLabels, map[string]string{"app.kubernetes.io/name": "kubelink-broker"}) {
 			t.Errorf("PDB spec %+v", pdb.Spec)
+		}
+		off := testenv.RenderChart(t, map[string]string{"broker.podDisruptionBudget.enabled": "false"})
+		if pdb := testenv.ChartObjects(off, "PodDisruptionBudget"); len(pdb) != 0 {
+			t.Errorf("podDisruptionBudget.enabled=false: PDBs %v", pdb)
 		}
 	})
 

@@ -31,6 +31,8 @@ var (
 			"cluster: core events create,patch",
 			"kubelink: coordination.k8s.io leases create,get,list,update,watch",
 			"kubelink: core secrets[wireguard] get,list,watch",
+			"kubelink: discovery.k8s.io endpointslices[kubelink-broker-active] delete,get,update",
+			"kubelink: discovery.k8s.io endpointslices create", // only that slice, through the admission policy
 		},
 		"kubelink-certwatch": {
 			"kubelink: core secrets[kubelink-tls,wireguard] get,list,update,watch",
