@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 
@@ -218,6 +220,7 @@ func diagnoseEndpoint(ctx context.Context, p *member, add addFunc) {
 		add("error", p, fmt.Sprintf("it announces %s, but its broker Service has no %s port %d (a %s Service)", p.endpoint, proto, port, svc.Spec.Type),
 			"run install again (it announces the Service's port), or fix --announce")
 	}
+	diagnoseServiceEndpoints(ctx, p, svc, add)
 	if lbAddress(svc) == host {
 		return
 	}
@@ -240,6 +243,60 @@ func diagnoseEndpoint(ctx context.Context, p *member, add addFunc) {
 		add("warning", p, fmt.Sprintf("it announces %s, which is neither a node's address nor its LoadBalancer's", p.endpoint),
 			"fine behind a NAT or an external load balancer that forwards to the NodePort; else fix --announce")
 	}
+}
+
+// diagnoseServiceEndpoints checks that the broker Service reaches exactly
+// the active broker: no selector, one EndpointSlice, naming the Lease
+// holder's pod, ready.
+func diagnoseServiceEndpoints(ctx context.Context, p *member, svc *corev1.Service, add addFunc) {
+	if len(svc.Spec.Selector) != 0 {
+		add("error", p, fmt.Sprintf("its broker Service %s/kubelink-broker selects pods (%v): peers reach every Ready broker, the standby too", p.ns, svc.Spec.Selector),
+			"run install again (the chart's Service has no selector; the active broker writes its endpoints)")
+		return
+	}
+	list, err := p.cs.DiscoveryV1().EndpointSlices(p.ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=kubelink-broker"})
+	if err != nil {
+		add("warning", p, fmt.Sprintf("the EndpointSlices of its broker Service: %v", err), "")
+		return
+	}
+	var active *discoveryv1.EndpointSlice
+	for i := range list.Items {
+		if s := &list.Items[i]; s.Name == brokerEndpointSlice {
+			active = s
+		} else {
+			add("error", p, fmt.Sprintf("its broker Service has the EndpointSlice %s (managed by %s) besides the active broker's: peers may reach the pods it names",
+				s.Name, dash(s.Labels[discoveryv1.LabelManagedBy])), fmt.Sprintf("run install again, or `kubectl -n %s delete endpointslice %s`", p.ns, s.Name))
+		}
+	}
+	holder := ""
+	if l, err := p.cs.CoordinationV1().Leases(p.ns).Get(ctx, "kubelink-broker", metav1.GetOptions{}); err == nil && l.Spec.HolderIdentity != nil {
+		holder = *l.Spec.HolderIdentity
+	}
+	var pod *corev1.Pod
+	if holder != "" {
+		pod, _ = p.cs.CoreV1().Pods(p.ns).Get(ctx, holder, metav1.GetOptions{})
+	}
+	logs := fmt.Sprintf("`kubectl -n %s logs %s -c broker`", p.ns, dash(holder))
+	switch {
+	case active == nil:
+		add("error", p, fmt.Sprintf("its broker Service has no EndpointSlice %s: no broker points it at itself, so peers are refused", brokerEndpointSlice),
+			"check that a broker holds the Lease kubelink-broker, and its log: "+logs)
+	case pod == nil:
+		add("error", p, "no broker holds the Lease kubelink-broker (or its pod is gone)", fmt.Sprintf("`kubectl -n %s get pods -l app.kubernetes.io/name=kubelink-broker`", p.ns))
+	case !sliceNames(active, pod.Status.PodIP):
+		add("error", p, fmt.Sprintf("its broker Service's EndpointSlice does not name the active broker %s (%s) as ready: peers reach another pod or none", holder, pod.Status.PodIP),
+			"the active broker writes it once its data plane is synced: see its log, "+logs)
+	}
+}
+
+// sliceNames tells whether a ready endpoint of s has the address ip.
+func sliceNames(s *discoveryv1.EndpointSlice, ip string) bool {
+	for _, e := range s.Endpoints {
+		if slices.Contains(e.Addresses, ip) && (e.Conditions.Ready == nil || *e.Conditions.Ready) {
+			return true
+		}
+	}
+	return false
 }
 
 // probe looks from each cluster at every other: its endpoint from the

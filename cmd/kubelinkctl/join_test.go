@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -299,6 +300,37 @@ func TestJoinWireGuardIsIdempotentAndFollowsKeys(t *testing.T) {
 // controllers that do not run here: the deployment controller rolls out
 // us's broker Deployment (join waits for that before it removes us's own
 // CA), the token controller fills us's token Secret at eu.
+// activeBroker plays m's active broker for diagnose: a broker pod with an
+// address, the Lease it holds, and the Service's EndpointSlice naming it.
+func activeBroker(t *testing.T, m *testMember, ip string) {
+	t.Helper()
+	ctx := context.Background()
+	pod, err := m.cs.CoreV1().Pods("kubelink").Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "kubelink-broker-0",
+		Labels: map[string]string{"app.kubernetes.io/name": "kubelink-broker"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "broker", Image: "kubelink/broker:test"}}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Status.PodIP, pod.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}}
+	if _, err := m.cs.CoreV1().Pods("kubelink").UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	holder := pod.Name
+	if _, err := m.cs.CoordinationV1().Leases("kubelink").Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "kubelink-broker"},
+		Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ready := true
+	if _, err := m.cs.DiscoveryV1().EndpointSlices("kubelink").Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: brokerEndpointSlice, Labels: map[string]string{discoveryv1.LabelServiceName: "kubelink-broker",
+			discoveryv1.LabelManagedBy: "kubelink-broker"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+			TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "kubelink", Name: holder}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func bridgePair(t *testing.T) (eu, us *testMember) {
 	eu, us = twoClusters(t)
 	ctx := context.Background()
@@ -319,6 +351,8 @@ func bridgePair(t *testing.T) (eu, us *testMember) {
 		Data: map[string][]byte{"ca.key": []byte("k"), "ca.crt": []byte("c")}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	activeBroker(t, eu, "10.130.0.5")
+	activeBroker(t, us, "10.140.0.5")
 	for _, m := range []*testMember{eu, us} {
 		var kl v1alpha1.KubeLink
 		if err := m.c.Get(ctx, client.ObjectKey{Name: m.name}, &kl); err != nil {
@@ -479,6 +513,15 @@ func TestJoinBridgeRegistersTheMember(t *testing.T) {
 	if err := eu.cs.CoreV1().ServiceAccounts("kubelink").Delete(ctx, "member-us", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// and us's broker Service has a second EndpointSlice, naming a
+	// standby that is not the Lease's holder.
+	ready := true
+	if _, err := us.cs.DiscoveryV1().EndpointSlices("kubelink").Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "kubelink-broker-x7k2p", Labels: map[string]string{discoveryv1.LabelServiceName: "kubelink-broker", discoveryv1.LabelManagedBy: "endpointslice-controller.k8s.io"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.140.0.6"}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	out, _, err = run(t, "diagnose", "--context", "eu", "--context", "us")
 	defer func() {
 		// us leaves: its registration at the authority goes too.
@@ -497,13 +540,14 @@ func TestJoinBridgeRegistersTheMember(t *testing.T) {
 			t.Errorf("leave removed %s\nwant %s", strings.Join(objs, ", "), want)
 		}
 	}()
-	if err == nil || err.Error() != "diagnose found 2 errors" {
-		t.Errorf("diagnose of the broken clusters: %v, want 2 errors\n%s", err, out)
+	if err == nil || err.Error() != "diagnose found 3 errors" {
+		t.Errorf("diagnose of the broken clusters: %v, want 3 errors\n%s", err, out)
 	}
 	for _, w := range []string{
 		"KubeLink eu has cidr 100.64.200.0/24, but eu's service CIDR is 100.64.32.0/20: its Services are not routed",
 		"fix: `kubelinkctl join --context us --context eu` sets it from eu's LocalLink",
 		"the mesh authority eu has not registered it (no ServiceAccount kubelink/member-us): it signs no certificate for kubelink://default/us",
+		"its broker Service has the EndpointSlice kubelink-broker-x7k2p (managed by endpointslice-controller.k8s.io) besides the active broker's: peers may reach the pods it names",
 	} {
 		if !strings.Contains(strings.Join(strings.Fields(out), " "), w) {
 			t.Errorf("diagnose lacks %q:\n%s", w, out)
