@@ -434,7 +434,21 @@ func TestDrainTakesOneBrokerAtATime(t *testing.T) {
 			for _, p := range clients {
 				expectEcho(ctx, t, c, p, echoURL(ctx, t, lab.B), lab.B.Name, 30*time.Second)
 			}
+			// The lab as it was for the next test: two Ready brokers, the
+			// budget whole again, the Service on the Lease holder.
 			waitStandby(ctx, t, c)
+			if _, err := Eventually(ctx, 60*time.Second, 500*time.Millisecond, func(ctx context.Context) error {
+				pdb, err := cs.PolicyV1().PodDisruptionBudgets("kubelink").Get(ctx, "kubelink-broker", metav1.GetOptions{})
+				if err != nil {
+					return err
+				}
+				if pdb.Status.CurrentHealthy != 2 {
+					return fmt.Errorf("PodDisruptionBudget kubelink-broker: %d healthy, want 2", pdb.Status.CurrentHealthy)
+				}
+				return sliceFollowsLease(ctx, c)
+			}); err != nil {
+				t.Error(err)
+			}
 			return ctx
 		}).Feature()
 	testenv.Test(t, f)

@@ -274,7 +274,9 @@ func diagnoseServiceEndpoints(ctx context.Context, p *member, svc *corev1.Servic
 	}
 	var pod *corev1.Pod
 	if holder != "" {
-		pod, _ = p.cs.CoreV1().Pods(p.ns).Get(ctx, holder, metav1.GetOptions{})
+		if got, err := p.cs.CoreV1().Pods(p.ns).Get(ctx, holder, metav1.GetOptions{}); err == nil {
+			pod = got
+		}
 	}
 	logs := fmt.Sprintf("`kubectl -n %s logs %s -c broker`", p.ns, dash(holder))
 	switch {

@@ -328,11 +328,6 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 	if err := o.helm(ctx, g, cfg, ch, ns, p); err != nil {
 		return err
 	}
-	if p.Upgrade {
-		if err := dropControllerEndpoints(ctx, g, c, ns); err != nil {
-			return err
-		}
-	}
 	if p.Endpoint == "" {
 		if err := o.waitLoadBalancer(ctx, g, cfg, ch, ns, p, c); err != nil {
 			return err
@@ -344,7 +339,7 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 	if err := o.hookDNS(ctx, g, c, p.CoreDNSIP, p.Discovered.ClusterDNSName); err != nil {
 		return err
 	}
-	kl, err := waitReady(ctx, g, c, ns, o.name, o.dataPlane)
+	kl, err := waitReady(ctx, g, c, ns, o.name, o.dataPlane, p.Upgrade)
 	if err != nil {
 		return err
 	}
@@ -910,11 +905,20 @@ func restartDeployment(ctx context.Context, c *cluster, ns, name string) error {
 }
 
 // waitReady waits for a ready broker and a LocalLink with its gateway (and
-// in WireGuard mode its public key), printing what it waits for.
-func waitReady(ctx context.Context, g *globals, c *cluster, ns, name, dataPlane string) (*v1alpha1.KubeLink, error) {
+// in WireGuard mode its public key), printing what it waits for. After an
+// upgrade, once the active broker's EndpointSlice names a ready endpoint,
+// it deletes what an older chart's Service selector left (not before: until
+// then those are the only way to the old broker).
+func waitReady(ctx context.Context, g *globals, c *cluster, ns, name, dataPlane string, upgrade bool) (*v1alpha1.KubeLink, error) {
 	start := time.Now()
 	last := ""
 	for {
+		if upgrade && activeEndpoint(ctx, c, ns) {
+			if err := dropControllerEndpoints(ctx, g, c, ns); err != nil {
+				return nil, err
+			}
+			upgrade = false
+		}
 		var kl v1alpha1.KubeLink
 		state := ""
 		dep, err := c.cs.AppsV1().Deployments(ns).Get(ctx, "kubelink-broker", metav1.GetOptions{})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,7 +50,7 @@ type Broker struct {
 	// endpoint writes the Service's EndpointSlice while active
 	// (--active-endpoint-slice); nil when off.
 	endpoint    *endpointPublisher
-	endpointErr string // the last publishing error logged
+	endpointErr string // the last publishing error logged ("none": published)
 }
 
 // New prepares a broker; Run starts it.
@@ -166,6 +167,15 @@ func (b *Broker) runActive(ctx context.Context) error {
 	defer b.prober.Close()
 	defer b.closeResponders(nil)
 
+	// The EndpointSlice is published beside the sync loop, once the data
+	// plane had its first sync: its retries cost no sync pass.
+	firstSync := make(chan struct{})
+	var once sync.Once
+	var publishing sync.WaitGroup
+	if b.endpoint != nil {
+		publishing.Go(func() { b.publishLoop(ctx, firstSync) })
+	}
+	defer publishing.Wait()
 	b.loop.Run(ctx, b.cfg.Resync, func(ctx context.Context) time.Duration {
 		start := time.Now()
 		if err := b.sync(ctx); err != nil {
@@ -174,35 +184,54 @@ func (b *Broker) runActive(ctx context.Context) error {
 		}
 		b.metrics.syncSeconds.Observe(time.Since(start).Seconds())
 		b.synced.Store(true)
-		return b.publishEndpoint(ctx)
+		once.Do(func() { close(firstSync) })
+		return 0
 	})
 	return nil
 }
 
-// publishEndpoint points the Service's EndpointSlice at this broker once
-// its data plane is synced; it returns how soon to try again after a
-// failure (0: at the next resync or change).
-func (b *Broker) publishEndpoint(ctx context.Context) time.Duration {
-	if b.endpoint == nil {
-		return 0
+// publishLoop keeps the Service's EndpointSlice pointed at this broker
+// from the first sync until ctx ends: every second it checks whether a
+// write or a read-back is due (ensure: at first, after a failure, every
+// --resync).
+func (b *Broker) publishLoop(ctx context.Context, firstSync <-chan struct{}) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-firstSync:
 	}
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		b.publishEndpoint(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// publishEndpoint points the Service's EndpointSlice at this broker (a
+// failure is logged when it changes, and tried again by the next call).
+func (b *Broker) publishEndpoint(ctx context.Context) {
 	err := b.endpoint.ensure(ctx)
 	if err == nil {
 		b.metrics.endpointPublished.Set(1)
-		if b.endpointErr != "" {
+		if b.endpointErr != "none" {
 			b.log.Info("the Service's EndpointSlice points at this broker", "endpointSlice", b.cfg.ActiveEndpointSlice, "podIP", b.cfg.PodIP)
 		}
-		b.endpointErr = ""
-		return 0
+		b.endpointErr = "none"
+		return
 	}
+	b.metrics.endpointPublished.Set(0)
 	if ctx.Err() != nil {
-		return 0
+		return
 	}
 	if err.Error() != b.endpointErr {
 		b.log.Warn("the Service's EndpointSlice could not be pointed at this broker; peers still reach the previous endpoint", "endpointSlice", b.cfg.ActiveEndpointSlice, "err", err)
 		b.endpointErr = err.Error()
 	}
-	return time.Second
 }
 
 // clearEndpoint marks this broker's endpoint in the Service's EndpointSlice

@@ -56,7 +56,7 @@ func (b *Broker) runElected(ctx context.Context, cfg *rest.Config) error {
 	}
 	if b.endpoint != nil {
 		// The EndpointSlice is written only while the Lease is confirmed.
-		b.endpoint.leaseFresh = func() bool { return e.confirmedWithin(b.cfg.RenewDeadline) }
+		b.endpoint.leaseFresh = func() (time.Time, bool) { return e.confirmedUntil(b.cfg.RenewDeadline) }
 	}
 	b.log.Info("waiting for the lease", "lease", b.cfg.LeaseName, "identity", b.cfg.Identity)
 	if err := e.acquire(ctx); err != nil {

@@ -26,9 +26,10 @@ import (
 // new holder has its data plane up, without a readiness probe in between.
 //
 // Writes follow the Lease: a slice is written only while the Lease was
-// confirmed within --lease-renew-deadline, so a holder that comes back from
-// a cut-off API server never points the Service back at itself before it
-// learns that another broker took over.
+// confirmed within --lease-renew-deadline (shorter than the lease duration,
+// after which another broker may take it), and the requests end by then,
+// so a holder that comes back from a cut-off API server never points the
+// Service back at itself after another broker took over.
 
 // Labels of the active broker's EndpointSlice: the Service it belongs to,
 // and the controller that writes it (the EndpointSlice controllers leave
@@ -51,9 +52,10 @@ type endpointPublisher struct {
 	podUID     types.UID
 	nodeName   string
 	ports      []discoveryv1.EndpointPort
-	// leaseFresh tells whether the Lease was confirmed recently; nil
-	// (no leader election) means always.
-	leaseFresh func() bool
+	// leaseFresh returns until when the Lease is surely still this
+	// broker's (its last confirmation plus the renew deadline) and whether
+	// that is ahead; nil (no leader election) means always.
+	leaseFresh func() (time.Time, bool)
 	// recheck is how often a published slice is read back (another
 	// writer, a deletion).
 	recheck time.Duration
@@ -113,8 +115,15 @@ func (p *endpointPublisher) ensure(ctx context.Context) error {
 	if !p.due() {
 		return nil
 	}
-	if p.leaseFresh != nil && !p.leaseFresh() {
-		return errLeaseUnconfirmed
+	checked := p.now()
+	if p.leaseFresh != nil {
+		until, ok := p.leaseFresh()
+		if !ok {
+			return errLeaseUnconfirmed
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, until)
+		defer cancel()
 	}
 	uid, err := p.serviceUID(ctx)
 	if err != nil {
@@ -144,27 +153,31 @@ func (p *endpointPublisher) ensure(ctx context.Context) error {
 		next.Ports = want.Ports
 		if next.AddressType != cur.AddressType {
 			// addressType is immutable: replace the slice.
-			if err := p.slices.Delete(ctx, p.name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &cur.ResourceVersion}}); err != nil {
+			if err := p.slices.Delete(ctx, p.name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &cur.ResourceVersion}}); err != nil && !apierrors.IsNotFound(err) {
 				return fmt.Errorf("replacing EndpointSlice %s/%s: %w", p.namespace, p.name, err)
 			}
-			return p.retry()
+			if _, err := p.slices.Create(ctx, want, metav1.CreateOptions{FieldManager: endpointSliceManagedBy}); err != nil {
+				return fmt.Errorf("replacing EndpointSlice %s/%s: %w", p.namespace, p.name, err)
+			}
+			break
 		}
 		if _, err := p.slices.Update(ctx, next, metav1.UpdateOptions{FieldManager: endpointSliceManagedBy}); err != nil {
 			return fmt.Errorf("updating EndpointSlice %s/%s: %w", p.namespace, p.name, err)
 		}
 	}
+	// From the time of the check, so that the next one falls on the
+	// resync that follows, not one later.
 	p.mu.Lock()
-	p.published = p.now()
+	p.published = checked
 	p.mu.Unlock()
 	return nil
 }
 
 // retry makes the next ensure run at once.
-func (p *endpointPublisher) retry() error {
+func (p *endpointPublisher) retry() {
 	p.mu.Lock()
 	p.published = time.Time{}
 	p.mu.Unlock()
-	return nil
 }
 
 // clear marks this pod's endpoint terminating, not ready, if the slice

@@ -66,7 +66,7 @@ func TestActiveEndpointSlice(t *testing.T) {
 			name: "kubelink-broker-active", service: "kubelink-broker",
 			serviceUID: func(context.Context) (types.UID, error) { return svc.UID, nil },
 			podIP:      netip.MustParseAddr(ip), podName: pod, podUID: types.UID("uid-" + pod), nodeName: "node-" + pod,
-			ports: slicePorts(&cfg), leaseFresh: fresh.Load, recheck: time.Hour, now: time.Now}
+			ports: slicePorts(&cfg), leaseFresh: func() (time.Time, bool) { return time.Now().Add(time.Minute), fresh.Load() }, recheck: time.Hour, now: time.Now}
 	}
 	read := func() *discoveryv1.EndpointSlice {
 		t.Helper()
@@ -223,5 +223,23 @@ func TestActiveEndpointSlice(t *testing.T) {
 	}
 	if _, err := asBroker.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{}); err == nil {
 		t.Error("the broker listed the EndpointSlices")
+	}
+}
+
+// The Lease gate: fresh from a confirmation until the renew deadline after
+// the request was sent, never before the first one.
+func TestConfirmedUntil(t *testing.T) {
+	now := time.Unix(1000, 0)
+	e := &elector{now: func() time.Time { return now }}
+	if _, ok := e.confirmedUntil(3 * time.Second); ok {
+		t.Error("fresh before any confirmation")
+	}
+	e.confirm(now.Add(-time.Second)) // sent a second ago, answered now
+	if until, ok := e.confirmedUntil(3 * time.Second); !ok || !until.Equal(now.Add(2*time.Second)) {
+		t.Errorf("after a confirmation sent 1 s ago: until %v, fresh %v; want 2 s from now, fresh", until.Sub(now), ok)
+	}
+	now = now.Add(2 * time.Second)
+	if _, ok := e.confirmedUntil(3 * time.Second); ok {
+		t.Error("fresh 3 s after the request was sent, with a 3 s renew deadline")
 	}
 }

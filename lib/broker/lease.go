@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -39,20 +39,33 @@ type elector struct {
 	observed                      bool // observedRecord holds a successful read
 	observedRecord                resourcelock.LeaderElectionRecord
 	observedAt, lastRenew, warned time.Time
-	// confirmed is lastRenew for other goroutines (UnixNano; 0: never).
-	confirmed atomic.Int64
+	// confirmedAt is when the last successful acquisition or renewal was
+	// sent (before the request: the server applied it no earlier), for
+	// other goroutines; zero: never.
+	mu          sync.Mutex
+	confirmedAt time.Time
 }
 
-// confirm records a successful acquisition or renewal.
-func (e *elector) confirm() {
+// confirm records a successful acquisition or renewal sent at sent.
+func (e *elector) confirm(sent time.Time) {
 	e.lastRenew = e.now()
-	e.confirmed.Store(e.lastRenew.UnixNano())
+	e.mu.Lock()
+	e.confirmedAt = sent
+	e.mu.Unlock()
 }
 
-// confirmedWithin tells whether the lease was acquired or renewed within d.
-func (e *elector) confirmedWithin(d time.Duration) bool {
-	c := e.confirmed.Load()
-	return c != 0 && e.now().Sub(time.Unix(0, c)) < d
+// confirmedUntil is the last confirmation plus d, and whether that is
+// still ahead: while it is, no other broker can have taken the lease (d
+// below the lease duration).
+func (e *elector) confirmedUntil(d time.Duration) (time.Time, bool) {
+	e.mu.Lock()
+	at := e.confirmedAt
+	e.mu.Unlock()
+	if at.IsZero() {
+		return time.Time{}, false
+	}
+	until := at.Add(d)
+	return until, e.now().Before(until)
 }
 
 // errLeaseTaken ends hold: another broker holds the lease.
@@ -125,10 +138,11 @@ func (e *elector) tryAcquire(ctx context.Context) bool {
 	if apierrors.IsNotFound(err) {
 		cctx, cancel := e.call(ctx)
 		defer cancel()
-		if err := e.lock.Create(cctx, e.record(e.now(), 0)); err != nil {
+		sent := e.now()
+		if err := e.lock.Create(cctx, e.record(sent, 0)); err != nil {
 			return false
 		}
-		e.confirm()
+		e.confirm(sent)
 		return true
 	}
 	if err != nil {
@@ -146,10 +160,11 @@ func (e *elector) tryAcquire(ctx context.Context) bool {
 	}
 	cctx, cancel := e.call(ctx)
 	defer cancel()
+	sent := e.now()
 	if err := e.lock.Update(cctx, e.record(acquired, transitions)); err != nil {
 		return false
 	}
-	e.confirm()
+	e.confirm(sent)
 	return true
 }
 
@@ -195,10 +210,11 @@ func (e *elector) renewOnce(ctx context.Context) error {
 	}
 	cctx, cancel := e.call(ctx)
 	defer cancel()
+	sent := e.now()
 	if err := e.lock.Update(cctx, e.record(rec.AcquireTime.Time, rec.LeaderTransitions)); err != nil {
 		return err // a conflict: the next read tells who holds it
 	}
-	e.confirm()
+	e.confirm(sent)
 	return nil
 }
 
