@@ -82,6 +82,11 @@ func TestEndpointNamesAreResolvedAgain(t *testing.T) {
 	a.Apply(a.LocalLink(), toB)
 	b.Apply(b.LocalLink(), toA)
 	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
+	// Up in the status before B goes: a link applied a moment ago is Down
+	// ("no reply to the health probe yet") until its first probe reply is
+	// written, and that Down is not the one this test waits for below (make
+	// flake caught it: the early Down, then Up 0.2 s into the window).
+	a.WaitState("b", v1alpha1.StateUp, 10*time.Second)
 
 	// B's gateway gets a new public address and its broker restarts, so B
 	// has no endpoint for A (Inbound) and cannot roam back to it: only A
