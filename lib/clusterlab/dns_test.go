@@ -224,7 +224,11 @@ func TestMeshDNSLinkGate(t *testing.T) {
 		return err == nil && ip == want
 	})
 	if back.IsZero() || back.Sub(upAt) > time.Second {
-		t.Fatalf("%s did not resolve within 1s of Up", meshName)
+		when := "not within 3s"
+		if !back.IsZero() {
+			when = back.Sub(upAt).Round(time.Millisecond).String() + " after Up"
+		}
+		t.Fatalf("%s did not resolve within 1s of Up (it resolved %s; the link was Up %s after the restart)", meshName, when, up.Round(time.Millisecond))
 	}
 	t.Logf("link Up %s after the restart; %s resolves %s after Up", up.Round(time.Millisecond), meshName, back.Sub(upAt).Round(time.Millisecond))
 	if got := secret(); got != corefile {
