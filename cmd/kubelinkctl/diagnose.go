@@ -291,10 +291,11 @@ func diagnoseServiceEndpoints(ctx context.Context, p *member, svc *corev1.Servic
 	}
 }
 
-// sliceNames tells whether a ready endpoint of s has the address ip.
+// sliceNames tells whether a ready endpoint of s has the address ip (any
+// address when ip is empty).
 func sliceNames(s *discoveryv1.EndpointSlice, ip string) bool {
 	for _, e := range s.Endpoints {
-		if slices.Contains(e.Addresses, ip) && (e.Conditions.Ready == nil || *e.Conditions.Ready) {
+		if (ip == "" && len(e.Addresses) > 0 || slices.Contains(e.Addresses, ip)) && (e.Conditions.Ready == nil || *e.Conditions.Ready) {
 			return true
 		}
 	}

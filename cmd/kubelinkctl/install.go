@@ -962,15 +962,7 @@ func waitReady(ctx context.Context, g *globals, c *cluster, ns, name, dataPlane 
 // ready endpoint.
 func activeEndpoint(ctx context.Context, c *cluster, ns string) bool {
 	s, err := c.cs.DiscoveryV1().EndpointSlices(ns).Get(ctx, brokerEndpointSlice, metav1.GetOptions{})
-	if err != nil {
-		return false
-	}
-	for _, e := range s.Endpoints {
-		if len(e.Addresses) > 0 && (e.Conditions.Ready == nil || *e.Conditions.Ready) {
-			return true
-		}
-	}
-	return false
+	return err == nil && sliceNames(s, "")
 }
 
 // podTrouble names why the broker pods are not ready, e.g. an image that
