@@ -175,8 +175,9 @@ hook_cluster_dns() {
   ip=$(kc "$c" -n kubelink get svc kubelink-coredns -o jsonpath='{.spec.clusterIP}')
   cf=$(kc "$c" -n kube-system get cm coredns -o jsonpath='{.data.Corefile}')
   # The same block as kubelink-meshdns's coredns-custom hook: no cached
-  # SERVFAIL (a dead member's timeouts would outlive its Down by 5 s).
-  local want="kubelink:53 {"$'\n'"    errors"$'\n'"    cache 5 {"$'\n'"        servfail 0"$'\n'"    }"$'\n'"    forward . $ip"$'\n'"}"
+  # SERVFAIL (a dead member's timeouts would outlive its Down by 5 s), and
+  # the link gate's 1-s TTLs kept (CoreDNS's minimum would make them 5 s).
+  local want="kubelink:53 {"$'\n'"    errors"$'\n'"    cache 5 {"$'\n'"        success 10000 5 0"$'\n'"        denial 10000 5 0"$'\n'"        servfail 0"$'\n'"    }"$'\n'"    forward . $ip"$'\n'"}"
   if [[ $cf == *"$want"* ]]; then return; fi
   # an older block of ours is replaced
   cf=$(awk '/^kubelink:53 \{/{skip=1; depth=0} skip{n=gsub(/\{/,"{"); m=gsub(/\}/,"}"); depth+=n-m; if (depth<=0 && (n||m)) {skip=0}; next} {print}' <<<"$cf")

@@ -174,6 +174,24 @@ func (c *Cluster) StartClusterDNS() *DNSServer {
 // and whose DNS Service has the IP serviceIP.
 func (c *Cluster) StartClusterDNSAt(domain string, serviceIP netip.Addr) *DNSServer {
 	c.t.Helper()
+	return c.startClusterDNS(domain, serviceIP, "")
+}
+
+// StartClusterDNSHooked is StartClusterDNS with the cluster DNS hook that
+// kubelinkctl install (and meshdns's coredns-custom) adds: the mesh domain
+// "kubelink" forwarded to the kubelink DNS Service, in the block that
+// meshdns.CorednsCustom renders.
+func (c *Cluster) StartClusterDNSHooked() *DNSServer {
+	c.t.Helper()
+	hook, err := meshdns.CorednsCustom([]meshdns.MeshInput{{Name: "default", Domain: "kubelink"}}, c.KubelinkDNSIP(), 53)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return c.startClusterDNS("cluster.local", c.ClusterDNSIP(), hook)
+}
+
+func (c *Cluster) startClusterDNS(domain string, serviceIP netip.Addr, extra string) *DNSServer {
+	c.t.Helper()
 	c.CreateEchoService()
 	ns, ip := c.attachPod("dns", 3)
 	d := &DNSServer{Name: "cluster DNS " + c.Name, NS: ns, PodIP: ip, ServiceIP: serviceIP, Dir: c.t.TempDir()}
@@ -187,7 +205,7 @@ func (c *Cluster) StartClusterDNSAt(domain string, serviceIP netip.Addr) *DNSSer
     }
     cache 5
 }
-`, domain, c.Kubeconfig(ns))
+`, domain, c.Kubeconfig(ns)) + extra
 	conf := filepath.Join(d.Dir, "Corefile")
 	if err := os.WriteFile(conf, []byte(corefile), 0o644); err != nil {
 		c.t.Fatal(err)

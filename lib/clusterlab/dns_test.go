@@ -173,9 +173,12 @@ func lastLines(s string, n int) string {
 func TestMeshDNSLinkGate(t *testing.T) {
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
-	a.StartClusterDNS()
+	// A's cluster DNS has the hook that install adds: pods resolve mesh
+	// names through it, and it caches what the gate lets through.
+	a.StartClusterDNSHooked()
 	b.StartClusterDNS()
 	kdns := a.StartKubelinkDNSGated()
+	hook := netip.AddrPortFrom(a.ClusterDNSIP(), 53)
 	a.StartRouter(lab)
 	b.StartRouter(lab)
 	a.StartBroker(lab, a.GW)
@@ -199,6 +202,11 @@ func TestMeshDNSLinkGate(t *testing.T) {
 	if !strings.Contains(corefile, "kubelinkgate b") {
 		t.Fatalf("Corefile without the gate for b:\n%s", corefile)
 	}
+	// The hook has just cached the answer: with CoreDNS's default minimum
+	// TTL it would keep it 5 s, past the bound below.
+	if ip, err := LookupA(a.Pod, hook, meshName, time.Second); err != nil || ip != want {
+		t.Fatalf("%s through the cluster DNS hook: %v, %v; want %v", meshName, ip, err, want)
+	}
 
 	bBroker.Kill()
 	killed := time.Now()
@@ -208,11 +216,21 @@ func TestMeshDNSLinkGate(t *testing.T) {
 	if gone.IsZero() || gone.Sub(downAt) > time.Second {
 		t.Fatalf("%s not NXDOMAIN within 1s of Down (gone at %v after Down)", meshName, gone.Sub(downAt))
 	}
-	t.Logf("link Down %s after the kill; %s NXDOMAIN %s after Down", down.Round(time.Millisecond), meshName, gone.Sub(downAt).Round(time.Millisecond))
-	// every check for 2 s: still gone
+	// Through the hook: the kubelink CoreDNS's bound plus the 1-s TTL the
+	// gate gave the last answer, which the hook keeps at most that long.
+	hookGone := checkEvery(t, 50*time.Millisecond, 3*time.Second, func() bool { return IsNXDomain(a.Pod, hook, meshName, 300*time.Millisecond) })
+	if hookGone.IsZero() || hookGone.Sub(downAt) > 2*time.Second {
+		t.Fatalf("%s not NXDOMAIN through the cluster DNS hook within 2s of Down (%s)", meshName, sinceOrNever(hookGone, downAt))
+	}
+	t.Logf("link Down %s after the kill; %s NXDOMAIN %s after Down, through the hook %s after Down", down.Round(time.Millisecond), meshName,
+		gone.Sub(downAt).Round(time.Millisecond), hookGone.Sub(downAt).Round(time.Millisecond))
+	// every check for 2 s, both servers: still gone
 	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		if !IsNXDomain(a.Pod, server, meshName, 300*time.Millisecond) {
 			t.Fatalf("%s answered again while the link is Down", meshName)
+		}
+		if !IsNXDomain(a.Pod, hook, meshName, 300*time.Millisecond) {
+			t.Fatalf("%s answered again through the hook while the link is Down", meshName)
 		}
 	}
 
@@ -230,7 +248,16 @@ func TestMeshDNSLinkGate(t *testing.T) {
 		}
 		t.Fatalf("%s did not resolve within 1s of Up (it resolved %s; the link was Up %s after the restart)", meshName, when, up.Round(time.Millisecond))
 	}
-	t.Logf("link Up %s after the restart; %s resolves %s after Up", up.Round(time.Millisecond), meshName, back.Sub(upAt).Round(time.Millisecond))
+	// Through the hook: the NXDOMAIN it cached last lives the gate's 1 s.
+	hookBack := checkEvery(t, 50*time.Millisecond, 3*time.Second, func() bool {
+		ip, err := LookupA(a.Pod, hook, meshName, 300*time.Millisecond)
+		return err == nil && ip == want
+	})
+	if hookBack.IsZero() || hookBack.Sub(upAt) > 2*time.Second {
+		t.Fatalf("%s did not resolve through the cluster DNS hook within 2s of Up (%s)", meshName, sinceOrNever(hookBack, upAt))
+	}
+	t.Logf("link Up %s after the restart; %s resolves %s after Up, through the hook %s after Up", up.Round(time.Millisecond), meshName,
+		back.Sub(upAt).Round(time.Millisecond), hookBack.Sub(upAt).Round(time.Millisecond))
 	if got := secret(); got != corefile {
 		t.Errorf("the Corefile changed with the link's health (a CoreDNS restart):\n%s", got)
 	}
@@ -238,6 +265,14 @@ func TestMeshDNSLinkGate(t *testing.T) {
 
 // checkEvery runs cond every interval until it holds or limit passes and
 // returns when it first held, or the zero time.
+// sinceOrNever says when at was, after from, for a failure message.
+func sinceOrNever(at, from time.Time) string {
+	if at.IsZero() {
+		return "not within the 3 s checked"
+	}
+	return at.Sub(from).Round(time.Millisecond).String() + " after"
+}
+
 func checkEvery(t *testing.T, interval, limit time.Duration, cond func() bool) time.Time {
 	t.Helper()
 	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(interval) {

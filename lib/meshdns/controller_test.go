@@ -88,7 +88,7 @@ func TestControllerConfiguresClusterDNSHook(t *testing.T) {
 	cfg.Configure = true
 	c := e.run(cfg)
 
-	want := "kubelink:53 {\n    errors\n    cache 5 {\n        servfail 0\n    }\n    forward . 100.64.0.11\n}\n"
+	want := "kubelink:53 {\n    errors\n    cache 5 {\n        success 10000 5 0\n        denial 10000 5 0\n        servfail 0\n    }\n    forward . 100.64.0.11\n}\n"
 	eventually(t, 10*time.Second, "hook written", func() (bool, string) {
 		cm, err := e.hook()
 		return err == nil && strings.HasSuffix(cm.Data[HookKey], want), cm.Data[HookKey]

@@ -40,6 +40,35 @@ const (
 // cluster whose link went Down stop resolving within seconds.
 const cacheSeconds = 5
 
+// cacheEntries is CoreDNS's default cache capacity, spelled out where a
+// success or denial line must name it before its TTLs.
+const cacheEntries = 10000
+
+// cacheLines is the cache directive of the blocks that forward or ask an API
+// server: answers at most cacheSeconds, failures (SERVFAIL) never. CoreDNS
+// keeps a SERVFAIL 5 s by default, so one query that failed while a path
+// was not ready yet (the first one after a link came Up) pinned the failure
+// for 5 s (clusterlab's TestMeshDNSLinkGate saw a member's names come back
+// more than 3 s after Up).
+func cacheLines() []string {
+	return []string{fmt.Sprintf("cache %d {", cacheSeconds), "    servfail 0", "}"}
+}
+
+// hookCache is cacheLines for the cluster DNS's block of a mesh domain, which
+// also keeps TTLs below CoreDNS's minimum of 5 s: the link gate caps a
+// member's answers, and its NXDOMAIN while the link is not Up, at 1 s, and a
+// cluster DNS that raised them to 5 s kept a dead member's names up to 5 s
+// after Down, and a returned member's NXDOMAIN up to 5 s after Up.
+func hookCache() []string {
+	return []string{
+		fmt.Sprintf("cache %d {", cacheSeconds),
+		fmt.Sprintf("    success %d %d 0", cacheEntries, cacheSeconds),
+		fmt.Sprintf("    denial %d %d 0", cacheEntries, cacheSeconds),
+		"    servfail 0",
+		"}",
+	}
+}
+
 // Input is everything the Corefile depends on. BuildInput derives it from
 // the mesh model; tests write it by hand.
 type Input struct {
@@ -299,21 +328,21 @@ func defaultServer(in Input) server {
 		body = append(body, "template ANY ANY {", "    rcode REFUSED", "}")
 	}
 	// reload picks up a changed Secret even if a restart was missed.
-	body = append(body, fmt.Sprintf("cache %d", cacheSeconds), "reload 2s 1s")
+	body = append(append(body, cacheLines()...), "reload 2s 1s")
 	return server{zone: ".", body: body}
 }
 
 func forwardServer(zone, to string) server {
-	return server{zone: zone, body: []string{"errors", fmt.Sprintf("cache %d", cacheSeconds), "forward . " + to}}
+	return server{zone: zone, body: append(append([]string{"errors"}, cacheLines()...), "forward . "+to)}
 }
 
-// hookServer is the cluster DNS's block for a mesh domain. It caches no
-// SERVFAIL: while a member is dead but not yet Down, its queries time out
-// (SERVFAIL), and a cached SERVFAIL (5 s by default) kept answering for
-// seconds after the kubelink CoreDNS already said NXDOMAIN, differently
+// hookServer is the cluster DNS's block for a mesh domain (hookCache). It
+// caches no SERVFAIL: while a member is dead but not yet Down, its queries
+// time out (SERVFAIL), and a cached SERVFAIL (5 s by default) kept answering
+// for seconds after the kubelink CoreDNS already said NXDOMAIN, differently
 // per cluster-DNS replica (found in the kind lab, issue #11).
 func hookServer(zone, to string) server {
-	return server{zone: zone, body: []string{"errors", fmt.Sprintf("cache %d {", cacheSeconds), "    servfail 0", "}", "forward . " + to}}
+	return server{zone: zone, body: append(append([]string{"errors"}, hookCache()...), "forward . "+to)}
 }
 
 // localServer serves the local cluster under the mesh domain, so that the
@@ -330,7 +359,7 @@ func localServer(in Input, m MeshInput) server {
 // cluster's DNS, and maps the answer back so clients see the name they asked.
 func rewriteForward(zone, clusterDomain string, dnsServer netip.AddrPort) []string {
 	from, to := regexp.QuoteMeta(zone+"."), regexp.QuoteMeta(clusterDomain+".")
-	return []string{
+	return append([]string{
 		"errors",
 		"rewrite stop {",
 		fmt.Sprintf("    name regex ^(.*)\\.%s$ {1}.%s.", from, clusterDomain),
@@ -338,8 +367,7 @@ func rewriteForward(zone, clusterDomain string, dnsServer netip.AddrPort) []stri
 		fmt.Sprintf("    answer value ^(.*)\\.%s$ {1}.%s.", to, zone),
 		"}",
 		"forward . " + hostPort(dnsServer),
-		fmt.Sprintf("cache %d", cacheSeconds),
-	}
+	}, cacheLines()...)
 }
 
 // kubernetesPlugin serves zone from a cluster's API server: the remote one
@@ -352,7 +380,7 @@ func kubernetesPlugin(zone string, c *Cluster, kubeconfig string) []string {
 			"    endpoint "+c.APIServer,
 			fmt.Sprintf("    kubeconfig %s %s", kubeconfig, c.Context))
 	}
-	return append(body, fmt.Sprintf("    ttl %d", cacheSeconds), "}", fmt.Sprintf("cache %d", cacheSeconds))
+	return append(append(body, fmt.Sprintf("    ttl %d", cacheSeconds), "}"), cacheLines()...)
 }
 
 // hostPort prints a DNS server address; port 53 is implied.

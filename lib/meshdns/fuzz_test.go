@@ -18,7 +18,7 @@ import (
 var fuzzDirectives = map[int]map[string]int{
 	1: {"errors": 1, "health": 2, "ready": 2, "forward": 3, "loop": 1, "template": 3, "cache": 2,
 		"reload": 3, "rewrite": 2, "kubelinkgate": 2, "kubernetes": 2, "bind": 2},
-	2: {"rcode": 2, "name": 4, "answer": 4, "servfail": 2, "endpoint": 2, "kubeconfig": 3, "ttl": 2},
+	2: {"rcode": 2, "name": 4, "answer": 4, "servfail": 2, "success": 4, "denial": 4, "endpoint": 2, "kubeconfig": 3, "ttl": 2},
 }
 
 var fuzzHeader = regexp.MustCompile(`^(\.|[a-z0-9][-a-z0-9.]*):[0-9]+ \{$`)
