@@ -22,6 +22,7 @@ import (
 // A spec.dns.dnsIP then wins over the advertised IP; when B's broker dies
 // the advertisement leaves the status and the name stops resolving.
 func TestBridgeDNSAdvertisement(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	bDNSIP := b.ServiceAddr(53)

@@ -20,6 +20,7 @@ import (
 // certificate from the mesh CA (swapped in place, no restart), the link
 // comes Up, which shows the CA was the only thing in the way.
 func TestBridgeRejectsAPeerOfAnotherCA(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	ca, other := NewBridgeCA(t), NewBridgeCA(t)
@@ -77,6 +78,7 @@ func TestBridgeRejectsAPeerOfAnotherCA(t *testing.T) {
 // changes (a new CA): the established connection, whose peer no longer
 // verifies, is closed at once instead of living on under the old trust.
 func TestBridgeIdentityIsPerCluster(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	ca := NewBridgeCA(t)
@@ -136,6 +138,7 @@ func TestBridgeIdentityIsPerCluster(t *testing.T) {
 // the link's ingress allows (allow list and "!" entries), and counts the
 // drops; the health probe still passes.
 func TestBridgeAntiSpoofingAndIngress(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	// A second ClusterIP in A, to deny while the first stays allowed.
@@ -234,6 +237,7 @@ func injectSpoofed(t *testing.T, from, to *Cluster, spoofed netip.Addr, target n
 // nothing and stays Stale until an admin approves it; then it connects and
 // the link comes Up with traffic both ways.
 func TestBridgeAutoConnect(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	ca := NewBridgeCA(t)

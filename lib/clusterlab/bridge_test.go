@@ -31,6 +31,7 @@ func certSerial(t *testing.T, dir string) string {
 // The TLS bridge data plane between two clusters: traffic both ways, a
 // dead peer, its return.
 func TestBridgeModeBetweenTwoClusters(t *testing.T) {
+	serialTiming(t)
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	ca := NewBridgeCA(t)

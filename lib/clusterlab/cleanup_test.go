@@ -47,6 +47,7 @@ func netState(t *testing.T, ns *nstest.Namespace) string {
 // namespace looks exactly as before the broker ran, foreign routes and
 // chains included.
 func TestCleanupRestoresTheNamespace(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	// Foreign state that must survive.

@@ -21,6 +21,7 @@ func TestDefaultIngressWireGuard(t *testing.T) { defaultIngress(t, false) }
 func TestDefaultIngressBridge(t *testing.T) { defaultIngress(t, true) }
 
 func defaultIngress(t *testing.T, bridge bool) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	api := mesh.ServiceIP(a.ServiceCIDR, 1)

@@ -22,6 +22,7 @@ import (
 // A's pod and from B's pod (whose query crosses the mesh to A); an unknown
 // global name is NXDOMAIN; a deleted entry is gone within seconds.
 func TestMeshDNSGlobal(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	const name = "foo.svc.global.kubelink"

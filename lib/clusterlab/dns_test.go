@@ -20,6 +20,7 @@ const meshName = "echo.default.svc.b.kubelink"
 // dns mode: A's kubelink DNS rewrites b.kubelink to cluster.local and asks
 // B's cluster DNS (100.64.16.10) through the mesh.
 func TestMeshDNSAcrossClusters(t *testing.T) {
+	serialTiming(t)
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	a.StartClusterDNS()
@@ -41,6 +42,7 @@ func TestMeshDNSAcrossClusters(t *testing.T) {
 // plugin against B's API server, reached through the mesh at B's service
 // CIDR + 1 with the token and CA of A's apiAccess Secret.
 func TestMeshDNSKubernetesMode(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	b.CreateEchoService()
@@ -171,6 +173,7 @@ func lastLines(s string, n int) string {
 // within a second of Up, answers carry TTL ≤ 1 s, and no health change
 // rewrites the Corefile (so no CoreDNS restart).
 func TestMeshDNSLinkGate(t *testing.T) {
+	serialTiming(t)
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	// A's cluster DNS has the hook that install adds: pods resolve mesh

@@ -20,6 +20,7 @@ var metricsAddr = netip.MustParseAddrPort("127.0.0.1:9090")
 // standby. Killing the active one moves the gateway: the standby takes the
 // Lease, the router follows, the peer roams, and traffic recovers.
 func TestGatewayFailoverToStandbyBroker(t *testing.T) {
+	serialTiming(t)
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	a.StartRouter(lab)
@@ -74,6 +75,7 @@ func TestGatewayFailoverToStandbyBroker(t *testing.T) {
 // A missing or broken key gives Error with a message on the served links and
 // recovers when the Secret is fixed, without a restart.
 func TestKeySecretErrorsAndRecovery(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -22,6 +22,7 @@ import (
 // test checks the same outcome; in make test-kernel's VM it is the kernel
 // device.
 func TestGatewayHandoverLeavesNoSecondDevice(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	a.StartRouter(lab)

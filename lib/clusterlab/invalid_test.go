@@ -44,6 +44,7 @@ func kl(name string, s v1alpha1.KubeLinkSpec) *v1alpha1.KubeLink {
 // Error (local problems) with a message and an Event; the broker keeps
 // serving the good link.
 func TestInvalidLinksAreReportedAndOthersKeepWorking(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	dropValidation(t, a)

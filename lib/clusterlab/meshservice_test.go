@@ -35,6 +35,7 @@ func (c *Cluster) waitServiceState(t *testing.T, name, state string, limit time.
 // and explicit endpoints without a Service; the rules follow a renamed port
 // and vanish with the MeshService. In node mode MeshServices are Unsupported.
 func TestMeshServices(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	pod, _ := b.BrokerPod()
@@ -125,6 +126,7 @@ func TestMeshServices(t *testing.T) {
 // --mode=bridge binds a virtual address and a port of its cluster address;
 // A reaches both, and they go with the MeshServices.
 func TestMeshServicesBridge(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	ca := NewBridgeCA(t)

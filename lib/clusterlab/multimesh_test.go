@@ -34,6 +34,7 @@ func dialResult(ns *nstest.Namespace, addr string) string {
 // destinations pass, "!" entries and everything outside the allow list are
 // dropped, and the drops are counted in a metric.
 func TestIngressFirewallWireGuard(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	// A second ClusterIP in A, to deny while the first stays allowed.
@@ -97,6 +98,7 @@ func TestTwoMeshesBridge(t *testing.T) { twoMeshes(t, true) }
 // twoMeshes is the body of TestTwoMeshes in the WireGuard or the bridge
 // data plane.
 func twoMeshes(t *testing.T, bridge bool) {
+	t.Parallel()
 	lab := New(t, 3)
 	a, b, c := lab.Clusters[0], lab.Clusters[1], lab.Clusters[2]
 	var ca *BridgeCA
@@ -158,6 +160,7 @@ func twoMeshes(t *testing.T, bridge bool) {
 // router routes each mesh, and each member's networks, to the gateway that
 // serves it — not every mesh to the first mesh's gateway.
 func TestRouterPerMeshWithSplitBrokers(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 3)
 	a, b, c := lab.Clusters[0], lab.Clusters[1], lab.Clusters[2]
 	for _, cl := range lab.Clusters {

@@ -12,6 +12,7 @@ import (
 // publishes node and pod IP; the router of the gateway node routes the mesh
 // to the pod, the other nodes route to the gateway node.
 func TestPodModeBroker(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	pod, podIP := a.BrokerPod()

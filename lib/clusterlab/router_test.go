@@ -14,6 +14,7 @@ import (
 // A router killed while links change removes its stale routes on restart
 // (remembered in --datafile), and never touches routes it did not make.
 func TestRouterRestartRemovesStaleRoutesOnly(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	a.Node.Run(t, "ip", "route", "add", "10.99.0.0/24", "via", a.GWIP.String(), "proto", "static")
@@ -55,6 +56,7 @@ func TestRouterRestartRemovesStaleRoutesOnly(t *testing.T) {
 // whose address changes is found again. B's link to A is Inbound (B never
 // dials), so only A's re-resolution can restore the tunnel.
 func TestEndpointNamesAreResolvedAgain(t *testing.T) {
+	serialTiming(t)
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	hostsDir := filepath.Join("/etc/netns", a.GW.Name)

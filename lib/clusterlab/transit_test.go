@@ -31,6 +31,7 @@ func TestTransitThroughGatewayLink(t *testing.T) {
 }
 
 func testTransit(t *testing.T, mode string) {
+	t.Parallel()
 	lab := New(t, 3)
 	a, b, c := lab.Clusters[0], lab.Clusters[1], lab.Clusters[2]
 	for _, p := range [][2]*Cluster{{a, c}, {c, a}} {

@@ -12,6 +12,7 @@ import (
 // destination checks do), --tunnel=vxlan still gets pods to the gateway:
 // what the network sees is addressed to the gateway node itself.
 func TestRouterVXLANTunnelToTheGateway(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	// A's gateway accepts on its node interface only packets addressed to it.

@@ -18,6 +18,7 @@ import (
 // The drop happens inside the WireGuard device, which counts nothing per
 // peer; the bridge plane counts it (TestBridgeAntiSpoofingAndIngress).
 func TestWireGuardDropsSourcesOfAnotherMember(t *testing.T) {
+	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	a.StartRouter(lab)

@@ -16,6 +16,7 @@ import (
 // with embedded WireGuard, real routers, a pod in each cluster reaching the
 // other's ClusterIP; then a dead peer, its return, and a deleted link.
 func TestWireGuardMeshBetweenTwoClusters(t *testing.T) {
+	serialTiming(t)
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	a.StartRouter(lab)
