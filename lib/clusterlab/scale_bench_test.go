@@ -1,0 +1,275 @@
+package clusterlab
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/wireguard"
+)
+
+// BenchmarkBrokerScale measures the broker's cost as the number of links
+// grows (issue #33), on a real API server and real kernel state in the
+// gateway's namespace: one cluster's broker (WireGuard, wireguard-go here)
+// with its production timers (--resync and --health-status-interval 10 s),
+// then foreign KubeLinks applied in two steps (25, then up to 250 by
+// default; KUBELINK_SCALE_LINKS="25,250"). Every peer's endpoint is on the
+// gateway namespace's loopback, so nothing leaves it; no peer answers, and
+// the links settle Down. Per size it prints:
+//
+//	BENCH scale_links_all_stated_seconds_<n>  apply of the step until every link has a state
+//	BENCH scale_full_pass_ms_<n>              average sync pass over a 30 s steady window
+//	BENCH scale_status_writes_per_min_<n>     status writes in that window, per minute
+//	BENCH scale_rss_mib_<n>                   the broker's resident memory after the window
+//	BENCH scale_one_change_ms_<n>             a changed spec until the status observes it
+//
+// then the deletion of every link (BENCH scale_delete_all_seconds, until
+// the broker counts no foreign link) and RATIO scale_rss_<max>_vs_<min>,
+// scale_pass_<max>_vs_<min>. Run it with make bench.
+func BenchmarkBrokerScale(bm *testing.B) {
+	if bm.N > 1 {
+		bm.Skip("one measured run is enough; use -benchtime 1x")
+	}
+	sizes := scaleSizes(bm)
+	lab := New(bm, 1)
+	a := lab.Clusters[0]
+	// The local link in a /16 mesh: room for 250 members.
+	local := a.LocalLink()
+	local.Spec.ClusterAddress = "192.168.0.11/16"
+	a.Apply(local)
+	broker := a.StartBroker(lab, a.GW, "--resync", "10s", "--health-status-interval", "10s")
+	a.WaitState(local.Name, v1alpha1.StateUp, 30*time.Second)
+
+	writes := countStatusWrites(bm, a)
+	type figures struct{ passMs, rssMiB float64 }
+	got := map[int]figures{}
+	applied := 0
+	for _, n := range sizes {
+		begin := time.Now()
+		for i := applied + 1; i <= n; i++ {
+			a.Apply(scaleLink(bm, i))
+		}
+		applied = n
+		waitFor(bm, fmt.Sprintf("every one of %d links to have a state", n), 15*time.Minute, func() bool {
+			return allStated(bm, a, n+1)
+		})
+		stated := time.Since(begin)
+
+		// Steady state: passes and status writes over a window.
+		sum0, count0 := syncFigures(bm, a)
+		w0 := writes.Load()
+		const window = 30 * time.Second
+		time.Sleep(window)
+		sum1, count1 := syncFigures(bm, a)
+		perMin := float64(writes.Load()-w0) * float64(time.Minute) / float64(window)
+		passMs := 0.0
+		if count1 > count0 {
+			passMs = (sum1 - sum0) / (count1 - count0) * 1000
+		}
+		rss := rssMiB(bm, broker)
+
+		// One change: link 1's service CIDR moves; its status observes the
+		// new generation.
+		changed := time.Now()
+		gen := changeScaleLink(bm, a, 1, n)
+		waitFor(bm, "the changed link's status to observe its generation", 5*time.Minute, func() bool {
+			kl, err := a.Link(scaleLinkName(1))
+			return err == nil && kl.Status.ObservedGeneration >= gen && kl.Status.State != ""
+		})
+		change := time.Since(changed)
+
+		got[n] = figures{passMs, rss}
+		fmt.Printf("BENCH scale_links_all_stated_seconds_%d %.2f s\n", n, stated.Seconds())
+		fmt.Printf("BENCH scale_full_pass_ms_%d %.0f ms\n", n, passMs)
+		fmt.Printf("BENCH scale_status_writes_per_min_%d %.0f\n", n, perMin)
+		fmt.Printf("BENCH scale_rss_mib_%d %.1f MiB\n", n, rss)
+		fmt.Printf("BENCH scale_one_change_ms_%d %.0f ms\n", n, float64(change.Microseconds())/1000)
+	}
+
+	deleted := time.Now()
+	ctx := waitCtx(bm, time.Minute)
+	for i := 1; i <= applied; i++ {
+		kl := &v1alpha1.KubeLink{ObjectMeta: metav1.ObjectMeta{Name: scaleLinkName(i)}}
+		if err := a.Kube.Delete(ctx, kl); err != nil {
+			bm.Fatal(err)
+		}
+	}
+	waitFor(bm, "the broker to count no foreign link", 10*time.Minute, func() bool {
+		return foreignLinksCounted(bm, a) == 0
+	})
+	fmt.Printf("BENCH scale_delete_all_seconds_%d %.2f s\n", applied, time.Since(deleted).Seconds())
+	fmt.Printf("BENCH scale_rss_mib_after_delete %.1f MiB\n", rssMiB(bm, broker))
+
+	lo, hi := sizes[0], sizes[len(sizes)-1]
+	if lo != hi && got[lo].rssMiB > 0 && got[lo].passMs > 0 {
+		fmt.Printf("RATIO scale_rss_%d_vs_%d %.2f\n", hi, lo, got[hi].rssMiB/got[lo].rssMiB)
+		fmt.Printf("RATIO scale_pass_%d_vs_%d %.2f\n", hi, lo, got[hi].passMs/got[lo].passMs)
+	}
+}
+
+// scaleSizes reads KUBELINK_SCALE_LINKS (default "25,250"): increasing
+// link counts, each at most 250 (service CIDRs 100.100.<i>.0/24).
+func scaleSizes(bm *testing.B) []int {
+	spec := os.Getenv("KUBELINK_SCALE_LINKS")
+	if spec == "" {
+		spec = "25,250"
+	}
+	var sizes []int
+	for _, f := range strings.Split(spec, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > 250 || (len(sizes) > 0 && n <= sizes[len(sizes)-1]) {
+			bm.Fatalf("KUBELINK_SCALE_LINKS=%q: want increasing counts between 1 and 250, e.g. 25,250", spec)
+		}
+		sizes = append(sizes, n)
+	}
+	return sizes
+}
+
+func scaleLinkName(i int) string { return fmt.Sprintf("peer%03d", i) }
+
+// scaleLink is foreign link i: cluster address 192.168.1.i, service CIDR
+// 100.100.i.0/24, a fresh key, its endpoint on the gateway's loopback.
+func scaleLink(bm *testing.B, i int) *v1alpha1.KubeLink {
+	key, err := wireguard.GeneratePrivateKey()
+	if err != nil {
+		bm.Fatal(err)
+	}
+	return &v1alpha1.KubeLink{ObjectMeta: metav1.ObjectMeta{Name: scaleLinkName(i)}, Spec: v1alpha1.KubeLinkSpec{
+		ClusterAddress: fmt.Sprintf("192.168.1.%d/16", i), CIDR: fmt.Sprintf("100.100.%d.0/24", i),
+		Endpoint: fmt.Sprintf("127.0.0.1:%d", 40000+i), PublicKey: wireguard.PublicKey(key).String()}}
+}
+
+// changeScaleLink moves link i's service CIDR to one no other link uses
+// (100.101.i.0/24, or back) and returns the new generation.
+func changeScaleLink(bm *testing.B, c *Cluster, i, n int) int64 {
+	kl, err := c.Link(scaleLinkName(i))
+	if err != nil {
+		bm.Fatal(err)
+	}
+	orig := kl.DeepCopy()
+	if strings.HasPrefix(kl.Spec.CIDR, "100.100.") {
+		kl.Spec.CIDR = fmt.Sprintf("100.101.%d.0/24", i)
+	} else {
+		kl.Spec.CIDR = fmt.Sprintf("100.100.%d.0/24", i)
+	}
+	if err := c.Kube.Patch(waitCtx(bm, 30*time.Second), kl, client.MergeFrom(orig)); err != nil {
+		bm.Fatalf("changing link %d of %d: %v", i, n, err)
+	}
+	return kl.Generation
+}
+
+// allStated reports whether want KubeLinks exist and each has a state.
+func allStated(bm *testing.B, c *Cluster, want int) bool {
+	var list v1alpha1.KubeLinkList
+	if err := c.Kube.List(waitCtx(bm, 30*time.Second), &list); err != nil {
+		return false
+	}
+	if len(list.Items) < want {
+		return false
+	}
+	for _, kl := range list.Items {
+		if kl.Status.State == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// countStatusWrites counts the updates of KubeLinks the API server reports
+// (every status write is one) until the benchmark ends.
+func countStatusWrites(bm *testing.B, c *Cluster) *atomic.Int64 {
+	wc, err := client.NewWithWatch(c.Plane.Config(), client.Options{Scheme: c.Plane.Scheme()})
+	if err != nil {
+		bm.Fatal(err)
+	}
+	w, err := wc.Watch(waitCtx(bm, time.Hour), &v1alpha1.KubeLinkList{})
+	if err != nil {
+		bm.Fatal(err)
+	}
+	n := &atomic.Int64{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range w.ResultChan() {
+			if ev.Type == watch.Modified {
+				n.Add(1)
+			}
+		}
+	}()
+	bm.Cleanup(func() { w.Stop(); <-done })
+	return n
+}
+
+// syncFigures reads the broker's kubelink_sync_duration_seconds sum and
+// count from its metrics.
+func syncFigures(bm *testing.B, c *Cluster) (sum, count float64) {
+	body, err := Get(c.GW, metricsAddr, "/metrics", 10*time.Second)
+	if err != nil {
+		bm.Fatal(err)
+	}
+	return metricValue(body, "kubelink_sync_duration_seconds_sum"), metricValue(body, "kubelink_sync_duration_seconds_count")
+}
+
+// foreignLinksCounted is the number of links the broker's kubelink_links
+// gauge counts, less the local one.
+func foreignLinksCounted(bm *testing.B, c *Cluster) int {
+	body, err := Get(c.GW, metricsAddr, "/metrics", 10*time.Second)
+	if err != nil {
+		return -1
+	}
+	total := 0.0
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, "kubelink_links{") {
+			if f := strings.Fields(l); len(f) == 2 {
+				v, _ := strconv.ParseFloat(f[1], 64)
+				total += v
+			}
+		}
+	}
+	return int(total) - 1
+}
+
+// metricValue is the value of the unlabelled series name in a Prometheus
+// text exposition (0 when absent).
+func metricValue(body, name string) float64 {
+	for _, l := range strings.Split(body, "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == name {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			return v
+		}
+	}
+	return 0
+}
+
+// rssMiB is the process's resident memory (VmRSS).
+func rssMiB(bm *testing.B, p *Process) float64 {
+	pid := p.cmd.Process.Pid
+	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	if !strings.HasPrefix(strings.TrimSpace(string(comm)), "kubelink-broker") {
+		bm.Fatalf("pid %d is %q, not the broker (ip netns exec is expected to exec it in place)", pid, strings.TrimSpace(string(comm)))
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		bm.Fatal(err)
+	}
+	for _, l := range strings.Split(string(status), "\n") {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "VmRSS:" {
+			kb, err := strconv.ParseFloat(f[1], 64)
+			if err != nil {
+				bm.Fatal(err)
+			}
+			return kb / 1024
+		}
+	}
+	bm.Fatalf("no VmRSS in /proc/%d/status", pid)
+	return 0
+}
