@@ -100,8 +100,13 @@ func New(cfg Config, rest *rest.Config, log *slog.Logger) (*Broker, error) {
 // loop while active.
 func (b *Broker) Run(ctx context.Context, rest *rest.Config) error {
 	defer b.events.shutdown()
-	if err := kubeflags.WatchAndSync(ctx, b.cache, b.kick,
-		&v1alpha1.KubeLink{}, &corev1.Secret{}, &v1alpha1.MeshService{}, &corev1.Service{}); err != nil {
+	// The broker writes the status of KubeLinks and MeshServices itself:
+	// their status-only updates do not start another pass.
+	if err := kubeflags.WatchAndSyncFiltered(ctx, b.cache, b.kick,
+		kubeflags.Watch{Object: &v1alpha1.KubeLink{}, Relevant: kubeflags.SpecChanged},
+		kubeflags.Watch{Object: &corev1.Secret{}},
+		kubeflags.Watch{Object: &v1alpha1.MeshService{}, Relevant: kubeflags.SpecChanged},
+		kubeflags.Watch{Object: &corev1.Service{}, Relevant: kubeflags.ServiceChanged}); err != nil {
 		return err
 	}
 	// /activez: this broker holds the Lease and its data plane is synced.

@@ -20,6 +20,11 @@ type wgPlane struct {
 	key      func(context.Context) (mesh.Key, error)
 	dev      *wireguard.Device
 	resolver *wireguard.Resolver
+	// drops are the firewall chains' drop counters as read at the end of
+	// the last Apply (one listing of the table per pass); dropsErr is why
+	// they could not be read.
+	drops    map[string]uint64
+	dropsErr error
 }
 
 func newWGPlane(ctx context.Context, d PlaneDeps) (DataPlane, error) {
@@ -92,6 +97,7 @@ func (p *wgPlane) Apply(ctx context.Context, plan *mesh.GatewayPlan) Report {
 		rep.DeviceErr = err
 		return rep
 	}
+	defer func() { p.drops, p.dropsErr = p.fw.Drops("mangle") }()
 	plan = forDevice(plan, p.dev.Name())
 	if err := p.setDevice(p.dev.Name(), plan); err != nil {
 		rep.DeviceErr = err
@@ -130,13 +136,13 @@ func (p *wgPlane) Apply(ctx context.Context, plan *mesh.GatewayPlan) Report {
 	return rep
 }
 
-// Drops reads the packet counter of the link's firewall chain.
+// Drops is the packet counter of the link's firewall chain as read at the
+// end of the last Apply; a link without a chain counts zero.
 func (p *wgPlane) Drops(link string) (uint64, bool) {
-	if p.dev == nil {
+	if p.dev == nil || p.dropsErr != nil {
 		return 0, false
 	}
-	n, err := p.fw.DroppedPackets("mangle", mesh.FirewallChain(link))
-	return n, err == nil
+	return p.drops[mesh.FirewallChain(link)], true
 }
 
 // ApplyServices installs the MeshService DNAT once the device exists.

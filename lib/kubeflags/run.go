@@ -41,14 +41,29 @@ func (c *Common) Serve(run func(ctx context.Context, rc *rest.Config, log *slog.
 // kinds, starts the cache and waits for it to sync. A level-triggered
 // controller then re-reads everything from the cache on each kick.
 func WatchAndSync(ctx context.Context, c cache.Cache, kick func(), objs ...client.Object) error {
-	for _, obj := range objs {
-		inf, err := c.GetInformer(ctx, obj)
+	ws := make([]Watch, len(objs))
+	for i, o := range objs {
+		ws[i] = Watch{Object: o}
+	}
+	return WatchAndSyncFiltered(ctx, c, kick, ws...)
+}
+
+// WatchAndSyncFiltered is WatchAndSync where each kind's Relevant filters
+// the updates that kick.
+func WatchAndSyncFiltered(ctx context.Context, c cache.Cache, kick func(), ws ...Watch) error {
+	for _, w := range ws {
+		inf, err := c.GetInformer(ctx, w.Object)
 		if err != nil {
-			return fmt.Errorf("informer for %T: %w", obj, err)
+			return fmt.Errorf("informer for %T: %w", w.Object, err)
 		}
+		relevant := w.Relevant
 		if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { kick() },
-			UpdateFunc: func(any, any) { kick() },
+			AddFunc: func(any) { kick() },
+			UpdateFunc: func(old, new any) {
+				if relevant == nil || relevant(old, new) {
+					kick()
+				}
+			},
 			DeleteFunc: func(any) { kick() },
 		}); err != nil {
 			return err

@@ -95,7 +95,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	if err := kubeflags.WatchAndSync(ctx, c.cache, c.kick, &v1alpha1.KubeLink{}, &metav1.PartialObjectMetadata{TypeMeta: secretMeta}); err != nil {
+	if err := kubeflags.WatchAndSyncFiltered(ctx, c.cache, c.kick,
+		kubeflags.Watch{Object: &v1alpha1.KubeLink{}, Relevant: kubeflags.KubeLinkChangedBeyondHealth},
+		kubeflags.Watch{Object: &metav1.PartialObjectMetadata{TypeMeta: secretMeta}}); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}

@@ -6,41 +6,27 @@ import (
 	"strings"
 )
 
-// countingCmd is implemented by go-iptables; it is separate from iptablesCmd
-// so that test seams need not provide it.
-type countingCmd interface {
-	ListWithCounters(table, chain string) ([]string, error)
-}
-
-// DroppedPackets sums the packet counters of the DROP rules of one of our
-// chains (e.g. a link's firewall chain): the drops to report as a metric.
-// A chain that does not exist counts zero.
-func (c *Chains) DroppedPackets(table, chain string) (uint64, error) {
-	if !c.owned(chain) {
-		return 0, fmt.Errorf("chain %s is not owned by this applier", chain)
-	}
-	lc, ok := c.ipt.(countingCmd)
-	if !ok {
-		return 0, fmt.Errorf("iptables counters are not available")
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	chains, err := c.ipt.ListChains(table)
+// Drops sums, per chain of ours in table (e.g. each link's firewall chain),
+// the packet counters of its DROP rules: the drops to report as metrics.
+// One listing of the table serves every chain (a listing per chain made each
+// pass cost links × the size of the table, issue #33). Chains that do not
+// exist are not in the map.
+func (c *Chains) Drops(table string) (map[string]uint64, error) {
+	lines, err := c.list(table, true)
 	if err != nil {
-		return 0, err
+		return nil, fmt.Errorf("counters of table %s: %w", table, err)
 	}
-	found := false
-	for _, ch := range chains {
-		found = found || ch == chain
-	}
-	if !found {
-		return 0, nil
-	}
-	lines, err := lc.ListWithCounters(table, chain)
+	st, err := parseTable(lines)
 	if err != nil {
-		return 0, fmt.Errorf("counters of %s: %w", chain, err)
+		return nil, err
 	}
-	return sumDrops(lines), nil
+	out := map[string]uint64{}
+	for _, ch := range st.chains {
+		if c.owned(ch) && !builtinChains[ch] {
+			out[ch] = sumDrops(st.rules[ch])
+		}
+	}
+	return out, nil
 }
 
 // sumDrops adds the packets of "-A ... -c <packets> <bytes> ... -j DROP" lines.

@@ -1,6 +1,14 @@
 package netapply
 
-import "testing"
+import (
+	"fmt"
+	"net"
+	"slices"
+	"testing"
+
+	"github.com/kubelink/kubelink/lib/mesh"
+	"github.com/kubelink/kubelink/lib/nstest"
+)
 
 func TestSumDropsCountsOnlyDropRules(t *testing.T) {
 	lines := []string{
@@ -12,5 +20,99 @@ func TestSumDropsCountsOnlyDropRules(t *testing.T) {
 	}
 	if got := sumDrops(lines); got != 8 {
 		t.Errorf("sumDrops = %d, want 8", got)
+	}
+}
+
+func TestParseTableKeepsChainsAndRulesInOrder(t *testing.T) {
+	st, err := parseTable([]string{
+		"-P PREROUTING ACCEPT",
+		"-N KUBELINK-FW-A",
+		"-N KUBELINK-FW-B",
+		"-A PREROUTING -i wg0 -j KUBELINK-FW",
+		"-A KUBELINK-FW-A -s 1.2.3.4/32 -m comment --comment \"a  b\" -j DROP",
+		"-A KUBELINK-FW-A -j RETURN",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"PREROUTING", "KUBELINK-FW-A", "KUBELINK-FW-B"}; !slices.Equal(st.chains, want) {
+		t.Errorf("chains %q, want %q", st.chains, want)
+	}
+	if got := st.rules["KUBELINK-FW-A"]; len(got) != 2 || got[0] != "-A KUBELINK-FW-A -s 1.2.3.4/32 -m comment --comment \"a  b\" -j DROP" {
+		t.Errorf("rules of KUBELINK-FW-A: %q", got)
+	}
+	if !st.has("KUBELINK-FW-B") || len(st.rules["KUBELINK-FW-B"]) != 0 || st.has("KUBELINK-FW-C") {
+		t.Errorf("empty chain B or missing chain C wrong: %v", st.rules)
+	}
+	for _, bad := range [][]string{{"-A X -j DROP"}, {"-X FOO"}, {"-N"}} {
+		if _, err := parseTable(bad); err == nil {
+			t.Errorf("parseTable(%q) accepted it", bad)
+		}
+	}
+}
+
+// A pass lists each table once, whatever the number of chains (a listing per
+// chain made the broker's pass cost links × table size, issue #33), and a
+// pass that writes lists the table once more; Drops is one listing too and
+// counts each chain's DROP rules.
+func TestChainsListEachTableOncePerPass(t *testing.T) {
+	ns := nstest.New(t, "ipt")
+	c := newChains(t, FirewallChains)
+	lists := 0
+	real := c.list
+	c.list = func(table string, counters bool) ([]string, error) {
+		lists++
+		return real(table, counters)
+	}
+	const n = 60
+	rs := mesh.RuleSet{}
+	for i := range n {
+		name := fmt.Sprintf("%sFW-%d", mesh.ChainPrefix, i)
+		rs.Chains = append(rs.Chains, mesh.Chain{Table: "mangle", Name: name, Rules: [][]string{
+			{"-s", fmt.Sprintf("10.1.%d.0/24", i), "-j", "RETURN"}, {"-j", "DROP"}}})
+	}
+	rs.Chains = append(rs.Chains, mesh.Chain{Table: "mangle", Name: mesh.ChainFirewall, Rules: [][]string{{"-j", "RETURN"}}})
+	rs.Hooks = []mesh.Hook{{Table: "mangle", Chain: "PREROUTING", Rule: []string{"-j", mesh.ChainFirewall}}}
+
+	set(t, ns, c, rs)
+	if want := len(tables) + 1; lists != want {
+		t.Errorf("first pass (writes %d chains): %d listings, want %d (one per table, one after the write)", n+1, lists, want)
+	}
+	lists = 0
+	set(t, ns, c, rs)
+	if lists != len(tables) || c.rewrites != n+1 {
+		t.Errorf("unchanged pass: %d listings and %d writes in all, want %d and %d", lists, c.rewrites, len(tables), n+1)
+	}
+	// Drift behind our back in one chain: found in the same listings, and
+	// only that chain is written again.
+	ns.Run(t, "iptables", "-t", "mangle", "-A", mesh.ChainPrefix+"FW-7", "-j", "ACCEPT")
+	lists = 0
+	set(t, ns, c, rs)
+	if lists != len(tables)+1 || c.rewrites != n+2 {
+		t.Errorf("pass after drift: %d listings and %d writes in all, want %d and %d", lists, c.rewrites, len(tables)+1, n+2)
+	}
+
+	// One packet dropped by chain 3's DROP rule (the sender sees EPERM),
+	// none by the others.
+	ns.Run(t, "iptables", "-t", "mangle", "-I", "OUTPUT", "-d", "127.0.0.9/32", "-j", mesh.ChainPrefix+"FW-3")
+	do(t, ns, func() error {
+		conn, err := net.Dial("udp", "127.0.0.9:9")
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		if _, err = conn.Write([]byte("x")); err == nil {
+			return fmt.Errorf("the packet was not dropped")
+		}
+		return nil
+	})
+	lists = 0
+	var drops map[string]uint64
+	do(t, ns, func() (err error) { drops, err = c.Drops("mangle"); return err })
+	if lists != 1 {
+		t.Errorf("Drops: %d listings, want 1", lists)
+	}
+	if len(drops) != n+1 || drops[mesh.ChainPrefix+"FW-3"] != 1 || drops[mesh.ChainPrefix+"FW-4"] != 0 {
+		t.Errorf("drops: %d chains, FW-3 %d (want 1), FW-4 %d (want 0)", len(drops), drops[mesh.ChainPrefix+"FW-3"], drops[mesh.ChainPrefix+"FW-4"])
 	}
 }

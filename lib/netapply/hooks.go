@@ -11,15 +11,13 @@ import (
 // syncHooks makes every desired hook exist exactly once in its built-in
 // chain and removes every other rule in the built-in chains that jumps into
 // a chain we own (stale hooks, duplicates, and older variants of a hook).
-func (c *Chains) syncHooks(table string, builtins []string, hooks []mesh.Hook) error {
+// st is the table as listed last; our chain writes do not touch the
+// built-in chains, so it is current for them.
+func (c *Chains) syncHooks(table string, builtins []string, hooks []mesh.Hook, st *tableState) error {
 	slices.Sort(builtins)
 	for _, bc := range builtins {
-		lines, err := c.listRules(table, bc)
-		if err != nil {
-			return err
-		}
 		var present [][]string
-		for _, l := range lines {
+		for _, l := range st.rules[bc] {
 			args, err := splitRule(l, bc)
 			if err != nil {
 				return fmt.Errorf("chain %s: %w", bc, err)

@@ -41,6 +41,7 @@ type Chains struct {
 	owned   func(chain string) bool
 	ipt     iptablesCmd
 	restore func(input []byte) error
+	list    func(table string, counters bool) ([]string, error)
 
 	mu sync.Mutex
 	// written remembers, per chain we wrote, the rules we wrote and what
@@ -62,15 +63,15 @@ type writtenChain struct {
 // (or ip6tables and ip6tables-restore when ipv6 is set) from PATH, the same
 // binaries go-iptables picks.
 func NewChains(owned func(chain string) bool, ipv6 bool) (*Chains, error) {
-	proto, restore := iptables.ProtocolIPv4, "iptables-restore"
+	proto, restore, list := iptables.ProtocolIPv4, "iptables-restore", "iptables"
 	if ipv6 {
-		proto, restore = iptables.ProtocolIPv6, "ip6tables-restore"
+		proto, restore, list = iptables.ProtocolIPv6, "ip6tables-restore", "ip6tables"
 	}
 	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(30))
 	if err != nil {
 		return nil, fmt.Errorf("iptables: %w (is the iptables package installed?)", err)
 	}
-	return &Chains{ipv6: ipv6, owned: owned, ipt: ipt, restore: execRestore(restore), written: map[chainKey]writtenChain{}}, nil
+	return &Chains{ipv6: ipv6, owned: owned, ipt: ipt, restore: execRestore(restore), list: execList(list), written: map[chainKey]writtenChain{}}, nil
 }
 
 // SNATChains owns the chains of Model.SNATRules.
@@ -272,12 +273,12 @@ func (c *Chains) setTable(table string, want *tableWant) error {
 	if want == nil {
 		want = &tableWant{}
 	}
-	names, err := c.ipt.ListChains(table)
+	st, err := c.listTable(table)
 	if err != nil {
-		return fmt.Errorf("list chains: %w", err)
+		return err
 	}
 	var mine, builtins []string
-	for _, n := range names {
+	for _, n := range st.chains {
 		switch {
 		case builtinChains[n]:
 			builtins = append(builtins, n)
@@ -295,7 +296,7 @@ func (c *Chains) setTable(table string, want *tableWant) error {
 		}
 		return nil
 	}
-	if err := c.writeChains(table, want.chains, mine); err != nil {
+	if st, err = c.writeChains(table, want.chains, mine, st); err != nil {
 		return err
 	}
 	for _, h := range want.hooks {
@@ -303,7 +304,7 @@ func (c *Chains) setTable(table string, want *tableWant) error {
 			builtins = append(builtins, h.Chain)
 		}
 	}
-	if err := c.syncHooks(table, builtins, want.hooks); err != nil {
+	if err := c.syncHooks(table, builtins, want.hooks, st); err != nil {
 		return err
 	}
 	var stale []string
@@ -316,41 +317,42 @@ func (c *Chains) setTable(table string, want *tableWant) error {
 }
 
 // writeChains rewrites the desired chains that are new, changed since the
-// last write, or changed in the kernel behind our back.
-func (c *Chains) writeChains(table string, want []mesh.Chain, existing []string) error {
+// last write, or changed in the kernel behind our back (st, the table as
+// listed before). It returns the table as it is afterwards: st itself when
+// nothing was written, else a new listing, which also records what iptables
+// printed for each written chain.
+func (c *Chains) writeChains(table string, want []mesh.Chain, existing []string, st *tableState) (*tableState, error) {
 	var dirty []mesh.Chain
 	for _, ch := range want {
 		w, ok := c.written[chainKey{table, ch.Name}]
-		if ok && slices.Contains(existing, ch.Name) && slices.EqualFunc(w.rules, ch.Rules, slices.Equal) {
-			cur, err := c.listRules(table, ch.Name)
-			if err != nil {
-				return err
-			}
-			if slices.Equal(cur, w.listed) {
-				continue
-			}
+		if ok && slices.Contains(existing, ch.Name) && slices.EqualFunc(w.rules, ch.Rules, slices.Equal) &&
+			slices.Equal(st.rules[ch.Name], w.listed) {
+			continue
 		}
 		dirty = append(dirty, ch)
 	}
 	if len(dirty) == 0 {
-		return nil
+		return st, nil
 	}
 	for _, ch := range dirty {
 		// Forget first: if the write fails we must not trust old state.
 		delete(c.written, chainKey{table, ch.Name})
 	}
 	if err := c.restore(restoreInput(table, dirty)); err != nil {
-		return fmt.Errorf("write chains: %w", err)
+		return nil, fmt.Errorf("write chains: %w", err)
 	}
 	c.rewrites += len(dirty)
-	for _, ch := range dirty {
-		listed, err := c.listRules(table, ch.Name)
-		if err != nil {
-			return err
-		}
-		c.written[chainKey{table, ch.Name}] = writtenChain{rules: cloneRules(ch.Rules), listed: listed}
+	after, err := c.listTable(table)
+	if err != nil {
+		return nil, err
 	}
-	return nil
+	for _, ch := range dirty {
+		if !after.has(ch.Name) {
+			return nil, fmt.Errorf("chain %s missing right after it was written", ch.Name)
+		}
+		c.written[chainKey{table, ch.Name}] = writtenChain{rules: cloneRules(ch.Rules), listed: slices.Clone(after.rules[ch.Name])}
+	}
+	return after, nil
 }
 
 // removeChains flushes all stale chains before deleting any, so jumps
@@ -370,21 +372,6 @@ func (c *Chains) removeChains(table string, stale []string) error {
 		}
 	}
 	return nil
-}
-
-// listRules returns the "-A ..." lines of a chain as iptables -S prints them.
-func (c *Chains) listRules(table, chain string) ([]string, error) {
-	lines, err := c.ipt.List(table, chain)
-	if err != nil {
-		return nil, fmt.Errorf("list chain %s: %w", chain, err)
-	}
-	out := lines[:0]
-	for _, l := range lines {
-		if strings.HasPrefix(l, "-A ") {
-			out = append(out, l)
-		}
-	}
-	return out, nil
 }
 
 func cloneRules(rules [][]string) [][]string {

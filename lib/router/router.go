@@ -127,7 +127,8 @@ func findInterface(cidr netip.Prefix) (string, netip.Addr, error) {
 
 // Run serves until ctx ends.
 func (r *Router) Run(ctx context.Context) error {
-	if err := kubeflags.WatchAndSync(ctx, r.cache, r.loop.Kick, &v1alpha1.KubeLink{}); err != nil {
+	if err := kubeflags.WatchAndSyncFiltered(ctx, r.cache, r.loop.Kick,
+		kubeflags.Watch{Object: &v1alpha1.KubeLink{}, Relevant: kubeflags.KubeLinkChangedBeyondHealth}); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
