@@ -2,7 +2,9 @@ package clusterlab
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -46,7 +48,7 @@ func BenchmarkBrokerScale(bm *testing.B) {
 	local := a.LocalLink()
 	local.Spec.ClusterAddress = "192.168.0.11/16"
 	a.Apply(local)
-	broker := a.StartBroker(lab, a.GW, "--resync", "10s", "--health-status-interval", "10s")
+	broker := a.StartBroker(lab, a.GW, "--resync", "10s", "--health-status-interval", "10s", "--pprof-addr", scalePprofAddr.String())
 	a.WaitState(local.Name, v1alpha1.StateUp, 30*time.Second)
 
 	writes := countStatusWrites(bm, a)
@@ -76,6 +78,7 @@ func BenchmarkBrokerScale(bm *testing.B) {
 			passMs = (sum1 - sum0) / (count1 - count0) * 1000
 		}
 		rss := rssMiB(bm, broker)
+		saveHeapProfile(bm, a, n)
 
 		// One change: link 1's service CIDR moves; its status observes the
 		// new generation.
@@ -114,6 +117,27 @@ func BenchmarkBrokerScale(bm *testing.B) {
 		fmt.Printf("RATIO scale_rss_%d_vs_%d %.2f\n", hi, lo, got[hi].rssMiB/got[lo].rssMiB)
 		fmt.Printf("RATIO scale_pass_%d_vs_%d %.2f\n", hi, lo, got[hi].passMs/got[lo].passMs)
 	}
+}
+
+var scalePprofAddr = netip.MustParseAddrPort("127.0.0.1:6060")
+
+// saveHeapProfile writes the broker's heap profile at n links to
+// $KUBELINK_SCALE_PPROF/heap-<n>.pb.gz when that variable names a directory
+// (go tool pprof -top -sample_index=inuse_space reads it).
+func saveHeapProfile(bm *testing.B, c *Cluster, n int) {
+	dir := os.Getenv("KUBELINK_SCALE_PPROF")
+	if dir == "" {
+		return
+	}
+	body, err := Get(c.GW, scalePprofAddr, "/debug/pprof/heap?gc=1", 30*time.Second)
+	if err != nil {
+		bm.Fatalf("heap profile: %v", err)
+	}
+	path := filepath.Join(dir, fmt.Sprintf("heap-%d.pb.gz", n))
+	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+		bm.Fatal(err)
+	}
+	bm.Logf("heap profile at %d links: %s", n, path)
 }
 
 // scaleSizes reads KUBELINK_SCALE_LINKS (default "25,250"): increasing

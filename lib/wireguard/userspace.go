@@ -29,6 +29,7 @@ type userspaceLink struct {
 	closed bool
 	wg     sync.WaitGroup
 	once   sync.Once
+	stop   chan struct{} // ends trimStaged
 }
 
 func openUserspace(name string, mtu int, addrs func() []netip.Prefix, log *slog.Logger) (*userspaceLink, error) {
@@ -52,9 +53,10 @@ func openUserspace(name string, mtu int, addrs func() []netip.Prefix, log *slog.
 		pin.close()
 		return nil, err
 	}
-	u := &userspaceLink{dev: dev, uapi: uapi, pin: pin, log: log, conns: map[net.Conn]struct{}{}}
-	u.wg.Add(1)
+	u := &userspaceLink{dev: dev, uapi: uapi, pin: pin, log: log, conns: map[net.Conn]struct{}{}, stop: make(chan struct{})}
+	u.wg.Add(2)
 	go u.serve()
+	go u.trimStaged(u.stop)
 	return u, nil
 }
 
@@ -143,6 +145,7 @@ func (u *userspaceLink) close() error {
 			_ = c.Close()
 		}
 		u.mu.Unlock()
+		close(u.stop)
 		if cerr := u.uapi.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) {
 			err = fmt.Errorf("close UAPI socket: %w", cerr)
 		}
