@@ -70,7 +70,9 @@ func BenchmarkBrokerScale(bm *testing.B) {
 		sum0, count0 := syncFigures(bm, a)
 		w0 := writes.Load()
 		const window = 30 * time.Second
-		time.Sleep(window)
+		windowEnd := time.Now().Add(window)
+		saveCPUProfile(bm, a, n)
+		time.Sleep(time.Until(windowEnd))
 		sum1, count1 := syncFigures(bm, a)
 		perMin := float64(writes.Load()-w0) * float64(time.Minute) / float64(window)
 		passMs := 0.0
@@ -138,6 +140,22 @@ func saveHeapProfile(bm *testing.B, c *Cluster, n int) {
 		bm.Fatal(err)
 	}
 	bm.Logf("heap profile at %d links: %s", n, path)
+}
+
+// saveCPUProfile writes a 10 s CPU profile of the broker at n links to
+// $KUBELINK_SCALE_PPROF/cpu-<n>.pb.gz when that variable is set.
+func saveCPUProfile(bm *testing.B, c *Cluster, n int) {
+	dir := os.Getenv("KUBELINK_SCALE_PPROF")
+	if dir == "" {
+		return
+	}
+	body, err := Get(c.GW, scalePprofAddr, "/debug/pprof/profile?seconds=10", 30*time.Second)
+	if err != nil {
+		bm.Fatalf("CPU profile: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("cpu-%d.pb.gz", n)), []byte(body), 0o644); err != nil {
+		bm.Fatal(err)
+	}
 }
 
 // scaleSizes reads KUBELINK_SCALE_LINKS (default "25,250"): increasing

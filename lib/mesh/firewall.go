@@ -3,35 +3,117 @@ package mesh
 import (
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 )
 
 // FirewallRules render the ingress Policy of every foreign link as kernel
 // rules for traffic arriving from the mesh device, in mangle PREROUTING
-// (before any DNAT, so rules see the addresses the peer used): the top chain
-// jumps by source — longest prefix first, so the owning link's chain
-// decides (goto, not jump) — into one chain per link holding its probe exemption, transit,
-// denies and allow list, ending in DROP. WireGuard itself drops sources
-// outside the peer's AllowedIPs, which is the ownership check of
-// Policy.Decide. Every link gets a chain: without spec.ingress the secure
-// default applies (see LinkPolicy.Default), not "everything" as in the
-// original.
+// (before any DNAT, so rules see the addresses the peer used). WireGuard
+// itself drops sources outside the peer's AllowedIPs, which is the
+// ownership check of Policy.Decide. Every link gets a chain: without
+// spec.ingress the secure default applies (see LinkPolicy.Default), not
+// "everything" as in the original. The chains (see Policy.FirewallRules)
+// grow linearly with the links.
 func (m *Model) FirewallRules(device string, probePort int) RuleSet {
 	return m.Policy(probePort).FirewallRules(device)
 }
 
-// FirewallRules renders the policy as iptables chains (see
-// Model.FirewallRules).
+// FirewallRules renders the policy as iptables chains, deciding as
+// LinkPolicy.Allows does for the link that owns the source:
+//
+//   - the top chain (jumped to from PREROUTING) first sends a link's traffic
+//     to its own networks to the link's chain (never transit); then, by
+//     destination, traffic to a member's networks to the transit chain of
+//     that member's mesh (or meshes: the same peer in several); then
+//     everything to the sources chain;
+//   - a transit chain lets through (RETURN) the sources owned by links of
+//     its meshes, and sends the rest to the sources chain;
+//   - the sources chain sends each source, longest prefix first, to the chain
+//     of the link owning it;
+//   - a link's chain holds its probe exemption, denies and allow list, and
+//     ends in DROP.
+//
+// Every step is a goto (-g): a RETURN anywhere leaves the firewall, and the
+// first match decides. Transit used to be a list of every other member's
+// networks in every link's chain: links × links rules, which made each of
+// the broker's passes (writing and listing mangle) cost seconds at 250
+// links (issue #33). Now every network appears a bounded number of times.
 func (p *Policy) FirewallRules(device string) RuleSet {
 	if len(p.Links) == 0 {
 		return RuleSet{}
 	}
 	top := Chain{Table: "mangle", Name: ChainFirewall}
+	sources := Chain{Table: "mangle", Name: chainName("FW", "sources:")}
+	// the owner of each source network (the first in model order where the
+	// same peer repeats a network in several meshes)
+	var owned []sourceOwner
+	seen := map[netip.Prefix]bool{}
 	for _, o := range p.owners {
-		// -g: the first matching source decides; a RETURN from the link's
-		// chain leaves the firewall instead of trying the next source.
-		top.Rules = append(top.Rules, []string{"-s", o.prefix.String(), "-g", FirewallChain(o.link.Link)})
+		if !seen[o.prefix] {
+			seen[o.prefix] = true
+			owned = append(owned, o)
+		}
+		sources.Rules = append(sources.Rules, []string{"-s", o.prefix.String(), "-g", FirewallChain(o.link.Link)})
 	}
-	chains := []Chain{top}
+	for _, o := range owned {
+		for _, d := range o.link.Sources {
+			top.Rules = append(top.Rules, []string{"-s", o.prefix.String(), "-d", d.String(), "-g", FirewallChain(o.link.Link)})
+		}
+	}
+	// Transit: the meshes of the links that have each network (longest
+	// first, as the owners are sorted).
+	meshesOf := map[netip.Prefix][]string{}
+	var dests []netip.Prefix
+	for _, o := range p.owners {
+		if _, ok := meshesOf[o.prefix]; !ok {
+			dests = append(dests, o.prefix)
+		}
+		if !slices.Contains(meshesOf[o.prefix], o.link.Mesh) {
+			meshesOf[o.prefix] = append(meshesOf[o.prefix], o.link.Mesh)
+		}
+	}
+	// A network no other link of its meshes could send to needs no rule
+	// (a mesh of one member).
+	linksIn := map[string]int{}
+	for _, lp := range p.Links {
+		linksIn[lp.Mesh]++
+	}
+	holders := map[netip.Prefix]int{}
+	for _, o := range p.owners {
+		holders[o.prefix]++
+	}
+	var transit []Chain
+	byKey := map[string]int{}
+	for _, d := range dests {
+		others := -holders[d]
+		for _, m := range meshesOf[d] {
+			others += linksIn[m]
+		}
+		if others <= 0 {
+			continue
+		}
+		ms := slices.Clone(meshesOf[d])
+		slices.Sort(ms)
+		key := "transit:" + strings.Join(ms, ",")
+		i, ok := byKey[key]
+		if !ok {
+			c := Chain{Table: "mangle", Name: chainName("FW", key)}
+			for _, o := range owned {
+				if slices.Contains(ms, o.link.Mesh) {
+					c.Rules = append(c.Rules, []string{"-s", o.prefix.String(), "-j", "RETURN"})
+				}
+			}
+			c.Rules = append(c.Rules, []string{"-g", sources.Name})
+			i = len(transit)
+			byKey[key] = i
+			transit = append(transit, c)
+		}
+		top.Rules = append(top.Rules, []string{"-d", d.String(), "-g", transit[i].Name})
+	}
+	top.Rules = append(top.Rules, []string{"-g", sources.Name})
+
+	chains := append([]Chain{top, sources}, transit...)
 	for _, lp := range p.Links {
 		c := Chain{Table: "mangle", Name: FirewallChain(lp.Link)}
 		if pr := lp.Probe; pr.IsValid() {
@@ -39,9 +121,6 @@ func (p *Policy) FirewallRules(device string) RuleSet {
 			c.Rules = append(c.Rules,
 				[]string{"-d", local, "-p", "udp", "-m", "udp", "--dport", port, "-j", "RETURN"},
 				[]string{"-d", local, "-p", "udp", "-m", "udp", "--sport", port, "--dport", fmt.Sprint(lp.ProbeReplyPort), "-j", "RETURN"})
-		}
-		for _, d := range lp.Transit {
-			c.Rules = append(c.Rules, []string{"-d", d.String(), "-j", "RETURN"})
 		}
 		for _, d := range lp.Deny {
 			c.Rules = append(c.Rules, []string{"-d", d.String(), "-j", "DROP"})

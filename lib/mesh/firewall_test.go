@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -98,7 +99,16 @@ func TestFirewallAllowListRestrictsAndDenyDrops(t *testing.T) {
 		t.Fatalf("d: %+v", v)
 	}
 	rs := m.FirewallRules("kubelink", 8779)
-	if first := rs.Chains[1].Rules[0]; strings.Join(first, " ") != "-d 192.168.0.11/32 -p udp -m udp --dport 8779 -j RETURN" {
+	var bChain *Chain
+	for i := range rs.Chains {
+		if rs.Chains[i].Name == FirewallChain("b") {
+			bChain = &rs.Chains[i]
+		}
+	}
+	if bChain == nil {
+		t.Fatalf("no chain for b: %+v", rs.Chains)
+	}
+	if first := bChain.Rules[0]; strings.Join(first, " ") != "-d 192.168.0.11/32 -p udp -m udp --dport 8779 -j RETURN" {
 		t.Errorf("first rule of a link chain = %v, want the health-probe exemption", first)
 	}
 	if len(rs.Hooks) != 1 || rs.Hooks[0].Table != "mangle" || rs.Hooks[0].Rule[1] != "kubelink" {
@@ -159,8 +169,8 @@ func TestFirewallMeshWideRuleOnLocalLink(t *testing.T) {
 func TestNoIngressMeansTheSecureDefault(t *testing.T) {
 	m := Build([]v1alpha1.KubeLink{local("a", "192.168.0.11/24", "100.64.0.0/20"), peer("b", "192.168.0.12/24", "", "b.org", keyB)}, wgOpts)
 	rs := m.FirewallRules("kubelink", 8779)
-	if len(rs.Hooks) != 1 || len(rs.Chains) != 2 {
-		t.Fatalf("got %+v, want the hook, the top chain and b's chain", rs)
+	if len(rs.Hooks) != 1 || len(rs.Chains) != 3 {
+		t.Fatalf("got %+v, want the hook, the top chain, the sources chain and b's chain (no transit in a mesh of one)", rs)
 	}
 	if lp, _ := m.Policy(8779).Link("b"); !lp.Default {
 		t.Error("b's policy is not marked as the default")
@@ -184,5 +194,53 @@ func TestLinkPolicyAllows(t *testing.T) {
 	// never "everything".
 	if (&LinkPolicy{}).Allows(Packet{Dst: addr("10.0.0.1")}) {
 		t.Error("an empty policy must allow nothing")
+	}
+}
+
+// The firewall grows linearly with the links: every network appears in a
+// bounded number of rules (it was links × links: every link's chain listed
+// every other member's networks as transit, issue #33), and transit still
+// passes between members while the secure default still holds.
+func TestFirewallRulesGrowLinearly(t *testing.T) {
+	count := func(n int) (int, RuleSet) {
+		links := []v1alpha1.KubeLink{local("a", "192.168.0.1/16", "100.64.0.0/20")}
+		for i := 1; i <= n; i++ {
+			var k [32]byte
+			k[0], k[1], k[31] = byte(i), byte(i>>8), 7
+			key := base64.StdEncoding.EncodeToString(k[:])
+			links = append(links, peer(fmt.Sprintf("p%d", i), fmt.Sprintf("192.168.1.%d/16", i), fmt.Sprintf("100.100.%d.0/24", i), fmt.Sprintf("p%d.org", i), key))
+		}
+		m := Build(links, wgOpts)
+		for name, v := range m.Verdicts {
+			if !v.Accepted() {
+				t.Fatalf("%s: %s %s", name, v.State, v.Message)
+			}
+		}
+		rs := m.FirewallRules("kubelink", 8779)
+		rules := 0
+		for _, c := range rs.Chains {
+			rules += len(c.Rules)
+		}
+		return rules, rs
+	}
+	r25, _ := count(25)
+	r250, rs := count(250)
+	if r250 > 20*250 || float64(r250)/float64(r25) > 11 {
+		t.Errorf("%d rules at 25 links, %d at 250: want linear growth (at most 20 per link)", r25, r250)
+	}
+	for _, tt := range []struct {
+		src, dst string
+		drop     bool
+	}{
+		{"192.168.1.7", "100.100.200.9", false}, // transit to p200
+		{"100.100.7.1", "192.168.1.200", false}, // from p7's services to p200's address
+		{"192.168.1.7", "100.100.7.9", true},    // to its own services: not transit, not exported
+		{"192.168.1.7", "100.64.0.20", false},   // the local service CIDR: the default
+		{"192.168.1.7", "10.0.0.1", true},       // not exported
+		{"192.168.1.7", "100.64.0.1", true},     // the API server's Service
+	} {
+		if got := droppedBy(t, rs, tt.src, tt.dst); got != tt.drop {
+			t.Errorf("%s -> %s dropped=%v, want %v", tt.src, tt.dst, got, tt.drop)
+		}
 	}
 }

@@ -46,6 +46,8 @@ func (d Decision) String() string {
 // link behaves the same whichever plane carries it.
 type LinkPolicy struct {
 	Link string
+	// Mesh is the name of the link's mesh.
+	Mesh string
 	// Sources are the networks the link owns: its cluster address, service
 	// CIDR and egress (AllowedIPs).
 	Sources []netip.Prefix
@@ -125,7 +127,7 @@ func (m *Model) Policy(probePort int) *Policy {
 	p := &Policy{}
 	for _, ms := range m.Meshes {
 		for _, l := range ms.Members {
-			lp := &LinkPolicy{Link: l.Name.String(), Sources: l.AllowedIPs()}
+			lp := &LinkPolicy{Link: l.Name.String(), Mesh: ms.Name, Sources: l.AllowedIPs()}
 			if probePort > 0 && probePort < 65535 {
 				lp.Probe = netip.AddrPortFrom(ms.Local.IP(), uint16(probePort))
 				lp.ProbeReplyPort = ProbeReplyPort(probePort)

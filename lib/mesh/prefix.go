@@ -44,30 +44,25 @@ func comparePrefix(a, b netip.Prefix) int {
 }
 
 // mergePrefixes returns the prefixes sorted, without duplicates and without
-// entries covered by another entry.
+// entries covered by another entry. Sorted by address and then length, a
+// prefix can only be covered by the last one kept before it (prefixes nest
+// or are disjoint, and whatever lies between a covering prefix and a prefix
+// it covers is covered too), so one pass after the sort suffices: O(k log k)
+// (a comparison with every kept prefix made each pass of the broker cubic in
+// its links, issue #33).
 func mergePrefixes(in []netip.Prefix) []netip.Prefix {
-	s := slices.Clone(in)
-	// Shorter prefixes first so that covering entries are kept.
-	slices.SortFunc(s, func(a, b netip.Prefix) int {
-		if a.Bits() != b.Bits() {
-			return a.Bits() - b.Bits()
-		}
-		return a.Addr().Compare(b.Addr())
-	})
+	s := make([]netip.Prefix, len(in))
+	for i, p := range in {
+		s[i] = p.Masked()
+	}
+	slices.SortFunc(s, comparePrefix)
 	var out []netip.Prefix
 	for _, p := range s {
-		covered := false
-		for _, q := range out {
-			if contains(q, p) {
-				covered = true
-				break
-			}
+		if n := len(out); n > 0 && contains(out[n-1], p) {
+			continue
 		}
-		if !covered {
-			out = append(out, p)
-		}
+		out = append(out, p)
 	}
-	slices.SortFunc(out, comparePrefix)
 	return out
 }
 

@@ -341,10 +341,10 @@ func TestChainsQuarantineABadChainAndWriteTheRest(t *testing.T) {
 	ns := nstest.New(t, "ipq")
 	m := model(t, localLink("a", "192.168.0.11/24", "100.64.0.0/20"), peerLink("b", "192.168.0.12/24", "100.64.16.0/20", keyB, "100.64.0.0/20"))
 	rs := m.FirewallRules("kubelink", 8779)
-	if len(rs.Chains) != 2 {
-		t.Fatalf("want top chain and b's chain, got %d chains", len(rs.Chains))
+	if len(rs.Chains) != 3 || rs.Chains[2].Name != mesh.FirewallChain("b") {
+		t.Fatalf("want the top chain, the sources chain and b's chain, got %+v", rs.Chains)
 	}
-	good := rs.Chains[1]
+	good := rs.Chains[2]
 	// A hostile chain rendered past every validation (the renderer never
 	// does this since ParseLink rejects IPv6; this is the last line).
 	bad := mesh.Chain{Table: "mangle", Name: mesh.FirewallChain("evil"), Rules: [][]string{{"-d", "fd00:50::/64", "-j", "RETURN"}, {"-j", "RETURN"}}}
