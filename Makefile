@@ -154,7 +154,7 @@ e2e-uninstall: kubelinkctl ## against the running lab: kubelinkctl uninstall of 
 	cd e2e && $(STATIC_GO) go test -tags e2e,e2euninstall -count=1 -timeout 15m -v -run '^TestUninstall$$' ./... 2>&1 | tee $(KUBELINK_CACHE)/e2e-uninstall.log; exit $${PIPESTATUS[0]}
 
 .PHONY: bench
-bench: test-bins ## measure the data planes in one run; prints BENCH and RATIO lines (root; installs iperf3 etc. when missing)
+bench: test-bins ## measure the data planes and the broker at 25 and 250 links in one run; prints BENCH and RATIO lines (root; installs iperf3 etc. when missing)
 	@lab/scripts/deps.sh bench
 	@set -o pipefail; go test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./lib/clusterlab/ ./lib/bridge/ \
 	  | tee _bench.log | grep -E '^(BENCH|RATIO) '; rc=$$?; \
