@@ -46,6 +46,8 @@ type Broker struct {
 	active    atomic.Bool
 	synced    atomic.Bool
 	lastWrite map[string]time.Time
+	// health writes the figures-only status updates while active.
+	health *healthWriter
 
 	// endpoint writes the Service's EndpointSlice while active
 	// (--active-endpoint-slice); nil when off.
@@ -171,6 +173,14 @@ func (b *Broker) runActive(ctx context.Context) error {
 		OnChange:   func(netip.Addr, probe.Result) { b.kick() }})
 	defer b.prober.Close()
 	defer b.closeResponders(nil)
+
+	b.health = newHealthWriter(b.kube, b.log)
+	var writing sync.WaitGroup
+	writing.Go(func() { b.health.run(ctx) })
+	defer func() {
+		writing.Wait()
+		b.health = nil
+	}()
 
 	// The EndpointSlice is published beside the sync loop, once the data
 	// plane had its first sync: its retries cost no sync pass.

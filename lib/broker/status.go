@@ -149,14 +149,20 @@ func dur(d time.Duration) *metav1.Duration {
 	return &metav1.Duration{Duration: d.Round(time.Microsecond)}
 }
 
+// healthOnly reports whether two statuses differ in nothing but the health
+// figures.
+func healthOnly(old, desired v1alpha1.KubeLinkStatus) bool {
+	a, b := old, desired
+	a.Health, b.Health = nil, nil
+	return equality.Semantic.DeepEqual(a, b)
+}
+
 // NeedsWrite says whether a status must be written: at once when anything but
 // the health figures changed, and for health figures only when the last write
 // is older than healthEvery (figures change on every probe; writing them each
 // time would flood the API server).
 func NeedsWrite(old, desired v1alpha1.KubeLinkStatus, lastWrite, now time.Time, healthEvery time.Duration) bool {
-	a, b := old, desired
-	a.Health, b.Health = nil, nil
-	if !equality.Semantic.DeepEqual(a, b) {
+	if !healthOnly(old, desired) {
 		return true
 	}
 	if equality.Semantic.DeepEqual(old.Health, desired.Health) {

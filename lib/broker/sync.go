@@ -142,6 +142,15 @@ func (b *Broker) writeStatus(ctx context.Context, kl *v1alpha1.KubeLink, st v1al
 	if !NeedsWrite(kl.Status, st, b.lastWrite[kl.Name], now, b.cfg.HealthEvery) {
 		return nil
 	}
+	if b.health != nil {
+		if healthOnly(kl.Status, st) {
+			b.health.enqueue(kl, st)
+			b.lastWrite[kl.Name] = now
+			return nil
+		}
+		// this write carries the latest figures too
+		b.health.drop(kl.Name)
+	}
 	orig := kl.DeepCopy()
 	oldState := kl.Status.State
 	kl.Status = st
@@ -163,6 +172,9 @@ func (b *Broker) forgetDeleted(items []v1alpha1.KubeLink) {
 	for n := range b.lastWrite {
 		if !seen[n] {
 			delete(b.lastWrite, n)
+			if b.health != nil {
+				b.health.drop(n)
+			}
 			b.metrics.forgetLink(n)
 		}
 	}
