@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"testing"
@@ -11,20 +10,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
-	"github.com/kubelink/kubelink/lib/testenv"
 )
 
 // The health writer writes only the figures: a state written after the
 // figures were queued stays; the latest queued figures of a link win; a
 // dropped link is not written; a link deleted meanwhile is no error.
 func TestHealthWriterWritesOnlyTheFigures(t *testing.T) {
-	cp := testenv.StartForTest(t)
-	kube, err := cp.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	_, kube, ctx := startAPI(t)
 	get := func(name string) *v1alpha1.KubeLink {
 		t.Helper()
 		var kl v1alpha1.KubeLink

@@ -13,7 +13,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
-	"github.com/kubelink/kubelink/lib/testenv"
 )
 
 // A status-only update of a KubeLink (the broker's own writes, or anyone's)
@@ -21,13 +20,8 @@ import (
 // write, 250 links kept the broker in passes back to back (issue #33). The
 // resync is an hour, so every pass in the test comes from a kick.
 func TestStatusOnlyUpdatesStartNoPass(t *testing.T) {
-	cp := testenv.StartForTest(t)
-	kube, err := cp.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	cp, kube, ctx := startAPI(t)
+	ctx, cancel := context.WithCancel(ctx)
 	cfg := Defaults()
 	cfg.Namespace, cfg.LeaderElect, cfg.MetricsAddr, cfg.Identity = "default", false, "", "test-broker"
 	cfg.NodeCIDR = netip.MustParsePrefix("127.0.0.0/8")

@@ -87,6 +87,20 @@ func (f *fakePlane) lastPlan() *mesh.GatewayPlan {
 	return f.plans[len(f.plans)-1]
 }
 
+// startAPI starts a real API server for the test and returns a client and a
+// context that ends with the test.
+func startAPI(t *testing.T) (*testenv.ControlPlane, client.Client, context.Context) {
+	t.Helper()
+	cp := testenv.StartForTest(t)
+	kube, err := cp.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	return cp, kube, ctx
+}
+
 var testKey, _ = mesh.ParseKey("4vEkTd2EHwM2mIc7Y0sJ1FwLcDr7mvjV8m0JmnI/4ms=")
 
 // Broker.sync against a real API server with a fake data plane: what the
@@ -95,12 +109,8 @@ var testKey, _ = mesh.ParseKey("4vEkTd2EHwM2mIc7Y0sJ1FwLcDr7mvjV8m0JmnI/4ms=")
 // cluster addresses are on loopback (127.0.10.0/24), so the health probes
 // are real UDP probes on lo and never leave the machine.
 func TestSyncWithFakePlane(t *testing.T) {
-	cp := testenv.StartForTest(t)
-	kube, err := cp.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
+	cp, kube, ctx := startAPI(t)
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	probePort := 20000 + os.Getpid()%20000
