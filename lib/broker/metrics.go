@@ -25,11 +25,14 @@ type metrics struct {
 	// endpointPublished is 1 while the active broker's EndpointSlice
 	// points at this pod (--active-endpoint-slice).
 	endpointPublished prometheus.Gauge
+	// seen are the links with series (see forgetLinksBut).
+	seen map[string]bool
 }
 
 func newMetrics() *metrics {
 	m := &metrics{
 		reg:             prometheus.NewRegistry(),
+		seen:            map[string]bool{},
 		links:           prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_links", Help: "KubeLinks by state."}, []string{"state"}),
 		linkUp:          prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_link_up", Help: "1 when the link is Up."}, []string{"link"}),
 		rx:              prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_link_rx_bytes", Help: "Bytes received from the link's peer."}, []string{"link"}),
@@ -60,19 +63,38 @@ func (m *metrics) observeLink(name string, st v1alpha1.KubeLinkStatus) {
 	if st.State == v1alpha1.StateUp {
 		up = 1
 	}
+	m.seen[name] = true
 	m.linkUp.WithLabelValues(name).Set(up)
-	if h := st.Health; h != nil {
+	h := st.Health
+	if h != nil {
 		m.rx.WithLabelValues(name).Set(float64(h.RxBytes))
 		m.tx.WithLabelValues(name).Set(float64(h.TxBytes))
-		if h.RTT != nil && h.RTT.Last != nil {
-			m.rtt.WithLabelValues(name).Set(h.RTT.Last.Seconds())
-		}
+	} else {
+		m.rx.DeleteLabelValues(name)
+		m.tx.DeleteLabelValues(name)
+	}
+	// no RTT (probing stopped, or never answered): no stale figure
+	if h != nil && h.RTT != nil && h.RTT.Last != nil {
+		m.rtt.WithLabelValues(name).Set(h.RTT.Last.Seconds())
+	} else {
+		m.rtt.DeleteLabelValues(name)
 	}
 }
 
 func (m *metrics) forgetLink(name string) {
 	for _, v := range []*prometheus.GaugeVec{m.linkUp, m.rx, m.tx, m.rtt, m.fwDrops} {
 		v.DeleteLabelValues(name)
+	}
+}
+
+// forgetLinksBut removes the series of every link observed before that is
+// not in keep (a deleted link), whether or not its status was ever written.
+func (m *metrics) forgetLinksBut(keep map[string]bool) {
+	for n := range m.seen {
+		if !keep[n] {
+			m.forgetLink(n)
+			delete(m.seen, n)
+		}
 	}
 }
 

@@ -175,9 +175,9 @@ func (b *Broker) forgetDeleted(items []v1alpha1.KubeLink) {
 			if b.health != nil {
 				b.health.drop(n)
 			}
-			b.metrics.forgetLink(n)
 		}
 	}
+	b.metrics.forgetLinksBut(seen)
 }
 
 // observeDrops reports the packets a link's ingress policy dropped.
