@@ -174,6 +174,18 @@ func (p *Prober) Set(targets map[netip.Addr]netip.Addr) {
 			p.targets[a] = &target{src: src}
 		}
 	}
+	// A source address no target uses any more (a mesh that went) closes
+	// its socket, which ends its receiver.
+	used := map[netip.Addr]bool{}
+	for _, t := range p.targets {
+		used[t.src] = true
+	}
+	for src, c := range p.conns {
+		if !used[src] {
+			_ = c.Close()
+			delete(p.conns, src)
+		}
+	}
 }
 
 // Result returns the state of a target.

@@ -1,7 +1,9 @@
 package probe
 
 import (
+	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -92,4 +94,35 @@ func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// The socket of a source address no target uses any more is closed (it was
+// kept, with its receiver, for every mesh that ever existed; issue #33): the
+// address and port can be bound again, and its receiver ends.
+func TestUnusedSourceSocketIsClosed(t *testing.T) {
+	src := netip.MustParseAddr("127.0.0.3")
+	sport := 30000 + os.Getpid()%20000
+	p := New(Config{Interval: 20 * time.Millisecond, Port: 1, SourcePort: sport})
+	defer p.Close()
+	p.Set(map[netip.Addr]netip.Addr{netip.MustParseAddr("127.0.0.2"): src})
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if res, _ := p.Result(netip.MustParseAddr("127.0.0.2")); res.Sent > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no probe sent from the source socket")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, uint16(sport)))); err == nil {
+		c.Close()
+		t.Fatal("the prober's source socket is not bound while in use")
+	}
+	p.Set(nil)
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, uint16(sport))))
+	if err != nil {
+		t.Fatalf("the source socket was not closed when no target used it: %v", err)
+	}
+	c.Close()
 }
