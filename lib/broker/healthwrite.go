@@ -33,7 +33,7 @@ type healthWriter struct {
 
 type healthWrite struct {
 	orig   *v1alpha1.KubeLink
-	status v1alpha1.KubeLinkStatus
+	health *v1alpha1.LinkHealth
 }
 
 func newHealthWriter(kube client.Client, log *slog.Logger) *healthWriter {
@@ -47,7 +47,7 @@ func (h *healthWriter) enqueue(kl *v1alpha1.KubeLink, st v1alpha1.KubeLinkStatus
 	if _, ok := h.pending[kl.Name]; !ok {
 		h.order = append(h.order, kl.Name)
 	}
-	h.pending[kl.Name] = healthWrite{orig: kl.DeepCopy(), status: st}
+	h.pending[kl.Name] = healthWrite{orig: kl.DeepCopy(), health: st.Health}
 	h.mu.Unlock()
 	select {
 	case h.wake <- struct{}{}:
@@ -94,7 +94,7 @@ func (h *healthWriter) run(ctx context.Context) {
 				break
 			}
 			kl := w.orig.DeepCopy()
-			kl.Status.Health = w.status.Health
+			kl.Status.Health = w.health
 			// A merge patch of the figures only: whatever the pass wrote
 			// since (a new state) is not touched.
 			err := h.kube.Status().Patch(ctx, kl, client.MergeFrom(w.orig))

@@ -2,8 +2,6 @@ package broker
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net/netip"
 	"os"
 	"testing"
@@ -36,13 +34,7 @@ func TestStatusOnlyUpdatesStartNoPass(t *testing.T) {
 		}
 	}
 	fake := &fakePlane{}
-	b, err := New(cfg, cp.Config(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.newPlane = func(context.Context, PlaneDeps) (DataPlane, error) { return fake, nil }
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx, cp.Config()) }()
+	_, done := runOnFake(t, ctx, cfg, cp, fake)
 	defer func() { cancel(); <-done }()
 
 	passes := func() int {

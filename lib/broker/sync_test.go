@@ -101,6 +101,20 @@ func startAPI(t *testing.T) (*testenv.ControlPlane, client.Client, context.Conte
 	return cp, kube, ctx
 }
 
+// runOnFake runs a broker with cfg on the fake data plane until ctx ends;
+// the result of its Run arrives on the channel.
+func runOnFake(t *testing.T, ctx context.Context, cfg Config, cp *testenv.ControlPlane, fake *fakePlane) (*Broker, <-chan error) {
+	t.Helper()
+	b, err := New(cfg, cp.Config(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.newPlane = func(context.Context, PlaneDeps) (DataPlane, error) { return fake, nil }
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx, cp.Config()) }()
+	return b, done
+}
+
 var testKey, _ = mesh.ParseKey("4vEkTd2EHwM2mIc7Y0sJ1FwLcDr7mvjV8m0JmnI/4ms=")
 
 // Broker.sync against a real API server with a fake data plane: what the
@@ -140,13 +154,7 @@ func TestSyncWithFakePlane(t *testing.T) {
 	defer respB.Close()
 
 	fake := &fakePlane{links: map[string]LinkReport{"c": {Err: errors.New("endpoint c.example: lookup c.example: no such host")}}}
-	b, err := New(cfg, cp.Config(), slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.newPlane = func(context.Context, PlaneDeps) (DataPlane, error) { return fake, nil }
-	done := make(chan error, 1)
-	go func() { done <- b.Run(ctx, cp.Config()) }()
+	b, done := runOnFake(t, ctx, cfg, cp, fake)
 
 	state := func(name string) (v1alpha1.KubeLinkStatus, error) {
 		var l v1alpha1.KubeLink

@@ -71,7 +71,7 @@ func BenchmarkBrokerScale(bm *testing.B) {
 		w0 := writes.Load()
 		const window = 30 * time.Second
 		windowEnd := time.Now().Add(window)
-		saveCPUProfile(bm, a, n)
+		saveProfile(bm, a, "cpu", n)
 		time.Sleep(time.Until(windowEnd))
 		sum1, count1 := syncFigures(bm, a)
 		perMin := float64(writes.Load()-w0) * float64(time.Minute) / float64(window)
@@ -80,7 +80,7 @@ func BenchmarkBrokerScale(bm *testing.B) {
 			passMs = (sum1 - sum0) / (count1 - count0) * 1000
 		}
 		rss := rssMiB(bm, broker)
-		saveHeapProfile(bm, a, n)
+		saveProfile(bm, a, "heap", n)
 
 		// One change: link 1's service CIDR moves; its status observes the
 		// new generation.
@@ -123,39 +123,24 @@ func BenchmarkBrokerScale(bm *testing.B) {
 
 var scalePprofAddr = netip.MustParseAddrPort("127.0.0.1:6060")
 
-// saveHeapProfile writes the broker's heap profile at n links to
-// $KUBELINK_SCALE_PPROF/heap-<n>.pb.gz when that variable names a directory
-// (go tool pprof -top -sample_index=inuse_space reads it).
-func saveHeapProfile(bm *testing.B, c *Cluster, n int) {
+// saveProfile writes the broker's profile at n links (kind "heap": the heap
+// after a GC; "cpu": 10 s of CPU) to $KUBELINK_SCALE_PPROF/<kind>-<n>.pb.gz
+// when that variable names a directory (go tool pprof -top reads them).
+func saveProfile(bm *testing.B, c *Cluster, kind string, n int) {
 	dir := os.Getenv("KUBELINK_SCALE_PPROF")
 	if dir == "" {
 		return
 	}
-	body, err := Get(c.GW, scalePprofAddr, "/debug/pprof/heap?gc=1", 30*time.Second)
+	path := map[string]string{"heap": "/debug/pprof/heap?gc=1", "cpu": "/debug/pprof/profile?seconds=10"}[kind]
+	body, err := Get(c.GW, scalePprofAddr, path, 30*time.Second)
 	if err != nil {
-		bm.Fatalf("heap profile: %v", err)
+		bm.Fatalf("%s profile: %v", kind, err)
 	}
-	path := filepath.Join(dir, fmt.Sprintf("heap-%d.pb.gz", n))
-	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+	file := filepath.Join(dir, fmt.Sprintf("%s-%d.pb.gz", kind, n))
+	if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
 		bm.Fatal(err)
 	}
-	bm.Logf("heap profile at %d links: %s", n, path)
-}
-
-// saveCPUProfile writes a 10 s CPU profile of the broker at n links to
-// $KUBELINK_SCALE_PPROF/cpu-<n>.pb.gz when that variable is set.
-func saveCPUProfile(bm *testing.B, c *Cluster, n int) {
-	dir := os.Getenv("KUBELINK_SCALE_PPROF")
-	if dir == "" {
-		return
-	}
-	body, err := Get(c.GW, scalePprofAddr, "/debug/pprof/profile?seconds=10", 30*time.Second)
-	if err != nil {
-		bm.Fatalf("CPU profile: %v", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("cpu-%d.pb.gz", n)), []byte(body), 0o644); err != nil {
-		bm.Fatal(err)
-	}
+	bm.Logf("%s profile at %d links: %s", kind, n, file)
 }
 
 // scaleSizes reads KUBELINK_SCALE_LINKS (default "25,250"): increasing

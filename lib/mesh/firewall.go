@@ -45,47 +45,38 @@ func (p *Policy) FirewallRules(device string) RuleSet {
 	}
 	top := Chain{Table: "mangle", Name: ChainFirewall}
 	sources := Chain{Table: "mangle", Name: chainName("FW", "sources:")}
-	// the owner of each source network (the first in model order where the
-	// same peer repeats a network in several meshes)
+	// Per source network: its owner (the first in model order where the
+	// same peer repeats a network in several meshes), the meshes of the
+	// links that have it, and how many links have it; longest first, as the
+	// owners are sorted.
 	var owned []sourceOwner
-	seen := map[netip.Prefix]bool{}
+	meshesOf := map[netip.Prefix][]string{}
+	holders := map[netip.Prefix]int{}
 	for _, o := range p.owners {
-		if !seen[o.prefix] {
-			seen[o.prefix] = true
+		if holders[o.prefix] == 0 {
 			owned = append(owned, o)
 		}
-		sources.Rules = append(sources.Rules, []string{"-s", o.prefix.String(), "-g", FirewallChain(o.link.Link)})
-	}
-	for _, o := range owned {
-		for _, d := range o.link.Sources {
-			top.Rules = append(top.Rules, []string{"-s", o.prefix.String(), "-d", d.String(), "-g", FirewallChain(o.link.Link)})
-		}
-	}
-	// Transit: the meshes of the links that have each network (longest
-	// first, as the owners are sorted).
-	meshesOf := map[netip.Prefix][]string{}
-	var dests []netip.Prefix
-	for _, o := range p.owners {
-		if _, ok := meshesOf[o.prefix]; !ok {
-			dests = append(dests, o.prefix)
-		}
+		holders[o.prefix]++
 		if !slices.Contains(meshesOf[o.prefix], o.link.Mesh) {
 			meshesOf[o.prefix] = append(meshesOf[o.prefix], o.link.Mesh)
 		}
 	}
-	// A network no other link of its meshes could send to needs no rule
-	// (a mesh of one member).
+	for _, o := range owned {
+		sources.Rules = append(sources.Rules, []string{"-s", o.prefix.String(), "-g", FirewallChain(o.link.Link)})
+		for _, d := range o.link.Sources {
+			top.Rules = append(top.Rules, []string{"-s", o.prefix.String(), "-d", d.String(), "-g", FirewallChain(o.link.Link)})
+		}
+	}
+	// Transit. A network no other link of its meshes could send to needs
+	// no rule (a mesh of one member).
 	linksIn := map[string]int{}
 	for _, lp := range p.Links {
 		linksIn[lp.Mesh]++
 	}
-	holders := map[netip.Prefix]int{}
-	for _, o := range p.owners {
-		holders[o.prefix]++
-	}
 	var transit []Chain
 	byKey := map[string]int{}
-	for _, d := range dests {
+	for _, o := range owned {
+		d := o.prefix
 		others := -holders[d]
 		for _, m := range meshesOf[d] {
 			others += linksIn[m]
@@ -99,9 +90,9 @@ func (p *Policy) FirewallRules(device string) RuleSet {
 		i, ok := byKey[key]
 		if !ok {
 			c := Chain{Table: "mangle", Name: chainName("FW", key)}
-			for _, o := range owned {
-				if slices.Contains(ms, o.link.Mesh) {
-					c.Rules = append(c.Rules, []string{"-s", o.prefix.String(), "-j", "RETURN"})
+			for _, src := range owned {
+				if slices.Contains(ms, src.link.Mesh) {
+					c.Rules = append(c.Rules, []string{"-s", src.prefix.String(), "-j", "RETURN"})
 				}
 			}
 			c.Rules = append(c.Rules, []string{"-g", sources.Name})

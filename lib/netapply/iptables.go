@@ -24,8 +24,6 @@ var builtinChains = map[string]bool{"PREROUTING": true, "INPUT": true, "FORWARD"
 // iptablesCmd is the part of go-iptables the applier uses (the seam to the
 // kernel); *iptables.IPTables implements it.
 type iptablesCmd interface {
-	ListChains(table string) ([]string, error)
-	List(table, chain string) ([]string, error)
 	Exists(table, chain string, rulespec ...string) (bool, error)
 	Insert(table, chain string, pos int, rulespec ...string) error
 	Delete(table, chain string, rulespec ...string) error
@@ -296,7 +294,7 @@ func (c *Chains) setTable(table string, want *tableWant) error {
 		}
 		return nil
 	}
-	if st, err = c.writeChains(table, want.chains, mine, st); err != nil {
+	if st, err = c.writeChains(table, want.chains, st); err != nil {
 		return err
 	}
 	for _, h := range want.hooks {
@@ -321,11 +319,11 @@ func (c *Chains) setTable(table string, want *tableWant) error {
 // listed before). It returns the table as it is afterwards: st itself when
 // nothing was written, else a new listing, which also records what iptables
 // printed for each written chain.
-func (c *Chains) writeChains(table string, want []mesh.Chain, existing []string, st *tableState) (*tableState, error) {
+func (c *Chains) writeChains(table string, want []mesh.Chain, st *tableState) (*tableState, error) {
 	var dirty []mesh.Chain
 	for _, ch := range want {
 		w, ok := c.written[chainKey{table, ch.Name}]
-		if ok && slices.Contains(existing, ch.Name) && slices.EqualFunc(w.rules, ch.Rules, slices.Equal) &&
+		if ok && st.has(ch.Name) && slices.EqualFunc(w.rules, ch.Rules, slices.Equal) &&
 			slices.Equal(st.rules[ch.Name], w.listed) {
 			continue
 		}
