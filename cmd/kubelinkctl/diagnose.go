@@ -46,7 +46,8 @@ working, each finding with the fix:
     name or mesh address, different meshes or data planes;
   - a KubeLink whose publicKey, endpoint, address or CIDR differs from what
     the peer's LocalLink publishes, or a missing link;
-  - an endpoint that is not the peer's NodePort, LoadBalancer or node;
+  - an endpoint that is not the peer's NodePort, LoadBalancer or node (with
+    --expose hostport: the node its broker runs on);
   - a kube-proxy mode kubelink is not tested with;
   - a clock that is off, and certificates outside their validity;
   - a cluster DNS without the kubelink zone;
@@ -191,7 +192,8 @@ func diagnoseLink(ctx context.Context, m, p *member, add addFunc) {
 }
 
 // diagnoseEndpoint checks that p's announced endpoint is a way into p's
-// broker: its LoadBalancer address, or a node of p with the NodePort.
+// broker: its LoadBalancer address, a node of p with the NodePort, or with
+// a HostPort broker (a ClusterIP Service) the node the broker runs on.
 func diagnoseEndpoint(ctx context.Context, p *member, add addFunc) {
 	if p.endpoint == "" {
 		return
@@ -220,7 +222,16 @@ func diagnoseEndpoint(ctx context.Context, p *member, add addFunc) {
 		add("error", p, fmt.Sprintf("it announces %s, but its broker Service has no %s port %d (a %s Service)", p.endpoint, proto, port, svc.Spec.Type),
 			"run install again (it announces the Service's port), or fix --announce")
 	}
-	diagnoseServiceEndpoints(ctx, p, svc, add)
+	if pod := diagnoseServiceEndpoints(ctx, p, svc, add); pod != nil && svc.Spec.Type == corev1.ServiceTypeClusterIP {
+		// HostPort: only the gateway node, where the broker binds the port,
+		// answers at the announced address.
+		node, err := p.cs.CoreV1().Nodes().Get(ctx, pod.Spec.NodeName, metav1.GetOptions{})
+		if err == nil {
+			if cause := hostPortMismatch(p.endpoint, host, node); cause != "" {
+				add("error", p, cause, fmt.Sprintf("install again with --expose hostport --gateway-node %s (it announces that node), or --announce an address that forwards to it", node.Name))
+			}
+		}
+	}
 	if lbAddress(svc) == host {
 		return
 	}
@@ -245,19 +256,37 @@ func diagnoseEndpoint(ctx context.Context, p *member, add addFunc) {
 	}
 }
 
+// hostPortMismatch is the cause of a finding when an endpoint announced for
+// a HostPort broker is not an address of the node it runs on; "" when it
+// is, or when the host is a name (it may resolve to that node).
+func hostPortMismatch(endpoint, host string, node *corev1.Node) string {
+	if _, err := netip.ParseAddr(host); err != nil {
+		return ""
+	}
+	var addrs []string
+	for _, a := range node.Status.Addresses {
+		if a.Address == host {
+			return ""
+		}
+		addrs = append(addrs, a.Address)
+	}
+	return fmt.Sprintf("it announces %s, but its broker binds the host port on node %s (%s): the announced address does not reach it",
+		endpoint, node.Name, strings.Join(addrs, ", "))
+}
+
 // diagnoseServiceEndpoints checks that the broker Service reaches exactly
 // the active broker: no selector, one EndpointSlice, naming the Lease
-// holder's pod, ready.
-func diagnoseServiceEndpoints(ctx context.Context, p *member, svc *corev1.Service, add addFunc) {
+// holder's pod, ready. It returns the active broker's pod, if there is one.
+func diagnoseServiceEndpoints(ctx context.Context, p *member, svc *corev1.Service, add addFunc) *corev1.Pod {
 	if len(svc.Spec.Selector) != 0 {
 		add("error", p, fmt.Sprintf("its broker Service %s/kubelink-broker selects pods (%v): peers reach every Ready broker, the standby too", p.ns, svc.Spec.Selector),
 			"run install again (the chart's Service has no selector; the active broker writes its endpoints)")
-		return
+		return nil
 	}
 	list, err := p.cs.DiscoveryV1().EndpointSlices(p.ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=kubelink-broker"})
 	if err != nil {
 		add("warning", p, fmt.Sprintf("the EndpointSlices of its broker Service: %v", err), "")
-		return
+		return nil
 	}
 	var active *discoveryv1.EndpointSlice
 	for i := range list.Items {
@@ -289,6 +318,7 @@ func diagnoseServiceEndpoints(ctx context.Context, p *member, svc *corev1.Servic
 		add("error", p, fmt.Sprintf("its broker Service's EndpointSlice does not name the active broker %s (%s) as ready: peers reach another pod or none", holder, pod.Status.PodIP),
 			"the active broker writes it once its data plane is synced: see its log, "+logs)
 	}
+	return pod
 }
 
 // sliceNames tells whether a ready endpoint of s has the address ip (any

@@ -41,7 +41,8 @@ const (
 	// EndpointAnnotation on the LocalLink is the host:port peers reach this
 	// cluster's broker at, as install announced it (join reads it).
 	EndpointAnnotation = "kubelink.mandelsoft.org/endpoint"
-	// The chart's default NodePorts and Service ports.
+	// The chart's default NodePorts, and its Service ports (which are also
+	// the container ports, and the host ports of broker.expose.type HostPort).
 	wireguardPort        = 30777
 	bridgePort           = 30088
 	wireguardServicePort = 8777
@@ -52,6 +53,10 @@ type installOptions struct {
 	ns                             *string
 	name, mesh, meshCIDR, address  string
 	dataPlane, expose, announce    string
+	gatewayNode                    string
+	// hostPortNode: with --expose hostport, the gateway node's
+	// kubernetes.io/hostname label (the chart's broker.expose.hostPort.node).
+	hostPortNode string
 	serviceCIDR, podCIDR, nodeCIDR string
 	registry, version, chart       string
 	meshAuthority                  bool
@@ -80,7 +85,12 @@ Nothing is changed when a check fails.`,
   # from a private registry; this cluster holds the mesh CA for the others
   %[1]s install --context us --name us --mesh-cidr 192.168.0.0/24 --address 192.168.0.12 \
       --data-plane bridge --mesh-authority --expose loadbalancer --announce lb.example.com \
-      --registry registry.example.com:5000`, commandName()),
+      --registry registry.example.com:5000
+
+  # no NodePort range or LoadBalancer: the one broker binds UDP 8777 on the
+  # gateway node gw-1, and peers reach that node's address (no standby)
+  %[1]s install --context edge --name edge --mesh-cidr 192.168.0.0/24 --address 192.168.0.13 \
+      --expose hostport --gateway-node gw-1`, commandName()),
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := o.validate(cmd); err != nil {
@@ -95,8 +105,9 @@ Nothing is changed when a check fails.`,
 	f.StringVar(&o.meshCIDR, "mesh-cidr", "", "the mesh network, e.g. 192.168.0.0/24: one address per cluster, outside every cluster's service, pod and node ranges (required)")
 	f.StringVar(&o.address, "address", "", "this cluster's address in the mesh (default: the one it has, else the first free one)")
 	f.StringVar(&o.dataPlane, "data-plane", "wireguard", "wireguard or bridge (WireGuard over UDP, or the TLS bridge over TCP)")
-	f.StringVar(&o.expose, "expose", "nodeport", "how peers reach the broker: nodeport or loadbalancer")
-	f.StringVar(&o.announce, "announce", "", "the host[:port] peers reach the broker at (default: a Ready node's InternalIP and the NodePort, or with --expose loadbalancer the LoadBalancer's address, waited for, and the Service port 8777/8088)")
+	f.StringVar(&o.expose, "expose", "nodeport", "how peers reach the broker: nodeport, loadbalancer, or hostport (one broker on --gateway-node binds the port there; no standby)")
+	f.StringVar(&o.gatewayNode, "gateway-node", "", "with --expose hostport: the node that runs the broker and whose address peers reach (default: the cluster's only node)")
+	f.StringVar(&o.announce, "announce", "", "the host[:port] peers reach the broker at (default: a Ready node's InternalIP and the NodePort; with --expose hostport the gateway node's ExternalIP, else its InternalIP, and port 8777/8088; with --expose loadbalancer the LoadBalancer's address, waited for, and the Service port 8777/8088)")
 	f.StringVar(&o.serviceCIDR, "service-cidr", "", "the cluster's service CIDR (default: discovered)")
 	f.StringVar(&o.podCIDR, "pod-cidr", "", "the cluster's pod CIDR (default: discovered)")
 	f.StringVar(&o.nodeCIDR, "node-cidr", "", "the cluster's node network (default: discovered, the /24 or wider prefix covering the nodes)")
@@ -145,11 +156,12 @@ func (o *installOptions) validate(cmd *cobra.Command) error {
 		return usagef(cmd, "--data-plane %q: must be wireguard or bridge", o.dataPlane)
 	}
 	switch o.expose {
-	case "nodeport", "loadbalancer":
-	case "hostport":
-		return usagef(cmd, "--expose hostport is not supported yet: use nodeport or loadbalancer")
+	case "nodeport", "loadbalancer", "hostport":
 	default:
-		return usagef(cmd, "--expose %q: must be nodeport or loadbalancer", o.expose)
+		return usagef(cmd, "--expose %q: must be nodeport, loadbalancer or hostport", o.expose)
+	}
+	if o.gatewayNode != "" && o.expose != "hostport" {
+		return usagef(cmd, "--gateway-node is for --expose hostport only: with %s every node (or the load balancer) reaches the active broker", o.expose)
 	}
 	for flag, v := range map[string]string{"--service-cidr": o.serviceCIDR, "--pod-cidr": o.podCIDR, "--node-cidr": o.nodeCIDR} {
 		if v == "" {
@@ -470,7 +482,19 @@ func (o *installOptions) endpoint(ctx context.Context, c *cluster) (string, erro
 	if o.dataPlane == "bridge" {
 		port = bridgePort
 	}
-	if o.expose == "loadbalancer" {
+	var gateway *corev1.Node
+	if o.expose == "hostport" {
+		n, err := o.pickGatewayNode(ctx, c)
+		if err != nil {
+			return "", err
+		}
+		gateway = n
+		o.hostPortNode = n.Name
+		if h := n.Labels[corev1.LabelHostname]; h != "" {
+			o.hostPortNode = h
+		}
+	}
+	if o.expose == "loadbalancer" || o.expose == "hostport" {
 		port = wireguardServicePort
 		if o.dataPlane == "bridge" {
 			port = bridgeServicePort
@@ -494,6 +518,16 @@ func (o *installOptions) endpoint(ctx context.Context, c *cluster) (string, erro
 		}
 		return "", nil
 	}
+	if gateway != nil {
+		for _, t := range []corev1.NodeAddressType{corev1.NodeExternalIP, corev1.NodeInternalIP} {
+			for _, a := range gateway.Status.Addresses {
+				if ip, err := netip.ParseAddr(a.Address); a.Type == t && err == nil && ip.Is4() {
+					return fmt.Sprintf("%s:%d", ip, port), nil
+				}
+			}
+		}
+		return "", fmt.Errorf("the gateway node %s has no IPv4 ExternalIP or InternalIP to announce: give --announce host[:port]", gateway.Name)
+	}
 	nodes, err := c.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return "", err
@@ -512,6 +546,38 @@ func (o *installOptions) endpoint(ctx context.Context, c *cluster) (string, erro
 		}
 	}
 	return "", errors.New("no Ready node with an IPv4 InternalIP to announce: give --announce host[:port]")
+}
+
+// pickGatewayNode is --gateway-node (a node's name or its
+// kubernetes.io/hostname label), else the cluster's only node. It must be
+// Ready: the broker is pinned to it.
+func (o *installOptions) pickGatewayNode(ctx context.Context, c *cluster) (*corev1.Node, error) {
+	nodes, err := c.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing the nodes for --expose hostport: %w", err)
+	}
+	var names []string
+	var found *corev1.Node
+	for i := range nodes.Items {
+		n := &nodes.Items[i]
+		names = append(names, n.Name)
+		if o.gatewayNode != "" && (n.Name == o.gatewayNode || n.Labels[corev1.LabelHostname] == o.gatewayNode) {
+			found = n
+		}
+	}
+	sort.Strings(names)
+	switch {
+	case o.gatewayNode == "" && len(nodes.Items) == 1:
+		found = &nodes.Items[0]
+	case o.gatewayNode == "":
+		return nil, fmt.Errorf("--expose hostport pins the broker to one node: name it with --gateway-node (one of %s), a node whose address the peers reach", strings.Join(names, ", "))
+	case found == nil:
+		return nil, fmt.Errorf("--gateway-node %q: no such node (the nodes: %s)", o.gatewayNode, strings.Join(names, ", "))
+	}
+	if !nodeReady(found) {
+		return nil, fmt.Errorf("--gateway-node %s: the node is not Ready; the broker is pinned to it, so pick a Ready node", found.Name)
+	}
+	return found, nil
 }
 
 func nodeReady(n *corev1.Node) bool {
@@ -599,7 +665,10 @@ func (o *installOptions) values(p *plan) map[string]any {
 		"bridge":    map[string]any{"name": host, "identities": "kubelink://" + o.mesh + "/" + o.name},
 		"dns":       map[string]any{"serviceIP": p.CoreDNSIP},
 		"broker": map[string]any{"expose": map[string]any{
-			"type": map[string]string{"nodeport": "NodePort", "loadbalancer": "LoadBalancer"}[o.expose]}},
+			"type": map[string]string{"nodeport": "NodePort", "loadbalancer": "LoadBalancer", "hostport": "HostPort"}[o.expose]}},
+	}
+	if o.hostPortNode != "" {
+		v["broker"].(map[string]any)["expose"].(map[string]any)["hostPort"] = map[string]any{"node": o.hostPortNode}
 	}
 	if o.meshAuthority || p.release == nil {
 		v["meshAuthority"] = map[string]any{"enabled": o.meshAuthority}

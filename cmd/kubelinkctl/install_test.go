@@ -140,7 +140,12 @@ func TestInstallRefusesBadInputAndChangesNothing(t *testing.T) {
 			"--set", "image.registry=" + regHost + ",image.tag=v8.8.8,images.broker=acme/broker"},
 			[]string{"image " + regHost + "/acme/broker:v8.8.8 is not in its registry", regHost + "/kubelink/router:v8.8.8"}},
 		{"no name", []string{"--name", "", "--mesh-cidr", "192.168.0.0/24"}, []string{"--name is required"}},
-		{"hostport", []string{"--mesh-cidr", "192.168.0.0/24", "--expose", "hostport"}, []string{"--expose hostport is not supported yet"}},
+		{"hostport on two nodes without a gateway node", []string{"--mesh-cidr", "192.168.0.0/24", "--expose", "hostport"},
+			[]string{"--expose hostport pins the broker to one node: name it with --gateway-node (one of node-0, node-1)"}},
+		{"hostport on a node that is not there", []string{"--mesh-cidr", "192.168.0.0/24", "--expose", "hostport", "--gateway-node", "gw-9"},
+			[]string{`--gateway-node "gw-9": no such node (the nodes: node-0, node-1)`}},
+		{"a gateway node with nodeport", []string{"--mesh-cidr", "192.168.0.0/24", "--gateway-node", "node-0"},
+			[]string{"--gateway-node is for --expose hostport only"}},
 		{"a DNS address outside the service CIDR", []string{"--mesh-cidr", "192.168.0.0/24", "--set", "dns.serviceIP=10.0.0.53"},
 			[]string{`dns.serviceIP "10.0.0.53": must be an address of the service CIDR 100.64.32.0/20`}},
 		{"a value the chart refuses", []string{"--mesh-cidr", "192.168.0.0/24", "--set", "ipForwarding=off"},
@@ -323,6 +328,83 @@ func TestInstallAndUpgradeInPlace(t *testing.T) {
 	if _, _, err := run(t, "install", "--kubeconfig", kubeconfig, "--chart", chartDir, "--name", "other", "--mesh-cidr", "192.168.0.0/24", "--skip-image-check"); err == nil ||
 		!strings.Contains(err.Error(), `already in the mesh as "eu"`) {
 		t.Errorf("install as another name: %v", err)
+	}
+}
+
+// --expose hostport: one broker pinned to the gateway node, bound to the
+// data plane's port there, announced at that node's ExternalIP (else its
+// InternalIP). A gateway node that is not Ready is refused.
+func TestInstallHostPort(t *testing.T) {
+	kubeconfig, cs, c := fakeCluster(t)
+	ctx := context.Background()
+	args := []string{"install", "--kubeconfig", kubeconfig, "--chart", chartDir, "--name", "edge", "--mesh-cidr", "192.168.0.0/24",
+		"--skip-image-check", "--expose", "hostport"}
+	// node-1 (172.18.0.2) has only an InternalIP, named by the node's name.
+	out, stderr, err := run(t, append(args, "--gateway-node", "node-1", "--dry-run", "-o", "json")...)
+	if err != nil {
+		t.Fatalf("dry run: %v\n%s", err, stderr)
+	}
+	var p plan
+	if err := json.Unmarshal([]byte(out), &p); err != nil {
+		t.Fatal(err)
+	}
+	expose := p.Values["broker"].(map[string]any)["expose"].(map[string]any)
+	if p.Endpoint != "172.18.0.2:8777" || expose["type"] != "HostPort" || fmt.Sprint(expose["hostPort"]) != "map[node:node-1]" {
+		t.Errorf("hostport on node-1: endpoint %s, broker.expose %v; want 172.18.0.2:8777, HostPort on node-1", p.Endpoint, expose)
+	}
+
+	// node-0 gets an ExternalIP and a hostname label of its own: the label
+	// names it (also on the command line), the ExternalIP is announced.
+	n, err := cs.CoreV1().Nodes().Get(ctx, "node-0", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Labels = map[string]string{corev1.LabelHostname: "gw-0"}
+	if n, err = cs.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeExternalIP, Address: "203.0.113.7"})
+	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, err = run(t, append(args, "--gateway-node", "gw-0", "--data-plane", "bridge", "--timeout", "8s")...)
+	if err == nil || !strings.Contains(err.Error(), "the broker Deployment to roll out") {
+		t.Fatalf("install without a kubelet: %v, want a timeout waiting for the broker\n%s", err, stderr)
+	}
+	d, err := cs.AppsV1().Deployments("kubelink").Get(ctx, "kubelink-broker", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *d.Spec.Replicas != 1 || d.Spec.Template.Spec.NodeSelector[corev1.LabelHostname] != "gw-0" {
+		t.Errorf("broker Deployment: replicas %d, nodeSelector %v; want 1 on gw-0", *d.Spec.Replicas, d.Spec.Template.Spec.NodeSelector)
+	}
+	bound := map[string]int32{}
+	for _, ct := range d.Spec.Template.Spec.Containers {
+		for _, cp := range ct.Ports {
+			if cp.HostPort != 0 {
+				bound[cp.Name] = cp.HostPort
+			}
+		}
+	}
+	if fmt.Sprint(bound) != "map[bridge:8088]" {
+		t.Errorf("host ports %v, want the bridge's 8088 only", bound)
+	}
+	var kl v1alpha1.KubeLink
+	if err := c.Get(ctx, client.ObjectKey{Name: "edge"}, &kl); err != nil || kl.Annotations[EndpointAnnotation] != "203.0.113.7:8088" {
+		t.Errorf("LocalLink annotations %v (%v), want the endpoint 203.0.113.7:8088", kl.Annotations, err)
+	}
+	if svc, err := cs.CoreV1().Services("kubelink").Get(ctx, "kubelink-broker", metav1.GetOptions{}); err != nil || svc.Spec.Type != corev1.ServiceTypeClusterIP {
+		t.Errorf("broker Service: %v (%v), want a ClusterIP", svc.Spec.Type, err)
+	}
+
+	// A gateway node that is not Ready is refused.
+	n, _ = cs.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
+	n.Status.Conditions[0].Status = corev1.ConditionFalse
+	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := run(t, append(args, "--gateway-node", "node-1", "--dry-run")...); err == nil || !strings.Contains(err.Error(), "--gateway-node node-1: the node is not Ready") {
+		t.Errorf("hostport on a node that is not Ready: %v", err)
 	}
 }
 

@@ -691,6 +691,45 @@ func TestSwitches(t *testing.T) {
 		}
 	})
 
+	// HostPort: one broker on the gateway node, the data plane's port (and
+	// only it) bound there, the Service a ClusterIP.
+	t.Run("broker.expose HostPort", func(t *testing.T) {
+		for _, dp := range []struct{ plane, port string }{{"wireguard", "wireguard"}, {"bridge", "bridge"}} {
+			objs := testenv.RenderChart(t, map[string]string{"dataPlane": dp.plane, "broker.expose.type": "HostPort",
+				"broker.expose.hostPort.node": "gw-1", "broker.replicas": "3"}, "--set-string", "broker.nodeSelector.zone=a")
+			d := get[appsv1.Deployment](t, objs, "Deployment", "kubelink-broker")
+			ns := d.Spec.Template.Spec.NodeSelector
+			if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 || ns["kubernetes.io/hostname"] != "gw-1" || ns["zone"] != "a" {
+				t.Errorf("%s: broker replicas %v, nodeSelector %v; want 1 on gw-1 (zone a kept)", dp.plane, d.Spec.Replicas, ns)
+			}
+			for _, p := range container(t, &d.Spec.Template.Spec, "broker").Ports {
+				want := int32(0)
+				if p.Name == dp.port {
+					want = p.ContainerPort
+				}
+				if p.HostPort != want {
+					t.Errorf("%s: port %s has hostPort %d, want %d", dp.plane, p.Name, p.HostPort, want)
+				}
+			}
+			svc := get[corev1.Service](t, objs, "Service", "kubelink-broker")
+			if svc.Spec.Type != corev1.ServiceTypeClusterIP || svc.Spec.ExternalTrafficPolicy != "" {
+				t.Errorf("%s: Service type %s, externalTrafficPolicy %q; want a ClusterIP", dp.plane, svc.Spec.Type, svc.Spec.ExternalTrafficPolicy)
+			}
+			for _, p := range svc.Spec.Ports {
+				if p.NodePort != 0 {
+					t.Errorf("%s: HostPort: port %s has nodePort %d", dp.plane, p.Name, p.NodePort)
+				}
+			}
+		}
+		// The other types bind no host port.
+		d := get[appsv1.Deployment](t, testenv.RenderChart(t, nil), "Deployment", "kubelink-broker")
+		for _, p := range container(t, &d.Spec.Template.Spec, "broker").Ports {
+			if p.HostPort != 0 {
+				t.Errorf("NodePort: port %s has hostPort %d", p.Name, p.HostPort)
+			}
+		}
+	})
+
 	t.Run("broker placement", func(t *testing.T) {
 		objs := testenv.RenderChart(t, map[string]string{"broker.replicas": "3",
 			"broker.tolerations[0].key": "gw", "broker.tolerations[0].operator": "Exists"}, "--set-string", "broker.nodeSelector.gateway=yes")
@@ -834,7 +873,8 @@ func TestRefusedValues(t *testing.T) {
 		{"bad dataPlane", map[string]string{"dataPlane": "vxlan"}, nil, []string{"dataPlane=vxlan is not valid", "wireguard, bridge"}},
 		{"bad certificates.mode", map[string]string{"certificates.mode": "none"}, nil, []string{"certificates.mode=none is not valid", "self, csr"}},
 		{"bad ipForwarding", map[string]string{"ipForwarding": "off"}, nil, []string{"ipForwarding=off is not valid", "initContainer, sysctl"}},
-		{"bad expose type", map[string]string{"broker.expose.type": "ClusterIP"}, nil, []string{"broker.expose.type=ClusterIP is not valid", "NodePort, LoadBalancer"}},
+		{"bad expose type", map[string]string{"broker.expose.type": "ClusterIP"}, nil, []string{"broker.expose.type=ClusterIP is not valid", "NodePort, LoadBalancer, HostPort"}},
+		{"HostPort without a node", map[string]string{"broker.expose.type": "HostPort"}, nil, []string{"broker.expose.hostPort.node is required with broker.expose.type=HostPort"}},
 		{"bad traffic policy", map[string]string{"broker.expose.externalTrafficPolicy": "Nearest"}, nil, []string{"broker.expose.externalTrafficPolicy=Nearest is not valid", "Cluster, Local"}},
 		{"authority and member", with(member, "meshAuthority.enabled", "true"), nil, []string{"meshAuthority.enabled and meshMember.enabled are both true"}},
 		{"member without csr", with(member, "certificates.mode", "self"), nil, []string{"meshMember.enabled needs certificates.mode=csr"}},

@@ -81,12 +81,15 @@ pods.
 {{- fail "dns.serviceIP is required: the ClusterIP of the kubelink DNS Service, a free address of cluster.serviceCIDR, by convention its network address + 11 (100.64.0.11 for 100.64.0.0/20)" -}}
 {{- end -}}
 {{- if not $v.bridge.name -}}
-{{- fail "bridge.name is required: the DNS name or IP address under which peers reach this cluster's broker (a node's address with broker.expose.type=NodePort, the load balancer's otherwise); certwatch issues the certificate for it and does not start without it" -}}
+{{- fail "bridge.name is required: the DNS name or IP address under which peers reach this cluster's broker (a node's address with broker.expose.type=NodePort, the gateway node's with HostPort, the load balancer's with LoadBalancer); certwatch issues the certificate for it and does not start without it" -}}
 {{- end -}}
 {{- include "kubelink.oneOf" (list "dataPlane" $v.dataPlane (list "wireguard" "bridge")) -}}
 {{- include "kubelink.oneOf" (list "certificates.mode" $v.certificates.mode (list "self" "csr")) -}}
 {{- include "kubelink.oneOf" (list "ipForwarding" $v.ipForwarding (list "initContainer" "sysctl")) -}}
-{{- include "kubelink.oneOf" (list "broker.expose.type" $v.broker.expose.type (list "NodePort" "LoadBalancer")) -}}
+{{- include "kubelink.oneOf" (list "broker.expose.type" $v.broker.expose.type (list "NodePort" "LoadBalancer" "HostPort")) -}}
+{{- if and (eq $v.broker.expose.type "HostPort") (not $v.broker.expose.hostPort.node) -}}
+{{- fail "broker.expose.hostPort.node is required with broker.expose.type=HostPort: the node (its kubernetes.io/hostname label) whose address the peers reach, e.g. --set broker.expose.hostPort.node=gw-1 (kubectl get nodes -L kubernetes.io/hostname)" -}}
+{{- end -}}
 {{- include "kubelink.oneOf" (list "broker.expose.externalTrafficPolicy" $v.broker.expose.externalTrafficPolicy (list "Cluster" "Local")) -}}
 {{- $mtu := int64 (default 0 $v.broker.mtu) -}}
 {{- if and (ne $mtu 0) (or (lt $mtu 1280) (gt $mtu 9000)) -}}
