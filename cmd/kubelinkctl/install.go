@@ -817,6 +817,11 @@ func (o *installOptions) waitLoadBalancer(ctx context.Context, g *globals, cfg *
 func upgrade(ctx context.Context, g *globals, cfg *action.Configuration, ch chartType, ns string, values map[string]any) error {
 	up := action.NewUpgrade(cfg)
 	up.Namespace = ns
+	// The chart is the one source of the release's objects: a field someone
+	// changed by hand (kubectl edit or scale of the broker) is set back to
+	// the chart's value, not a conflict that stops the upgrade halfway.
+	// What should stay goes into values (-f, --set).
+	up.ForceConflicts = true
 	up.WaitStrategy = kube.HookOnlyStrategy
 	up.Timeout = g.timeout
 	if _, err := up.RunWithContext(ctx, releaseName, ch, values); err != nil {

@@ -288,13 +288,26 @@ func TestInstallAndUpgradeInPlace(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Someone scaled the broker by hand (another field manager owns
+	// spec.replicas now): the upgrade sets the chart's value again rather
+	// than failing on the conflict (checked below: replicas 3).
+	dep, err := cs.AppsV1().Deployments("kubelink").Get(ctx, "kubelink-broker", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := int32(0)
+	dep.Spec.Replicas = &zero
+	if _, err := cs.AppsV1().Deployments("kubelink").Update(ctx, dep, metav1.UpdateOptions{FieldManager: "kubectl-edit"}); err != nil {
+		t.Fatal(err)
+	}
+
 	// Again, with the bridge: an upgrade of the same release, the address kept.
 	start := time.Now()
 	_, stderr, err = run(t, append(args, "--data-plane", "bridge")...)
 	if err == nil || !strings.Contains(stderr, "upgrading release kubelink in namespace kubelink (revision 1)") {
 		t.Fatalf("second install: %v, want an upgrade of revision 1 that times out\n%s", err, stderr)
 	}
-	t.Logf("upgrade ran %s", time.Since(start).Round(time.Millisecond))
+	t.Logf("upgrade ran %s: %v", time.Since(start).Round(time.Millisecond), err)
 	if _, err := cs.CoreV1().Endpoints("kubelink").Get(ctx, "kubelink-broker", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("the selector era's Endpoints kubelink-broker after the upgrade: %v, want deleted", err)
 	}
@@ -314,7 +327,7 @@ func TestInstallAndUpgradeInPlace(t *testing.T) {
 	}
 	// What the first install set and the second did not stays.
 	if d, err := cs.AppsV1().Deployments("kubelink").Get(ctx, "kubelink-broker", metav1.GetOptions{}); err != nil || d.Spec.Replicas == nil || *d.Spec.Replicas != 3 {
-		t.Errorf("after the upgrade the broker Deployment has replicas %v (%v), want the 3 the first install set", d.Spec.Replicas, err)
+		t.Errorf("after the upgrade the broker Deployment has replicas %v (%v), want the 3 the first install set", ptrString(d.Spec.Replicas), err)
 	}
 	if err := c.Get(ctx, client.ObjectKey{Name: "eu"}, &kl); err != nil || kl.Spec.ClusterAddress != "192.168.0.1/24" || kl.Annotations[EndpointAnnotation] != "172.18.0.3:30088" {
 		t.Errorf("LocalLink after the upgrade: %+v %v (%v)", kl.Spec, kl.Annotations, err)
@@ -406,6 +419,13 @@ func TestInstallHostPort(t *testing.T) {
 	if _, _, err := run(t, append(args, "--gateway-node", "node-1", "--dry-run")...); err == nil || !strings.Contains(err.Error(), "--gateway-node node-1: the node is not Ready") {
 		t.Errorf("hostport on a node that is not Ready: %v", err)
 	}
+}
+
+func ptrString[T any](p *T) string {
+	if p == nil {
+		return "nil"
+	}
+	return fmt.Sprint(*p)
 }
 
 func TestUnreachableCluster(t *testing.T) {
