@@ -18,6 +18,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -75,13 +76,14 @@ func New(t testing.TB, n int) *Lab {
 	nstest.RequireRoot(t)
 	lab := &Lab{Bin: Binaries(t), Inet: nstest.New(t, "inet")}
 	plugInet := nstest.Bridge(t, lab.Inet, "inet0")
-	// Every cluster's control plane at once (each its own etcd and
-	// kube-apiserver, as real clusters have).
-	planes := make([]*testenv.ControlPlane, n)
-	for i := range planes {
-		planes[i] = &testenv.ControlPlane{Name: "cluster-" + clusterName(i+1), ServiceCIDR: serviceCIDR(i + 1).String()}
+	// Every cluster's control plane (each its own etcd and kube-apiserver,
+	// as real clusters have): ones an earlier test of this package used,
+	// emptied since, else started at once (testenv.SharedControlPlanesForTest).
+	names, cidrs := make([]string, n), make([]string, n)
+	for i := range names {
+		names[i], cidrs[i] = "cluster-"+clusterName(i+1), serviceCIDR(i+1).String()
 	}
-	testenv.StartControlPlanesForTest(t, planes...)
+	planes := testenv.SharedControlPlanesForTest(t, names, cidrs)
 	for i := 1; i <= n; i++ {
 		lab.Clusters = append(lab.Clusters, newCluster(t, i, plugInet, planes[i-1]))
 	}
@@ -163,7 +165,11 @@ func newCluster(t testing.TB, i int, plugInet func(*nstest.Namespace, string, st
 // setupAPI creates the kubelink namespace and the WireGuard key Secret.
 func (c *Cluster) setupAPI() {
 	ctx := waitCtx(c.t, 30*time.Second)
-	must(c.t, c.Kube.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}}))
+	// A reused control plane keeps its namespaces (nothing would finish
+	// their deletion), emptied.
+	if err := c.Kube.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: Namespace}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		c.t.Fatal(err)
+	}
 	must(c.t, c.Kube.Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: "wireguard"},
 		Data:       map[string][]byte{v1alpha1.SecretKeyWireguardPrivateKey: []byte(c.PrivateKey.String())},
