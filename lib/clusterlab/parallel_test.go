@@ -4,9 +4,10 @@ import "testing"
 
 // How this package's tests share the machine:
 //   - Most call t.Parallel(). Each builds its own lab (its own network
-//     namespaces, control planes and processes; nothing is shared between
-//     labs), and a lab spends much of its time waiting on its components'
-//     timers, so two labs side by side take less than two one after the other.
+//     namespaces and processes; control planes only one test at a time,
+//     emptied between tests, see testenv.SharedControlPlanesForTest), and
+//     a lab spends much of its time waiting on its components' timers, so
+//     two labs side by side take less than two one after the other.
 //   - The tests that assert a tight bound on the time of a data-plane event (a
 //     link Down or Up within 2 s, a name gone or back within 1 s of a state
 //     change, worker routes following a failover within 2 s, a hold window
