@@ -30,7 +30,7 @@ import (
 func TestExposeHostPort(t *testing.T) {
 	members := lab.Members()
 	last := members[len(members)-1]
-	outer := t // the way back runs after every step, not after the first
+	outer := t           // the way back runs after every step, not after the first
 	var restore []string // the install that puts last back as it was
 	f := features.New(last.Name+" exposed through a host port").
 		Assess("install --expose hostport and join", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {

@@ -50,13 +50,13 @@ const (
 )
 
 type installOptions struct {
-	ns                             *string
-	name, mesh, meshCIDR, address  string
-	dataPlane, expose, announce    string
-	gatewayNode                    string
+	ns                            *string
+	name, mesh, meshCIDR, address string
+	dataPlane, expose, announce   string
+	gatewayNode                   string
 	// hostPortNode: with --expose hostport, the gateway node's
 	// kubernetes.io/hostname label (the chart's broker.expose.hostPort.node).
-	hostPortNode string
+	hostPortNode                   string
 	serviceCIDR, podCIDR, nodeCIDR string
 	registry, version, chart       string
 	meshAuthority                  bool

@@ -27,6 +27,8 @@ func main() {
 	f.StringVar(&c.ClusterDomain, "cluster-domain", c.ClusterDomain, "domain of this cluster")
 	kubeflags.AddrVar(f, &c.DNSServiceIP, "dns-service-ip", "IP of this cluster's DNS service (default: --service-cidr + 10, else the LocalLink's cidr + 10)")
 	kubeflags.PrefixVar(f, &c.ServiceCIDR, "service-cidr", "this cluster's service CIDR")
+	kubeflags.PrefixVar(f, &c.NodeCIDR, "node-cidr", "this cluster's node network: a link whose cidr or egress overlaps it gets no DNS block (as the broker makes it Stale)")
+	kubeflags.PrefixVar(f, &c.PodCIDR, "pod-cidr", "this cluster's pod network (as --node-cidr)")
 	kubeflags.AddrVar(f, &c.KubelinkDNSIP, "kubelink-dns-ip", "ClusterIP of the kubelink CoreDNS Service, target of the coredns-custom hook (default: --service-cidr + 11)")
 	kubeflags.AddrVar(f, &c.KubelinkDNSIP, "coredns-service-ip", "the original's name of --kubelink-dns-ip")
 	_ = f.MarkDeprecated("coredns-service-ip", "use --kubelink-dns-ip")

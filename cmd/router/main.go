@@ -23,6 +23,7 @@ func main() {
 	f := cmd.Flags
 	common.Register(f)
 	kubeflags.PrefixVar(f, &c.NodeCIDR, "node-cidr", "node network CIDR (required)")
+	kubeflags.PrefixVar(f, &c.PodCIDR, "pod-cidr", "pod network CIDR: a link whose cidr or egress overlaps it (or the node network) is not routed")
 	f.StringVar(&c.Tunnel, "tunnel", c.Tunnel, "how to reach the gateway: none (routed), vxlan or ipip (for networks that drop forwarded traffic; every node runs the router, the gateway too)")
 	f.IntVar(&c.RouteTable, "route-table", c.RouteTable, "routing table (254 = main; other tables get an ip rule)")
 	f.IntVar(&c.RulePriority, "rule-priority", c.RulePriority, "priority of the ip rule for --route-table")

@@ -26,7 +26,7 @@ func (b *Broker) sync(ctx context.Context) error {
 	// Links of meshes another broker serves are not ours: not in the data
 	// plane, and their status is that broker's to write.
 	list.Items = b.cfg.Served.Links(list.Items)
-	model := mesh.Build(list.Items, mesh.ParseOptions{DefaultPort: b.plane.DefaultPort()})
+	model := mesh.Build(list.Items, mesh.ParseOptions{DefaultPort: b.plane.DefaultPort(), Reserved: mesh.ReservedNetworks(b.cfg.NodeCIDR, b.cfg.PodCIDR)})
 	o := mesh.PlanOptions{Transport: b.plane.Transport(), Device: b.cfg.Interface, ProbePort: b.cfg.ProbePort, Keepalive: b.cfg.Keepalive}
 	if b.rm.PodMode {
 		o.PodInterface = b.rm.Interface

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/mesh"
+	"github.com/kubelink/kubelink/lib/nstest"
 )
 
 // dropValidation replaces the KubeLink schema by an open one, as on a cluster
@@ -48,9 +49,11 @@ func TestInvalidLinksAreReportedAndOthersKeepWorking(t *testing.T) {
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
 	dropValidation(t, a)
-	a.StartRouter(lab)
+	// a's broker and router know a's pod network, as the chart tells them:
+	// links that claim it (or the node network) are Stale.
+	a.StartRouter(lab, "--pod-cidr", a.PodCIDR.String())
 	b.StartRouter(lab)
-	brokerA := a.StartBroker(lab, a.GW)
+	brokerA := a.StartBroker(lab, a.GW, "--pod-cidr", a.PodCIDR.String())
 	b.StartBroker(lab, b.GW)
 	Connect(a, b)
 	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
@@ -83,6 +86,11 @@ func TestInvalidLinksAreReportedAndOthersKeepWorking(t *testing.T) {
 		{kl("huge-mesh", v1alpha1.KubeLinkSpec{ClusterAddress: "16.0.0.2/4", Endpoint: "c.example.org"}), v1alpha1.StateInvalid, "/16 to /31"},
 		{kl("egress-mesh", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.42/24", Endpoint: "c.example.org", Egress: []string{"192.168.0.0/16"}}), v1alpha1.StateStale, "covers the network 192.168.0.0/24"},
 		{kl("egress-member", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.43/24", Endpoint: "c.example.org", Egress: []string{"192.168.0.12"}}), v1alpha1.StateStale, "contains the cluster address 192.168.0.12 of link b"},
+		// A peer may not claim this cluster's own networks: its routes would
+		// send a's node or pod traffic (or instance metadata) into the tunnel.
+		{kl("node-network", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.44/24", CIDR: "10.10.0.128/25", Endpoint: "c.example.org", PublicKey: key}), v1alpha1.StateStale, "10.10.0.128/25 overlaps the node network 10.10.0.0/24 of this cluster"},
+		{kl("pod-network", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.45/24", Endpoint: "c.example.org", PublicKey: key, Egress: []string{"10.110.5.0/24"}}), v1alpha1.StateStale, "10.110.5.0/24 overlaps the pod network 10.110.0.0/16 of this cluster"},
+		{kl("metadata", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.46/24", Endpoint: "c.example.org", PublicKey: key, Egress: []string{"169.254.169.254/32"}}), v1alpha1.StateStale, "overlaps the link-local network 169.254.0.0/16"},
 		{kl("unresolvable", v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.33/24", CIDR: "100.64.80.0/20", Endpoint: "does-not-exist.invalid:8777", PublicKey: "Yy9nYWhHZmVkY2JhMDEyMzQ1Njc4OWFiY2RlZmdoaWo="}), v1alpha1.StateError, "does-not-exist.invalid"},
 	}
 	for _, c := range bad {
@@ -132,8 +140,16 @@ func TestInvalidLinksAreReportedAndOthersKeepWorking(t *testing.T) {
 		}
 	}
 	checkGood("with the bad links")
+	// No route of a's router or broker takes a's own networks into the mesh.
+	for _, ns := range []*nstest.Namespace{a.Node, a.GW} {
+		for _, p := range []string{"10.10.0.128/25", "10.110.5.0/24", "169.254.169.254"} {
+			if r := strings.TrimSpace(ns.Run(t, "ip", "route", "show", p)); r != "" {
+				t.Errorf("%s: a route for %s, a network of a claimed by a Stale link: %s", ns.Name, p, r)
+			}
+		}
+	}
 	// A fresh broker (nothing written yet) starts with the bad links present.
 	brokerA.Stop()
-	a.StartBroker(lab, a.GW)
+	a.StartBroker(lab, a.GW, "--pod-cidr", a.PodCIDR.String())
 	checkGood("after a broker restart")
 }

@@ -108,6 +108,31 @@ func (l *Link) mergeDestinations() []netip.Prefix {
 type ParseOptions struct {
 	// DefaultPort is used for endpoints without a port (WireGuard 8777).
 	DefaultPort uint16
+	// Reserved are the local cluster's own networks (ReservedNetworks): a
+	// foreign link whose cidr or egress overlaps one is Stale, or its routes
+	// would send the cluster's own traffic into the tunnel.
+	Reserved []NamedPrefix
+}
+
+// NamedPrefix is a network with what it is, for messages.
+type NamedPrefix struct {
+	Name   string
+	Prefix netip.Prefix
+}
+
+// ReservedNetworks are the networks no peer may claim: the local node and
+// pod networks (those given; a zero prefix is left out), and the loopback
+// and link-local networks (instance metadata at 169.254.169.254).
+func ReservedNetworks(nodeCIDR, podCIDR netip.Prefix) []NamedPrefix {
+	var r []NamedPrefix
+	if nodeCIDR.IsValid() {
+		r = append(r, NamedPrefix{"the node network", nodeCIDR})
+	}
+	if podCIDR.IsValid() {
+		r = append(r, NamedPrefix{"the pod network", podCIDR})
+	}
+	return append(r, NamedPrefix{"the loopback network", netip.MustParsePrefix("127.0.0.0/8")},
+		NamedPrefix{"the link-local network", netip.MustParsePrefix("169.254.0.0/16")})
 }
 
 // ParseLink validates a KubeLink on its own (without looking at other links)

@@ -37,13 +37,14 @@ type Model struct {
 	Meshes   []*Mesh
 	Verdicts map[string]Verdict
 	links    map[string]*Link
+	reserved []NamedPrefix
 }
 
 // Build validates links and groups them into meshes. Conflicts are decided in
 // favour of the older object (creation time, then name), so the verdict of a
 // link never depends on the order of the input.
 func Build(kls []v1alpha1.KubeLink, opts ParseOptions) *Model {
-	m := &Model{Verdicts: map[string]Verdict{}, links: map[string]*Link{}}
+	m := &Model{Verdicts: map[string]Verdict{}, links: map[string]*Link{}, reserved: opts.Reserved}
 	var locals, foreign []*Link
 	for i := range kls {
 		if msg := pendingApproval(&kls[i]); msg != "" {
@@ -184,6 +185,11 @@ func (m *Model) addForeign(meshes map[string]*Mesh, l *Link) {
 // key) may repeat its networks.
 func (m *Model) destinationConflict(meshes map[string]*Mesh, l *Link) string {
 	for _, d := range l.Destinations() {
+		for _, r := range m.reserved {
+			if overlaps(r.Prefix, d) {
+				return fmt.Sprintf("%s overlaps %s %s of this cluster; cidr and egress must lie outside the cluster's own networks, or its own traffic would go into the tunnel", d, r.Name, r.Prefix)
+			}
+		}
 		for _, ms := range sortedMeshes(meshes) {
 			if c := meshNetworkConflict(ms, l, d); c != "" {
 				return c

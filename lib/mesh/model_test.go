@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"math/rand/v2"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -242,4 +243,45 @@ func TestMeshForAddressUsesTheClusterAddress(t *testing.T) {
 // egressPeer is a WireGuard peer without service CIDR and one egress entry.
 func egressPeer(name, addr, egress string) v1alpha1.KubeLink {
 	return link(name, 1, v1alpha1.KubeLinkSpec{ClusterAddress: addr, Endpoint: name + ".org", PublicKey: keyB, Egress: []string{egress}})
+}
+
+// A foreign link may not claim the local cluster's own networks (#34): its
+// cidr or egress overlapping the node or pod network, loopback or
+// link-local is Stale, naming both networks; without the reserved
+// networks (ParseOptions) the same links are accepted.
+func TestLinksClaimingTheClusterNetworksAreStale(t *testing.T) {
+	opts := ParseOptions{Reserved: ReservedNetworks(netip.MustParsePrefix("172.18.0.0/16"), netip.MustParsePrefix("10.110.0.0/16"))}
+	withEgress := func(name, addr, egress string) v1alpha1.KubeLink {
+		l := peer(name, addr, "", name+".org", "")
+		l.Spec.Egress = []string{egress}
+		return l
+	}
+	links := []v1alpha1.KubeLink{
+		local("a", "192.168.0.11/24", "100.64.0.0/20"),
+		peer("b", "192.168.0.12/24", "172.18.200.0/24", "b.org", keyB),
+		peer("c", "192.168.0.13/24", "10.110.5.0/24", "c.org", keyC),
+		withEgress("d", "192.168.0.14/24", "169.254.169.254/32"),
+		peer("f", "192.168.0.16/24", "100.64.32.0/20", "f.org", ""),
+		withEgress("e", "192.168.0.15/24", "10.0.0.0/8"),
+	}
+	want := map[string]string{
+		"a": "", "f": "",
+		"b": "Stale: 172.18.200.0/24 overlaps the node network 172.18.0.0/16 of this cluster",
+		"c": "Stale: 10.110.5.0/24 overlaps the pod network 10.110.0.0/16 of this cluster",
+		"d": "Stale: 169.254.169.254/32 overlaps the link-local network 169.254.0.0/16 of this cluster",
+		"e": "Stale: 10.0.0.0/8 overlaps the pod network 10.110.0.0/16 of this cluster",
+	}
+	got := verdicts(Build(links, opts))
+	for n, w := range want {
+		if (w == "") != (got[n] == ": ") || !strings.Contains(got[n], w) {
+			t.Errorf("%s: %q, want %q", n, got[n], w)
+		}
+	}
+	// (e, which covers c's network, is left out: without the reserved
+	// networks it would conflict with c.)
+	for n, v := range verdicts(Build(links[:5], ParseOptions{})) {
+		if v != ": " {
+			t.Errorf("without reserved networks %s: %q, want accepted", n, v)
+		}
+	}
 }

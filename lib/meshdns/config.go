@@ -41,6 +41,9 @@ type Config struct {
 	// DNSServiceIP is the local cluster DNS (default: service CIDR + 10).
 	DNSServiceIP netip.Addr
 	ServiceCIDR  netip.Prefix
+	// NodeCIDR and PodCIDR are the cluster's own networks: links that
+	// claim them are Stale here as in the broker (mesh.ReservedNetworks).
+	NodeCIDR, PodCIDR netip.Prefix
 	// KubelinkDNSIP is the ClusterIP of the kubelink CoreDNS Service the hook
 	// forwards to (default: service CIDR + 11).
 	KubelinkDNSIP netip.Addr

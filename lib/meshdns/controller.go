@@ -129,7 +129,7 @@ func (c *Controller) sync(ctx context.Context) error {
 	if err := c.cache.List(ctx, &list); err != nil {
 		return fmt.Errorf("listing KubeLinks: %w", err)
 	}
-	m := mesh.Build(list.Items, mesh.ParseOptions{})
+	m := mesh.Build(list.Items, mesh.ParseOptions{Reserved: mesh.ReservedNetworks(c.cfg.NodeCIDR, c.cfg.PodCIDR)})
 	opts := InputOptions{Mode: c.cfg.Mode, ClusterName: c.cfg.ClusterName, ClusterDomain: c.cfg.ClusterDomain, DNS: c.cfg.DNSServiceIP,
 		LinkGate: c.cfg.LinkGate}
 	if c.cfg.Mode == ModeKubernetes {

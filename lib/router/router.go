@@ -40,7 +40,10 @@ const (
 
 // Config of the router.
 type Config struct {
-	NodeCIDR     netip.Prefix
+	NodeCIDR netip.Prefix
+	// PodCIDR (optional): with the node network, the cluster's own
+	// networks; a link that claims them is Stale, as in the broker.
+	PodCIDR      netip.Prefix
 	Tunnel       string
 	RouteTable   int
 	RulePriority int
@@ -235,7 +238,9 @@ func (r *Router) sync(ctx context.Context) error {
 	if err := r.kube.List(ctx, &list); err != nil {
 		return err
 	}
-	m := mesh.Build(list.Items, mesh.ParseOptions{})
+	// The same verdicts as the broker's: a link claiming this cluster's own
+	// networks is Stale and gets no route.
+	m := mesh.Build(list.Items, mesh.ParseOptions{Reserved: mesh.ReservedNetworks(r.cfg.NodeCIDR, r.cfg.PodCIDR)})
 	gws := Gateways(m, list.Items)
 	device := r.nodeIfc
 	if r.tunnel != nil {

@@ -148,7 +148,7 @@ func (cp *ControlPlane) Reset(ctx context.Context) error {
 	if cfg == nil {
 		return fmt.Errorf("%s: not started", cp.name())
 	}
-	cfg.QPS, cfg.Burst = -1, 0 // no client-side rate limit
+	cfg.QPS, cfg.Burst = -1, 0             // no client-side rate limit
 	cfg.WarningHandler = rest.NoWarnings{} // listing Endpoints warns of their deprecation
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {
