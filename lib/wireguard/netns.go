@@ -1,8 +1,10 @@
 package wireguard
 
 import (
+	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 
 	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/conn"
@@ -19,8 +21,16 @@ import (
 
 // netnsPin runs functions in a fixed network namespace.
 type netnsPin struct {
-	ns netns.NsHandle // closed (None) when no switch is needed
+	pinned bool // false: no switch is needed, ns is None
+	// mu guards ns against close while a thread enters it: wireguard-go's
+	// tun event reader may still ask for the MTU while the device closes.
+	mu     sync.RWMutex
+	ns     netns.NsHandle
+	closed bool
 }
+
+// errPinClosed: the device closed, its namespace handle with it.
+var errPinClosed = errors.New("the WireGuard device is closed")
 
 // pinCurrentNetns captures the calling thread's namespace when it differs
 // from the process' one; otherwise (the product: the whole process runs in
@@ -38,7 +48,7 @@ func pinCurrentNetns() (*netnsPin, error) {
 		cur.Close()
 		return &netnsPin{ns: netns.None()}, nil
 	}
-	return &netnsPin{ns: cur}, nil
+	return &netnsPin{pinned: true, ns: cur}, nil
 }
 
 // processNetns is the namespace the process started in, read while package
@@ -47,7 +57,7 @@ func pinCurrentNetns() (*netnsPin, error) {
 // which is wrong whenever that thread has been switched.)
 var processNetns, processNetnsErr = netns.Get()
 
-func (p *netnsPin) active() bool { return p.ns.IsOpen() }
+func (p *netnsPin) active() bool { return p.pinned }
 
 // do runs fn on a thread in the pinned namespace.
 func (p *netnsPin) do(fn func() error) error {
@@ -59,7 +69,15 @@ func (p *netnsPin) do(fn func() error) error {
 		// Never unlocked: the thread exits with this goroutine instead of
 		// returning to the scheduler in a foreign namespace.
 		runtime.LockOSThread()
-		if err := netns.Set(p.ns); err != nil {
+		p.mu.RLock()
+		if p.closed {
+			p.mu.RUnlock()
+			errc <- errPinClosed
+			return
+		}
+		err := netns.Set(p.ns)
+		p.mu.RUnlock()
+		if err != nil {
 			errc <- fmt.Errorf("enter network namespace of the WireGuard device: %w", err)
 			return
 		}
@@ -69,7 +87,13 @@ func (p *netnsPin) do(fn func() error) error {
 }
 
 func (p *netnsPin) close() {
-	if p.active() {
+	if !p.pinned {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.closed {
+		p.closed = true
 		p.ns.Close()
 	}
 }
