@@ -222,56 +222,70 @@ func diagnoseEndpoint(ctx context.Context, p *member, add addFunc) {
 		add("error", p, fmt.Sprintf("it announces %s, but its broker Service has no %s port %d (a %s Service)", p.endpoint, proto, port, svc.Spec.Type),
 			"run install again (it announces the Service's port), or fix --announce")
 	}
-	if pod := diagnoseServiceEndpoints(ctx, p, svc, add); pod != nil && svc.Spec.Type == corev1.ServiceTypeClusterIP {
-		// HostPort: only the gateway node, where the broker binds the port,
-		// answers at the announced address.
-		node, err := p.cs.CoreV1().Nodes().Get(ctx, pod.Spec.NodeName, metav1.GetOptions{})
-		if err == nil {
-			if cause := hostPortMismatch(p.endpoint, host, node); cause != "" {
-				add("error", p, cause, fmt.Sprintf("install again with --expose hostport --gateway-node %s (it announces that node), or --announce an address that forwards to it", node.Name))
-			}
-		}
-	}
+	pod := diagnoseServiceEndpoints(ctx, p, svc, add)
 	if lbAddress(svc) == host {
 		return
 	}
-	if addr, err := netip.ParseAddr(host); err == nil {
-		nodes, err := p.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return
-		}
-		for i := range nodes.Items {
-			for _, a := range nodes.Items[i].Status.Addresses {
-				if a.Address == addr.String() {
-					if !nodeReady(&nodes.Items[i]) {
-						add("error", p, fmt.Sprintf("it announces %s, the address of node %s, which is not Ready", p.endpoint, nodes.Items[i].Name),
-							"announce a Ready node or a LoadBalancer (install --announce, --expose loadbalancer)")
-					}
-					return
-				}
+	if _, err := netip.ParseAddr(host); err != nil {
+		return // a name: it may resolve to any of these
+	}
+	nodes, err := p.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return
+	}
+	if svc.Spec.Type == corev1.ServiceTypeClusterIP {
+		// HostPort: only the gateway node, where the broker binds the port,
+		// answers at the announced address.
+		if pod != nil {
+			if sev, cause, fix := hostPortFinding(p.endpoint, host, nodes.Items, pod.Spec.NodeName); cause != "" {
+				add(sev, p, cause, fix)
 			}
 		}
-		add("warning", p, fmt.Sprintf("it announces %s, which is neither a node's address nor its LoadBalancer's", p.endpoint),
-			"fine behind a NAT or an external load balancer that forwards to the NodePort; else fix --announce")
+		return
 	}
+	for i := range nodes.Items {
+		for _, a := range nodes.Items[i].Status.Addresses {
+			if a.Address == host {
+				if !nodeReady(&nodes.Items[i]) {
+					add("error", p, fmt.Sprintf("it announces %s, the address of node %s, which is not Ready", p.endpoint, nodes.Items[i].Name),
+						"announce a Ready node or a LoadBalancer (install --announce, --expose loadbalancer)")
+				}
+				return
+			}
+		}
+	}
+	add("warning", p, fmt.Sprintf("it announces %s, which is neither a node's address nor its LoadBalancer's", p.endpoint),
+		"fine behind a NAT or an external load balancer that forwards to the NodePort; else fix --announce")
 }
 
-// hostPortMismatch is the cause of a finding when an endpoint announced for
-// a HostPort broker is not an address of the node it runs on; "" when it
-// is, or when the host is a name (it may resolve to that node).
-func hostPortMismatch(endpoint, host string, node *corev1.Node) string {
-	if _, err := netip.ParseAddr(host); err != nil {
-		return ""
-	}
-	var addrs []string
-	for _, a := range node.Status.Addresses {
-		if a.Address == host {
-			return ""
+// hostPortFinding judges the address announced for a HostPort broker
+// running on node gateway: the gateway's own address is right; another
+// node's is an error (that node binds nothing); no node's is a warning
+// (right only behind a NAT that forwards to the gateway).
+func hostPortFinding(endpoint, host string, nodes []corev1.Node, gateway string) (severity, cause, fix string) {
+	var gwAddrs []string
+	for i := range nodes {
+		for _, a := range nodes[i].Status.Addresses {
+			if nodes[i].Name == gateway {
+				gwAddrs = append(gwAddrs, a.Address)
+			}
 		}
-		addrs = append(addrs, a.Address)
 	}
-	return fmt.Sprintf("it announces %s, but its broker binds the host port on node %s (%s): the announced address does not reach it",
-		endpoint, node.Name, strings.Join(addrs, ", "))
+	for i := range nodes {
+		for _, a := range nodes[i].Status.Addresses {
+			if a.Address != host {
+				continue
+			}
+			if nodes[i].Name == gateway {
+				return "", "", ""
+			}
+			return "error", fmt.Sprintf("it announces %s, the address of node %s, but its broker binds the host port on node %s (%s)",
+					endpoint, nodes[i].Name, gateway, strings.Join(gwAddrs, ", ")),
+				fmt.Sprintf("install again with --expose hostport --gateway-node %s (it announces that node's address)", gateway)
+		}
+	}
+	return "warning", fmt.Sprintf("it announces %s, which is no node's address; its broker binds the host port on node %s (%s)", endpoint, gateway, strings.Join(gwAddrs, ", ")),
+		fmt.Sprintf("fine behind a NAT that forwards to node %s; else install again with --expose hostport --gateway-node %s", gateway, gateway)
 }
 
 // diagnoseServiceEndpoints checks that the broker Service reaches exactly

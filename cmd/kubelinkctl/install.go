@@ -106,7 +106,7 @@ Nothing is changed when a check fails.`,
 	f.StringVar(&o.address, "address", "", "this cluster's address in the mesh (default: the one it has, else the first free one)")
 	f.StringVar(&o.dataPlane, "data-plane", "wireguard", "wireguard or bridge (WireGuard over UDP, or the TLS bridge over TCP)")
 	f.StringVar(&o.expose, "expose", "nodeport", "how peers reach the broker: nodeport, loadbalancer, or hostport (one broker on --gateway-node binds the port there; no standby)")
-	f.StringVar(&o.gatewayNode, "gateway-node", "", "with --expose hostport: the node that runs the broker and whose address peers reach (default: the cluster's only node)")
+	f.StringVar(&o.gatewayNode, "gateway-node", "", "with --expose hostport: the node that runs the broker and whose address peers reach (default: the one the release has, else the cluster's only node)")
 	f.StringVar(&o.announce, "announce", "", "the host[:port] peers reach the broker at (default: a Ready node's InternalIP and the NodePort; with --expose hostport the gateway node's ExternalIP, else its InternalIP, and port 8777/8088; with --expose loadbalancer the LoadBalancer's address, waited for, and the Service port 8777/8088)")
 	f.StringVar(&o.serviceCIDR, "service-cidr", "", "the cluster's service CIDR (default: discovered)")
 	f.StringVar(&o.podCIDR, "pod-cidr", "", "the cluster's pod CIDR (default: discovered)")
@@ -270,6 +270,12 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 	if p.CoreDNSIP == "" {
 		if p.CoreDNSIP, err = o.coreDNSIP(ctx, c, ns, d.ServiceCIDR()); err != nil {
 			return err
+		}
+	}
+	if o.expose == "hostport" && o.gatewayNode == "" && p.release != nil {
+		// Run again: the gateway node the release has.
+		if n, ok := nestedString(p.release.Config, "broker", "expose", "hostPort", "node"); ok && n != "" {
+			o.gatewayNode = n
 		}
 	}
 	if p.Endpoint, err = o.endpoint(ctx, c); err != nil {
@@ -577,7 +583,26 @@ func (o *installOptions) pickGatewayNode(ctx context.Context, c *cluster) (*core
 	if !nodeReady(found) {
 		return nil, fmt.Errorf("--gateway-node %s: the node is not Ready; the broker is pinned to it, so pick a Ready node", found.Name)
 	}
+	if found.Spec.Unschedulable {
+		return nil, fmt.Errorf("--gateway-node %s: the node is cordoned, so the broker pinned to it could not start: kubectl uncordon %s, or pick another node", found.Name, found.Name)
+	}
 	return found, nil
+}
+
+// nestedString is the string at path in a values tree.
+func nestedString(v map[string]any, path ...string) (string, bool) {
+	for i, k := range path {
+		if i == len(path)-1 {
+			s, ok := v[k].(string)
+			return s, ok
+		}
+		next, ok := v[k].(map[string]any)
+		if !ok {
+			return "", false
+		}
+		v = next
+	}
+	return "", false
 }
 
 func nodeReady(n *corev1.Node) bool {
@@ -820,8 +845,14 @@ func upgrade(ctx context.Context, g *globals, cfg *action.Configuration, ch char
 	// The chart is the one source of the release's objects: a field someone
 	// changed by hand (kubectl edit or scale of the broker) is set back to
 	// the chart's value, not a conflict that stops the upgrade halfway.
-	// What should stay goes into values (-f, --set).
-	up.ForceConflicts = true
+	// What should stay goes into values (-f, --set). Only server-side apply
+	// has conflicts: a release applied client side (helm 3, or helm 4 with
+	// --server-side=false) stays so ("auto"), where helm refuses the force.
+	if rel, err := action.NewGet(cfg).Run(releaseName); err == nil {
+		if r, ok := rel.(*releasev1.Release); ok && r.ApplyMethod == string(releasev1.ApplyMethodServerSideApply) {
+			up.ForceConflicts = true
+		}
+	}
 	up.WaitStrategy = kube.HookOnlyStrategy
 	up.Timeout = g.timeout
 	if _, err := up.RunWithContext(ctx, releaseName, ch, values); err != nil {

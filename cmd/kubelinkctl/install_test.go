@@ -16,10 +16,13 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"helm.sh/helm/v4/pkg/action"
+	releasev1 "helm.sh/helm/v4/pkg/release/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -337,6 +340,29 @@ func TestInstallAndUpgradeInPlace(t *testing.T) {
 	if err != nil || json.Unmarshal([]byte(out), &v) != nil || v.Installed != "0.1.0" || v.Revision != 2 || v.Chart != "kubelink-0.1.0" {
 		t.Errorf("version: %v %+v\n%s", err, v, out)
 	}
+	// A release applied client side (helm 3, or helm 4 with
+	// --server-side=false) upgrades as well: helm refuses forced conflicts
+	// there, so install asks for them only on a server-side release.
+	flags := genericclioptions.NewConfigFlags(true)
+	flags.KubeConfig = &kubeconfig
+	hcfg := action.NewConfiguration()
+	if err := hcfg.Init(flags, "kubelink", "secret"); err != nil {
+		t.Fatal(err)
+	}
+	last, err := hcfg.Releases.Last(releaseName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel := last.(*releasev1.Release)
+	rel.ApplyMethod = string(releasev1.ApplyMethodClientSideApply)
+	if err := hcfg.Releases.Update(rel); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, err = run(t, append(args, "--data-plane", "bridge")...)
+	if err == nil || strings.Contains(err.Error(), "helm upgrade") || !strings.Contains(stderr, "upgrading release kubelink in namespace kubelink (revision 2)") {
+		t.Errorf("upgrade of a client-side release: %v, want only the rollout's timeout\n%s", err, stderr)
+	}
+
 	// A second cluster name on the same cluster is refused.
 	if _, _, err := run(t, "install", "--kubeconfig", kubeconfig, "--chart", chartDir, "--name", "other", "--mesh-cidr", "192.168.0.0/24", "--skip-image-check"); err == nil ||
 		!strings.Contains(err.Error(), `already in the mesh as "eu"`) {
@@ -408,6 +434,22 @@ func TestInstallHostPort(t *testing.T) {
 	}
 	if svc, err := cs.CoreV1().Services("kubelink").Get(ctx, "kubelink-broker", metav1.GetOptions{}); err != nil || svc.Spec.Type != corev1.ServiceTypeClusterIP {
 		t.Errorf("broker Service: %v (%v), want a ClusterIP", svc.Spec.Type, err)
+	}
+
+	// Run again without --gateway-node: the release's node (gw-0) stays.
+	out, stderr, err = run(t, append(args, "--dry-run", "-o", "json")...)
+	if err != nil || json.Unmarshal([]byte(out), &p) != nil || p.Endpoint != "203.0.113.7:8777" {
+		t.Errorf("hostport again without --gateway-node: %v, endpoint %q, want the release's gw-0 (203.0.113.7:8777)\n%s", err, p.Endpoint, stderr)
+	}
+
+	// A cordoned gateway node is refused (the pinned broker could not start).
+	n, _ = cs.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
+	n.Spec.Unschedulable = true
+	if _, err := cs.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := run(t, append(args, "--gateway-node", "node-1", "--dry-run")...); err == nil || !strings.Contains(err.Error(), "--gateway-node node-1: the node is cordoned") {
+		t.Errorf("hostport on a cordoned node: %v", err)
 	}
 
 	// A gateway node that is not Ready is refused.
