@@ -130,7 +130,15 @@ func (b *Broker) autoConnect(local *mesh.Mesh, p bridge.UnknownPeer) error {
 	if err := b.kube.List(ctx, &list); err != nil {
 		return fmt.Errorf("listing KubeLinks: %w", err)
 	}
-	reserved := []netip.Prefix{b.cfg.NodeCIDR, b.cfg.PodCIDR, b.cfg.ServiceCIDR, netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("127.0.0.0/8")}
+	// What an applied link may not claim either (mesh.ReservedNetworks,
+	// the model makes such a link Stale), and the local service CIDR.
+	var reserved []netip.Prefix
+	for _, r := range mesh.ReservedNetworks(b.cfg.NodeCIDR, b.cfg.PodCIDR) {
+		reserved = append(reserved, r.Prefix)
+	}
+	if b.cfg.ServiceCIDR.IsValid() {
+		reserved = append(reserved, b.cfg.ServiceCIDR)
+	}
 	kl, err := AutoLink(local, p, b.cfg.BridgePort, list.Items, reserved)
 	if err != nil {
 		b.log.Warn("auto-connect: not creating a link", "peer", p.Identities, "remote", p.Remote, "err", err)

@@ -31,8 +31,6 @@ import (
 var shared struct {
 	mu   sync.Mutex
 	idle map[string][]*ControlPlane // by ServiceCIDR
-	// all: every plane handed out, for StopSharedControlPlanes.
-	all []*ControlPlane
 }
 
 // SharedControlPlanesForTest returns started control planes with the
@@ -108,9 +106,6 @@ func giveBack(t testing.TB, cp *ControlPlane) {
 		shared.idle = map[string][]*ControlPlane{}
 	}
 	shared.idle[cp.ServiceCIDR] = append(shared.idle[cp.ServiceCIDR], cp)
-	if !slices.Contains(shared.all, cp) {
-		shared.all = append(shared.all, cp)
-	}
 }
 
 // StopSharedControlPlanes stops every idle shared control plane (at the end
