@@ -265,8 +265,8 @@ func diagnoseEndpoint(ctx context.Context, p *member, add addFunc) {
 func hostPortFinding(endpoint, host string, nodes []corev1.Node, gateway string) (severity, cause, fix string) {
 	var gwAddrs []string
 	for i := range nodes {
-		for _, a := range nodes[i].Status.Addresses {
-			if nodes[i].Name == gateway {
+		if nodes[i].Name == gateway {
+			for _, a := range nodes[i].Status.Addresses {
 				gwAddrs = append(gwAddrs, a.Address)
 			}
 		}

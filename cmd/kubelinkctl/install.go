@@ -274,9 +274,7 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 	}
 	if o.expose == "hostport" && o.gatewayNode == "" && p.release != nil {
 		// Run again: the gateway node the release has.
-		if n, ok := nestedString(p.release.Config, "broker", "expose", "hostPort", "node"); ok && n != "" {
-			o.gatewayNode = n
-		}
+		o.gatewayNode = valueAt(p.release.Config, "broker.expose.hostPort.node")
 	}
 	if p.Endpoint, err = o.endpoint(ctx, c); err != nil {
 		return err
@@ -526,10 +524,8 @@ func (o *installOptions) endpoint(ctx context.Context, c *cluster) (string, erro
 	}
 	if gateway != nil {
 		for _, t := range []corev1.NodeAddressType{corev1.NodeExternalIP, corev1.NodeInternalIP} {
-			for _, a := range gateway.Status.Addresses {
-				if ip, err := netip.ParseAddr(a.Address); a.Type == t && err == nil && ip.Is4() {
-					return fmt.Sprintf("%s:%d", ip, port), nil
-				}
+			if ip, ok := nodeIPv4(gateway, t); ok {
+				return fmt.Sprintf("%s:%d", ip, port), nil
 			}
 		}
 		return "", fmt.Errorf("the gateway node %s has no IPv4 ExternalIP or InternalIP to announce: give --announce host[:port]", gateway.Name)
@@ -543,12 +539,8 @@ func (o *installOptions) endpoint(ctx context.Context, c *cluster) (string, erro
 		if !nodeReady(&n) {
 			continue
 		}
-		for _, a := range n.Status.Addresses {
-			if a.Type == corev1.NodeInternalIP {
-				if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Is4() {
-					return fmt.Sprintf("%s:%d", ip, port), nil
-				}
-			}
+		if ip, ok := nodeIPv4(&n, corev1.NodeInternalIP); ok {
+			return fmt.Sprintf("%s:%d", ip, port), nil
 		}
 	}
 	return "", errors.New("no Ready node with an IPv4 InternalIP to announce: give --announce host[:port]")
@@ -589,20 +581,14 @@ func (o *installOptions) pickGatewayNode(ctx context.Context, c *cluster) (*core
 	return found, nil
 }
 
-// nestedString is the string at path in a values tree.
-func nestedString(v map[string]any, path ...string) (string, bool) {
-	for i, k := range path {
-		if i == len(path)-1 {
-			s, ok := v[k].(string)
-			return s, ok
+// nodeIPv4 is n's first IPv4 address of type t.
+func nodeIPv4(n *corev1.Node, t corev1.NodeAddressType) (netip.Addr, bool) {
+	for _, a := range n.Status.Addresses {
+		if ip, err := netip.ParseAddr(a.Address); a.Type == t && err == nil && ip.Is4() {
+			return ip, true
 		}
-		next, ok := v[k].(map[string]any)
-		if !ok {
-			return "", false
-		}
-		v = next
 	}
-	return "", false
+	return netip.Addr{}, false
 }
 
 func nodeReady(n *corev1.Node) bool {

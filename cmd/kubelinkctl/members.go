@@ -153,8 +153,12 @@ func selectMesh(locals []v1alpha1.KubeLink, mesh netip.Prefix) []v1alpha1.KubeLi
 }
 
 // value is a string value of the release ("a.b.c"), "" when unset.
-func (m *member) value(path string) string {
-	var cur any = m.values
+func (m *member) value(path string) string { return valueAt(m.values, path) }
+
+// valueAt is a string (or bool) value of a values tree ("a.b.c"), "" when
+// unset.
+func valueAt(values map[string]any, path string) string {
+	var cur any = values
 	for _, k := range strings.Split(path, ".") {
 		mv, ok := cur.(map[string]any)
 		if !ok {

@@ -24,9 +24,9 @@ type netnsPin struct {
 	pinned bool // false: no switch is needed, ns is None
 	// mu guards ns against close while a thread enters it: wireguard-go's
 	// tun event reader may still ask for the MTU while the device closes.
-	mu     sync.RWMutex
-	ns     netns.NsHandle
-	closed bool
+	// A closed handle is not open (Close makes it None).
+	mu sync.RWMutex
+	ns netns.NsHandle
 }
 
 // errPinClosed: the device closed, its namespace handle with it.
@@ -70,7 +70,7 @@ func (p *netnsPin) do(fn func() error) error {
 		// returning to the scheduler in a foreign namespace.
 		runtime.LockOSThread()
 		p.mu.RLock()
-		if p.closed {
+		if !p.ns.IsOpen() {
 			p.mu.RUnlock()
 			errc <- errPinClosed
 			return
@@ -92,8 +92,7 @@ func (p *netnsPin) close() {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.closed {
-		p.closed = true
+	if p.ns.IsOpen() {
 		p.ns.Close()
 	}
 }
