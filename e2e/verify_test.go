@@ -224,6 +224,11 @@ func TestKubelinkctlVerify(t *testing.T) {
 			if r := readJUnit(t, report); r.Failures != 0 || r.Tests == 0 {
 				t.Errorf("JUnit report: %d checks, %d failed", r.Tests, r.Failures)
 			}
+			// The watch ended once traffic passed for the settle time after
+			// the new broker published itself, not at the end of the window.
+			if !strings.Contains(stderr, "took over and published itself") {
+				t.Errorf("verify --failover did not see the new broker publish itself in a's LocalLink")
+			}
 			after, err := lab.A.BrokerPods(ctx)
 			if err != nil {
 				t.Fatal(err)

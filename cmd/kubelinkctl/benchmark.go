@@ -25,8 +25,8 @@ func newBenchmark(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "benchmark throughput|latency --context A --context B",
 		Short: "Measure throughput or request/response latency between pods of two clusters through the mesh",
-		Long: `benchmark starts verify's agent in both clusters (namespace kubelink-verify,
-removed afterwards) and measures, in both directions, from the pod on the
+		Long: `benchmark starts verify's agent in both clusters (a namespace
+kubelink-verify-<random> of its own, removed afterwards) and measures, in both directions, from the pod on the
 gateway node to the other cluster's Service through the mesh:
   throughput  one TCP stream uploading for --seconds: the rate the server
               received, and the path MTU of the connection;
@@ -97,7 +97,7 @@ func (o *benchmarkOptions) run(ctx context.Context, g *globals, what string) err
 			args = []string{"/usr/local/bin/app", "--latency", url, "--count", strconv.Itoa(o.count)}
 		}
 		g.progress("%s: %s from %s (%s) to %s's Service %s", what, what, from.name, from.agents[0].node, to.name, to.serviceIP)
-		out, err := execIn(ctx, from.member, from.agents[0].pod, args...)
+		out, err := execIn(ctx, from, from.agents[0].pod, args...)
 		r := benchResult{From: from.name, To: to.name}
 		if err == nil {
 			err = json.Unmarshal(bytes.TrimSpace(out), &r)

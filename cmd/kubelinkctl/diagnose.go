@@ -55,7 +55,8 @@ working, each finding with the fix:
 It changes nothing, and exits non-zero when it finds an error.
 
 With --probe it also looks from each cluster at the others, with verify's
-agent (started in the namespace kubelink-verify and removed afterwards):
+agent (started in a namespace kubelink-verify-<random> of its own and removed
+afterwards):
   - each peer's endpoint from the cluster's gateway node: a TCP connection
     (the bridge), or a datagram that must not be refused (WireGuard);
   - the path MTU through the mesh: small requests to the peer pass, but an

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
@@ -25,14 +26,21 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/remotecommand"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 )
 
-// verifyNamespace holds what verify starts in each cluster; it is deleted
-// at the end (unless --keep).
+// Each run of verify (and of benchmark and diagnose --probe) starts its
+// agents in a namespace of its own, verifyNamespacePrefix and a random
+// suffix, labelled verifyRunLabel; it is deleted at the end (unless --keep)
+// without waiting, so that the next run need not wait for it to go.
 const (
-	verifyNamespace = "kubelink-verify"
+	verifyNamespacePrefix = "kubelink-verify-"
+	verifyRunLabel        = "kubelink.mandelsoft.org/verify-run"
+	// verifyKeepLabel marks the namespace of a run with --keep: no later
+	// run deletes it.
+	verifyKeepLabel = "kubelink.mandelsoft.org/verify-keep"
 	verifyApp       = "kubelink-verifier"
 	verifyPort      = 8080
 	// mtuUpload is the MTU check's POST body: large enough for full-size
@@ -55,10 +63,10 @@ func newVerify(g *globals) *cobra.Command {
 		Use:   "verify --context A --context B [...]",
 		Short: "Check connectivity between clusters through the mesh, both ways",
 		Long: `verify starts a small agent (image kubelink/verifier, from the registry the
-release uses) in namespace kubelink-verify of every given cluster: a server
-behind a Service, on the gateway node and on one other node. Then, for every
-ordered pair of clusters, from the pod on the gateway node and from the one on
-another node, it fetches the peer's Service by ClusterIP and by its mesh DNS
+release uses) in a namespace of its own, kubelink-verify-<random>, of every
+given cluster: a server behind a Service, on the gateway node and on one other
+node. Then, for every ordered pair of clusters, from the pod on the gateway
+node and from the one on another node, it fetches the peer's Service by ClusterIP and by its mesh DNS
 name (<svc>.<ns>.svc.<cluster>.kubelink), and uploads 64 KiB to measure the
 path MTU through the tunnel. It prints each check with pass or fail and its
 duration, writes them as JUnit XML with --junit-report, removes what it
@@ -66,7 +74,8 @@ started, and exits non-zero when a check failed.
 
 --failover then deletes the active broker pod of the first cluster while a
 pod there fetches the second cluster's Service every 100 ms, and prints how
-long traffic stopped.`,
+long traffic stopped. The fetches end once the new broker has published itself
+and every fetch of the next 10s passed (45s at most).`,
 		Example: fmt.Sprintf(`  %[1]s verify --context eu --context us
   %[1]s verify --context eu --context us --failover --junit-report verify.xml`, commandName()),
 		Args: cobra.NoArgs,
@@ -83,7 +92,7 @@ long traffic stopped.`,
 	f.StringVar(&o.image, "image", "", "the agent's image (default: images.verifier of each cluster's release, from its registry and tag)")
 	f.StringVar(&o.junit, "junit-report", "", "write the checks as JUnit XML to this file")
 	f.BoolVar(&o.failover, "failover", false, "also delete the first cluster's active broker and measure how long traffic to the second stopped")
-	f.BoolVar(&o.keep, "keep", false, "keep namespace kubelink-verify afterwards (to look at the agents)")
+	f.BoolVar(&o.keep, "keep", false, "keep this run's namespace kubelink-verify-<random> afterwards (to look at the agents); no later run deletes it")
 	f.StringVarP(&g.output, "output", "o", "", "print the checks as json or yaml")
 	return cmd
 }
@@ -106,6 +115,7 @@ type agent struct {
 // verifyCluster is a member with its agents.
 type verifyCluster struct {
 	*member
+	runNS     string // this run's namespace (not member.ns, kubelink's)
 	agents    []agent
 	serviceIP string
 }
@@ -146,7 +156,7 @@ func (o *verifyOptions) run(ctx context.Context, g *globals) error {
 			for _, a := range from.agents {
 				for _, target := range []struct{ how, url string }{
 					{"ClusterIP", fmt.Sprintf("http://%s/", to.serviceIP)},
-					{"DNS name", fmt.Sprintf("http://%s.%s.svc.%s.%s/", verifyApp, verifyNamespace, to.name, meshZone)},
+					{"DNS name", fmt.Sprintf("http://%s.%s.svc.%s.%s/", verifyApp, to.runNS, to.name, meshZone)},
 				} {
 					c := runCheck(ctx, from, a, to, fmt.Sprintf("%s (%s) → %s by %s", from.name, a.role, to.name, target.how), target.url, 0)
 					g.progress("%s %s (%.2fs)%s", passFail(c.Pass), c.Name, c.Seconds, detail(c))
@@ -220,17 +230,22 @@ func detail(c check) string {
 // in each, waiting until they are ready. cleanup removes them (unless
 // keep); it must be called also when err is set.
 func startAgentsIn(ctx context.Context, g *globals, contexts []string, meshCIDR, image string, keep bool) (vcs []*verifyCluster, cleanup func(), err error) {
+	ns, err := newVerifyNamespaceName()
+	if err != nil {
+		return nil, func() {}, err
+	}
 	cleanup = func() {
 		if keep {
-			g.progress("keeping namespace %s (--keep): delete it with kubectl delete namespace %s", verifyNamespace, verifyNamespace)
+			g.progress("keeping namespace %s (--keep): delete it with kubectl delete namespace %s", ns, ns)
 			return
 		}
-		// The clean-up runs also after a timeout or ^C.
+		// The clean-up runs also after a timeout or ^C. It does not wait
+		// for the namespace to go: the next run uses another.
 		clean, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		for _, vc := range vcs {
-			if err := vc.cs.CoreV1().Namespaces().Delete(clean, verifyNamespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-				g.progress("%s: deleting namespace %s: %v", vc.member, verifyNamespace, err)
+			if err := vc.cs.CoreV1().Namespaces().Delete(clean, ns, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				g.progress("%s: deleting namespace %s: %v", vc.member, ns, err)
 			}
 		}
 	}
@@ -239,9 +254,9 @@ func startAgentsIn(ctx context.Context, g *globals, contexts []string, meshCIDR,
 		if err != nil {
 			return vcs, cleanup, err
 		}
-		vcs = append(vcs, &verifyCluster{member: m})
+		vcs = append(vcs, &verifyCluster{member: m, runNS: ns})
 	}
-	o := &verifyOptions{image: image}
+	o := &verifyOptions{image: image, keep: keep}
 	for _, vc := range vcs {
 		if err := o.startAgents(ctx, g, vc); err != nil {
 			return vcs, cleanup, err
@@ -342,13 +357,13 @@ func (o *verifyOptions) startAgents(ctx context.Context, g *globals, vc *verifyC
 	if other != "" {
 		vc.agents = append(vc.agents, agent{pod: "verifier-other", node: other, role: "other node"})
 	}
-	if err := ensureVerifyNamespace(ctx, g, vc.member); err != nil {
+	if err := ensureVerifyNamespace(ctx, g, vc, o.keep); err != nil {
 		return err
 	}
 	labels := map[string]string{"app.kubernetes.io/name": verifyApp, managedByLabel: managedBy}
 	for _, a := range vc.agents {
 		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: a.pod, Namespace: verifyNamespace, Labels: labels},
+			ObjectMeta: metav1.ObjectMeta{Name: a.pod, Namespace: vc.runNS, Labels: labels},
 			Spec: corev1.PodSpec{
 				NodeName:                      a.node,
 				Tolerations:                   []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
@@ -369,16 +384,16 @@ func (o *verifyOptions) startAgents(ctx context.Context, g *globals, vc *verifyC
 				}},
 			},
 		}
-		if _, err := vc.cs.CoreV1().Pods(verifyNamespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("%s: creating pod %s/%s: %w", vc.member, verifyNamespace, a.pod, err)
+		if _, err := vc.cs.CoreV1().Pods(vc.runNS).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("%s: creating pod %s/%s: %w", vc.member, vc.runNS, a.pod, err)
 		}
 	}
-	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: verifyApp, Namespace: verifyNamespace, Labels: labels},
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: verifyApp, Namespace: vc.runNS, Labels: labels},
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"app.kubernetes.io/name": verifyApp},
 			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(verifyPort)}}}}
-	s, err := vc.cs.CoreV1().Services(verifyNamespace).Create(ctx, svc, metav1.CreateOptions{})
+	s, err := vc.cs.CoreV1().Services(vc.runNS).Create(ctx, svc, metav1.CreateOptions{})
 	if err != nil {
-		return fmt.Errorf("%s: creating Service %s/%s: %w", vc.member, verifyNamespace, verifyApp, err)
+		return fmt.Errorf("%s: creating Service %s/%s: %w", vc.member, vc.runNS, verifyApp, err)
 	}
 	vc.serviceIP = s.Spec.ClusterIP
 	g.progress("%s: agents on %d nodes (%s), Service %s (image %s)", vc.member, len(vc.agents), agentNodes(vc.agents), vc.serviceIP, image)
@@ -393,38 +408,53 @@ func agentNodes(as []agent) string {
 	return strings.Join(s, ", ")
 }
 
-// ensureVerifyNamespace creates the namespace afresh, waiting for one of
-// an earlier run to go.
-func ensureVerifyNamespace(ctx context.Context, g *globals, m *member) error {
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: verifyNamespace, Labels: map[string]string{
-		managedByLabel: managedBy, "pod-security.kubernetes.io/enforce": "restricted"}}}
-	waited := false
-	for {
-		_, err := m.cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
-		if err == nil {
-			return nil
+// verifyLeftoverAge is how old a namespace of another run (not kept) must
+// be before a run deletes it as left behind by a killed run; a younger one
+// may be another verify still running. A variable for the tests.
+var verifyLeftoverAge = 15 * time.Minute
+
+// newVerifyNamespaceName is a run's namespace: the prefix and five random
+// lowercase letters or digits.
+func newVerifyNamespaceName() (string, error) {
+	const chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+	b := make([]byte, 5)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("a random namespace name: %w", err)
+	}
+	for i := range b {
+		b[i] = chars[int(b[i])%len(chars)]
+	}
+	return verifyNamespacePrefix + string(b), nil
+}
+
+// ensureVerifyNamespace creates this run's namespace in vc's cluster. It
+// first deletes, without waiting, the namespaces of earlier runs that a
+// killed run left behind: not kept (--keep), not being deleted, and older
+// than verifyLeftoverAge, so that another verify that is running keeps
+// its own.
+func ensureVerifyNamespace(ctx context.Context, g *globals, vc *verifyCluster, keep bool) error {
+	runs, err := vc.cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{LabelSelector: verifyRunLabel})
+	if err != nil {
+		return fmt.Errorf("%s: listing the namespaces of earlier verify runs: %w", vc.member, err)
+	}
+	for _, n := range runs.Items {
+		if n.DeletionTimestamp != nil || n.Labels[verifyKeepLabel] == "true" || time.Since(n.CreationTimestamp.Time) < verifyLeftoverAge {
+			continue
 		}
-		if !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("%s: creating namespace %s: %w", m, verifyNamespace, err)
-		}
-		cur, gerr := m.cs.CoreV1().Namespaces().Get(ctx, verifyNamespace, metav1.GetOptions{})
-		if gerr == nil && cur.DeletionTimestamp == nil {
-			// Left by an earlier verify (--keep, or killed): replaced.
-			g.progress("%s: deleting namespace %s of an earlier verify", m, verifyNamespace)
-			if err := m.cs.CoreV1().Namespaces().Delete(ctx, verifyNamespace, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-				return fmt.Errorf("%s: deleting namespace %s: %w", m, verifyNamespace, err)
-			}
-		}
-		if !waited {
-			g.progress("%s: waiting for namespace %s of an earlier verify to go", m, verifyNamespace)
-			waited = true
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s: namespace %s of an earlier verify is still being deleted: %w", m, verifyNamespace, ctx.Err())
-		case <-time.After(time.Second):
+		g.progress("%s: deleting namespace %s, left by an earlier verify", vc.member, n.Name)
+		if err := vc.cs.CoreV1().Namespaces().Delete(ctx, n.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("%s: deleting namespace %s of an earlier verify: %w", vc.member, n.Name, err)
 		}
 	}
+	labels := map[string]string{managedByLabel: managedBy, verifyRunLabel: "true", "pod-security.kubernetes.io/enforce": "restricted"}
+	if keep {
+		labels[verifyKeepLabel] = "true"
+	}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: vc.runNS, Labels: labels}}
+	if _, err := vc.cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("%s: creating namespace %s: %w", vc.member, vc.runNS, err)
+	}
+	return nil
 }
 
 // waitAgents waits until every agent pod is Ready, naming what holds one
@@ -434,7 +464,7 @@ func waitAgents(ctx context.Context, g *globals, vc *verifyCluster) error {
 	for {
 		var waiting []string
 		for _, a := range vc.agents {
-			p, err := vc.cs.CoreV1().Pods(verifyNamespace).Get(ctx, a.pod, metav1.GetOptions{})
+			p, err := vc.cs.CoreV1().Pods(vc.runNS).Get(ctx, a.pod, metav1.GetOptions{})
 			if err != nil {
 				waiting = append(waiting, a.pod+": "+err.Error())
 				continue
@@ -467,7 +497,7 @@ func waitAgents(ctx context.Context, g *globals, vc *verifyCluster) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%s: the agents in namespace %s were not ready after %s: %s (--image sets another image; --timeout the limit)",
-				vc.member, verifyNamespace, time.Since(start).Round(time.Second), now)
+				vc.member, vc.runNS, time.Since(start).Round(time.Second), now)
 		case <-time.After(time.Second):
 		}
 	}
@@ -606,7 +636,7 @@ func runAgent(ctx context.Context, from *verifyCluster, a agent, to *verifyClust
 	c := check{Name: name, From: from.name, To: to.name}
 	var r agentResult
 	start := time.Now()
-	out, err := execIn(ctx, from.member, a.pod, append([]string{"/usr/local/bin/app"}, args...)...)
+	out, err := execIn(ctx, from, a.pod, append([]string{"/usr/local/bin/app"}, args...)...)
 	c.Seconds = time.Since(start).Seconds()
 	if err != nil {
 		c.Detail = err.Error()
@@ -621,16 +651,21 @@ func runAgent(ctx context.Context, from *verifyCluster, a agent, to *verifyClust
 }
 
 // execIn runs a command in the agent pod and returns its stdout.
-func execIn(ctx context.Context, m *member, pod string, args ...string) ([]byte, error) {
-	req := m.cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(verifyNamespace).Name(pod).SubResource("exec").
-		VersionedParams(&corev1.PodExecOptions{Container: "verifier", Command: args, Stdout: true, Stderr: true}, scheme.ParameterCodec)
-	ex, err := remotecommand.NewSPDYExecutor(m.rest, "POST", req.URL())
+func execIn(ctx context.Context, vc *verifyCluster, pod string, args ...string) ([]byte, error) {
+	return execInWithStdin(ctx, vc, pod, nil, args...)
+}
+
+// execInWithStdin is execIn with stdin (nil: none) fed to the command.
+func execInWithStdin(ctx context.Context, vc *verifyCluster, pod string, stdin io.Reader, args ...string) ([]byte, error) {
+	req := vc.cs.CoreV1().RESTClient().Post().Resource("pods").Namespace(vc.runNS).Name(pod).SubResource("exec").
+		VersionedParams(&corev1.PodExecOptions{Container: "verifier", Command: args, Stdin: stdin != nil, Stdout: true, Stderr: true}, scheme.ParameterCodec)
+	ex, err := remotecommand.NewSPDYExecutor(vc.rest, "POST", req.URL())
 	if err != nil {
 		return nil, err
 	}
 	var out, errOut bytes.Buffer
-	if err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdout: &out, Stderr: &errOut}); err != nil {
-		return out.Bytes(), fmt.Errorf("exec in %s/%s: %w %s", verifyNamespace, pod, err, strings.TrimSpace(errOut.String()))
+	if err := ex.StreamWithContext(ctx, remotecommand.StreamOptions{Stdin: stdin, Stdout: &out, Stderr: &errOut}); err != nil {
+		return out.Bytes(), fmt.Errorf("exec in %s/%s: %w %s", vc.runNS, pod, err, strings.TrimSpace(errOut.String()))
 	}
 	return out.Bytes(), nil
 }
@@ -645,28 +680,73 @@ func failover(ctx context.Context, g *globals, from, to *verifyCluster) (check, 
 		return c, nil
 	}
 	active := *lease.Spec.HolderIdentity
-	const window = 45 * time.Second
+	activeIP := ""
+	if p, err := from.cs.CoreV1().Pods(from.ns).Get(ctx, active, metav1.GetOptions{}); err == nil {
+		activeIP = p.Status.PodIP
+	}
 	type watchOut struct {
 		out []byte
 		err error
 	}
-	done := make(chan watchOut, 1)
 	a := from.agents[len(from.agents)-1] // on another node where there is one: the gateway node may be the one that goes
+	url := fmt.Sprintf("http://%s/", to.serviceIP)
+	// The agent fetches until failoverSettle after the new broker took over
+	// and published itself, with every fetch of that stretch passing, and
+	// for failoverWindow at most. An agent older than --settle fetches
+	// for all of the window.
+	watch := func(settle bool) (<-chan watchOut, *io.PipeWriter) {
+		done := make(chan watchOut, 1)
+		args := []string{"/usr/local/bin/app", "--watch", url, "--want", to.name, "--every", "100ms", "--timeout", "500ms", "--window", failoverWindow.String()}
+		var stdin *io.PipeReader
+		var over *io.PipeWriter
+		if settle {
+			args = append(args, "--settle", failoverSettle.String())
+			stdin, over = io.Pipe()
+		}
+		go func() {
+			var r io.Reader
+			if stdin != nil {
+				r = stdin
+			}
+			out, err := execInWithStdin(ctx, from, a.pod, r, args...)
+			done <- watchOut{out, err}
+		}()
+		return done, over
+	}
 	watchStart := time.Now()
-	go func() {
-		out, err := execIn(ctx, from.member, a.pod, "/usr/local/bin/app", "--watch", fmt.Sprintf("http://%s/", to.serviceIP), "--want", to.name,
-			"--every", "100ms", "--timeout", "500ms", "--window", window.String())
-		done <- watchOut{out, err}
-	}()
+	done, over := watch(true)
 	select {
 	case <-ctx.Done():
+	case w := <-done:
+		// It ended at once: an agent that does not know --settle.
+		if w.err == nil || !strings.Contains(w.err.Error(), "settle") {
+			c.Detail = fmt.Sprintf("the agent's watch ended before the failover: %v", w.err)
+			return c, nil
+		}
+		watchStart = time.Now()
+		done, over = watch(false)
+		time.Sleep(3 * time.Second)
 	case <-time.After(3 * time.Second):
 	}
 	deleted := time.Now()
-	g.progress("failover: deleting %s's active broker pod %s; %s fetches %s's Service every 100 ms for %s", from.name, active, a.pod, to.name, window)
+	if over != nil {
+		g.progress("failover: deleting %s's active broker pod %s; %s fetches %s's Service every 100 ms until traffic passed for %s after the takeover (%s at most)",
+			from.name, active, a.pod, to.name, failoverSettle, failoverWindow)
+	} else {
+		g.progress("failover: deleting %s's active broker pod %s; %s fetches %s's Service every 100 ms for %s", from.name, active, a.pod, to.name, failoverWindow)
+	}
 	if err := from.cs.CoreV1().Pods(from.ns).Delete(ctx, active, metav1.DeleteOptions{}); err != nil {
+		if over != nil {
+			over.Close()
+		}
 		c.Detail = fmt.Sprintf("deleting the active broker pod %s: %v", active, err)
 		return c, nil
+	}
+	if over != nil {
+		if ip, ok := waitTakeover(ctx, from, activeIP, failoverWindow); ok {
+			g.progress("failover: %s's broker at %s took over and published itself after %s", from.name, ip, time.Since(deleted).Round(100*time.Millisecond))
+		}
+		over.Close() // the agent settles now (or fetches on to the window's end)
 	}
 	w := <-done
 	c.Seconds = time.Since(deleted).Seconds()
@@ -682,7 +762,7 @@ func failover(ctx context.Context, g *globals, from, to *verifyCluster) (check, 
 		return c, nil
 	}
 	if !recovered {
-		c.Detail = fmt.Sprintf("traffic did not come back within %s of the deletion", window)
+		c.Detail = fmt.Sprintf("traffic did not come back within %s of the deletion", failoverWindow)
 		return c, nil
 	}
 	c.Pass = true
@@ -690,6 +770,33 @@ func failover(ctx context.Context, g *globals, from, to *verifyCluster) (check, 
 	c.Detail = fmt.Sprintf("traffic stopped for %.1fs", secs)
 	g.progress("failover: traffic from %s to %s stopped for %.1fs", from.name, to.name, secs)
 	return c, &secs
+}
+
+// failoverWindow bounds how long verify --failover watches the traffic;
+// failoverSettle is how long it must pass after the new broker published
+// itself before the watch ends.
+const (
+	failoverWindow = 45 * time.Second
+	failoverSettle = 10 * time.Second
+)
+
+// waitTakeover polls from's LocalLink until its status names an active
+// broker pod (status.gatewayPod, its IP) other than oldIP: the new one took
+// over and published itself. It waits for at most limit.
+func waitTakeover(ctx context.Context, from *verifyCluster, oldIP string, limit time.Duration) (string, bool) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for {
+		var l v1alpha1.KubeLink
+		if err := from.c.Get(ctx, client.ObjectKey{Name: from.local.Name}, &l); err == nil && l.Status.GatewayPod != "" && l.Status.GatewayPod != oldIP {
+			return l.Status.GatewayPod, true
+		}
+		select {
+		case <-ctx.Done():
+			return "", false
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // outageOf reads the agent's --watch lines and returns how long fetches

@@ -1,13 +1,20 @@
 package main
 
 import (
+	"context"
 	"encoding/xml"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 func TestOutageOf(t *testing.T) {
@@ -68,5 +75,88 @@ func TestJUnitReport(t *testing.T) {
 	}
 	if s.Tests != 2 || s.Failures != 1 || s.Cases[0].Failure != nil || s.Cases[1].Failure == nil || s.Cases[1].Failure.Message != "context deadline exceeded" {
 		t.Errorf("report:\n%s", b)
+	}
+}
+
+// Each run gets a namespace of its own and never waits for an earlier
+// one to go; it deletes only what a killed run left behind: not kept, not
+// young enough to be another run's, and labelled as a run's.
+func TestVerifyNamespacePerRun(t *testing.T) {
+	_, cs, _ := fakeCluster(t)
+	ctx := context.Background()
+	g := &globals{out: io.Discard, errOut: io.Discard}
+	names := map[string]bool{}
+	for range 50 {
+		n, err := newVerifyNamespaceName()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if errs := validation.IsDNS1123Label(n); len(errs) > 0 || !strings.HasPrefix(n, verifyNamespacePrefix) {
+			t.Fatalf("run namespace %q: %v", n, errs)
+		}
+		names[n] = true
+	}
+	if len(names) < 49 {
+		t.Fatalf("50 run namespaces gave only %d names", len(names))
+	}
+	mk := func(name string, labels map[string]string) {
+		t.Helper()
+		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("kubelink-verify-dead1", map[string]string{verifyRunLabel: "true"})
+	mk("kubelink-verify-kept1", map[string]string{verifyRunLabel: "true", verifyKeepLabel: "true"})
+	mk("kubelink-verify-users", nil) // not a run's: a user's namespace of that name
+	deleting := func(name string) bool {
+		t.Helper()
+		n, err := cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return true
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.DeletionTimestamp != nil
+	}
+	vc := func(ns string) *verifyCluster {
+		return &verifyCluster{member: &member{cluster: &cluster{context: "eu", cs: cs}, name: "eu"}, runNS: ns}
+	}
+
+	// Another run may still use a young namespace: it stays.
+	if err := ensureVerifyNamespace(ctx, g, vc("kubelink-verify-run01"), false); err != nil {
+		t.Fatal(err)
+	}
+	n, err := cs.CoreV1().Namespaces().Get(ctx, "kubelink-verify-run01", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Labels[verifyRunLabel] != "true" || n.Labels["pod-security.kubernetes.io/enforce"] != "restricted" || n.Labels[verifyKeepLabel] != "" {
+		t.Errorf("run namespace labels %v", n.Labels)
+	}
+	for _, name := range []string{"kubelink-verify-dead1", "kubelink-verify-kept1", "kubelink-verify-users"} {
+		if deleting(name) {
+			t.Errorf("namespace %s deleted although younger than %s", name, verifyLeftoverAge)
+		}
+	}
+
+	// Old enough: a run's namespace goes, a kept one and a user's stay.
+	defer func(age time.Duration) { verifyLeftoverAge = age }(verifyLeftoverAge)
+	verifyLeftoverAge = 0
+	if err := ensureVerifyNamespace(ctx, g, vc("kubelink-verify-run02"), true); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]bool{"kubelink-verify-dead1": true, "kubelink-verify-run01": true,
+		"kubelink-verify-kept1": false, "kubelink-verify-users": false, "kubelink-verify-run02": false} {
+		if got := deleting(name); got != want {
+			t.Errorf("namespace %s being deleted: %v, want %v", name, got, want)
+		}
+	}
+	if n, err := cs.CoreV1().Namespaces().Get(ctx, "kubelink-verify-run02", metav1.GetOptions{}); err != nil || n.Labels[verifyKeepLabel] != "true" {
+		t.Errorf("the run with --keep: %v, labels %v", err, n.Labels)
+	}
+	// The same name twice is an error, not a wait.
+	if err := ensureVerifyNamespace(ctx, g, vc("kubelink-verify-kept1"), false); err == nil || !strings.Contains(err.Error(), "creating namespace kubelink-verify-kept1") {
+		t.Errorf("a namespace that exists: %v", err)
 	}
 }

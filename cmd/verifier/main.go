@@ -1,5 +1,5 @@
 // Command kubelink-verifier is the agent of `kubelinkctl verify`: it runs in
-// the pods verify starts in each cluster (namespace kubelink-verify) and is
+// the pods verify starts in each cluster (a namespace kubelink-verify-<random> per run) and is
 // removed with them. --serve answers HTTP with the cluster's name; --get
 // fetches a URL once, --watch every --every for --window; each fetch is
 // printed as one JSON line with its duration and the path MTU the kernel
@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -36,6 +37,7 @@ func main() {
 	timeout := f.Duration("timeout", 3*time.Second, "bound of one fetch")
 	every := f.Duration("every", 100*time.Millisecond, "with --watch: the pause between fetches")
 	window := f.Duration("window", 30*time.Second, "with --watch: how long to fetch")
+	settle := f.Duration("settle", 0, "with --watch: once stdin ends (what is measured is over), stop as soon as every fetch of the last --settle passed; 0 fetches for all of --window")
 	throughput := f.String("throughput", "", "upload to this server's /sink for --seconds on one TCP stream and print the rate")
 	seconds := f.Duration("seconds", 10*time.Second, "with --throughput: how long to upload")
 	latency := f.String("latency", "", "send --count small requests to this server's /ping, one after the other, and print their round-trip times")
@@ -57,7 +59,15 @@ func main() {
 			if *window > 10*time.Minute {
 				return errors.New("--window: at most 10m")
 			}
-			return verifier.Watch(ctx, os.Stdout, *watch, verifier.Answer(*want), *every, *window, *timeout)
+			var over chan struct{}
+			if *settle > 0 {
+				over = make(chan struct{})
+				go func() {
+					_, _ = io.Copy(io.Discard, os.Stdin)
+					close(over)
+				}()
+			}
+			return verifier.WatchUntilSettled(ctx, os.Stdout, *watch, verifier.Answer(*want), *every, *window, *timeout, *settle, over)
 		case *throughput != "":
 			if *seconds > 5*time.Minute {
 				return errors.New("--seconds: at most 5m")

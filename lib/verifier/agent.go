@@ -174,11 +174,39 @@ func pathMTU(c net.Conn) (mtu, mss int) {
 // Watch fetches url every interval for window, writing one JSON Result per
 // line to out, each bounded by timeout.
 func Watch(ctx context.Context, out io.Writer, url, want string, every, window, timeout time.Duration) error {
+	return WatchUntilSettled(ctx, out, url, want, every, window, timeout, 0, nil)
+}
+
+// WatchUntilSettled is Watch that may end before window: once over is
+// closed (what is measured, e.g. a failover, is over), it ends as soon as
+// every fetch of the last settle passed, counting only from when over
+// closed. Until then, and with settle 0 or over nil, it fetches for all of
+// window.
+func WatchUntilSettled(ctx context.Context, out io.Writer, url, want string, every, window, timeout, settle time.Duration, over <-chan struct{}) error {
 	end := time.Now().Add(window)
 	enc := json.NewEncoder(out)
+	var overAt, passingSince time.Time // zero: not yet, none passing
 	for time.Now().Before(end) {
-		if err := enc.Encode(Get(ctx, url, want, 0, timeout)); err != nil {
+		start := time.Now()
+		r := Get(ctx, url, want, 0, timeout)
+		if err := enc.Encode(r); err != nil {
 			return err
+		}
+		switch {
+		case !r.OK:
+			passingSince = time.Time{}
+		case passingSince.IsZero():
+			passingSince = start
+		}
+		if overAt.IsZero() && over != nil && settle > 0 {
+			select {
+			case <-over:
+				overAt = start
+			default:
+			}
+		}
+		if !overAt.IsZero() && !passingSince.IsZero() && time.Since(later(overAt, passingSince)) >= settle {
+			return nil
 		}
 		select {
 		case <-ctx.Done():
@@ -187,6 +215,13 @@ func Watch(ctx context.Context, out io.Writer, url, want string, every, window, 
 		}
 	}
 	return nil
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // Throughput is one upload's figures.

@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -65,6 +67,64 @@ func TestWatchWritesOneLinePerCheck(t *testing.T) {
 	}
 	if ok < 3 || fail < 3 {
 		t.Errorf("%d ok and %d failed checks, want several of each:\n%s", ok, fail, out.String())
+	}
+}
+
+// With over closed, the watch ends once the fetches passed for settle
+// after it; a failure resets the count; before over it runs on.
+func TestWatchUntilSettled(t *testing.T) {
+	var failing atomic.Bool
+	h := Handler("a")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if failing.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	over := make(chan struct{})
+	var out bytes.Buffer
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		done <- WatchUntilSettled(context.Background(), &out, srv.URL, Answer("a"), 20*time.Millisecond, 20*time.Second, time.Second, 500*time.Millisecond, over)
+	}()
+	notEnded := func(d time.Duration, why string) {
+		t.Helper()
+		select {
+		case err := <-done:
+			t.Fatalf("ended %s (%v)", why, err)
+		case <-time.After(d):
+		}
+	}
+	// Passing, but over is not closed: it runs on.
+	notEnded(800*time.Millisecond, "before over was closed")
+	// Closed while failing: the settle counts from the first pass after.
+	failing.Store(true)
+	notEnded(200*time.Millisecond, "while the fetches failed")
+	close(over)
+	notEnded(700*time.Millisecond, "while the fetches failed, after over")
+	recovered := time.Now()
+	failing.Store(false)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("did not end 10s after the fetches passed again (settle 500ms)")
+	}
+	if took := time.Since(recovered); took < 450*time.Millisecond {
+		t.Errorf("ended %s after the fetches passed again, before settle (500ms)", took)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	var last Result
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || !last.OK {
+		t.Errorf("last fetch %q (%v): want a pass", lines[len(lines)-1], err)
+	}
+	if time.Since(start) > 15*time.Second {
+		t.Errorf("ran %s: not ended by the settle", time.Since(start))
 	}
 }
 
