@@ -115,6 +115,10 @@ func TestMeshDNSFollowsLinkHealth(t *testing.T) {
 // 5 s at most); a regression (a name that never returns) fails it.
 const dnsReturnBudget = 15 * time.Second
 
+// dnsSettle is how long after the link came Up again the name must have
+// resolved in every check before the probe ends.
+const dnsSettle = 10 * time.Second
+
 // Checks for startProbe: "gone" is an NXDOMAIN (the name was withdrawn),
 // not a timeout towards B's unreachable DNS; "resolves" is an answer with
 // an address. The name is rooted so that no search domain is tried.
@@ -201,8 +205,8 @@ func dnsCycle(ctx context.Context, t *testing.T, run int, c, peer *Cluster, repl
 	if _, err := installProber(ctx, c, pod); err != nil {
 		t.Fatal(err)
 	}
-	probeAsync := func(check []string, window time.Duration) <-chan probeSeries {
-		done, err := startProbe(ctx, c, pod, check, time.Second, 100*time.Millisecond, window)
+	probeAsync := func(check []string, window time.Duration, flags ...string) <-chan probeSeries {
+		done, err := startProbe(ctx, c, pod, check, time.Second, 100*time.Millisecond, window, flags...)
 		if err != nil {
 			t.Fatalf("run %d: %v", run, err)
 		}
@@ -250,12 +254,19 @@ func dnsCycle(ctx context.Context, t *testing.T, run int, c, peer *Cluster, repl
 	t.Logf("DNS %s run %d: %s's brokers stopped; link left Up after %s (as polled), %s gone after %s: %s after Down, then NXDOMAIN for %s",
 		c.Name, run, peer.Name, tDown.Sub(stopped).Round(10*time.Millisecond), name, goneAfterStop.Round(10*time.Millisecond), gone.Round(10*time.Millisecond), tail.Round(10*time.Millisecond))
 
-	backProbe := probeAsync(nameResolves(name), 40*time.Second)
+	// The probe ends once the name resolved in every check of
+	// dnsSettle after the link came Up (40 s at most): a name that goes
+	// again within that stretch is seen.
+	over := fmt.Sprintf("/tmp/kubelink-dns-up-%d", time.Now().UnixNano())
+	backProbe := probeAsync(nameResolves(name), 40*time.Second, settleFlags(over, dnsSettle)...)
 	started := time.Now()
 	if err := scaleBrokers(ctx, peer, replicas); err != nil {
 		t.Fatal(err)
 	}
 	tUp := linkLeaves(ctx, t, c, peer, true, 30*time.Second)
+	if err := endEvent(ctx, c, pod, over); err != nil {
+		t.Fatalf("run %d: %v", run, err)
+	}
 	r = <-backProbe
 	if r.err != nil {
 		t.Fatalf("run %d: probe: %v", run, r.err)
@@ -268,6 +279,10 @@ func dnsCycle(ctx context.Context, t *testing.T, run int, c, peer *Cluster, repl
 		t.Logf("run %d: %s went away %d times before it resolved for good (the link settling)", run, name, flaps)
 	}
 	back = max(0, backAfterStart-tUp.Sub(started))
+	if tail < dnsSettle-time.Second && r.series[len(r.series)-1].at.Sub(started) < 39*time.Second {
+		// the prober ended early without the settle: not what it was asked
+		t.Errorf("run %d: the probe ended after resolving for only %s (settle %s)", run, tail.Round(10*time.Millisecond), dnsSettle)
+	}
 	t.Logf("DNS %s run %d: %s's brokers started; link Up after %s (as polled), %s resolves after %s: %s after Up, then for %s",
 		c.Name, run, peer.Name, tUp.Sub(started).Round(10*time.Millisecond), name, backAfterStart.Round(10*time.Millisecond), back.Round(10*time.Millisecond), tail.Round(10*time.Millisecond))
 	return gone, back

@@ -30,7 +30,7 @@ type probe struct {
 // "http", URL, WANT) every pause, each check bounded by perCheck, until
 // window has passed (creating the file ready after its first check, when
 // not empty), and returns the series.
-func probeLoopReady(ctx context.Context, c *Cluster, pod, ready string, args []string, perCheck, pause, window time.Duration) ([]probe, error) {
+func probeLoopReady(ctx context.Context, c *Cluster, pod, ready string, args []string, perCheck, pause, window time.Duration, flags ...string) ([]probe, error) {
 	bin, err := installProber(ctx, c, pod)
 	if err != nil {
 		return nil, err
@@ -39,6 +39,7 @@ func probeLoopReady(ctx context.Context, c *Cluster, pod, ready string, args []s
 	if ready != "" {
 		cmd = append(cmd, "-ready", ready)
 	}
+	cmd = append(cmd, flags...)
 	cmd = append(cmd, args...)
 	ctx, cancel := context.WithTimeout(ctx, window+30*time.Second)
 	defer cancel()
@@ -64,6 +65,19 @@ func probeLoopReady(ctx context.Context, c *Cluster, pod, ready string, args []s
 	return series, nil
 }
 
+// settleFlags make a prober stop once every check of settle passed after
+// the test created the file over in the pod (with endEvent), rather than
+// at the end of its window; the window still bounds it.
+func settleFlags(over string, settle time.Duration) []string {
+	return []string{"-over", over, "-settle", settle.String()}
+}
+
+// endEvent tells a prober started with settleFlags that the event is over.
+func endEvent(ctx context.Context, c *Cluster, pod, over string) error {
+	_, err := c.Exec(ctx, pod, "touch", over)
+	return err
+}
+
 // probeSeries is the result of a prober started by startProbe.
 type probeSeries struct {
 	series []probe
@@ -74,11 +88,11 @@ type probeSeries struct {
 // has made its first checks (it waits for the prober's -ready file, not for
 // a fixed time: a loaded node can take seconds to start an exec), so that
 // an event after it has checks before it. The channel gets the series.
-func startProbe(ctx context.Context, c *Cluster, pod string, args []string, perCheck, pause, window time.Duration) (<-chan probeSeries, error) {
+func startProbe(ctx context.Context, c *Cluster, pod string, args []string, perCheck, pause, window time.Duration, flags ...string) (<-chan probeSeries, error) {
 	ready := fmt.Sprintf("/tmp/kubelink-prober-ready-%d", time.Now().UnixNano())
 	done := make(chan probeSeries, 1)
 	go func() {
-		s, err := probeLoopReady(ctx, c, pod, ready, args, perCheck, pause, window)
+		s, err := probeLoopReady(ctx, c, pod, ready, args, perCheck, pause, window, flags...)
 		done <- probeSeries{s, err}
 	}()
 	_, err := Eventually(ctx, 30*time.Second, 200*time.Millisecond, func(ctx context.Context) error {

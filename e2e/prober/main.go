@@ -10,7 +10,10 @@
 //	prober resolves NAME        ok when NAME has an address
 //
 // Flags: -window, -every, -timeout, -ready (a file created after the first
-// check, so that a test knows the series has begun).
+// check, so that a test knows the series has begun), and -over with
+// -settle: once the file -over names exists (the test saw its event end),
+// the prober stops as soon as every check of the last -settle passed,
+// counting only from then; -window still bounds it.
 package main
 
 import (
@@ -31,6 +34,8 @@ func main() {
 	every := flag.Duration("every", 50*time.Millisecond, "pause between checks")
 	timeout := flag.Duration("timeout", 300*time.Millisecond, "bound of one check")
 	ready := flag.String("ready", "", "file to create after the first check")
+	over := flag.String("over", "", "with -settle: the file whose existence says the event is over")
+	settle := flag.Duration("settle", 0, "with -over: stop once every check of this long after the event passed")
 	flag.Parse()
 	if flag.NArg() < 2 {
 		fmt.Fprintln(os.Stderr, "usage: prober [flags] http URL WANT | nxdomain NAME | resolves NAME")
@@ -42,6 +47,7 @@ func main() {
 		os.Exit(2)
 	}
 	end := time.Now().Add(*window)
+	var overAt, passingSince time.Time
 	for time.Now().Before(end) {
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
@@ -58,6 +64,26 @@ func main() {
 				os.Exit(2)
 			}
 			*ready = ""
+		}
+		switch {
+		case !ok:
+			passingSince = time.Time{}
+		case passingSince.IsZero():
+			passingSince = start
+		}
+		if *over != "" && *settle > 0 && overAt.IsZero() {
+			if _, err := os.Stat(*over); err == nil {
+				overAt = start
+			}
+		}
+		if !overAt.IsZero() && !passingSince.IsZero() {
+			from := overAt
+			if passingSince.After(from) {
+				from = passingSince
+			}
+			if time.Since(from) >= *settle {
+				return
+			}
 		}
 		time.Sleep(*every)
 	}
