@@ -297,10 +297,12 @@ func failoverOnce(ctx context.Context, t *testing.T, run int, from, to *Cluster,
 		t.Fatal(err)
 	}
 	// long enough to see traffic back within the budget and then unbroken
-	// for 5 s
+	// for 5 s; the probe ends earlier once every check of failoverSettle
+	// passed after the Service followed the Lease to the new holder.
 	const window = failoverBudget + 7*time.Second
+	over := fmt.Sprintf("/tmp/kubelink-failover-%d", time.Now().UnixNano())
 	done, err := startProbe(ctx, from, pod, []string{"http", url, "echo from cluster " + to.Name},
-		300*time.Millisecond, 50*time.Millisecond, window)
+		300*time.Millisecond, 50*time.Millisecond, window, settleFlags(over, failoverSettle)...)
 	if err != nil {
 		t.Fatalf("run %d: %v", run, err)
 	}
@@ -324,6 +326,9 @@ func failoverOnce(ctx context.Context, t *testing.T, run int, from, to *Cluster,
 	}); err != nil {
 		t.Errorf("run %d: %v", run, err)
 	}
+	if err := endEvent(ctx, from, pod, over); err != nil {
+		t.Fatalf("run %d: %v", run, err)
+	}
 	r := <-done
 	if r.err != nil {
 		t.Fatalf("run %d: probe: %v", run, r.err)
@@ -341,6 +346,11 @@ func failoverOnce(ctx context.Context, t *testing.T, run int, from, to *Cluster,
 		from.Name, run, active, moved.Round(10*time.Millisecond), now, fails, len(r.series), blip.Round(10*time.Millisecond), from.Name, to.Name, took.Round(10*time.Millisecond), tail.Round(10*time.Millisecond), flaps, outageRun)
 	return took, blip
 }
+
+// failoverSettle is how long traffic must pass in every check, after the
+// broker Service followed the Lease to the new holder, before a failover's
+// probe ends (it ends at its window otherwise).
+const failoverSettle = 10 * time.Second
 
 // sliceFollowsLease checks that the Service kubelink-broker of c reaches
 // exactly the Lease holder: its EndpointSlice kubelink-broker-active names
