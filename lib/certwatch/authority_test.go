@@ -187,6 +187,22 @@ func TestMeshAuthority(t *testing.T) {
 		if err := hostile.Get(ctx, client.ObjectKey{Namespace: "kubelink", Name: "kubelink-tls"}, &corev1.Secret{}); !apierrors.IsForbidden(err) {
 			t.Errorf("a member reading the authority's Secret: %v, want Forbidden", err)
 		}
+		// Nor ask another signer of the cluster (the chart's admission
+		// policy kubelink-member-csrs): here a client certificate of the
+		// API server, whose approver might trust any account's request.
+		for _, signer := range []string{certificatesv1.KubeAPIServerClientSignerName, certificatesv1.KubeAPIServerClientKubeletSignerName, "example.com/other"} {
+			other := &certificatesv1.CertificateSigningRequest{ObjectMeta: metav1.ObjectMeta{GenerateName: "other-signer-"},
+				Spec: certificatesv1.CertificateSigningRequestSpec{Request: req, SignerName: signer, Usages: []certificatesv1.KeyUsage{certificatesv1.UsageClientAuth}}}
+			if err := hostile.Create(ctx, other); err == nil || !strings.Contains(err.Error(), "only of the signer "+SignerName) {
+				t.Errorf("a member asking the signer %s: %v, want a refusal naming %s", signer, err, SignerName)
+			}
+		}
+		// The policy matches the members only: the admin still may.
+		adminCSR := &certificatesv1.CertificateSigningRequest{ObjectMeta: metav1.ObjectMeta{GenerateName: "admin-"},
+			Spec: certificatesv1.CertificateSigningRequestSpec{Request: req, SignerName: "example.com/other", Usages: []certificatesv1.KeyUsage{certificatesv1.UsageClientAuth}}}
+		if err := auth.Create(ctx, adminCSR); err != nil {
+			t.Errorf("the admin asking another signer: %v", err)
+		}
 	})
 
 	t.Run("a member asking for another's identity is refused and retries with a new request", func(t *testing.T) {

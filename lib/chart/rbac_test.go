@@ -29,7 +29,8 @@ var (
 			"cluster: kubelink.mandelsoft.org kubelinks/status,meshservices/status get,patch,update",
 			"cluster: core services get,list,watch",
 			"cluster: core events create,patch",
-			"kubelink: coordination.k8s.io leases create,get,list,update,watch",
+			"kubelink: coordination.k8s.io leases[kubelink-broker] get,update",
+			"kubelink: coordination.k8s.io leases create", // only that Lease, through the admission policy
 			"kubelink: core secrets[wireguard] get,list,watch",
 			"kubelink: discovery.k8s.io endpointslices[kubelink-broker-active] delete,get,update",
 			"kubelink: discovery.k8s.io endpointslices create", // only that slice, through the admission policy
