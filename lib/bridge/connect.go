@@ -153,8 +153,12 @@ type linkState struct {
 
 // UnknownPeer is an authenticated peer without a link (see OnUnknown).
 type UnknownPeer struct {
-	// Identities are the names of its certificate (see Identities).
+	// Identities are the names of its certificate (see Identities), for
+	// messages and host matching.
 	Identities []string
+	// URIs are its certificate's URI SANs: the only names that are an
+	// identity (see URIIdentities).
+	URIs []string
 	// Remote is the address the connection came from.
 	Remote netip.AddrPort
 	// Hello is what it announced.

@@ -117,10 +117,11 @@ func (c *Connector) accept(raw net.Conn, done func()) error {
 		raw.Close()
 		return fmt.Errorf("TLS handshake: %w", err)
 	}
-	ids := Identities(tc.ConnectionState().PeerCertificates[0])
+	cert := tc.ConnectionState().PeerCertificates[0]
+	ids, uris := Identities(cert), URIIdentities(cert)
 	timeout := func() time.Duration { return max(time.Until(start.Add(c.cfg.HandshakeTimeout)), time.Millisecond) }
 	c.mu.Lock()
-	cands := c.candidates(ids)
+	cands := c.candidates(ids, uris)
 	var locals []Hello // what this side announces: to the candidates, or to anyone
 	if len(cands) > 0 {
 		for _, ls := range cands {
@@ -165,7 +166,7 @@ func (c *Connector) accept(raw net.Conn, done func()) error {
 		}
 	}
 	if len(cands) == 0 {
-		return c.unknown(tc, ids, hello)
+		return c.unknown(tc, ids, uris, hello)
 	}
 	ls := pickLink(cands, hello)
 	if ls == nil {
@@ -181,10 +182,12 @@ func (c *Connector) accept(raw net.Conn, done func()) error {
 }
 
 // candidates are the links an authenticated client certificate with ids
-// may be for, sorted by ID (caller holds c.mu): Identify's, else those
-// whose Identity is one of ids (links without one: whose endpoint host is). A peer in several meshes has a link
-// in each.
-func (c *Connector) candidates(ids []string) []*linkState {
+// (all its names) and uris (its URI SANs) may be for, sorted by ID (caller
+// holds c.mu): Identify's, else those whose Identity is one of uris — a
+// common name or DNS name is no identity: any member of the CA could carry
+// another's — and links without one: whose endpoint host is one of ids. A
+// peer in several meshes has a link in each.
+func (c *Connector) candidates(ids, uris []string) []*linkState {
 	if c.cfg.Identify != nil {
 		if ls := c.links[c.cfg.Identify(ids)]; ls != nil {
 			return []*linkState{ls}
@@ -194,7 +197,7 @@ func (c *Connector) candidates(ids []string) []*linkState {
 	var cands []*linkState
 	for _, cand := range c.links {
 		if cand.link.Identity != "" {
-			if slices.Contains(ids, cand.link.Identity) {
+			if slices.Contains(uris, cand.link.Identity) {
 				cands = append(cands, cand)
 			}
 			continue
@@ -237,10 +240,10 @@ func appendHello(hs []Hello, h Hello) []Hello {
 
 // unknown hands the HELLO of an authenticated peer without a link to
 // OnUnknown and closes the connection.
-func (c *Connector) unknown(tc *tls.Conn, ids []string, h Hello) error {
+func (c *Connector) unknown(tc *tls.Conn, ids, uris []string, h Hello) error {
 	remote, _ := netip.ParseAddrPort(tc.RemoteAddr().String())
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
-	if err := c.cfg.OnUnknown(UnknownPeer{Identities: ids, Remote: remote, Hello: h}); err != nil {
+	if err := c.cfg.OnUnknown(UnknownPeer{Identities: ids, URIs: uris, Remote: remote, Hello: h}); err != nil {
 		err = fmt.Errorf("no link for peer %v: %w", ids, err)
 		_ = SendClose(tc, CloseRejected, err.Error(), closeTimeout)
 		return err

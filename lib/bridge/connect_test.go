@@ -81,6 +81,9 @@ type connEnd struct {
 	// link to the other end.
 	onUnknown func(UnknownPeer) error
 	noLinks   bool
+	// peerIdentity, when set, is the identity the link to the other end
+	// pins (Link.Identity).
+	peerIdentity string
 }
 
 func newConnEnd(t *testing.T, e *bridgeEnd, ca *testCA, cn string) *connEnd {
@@ -149,7 +152,7 @@ func (ce *connEnd) start(t *testing.T, other *connEnd) {
 
 func (ce *connEnd) linkTo(other *connEnd) Link {
 	return Link{
-		ID: other.id, Endpoint: net.JoinHostPort(other.id+".kubelink.test", "8443"),
+		ID: other.id, Endpoint: net.JoinHostPort(other.id+".kubelink.test", "8443"), Identity: ce.peerIdentity,
 		ClusterAddress: other.cluster4, Policy: policyFor(other.bridgeEnd),
 	}
 }
@@ -371,6 +374,48 @@ func TestConnectorRejectsOtherCA(t *testing.T) {
 	if a.pump.Peer("b") != nil || b.pump.Peer("a") != nil {
 		t.Fatal("a peer with a certificate from another CA got connected")
 	}
+}
+
+// A link that pins an identity takes only a URI SAN as that identity, on
+// the accepting side as on the dialing one: a member whose certificate (of
+// the same CA) carries kubelink://default/b as its common name and DNS
+// name, but not as a URI, is not b either way.
+func TestConnectorIdentityIsAURIOnly(t *testing.T) {
+	nstest.RequireRoot(t)
+	ca := newTestCA(t)
+	a, b := twoConnEnds(t, ca, ca)
+	const identity = "kubelink://default/b"
+	writeCertDir(t, b.dir, ca, ca.issue(t, identity))
+	if _, err := b.certs.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	a.peerIdentity = identity
+	a.start(t, b)
+	b.start(t, a)
+	// b dials a: a finds no link for a certificate without the URI.
+	sawRejection := false
+	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if st := a.status(t); st.State == Connected || a.pump.Peer("b") != nil {
+			t.Fatalf("a connected b, whose certificate names %s only as CN and DNS name: %+v", identity, st)
+		}
+		if _, last := a.conn.Rejected(); strings.Contains(last, "no link for peer") {
+			sawRejection = true
+		}
+	}
+	if !sawRejection {
+		n, last := a.conn.Rejected()
+		t.Errorf("a did not reject b's connections as no link's: %d rejected, last %q", n, last)
+	}
+	// a dials b: the server certificate has no such URI either.
+	if st := a.status(t); !strings.Contains(st.Reason, "wrong peer identity") {
+		t.Errorf("a's dial of b: %+v, want the wrong identity", st)
+	}
+	// With the identity as a URI SAN, b is b.
+	writeCertDir(t, b.dir, ca, ca.issueWithURIs(t, "b.kubelink.test", identity))
+	if _, err := b.certs.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	a.waitStatus(t, 10*time.Second, "Connected with b's identity as a URI", connected)
 }
 
 // Unauthenticated work is bounded: connections that never finish TLS are

@@ -16,6 +16,7 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"sync"
 	"testing"
@@ -60,6 +61,20 @@ func newTestCA(t testing.TB) *testCA {
 // one certificate for both directions.
 func (ca *testCA) issue(t testing.TB, cn string) tls.Certificate {
 	t.Helper()
+	return ca.issueWithURIs(t, cn)
+}
+
+// issueWithURIs is issue with URI SANs (a member's identity).
+func (ca *testCA) issueWithURIs(t testing.TB, cn string, uris ...string) tls.Certificate {
+	t.Helper()
+	var us []*url.URL
+	for _, u := range uris {
+		p, err := url.Parse(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		us = append(us, p)
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -68,6 +83,7 @@ func (ca *testCA) issue(t testing.TB, cn string) tls.Certificate {
 		SerialNumber: big.NewInt(time.Now().UnixNano()),
 		Subject:      pkix.Name{CommonName: cn},
 		DNSNames:     []string{cn},
+		URIs:         us,
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,

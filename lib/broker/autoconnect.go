@@ -50,18 +50,19 @@ func AutoLink(local *mesh.Mesh, p bridge.UnknownPeer, bridgePort int, existing [
 		port = bridgePort
 	}
 	// The name comes from the identity the peer's certificate carries for
-	// this mesh: the link then pins exactly that identity. A peer without
-	// one cannot be pinned and gets no link.
+	// this mesh, as a URI SAN (a common name or DNS name is no identity):
+	// the link then pins exactly that identity. A peer without one cannot
+	// be pinned and gets no link.
 	cluster := ""
 	prefix := mesh.Identity(local.Name, "")
-	for _, id := range p.Identities {
+	for _, id := range p.URIs {
 		if c, ok := strings.CutPrefix(id, prefix); ok && len(validation.IsDNS1123Label(c)) == 0 && !strings.Contains(c, "--") {
 			cluster = c
 			break
 		}
 	}
 	if cluster == "" {
-		return nil, fmt.Errorf("its certificate has no identity %s<cluster> for mesh %q (identities %v)", prefix, mesh.MeshDisplayName(local.Name), p.Identities)
+		return nil, fmt.Errorf("its certificate has no identity %s<cluster> for mesh %q as a URI SAN (names %v)", prefix, mesh.MeshDisplayName(local.Name), p.Identities)
 	}
 	identity := mesh.Identity(local.Name, cluster)
 	for _, kl := range existing {

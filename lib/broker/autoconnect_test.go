@@ -30,8 +30,18 @@ func TestAutoLinkFromHello(t *testing.T) {
 		if cidr != "" {
 			h.ServiceCIDR = netip.MustParsePrefix(cidr)
 		}
-		return bridge.UnknownPeer{Identities: ids, Remote: netip.MustParseAddrPort("172.30.0.21:40000"), Hello: h}
+		// As a certificate gives them: the URIs among the names are its URI SANs.
+		var uris []string
+		for _, id := range ids {
+			if strings.Contains(id, "://") {
+				uris = append(uris, id)
+			}
+		}
+		return bridge.UnknownPeer{Identities: ids, URIs: uris, Remote: netip.MustParseAddrPort("172.30.0.21:40000"), Hello: h}
 	}
+	// kubelink://lab/b as the common name (or a DNS name) only: no identity.
+	cnOnly := peer([]string{"kubelink://lab/b", "172.30.0.21"}, "192.168.0.12/24", "", 8088)
+	cnOnly.URIs = nil
 
 	kl, err := AutoLink(ms, peer([]string{"172.30.0.21", "kubelink://default/x", "kubelink://lab/b"}, "192.168.0.12/24", "100.64.16.0/20", 9443), 8088, existing, reserved)
 	if err != nil {
@@ -54,6 +64,7 @@ func TestAutoLinkFromHello(t *testing.T) {
 		p    bridge.UnknownPeer
 		want string
 	}{
+		{"the identity as a common name only", cnOnly, "no identity kubelink://lab/<cluster> for mesh \"lab\" as a URI SAN"},
 		{"no identity for the mesh", peer([]string{"b.example.org", "172.30.0.21", "kubelink://default/b"}, "192.168.0.12/24", "", 8088), "no identity kubelink://lab/<cluster>"},
 		{"service CIDR over the node network", peer([]string{"kubelink://lab/f"}, "192.168.0.15/24", "172.18.0.0/24", 8088), "overlaps the local network 172.18.0.0/16"},
 		{"service CIDR over cloud metadata", peer([]string{"kubelink://lab/f"}, "192.168.0.15/24", "169.254.0.0/16", 8088), "overlaps the local network 169.254.0.0/16"},
@@ -74,7 +85,7 @@ func TestAutoLinkFromHello(t *testing.T) {
 func TestAutoLinkIsAProposal(t *testing.T) {
 	local := kubeLink("a", "192.168.0.11/24", "100.64.0.0/20", v1alpha1.EndpointLocalLink)
 	m := mesh.Build([]v1alpha1.KubeLink{local}, mesh.ParseOptions{DefaultPort: 8088})
-	p := bridge.UnknownPeer{Identities: []string{"kubelink://default/b"}, Remote: netip.MustParseAddrPort("172.30.0.21:40000"),
+	p := bridge.UnknownPeer{Identities: []string{"kubelink://default/b"}, URIs: []string{"kubelink://default/b"}, Remote: netip.MustParseAddrPort("172.30.0.21:40000"),
 		Hello: bridge.Hello{MinVersion: 1, MaxVersion: 1, ClusterAddress: netip.MustParsePrefix("192.168.0.12/24"), ServiceCIDR: netip.MustParsePrefix("100.64.16.0/20")}}
 	kl, err := AutoLink(m.Meshes[0], p, 8088, []v1alpha1.KubeLink{local}, nil)
 	if err != nil {

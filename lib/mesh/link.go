@@ -148,6 +148,13 @@ func ParseLink(kl *v1alpha1.KubeLink, opts ParseOptions) (*Link, error) {
 	if l.Name.Cluster == "" {
 		errs = append(errs, fmt.Errorf("metadata.name: %q has no cluster name after \"--\"", kl.Name))
 	}
+	if l.Name.Mesh == ReservedMeshName {
+		// kubelink://default/<cluster> is the identity of <cluster> in the
+		// default mesh: a mesh of that name would accept those members'
+		// certificates as its own.
+		errs = append(errs, fmt.Errorf("metadata.name: the mesh name %q is reserved (the default mesh's identities are kubelink://%s/<cluster>): name the link %q for the default mesh, or use another mesh name",
+			ReservedMeshName, ReservedMeshName, l.Name.Cluster))
+	}
 
 	if s.ClusterAddress == "" {
 		add("clusterAddress", "is required: the peer's address in the mesh with the mesh prefix length, e.g. 192.168.0.12/24")

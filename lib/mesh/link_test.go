@@ -41,6 +41,8 @@ func TestParseLinkRejectsBadAttributesWithActionableMessages(t *testing.T) {
 		{"mesh too large", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "16.0.0.2/4", Endpoint: "b.org"}), []string{"spec.clusterAddress", "/16 to /31"}},
 		{"mesh of everything", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "10.0.0.2/0", Endpoint: "b.org"}), []string{"spec.clusterAddress", "/16 to /31"}},
 		{"mesh too small", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.12/32", Endpoint: "b.org"}), []string{"spec.clusterAddress", "/16 to /31"}},
+		// kubelink://default/b is b of the default mesh: a mesh "default" would take its certificate.
+		{"reserved mesh name", link("default--b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "192.168.0.12/24", Endpoint: "b.org"}), []string{"metadata.name", `mesh name "default" is reserved`, `name the link "b"`}},
 		{"several problems at once", link("b", 0, v1alpha1.KubeLinkSpec{ClusterAddress: "x", CIDR: "y", Endpoint: "b.org"}), []string{"spec.clusterAddress", "spec.cidr"}},
 	}
 	for _, tt := range tests {

@@ -29,6 +29,11 @@ func (n LinkName) String() string {
 	return n.Mesh + "--" + n.Cluster
 }
 
+// ReservedMeshName may not name a mesh: the default mesh's identities use
+// it (Identity), so that links of a mesh "default" would accept the default
+// mesh's members as their own.
+const ReservedMeshName = "default"
+
 // MeshDisplayName names a mesh in messages ("default" for the default mesh).
 func MeshDisplayName(mesh string) string {
 	if mesh == DefaultMesh {
