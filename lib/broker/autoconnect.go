@@ -33,7 +33,7 @@ const AnnotationAutoConnected = v1alpha1.AnnotationAutoConnected
 // (a peer without one is refused), so that the link pins that identity. It refuses a peer
 // outside the mesh, an existing name, a cluster address another link has,
 // and anything the mesh model would not accept next to existing.
-func AutoLink(local *mesh.Mesh, p bridge.UnknownPeer, bridgePort int, existing []v1alpha1.KubeLink, reserved []netip.Prefix) (*v1alpha1.KubeLink, error) {
+func AutoLink(local *mesh.Mesh, p bridge.UnknownPeer, bridgePort, largestCIDR int, existing []v1alpha1.KubeLink, reserved []netip.Prefix) (*v1alpha1.KubeLink, error) {
 	h := p.Hello
 	ca := h.ClusterAddress
 	if ca.Bits() != local.Local.Address.Bits() || ca.Masked() != local.CIDR() {
@@ -77,6 +77,12 @@ func AutoLink(local *mesh.Mesh, p bridge.UnknownPeer, bridgePort int, existing [
 	}
 	// What the HELLO claims must not take over local networks: the node,
 	// pod and service networks, link-local (cloud metadata), loopback.
+	// Nor may it claim more than a service network's size: a proposal
+	// routes its CIDR once approved, and a /8 would take in much more than
+	// one cluster's services.
+	if sc := h.ServiceCIDR; sc.IsValid() && largestCIDR > 0 && sc.Bits() < largestCIDR {
+		return nil, fmt.Errorf("its service CIDR %s is larger than /%d (--auto-connect-largest-cidr): write its KubeLink yourself if that is right", sc, largestCIDR)
+	}
 	if sc := h.ServiceCIDR; sc.IsValid() {
 		for _, r := range reserved {
 			if r.IsValid() && r.Overlaps(sc) {
@@ -140,7 +146,7 @@ func (b *Broker) autoConnect(local *mesh.Mesh, p bridge.UnknownPeer) error {
 	if b.cfg.ServiceCIDR.IsValid() {
 		reserved = append(reserved, b.cfg.ServiceCIDR)
 	}
-	kl, err := AutoLink(local, p, b.cfg.BridgePort, list.Items, reserved)
+	kl, err := AutoLink(local, p, b.cfg.BridgePort, b.cfg.AutoConnectLargestCIDR, list.Items, reserved)
 	if err != nil {
 		b.log.Warn("auto-connect: not creating a link", "peer", p.Identities, "remote", p.Remote, "err", err)
 		return err

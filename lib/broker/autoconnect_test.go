@@ -43,7 +43,7 @@ func TestAutoLinkFromHello(t *testing.T) {
 	cnOnly := peer([]string{"kubelink://lab/b", "172.30.0.21"}, "192.168.0.12/24", "", 8088)
 	cnOnly.URIs = nil
 
-	kl, err := AutoLink(ms, peer([]string{"172.30.0.21", "kubelink://default/x", "kubelink://lab/b"}, "192.168.0.12/24", "100.64.16.0/20", 9443), 8088, existing, reserved)
+	kl, err := AutoLink(ms, peer([]string{"172.30.0.21", "kubelink://default/x", "kubelink://lab/b"}, "192.168.0.12/24", "100.64.16.0/20", 9443), 8088, 16, existing, reserved)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func TestAutoLinkFromHello(t *testing.T) {
 	if l, _ := mesh.ParseLink(kl, mesh.ParseOptions{DefaultPort: 8088}); l.PeerIdentity() != "kubelink://lab/b" {
 		t.Errorf("the created link pins %s, want the certificate's identity kubelink://lab/b", l.PeerIdentity())
 	}
-	kl, err = AutoLink(ms, peer([]string{"kubelink://lab/b"}, "192.168.0.12/24", "", 0), 8088, existing, reserved)
+	kl, err = AutoLink(ms, peer([]string{"kubelink://lab/b"}, "192.168.0.12/24", "", 0), 8088, 16, existing, reserved)
 	if err != nil || kl.Name != "lab--b" || kl.Spec.Endpoint != "172.30.0.21:8088" || kl.Spec.CIDR != "" {
 		t.Errorf("named peer: %v %+v", err, kl)
 	}
@@ -73,9 +73,10 @@ func TestAutoLinkFromHello(t *testing.T) {
 		{"our own address", peer(nil, "192.168.0.11/24", "", 8088), "this cluster's"},
 		{"existing name", peer([]string{"kubelink://lab/c"}, "192.168.0.14/24", "", 8088), "KubeLink lab--c exists"},
 		{"existing address", peer([]string{"kubelink://lab/d"}, "192.168.0.13/24", "", 8088), "lab--c has cluster address"},
+		{"service CIDR larger than the limit", peer([]string{"kubelink://lab/f"}, "192.168.0.15/24", "100.0.0.0/12", 8088), "its service CIDR 100.0.0.0/12 is larger than /16 (--auto-connect-largest-cidr)"},
 		{"overlapping service CIDR", peer([]string{"kubelink://lab/e"}, "192.168.0.14/24", "100.64.0.0/16", 8088), "overlaps the local service CIDR"},
 	} {
-		if kl, err := AutoLink(ms, c.p, 8088, existing, reserved); err == nil || !strings.Contains(err.Error(), c.want) {
+		if kl, err := AutoLink(ms, c.p, 8088, 16, existing, reserved); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %+v, %v; want an error with %q", c.name, kl, err, c.want)
 		}
 	}
@@ -87,7 +88,7 @@ func TestAutoLinkIsAProposal(t *testing.T) {
 	m := mesh.Build([]v1alpha1.KubeLink{local}, mesh.ParseOptions{DefaultPort: 8088})
 	p := bridge.UnknownPeer{Identities: []string{"kubelink://default/b"}, URIs: []string{"kubelink://default/b"}, Remote: netip.MustParseAddrPort("172.30.0.21:40000"),
 		Hello: bridge.Hello{MinVersion: 1, MaxVersion: 1, ClusterAddress: netip.MustParsePrefix("192.168.0.12/24"), ServiceCIDR: netip.MustParsePrefix("100.64.16.0/20")}}
-	kl, err := AutoLink(m.Meshes[0], p, 8088, []v1alpha1.KubeLink{local}, nil)
+	kl, err := AutoLink(m.Meshes[0], p, 8088, 16, []v1alpha1.KubeLink{local}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +104,7 @@ func TestAutoLinkIsAProposal(t *testing.T) {
 		t.Errorf("approved: %+v", v)
 	}
 	local.Annotations = map[string]string{v1alpha1.AnnotationAutoConnectDeny: "kubelink://default/x, kubelink://default/b"}
-	if _, err := AutoLink(m.Meshes[0], p, 8088, []v1alpha1.KubeLink{local}, nil); err == nil || !strings.Contains(err.Error(), "deny list") {
+	if _, err := AutoLink(m.Meshes[0], p, 8088, 16, []v1alpha1.KubeLink{local}, nil); err == nil || !strings.Contains(err.Error(), "deny list") {
 		t.Errorf("denied identity: %v", err)
 	}
 }

@@ -33,6 +33,7 @@ func Main(name, short, fixedMode string) {
 	f.StringVar(&c.CertDir, "cert-dir", c.CertDir, "bridge mode: directory with tls.crt, tls.key and ca.crt (reloaded when they change)")
 	f.IntVar(&c.BridgePort, "bridge-port", c.BridgePort, "bridge mode: TCP port of the bridge (also the default port of link endpoints)")
 	f.BoolVar(&c.AutoConnect, "auto-connect", c.AutoConnect, "bridge mode: create a KubeLink for a peer whose certificate verifies against the CA but that has no link, from its handshake")
+	f.IntVar(&c.AutoConnectLargestCIDR, "auto-connect-largest-cidr", c.AutoConnectLargestCIDR, "bridge mode, with --auto-connect: the largest service CIDR (as a prefix length) a peer's handshake may announce for a proposal; a larger one is refused")
 	f.IntVar(&c.AdvertisedPort, "advertised-port", c.AdvertisedPort, "bridge mode: the port announced in the handshake, where peers reach this bridge (e.g. a NodePort; 0: --bridge-port)")
 	f.BoolVar(&c.DNSAdvertisement, "dns-advertisement", c.DNSAdvertisement, "bridge mode: announce --cluster-domain and --dns-service-ip in the handshake, for the peers' mesh DNS")
 	f.StringVar(&c.ClusterDomain, "cluster-domain", c.ClusterDomain, "bridge mode, with --dns-advertisement: the local cluster domain")

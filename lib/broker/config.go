@@ -42,6 +42,9 @@ type Config struct {
 	// AutoConnect (bridge mode) creates a KubeLink for an authenticated
 	// peer without one, from its HELLO.
 	AutoConnect bool
+	// AutoConnectLargestCIDR is the shortest prefix length of a service
+	// CIDR that auto-connect proposes (a larger one is refused).
+	AutoConnectLargestCIDR int
 	// AdvertisedPort (bridge mode) is the port announced in the HELLO:
 	// where peers reach this bridge, e.g. a NodePort; 0 means BridgePort.
 	AdvertisedPort int
@@ -106,7 +109,7 @@ func Defaults() Config {
 		HealthEvery: 10 * time.Second, Resync: 10 * time.Second,
 		LeaderElect: true, LeaseName: "kubelink-broker", LeaseDuration: 4 * time.Second,
 		RenewDeadline: 3 * time.Second, RetryPeriod: 200 * time.Millisecond,
-		MetricsAddr: ":8080",
+		MetricsAddr: ":8080", AutoConnectLargestCIDR: 16,
 	}
 }
 
@@ -127,6 +130,9 @@ func (c *Config) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("--mode=%q: must be wireguard, bridge or none", c.Mode))
+	}
+	if c.AutoConnectLargestCIDR < 1 || c.AutoConnectLargestCIDR > 32 {
+		errs = append(errs, fmt.Errorf("--auto-connect-largest-cidr=%d: must be a prefix length 1-32", c.AutoConnectLargestCIDR))
 	}
 	if c.AutoConnect && c.Mode != ModeBridge {
 		errs = append(errs, errors.New("--auto-connect works in bridge mode only (peers are identified by their certificates)"))

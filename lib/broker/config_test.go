@@ -29,6 +29,7 @@ func TestValidateExplainsBadFlags(t *testing.T) {
 		{func(c *Config) { c.RenewDeadline = c.LeaseDuration }, "leader election"},
 		{func(c *Config) { c.DNSAdvertisement = true }, "--dns-advertisement works in bridge mode only"},
 		{func(c *Config) { c.AdvertisedPort = 30088 }, "--advertised-port works in bridge mode only"},
+		{func(c *Config) { c.AutoConnectLargestCIDR = 33 }, "--auto-connect-largest-cidr=33: must be a prefix length 1-32"},
 		{func(c *Config) { c.Mode, c.CertDir, c.AdvertisedPort = ModeBridge, "/certs", 70000 }, "--advertised-port=70000"},
 		{func(c *Config) {
 			c.Mode, c.CertDir, c.DNSAdvertisement, c.ClusterDomain = ModeBridge, "/certs", true, "Cluster.Local"

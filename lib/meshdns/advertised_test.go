@@ -38,7 +38,13 @@ func TestRemoteDNSPrecedence(t *testing.T) {
 			"100.64.48.60", "d.internal", ""},
 		{"spec baseDomain, advertised IP", withDNS(advertise(peerD("Up"), "d.internal", "100.64.48.53"), &v1alpha1.KubeLinkDNS{BaseDomain: "Spec.Local"}),
 			"100.64.48.53", "spec.local", ""},
-		{"no cidr: advertised IP", advertise(noCIDR, "", "100.64.48.53"), "100.64.48.53", "cluster.local", ""},
+		// Only inside what the link routes: a peer cannot have the zone's
+		// queries sent elsewhere (here: nowhere routed, or this cluster's own DNS).
+		{"no cidr: advertised IP outside", advertise(noCIDR, "", "100.64.48.53"), "", "", "the advertised DNS IP 100.64.48.53 is outside the link's networks (cluster address 192.168.0.14)"},
+		{"advertised IP outside the cidr", advertise(peerD("Up"), "", "10.96.0.10"), "", "", "10.96.0.10 is outside the link's networks (cluster address 192.168.0.14, 100.64.48.0/20)"},
+		{"advertised cloud metadata", advertise(peerD("Up"), "", "169.254.169.254"), "", "", "set spec.dns.dnsIP if the peer's DNS really is elsewhere"},
+		{"advertised IP in an egress network", advertise(withEgress(peerD("Up"), "10.200.0.0/24"), "", "10.200.0.53"), "10.200.0.53", "cluster.local", ""},
+		{"advertised at the cluster address", advertise(peerD("Up"), "", "192.168.0.14"), "192.168.0.14", "cluster.local", ""},
 		{"no cidr, nothing advertised", noCIDR, "", "cluster.local", ""},
 		{"bad advertised IP", advertise(peerD("Up"), "", "100.64.48.x"), "", "", "advertised DNS IP"},
 	} {
@@ -70,6 +76,11 @@ func TestRemoteDNSPrecedence(t *testing.T) {
 	}
 }
 
+func withEgress(kl v1alpha1.KubeLink, egress ...string) v1alpha1.KubeLink {
+	kl.Spec.Egress = egress
+	return kl
+}
+
 func withDNS(kl v1alpha1.KubeLink, d *v1alpha1.KubeLinkDNS) v1alpha1.KubeLink {
 	kl.Spec.DNS = d
 	return kl
@@ -77,9 +88,9 @@ func withDNS(kl v1alpha1.KubeLink, d *v1alpha1.KubeLinkDNS) v1alpha1.KubeLink {
 
 // The Corefile with advertised DNS: b advertises its domain and DNS IP and
 // gets them; c's spec.dns wins over its advertisement; d opts out and
-// stays out whatever it advertises; e has no spec.cidr and is in DNS only
-// through its advertised DNS IP; f advertises an unusable IP and is left
-// out with a warning.
+// stays out whatever it advertises; e has no spec.cidr, so its advertised
+// DNS IP is outside what the link routes, and it is left out with a
+// warning; f advertises an unusable IP and is left out with a warning.
 func TestRenderAdvertisedGolden(t *testing.T) {
 	d := advertise(peerD("Up"), "d.internal", "100.64.48.53")
 	d.Spec.DNS = &v1alpha1.KubeLinkDNS{OmitDNSPropagation: ptr(true)}
@@ -97,14 +108,14 @@ func TestRenderAdvertisedGolden(t *testing.T) {
 	for _, want := range []string{
 		`name regex ^(.*)\.b\.kubelink\.$ {1}.b.internal.`, "forward . 100.64.16.53",
 		`name regex ^(.*)\.c\.kubelink\.$ {1}.c.internal.`, "forward . 100.64.32.53",
-		`name regex ^(.*)\.e\.kubelink\.$ {1}.cluster.local.`, "forward . 100.64.64.10",
+		`link e left out of DNS: the advertised DNS IP 100.64.64.10 is outside the link's networks`,
 		`link f left out of DNS: the advertised DNS IP "fe80::1%eth0" is not a plain IP address`,
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("output lacks %q", want)
 		}
 	}
-	for _, bad := range []string{"x.internal", "100.64.32.99", "d.kubelink", "d.internal", "100.64.48.53", "f.kubelink:"} {
+	for _, bad := range []string{"x.internal", "100.64.32.99", "d.kubelink", "d.internal", "100.64.48.53", "f.kubelink:", "e.kubelink:", "forward . 100.64.64.10"} {
 		if strings.Contains(got, bad) {
 			t.Errorf("output has %q", bad)
 		}

@@ -161,12 +161,46 @@ func RemoteDNS(l *mesh.Link, kl *v1alpha1.KubeLink) (ip netip.Addr, domain strin
 		if perr != nil || a.Zone() != "" {
 			return ip, domain, fmt.Errorf("the advertised DNS IP %q is not a plain IP address", adv.DNSIP)
 		}
-		ip = a.Unmap()
+		a = a.Unmap()
+		// The peer says where its DNS is: only inside what the link
+		// routes to it (its service CIDR, its egress) or at its cluster
+		// address, so that a peer cannot have this cluster's queries for
+		// its zone sent to an address elsewhere (a local service, the node
+		// network, the instance metadata).
+		if !inLinkNetworks(l, a) {
+			return ip, domain, fmt.Errorf("the advertised DNS IP %s is outside the link's networks (%s): not forwarded there; set spec.dns.dnsIP if the peer's DNS really is elsewhere",
+				a, linkNetworks(l))
+		}
+		ip = a
 	}
 	if !l.DNS.DomainSet && adv.ClusterDomain != "" {
 		domain = strings.ToLower(strings.TrimSuffix(adv.ClusterDomain, "."))
 	}
 	return ip, domain, nil
+}
+
+// inLinkNetworks reports whether a is the link's cluster address or inside
+// a network the link routes (service CIDR, egress).
+func inLinkNetworks(l *mesh.Link, a netip.Addr) bool {
+	if a == l.IP() {
+		return true
+	}
+	for _, p := range l.Destinations() {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// linkNetworks lists the link's cluster address and routed networks for
+// messages.
+func linkNetworks(l *mesh.Link) string {
+	parts := []string{"cluster address " + l.IP().String()}
+	for _, p := range l.Destinations() {
+		parts = append(parts, p.String())
+	}
+	return strings.Join(parts, ", ")
 }
 
 func remoteCluster(l *mesh.Link, kl *v1alpha1.KubeLink, o InputOptions) (Cluster, error) {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -82,6 +83,7 @@ type Router struct {
 	stale   []netip.Prefix // from the datafile, removed after the first Set
 	saved   []netip.Prefix
 	last    map[string][]mesh.Route // routes set per mesh, kept while its gateway is unknown
+	refused string                  // the gateways last refused (Gateways), logged when it changes
 }
 
 // New prepares a router.
@@ -161,22 +163,41 @@ type GatewayInfo struct {
 // published in the status of its accepted LocalLink. A mesh whose LocalLink
 // names no gateway yet is absent. Brokers may split the meshes
 // (--served-links), so each mesh has a gateway of its own.
-func Gateways(m *mesh.Model, links []v1alpha1.KubeLink) map[string]GatewayInfo {
+//
+// The status is only as trustworthy as whoever wrote it: a gateway node
+// outside nodeCIDR, or a broker pod outside nodeCIDR (node mode) and
+// podCIDR, is no gateway of this cluster, and a route to it would carry
+// the mesh's traffic elsewhere. Such a mesh is left out (its routes stay
+// as they were, as for an unknown gateway) and named in refused. An
+// invalid nodeCIDR or podCIDR is not checked against.
+func Gateways(m *mesh.Model, links []v1alpha1.KubeLink, nodeCIDR, podCIDR netip.Prefix) (gws map[string]GatewayInfo, refused []string) {
 	byName := map[string]*v1alpha1.KubeLink{}
 	for i := range links {
 		byName[links[i].Name] = &links[i]
 	}
-	out := map[string]GatewayInfo{}
+	gws = map[string]GatewayInfo{}
 	for _, ms := range m.Meshes {
-		if kl := byName[ms.Local.Name.String()]; kl != nil {
-			if a, err := netip.ParseAddr(kl.Status.Gateway); err == nil {
-				g := GatewayInfo{Node: a}
-				g.Pod, _ = netip.ParseAddr(kl.Status.GatewayPod)
-				out[ms.Name] = g
-			}
+		kl := byName[ms.Local.Name.String()]
+		if kl == nil {
+			continue
 		}
+		a, err := netip.ParseAddr(kl.Status.Gateway)
+		if err != nil {
+			continue
+		}
+		g := GatewayInfo{Node: a}
+		g.Pod, _ = netip.ParseAddr(kl.Status.GatewayPod)
+		switch {
+		case nodeCIDR.IsValid() && !nodeCIDR.Contains(g.Node):
+			refused = append(refused, fmt.Sprintf("LocalLink %s: status.gateway %s is outside the node network %s", kl.Name, g.Node, nodeCIDR))
+			continue
+		case g.Pod.IsValid() && podCIDR.IsValid() && !podCIDR.Contains(g.Pod) && !(nodeCIDR.IsValid() && nodeCIDR.Contains(g.Pod)):
+			refused = append(refused, fmt.Sprintf("LocalLink %s: status.gatewayPod %s is outside the pod network %s and the node network %s", kl.Name, g.Pod, podCIDR, nodeCIDR))
+			continue
+		}
+		gws[ms.Name] = g
 	}
-	return out
+	return gws, refused
 }
 
 // Desired computes this node's routes, mesh by mesh, each towards the
@@ -241,7 +262,13 @@ func (r *Router) sync(ctx context.Context) error {
 	// The same verdicts as the broker's: a link claiming this cluster's own
 	// networks is Stale and gets no route.
 	m := mesh.Build(list.Items, mesh.ParseOptions{Reserved: mesh.ReservedNetworks(r.cfg.NodeCIDR, r.cfg.PodCIDR)})
-	gws := Gateways(m, list.Items)
+	gws, refused := Gateways(m, list.Items, r.cfg.NodeCIDR, r.cfg.PodCIDR)
+	if msg := strings.Join(refused, "; "); msg != r.refused {
+		if msg != "" {
+			r.log.Warn("not routing to a gateway outside this cluster's networks; the mesh keeps the routes it had", "refused", msg)
+		}
+		r.refused = msg
+	}
 	device := r.nodeIfc
 	if r.tunnel != nil {
 		// Every node has the device, the gateways receive through it: it is

@@ -3,6 +3,7 @@ package router
 import (
 	"maps"
 	"net/netip"
+	"strings"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,6 +22,54 @@ func links(gateway string, pod ...string) []v1alpha1.KubeLink {
 			Status: st},
 		{ObjectMeta: metav1.ObjectMeta{Name: "b"}, Spec: v1alpha1.KubeLinkSpec{Endpoint: "b.org", ClusterAddress: "192.168.0.12/24", CIDR: "100.64.16.0/20"},
 			Status: v1alpha1.KubeLinkStatus{Gateway: "10.9.9.9"}}, // a foreign link's gateway is not used
+	}
+}
+
+// gateways is Gateways with the test's node (10.10.0.0/16) and pod
+// (10.110.0.0/16) networks.
+func gateways(m *mesh.Model, links []v1alpha1.KubeLink) map[string]GatewayInfo {
+	gws, _ := Gateways(m, links, netip.MustParsePrefix("10.10.0.0/16"), netip.MustParsePrefix("10.110.0.0/16"))
+	return gws
+}
+
+// A gateway the LocalLink's status puts outside this cluster's networks is
+// no gateway: the mesh gets no route to it, and the refusal says why.
+func TestGatewaysOnlyInsideTheClusterNetworks(t *testing.T) {
+	nodeNet, podNet := netip.MustParsePrefix("10.10.0.0/16"), netip.MustParsePrefix("10.110.0.0/16")
+	for _, c := range []struct {
+		name, gateway, pod string
+		want               string // "" to be accepted, else in the refusal
+	}{
+		{"a node", "10.10.0.1", "", ""},
+		{"a node and a pod", "10.10.0.1", "10.110.2.2", ""},
+		{"node mode: the pod is the node", "10.10.0.1", "10.10.0.1", ""},
+		{"a node outside the node network", "203.0.113.9", "", "status.gateway 203.0.113.9 is outside the node network 10.10.0.0/16"},
+		{"cloud metadata", "169.254.169.254", "", "status.gateway 169.254.169.254 is outside"},
+		{"a pod outside the pod network", "10.10.0.1", "203.0.113.7", "status.gatewayPod 203.0.113.7 is outside the pod network 10.110.0.0/16"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var ls []v1alpha1.KubeLink
+			if c.pod != "" {
+				ls = links(c.gateway, c.pod)
+			} else {
+				ls = links(c.gateway)
+			}
+			m := mesh.Build(ls, mesh.ParseOptions{})
+			gws, refused := Gateways(m, ls, nodeNet, podNet)
+			_, ok := gws[m.Meshes[0].Name]
+			switch {
+			case c.want == "" && (!ok || len(refused) > 0):
+				t.Errorf("refused %v, want the gateway", refused)
+			case c.want != "" && (ok || len(refused) != 1 || !strings.Contains(refused[0], c.want) || !strings.Contains(refused[0], "LocalLink a")):
+				t.Errorf("gateways %v, refused %v; want none, refused with %q", gws, refused, c.want)
+			}
+			if c.want != "" {
+				// and no route towards it: the mesh keeps what it had (nothing here)
+				if routes, _, ok := Desired(m, gws, nil, netip.MustParseAddr("10.10.0.3"), "eth0", nil); ok || len(routes) != 0 {
+					t.Errorf("routes %v ok %v for a refused gateway", routes, ok)
+				}
+			}
+		})
 	}
 }
 
@@ -44,7 +93,7 @@ func TestDesiredRoutesFollowTheGateway(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m := mesh.Build(tt.links, mesh.ParseOptions{})
-			routes, _, ok := Desired(m, Gateways(m, tt.links), nil, node, "eth0", map[netip.Addr]string{netip.MustParseAddr("10.110.2.2"): "vbroker"})
+			routes, _, ok := Desired(m, gateways(m, tt.links), nil, node, "eth0", map[netip.Addr]string{netip.MustParseAddr("10.110.2.2"): "vbroker"})
 			if ok != tt.wantOK || len(routes) != tt.wantCount {
 				t.Fatalf("routes %v ok %v, want %d routes ok %v", routes, ok, tt.wantCount, tt.wantOK)
 			}
@@ -93,7 +142,7 @@ func TestDesiredRoutesPerMesh(t *testing.T) {
 	if len(m.Meshes) != 2 {
 		t.Fatalf("%d meshes: %v", len(m.Meshes), m.Verdicts)
 	}
-	routes, perMesh, ok := Desired(m, Gateways(m, links), nil, node, "eth0", nil)
+	routes, perMesh, ok := Desired(m, gateways(m, links), nil, node, "eth0", nil)
 	want := map[string]string{
 		"192.168.0.0/24": "10.10.0.1", "100.64.16.0/20": "10.10.0.1", // mesh default → broker on .1
 		"10.200.0.0/24": "10.10.0.2", "100.64.32.0/20": "10.10.0.2", "172.31.0.0/16": "10.10.0.2", // mesh lab → broker on .2
@@ -105,18 +154,18 @@ func TestDesiredRoutesPerMesh(t *testing.T) {
 	// lab's broker is gone (its LocalLink names no gateway): lab keeps what
 	// it had, default follows its broker to .4.
 	links = items("10.10.0.4", "")
-	routes, _, ok = Desired(m, Gateways(m, links), perMesh, node, "eth0", nil)
+	routes, _, ok = Desired(m, gateways(m, links), perMesh, node, "eth0", nil)
 	want["192.168.0.0/24"], want["100.64.16.0/20"] = "10.10.0.4", "10.10.0.4"
 	if got := via(routes); !ok || !maps.Equal(got, want) {
 		t.Errorf("lab gateway unknown: routes %v ok %v, want %v", got, ok, want)
 	}
 	// The same without routes set before (router restart): keep everything.
-	if _, _, ok := Desired(m, Gateways(m, links), nil, node, "eth0", nil); ok {
+	if _, _, ok := Desired(m, gateways(m, links), nil, node, "eth0", nil); ok {
 		t.Error("a mesh with unknown gateway and nothing set before must keep the installed routes (ok=false)")
 	}
 	// This node runs lab's broker (node mode): no routes for lab here.
 	links = items("10.10.0.1", node.String())
-	routes, _, _ = Desired(m, Gateways(m, links), nil, node, "eth0", nil)
+	routes, _, _ = Desired(m, gateways(m, links), nil, node, "eth0", nil)
 	if got := via(routes); len(got) != 2 || got["10.200.0.0/24"] != "" {
 		t.Errorf("this node is lab's gateway: routes %v, want only default's two", got)
 	}
