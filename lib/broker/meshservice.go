@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sort"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -22,26 +23,41 @@ import (
 // share the node's nat table with kube-proxy and the CNI.
 const msgUnsupported = "mesh services are supported only in pod mode (the broker's device in its own pod)"
 
-// syncMeshServices validates every MeshService against the model and its
-// Service, writes the status and returns the bindings to apply.
+// syncMeshServices validates every MeshService against the model, its
+// Service and the targets a MeshService may have (mesh.TargetPolicy),
+// refuses a second binding of an address and port (the older MeshService
+// keeps it; the newer is Stale naming it), writes the status and returns
+// the bindings to apply.
 func (b *Broker) syncMeshServices(ctx context.Context, m *mesh.Model) ([]*mesh.ServiceBinding, error) {
 	var list v1alpha1.MeshServiceList
 	if err := b.kube.List(ctx, &list); err != nil {
 		return nil, fmt.Errorf("listing MeshServices: %w", err)
 	}
+	// Oldest first, so that a conflict always goes to the older one.
+	items := list.Items
+	sort.SliceStable(items, func(i, j int) bool {
+		ti, tj := items[i].CreationTimestamp.Time, items[j].CreationTimestamp.Time
+		if !ti.Equal(tj) {
+			return ti.Before(tj)
+		}
+		return items[i].Namespace+"/"+items[i].Name < items[j].Namespace+"/"+items[j].Name
+	})
+	pol := b.targetPolicy(ctx, m)
 	var bindings []*mesh.ServiceBinding
 	var errs []error
 	now := time.Now()
-	for i := range list.Items {
-		ms := &list.Items[i]
+	for i := range items {
+		ms := &items[i]
 		if !b.servesService(ms, m) {
 			continue
 		}
 		st := v1alpha1.MeshServiceStatus{State: v1alpha1.StateOk, ObservedGeneration: ms.Generation}
 		if !b.rm.PodMode || b.plane.Transport() == mesh.TransportNone {
 			st.State, st.Message = v1alpha1.StateUnsupported, msgUnsupported
-		} else if bnd, err := m.BindMeshService(ms, b.serviceInfo(ctx, ms)); err != nil {
+		} else if bnd, err := m.BindMeshService(ms, b.serviceInfo(ctx, ms), pol); err != nil {
 			st.State, st.Message = v1alpha1.StateInvalid, err.Error()
+		} else if c := conflictOf(bnd, bindings); c != "" {
+			st.State, st.Message = v1alpha1.StateStale, c+": delete or change one of the two"
 		} else {
 			st.Message = "bound"
 			st.Targets = describeBinding(bnd)
@@ -52,6 +68,52 @@ func (b *Broker) syncMeshServices(ctx context.Context, m *mesh.Model) ([]*mesh.S
 		}
 	}
 	return bindings, errors.Join(errs...)
+}
+
+// conflictOf is the first conflict of b with an accepted binding.
+func conflictOf(b *mesh.ServiceBinding, accepted []*mesh.ServiceBinding) string {
+	for _, o := range accepted {
+		if c := b.Conflict(o); c != "" {
+			return c
+		}
+	}
+	return ""
+}
+
+// targetPolicy is where MeshServices may send here: the pod network, and
+// the Services of their namespace in the service network (--service-cidr,
+// else the cidr of a LocalLink). The Services are listed once per pass,
+// when the first address inside the service network is checked.
+func (b *Broker) targetPolicy(ctx context.Context, m *mesh.Model) mesh.TargetPolicy {
+	pol := mesh.TargetPolicy{PodCIDR: b.cfg.PodCIDR, ServiceCIDR: b.cfg.ServiceCIDR}
+	if !pol.ServiceCIDR.IsValid() {
+		for _, ms := range m.Meshes {
+			if ms.Local.ServiceCIDR.IsValid() {
+				pol.ServiceCIDR = ms.Local.ServiceCIDR
+				break
+			}
+		}
+	}
+	var byIP map[netip.Addr][2]string
+	pol.ServiceAt = func(a netip.Addr) (string, string, bool) {
+		if byIP == nil {
+			byIP = map[netip.Addr][2]string{}
+			var svcs corev1.ServiceList
+			if err := b.kube.List(ctx, &svcs); err != nil {
+				b.log.Warn("listing Services for the MeshServices' targets", "err", err)
+			}
+			for _, s := range svcs.Items {
+				for _, ip := range append([]string{s.Spec.ClusterIP}, s.Spec.ClusterIPs...) {
+					if a, err := netip.ParseAddr(ip); err == nil {
+						byIP[a] = [2]string{s.Namespace, s.Name}
+					}
+				}
+			}
+		}
+		s, ok := byIP[a]
+		return s[0], s[1], ok
+	}
+	return pol
 }
 
 // servesService tells whether a MeshService belongs to a served mesh. The

@@ -60,7 +60,7 @@ func TestMeshServices(t *testing.T) {
 	)
 	// A reaches the virtual addresses through its link to B (egress).
 	toB := b.LinkTo()
-	toB.Spec.Egress = []string{"192.168.0.100", "192.168.0.101"}
+	toB.Spec.Egress = []string{"192.168.0.100", "192.168.0.101", "192.168.0.102", "192.168.0.103", "192.168.0.104"}
 	a.Apply(a.LocalLink(), toB)
 	b.Apply(b.LocalLink(), a.LinkTo())
 
@@ -74,6 +74,48 @@ func TestMeshServices(t *testing.T) {
 		if ms.Status.ObservedGeneration != ms.Generation || !strings.Contains(ms.Status.Targets, "192.168.0.1") || !strings.Contains(ms.Status.Targets, "->") && !strings.Contains(ms.Status.Targets, "forwards") {
 			t.Errorf("%s status %+v", n, ms.Status)
 		}
+	}
+
+	// MeshServices aimed past what a namespace may expose (a node's
+	// kubelet, the instance metadata, the API server) are Invalid, naming
+	// the field; a second binding of direct's address and port is Stale,
+	// naming direct. None gets a rule, nothing answers through them, and
+	// direct keeps answering.
+	b.Apply(
+		msvc("kubelet", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.102", Ports: []v1alpha1.ServicePort{{Port: 10250}},
+			Endpoints: []v1alpha1.ServiceEndpoint{{Address: b.NodeIP.String()}}}),
+		msvc("metadata", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.103", Endpoints: []v1alpha1.ServiceEndpoint{{Address: "169.254.169.254"}}}),
+		msvc("apiserver", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.104", Endpoints: []v1alpha1.ServiceEndpoint{{Address: b.ServiceAddr(1).String()}}}),
+		msvc("twice", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.101", Ports: []v1alpha1.ServicePort{{Port: 80}},
+			Endpoints: []v1alpha1.ServiceEndpoint{{Address: b.PodIP.String()}}}),
+	)
+	for n, want := range map[string]string{
+		"kubelet":   "spec.endpoints[0].address: " + b.NodeIP.String() + " is neither a pod",
+		"metadata":  "spec.endpoints[0].address: 169.254.169.254 is neither a pod",
+		"apiserver": b.ServiceAddr(1).String() + " is the API server's Service",
+	} {
+		if ms := b.waitServiceState(t, n, v1alpha1.StateInvalid, 5*time.Second); !strings.Contains(ms.Status.Message, want) {
+			t.Errorf("%s: message %q, want %q", n, ms.Status.Message, want)
+		}
+	}
+	if ms := b.waitServiceState(t, "twice", v1alpha1.StateStale, 5*time.Second); !strings.Contains(ms.Status.Message, "192.168.0.101:80/tcp is bound by MeshService default/direct already") {
+		t.Errorf("twice: message %q", ms.Status.Message)
+	}
+	if nat := pod.Run(t, "iptables-save", "-t", "nat"); strings.Contains(nat, "192.168.0.102") || strings.Contains(nat, "192.168.0.103") ||
+		strings.Contains(nat, "192.168.0.104") || strings.Contains(nat, "169.254.169.254") {
+		t.Errorf("rules for a refused MeshService:\n%s", nat)
+	}
+	for _, target := range []string{"192.168.0.102:10250", "192.168.0.103:80", "192.168.0.104:443"} {
+		if _, err := Get(a.Pod, netip.MustParseAddrPort(target), "/", 500*time.Millisecond); err == nil {
+			t.Errorf("%s answers through a refused MeshService", target)
+		}
+	}
+	b.waitServiceState(t, "direct", v1alpha1.StateOk, time.Second)
+	if body, _ := WaitGet(t, a.Pod, netip.MustParseAddrPort("192.168.0.101:80"), 5*time.Second); !strings.Contains(body, "echo b") {
+		t.Errorf("direct answered %q next to its duplicate", body)
+	}
+	for _, n := range []string{"kubelet", "metadata", "apiserver", "twice"} {
+		must(t, b.Kube.Delete(ctx, msvc(n, v1alpha1.MeshServiceSpec{})))
 	}
 
 	// The Service port is renamed: the named mapping no longer resolves.

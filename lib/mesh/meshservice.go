@@ -39,9 +39,51 @@ type BoundPort struct {
 	Targets  []netip.AddrPort
 }
 
-// BindMeshService validates a MeshService against the model and its Service
-// (svc is nil when spec.service is empty or the Service does not exist).
-func (m *Model) BindMeshService(ms *v1alpha1.MeshService, svc *ServiceInfo) (*ServiceBinding, error) {
+// TargetPolicy is where a MeshService may send: into the cluster's pods,
+// or to a Service of its own namespace — never to a node (the kubelet),
+// the instance metadata, the API server or another namespace's Service,
+// which anyone who may create a MeshService would otherwise expose to
+// every member.
+type TargetPolicy struct {
+	// PodCIDR: an endpoint address inside it is a pod. Invalid: no address
+	// is a pod.
+	PodCIDR netip.Prefix
+	// ServiceCIDR: an endpoint address inside it must be the ClusterIP of
+	// a Service of the MeshService's namespace; its first address (the API
+	// server's Service kubernetes) is never a target.
+	ServiceCIDR netip.Prefix
+	// ServiceAt names the Service whose ClusterIP is a (nil: none is).
+	ServiceAt func(a netip.Addr) (namespace, name string, ok bool)
+}
+
+// check tells why a may not be a target of a MeshService in namespace ns
+// ("" when it may); field names the spec field for the message.
+func (p TargetPolicy) check(field, ns string, a netip.Addr) error {
+	api := ServiceIP(p.ServiceCIDR, 1)
+	switch {
+	case api.IsValid() && a == api:
+		return fmt.Errorf("%s: %s is the API server's Service (kubernetes.default): a MeshService never exposes it", field, a)
+	case p.ServiceCIDR.IsValid() && p.ServiceCIDR.Contains(a):
+		if p.ServiceAt != nil {
+			if sns, name, ok := p.ServiceAt(a); ok {
+				if sns == ns {
+					return nil
+				}
+				return fmt.Errorf("%s: %s is the Service %s/%s of another namespace: a MeshService targets only Services of its own namespace %s", field, a, sns, name, ns)
+			}
+		}
+		return fmt.Errorf("%s: %s is in the service network %s but no Service of namespace %s has it: name the Service in spec.service instead", field, a, p.ServiceCIDR, ns)
+	case p.PodCIDR.IsValid() && p.PodCIDR.Contains(a):
+		return nil
+	}
+	return fmt.Errorf("%s: %s is neither a pod (%s) nor a Service of namespace %s: a MeshService does not send to nodes, the instance metadata or anything outside the cluster's pods and Services; use spec.service for a Service",
+		field, a, p.PodCIDR, ns)
+}
+
+// BindMeshService validates a MeshService against the model, its Service
+// (svc is nil when spec.service is empty or the Service does not exist)
+// and the targets the policy allows.
+func (m *Model) BindMeshService(ms *v1alpha1.MeshService, svc *ServiceInfo, pol TargetPolicy) (*ServiceBinding, error) {
 	s := &ms.Spec
 	b := &ServiceBinding{Key: ms.Namespace + "/" + ms.Name}
 	addr, err := m.serviceAddress(s)
@@ -53,6 +95,19 @@ func (m *Model) BindMeshService(ms *v1alpha1.MeshService, svc *ServiceInfo) (*Se
 	targets, err := serviceTargets(s, svc)
 	if err != nil {
 		return nil, err
+	}
+	for i, t := range targets {
+		if s.Service != "" {
+			// a Service of the namespace by construction; only the API
+			// server's (kubernetes in default) is refused
+			if api := ServiceIP(pol.ServiceCIDR, 1); api.IsValid() && t.addr == api {
+				return nil, fmt.Errorf("spec.service: %q is the API server's Service: a MeshService never exposes it", s.Service)
+			}
+			continue
+		}
+		if err := pol.check(fmt.Sprintf("spec.endpoints[%d].address", i), ms.Namespace, t.addr); err != nil {
+			return nil, err
+		}
 	}
 	if len(s.Ports) == 0 {
 		for _, t := range targets {
@@ -225,6 +280,26 @@ func portNames(svc *ServiceInfo) string {
 		return "no named ports"
 	}
 	return strings.Join(names, ", ")
+}
+
+// Conflict tells why a binding that is not older than other may not take
+// its address and ports ("" when they do not meet): both forward the
+// whole address, or one of them does, or both bind a protocol and port.
+func (b *ServiceBinding) Conflict(other *ServiceBinding) string {
+	if b.Address != other.Address {
+		return ""
+	}
+	if len(b.Ports) == 0 || len(other.Ports) == 0 {
+		return fmt.Sprintf("%s is bound by MeshService %s already", b.Address, other.Key)
+	}
+	for _, p := range b.Ports {
+		for _, o := range other.Ports {
+			if p.Protocol == o.Protocol && p.Port == o.Port {
+				return fmt.Sprintf("%s:%d/%s is bound by MeshService %s already", b.Address, p.Port, p.Protocol, other.Key)
+			}
+		}
+	}
+	return ""
 }
 
 // ServiceRules are the DNAT rules of the bindings: PREROUTING and OUTPUT jump

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -20,6 +21,19 @@ func mapping(port, target intstr.IntOrString) v1alpha1.PortMapping {
 }
 
 var echo = &ServiceInfo{ClusterIP: addr("100.64.0.20"), Ports: map[string]int32{"http": 80, "metrics": 9090}}
+
+// testTargets: pods in 10.250.0.0/16, the local service CIDR of a, echo
+// (default) at 100.64.0.20 and kube-system/secret-store at 100.64.0.30.
+var testTargets = TargetPolicy{PodCIDR: netip.MustParsePrefix("10.250.0.0/16"), ServiceCIDR: netip.MustParsePrefix("100.64.0.0/20"),
+	ServiceAt: func(a netip.Addr) (string, string, bool) {
+		switch a.String() {
+		case "100.64.0.20":
+			return "default", "echo", true
+		case "100.64.0.30":
+			return "kube-system", "secret-store", true
+		}
+		return "", "", false
+	}}
 
 func TestBindMeshService(t *testing.T) {
 	m := Build([]v1alpha1.KubeLink{local("a", "192.168.0.11/24", "100.64.0.0/20"), peer("b", "192.168.0.12/24", "100.64.16.0/20", "b.org", keyB),
@@ -62,6 +76,11 @@ func TestBindMeshService(t *testing.T) {
 				{Protocol: "tcp", Port: 80, Targets: []netipAddrPort{ap("10.250.0.17:8080"), ap("10.250.0.18:8080")}},
 				{Protocol: "tcp", Port: 443, Targets: []netipAddrPort{ap("10.250.0.17:443"), ap("10.250.0.18:443")}}}},
 		},
+		{
+			name: "an endpoint at a Service of the namespace",
+			ms:   msvc("byip", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.102", Endpoints: []v1alpha1.ServiceEndpoint{{Address: "100.64.0.20"}}}),
+			want: &ServiceBinding{Key: "default/byip", Address: addr("192.168.0.102"), Targets: []netipAddr{addr("100.64.0.20")}},
+		},
 		{name: "unknown mesh", ms: msvc("x", v1alpha1.MeshServiceSpec{Mesh: "nope", Service: "echo", Ports: []v1alpha1.ServicePort{{Port: 1}}}), svc: echo, wantErr: `mesh "nope" has no LocalLink`},
 		{name: "address outside meshes", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "10.9.9.9", Service: "echo"}), svc: echo, wantErr: "is in no mesh of this cluster"},
 		{name: "address of a peer", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.12", Service: "echo"}), svc: echo, wantErr: "cluster address of a peer"},
@@ -77,11 +96,24 @@ func TestBindMeshService(t *testing.T) {
 		{name: "no ports on the shared address", ms: msvc("x", v1alpha1.MeshServiceSpec{Service: "echo"}), svc: echo, wantErr: "spec.ports: required"},
 		{name: "bad protocol", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.100", Service: "echo", Ports: []v1alpha1.ServicePort{{Port: 1, Protocol: "sctp"}}}), svc: echo, wantErr: "must be TCP or UDP"},
 		{name: "duplicate port", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.100", Service: "echo", Ports: []v1alpha1.ServicePort{{Port: 1}, {Port: 1, Protocol: "TCP"}}}), svc: echo, wantErr: "tcp/1 is listed twice"},
+		// Targets only inside the cluster's pods and its namespace's Services.
+		{name: "a node (the kubelet)", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.100", Ports: []v1alpha1.ServicePort{{Port: 10250}},
+			Endpoints: []v1alpha1.ServiceEndpoint{{Address: "172.18.0.3"}}}), wantErr: "spec.endpoints[0].address: 172.18.0.3 is neither a pod (10.250.0.0/16) nor a Service of namespace default"},
+		{name: "instance metadata", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.100", Endpoints: []v1alpha1.ServiceEndpoint{{Address: "10.250.0.17"}, {Address: "169.254.169.254"}}}),
+			wantErr: "spec.endpoints[1].address: 169.254.169.254 is neither a pod"},
+		{name: "the API server's ClusterIP", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.100", Endpoints: []v1alpha1.ServiceEndpoint{{Address: "100.64.0.1"}}}),
+			wantErr: "100.64.0.1 is the API server's Service"},
+		{name: "the API server's Service by name", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.100", Service: "kubernetes"}), svc: &ServiceInfo{ClusterIP: addr("100.64.0.1")},
+			wantErr: `spec.service: "kubernetes" is the API server's Service`},
+		{name: "another namespace's Service", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.100", Endpoints: []v1alpha1.ServiceEndpoint{{Address: "100.64.0.30"}}}),
+			wantErr: "100.64.0.30 is the Service kube-system/secret-store of another namespace"},
+		{name: "a service address nobody has", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.100", Endpoints: []v1alpha1.ServiceEndpoint{{Address: "100.64.0.99"}}}),
+			wantErr: "no Service of namespace default has it"},
 		{name: "endpoint with bad address", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.100", Endpoints: []v1alpha1.ServiceEndpoint{{Address: "nope"}}}), wantErr: `spec.endpoints[0].address`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := m.BindMeshService(tt.ms, tt.svc)
+			got, err := m.BindMeshService(tt.ms, tt.svc, testTargets)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("error = %v, want %q", err, tt.wantErr)
@@ -132,5 +164,26 @@ func TestServiceRulesDNATAndSpreadEvenly(t *testing.T) {
 	}
 	if empty := ServiceRules(nil); len(empty.Chains)+len(empty.Hooks) != 0 {
 		t.Error("no bindings must give an empty rule set, so that the applier removes our chains")
+	}
+}
+
+// Two bindings meet on the same address when either takes the whole
+// address, or both bind one protocol and port.
+func TestServiceBindingConflict(t *testing.T) {
+	web := &ServiceBinding{Key: "default/web", Address: addr("192.168.0.101"), Ports: []BoundPort{{Protocol: "tcp", Port: 80}, {Protocol: "udp", Port: 53}}}
+	for _, c := range []struct {
+		name string
+		b    *ServiceBinding
+		want string
+	}{
+		{"same port", &ServiceBinding{Key: "x/a", Address: addr("192.168.0.101"), Ports: []BoundPort{{Protocol: "tcp", Port: 80}}}, "192.168.0.101:80/tcp is bound by MeshService default/web already"},
+		{"same port, other protocol", &ServiceBinding{Key: "x/a", Address: addr("192.168.0.101"), Ports: []BoundPort{{Protocol: "udp", Port: 80}}}, ""},
+		{"other port", &ServiceBinding{Key: "x/a", Address: addr("192.168.0.101"), Ports: []BoundPort{{Protocol: "tcp", Port: 443}}}, ""},
+		{"whole address", &ServiceBinding{Key: "x/a", Address: addr("192.168.0.101"), Targets: []netipAddr{addr("10.250.0.1")}}, "192.168.0.101 is bound by MeshService default/web already"},
+		{"other address", &ServiceBinding{Key: "x/a", Address: addr("192.168.0.102"), Ports: []BoundPort{{Protocol: "tcp", Port: 80}}}, ""},
+	} {
+		if got := c.b.Conflict(web); got != c.want {
+			t.Errorf("%s: %q, want %q", c.name, got, c.want)
+		}
 	}
 }

@@ -119,7 +119,8 @@ type PortMapping struct {
 
 // MeshServiceStatus is written by the broker.
 type MeshServiceStatus struct {
-	// State is Ok, Invalid or Unsupported.
+	// State is Ok, Invalid, Stale (its address and port are bound by an
+	// older MeshService) or Unsupported.
 	// +optional
 	State string `json:"state,omitempty"`
 	// +optional
