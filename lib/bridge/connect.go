@@ -106,8 +106,12 @@ type ConnectorConfig struct {
 	// Unauthenticated work is bounded: an inbound connection must finish
 	// TLS within TLSTimeout (default 3s); at most MaxPending inbound
 	// connections (default 64) and MaxPendingPerSource from one IP address
-	// (default 4) may be before or in their handshake; more are closed at
-	// once and counted as rejected.
+	// (default 4) may be before or in their handshake. A new connection
+	// over a limit evicts the oldest pending one (of that source, or of
+	// all), which is closed and counted as rejected: silent connections
+	// cannot keep a real peer out — behind a NodePort, where every peer
+	// comes from a node's address, the newest is most likely a peer that
+	// is dialing right now.
 	TLSTimeout                      time.Duration
 	MaxPending, MaxPendingPerSource int
 	Logger                          *slog.Logger
@@ -129,10 +133,9 @@ type Connector struct {
 	listeners map[net.Listener]struct{}
 	closed    bool
 
-	pending   map[netip.Addr]int // inbound connections in their handshake, by source (under mu)
-	npending  int
-	rejected  atomic.Uint64 // failed inbound TLS or HELLO handshakes
-	untrusted atomic.Uint64 // connections closed by Reverify
+	pending   []*pendingConn // inbound connections in their handshake, oldest first (under mu)
+	rejected  atomic.Uint64  // failed inbound TLS or HELLO handshakes
+	untrusted atomic.Uint64  // connections closed by Reverify
 	lastRej   atomic.Pointer[string]
 }
 
@@ -198,7 +201,7 @@ func NewConnector(cfg ConnectorConfig) (*Connector, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	c := &Connector{cfg: cfg, log: cfg.Logger, links: map[string]*linkState{}, listeners: map[net.Listener]struct{}{}, pending: map[netip.Addr]int{}}
+	c := &Connector{cfg: cfg, log: cfg.Logger, links: map[string]*linkState{}, listeners: map[net.Listener]struct{}{}}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	return c, nil
 }

@@ -51,19 +51,26 @@ func (c *Connector) Serve(l net.Listener) error {
 			continue
 		}
 		delay = 0
-		src := remoteIP(conn)
-		if reason := c.admit(src); reason != "" {
-			conn.Close()
-			c.reject(conn, errors.New(reason))
-			continue
+		pc, evicted := c.admit(conn)
+		for _, e := range evicted {
+			e.conn.Close()
+			c.reject(e.conn, errors.New(e.reason))
 		}
 		c.wg.Go(func() {
-			err := c.accept(conn, func() { c.release(src) })
-			if err != nil {
+			err := c.accept(conn, func() { c.release(pc) })
+			if err != nil && !c.wasEvicted(pc) {
 				c.reject(conn, err)
 			}
 		})
 	}
+}
+
+// pendingConn is an inbound connection before the end of its handshake.
+type pendingConn struct {
+	conn    net.Conn
+	src     netip.Addr
+	reason  string // why it was evicted ("" while it is not)
+	evicted bool
 }
 
 func remoteIP(conn net.Conn) netip.Addr {
@@ -71,28 +78,56 @@ func remoteIP(conn net.Conn) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-// admit reserves a handshake slot for a connection from src, or says why not.
-func (c *Connector) admit(src netip.Addr) string {
+// admit reserves a handshake slot for conn. Over a limit it evicts the
+// oldest pending connection of the same source (MaxPendingPerSource), or
+// of all (MaxPending), and returns them for the caller to close.
+func (c *Connector) admit(conn net.Conn) (*pendingConn, []*pendingConn) {
+	pc := &pendingConn{conn: conn, src: remoteIP(conn)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	switch {
-	case c.npending >= c.cfg.MaxPending:
-		return fmt.Sprintf("too many pending handshakes (%d)", c.npending)
-	case c.pending[src] >= c.cfg.MaxPendingPerSource:
-		return fmt.Sprintf("too many pending handshakes from %s (%d)", src, c.pending[src])
+	var evicted []*pendingConn
+	evict := func(i int, reason string) {
+		e := c.pending[i]
+		e.evicted, e.reason = true, reason
+		c.pending = slices.Delete(c.pending, i, i+1)
+		evicted = append(evicted, e)
 	}
-	c.npending++
-	c.pending[src]++
-	return ""
+	fromSrc := 0
+	for _, p := range c.pending {
+		if p.src == pc.src {
+			fromSrc++
+		}
+	}
+	if fromSrc >= c.cfg.MaxPendingPerSource {
+		for i, p := range c.pending {
+			if p.src == pc.src {
+				evict(i, fmt.Sprintf("evicted by a newer connection: the oldest of %d pending handshakes from %s", fromSrc, pc.src))
+				break
+			}
+		}
+	}
+	if len(c.pending) >= c.cfg.MaxPending {
+		evict(0, fmt.Sprintf("evicted by a newer connection: the oldest of %d pending handshakes", len(c.pending)))
+	}
+	c.pending = append(c.pending, pc)
+	return pc, evicted
 }
 
-func (c *Connector) release(src netip.Addr) {
+// release frees pc's slot when its handshake is over (or it failed); an
+// evicted connection's slot went already.
+func (c *Connector) release(pc *pendingConn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.npending--
-	if c.pending[src]--; c.pending[src] <= 0 {
-		delete(c.pending, src)
+	if i := slices.Index(c.pending, pc); i >= 0 {
+		c.pending = slices.Delete(c.pending, i, i+1)
 	}
+}
+
+// wasEvicted reports whether pc was evicted (and already counted).
+func (c *Connector) wasEvicted(pc *pendingConn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return pc.evicted
 }
 
 func (c *Connector) reject(conn net.Conn, err error) {

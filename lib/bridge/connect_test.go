@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -419,9 +420,11 @@ func TestConnectorIdentityIsAURIOnly(t *testing.T) {
 }
 
 // Unauthenticated work is bounded: connections that never finish TLS are
-// cut after TLSTimeout, at most MaxPendingPerSource wait per address (more
-// are closed at once), and every one is counted as rejected; a released
-// slot admits the next connection.
+// cut after TLSTimeout, at most MaxPendingPerSource wait per address, and
+// a newer connection over the limit evicts the oldest pending one (closed
+// at once, counted as rejected): silent connections from one address —
+// behind a NodePort, the address of a node every peer comes through —
+// cannot keep a real peer out.
 func TestServeBoundsUnauthenticatedConnections(t *testing.T) {
 	p, _ := newTestPump(t, Config{})
 	dir := t.TempDir()
@@ -461,19 +464,19 @@ func TestServeBoundsUnauthenticatedConnections(t *testing.T) {
 		time.Sleep(20 * time.Millisecond) // accepted in order
 	}
 	start := time.Now()
-	for i, conn := range conns[3:] {
+	for i, conn := range conns[:2] {
 		if !closedWithin(conn, 200*time.Millisecond) {
-			t.Errorf("connection %d over the per-source limit was not closed at once", 4+i)
+			t.Errorf("connection %d, the oldest over the per-source limit, was not evicted at once", i+1)
 		}
 	}
-	for i, conn := range conns[:3] {
+	for i, conn := range conns[2:] {
 		if closedWithin(conn, 50*time.Millisecond) {
-			t.Errorf("connection %d within the limit was closed before the TLS timeout", i+1)
+			t.Errorf("connection %d, among the newest within the limit, was closed before the TLS timeout", i+3)
 		}
 	}
-	for i, conn := range conns[:3] {
+	for i, conn := range conns[2:] {
 		if !closedWithin(conn, 2*time.Second) {
-			t.Errorf("connection %d without TLS was not cut after the TLS timeout", i+1)
+			t.Errorf("connection %d without TLS was not cut after the TLS timeout", i+3)
 		}
 	}
 	if took := time.Since(start); took > 2*time.Second {
@@ -486,13 +489,44 @@ func TestServeBoundsUnauthenticatedConnections(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	// The slots are free again.
-	conn, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
+
+	// Three silent connections hold every slot of the address; a real peer
+	// dialing from it still gets through TLS, over and over.
+	for range 3 {
+		conn, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
 	}
-	defer conn.Close()
-	if closedWithin(conn, 100*time.Millisecond) {
-		t.Error("a new connection was refused after the earlier ones ended")
+	time.Sleep(50 * time.Millisecond)
+	peerCert := ca.issueWithURIs(t, "b.kubelink.test", "kubelink://default/b")
+	for i := range 3 {
+		before, _ := c.Rejected()
+		tc, err := tls.Dial("tcp4", ln.Addr().String(), &tls.Config{Certificates: []tls.Certificate{peerCert}, RootCAs: ca.pool,
+			ServerName: "a.kubelink.test", MinVersion: tls.VersionTLS13})
+		if err != nil {
+			t.Fatalf("peer's dial %d with 3 silent connections from its address: %v", i+1, err)
+		}
+		// TLS 1.3: the server checks the client certificate after the
+		// client's handshake ended; its answer (no link for this peer)
+		// shows it got past admission and TLS.
+		_ = tc.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if _, err := tc.Read(make([]byte, 1)); err != nil && !errors.Is(err, io.EOF) {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Errorf("peer's dial %d: no answer from the server", i+1)
+			}
+		}
+		tc.Close()
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			n, last := c.Rejected()
+			if n > before && strings.Contains(last, "no link for peer") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("peer's dial %d: the server's last rejection is %q (%d, %d before), want the peer's (no link) after its TLS", i+1, last, n, before)
+			}
+		}
 	}
 }
