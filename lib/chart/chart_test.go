@@ -674,6 +674,17 @@ func TestSwitches(t *testing.T) {
 		}
 	})
 
+	t.Run("broker.expose LoadBalancer keeps the source by default", func(t *testing.T) {
+		svc := get[corev1.Service](t, testenv.RenderChart(t, map[string]string{"broker.expose.type": "LoadBalancer"}), "Service", "kubelink-broker")
+		if svc.Spec.ExternalTrafficPolicy != corev1.ServiceExternalTrafficPolicyLocal {
+			t.Errorf("LoadBalancer: externalTrafficPolicy %s, want Local", svc.Spec.ExternalTrafficPolicy)
+		}
+		svc = get[corev1.Service](t, testenv.RenderChart(t, map[string]string{"broker.expose.type": "LoadBalancer", "broker.expose.externalTrafficPolicy": "Cluster"}), "Service", "kubelink-broker")
+		if svc.Spec.ExternalTrafficPolicy != corev1.ServiceExternalTrafficPolicyCluster {
+			t.Errorf("LoadBalancer with Cluster set: externalTrafficPolicy %s", svc.Spec.ExternalTrafficPolicy)
+		}
+	})
+
 	t.Run("broker.expose", func(t *testing.T) {
 		objs := testenv.RenderChart(t, map[string]string{
 			"broker.expose.type":                  "LoadBalancer",

@@ -90,7 +90,9 @@ pods.
 {{- if and (eq $v.broker.expose.type "HostPort") (not $v.broker.expose.hostPort.node) -}}
 {{- fail "broker.expose.hostPort.node is required with broker.expose.type=HostPort: the node (its kubernetes.io/hostname label) whose address the peers reach, e.g. --set broker.expose.hostPort.node=gw-1 (kubectl get nodes -L kubernetes.io/hostname)" -}}
 {{- end -}}
+{{- if $v.broker.expose.externalTrafficPolicy -}}
 {{- include "kubelink.oneOf" (list "broker.expose.externalTrafficPolicy" $v.broker.expose.externalTrafficPolicy (list "Cluster" "Local")) -}}
+{{- end -}}
 {{- $mtu := int64 (default 0 $v.broker.mtu) -}}
 {{- if and (ne $mtu 0) (or (lt $mtu 1280) (gt $mtu 9000)) -}}
 {{- fail (printf "broker.mtu %v: must be 0 (the node interface's MTU less 80) or 1280 to 9000" $v.broker.mtu) -}}
