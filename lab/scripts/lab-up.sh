@@ -246,18 +246,33 @@ join() {
   log "kubelinkctl join of $names: $(( $(date +%s) - s ))s"
 }
 
-mkdir -p "$LAB_DIR"
-for c in "${CLUSTERS[@]}"; do create_cluster "$c"; done
-KCS=""  # the clusters' kubeconfigs, as a KUBECONFIG list
-for c in "${CLUSTERS[@]}"; do KCS+=${KCS:+:}$LAB_DIR/$c/kubeconfig; done
-NODE_NET=$($DOCKER network inspect kind -f '{{range .IPAM.Config}}{{if .Subnet}}{{.Subnet}} {{end}}{{end}}' | tr ' ' '\n' | grep -m1 '\.')
-[[ -n $NODE_NET ]] || die "no IPv4 subnet on docker network kind"
-for c in "${CLUSTERS[@]}"; do
+# in_parallel fn c...: runs fn for every cluster at once (kind creates
+# clusters side by side, kubelinkctl installs them so: each mostly waits on
+# its own cluster), then fails if one of them did (it said why).
+in_parallel() {
+  local fn=$1 c pids=() failed=0; shift
+  for c in "$@"; do "$fn" "$c" & pids+=($!); done
+  for c in "${pids[@]}"; do wait "$c" || failed=1; done
+  ((failed == 0)) || die "$fn failed for a cluster (above)"
+}
+
+# setup_cluster c: the registry on its nodes, the lab's CNI, kubelink and
+# the lab's workload.
+setup_cluster() {
+  local c=$1 n
   for n in ${NODES[$c]}; do "$ROOT/lab/scripts/registry.sh" configure-node "lab-$c-$n"; done
   start_cni "$c"
   for _ in $(seq 1 60); do kc "$c" get sa default >/dev/null 2>&1 && break; sleep 1; done
   deploy "$c"
-done
+}
+
+mkdir -p "$LAB_DIR"
+in_parallel create_cluster "${CLUSTERS[@]}"
+KCS=""  # the clusters' kubeconfigs, as a KUBECONFIG list
+for c in "${CLUSTERS[@]}"; do KCS+=${KCS:+:}$LAB_DIR/$c/kubeconfig; done
+NODE_NET=$($DOCKER network inspect kind -f '{{range .IPAM.Config}}{{if .Subnet}}{{.Subnet}} {{end}}{{end}}' | tr ' ' '\n' | grep -m1 '\.')
+[[ -n $NODE_NET ]] || die "no IPv4 subnet on docker network kind"
+in_parallel setup_cluster "${CLUSTERS[@]}"
 if [[ ${LAB_INSTALL:-kubelinkctl} == helm ]]; then
   for c in "${CLUSTERS[@]}"; do hook_cluster_dns "$c"; done
 fi
