@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/nstest"
@@ -74,22 +76,42 @@ func TestChainsListEachTableOncePerPass(t *testing.T) {
 	rs.Chains = append(rs.Chains, mesh.Chain{Table: "mangle", Name: mesh.ChainFirewall, Rules: [][]string{{"-j", "RETURN"}}})
 	rs.Hooks = []mesh.Hook{{Table: "mangle", Chain: "PREROUTING", Rule: []string{"-j", mesh.ChainFirewall}}}
 
+	now := time.Now()
+	c.now = func() time.Time { return now }
 	set(t, ns, c, rs)
 	if want := len(tables) + 1; lists != want {
 		t.Errorf("first pass (writes %d chains): %d listings, want %d (one per table, one after the write)", n+1, lists, want)
 	}
+	// Later passes list only mangle: the other tables had nothing of ours.
 	lists = 0
 	set(t, ns, c, rs)
-	if lists != len(tables) || c.rewrites != n+1 {
-		t.Errorf("unchanged pass: %d listings and %d writes in all, want %d and %d", lists, c.rewrites, len(tables), n+1)
+	if lists != 1 || c.rewrites != n+1 {
+		t.Errorf("unchanged pass: %d listings and %d writes in all, want 1 (mangle) and %d", lists, c.rewrites, n+1)
 	}
-	// Drift behind our back in one chain: found in the same listings, and
+	// Drift behind our back in one chain: found in the same listing, and
 	// only that chain is written again.
 	ns.Run(t, "iptables", "-t", "mangle", "-A", mesh.ChainPrefix+"FW-7", "-j", "ACCEPT")
 	lists = 0
 	set(t, ns, c, rs)
-	if lists != len(tables)+1 || c.rewrites != n+2 {
-		t.Errorf("pass after drift: %d listings and %d writes in all, want %d and %d", lists, c.rewrites, len(tables)+1, n+2)
+	if lists != 2 || c.rewrites != n+2 {
+		t.Errorf("pass after drift: %d listings and %d writes in all, want 2 and %d", lists, c.rewrites, n+2)
+	}
+	// A chain of ours in a table we want nothing in (another copy's, an
+	// older version's) goes at the next sweep of every table.
+	ns.Run(t, "iptables", "-t", "filter", "-N", mesh.ChainPrefix+"FW-old")
+	lists = 0
+	set(t, ns, c, rs)
+	if lists != 1 {
+		t.Errorf("pass before the sweep: %d listings, want 1", lists)
+	}
+	now = now.Add(tableSweep)
+	lists = 0
+	set(t, ns, c, rs)
+	if lists != len(tables) {
+		t.Errorf("pass at the sweep: %d listings, want %d (every table)", lists, len(tables))
+	}
+	if out := ns.Run(t, "iptables", "-t", "filter", "-S"); strings.Contains(out, "FW-old") {
+		t.Errorf("the stale chain in filter survived the sweep:\n%s", out)
 	}
 
 	// One packet dropped by chain 3's DROP rule (the sender sees EPERM),

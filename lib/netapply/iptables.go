@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 	"unicode"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -48,7 +49,20 @@ type Chains struct {
 	written map[chainKey]writtenChain
 	// rewrites counts chains written; tests use it to prove skipped writes.
 	rewrites int
+	// clean holds, per table, when it was last listed with no chain of ours
+	// in it. A pass that wants nothing in such a table skips listing it
+	// until tableSweep has passed (then it lists it again, removing any
+	// chain of ours found there): the firewall then lists only mangle and
+	// the SNAT and service chains only nat, instead of all four tables each
+	// (issue #33).
+	clean map[string]time.Time
+	now   func() time.Time
 }
+
+// tableSweep is how often a table with nothing of ours is listed anyway,
+// to remove chains of ours that appeared there (an older version's, or
+// another tool's copy).
+const tableSweep = time.Minute
 
 type chainKey struct{ table, chain string }
 
@@ -69,7 +83,8 @@ func NewChains(owned func(chain string) bool, ipv6 bool) (*Chains, error) {
 	if err != nil {
 		return nil, fmt.Errorf("iptables: %w (is the iptables package installed?)", err)
 	}
-	return &Chains{ipv6: ipv6, owned: owned, ipt: ipt, restore: execRestore(restore), list: execList(list), written: map[chainKey]writtenChain{}}, nil
+	return &Chains{ipv6: ipv6, owned: owned, ipt: ipt, restore: execRestore(restore), list: execList(list), written: map[chainKey]writtenChain{},
+		clean: map[string]time.Time{}, now: time.Now}, nil
 }
 
 // SNATChains owns the chains of Model.SNATRules.
@@ -101,6 +116,9 @@ func (c *Chains) Set(rs mesh.RuleSet) error {
 		return errors.Join(append(errs, err)...)
 	}
 	for _, t := range tables {
+		if at, ok := c.clean[t]; ok && want[t] == nil && c.now().Sub(at) < tableSweep {
+			continue // nothing of ours there at the last listing, nothing wanted
+		}
 		if err := c.setTable(t, want[t]); err != nil {
 			errs = append(errs, fmt.Errorf("iptables table %s: %w", t, err))
 		}
@@ -292,8 +310,10 @@ func (c *Chains) setTable(table string, want *tableWant) error {
 				delete(c.written, k)
 			}
 		}
+		c.clean[table] = c.now()
 		return nil
 	}
+	delete(c.clean, table)
 	if st, err = c.writeChains(table, want.chains, st); err != nil {
 		return err
 	}
