@@ -93,6 +93,21 @@ func (r *Routes) Set(routes []mesh.Route) error {
 	desired := map[netip.Prefix]bool{}
 	want := map[netip.Prefix]*netlink.Route{}
 	var order []netip.Prefix
+	// One lookup per device, not per route: at 250 links a pass asked
+	// the kernel for the same device 250 times (issue #33).
+	type lookup struct {
+		link netlink.Link
+		err  error
+	}
+	devices := map[string]lookup{}
+	linkOf := func(name string) (netlink.Link, error) {
+		l, ok := devices[name]
+		if !ok {
+			l.link, l.err = r.nl.LinkByName(name)
+			devices[name] = l
+		}
+		return l.link, l.err
+	}
 	for _, rt := range routes {
 		dst := rt.Dst.Masked()
 		if desired[dst] {
@@ -101,7 +116,7 @@ func (r *Routes) Set(routes []mesh.Route) error {
 		}
 		// Wanted even if it cannot be made now: keep what we have for it.
 		desired[dst] = true
-		nr, err := r.toNetlink(rt)
+		nr, err := r.toNetlink(rt, linkOf)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -210,9 +225,9 @@ func (r *Routes) Installed() ([]netip.Prefix, error) {
 	return slices.Compact(out), nil
 }
 
-func (r *Routes) toNetlink(rt mesh.Route) (*netlink.Route, error) {
+func (r *Routes) toNetlink(rt mesh.Route, linkOf func(string) (netlink.Link, error)) (*netlink.Route, error) {
 	dst := rt.Dst.Masked()
-	link, err := r.nl.LinkByName(rt.Device)
+	link, err := linkOf(rt.Device)
 	if err != nil {
 		var missing netlink.LinkNotFoundError
 		if errors.As(err, &missing) {

@@ -2,11 +2,14 @@ package netapply
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/nstest"
@@ -262,5 +265,39 @@ func TestNewRoutesRejectsBadConfig(t *testing.T) {
 	}
 	if _, err := NewRoutes(RouteConfig{Table: 100, RulePriority: 32750}); err != nil {
 		t.Errorf("a valid config was rejected: %v", err)
+	}
+}
+
+// countingKernel counts the device lookups of a Set.
+type countingKernel struct {
+	routeKernel
+	lookups int
+}
+
+func (k *countingKernel) LinkByName(name string) (netlink.Link, error) {
+	k.lookups++
+	return k.routeKernel.LinkByName(name)
+}
+
+// A Set asks the kernel for each device once, however many routes use it
+// (it was once per route: 250 lookups a pass at 250 links, issue #33).
+func TestRoutesLookUpEachDeviceOncePerSet(t *testing.T) {
+	n := routeNS(t)
+	r := newRoutes(t, RouteConfig{})
+	k := &countingKernel{routeKernel: r.nl}
+	r.nl = k
+	var routes []mesh.Route
+	for i := range 50 {
+		routes = append(routes, route(fmt.Sprintf("10.%d.0.0/16", 100+i), "10.10.0.2", "kl0"))
+	}
+	routes = append(routes, route("10.99.0.0/16", "", "nope0"))
+	if err := setRoutes(n, r, routes...); err == nil || !strings.Contains(err.Error(), `device "nope0" does not exist`) {
+		t.Fatalf("Set with a missing device: %v", err)
+	}
+	if k.lookups != 2 {
+		t.Errorf("%d device lookups for 51 routes on 2 devices, want 2", k.lookups)
+	}
+	if got := len(shownRoutes(t, n, "proto", "76")); got != 50 {
+		t.Errorf("%d routes installed, want 50", got)
 	}
 }
