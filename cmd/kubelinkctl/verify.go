@@ -713,11 +713,22 @@ func failover(ctx context.Context, g *globals, from, to *verifyCluster) (check, 
 		}()
 		return done, over
 	}
+	pause := func() {
+		select {
+		case <-ctx.Done():
+		case <-time.After(3 * time.Second):
+		}
+	}
 	watchStart := time.Now()
-	done, over := watch(true)
+	// Without the old broker's address, the takeover cannot be told from
+	// the old broker's own status: the fixed window then.
+	done, over := watch(activeIP != "")
 	select {
 	case <-ctx.Done():
 	case w := <-done:
+		if over != nil {
+			over.Close()
+		}
 		// It ended at once: an agent that does not know --settle.
 		if w.err == nil || !strings.Contains(w.err.Error(), "settle") {
 			c.Detail = fmt.Sprintf("the agent's watch ended before the failover: %v", w.err)
@@ -725,7 +736,7 @@ func failover(ctx context.Context, g *globals, from, to *verifyCluster) (check, 
 		}
 		watchStart = time.Now()
 		done, over = watch(false)
-		time.Sleep(3 * time.Second)
+		pause()
 	case <-time.After(3 * time.Second):
 	}
 	deleted := time.Now()

@@ -106,7 +106,7 @@ type ConnectorConfig struct {
 	// Unauthenticated work is bounded: an inbound connection must finish
 	// TLS within TLSTimeout (default 3s); at most MaxPending inbound
 	// connections (default 64) and MaxPendingPerSource from one IP address
-	// (default 4) may be before or in their handshake. A new connection
+	// (default 4) may be before or in their TLS handshake. A new connection
 	// over a limit evicts the oldest pending one (of that source, or of
 	// all), which is closed and counted as rejected: silent connections
 	// cannot keep a real peer out — behind a NodePort, where every peer

@@ -57,7 +57,7 @@ func (c *Connector) Serve(l net.Listener) error {
 			c.reject(e.conn, errors.New(e.reason))
 		}
 		c.wg.Go(func() {
-			err := c.accept(conn, func() { c.release(pc) })
+			err := c.accept(conn, pc)
 			if err != nil && !c.wasEvicted(pc) {
 				c.reject(conn, err)
 			}
@@ -123,6 +123,24 @@ func (c *Connector) release(pc *pendingConn) {
 	}
 }
 
+// errEvicted ends the handshake of a connection evicted meanwhile (it was
+// counted when evicted).
+var errEvicted = errors.New("evicted by a newer connection")
+
+// authenticated takes pc out of the pending handshakes once its TLS
+// handshake verified the peer; false when it was evicted before.
+func (c *Connector) authenticated(pc *pendingConn) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if pc.evicted {
+		return false
+	}
+	if i := slices.Index(c.pending, pc); i >= 0 {
+		c.pending = slices.Delete(c.pending, i, i+1)
+	}
+	return true
+}
+
 // wasEvicted reports whether pc was evicted (and already counted).
 func (c *Connector) wasEvicted(pc *pendingConn) bool {
 	c.mu.Lock()
@@ -137,11 +155,11 @@ func (c *Connector) reject(conn net.Conn, err error) {
 	c.log.Info("bridge: rejected a connection", "remote", conn.RemoteAddr(), "error", err)
 }
 
-// accept authenticates an inbound connection and hands it to its link;
-// done is called when the handshake (TLS and HELLO) is over either way
-// (accept returns then: the connection lives on in the pump).
-func (c *Connector) accept(raw net.Conn, done func()) error {
-	defer done()
+// accept authenticates an inbound connection and hands it to its link. Its
+// pending slot (pc) is freed once TLS verified the peer (only
+// unauthenticated work is bounded and evictable), or when it fails.
+func (c *Connector) accept(raw net.Conn, pc *pendingConn) error {
+	defer c.release(pc)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.HandshakeTimeout)
 	defer cancel()
@@ -151,6 +169,12 @@ func (c *Connector) accept(raw net.Conn, done func()) error {
 	if err := tc.HandshakeContext(tlsCtx); err != nil {
 		raw.Close()
 		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	// Authenticated: no longer pending, so no newer connection can evict
+	// it (and close a link it may become); unless it was evicted already.
+	if !c.authenticated(pc) {
+		tc.Close()
+		return errEvicted
 	}
 	cert := tc.ConnectionState().PeerCertificates[0]
 	ids, uris := Identities(cert), URIIdentities(cert)

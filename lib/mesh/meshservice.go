@@ -100,7 +100,7 @@ func (m *Model) BindMeshService(ms *v1alpha1.MeshService, svc *ServiceInfo, pol 
 		if s.Service != "" {
 			// a Service of the namespace by construction; only the API
 			// server's (kubernetes in default) is refused
-			if api := ServiceIP(pol.ServiceCIDR, 1); api.IsValid() && t.addr == api {
+			if api := ServiceIP(pol.ServiceCIDR, 1); (api.IsValid() && t.addr == api) || (ms.Namespace == "default" && s.Service == "kubernetes") {
 				return nil, fmt.Errorf("spec.service: %q is the API server's Service: a MeshService never exposes it", s.Service)
 			}
 			continue

@@ -105,6 +105,8 @@ func TestBindMeshService(t *testing.T) {
 			wantErr: "100.64.0.1 is the API server's Service"},
 		{name: "the API server's Service by name", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.100", Service: "kubernetes"}), svc: &ServiceInfo{ClusterIP: addr("100.64.0.1")},
 			wantErr: `spec.service: "kubernetes" is the API server's Service`},
+		{name: "the API server's Service by name, another address", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.100", Service: "kubernetes"}), svc: &ServiceInfo{ClusterIP: addr("100.64.0.5")},
+			wantErr: `spec.service: "kubernetes" is the API server's Service`},
 		{name: "another namespace's Service", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.100", Endpoints: []v1alpha1.ServiceEndpoint{{Address: "100.64.0.30"}}}),
 			wantErr: "100.64.0.30 is the Service kube-system/secret-store of another namespace"},
 		{name: "a service address nobody has", ms: msvc("x", v1alpha1.MeshServiceSpec{MeshAddress: "192.168.0.100", Endpoints: []v1alpha1.ServiceEndpoint{{Address: "100.64.0.99"}}}),

@@ -102,6 +102,11 @@ func TestMeshDNSMayOnlyRestartCoreDNS(t *testing.T) {
 		{"the template's labels", template(map[string]any{"metadata": map[string]any{"labels": map[string]any{"app.kubernetes.io/name": "kubelink-coredns", "x": "y"}}}), "may not change the labels"},
 		{"another annotation", template(map[string]any{"metadata": map[string]any{"annotations": map[string]any{"prometheus.io/scrape": "false"}}}), "may change only the annotations"},
 		{"a new annotation", template(map[string]any{"metadata": map[string]any{"annotations": map[string]any{"kubectl.kubernetes.io/default-container": "x"}}}), "may change only the annotations"},
+		{"an owner reference (the garbage collector would delete it)", map[string]any{"metadata": map[string]any{"ownerReferences": []any{map[string]any{
+			"apiVersion": "v1", "kind": "ConfigMap", "name": "gone", "uid": "00000000-0000-0000-0000-000000000001"}}}}, "owner references, finalizers, labels or annotations"},
+		{"a finalizer", map[string]any{"metadata": map[string]any{"finalizers": []any{"example.com/hold"}}}, "owner references, finalizers, labels or annotations"},
+		{"the Deployment's labels", map[string]any{"metadata": map[string]any{"labels": map[string]any{"x": "y"}}}, "owner references, finalizers, labels or annotations"},
+		{"the revision history", map[string]any{"spec": map[string]any{"revisionHistoryLimit": 0}}, "revisionHistoryLimit"},
 		{"an annotation removed", template(map[string]any{"metadata": map[string]any{"annotations": map[string]any{"prometheus.io/scrape": nil}}}), "may change only the annotations"},
 	} {
 		if err := patch(c.patch); err == nil || !strings.Contains(err.Error(), c.want) {
