@@ -80,11 +80,11 @@ func TestBrokerCreatesOnlyWhatItOwns(t *testing.T) {
 
 	t.Run("its own Lease only", func(t *testing.T) {
 		leases := asBroker.CoordinationV1().Leases(ns)
-		own, err := leases.Create(ctx, lease("kubelink-broker"), metav1.CreateOptions{})
-		if err != nil {
+		if _, err := leases.Create(ctx, lease("kubelink-broker"), metav1.CreateOptions{}); err != nil {
 			t.Fatalf("the broker creating its Lease: %v", err)
 		}
-		if own, err = leases.Get(ctx, "kubelink-broker", metav1.GetOptions{}); err != nil {
+		own, err := leases.Get(ctx, "kubelink-broker", metav1.GetOptions{})
+		if err != nil {
 			t.Fatalf("the broker reading its Lease: %v", err)
 		}
 		own.Spec.HolderIdentity = ptr.To("broker-b")
