@@ -26,31 +26,14 @@ import (
 // the policy refuses every write that would steer another Service, open
 // another port or name more than the one broker pod.
 func TestActiveEndpointSlice(t *testing.T) {
-	cp := testenv.StartForTest(t)
-	ctx := context.Background()
 	const ns = "kubelink"
-	admin, err := kubernetes.NewForConfig(cp.Config())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ac, err := cp.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := testenv.CreateObjects(ctx, ac, testenv.ChartRBAC(t, nil)...); err != nil {
-		t.Fatal(err)
-	}
+	ctx := context.Background()
+	env := testenv.ChartAccountForTest(t, nil, ns, "kubelink-broker")
+	admin, rc := env.Admin, env.Config
 	svc, err := admin.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "kubelink-broker"},
 		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Ports: []corev1.ServicePort{
 			{Name: "wireguard", Port: 8777, Protocol: corev1.ProtocolUDP}, {Name: "bridge", Port: 8088, Protocol: corev1.ProtocolTCP}}}},
 		metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := cp.ServiceAccountConfig(ctx, ns, "kubelink-broker")
 	if err != nil {
 		t.Fatal(err)
 	}

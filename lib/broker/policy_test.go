@@ -7,7 +7,6 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -25,27 +24,10 @@ import (
 // without apiAccess. A compromised broker gets no further than its code
 // would go.
 func TestBrokerCreatesOnlyWhatItOwns(t *testing.T) {
-	cp := testenv.StartForTest(t)
-	ctx := context.Background()
 	const ns = "kubelink"
-	admin, err := kubernetes.NewForConfig(cp.Config())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ac, err := cp.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := testenv.CreateObjects(ctx, ac, testenv.ChartRBAC(t, map[string]string{"autoConnect.enabled": "true", "dataPlane": "bridge"})...); err != nil {
-		t.Fatal(err)
-	}
-	rc, err := cp.ServiceAccountConfig(ctx, ns, "kubelink-broker")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx := context.Background()
+	env := testenv.ChartAccountForTest(t, map[string]string{"autoConnect.enabled": "true", "dataPlane": "bridge"}, ns, "kubelink-broker")
+	admin, ac, rc, cp := env.Admin, env.AdminClient, env.Config, env.ControlPlane
 	asBroker, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		t.Fatal(err)

@@ -25,23 +25,10 @@ import (
 // template's labels or its other annotations. The restart itself (the
 // controller's own patch) passes.
 func TestMeshDNSMayOnlyRestartCoreDNS(t *testing.T) {
-	cp := testenv.StartForTest(t)
-	ctx := context.Background()
 	const ns = "kubelink"
-	admin, err := kubernetes.NewForConfig(cp.Config())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ac, err := cp.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if err := testenv.CreateObjects(ctx, ac, testenv.ChartRBAC(t, nil)...); err != nil {
-		t.Fatal(err)
-	}
+	ctx := context.Background()
+	env := testenv.ChartAccountForTest(t, nil, ns, "kubelink-meshdns")
+	admin, rc, cp := env.Admin, env.Config, env.ControlPlane
 	labels := map[string]string{"app.kubernetes.io/name": "kubelink-coredns"}
 	dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "kubelink-coredns", Namespace: ns},
 		Spec: appsv1.DeploymentSpec{Replicas: int32Ptr(2), Selector: &metav1.LabelSelector{MatchLabels: labels},
@@ -50,10 +37,6 @@ func TestMeshDNSMayOnlyRestartCoreDNS(t *testing.T) {
 				Spec: corev1.PodSpec{ServiceAccountName: "kubelink-coredns",
 					Containers: []corev1.Container{{Name: "coredns", Image: "registry.example/kubelink/coredns:v1"}}}}}}
 	if _, err := admin.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	rc, err := cp.ServiceAccountConfig(ctx, ns, "kubelink-meshdns")
-	if err != nil {
 		t.Fatal(err)
 	}
 	asMeshDNS, err := kubernetes.NewForConfig(rc)

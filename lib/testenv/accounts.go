@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"testing"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -70,4 +72,42 @@ func CreateObjects(ctx context.Context, c client.Client, objs ...*unstructured.U
 		}
 	}
 	return nil
+}
+
+// ChartAccount is a control plane with the chart's RBAC applied and one of
+// its accounts to act as: what a test of a component's least privilege
+// needs.
+type ChartAccount struct {
+	*ControlPlane
+	Admin       kubernetes.Interface // the control plane's admin
+	AdminClient client.Client
+	// Config authenticates as the account.
+	Config *rest.Config
+}
+
+// ChartAccountForTest starts a control plane for the test, creates the
+// namespace ns and the chart's RBAC objects (ChartRBAC with set) and
+// returns it with a rest.Config of the ServiceAccount ns/account.
+func ChartAccountForTest(t testing.TB, set map[string]string, ns, account string) *ChartAccount {
+	t.Helper()
+	cp := StartForTest(t)
+	ctx := context.Background()
+	ca := &ChartAccount{ControlPlane: cp}
+	var err error
+	if ca.Admin, err = kubernetes.NewForConfig(cp.Config()); err != nil {
+		t.Fatal(err)
+	}
+	if ca.AdminClient, err = cp.Client(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.Admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := CreateObjects(ctx, ca.AdminClient, ChartRBAC(t, set)...); err != nil {
+		t.Fatal(err)
+	}
+	if ca.Config, err = cp.ServiceAccountConfig(ctx, ns, account); err != nil {
+		t.Fatal(err)
+	}
+	return ca
 }
