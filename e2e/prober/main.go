@@ -27,6 +27,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/kubelink/kubelink/lib/verifier"
 )
 
 func main() {
@@ -47,7 +49,7 @@ func main() {
 		os.Exit(2)
 	}
 	end := time.Now().Add(*window)
-	var overAt, passingSince time.Time
+	settling := verifier.Settling{Settle: *settle}
 	for time.Now().Before(end) {
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
@@ -65,25 +67,13 @@ func main() {
 			}
 			*ready = ""
 		}
-		switch {
-		case !ok:
-			passingSince = time.Time{}
-		case passingSince.IsZero():
-			passingSince = start
+		isOver := false
+		if *over != "" {
+			_, err := os.Stat(*over)
+			isOver = err == nil
 		}
-		if *over != "" && *settle > 0 && overAt.IsZero() {
-			if _, err := os.Stat(*over); err == nil {
-				overAt = start
-			}
-		}
-		if !overAt.IsZero() && !passingSince.IsZero() {
-			from := overAt
-			if passingSince.After(from) {
-				from = passingSince
-			}
-			if time.Since(from) >= *settle {
-				return
-			}
+		if settling.Settled(start, ok, isOver) {
+			return
 		}
 		time.Sleep(*every)
 	}

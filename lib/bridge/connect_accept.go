@@ -67,10 +67,9 @@ func (c *Connector) Serve(l net.Listener) error {
 
 // pendingConn is an inbound connection before the end of its handshake.
 type pendingConn struct {
-	conn    net.Conn
-	src     netip.Addr
-	reason  string // why it was evicted ("" while it is not)
-	evicted bool
+	conn   net.Conn
+	src    netip.Addr
+	reason string // why it was evicted ("" while it is not)
 }
 
 func remoteIP(conn net.Conn) netip.Addr {
@@ -88,7 +87,7 @@ func (c *Connector) admit(conn net.Conn) (*pendingConn, []*pendingConn) {
 	var evicted []*pendingConn
 	evict := func(i int, reason string) {
 		e := c.pending[i]
-		e.evicted, e.reason = true, reason
+		e.reason = reason
 		c.pending = slices.Delete(c.pending, i, i+1)
 		evicted = append(evicted, e)
 	}
@@ -118,6 +117,12 @@ func (c *Connector) admit(conn net.Conn) (*pendingConn, []*pendingConn) {
 func (c *Connector) release(pc *pendingConn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.dropPending(pc)
+}
+
+// dropPending takes pc out of the pending handshakes, if it is there
+// (caller holds c.mu).
+func (c *Connector) dropPending(pc *pendingConn) {
 	if i := slices.Index(c.pending, pc); i >= 0 {
 		c.pending = slices.Delete(c.pending, i, i+1)
 	}
@@ -132,12 +137,10 @@ var errEvicted = errors.New("evicted by a newer connection")
 func (c *Connector) authenticated(pc *pendingConn) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if pc.evicted {
+	if pc.reason != "" {
 		return false
 	}
-	if i := slices.Index(c.pending, pc); i >= 0 {
-		c.pending = slices.Delete(c.pending, i, i+1)
-	}
+	c.dropPending(pc)
 	return true
 }
 
@@ -145,7 +148,7 @@ func (c *Connector) authenticated(pc *pendingConn) bool {
 func (c *Connector) wasEvicted(pc *pendingConn) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return pc.evicted
+	return pc.reason != ""
 }
 
 func (c *Connector) reject(conn net.Conn, err error) {

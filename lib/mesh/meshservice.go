@@ -56,12 +56,18 @@ type TargetPolicy struct {
 	ServiceAt func(a netip.Addr) (namespace, name string, ok bool)
 }
 
+// apiServer reports whether a is the API server's Service, the first
+// address of the service network.
+func (p TargetPolicy) apiServer(a netip.Addr) bool {
+	api := ServiceIP(p.ServiceCIDR, 1)
+	return api.IsValid() && a == api
+}
+
 // check tells why a may not be a target of a MeshService in namespace ns
 // ("" when it may); field names the spec field for the message.
 func (p TargetPolicy) check(field, ns string, a netip.Addr) error {
-	api := ServiceIP(p.ServiceCIDR, 1)
 	switch {
-	case api.IsValid() && a == api:
+	case p.apiServer(a):
 		return fmt.Errorf("%s: %s is the API server's Service (kubernetes.default): a MeshService never exposes it", field, a)
 	case p.ServiceCIDR.IsValid() && p.ServiceCIDR.Contains(a):
 		if p.ServiceAt != nil {
@@ -100,7 +106,7 @@ func (m *Model) BindMeshService(ms *v1alpha1.MeshService, svc *ServiceInfo, pol 
 		if s.Service != "" {
 			// a Service of the namespace by construction; only the API
 			// server's (kubernetes in default) is refused
-			if api := ServiceIP(pol.ServiceCIDR, 1); (api.IsValid() && t.addr == api) || (ms.Namespace == "default" && s.Service == "kubernetes") {
+			if pol.apiServer(t.addr) || (ms.Namespace == "default" && s.Service == "kubernetes") {
 				return nil, fmt.Errorf("spec.service: %q is the API server's Service: a MeshService never exposes it", s.Service)
 			}
 			continue

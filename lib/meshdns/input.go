@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -180,17 +181,9 @@ func RemoteDNS(l *mesh.Link, kl *v1alpha1.KubeLink) (ip netip.Addr, domain strin
 }
 
 // inLinkNetworks reports whether a is the link's cluster address or inside
-// a network the link routes (service CIDR, egress).
+// a network the link routes (service CIDR, egress): its AllowedIPs.
 func inLinkNetworks(l *mesh.Link, a netip.Addr) bool {
-	if a == l.IP() {
-		return true
-	}
-	for _, p := range l.Destinations() {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(l.AllowedIPs(), func(p netip.Prefix) bool { return p.Contains(a) })
 }
 
 // linkNetworks lists the link's cluster address and routed networks for

@@ -185,27 +185,22 @@ func Watch(ctx context.Context, out io.Writer, url, want string, every, window, 
 func WatchUntilSettled(ctx context.Context, out io.Writer, url, want string, every, window, timeout, settle time.Duration, over <-chan struct{}) error {
 	end := time.Now().Add(window)
 	enc := json.NewEncoder(out)
-	var overAt, passingSince time.Time // zero: not yet, none passing
+	s := Settling{Settle: settle}
 	for time.Now().Before(end) {
 		start := time.Now()
 		r := Get(ctx, url, want, 0, timeout)
 		if err := enc.Encode(r); err != nil {
 			return err
 		}
-		switch {
-		case !r.OK:
-			passingSince = time.Time{}
-		case passingSince.IsZero():
-			passingSince = start
-		}
-		if overAt.IsZero() && over != nil && settle > 0 {
+		isOver := false
+		if over != nil {
 			select {
 			case <-over:
-				overAt = start
+				isOver = true
 			default:
 			}
 		}
-		if !overAt.IsZero() && !passingSince.IsZero() && time.Since(later(overAt, passingSince)) >= settle {
+		if s.Settled(start, r.OK, isOver) {
 			return nil
 		}
 		select {
@@ -217,11 +212,35 @@ func WatchUntilSettled(ctx context.Context, out io.Writer, url, want string, eve
 	return nil
 }
 
-func later(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
+// Settling decides when a series of checks may end early: once the event
+// measured is over, as soon as every check of the last Settle passed,
+// counting only from when it was over. Settle 0 never settles. The e2e
+// prober ends its series by the same rule.
+type Settling struct {
+	Settle               time.Duration
+	overAt, passingSince time.Time // zero: not yet, none passing
+}
+
+// Settled takes the check that started at start (ok: it passed; over: the
+// event is known to be over) and reports whether the series may end.
+func (s *Settling) Settled(start time.Time, ok, over bool) bool {
+	switch {
+	case !ok:
+		s.passingSince = time.Time{}
+	case s.passingSince.IsZero():
+		s.passingSince = start
 	}
-	return b
+	if over && s.overAt.IsZero() && s.Settle > 0 {
+		s.overAt = start
+	}
+	if s.overAt.IsZero() || s.passingSince.IsZero() {
+		return false
+	}
+	from := s.overAt
+	if s.passingSince.After(from) {
+		from = s.passingSince
+	}
+	return time.Since(from) >= s.Settle
 }
 
 // Throughput is one upload's figures.
