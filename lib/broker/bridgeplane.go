@@ -61,7 +61,7 @@ type bridgePlane struct {
 
 func newBridgePlane(ctx context.Context, d PlaneDeps) (DataPlane, error) {
 	// No kernel firewall: the pump enforces ingress in user space.
-	g, err := newGateway(d.Config, d.RunMode, false)
+	g, err := newGateway(d.Config, d.RunMode, false, d.Log)
 	if err != nil {
 		return nil, err
 	}

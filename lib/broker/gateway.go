@@ -2,6 +2,7 @@ package broker
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -24,10 +25,17 @@ type gateway struct {
 	// addrs are the local cluster addresses on the device (setDevice), the
 	// source of the ICMP errors the data plane sends on (localAddresses).
 	addrs atomic.Pointer[[]netip.Prefix]
+	log   *slog.Logger
+	// untracked is the SNAT scope (fmt of mesh.SNATScopes) whose flows
+	// tracked without SNAT were last deleted; another scope deletes again.
+	untracked string
 }
 
-func newGateway(cfg *Config, rm RunMode, kernelFirewall bool) (*gateway, error) {
-	g := &gateway{cfg: cfg, rm: rm}
+func newGateway(cfg *Config, rm RunMode, kernelFirewall bool, log *slog.Logger) (*gateway, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	g := &gateway{cfg: cfg, rm: rm, log: log}
 	var err error
 	if g.routes, err = netapply.NewRoutes(netapply.RouteConfig{Table: cfg.RouteTable, RulePriority: cfg.RulePriority}); err != nil {
 		return nil, err
@@ -77,19 +85,41 @@ func (g *gateway) localAddresses() []netip.Prefix {
 	return nil
 }
 
-// apply sets the plan's routes, SNAT and, where the kernel enforces ingress
-// (WireGuard), its firewall.
+// apply sets the plan's SNAT, routes and, where the kernel enforces
+// ingress (WireGuard), its firewall.
+//
+// SNAT comes before the routes: a route into the device without its SNAT
+// lets a pod's connection leave with the pod's own address, and the kernel
+// keeps that connection un-rewritten for as long as it is tracked. For the
+// same reason, whenever the SNAT scope changed (the first pass, a new mesh
+// or destination, a broker that took over), the flows tracked without SNAT
+// in the new scope are deleted, so their next packet passes the rules.
 func (g *gateway) apply(plan *mesh.GatewayPlan) error {
 	var errs []error
+	snatErr := g.snat.Set(plan.SNAT)
+	if snatErr != nil {
+		errs = append(errs, fmt.Errorf("SNAT rules: %w", snatErr))
+	}
 	if err := g.routes.Set(plan.Routes); err != nil {
 		errs = append(errs, fmt.Errorf("routes: %w", err))
-	}
-	if err := g.snat.Set(plan.SNAT); err != nil {
-		errs = append(errs, fmt.Errorf("SNAT rules: %w", err))
 	}
 	if g.fw != nil {
 		if err := g.fw.Set(plan.Firewall); err != nil {
 			errs = append(errs, fmt.Errorf("firewall rules: %w", err))
+		}
+	}
+	if snatErr == nil && plan.Model != nil {
+		scopes := plan.Model.SNATScopes()
+		if key := fmt.Sprint(scopes); key != g.untracked {
+			n, err := netapply.DropUnNATed(scopes)
+			if err != nil {
+				errs = append(errs, err)
+			} else {
+				g.untracked = key
+			}
+			if n > 0 {
+				g.log.Info("deleted connection-tracking entries of flows that left without SNAT; their next packets are rewritten", "entries", n)
+			}
 		}
 	}
 	if len(errs) > 0 {

@@ -28,7 +28,7 @@ type wgPlane struct {
 }
 
 func newWGPlane(ctx context.Context, d PlaneDeps) (DataPlane, error) {
-	g, err := newGateway(d.Config, d.RunMode, true)
+	g, err := newGateway(d.Config, d.RunMode, true, d.Log)
 	if err != nil {
 		return nil, err
 	}

@@ -172,6 +172,35 @@ func TestSNATRulesOneMeshAndSeveral(t *testing.T) {
 	}
 }
 
+// TestSNATScopeCoversWhatTheRulesRewrite: the scope DropUnNATed uses is the
+// rules' own: a source outside the mesh to a mesh destination.
+func TestSNATScopeCoversWhatTheRulesRewrite(t *testing.T) {
+	one := Build([]v1alpha1.KubeLink{local("a", "192.168.0.11/24", "100.64.0.0/20"), peer("b", "192.168.0.12/24", "100.64.16.0/20", "b.org", keyB)}, wgOpts)
+	scopes := one.SNATScopes()
+	if len(scopes) != 1 || scopes[0].Source != netip.MustParseAddr("192.168.0.11") {
+		t.Fatalf("scopes = %+v, want one with source 192.168.0.11", scopes)
+	}
+	a := netip.MustParseAddr
+	for _, tt := range []struct {
+		src, dst string
+		want     bool
+	}{
+		{"10.110.1.2", "100.64.16.20", true},    // a pod to b's services
+		{"10.110.1.2", "192.168.0.12", true},    // a pod to b's cluster address
+		{"192.168.0.11", "100.64.16.20", false}, // already a mesh source
+		{"192.168.0.13", "100.64.16.20", false}, // transit keeps its source
+		{"10.110.1.2", "100.64.0.20", false},    // our own service network
+		{"10.110.1.2", "8.8.8.8", false},
+	} {
+		if got := scopes[0].Covers(a(tt.src), a(tt.dst)); got != tt.want {
+			t.Errorf("Covers(%s → %s) = %v, want %v", tt.src, tt.dst, got, tt.want)
+		}
+	}
+	if s := Build([]v1alpha1.KubeLink{local("a", "192.168.0.11/24", "")}, wgOpts).SNATScopes(); len(s) != 0 {
+		t.Errorf("no peers: scopes %+v, want none", s)
+	}
+}
+
 func TestChainNamesFitIptablesAndAreOurs(t *testing.T) {
 	for _, key := range []string{"", "x", strings.Repeat("very-long-mesh-name--", 20)} {
 		for _, kind := range []string{"NT", "FW", "MS", "EP"} {

@@ -62,14 +62,11 @@ type NATOptions struct {
 // several meshes, the destination selects the mesh (and so the address).
 func (m *Model) SNATRules(o NATOptions) RuleSet {
 	var meshChains []Chain
-	for _, ms := range m.Meshes {
-		if len(ms.Members) == 0 {
-			continue
-		}
-		c := Chain{Table: "nat", Name: chainName("NT", ms.CIDR().String())}
-		src := ms.Local.IP().String()
-		c.Rules = append(c.Rules, []string{"-s", ms.CIDR().String(), "-j", "RETURN"})
-		for _, d := range m.meshDestinations(ms) {
+	for _, sc := range m.SNATScopes() {
+		c := Chain{Table: "nat", Name: chainName("NT", sc.Mesh.String())}
+		src := sc.Source.String()
+		c.Rules = append(c.Rules, []string{"-s", sc.Mesh.String(), "-j", "RETURN"})
+		for _, d := range sc.Destinations {
 			c.Rules = append(c.Rules, []string{"-d", d.String(), "-j", "SNAT", "--to-source", src})
 		}
 		meshChains = append(meshChains, c)
@@ -89,6 +86,41 @@ func (m *Model) SNATRules(o NATOptions) RuleSet {
 		Hooks:  []Hook{{Table: "nat", Chain: "POSTROUTING", Rule: []string{"-m", "comment", "--comment", "kubelink snat rules", "-j", ChainNAT}}},
 		Chains: append([]Chain{top}, meshChains...),
 	}
+}
+
+// SNATScope is what the SNAT rules of one mesh rewrite: traffic to
+// Destinations from a source outside Mesh leaves with Source, the local
+// cluster address.
+type SNATScope struct {
+	Mesh         netip.Prefix
+	Source       netip.Addr
+	Destinations []netip.Prefix
+}
+
+// Covers reports whether a flow from src to dst is one the scope's rules
+// rewrite.
+func (s SNATScope) Covers(src, dst netip.Addr) bool {
+	if s.Mesh.Contains(src) {
+		return false
+	}
+	for _, d := range s.Destinations {
+		if d.Contains(dst) {
+			return true
+		}
+	}
+	return false
+}
+
+// SNATScopes are the scopes of SNATRules, one per mesh with members.
+func (m *Model) SNATScopes() []SNATScope {
+	var out []SNATScope
+	for _, ms := range m.Meshes {
+		if len(ms.Members) == 0 {
+			continue
+		}
+		out = append(out, SNATScope{Mesh: ms.CIDR(), Source: ms.Local.IP(), Destinations: m.meshDestinations(ms)})
+	}
+	return out
 }
 
 // meshDestinations: the mesh CIDR and every network reached through a member.
