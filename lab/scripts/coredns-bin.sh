@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds CoreDNS with its standard plugins plus kubelink's kubelinkglobal
+# Builds CoreDNS with the plugins kubelink and a cluster DNS use (see
+# lab/tools/coredns/main.go) plus kubelink's kubelinkglobal
 # (lib/globaldns) and kubelinkgate (lib/linkgate) plugins from Go modules (lab/tools/coredns, no prebuilt
 # downloads) and caches it outside the checkout. Used by the mesh DNS tests,
 # the mesh-global DNS test and the lab.

@@ -22,16 +22,16 @@ IMG=kubelink-lab/registry:$REGISTRY_VERSION
 BIN=$CACHE/bin/registry-$REGISTRY_VERSION/registry
 STAMP=$BIN.stamp
 
-# The binary, rebuilt when lab/tools/registry's go.mod or go.sum change.
+# The binary, rebuilt when lab/tools/registry's main.go, go.mod or go.sum change.
 build_binary() {
   local want tmp
-  want=$(cat "$ROOT/lab/tools/registry/go.mod" "$ROOT/lab/tools/registry/go.sum" | sha256sum | cut -d' ' -f1)
+  want=$(cat "$ROOT/lab/tools/registry/main.go" "$ROOT/lab/tools/registry/go.mod" "$ROOT/lab/tools/registry/go.sum" | sha256sum | cut -d' ' -f1)
   if [[ -x $BIN && -f $STAMP && $(cat "$STAMP") == "$want" ]]; then return; fi
   log "building the distribution registry $REGISTRY_VERSION from its Go module"
   mkdir -p "$(dirname "$BIN")"
   tmp=$BIN.tmp.$$
   (cd "$ROOT/lab/tools/registry" && GOWORK=off CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" \
-    -o "$tmp" github.com/distribution/distribution/v3/cmd/registry)
+    -o "$tmp" .)
   mv "$tmp" "$BIN"
   echo "$want" >"$STAMP"
   $DOCKER rmi -f "$IMG" >/dev/null 2>&1 || true   # the image holds the old binary
