@@ -71,7 +71,7 @@ $(HELM): lab/tools/helm/go.mod lab/tools/helm/go.sum
 	cd lab/tools/helm && $(KCTL_GO) go build -o $(HELM) helm.sh/helm/v4/cmd/helm
 
 .PHONY: test-bins
-test-bins: ## build (once, cached) kube-apiserver, etcd, kubectl v1.34.4 and CoreDNS v1.12.1 from Go modules
+test-bins: ## build (once, cached) kube-apiserver, etcd, kubectl v1.34.4 and CoreDNS v1.14.0 from Go modules
 	lab/scripts/k8s-bins.sh kube-apiserver etcd kubectl
 	lab/scripts/coredns-bin.sh
 

@@ -7,7 +7,7 @@
 #
 #   lab/scripts/coredns-bin.sh
 #
-# Output: ${KUBELINK_CACHE:-~/.cache/kubelink}/bin/coredns-v1.12.1/coredns
+# Output: ${KUBELINK_CACHE:-~/.cache/kubelink}/bin/coredns-v1.14.0/coredns
 #
 # The path stays what the tests derive from meshdns.CoreDNSVersion; the
 # cache is keyed by a stamp file next to the binary (coredns.stamp): a
@@ -18,7 +18,7 @@
 # is rebuilt.
 set -euo pipefail
 
-COREDNS_VERSION=v1.12.1
+COREDNS_VERSION=v1.14.0
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${KUBELINK_CACHE:-$HOME/.cache/kubelink}
 OUT=$CACHE/bin/coredns-$COREDNS_VERSION

@@ -4,7 +4,7 @@
 # builder); the daemon's configuration is left alone.
 #   kubelink/{broker,router,bridge}:TAG  static binary on kubelink-lab/debian-net (iptables, nft, ip)
 #   kubelink/{meshdns,certwatch,verifier}:TAG  static binary alone, user 65532 (verifier: the agent of kubelinkctl verify)
-#   kubelink/coredns:TAG                 CoreDNS v1.12.1 + plugin kubelinkglobal, user 65532
+#   kubelink/coredns:TAG                 CoreDNS v1.14.0 + plugin kubelinkglobal, user 65532
 #   kubelink-lab/toolbox:TAG             busybox (wget, nslookup, httpd) for the lab's echo and client pods
 #   kubelink-lab/cni:TAG                 the lab's CNI agent (lab/cni)
 # TAG is the version (git describe); never "latest".
@@ -40,7 +40,7 @@ done
 for b in meshdns certwatch verifier; do
   build "kubelink/$b:$TAG" Dockerfile.static "$ROOT/bin/kubelink-$b"
 done
-build "kubelink/coredns:$TAG" Dockerfile.static "$CACHE/bin/coredns-v1.12.1/coredns"
+build "kubelink/coredns:$TAG" Dockerfile.static "$CACHE/bin/coredns-v1.14.0/coredns"
 # busybox applets (wget, nslookup, httpd) on PATH for `kubectl exec … wget`.
 printf 'FROM %s\nRUN mkdir -p /opt/busybox && busybox --install -s /opt/busybox\nENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/opt/busybox\nENTRYPOINT []\nCMD ["sleep","infinity"]\n' "$BASE" |
   DOCKER_BUILDKIT=0 $DOCKER build -q -t "kubelink-lab/toolbox:$TAG" - >/dev/null

@@ -18,7 +18,7 @@ DEBIAN_NET=kubelink-lab/debian-net:bookworm-r$RECIPE
 NODE_BASE=kubelink-lab/node-base:bookworm-r$RECIPE
 NODE=kubelink-lab/node:$K8S_VERSION-r$RECIPE
 BIN=$CACHE/bin/$K8S_VERSION
-COREDNS_BIN=$CACHE/bin/coredns-v1.12.1/coredns
+COREDNS_BIN=$CACHE/bin/coredns-v1.14.0/coredns
 CP_IMAGES="registry.k8s.io/kube-apiserver:$K8S_VERSION registry.k8s.io/kube-controller-manager:$K8S_VERSION
 registry.k8s.io/kube-scheduler:$K8S_VERSION registry.k8s.io/kube-proxy:$K8S_VERSION registry.k8s.io/etcd:3.6.5-0
 registry.k8s.io/coredns/coredns:v1.12.1 registry.k8s.io/pause:3.10.1 registry.k8s.io/pause:3.10"
@@ -99,7 +99,9 @@ control_plane_images() {
     DOCKER_BUILDKIT=0 $DOCKER build -q -t "registry.k8s.io/kube-proxy:$K8S_VERSION" "$WORK/proxy" >/dev/null
   fi
   if ! have_image registry.k8s.io/coredns/coredns:v1.12.1; then
-    # Our CoreDNS v1.12.1 build (upstream plugins + kubelinkglobal) also serves as the cluster DNS.
+    # Our CoreDNS build (v1.14.0: the upstream plugins kubelink and a cluster
+    # DNS use, plus kubelinkglobal) also serves as the cluster DNS, under the
+    # tag kubeadm v1.34 asks for.
     mkdir -p "$WORK/coredns"; install -m 0755 "$COREDNS_BIN" "$WORK/coredns/coredns"
     printf 'FROM scratch\nCOPY coredns /coredns\nENTRYPOINT ["/coredns"]\n' >"$WORK/coredns/Dockerfile"
     DOCKER_BUILDKIT=0 $DOCKER build -q -t registry.k8s.io/coredns/coredns:v1.12.1 "$WORK/coredns" >/dev/null

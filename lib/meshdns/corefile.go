@@ -409,4 +409,4 @@ func printServers(servers []server, port int, bind string) string {
 
 // CoreDNSVersion is the CoreDNS the Corefile is written and tested for
 // (rewrite with "answer value" and the template plugin need a recent one).
-const CoreDNSVersion = "v1.12.1"
+const CoreDNSVersion = "v1.14.0"

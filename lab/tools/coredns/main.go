@@ -1,4 +1,4 @@
-// Command coredns is CoreDNS v1.12.1 with the plugins kubelink's Corefiles
+// Command coredns is CoreDNS v1.14.0 with the plugins kubelink's Corefiles
 // and a cluster's own DNS use, plus kubelink's kubelinkglobal plugin
 // (lib/globaldns: mesh-global names from CoreDNSEntry objects) and
 // kubelinkgate (lib/linkgate: a member's zone only while its KubeLink is
