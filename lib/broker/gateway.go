@@ -22,6 +22,12 @@ type gateway struct {
 	snat   *netapply.Chains
 	svc    *netapply.Chains
 	fw     *netapply.Chains // nil when ingress is enforced elsewhere (bridge)
+	// local guards the local cluster addresses (GatewayPlan.LocalRules): it
+	// needs the plan and the MeshService bindings, which come later in a
+	// pass, so it is set from both with the last of each.
+	local    *netapply.Chains
+	plan     *mesh.GatewayPlan
+	bindings []*mesh.ServiceBinding
 	// addrs are the local cluster addresses on the device (setDevice), the
 	// source of the ICMP errors the data plane sends on (localAddresses).
 	addrs atomic.Pointer[[]netip.Prefix]
@@ -44,6 +50,9 @@ func newGateway(cfg *Config, rm RunMode, kernelFirewall bool, log *slog.Logger) 
 		return nil, err
 	}
 	if g.svc, err = netapply.NewChains(netapply.ServiceChains, false); err != nil {
+		return nil, err
+	}
+	if g.local, err = netapply.NewChains(netapply.LocalChains, false); err != nil {
 		return nil, err
 	}
 	if kernelFirewall {
@@ -108,6 +117,10 @@ func (g *gateway) apply(plan *mesh.GatewayPlan) error {
 			errs = append(errs, fmt.Errorf("firewall rules: %w", err))
 		}
 	}
+	g.plan = plan
+	if err := g.setLocal(); err != nil {
+		errs = append(errs, err)
+	}
 	if snatErr == nil && plan.Model != nil {
 		scopes := plan.Model.SNATScopes()
 		if key := fmt.Sprint(scopes); key != g.untracked {
@@ -133,6 +146,19 @@ func (g *gateway) apply(plan *mesh.GatewayPlan) error {
 func (g *gateway) applyServices(bindings []*mesh.ServiceBinding) error {
 	if err := g.svc.Set(mesh.ServiceRules(bindings)); err != nil {
 		return fmt.Errorf("MeshService rules: %w", err)
+	}
+	g.bindings = bindings
+	return g.setLocal()
+}
+
+// setLocal guards the local cluster addresses for the last plan and
+// MeshService bindings (nothing before the first plan).
+func (g *gateway) setLocal() error {
+	if g.plan == nil || g.plan.Model == nil {
+		return nil
+	}
+	if err := g.local.Set(g.plan.LocalRules(g.bindings)); err != nil {
+		return fmt.Errorf("cluster address rules: %w", err)
 	}
 	return nil
 }

@@ -46,8 +46,10 @@ func defaultIngress(t *testing.T, bridge bool) {
 	a.WaitState("b", v1alpha1.StateUp, 5*time.Second)
 
 	apiAddr := fmt.Sprintf("%s:443", api)
-	// A's cluster address has no listener on port 80: refused, i.e. reached.
-	for addr, want := range map[string]string{a.ServiceIP.String(): "ok", a.MeshAddress.Addr().String() + ":80": "refused", apiAddr: "dropped"} {
+	// A's cluster address is closed to B but for the probe and MeshService
+	// ports: port 80 (no listener there) is dropped, not refused.
+	local80 := a.MeshAddress.Addr().String() + ":80"
+	for addr, want := range map[string]string{a.ServiceIP.String(): "ok", local80: "dropped", apiAddr: "dropped"} {
 		if got := dialResult(b.Pod, addr); got != want {
 			t.Errorf("without ingress, B -> %s: %s, want %s", addr, got, want)
 		}
@@ -60,5 +62,10 @@ func defaultIngress(t *testing.T, bridge bool) {
 	waitFor(t, "B to reach A's API server once allowed", 5*time.Second, func() bool { return dialResult(b.Pod, apiAddr) == "ok" })
 	if got := dialResult(b.Pod, a.ServiceIP.String()); got != "ok" {
 		t.Errorf("with ingress, B -> %s: %s, want ok", a.ServiceIP, got)
+	}
+	// The allow list names the cluster address: an operator opened it, so
+	// B reaches it (refused: no listener, but not dropped).
+	if got := dialResult(b.Pod, local80); got != "refused" {
+		t.Errorf("with the cluster address allowed, B -> %s: %s, want refused (reached)", local80, got)
 	}
 }

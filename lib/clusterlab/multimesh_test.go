@@ -47,9 +47,9 @@ func TestIngressFirewallWireGuard(t *testing.T) {
 	b.StartBroker(lab, b.GW)
 	Connect(a, b)
 	WaitGet(t, b.Pod, a.ServiceIP, 5*time.Second)
-	// Controls without ingress rules: all reachable (A's cluster address
-	// has no listener on port 80 and refuses).
-	for addr, want := range map[string]string{"100.64.0.20:80": "ok", "100.64.0.21:80": "ok", "192.168.0.11:80": "refused"} {
+	// Controls without ingress rules: both ClusterIPs reachable; A's
+	// cluster address is closed but for the probe and MeshService ports.
+	for addr, want := range map[string]string{"100.64.0.20:80": "ok", "100.64.0.21:80": "ok", "192.168.0.11:80": "dropped"} {
 		if got := dialResult(b.Pod, addr); got != want {
 			t.Fatalf("before the rules, B -> %s: %s, want %s", addr, got, want)
 		}

@@ -1,6 +1,7 @@
 package clusterlab
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -37,4 +38,23 @@ func TestPodModeBroker(t *testing.T) {
 	if nat := pod.Run(t, "iptables-save", "-t", "nat"); !strings.Contains(nat, "-A KUBELINK-NAT -o eth0 -j MASQUERADE") {
 		t.Errorf("pod mode needs the masquerade towards the cluster:\n%s", nat)
 	}
+	// The cluster address is on the broker pod: a socket of the pod on
+	// every address (a metrics port) is not the mesh's, and B's
+	// connections to it are dropped.
+	ln, err := serveHTTP(pod, netip.MustParseAddrPort("0.0.0.0:8080"), "broker pod metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	if got := dialResult(b.Pod, "192.168.0.11:8080"); got != "dropped" {
+		t.Errorf("B -> the broker pod's port 8080 on A's cluster address: %s, want dropped", got)
+	}
+	// Control: an allow list naming the address opens it, so the drop was
+	// the rule, not a missing route.
+	updateLink(t, a, "b", func(kl *v1alpha1.KubeLink) {
+		kl.Spec.Ingress = []string{a.ServiceCIDR.String(), "192.168.0.11/32"}
+	})
+	waitFor(t, "B to reach the pod's port once the address is allowed", 5*time.Second, func() bool {
+		return dialResult(b.Pod, "192.168.0.11:8080") == "ok"
+	})
 }

@@ -98,6 +98,9 @@ func ServiceChains(chain string) bool {
 		strings.HasPrefix(chain, mesh.ChainPrefix+"EP-")
 }
 
+// LocalChains owns the chain of GatewayPlan.LocalRules.
+func LocalChains(chain string) bool { return chain == mesh.ChainLocal }
+
 // FirewallChains owns the chains of Model.FirewallRules.
 func FirewallChains(chain string) bool {
 	return chain == mesh.ChainFirewall || strings.HasPrefix(chain, mesh.ChainPrefix+"FW-")
