@@ -177,9 +177,14 @@ func TestDataPlaneAndPodMode(t *testing.T) {
 					t.Fatal(err)
 				}
 				for _, p := range pods {
-					// Init containers too: the lab sets IP forwarding as a pod
-					// sysctl (the chart's ipForwarding: sysctl), so no
-					// container of the pod is privileged.
+					// The chart's default (ipForwarding: broker): the broker
+					// turns forwarding on itself, so the pod has no init
+					// container, asks for no sysctl, and no container of it
+					// is privileged (the lab's kubelets allow no unsafe
+					// sysctl).
+					if len(p.Spec.InitContainers) != 0 || p.Spec.SecurityContext != nil && len(p.Spec.SecurityContext.Sysctls) != 0 {
+						t.Errorf("%s: pod %s has init containers %v or sysctls, want neither by default", c.Name, p.Name, p.Spec.InitContainers)
+					}
 					for _, ct := range append(slices.Clone(p.Spec.InitContainers), p.Spec.Containers...) {
 						if sc := ct.SecurityContext; sc != nil && sc.Privileged != nil && *sc.Privileged {
 							t.Errorf("%s: pod %s container %s is privileged", c.Name, p.Name, ct.Name)

@@ -114,9 +114,6 @@ create_cluster() { # c
     echo "- |"
     echo "  kind: KubeletConfiguration"
     echo "  failCgroupV1: false"
-    # The broker pod sets IP forwarding as a pod sysctl (ipForwarding: sysctl in lab/values), so
-    # no container of it is privileged (docs/operations.md).
-    echo "  allowedUnsafeSysctls: [net.ipv4.ip_forward]"
     # containerd reads per-registry hosts (the lab's registry) from here.
     echo "containerdConfigPatches:"
     echo "- |-"

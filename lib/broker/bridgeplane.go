@@ -98,9 +98,6 @@ func (p *bridgePlane) open() error {
 	if p.tun != nil {
 		return nil
 	}
-	if err := enableForwarding(); err != nil {
-		return err
-	}
 	certs, err := bridge.LoadCerts(p.cfg.CertDir)
 	if err != nil {
 		return fmt.Errorf("bridge certificates in %s: %w", p.cfg.CertDir, err)

@@ -32,6 +32,8 @@ type gateway struct {
 	// source of the ICMP errors the data plane sends on (localAddresses).
 	addrs atomic.Pointer[[]netip.Prefix]
 	log   *slog.Logger
+	// forwarding is the device forwarding was enabled for.
+	forwarding string
 	// untracked is the SNAT scope (fmt of mesh.SNATScopes) whose flows
 	// tracked without SNAT were last deleted; another scope deletes again.
 	untracked string
@@ -75,14 +77,18 @@ func (g *gateway) deviceMTU() int {
 	return wireguard.DefaultMTU
 }
 
-// setDevice gives the device the local address of every mesh and brings it up.
+// setDevice gives the device the local address of every mesh, brings it up
+// and lets the gateway forward through it.
 func (g *gateway) setDevice(dev string, plan *mesh.GatewayPlan) error {
 	if err := netapply.SetAddresses(dev, plan.Addresses); err != nil {
 		return err
 	}
 	addrs := plan.Addresses
 	g.addrs.Store(&addrs)
-	return netapply.SetUp(dev)
+	if err := netapply.SetUp(dev); err != nil {
+		return err
+	}
+	return g.enableForwarding(dev)
 }
 
 // localAddresses are the local cluster addresses on the device, for
@@ -163,11 +169,30 @@ func (g *gateway) setLocal() error {
 	return nil
 }
 
-// enableForwarding lets the gateway forward between the cluster and the mesh.
-func enableForwarding() error {
-	if err := netapply.EnableForwarding(true, false); err != nil {
+// enableForwarding lets the gateway forward between the cluster and the
+// mesh device dev, once per device. Where net.ipv4.ip_forward is on (a
+// node, or a pod given the sysctl) nothing is left to do. In pod mode the
+// broker turns forwarding on for the pod's interface and the device itself
+// through rtnetlink, with the CAP_NET_ADMIN it has anyway: the chart needs
+// no privileged container and no unsafe sysctl for it. In node mode the
+// node's own setting is the one to change (traffic from the pods arrives
+// on many devices).
+func (g *gateway) enableForwarding(dev string) error {
+	if g.forwarding == dev {
+		return nil
+	}
+	var err error
+	if on, rerr := netapply.Forwarding(); rerr == nil && on {
+		err = nil
+	} else if g.rm.PodMode {
+		err = netapply.EnableDeviceForwarding(g.rm.Interface, dev)
+	} else {
+		err = netapply.EnableForwarding(true, false)
+	}
+	if err != nil {
 		return fmt.Errorf("enabling IP forwarding: %w", err)
 	}
+	g.forwarding = dev
 	return nil
 }
 

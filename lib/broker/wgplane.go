@@ -45,9 +45,6 @@ func (p *wgPlane) open() error {
 	if p.dev != nil {
 		return nil
 	}
-	if err := enableForwarding(); err != nil {
-		return err
-	}
 	dev, err := wireguard.Open(wireguard.Options{Name: p.cfg.Interface, Mode: p.cfg.WireGuard, MTU: p.deviceMTU(), ListenPort: p.cfg.ListenPort, Logger: p.log,
 		LocalAddresses: p.localAddresses})
 	if err != nil {

@@ -207,8 +207,8 @@ func TestLabValues(t *testing.T) {
 			if !reflect.DeepEqual(pod.Tolerations, wantTol) {
 				t.Errorf("broker tolerations = %v, want %v", pod.Tolerations, wantTol)
 			}
-			if len(pod.InitContainers) != 0 || pod.SecurityContext == nil || len(pod.SecurityContext.Sysctls) != 1 {
-				t.Errorf("the lab sets IP forwarding as a pod sysctl: init containers %v, securityContext %+v", pod.InitContainers, pod.SecurityContext)
+			if len(pod.InitContainers) != 0 || pod.SecurityContext == nil || len(pod.SecurityContext.Sysctls) != 0 {
+				t.Errorf("the lab runs the default ipForwarding (the broker's own): init containers %v, securityContext %+v", pod.InitContainers, pod.SecurityContext)
 			}
 			if args := container(t, pod, "certwatch").Args; !slices.Contains(args, c.certwatchArg) {
 				t.Errorf("certwatch args %v lack %s", args, c.certwatchArg)
@@ -386,10 +386,10 @@ func TestDefaults(t *testing.T) {
 			psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 			t.Errorf("broker pod securityContext %+v, want fsGroup 65532 and seccomp RuntimeDefault", psc)
 		}
-		// ipForwarding=initContainer: the one privileged container.
-		if len(pod.InitContainers) != 1 || pod.InitContainers[0].Name != "forwarding" ||
-			pod.InitContainers[0].SecurityContext == nil || pod.InitContainers[0].SecurityContext.Privileged == nil || !*pod.InitContainers[0].SecurityContext.Privileged {
-			t.Errorf("broker init containers %+v, want the privileged forwarding", pod.InitContainers)
+		// ipForwarding=broker: the broker turns forwarding on itself, so no
+		// init container and no sysctl.
+		if len(pod.InitContainers) != 0 {
+			t.Errorf("broker init containers %+v by default, want none", pod.InitContainers)
 		}
 		if len(pod.SecurityContext.Sysctls) != 0 {
 			t.Errorf("pod sysctls %v by default", pod.SecurityContext.Sysctls)
@@ -552,6 +552,24 @@ func TestSwitches(t *testing.T) {
 			"bridge.name": "gw.example.com", "bridge.identities": "kubelink://default/a,kubelink://lab/a"}))
 		if cfg["KUBELINK_BRIDGE_NAME"] != "gw.example.com" || cfg["KUBELINK_BRIDGE_IDENTITIES"] != "kubelink://default/a,kubelink://lab/a" {
 			t.Errorf("ConfigMap %v", cfg)
+		}
+	})
+
+	t.Run("no privileged container by default", func(t *testing.T) {
+		for _, w := range workloads(t, testenv.RenderChart(t, nil)) {
+			for _, c := range allContainers(&w.template.Spec) {
+				if c.SecurityContext != nil && c.SecurityContext.Privileged != nil && *c.SecurityContext.Privileged {
+					t.Errorf("%s %s: container %s is privileged", w.kind, w.name, c.Name)
+				}
+			}
+		}
+	})
+
+	t.Run("ipForwarding=initContainer", func(t *testing.T) {
+		pod := brokerPod(t, testenv.RenderChart(t, map[string]string{"ipForwarding": "initContainer"}))
+		if len(pod.InitContainers) != 1 || pod.InitContainers[0].Name != "forwarding" ||
+			pod.InitContainers[0].SecurityContext == nil || pod.InitContainers[0].SecurityContext.Privileged == nil || !*pod.InitContainers[0].SecurityContext.Privileged {
+			t.Errorf("broker init containers %+v, want the privileged forwarding", pod.InitContainers)
 		}
 	})
 
@@ -883,7 +901,7 @@ func TestRefusedValues(t *testing.T) {
 		{"no bridge name", map[string]string{"bridge.name": ""}, nil, []string{"bridge.name is required"}},
 		{"bad dataPlane", map[string]string{"dataPlane": "vxlan"}, nil, []string{"dataPlane=vxlan is not valid", "wireguard, bridge"}},
 		{"bad certificates.mode", map[string]string{"certificates.mode": "none"}, nil, []string{"certificates.mode=none is not valid", "self, csr"}},
-		{"bad ipForwarding", map[string]string{"ipForwarding": "off"}, nil, []string{"ipForwarding=off is not valid", "initContainer, sysctl"}},
+		{"bad ipForwarding", map[string]string{"ipForwarding": "off"}, nil, []string{"ipForwarding=off is not valid", "broker, sysctl, initContainer"}},
 		{"bad expose type", map[string]string{"broker.expose.type": "ClusterIP"}, nil, []string{"broker.expose.type=ClusterIP is not valid", "NodePort, LoadBalancer, HostPort"}},
 		{"HostPort without a node", map[string]string{"broker.expose.type": "HostPort"}, nil, []string{"broker.expose.hostPort.node is required with broker.expose.type=HostPort"}},
 		{"bad traffic policy", map[string]string{"broker.expose.externalTrafficPolicy": "Nearest"}, nil, []string{"broker.expose.externalTrafficPolicy=Nearest is not valid", "Cluster, Local"}},

@@ -26,6 +26,9 @@ func (c *Cluster) BrokerPod() (*nstest.Namespace, netip.Addr) {
 	c.GW.Run(t, "ip", "route", "add", podIP.String()+"/32", "dev", "vbroker", "scope", "host")
 	pod.Run(t, "ip", "route", "replace", hostSide+"/32", "dev", "eth0", "scope", "link")
 	pod.Run(t, "ip", "route", "add", "default", "via", hostSide)
+	// As in a pod of a cluster whose nodes do not pass ip_forward on: the
+	// broker turns forwarding on for its own devices (pod mode, rtnetlink).
+	pod.Run(t, "sysctl", "-qw", "net.ipv4.ip_forward=0")
 	c.Node.Run(t, "ip", "route", "add", fmt.Sprintf("10.%d.2.0/24", 100+10*c.Index), "via", c.GWIP.String())
 	c.GW.Run(t, "iptables", "-t", "nat", "-A", "POSTROUTING", "-s", c.PodCIDR.String(), "-o", "inet0", "-j", "MASQUERADE")
 	c.GW.Run(t, "iptables", "-t", "nat", "-A", "PREROUTING", "-i", "inet0", "-p", "udp", "--dport", "8777",

@@ -35,6 +35,13 @@ func TestPodModeBroker(t *testing.T) {
 	if routes := a.GW.Run(t, "ip", "route"); !strings.Contains(routes, "100.64.16.0/20 via "+podIP.String()+" dev vbroker") {
 		t.Errorf("the gateway node does not route to the broker pod:\n%s", routes)
 	}
+	// Forwarding came from the broker, per device: the pod's namespace-wide
+	// setting stays off (BrokerPod).
+	for f, want := range map[string]string{"net.ipv4.ip_forward": "0", "net.ipv4.conf.eth0.forwarding": "1", "net.ipv4.conf.kubelink.forwarding": "1"} {
+		if got := strings.TrimSpace(pod.Run(t, "sysctl", "-n", f)); got != want {
+			t.Errorf("in the broker pod %s = %s, want %s", f, got, want)
+		}
+	}
 	if nat := pod.Run(t, "iptables-save", "-t", "nat"); !strings.Contains(nat, "-A KUBELINK-NAT -o eth0 -j MASQUERADE") {
 		t.Errorf("pod mode needs the masquerade towards the cluster:\n%s", nat)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -121,6 +122,62 @@ func EnableForwarding(ipv4, ipv6 bool) error {
 		}
 	}
 	return nil
+}
+
+// EnableDeviceForwarding turns on IPv4 forwarding for packets arriving on
+// each device, through rtnetlink (the device's inet configuration, as
+// net.ipv4.conf.<dev>.forwarding), which needs only CAP_NET_ADMIN in the
+// namespace: no write to /proc/sys, which an unprivileged container sees
+// read-only, so neither a privileged init container nor the kubelet's
+// unsafe sysctl net.ipv4.ip_forward. The kernel forwards a packet when its
+// input device has forwarding on, so the devices a gateway forwards
+// between are enough.
+func EnableDeviceForwarding(devices ...string) error {
+	for _, name := range devices {
+		link, err := linkByName(name)
+		if err != nil {
+			return fmt.Errorf("enable forwarding: %w", err)
+		}
+		req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+		msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+		msg.Index = int32(link.Attrs().Index)
+		req.AddData(msg)
+		spec := nl.NewRtAttr(unix.IFLA_AF_SPEC, nil)
+		conf := spec.AddRtAttr(unix.AF_INET, nil).AddRtAttr(iflaInetConf, nil)
+		conf.AddRtAttr(ipv4DevconfForwarding, nl.Uint32Attr(1))
+		req.AddData(spec)
+		if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+			return fmt.Errorf("enable forwarding on %s: %w (the broker needs CAP_NET_ADMIN)", name, err)
+		}
+	}
+	return nil
+}
+
+// From linux/if_link.h and linux/ip.h: IFLA_INET_CONF inside AF_INET of
+// IFLA_AF_SPEC, and the index of forwarding in the IPv4 devconf.
+const (
+	iflaInetConf          = 1
+	ipv4DevconfForwarding = 1
+)
+
+// Forwarding reports whether IPv4 forwarding is on for every device of the
+// current namespace (net.ipv4.ip_forward).
+func Forwarding() (bool, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		return false, err
+	}
+	return strings.TrimSpace(string(b)) == "1", nil
+}
+
+// DeviceForwarding reports whether IPv4 forwarding is on for packets
+// arriving on the device (net.ipv4.conf.<dev>.forwarding).
+func DeviceForwarding(name string) (bool, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + name + "/forwarding")
+	if err != nil {
+		return false, err
+	}
+	return strings.TrimSpace(string(b)) == "1", nil
 }
 
 func linkByName(name string) (netlink.Link, error) {

@@ -1,11 +1,14 @@
 package netapply
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kubelink/kubelink/lib/nstest"
 )
@@ -103,4 +106,53 @@ func TestEnableForwardingOnlyInTheCurrentNamespace(t *testing.T) {
 	if rootAfter, _ := os.ReadFile("/proc/sys/net/ipv4/ip_forward"); string(rootAfter) != string(rootBefore) {
 		t.Errorf("the root namespace changed: ip_forward %q -> %q", rootBefore, rootAfter)
 	}
+}
+
+// TestEnableDeviceForwardingNeedsOnlyNetAdmin: a process with nothing but
+// CAP_NET_ADMIN, as an unprivileged user that cannot write
+// /proc/sys/net/ipv4/ip_forward, makes the namespace forward between two
+// devices while ip_forward stays 0; without CAP_NET_ADMIN it cannot.
+func TestEnableDeviceForwardingNeedsOnlyNetAdmin(t *testing.T) {
+	c, g, s := nstest.New(t, "cl"), nstest.New(t, "gw"), nstest.New(t, "srv")
+	nstest.Veth(t, c, "eth0", "10.1.0.2/24", g, "c0", "10.1.0.1/24")
+	nstest.Veth(t, g, "s0", "10.2.0.1/24", s, "eth0", "10.2.0.2/24")
+	c.Run(t, "ip", "route", "add", "default", "via", "10.1.0.1")
+	s.Run(t, "ip", "route", "add", "default", "via", "10.2.0.1")
+	g.Run(t, "sysctl", "-qw", "net.ipv4.ip_forward=0")
+	serve(t, s, "10.2.0.2:8080", "s")
+	if reply, err := dial(c, "10.2.0.2:8080", 500*time.Millisecond); err == nil {
+		t.Fatalf("control: forwarded with ip_forward=0 (reply %q)", reply)
+	}
+
+	helper := func(caps string) error {
+		args := []string{"netns", "exec", g.Name, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+			"--inh-caps=" + caps, "--ambient-caps=" + caps, "--bounding-set=" + caps, os.Args[0]}
+		cmd := exec.Command("ip", args...)
+		cmd.Env = append(os.Environ(), helperDevicesEnv+"=c0,s0")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+	if err := helper("-all"); err == nil {
+		t.Fatal("a process without CAP_NET_ADMIN enabled forwarding")
+	}
+	if err := helper("-all,+net_admin"); err != nil {
+		t.Fatalf("with CAP_NET_ADMIN only: %v", err)
+	}
+	if reply, err := dial(c, "10.2.0.2:8080", 2*time.Second); err != nil || reply != "s" {
+		t.Errorf("through the gateway after EnableDeviceForwarding: reply %q, %v", reply, err)
+	}
+	if got := strings.TrimSpace(g.Run(t, "sysctl", "-n", "net.ipv4.ip_forward")); got != "0" {
+		t.Errorf("ip_forward = %s: the namespace-wide setting must stay as it was", got)
+	}
+	do(t, g, func() error {
+		for _, d := range []string{"c0", "s0"} {
+			if on, err := DeviceForwarding(d); err != nil || !on {
+				return fmt.Errorf("DeviceForwarding(%s) = %v, %v; want true", d, on, err)
+			}
+		}
+		return nil
+	})
 }

@@ -85,7 +85,7 @@ pods.
 {{- end -}}
 {{- include "kubelink.oneOf" (list "dataPlane" $v.dataPlane (list "wireguard" "bridge")) -}}
 {{- include "kubelink.oneOf" (list "certificates.mode" $v.certificates.mode (list "self" "csr")) -}}
-{{- include "kubelink.oneOf" (list "ipForwarding" $v.ipForwarding (list "initContainer" "sysctl")) -}}
+{{- include "kubelink.oneOf" (list "ipForwarding" $v.ipForwarding (list "broker" "sysctl" "initContainer")) -}}
 {{- include "kubelink.oneOf" (list "broker.expose.type" $v.broker.expose.type (list "NodePort" "LoadBalancer" "HostPort")) -}}
 {{- if and (eq $v.broker.expose.type "HostPort") (not $v.broker.expose.hostPort.node) -}}
 {{- fail "broker.expose.hostPort.node is required with broker.expose.type=HostPort: the node (its kubernetes.io/hostname label) whose address the peers reach, e.g. --set broker.expose.hostPort.node=gw-1 (kubectl get nodes -L kubernetes.io/hostname)" -}}
