@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/netapply"
@@ -35,8 +36,13 @@ type gateway struct {
 	// forwarding is the device forwarding was enabled for.
 	forwarding string
 	// untracked is the SNAT scope (fmt of mesh.SNATScopes) whose flows
-	// tracked without SNAT were last deleted; another scope deletes again.
-	untracked string
+	// tracked without SNAT were last deleted; another scope, or SNAT rules
+	// written or repaired, deletes again. After a failure the next attempt
+	// waits until untrackedRetry.
+	untracked      string
+	untrackedRetry time.Time
+	// haveBindings: applyServices ran once, so bindings are known.
+	haveBindings bool
 }
 
 func newGateway(cfg *Config, rm RunMode, kernelFirewall bool, log *slog.Logger) (*gateway, error) {
@@ -111,7 +117,11 @@ func (g *gateway) localAddresses() []netip.Prefix {
 // in the new scope are deleted, so their next packet passes the rules.
 func (g *gateway) apply(plan *mesh.GatewayPlan) error {
 	var errs []error
+	snatChanges := g.snat.Changes()
 	snatErr := g.snat.Set(plan.SNAT)
+	if g.snat.Changes() != snatChanges {
+		g.untracked = "" // rules written or repaired: flows of the gap
+	}
 	if snatErr != nil {
 		errs = append(errs, fmt.Errorf("SNAT rules: %w", snatErr))
 	}
@@ -128,23 +138,34 @@ func (g *gateway) apply(plan *mesh.GatewayPlan) error {
 		errs = append(errs, err)
 	}
 	if snatErr == nil && plan.Model != nil {
-		scopes := plan.Model.SNATScopes()
-		if key := fmt.Sprint(scopes); key != g.untracked {
-			n, err := netapply.DropUnNATed(scopes)
-			if err != nil {
-				errs = append(errs, err)
-			} else {
-				g.untracked = key
-			}
-			if n > 0 {
-				g.log.Info("deleted connection-tracking entries of flows that left without SNAT; their next packets are rewritten", "entries", n)
-			}
-		}
+		g.dropUnNATed(plan.Model.SNATScopes())
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("gateway setup: %v", errs)
 	}
 	return nil
+}
+
+// dropUnNATed deletes the flows tracked without SNAT when the scope changed
+// since the last time (see apply). A failure does not fail the pass (the
+// routes and rules are in place; only flows from before them may be
+// stuck): it is logged and tried again 30 s later, not every pass, as each
+// try reads the namespace's whole connection-tracking table.
+func (g *gateway) dropUnNATed(scopes []mesh.SNATScope) {
+	key := fmt.Sprint(scopes)
+	if key == g.untracked || time.Now().Before(g.untrackedRetry) {
+		return
+	}
+	n, err := netapply.DropUnNATed(scopes)
+	if err != nil {
+		g.untrackedRetry = time.Now().Add(30 * time.Second)
+		g.log.Warn("deleting connection-tracking entries of flows that left without SNAT; trying again in 30 s", "err", err)
+		return
+	}
+	g.untracked, g.untrackedRetry = key, time.Time{}
+	if n > 0 {
+		g.log.Info("deleted connection-tracking entries of flows that left without SNAT; their next packets are rewritten", "entries", n)
+	}
 }
 
 // applyServices installs the MeshService DNAT chains (an empty list removes
@@ -153,14 +174,16 @@ func (g *gateway) applyServices(bindings []*mesh.ServiceBinding) error {
 	if err := g.svc.Set(mesh.ServiceRules(bindings)); err != nil {
 		return fmt.Errorf("MeshService rules: %w", err)
 	}
-	g.bindings = bindings
+	g.bindings, g.haveBindings = bindings, true
 	return g.setLocal()
 }
 
 // setLocal guards the local cluster addresses for the last plan and
-// MeshService bindings (nothing before the first plan).
+// MeshService bindings. Not before both are known: a chain written without
+// the bindings would close a MeshService port on the address until later
+// in the pass (a broker restarting in a pod keeps its namespace's chains).
 func (g *gateway) setLocal() error {
-	if g.plan == nil || g.plan.Model == nil {
+	if g.plan == nil || g.plan.Model == nil || !g.haveBindings {
 		return nil
 	}
 	if err := g.local.Set(g.plan.LocalRules(g.bindings)); err != nil {

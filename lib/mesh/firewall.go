@@ -116,6 +116,10 @@ func (p *Policy) FirewallRules(device string) RuleSet {
 		for _, d := range lp.Deny {
 			c.Rules = append(c.Rules, []string{"-d", d.String(), "-j", "DROP"})
 		}
+		if lp.Local.IsValid() {
+			// The cluster address has its own rule (KUBELINK-LOCAL).
+			c.Rules = append(c.Rules, []string{"-d", hostPrefix(lp.Local).String(), "-j", "RETURN"})
+		}
 		for _, a := range lp.Allow {
 			c.Rules = append(c.Rules, []string{"-d", a.String(), "-j", "RETURN"})
 		}

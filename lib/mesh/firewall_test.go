@@ -150,7 +150,7 @@ func TestFirewallMeshWideRuleOnLocalLink(t *testing.T) {
 	}{
 		{"192.168.0.12", "100.64.0.20", false},
 		{"192.168.0.12", "100.64.0.1", true},
-		{"192.168.0.12", "192.168.0.11", true},
+		{"192.168.0.12", "192.168.0.11", false}, // the cluster address: decided by KUBELINK-LOCAL
 		{"192.168.0.13", "192.168.0.11", false},
 		{"192.168.0.13", "100.64.0.20", true},
 		{"192.168.0.13", "100.64.0.1", true}, // mesh-wide deny still applies

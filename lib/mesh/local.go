@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -21,7 +22,8 @@ const ChainLocal = ChainPrefix + "LOCAL"
 //   - is for the health-probe responder,
 //   - is for a port a MeshService binds on the address, or
 //   - comes from a link whose own allow list (or its mesh's) names the
-//     address: an operator who opens it on purpose.
+//     address itself (the host address, not a network holding it): an
+//     operator who opens it on purpose.
 //
 // Everything else to the address is dropped, in INPUT as in FORWARD (mangle
 // PREROUTING, before the MeshService DNAT), whichever data plane carries
@@ -48,7 +50,7 @@ func (p *GatewayPlan) LocalRules(bindings []*ServiceBinding) RuleSet {
 		}
 		if p.Policy != nil {
 			for _, lp := range p.Policy.Links {
-				if lp.Mesh != ms.Name || lp.Default || !inAny(lp.Allow, local) || inAny(lp.Deny, local) {
+				if lp.Mesh != ms.Name || lp.Default || !slices.Contains(lp.Allow, hostPrefix(local)) || inAny(lp.Deny, local) {
 					continue
 				}
 				for _, s := range lp.Sources {

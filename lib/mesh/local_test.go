@@ -50,6 +50,16 @@ func TestLocalRulesOpenOnlyProbeMeshServicesAndNamedAllows(t *testing.T) {
 		}
 	}
 
+	// A network holding the address (the mesh CIDR, 0.0.0.0/0) does not
+	// open it: only the host address itself does.
+	c.Spec.Ingress = []string{"192.168.0.0/24", "0.0.0.0/0"}
+	m = Build([]v1alpha1.KubeLink{local("a", "192.168.0.11/24", "100.64.0.0/20"), b, c}, wgOpts)
+	for _, r := range m.Plan(PlanOptions{Transport: TransportWireGuard, Device: "kubelink"}).LocalRules(nil).Chains[0].Rules {
+		if r[0] == "-s" {
+			t.Errorf("rule %v: an allow list naming a network holding the address opened it", r)
+		}
+	}
+
 	// Two meshes: each local address is guarded.
 	two := Build(twoMeshes(), wgOpts).Plan(PlanOptions{Transport: TransportWireGuard, Device: "kubelink"}).LocalRules(nil)
 	drops := map[string]bool{}

@@ -60,6 +60,12 @@ type LinkPolicy struct {
 	// Transit are the networks of the other members of the mesh: traffic
 	// to them passes through us and is left to their own firewall.
 	Transit []netip.Prefix
+	// Local is the local cluster address of the link's mesh. Unless denied,
+	// packets to it pass the link's rule whatever Allow says: what may
+	// reach it is decided by the cluster address's own rule
+	// (GatewayPlan.LocalRules: tracked replies, probe, MeshService ports),
+	// so an allow list need not name it for replies to come back.
+	Local netip.Addr
 	// Deny is dropped; then only Allow passes.
 	Deny, Allow []netip.Prefix
 	// Default reports that Allow is the secure default (neither the link nor
@@ -83,6 +89,8 @@ func (lp *LinkPolicy) Allows(p Packet) bool {
 		return true
 	case inAny(lp.Deny, p.Dst):
 		return false
+	case p.Dst == lp.Local:
+		return true
 	}
 	return inAny(lp.Allow, p.Dst)
 }
@@ -127,7 +135,7 @@ func (m *Model) Policy(probePort int) *Policy {
 	p := &Policy{}
 	for _, ms := range m.Meshes {
 		for _, l := range ms.Members {
-			lp := &LinkPolicy{Link: l.Name.String(), Mesh: ms.Name, Sources: l.AllowedIPs()}
+			lp := &LinkPolicy{Link: l.Name.String(), Mesh: ms.Name, Sources: l.AllowedIPs(), Local: ms.Local.IP()}
 			if probePort > 0 && probePort < 65535 {
 				lp.Probe = netip.AddrPortFrom(ms.Local.IP(), uint16(probePort))
 				lp.ProbeReplyPort = ProbeReplyPort(probePort)

@@ -110,7 +110,7 @@ func TestPolicyRenderingsAgree(t *testing.T) {
 		{"b", tcp("10.99.0.1", "100.64.0.20"), DropSpoofed, "nobody's address"},
 		{"c", tcp("192.168.0.13", "100.64.0.20"), Accept, "c through b: c's allow list"},
 		{"c", tcp("192.168.0.13", "100.64.0.21"), DropDenied, "c's allow list is one address; b's rule does not apply to c's sources"},
-		{"c", tcp("100.64.32.5", "192.168.0.11"), DropDenied, "c may not reach the cluster address (its own allow list)"},
+		{"c", tcp("100.64.32.5", "192.168.0.11"), Accept, "the cluster address passes every link's rule whatever its allow list: its own rule (LocalRules) decides"},
 		{"d", tcp("192.168.0.14", "100.64.0.20"), Accept, "d has no rule: the local service CIDR is exported"},
 		{"d", tcp("192.168.0.14", "192.168.0.11"), Accept, "d has no rule: the local cluster address is in the mesh"},
 		{"d", tcp("10.30.4.4", "192.168.0.11"), Accept, "d's egress is d's source"},
@@ -129,7 +129,8 @@ func TestPolicyRenderingsAgree(t *testing.T) {
 		{"c", udp("192.168.0.13", "192.168.0.11", 40000, 8779), Accept, "c's probe to the responder"},
 		{"d", udp("192.168.0.14", "192.168.0.11", 8779, 8780), Accept, "d's reply to our probe"},
 		{"c", udp("192.168.0.13", "100.64.0.53", 8779, 53), DropDenied, "a UDP packet from the probe port to a service: no exemption"},
-		{"c", udp("192.168.0.13", "192.168.0.11", 8779, 9000), DropDenied, "from the probe port to another port of the cluster address"},
+		{"c", udp("192.168.0.13", "192.168.0.11", 8779, 9000), Accept, "from the probe port to another port of the cluster address: left to the address's own rule, which drops it"},
+		{"b", tcp("192.168.0.12", "192.168.0.11"), Accept, "b's allow list lacks the cluster address: it passes b's rule all the same (replies to our own connections)"},
 		{"lab--z", udp("10.200.0.26", "10.200.0.1", 40000, 8779), Accept, "z's probe in mesh lab"},
 		{"lab--z", udp("10.200.0.26", "192.168.0.11", 40000, 8779), DropDenied, "z probing the default mesh's address"},
 	}

@@ -12,7 +12,9 @@ import (
 )
 
 // DropUnNATed deletes the connection-tracking entries of flows that the
-// SNAT rules of scopes rewrite but that were tracked without that rewrite:
+// SNAT rules of scopes rewrite but that were tracked without that rewrite
+// (or with a rewrite to another source: the cluster address changed, or
+// the destination moved to another mesh):
 // a connection whose first packet left before the rules were in place (a
 // route into the mesh device set before its SNAT, a broker that started or
 // took over while a client was already retrying). The kernel consults the
@@ -42,8 +44,11 @@ func DropUnNATed(scopes []mesh.SNATScope) (uint, error) {
 	return total, nil
 }
 
-// unNATed matches a flow that a scope covers and whose reply still goes to
-// the original source, i.e. no source NAT was applied.
+// unNATed matches a flow that a scope covers and whose reply does not go to
+// the scope's source: no source NAT, or one to another address. Flows to
+// the local cluster address itself (delivered here, never through the
+// device) and flows whose destination was rewritten (DNAT: not a plain
+// flow into the mesh) are left alone.
 type unNATed []mesh.SNATScope
 
 func (f unNATed) hasFamily(fam netlink.InetFamily) bool {
@@ -58,13 +63,19 @@ func (f unNATed) hasFamily(fam netlink.InetFamily) bool {
 func (f unNATed) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
 	src, ok1 := addrOf(flow.Forward.SrcIP)
 	dst, ok2 := addrOf(flow.Forward.DstIP)
-	replyDst, ok3 := addrOf(flow.Reverse.DstIP)
-	if !ok1 || !ok2 || !ok3 || replyDst != src {
+	replySrc, ok3 := addrOf(flow.Reverse.SrcIP)
+	replyDst, ok4 := addrOf(flow.Reverse.DstIP)
+	if !ok1 || !ok2 || !ok3 || !ok4 || replySrc != dst {
 		return false
 	}
 	for _, s := range f {
+		if dst == s.Source {
+			return false
+		}
+	}
+	for _, s := range f {
 		if s.Covers(src, dst) {
-			return true
+			return replyDst != s.Source
 		}
 	}
 	return false

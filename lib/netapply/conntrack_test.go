@@ -125,3 +125,32 @@ func nattedTo(t *testing.T, ns *nstest.Namespace, dst string) (n int) {
 	}
 	return n
 }
+
+// TestUnNATedMatchesOnlyFlowsTheRulesWouldRewriteDifferently: the filter
+// of DropUnNATed, on flows as the kernel reports them.
+func TestUnNATedMatchesOnlyFlowsTheRulesWouldRewriteDifferently(t *testing.T) {
+	f := unNATed(oneMesh(t).SNATScopes())
+	flow := func(src, dst, replySrc, replyDst string) *netlink.ConntrackFlow {
+		return &netlink.ConntrackFlow{
+			Forward: netlink.IPTuple{SrcIP: net.ParseIP(src), DstIP: net.ParseIP(dst)},
+			Reverse: netlink.IPTuple{SrcIP: net.ParseIP(replySrc), DstIP: net.ParseIP(replyDst)},
+		}
+	}
+	for _, tt := range []struct {
+		name string
+		flow *netlink.ConntrackFlow
+		want bool
+	}{
+		{"a pod's flow into the mesh without SNAT", flow("10.110.1.2", "100.64.16.20", "100.64.16.20", "10.110.1.2"), true},
+		{"rewritten to another source (an old cluster address)", flow("10.110.1.2", "100.64.16.20", "100.64.16.20", "192.168.0.99"), true},
+		{"rewritten to the cluster address", flow("10.110.1.2", "100.64.16.20", "100.64.16.20", "192.168.0.11"), false},
+		{"to the local cluster address itself", flow("10.110.1.2", "192.168.0.11", "192.168.0.11", "10.110.1.2"), false},
+		{"destination rewritten (DNAT)", flow("10.110.1.2", "100.64.16.20", "10.110.7.7", "10.110.1.2"), false},
+		{"from a mesh address (transit, our own probes)", flow("192.168.0.13", "100.64.16.20", "100.64.16.20", "192.168.0.13"), false},
+		{"outside the mesh", flow("10.110.1.2", "8.8.8.8", "8.8.8.8", "10.110.1.2"), false},
+	} {
+		if got := f.MatchConntrackFlow(tt.flow); got != tt.want {
+			t.Errorf("%s: match = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

@@ -75,6 +75,7 @@ func (c *Chains) syncChainHooks(table, chain string, want []mesh.Hook, present [
 		if err := c.ipt.Insert(table, chain, 1, h.Rule...); err != nil {
 			return fmt.Errorf("insert hook %q into %s: %w", strings.Join(h.Rule, " "), chain, err)
 		}
+		c.hookInserts++
 	}
 	for i, p := range present {
 		if keep[i] {

@@ -49,6 +49,8 @@ type Chains struct {
 	written map[chainKey]writtenChain
 	// rewrites counts chains written; tests use it to prove skipped writes.
 	rewrites int
+	// hookInserts counts hooks inserted (new, or repaired after removal).
+	hookInserts int
 	// clean holds, per table, when it was last listed with no chain of ours
 	// in it. A pass that wants nothing in such a table skips listing it
 	// until tableSweep has passed (then it lists it again, removing any
@@ -105,6 +107,11 @@ func LocalChains(chain string) bool { return chain == mesh.ChainLocal }
 func FirewallChains(chain string) bool {
 	return chain == mesh.ChainFirewall || strings.HasPrefix(chain, mesh.ChainPrefix+"FW-")
 }
+
+// Changes counts the chains written and hooks inserted so far: a caller
+// compares it around Set to learn whether Set changed the kernel's rules
+// (a first write, a change, or a repair of drift).
+func (c *Chains) Changes() int { return c.rewrites + c.hookInserts }
 
 // Set makes the chains and hooks of the concern match rs: it writes changed
 // or drifted chains (one iptables-restore transaction per table), makes each
