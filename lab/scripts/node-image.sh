@@ -16,9 +16,12 @@ source "$(dirname "$0")/lib.sh"
 RECIPE=3
 DEBIAN_NET=kubelink-lab/debian-net:bookworm-r$RECIPE
 NODE_BASE=kubelink-lab/node-base:bookworm-r$RECIPE
-NODE=kubelink-lab/node:$K8S_VERSION-r$RECIPE
 BIN=$CACHE/bin/$K8S_VERSION
 COREDNS_BIN=$CACHE/bin/coredns-v1.14.0/coredns
+# The node image holds our CoreDNS build as the cluster DNS: its tag names
+# the build (coredns-bin.sh's stamp), so a new build makes a new node image.
+DNS_STAMP=$(head -c 8 "$COREDNS_BIN.stamp" 2>/dev/null || true)
+NODE=kubelink-lab/node:$K8S_VERSION-r$RECIPE-dns${DNS_STAMP:-none}
 CP_IMAGES="registry.k8s.io/kube-apiserver:$K8S_VERSION registry.k8s.io/kube-controller-manager:$K8S_VERSION
 registry.k8s.io/kube-scheduler:$K8S_VERSION registry.k8s.io/kube-proxy:$K8S_VERSION registry.k8s.io/etcd:3.6.5-0
 registry.k8s.io/coredns/coredns:v1.12.1 registry.k8s.io/pause:3.10.1 registry.k8s.io/pause:3.10"
@@ -98,14 +101,13 @@ control_plane_images() {
     printf 'FROM %s\nCOPY kube-proxy /usr/local/bin/kube-proxy\n' "$DEBIAN_NET" >"$WORK/proxy/Dockerfile"
     DOCKER_BUILDKIT=0 $DOCKER build -q -t "registry.k8s.io/kube-proxy:$K8S_VERSION" "$WORK/proxy" >/dev/null
   fi
-  if ! have_image registry.k8s.io/coredns/coredns:v1.12.1; then
-    # Our CoreDNS build (v1.14.0: the upstream plugins kubelink and a cluster
-    # DNS use, plus kubelinkglobal) also serves as the cluster DNS, under the
-    # tag kubeadm v1.34 asks for.
-    mkdir -p "$WORK/coredns"; install -m 0755 "$COREDNS_BIN" "$WORK/coredns/coredns"
-    printf 'FROM scratch\nCOPY coredns /coredns\nENTRYPOINT ["/coredns"]\n' >"$WORK/coredns/Dockerfile"
-    DOCKER_BUILDKIT=0 $DOCKER build -q -t registry.k8s.io/coredns/coredns:v1.12.1 "$WORK/coredns" >/dev/null
-  fi
+  # Our CoreDNS build (v1.14.0: the upstream plugins kubelink and a cluster
+  # DNS use, plus kubelinkglobal) also serves as the cluster DNS, under the
+  # tag kubeadm v1.34 asks for. Built each time a node image is (one file),
+  # so the node image never holds an older build than its tag names.
+  mkdir -p "$WORK/coredns"; install -m 0755 "$COREDNS_BIN" "$WORK/coredns/coredns"
+  printf 'FROM scratch\nCOPY coredns /coredns\nENTRYPOINT ["/coredns"]\n' >"$WORK/coredns/Dockerfile"
+  DOCKER_BUILDKIT=0 $DOCKER build -q -t registry.k8s.io/coredns/coredns:v1.12.1 "$WORK/coredns" >/dev/null
   if ! have_image registry.k8s.io/pause:3.10.1; then
     local src
     src=$(cd "$ROOT/lab/tools/k8s" && GOWORK=off go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c
@@ -152,4 +154,12 @@ for b in kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-sch
 done
 [[ -x $COREDNS_BIN ]] || die "$COREDNS_BIN missing: run lab/scripts/coredns-bin.sh first"
 cached_image "$NODE" build_node
+# Node images of earlier CoreDNS builds or recipes: their tars go, and so do
+# the images where no cluster uses them (docker refuses those in use).
+for t in "$CACHE"/images/kubelink-lab_node_*.tar; do
+  [[ -e $t && $t != "$CACHE/images/$(echo "$NODE" | tr '/:' '__').tar" ]] && rm -f "$t"
+done
+for i in $($DOCKER images --format '{{.Repository}}:{{.Tag}}' kubelink-lab/node); do
+  [[ $i == "$NODE" ]] || $DOCKER rmi "$i" >/dev/null 2>&1 || true
+done
 log "node image $NODE ready"
