@@ -157,7 +157,7 @@ cached_image "$NODE" build_node
 # Node images of earlier CoreDNS builds or recipes: their tars go, and so do
 # the images where no cluster uses them (docker refuses those in use).
 for t in "$CACHE"/images/kubelink-lab_node_*.tar; do
-  [[ -e $t && $t != "$CACHE/images/$(echo "$NODE" | tr '/:' '__').tar" ]] && rm -f "$t"
+  if [[ -e $t && $t != "$CACHE/images/$(echo "$NODE" | tr '/:' '__').tar" ]]; then rm -f "$t"; fi
 done
 for i in $($DOCKER images --format '{{.Repository}}:{{.Tag}}' kubelink-lab/node); do
   [[ $i == "$NODE" ]] || $DOCKER rmi "$i" >/dev/null 2>&1 || true
