@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,4 +79,47 @@ func TestIngressDeny(t *testing.T) {
 			}).Feature())
 	}
 	testenv.Test(t, fs...)
+}
+
+// The cluster address of each cluster sits on its active broker's pod,
+// where the broker's metrics listen on every address (:8080). A client of
+// the peer cluster reaches them through the mesh on no attempt of a 3 s
+// window (KUBELINK-LOCAL drops it), while a client of the cluster itself
+// reaches the same socket at the pod's IP: the port is open, only not to
+// the mesh. (MeshService ports on the cluster address stay reachable:
+// TestKubelinkctlVerify.)
+func TestClusterAddressOpensNoBrokerSocket(t *testing.T) {
+	var fs []features.Feature
+	for _, d := range []struct{ owner, peer *Cluster }{{lab.A, lab.B}, {lab.B, lab.A}} {
+		fs = append(fs, features.New("cluster address of "+d.owner.Name).Assess(d.peer.Name+" cannot open the broker pod's metrics port on "+d.owner.Name+"'s cluster address",
+			func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+				local, err := d.owner.Link(ctx, d.owner.Name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				addr, _, _ := strings.Cut(local.Spec.ClusterAddress, "/")
+				podIP := local.Status.GatewayPod
+				if addr == "" || podIP == "" {
+					t.Fatalf("%s: LocalLink has cluster address %q and gateway pod %q", d.owner.Name, addr, podIP)
+				}
+				// Control: the socket exists, seen from inside the cluster.
+				if _, err := d.owner.Wget(ctx, anyClient(ctx, t, d.owner), "http://"+podIP+":8080/metrics"); err != nil {
+					t.Fatalf("control: %s's broker metrics at its pod IP %s:8080: %v", d.owner.Name, podIP, err)
+				}
+				pod := anyClient(ctx, t, d.peer)
+				url := "http://" + addr + ":8080/metrics"
+				for i := range 3 {
+					out, err := d.peer.Wget(ctx, pod, url)
+					switch {
+					case err == nil:
+						t.Fatalf("attempt %d: %s reached %s through the mesh: %.80q", i+1, d.peer.Name, url, out)
+					case strings.Contains(err.Error(), "refused"):
+						t.Fatalf("attempt %d: %s's connection to %s was refused, i.e. it reached the pod: %v", i+1, d.peer.Name, url, err)
+					}
+				}
+				t.Logf("%s → %s: dropped on 3 of 3 attempts; the same port answers at the pod IP %s inside %s", d.peer.Name, url, podIP, d.owner.Name)
+				return ctx
+			}).Feature())
+	}
+	testenv.TestInParallel(t, fs...)
 }
