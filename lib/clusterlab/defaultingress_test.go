@@ -2,6 +2,7 @@ package clusterlab
 
 import (
 	"fmt"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -46,10 +47,18 @@ func defaultIngress(t *testing.T, bridge bool) {
 	a.WaitState("b", v1alpha1.StateUp, 5*time.Second)
 
 	apiAddr := fmt.Sprintf("%s:443", api)
-	// A's cluster address is closed to B but for the probe and MeshService
-	// ports: port 80 (no listener there) is dropped, not refused.
+	// A's cluster address is on its gateway node (node mode) and closed to
+	// B but for the probe and MeshService ports: a kubelet listening on all
+	// addresses of the node is not reached, nor is port 80 (no listener:
+	// dropped, not refused).
+	kubelet, err := serveHTTP(a.GW, netip.MustParseAddrPort("0.0.0.0:10250"), "kubelet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = kubelet.Close() })
 	local80 := a.MeshAddress.Addr().String() + ":80"
-	for addr, want := range map[string]string{a.ServiceIP.String(): "ok", local80: "dropped", apiAddr: "dropped"} {
+	localKubelet := a.MeshAddress.Addr().String() + ":10250"
+	for addr, want := range map[string]string{a.ServiceIP.String(): "ok", local80: "dropped", localKubelet: "dropped", apiAddr: "dropped"} {
 		if got := dialResult(b.Pod, addr); got != want {
 			t.Errorf("without ingress, B -> %s: %s, want %s", addr, got, want)
 		}
@@ -67,5 +76,8 @@ func defaultIngress(t *testing.T, bridge bool) {
 	// B reaches it (refused: no listener, but not dropped).
 	if got := dialResult(b.Pod, local80); got != "refused" {
 		t.Errorf("with the cluster address allowed, B -> %s: %s, want refused (reached)", local80, got)
+	}
+	if got := dialResult(b.Pod, localKubelet); got != "ok" {
+		t.Errorf("with the cluster address allowed, B -> the node's kubelet %s: %s, want ok (the control: the drop was the rule)", localKubelet, got)
 	}
 }
