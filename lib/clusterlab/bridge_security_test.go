@@ -209,6 +209,23 @@ func TestBridgeAntiSpoofingAndIngress(t *testing.T) {
 // returns what arrives at target in to's gateway up to the control.
 func injectSpoofed(t *testing.T, from, to *Cluster, spoofed netip.Addr, target netip.AddrPort, n int) []string {
 	t.Helper()
+	// The target is on to's cluster address, which admits nothing new but
+	// the probe and MeshService ports (KUBELINK-LOCAL). For as long as the
+	// datagrams fly, to's mesh-wide allow list names the address, which
+	// opens it to every member: so only the source check under test can
+	// keep a spoofed datagram out, whichever member's source it carries.
+	local := to.MeshAddress.Addr()
+	updateLink(t, to, to.Name, func(kl *v1alpha1.KubeLink) {
+		kl.Spec.Ingress = []string{to.MeshAddress.Masked().String(), to.ServiceCIDR.String(), local.String() + "/32"}
+	})
+	opened := func() bool {
+		return strings.Contains(to.GW.Run(t, "iptables", "-t", "mangle", "-S", mesh.ChainLocal), "-d "+local.String()+"/32 -j RETURN")
+	}
+	waitFor(t, "the cluster address to be opened to the members", 5*time.Second, opened)
+	defer func() {
+		updateLink(t, to, to.Name, func(kl *v1alpha1.KubeLink) { kl.Spec.Ingress = nil })
+		waitFor(t, "the cluster address to be closed again", 5*time.Second, func() bool { return !opened() })
+	}()
 	from.GW.Run(t, "ip", "addr", "add", spoofed.String()+"/32", "dev", "lo")
 	from.GW.Run(t, "iptables", "-t", "raw", "-A", "OUTPUT", "-s", spoofed.String(), "-j", "NOTRACK")
 	var pc net.PacketConn
