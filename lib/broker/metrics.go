@@ -48,7 +48,8 @@ func newMetrics() *metrics {
 		endpointPublished: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kubelink_broker_endpoint_published",
 			Help: "1 while the Service's EndpointSlice (--active-endpoint-slice) points at this broker, as last written or read back."}),
 	}
-	m.reg.MustRegister(m.links, m.linkUp, m.rx, m.tx, m.rtt, m.fwDrops, m.dataPlane, m.reconcileErrors, m.syncSeconds, m.leader, m.leaseUnconfirmed, m.endpointPublished)
+	m.reg.MustRegister(m.links, m.linkUp, m.rx, m.tx, m.rtt, m.fwDrops, m.dataPlane, m.reconcileErrors, m.syncSeconds, m.leader, m.leaseUnconfirmed, m.endpointPublished,
+		newLocalDrops())
 	return m
 }
 

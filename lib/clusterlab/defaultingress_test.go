@@ -63,6 +63,8 @@ func defaultIngress(t *testing.T, bridge bool) {
 			t.Errorf("without ingress, B -> %s: %s, want %s", addr, got, want)
 		}
 	}
+	// The drops at the cluster address are counted.
+	WaitMetric(t, a.GW, "kubelink_cluster_address_dropped_packets", 3*time.Second, func(v float64) bool { return v >= 2 })
 	// Control: an explicit allow list that covers the API server lets B
 	// in, so the drop above was the default policy, not a missing route.
 	updateLink(t, a, "b", func(kl *v1alpha1.KubeLink) {
