@@ -216,7 +216,9 @@ func injectSpoofed(t *testing.T, from, to *Cluster, spoofed netip.Addr, target n
 	// keep a spoofed datagram out, whichever member's source it carries.
 	local := to.MeshAddress.Addr()
 	updateLink(t, to, to.Name, func(kl *v1alpha1.KubeLink) {
-		kl.Spec.Ingress = []string{to.MeshAddress.Masked().String(), to.ServiceCIDR.String(), local.String() + "/32"}
+		// (not the mesh CIDR: the allow list is merged, and the address
+		// would be named only as part of it)
+		kl.Spec.Ingress = []string{to.ServiceCIDR.String(), local.String() + "/32"}
 	})
 	opened := func() bool {
 		return strings.Contains(to.GW.Run(t, "iptables", "-t", "mangle", "-S", mesh.ChainLocal), "-d "+local.String()+"/32 -j RETURN")
