@@ -205,11 +205,11 @@ func (g *gateway) enableForwarding(dev string) error {
 		return nil
 	}
 	var err error
-	if on, rerr := netapply.Forwarding(); rerr == nil && on {
-		err = nil
-	} else if g.rm.PodMode {
+	switch on, rerr := netapply.Forwarding(); {
+	case rerr == nil && on:
+	case g.rm.PodMode:
 		err = netapply.EnableDeviceForwarding(g.rm.Interface, dev)
-	} else {
+	default:
 		err = netapply.EnableForwarding(true, false)
 	}
 	if err != nil {

@@ -1,6 +1,7 @@
 package netapply
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -37,22 +38,16 @@ func TestDropUnNATedLetsAFlowFromBeforeTheRulesBeRewritten(t *testing.T) {
 	g.Run(t, "iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
 
 	const port = 40123
-	dialFrom := func(port int, to string, timeout time.Duration) error {
-		return c.Do(func() error {
-			d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP("10.110.1.2"), Port: port}}
-			conn, err := d.Dial("tcp", to)
-			if err != nil {
-				return err
-			}
-			return conn.Close()
-		})
+	dialPort := func(port int, to string, timeout time.Duration) error {
+		_, err := dialFrom(c, fmt.Sprintf("10.110.1.2:%d", port), to, timeout)
+		return err
 	}
 	// Before the rules: the SYNs leave un-rewritten and get no answer.
-	if err := dialFrom(port, "100.64.16.20:80", 300*time.Millisecond); err == nil {
+	if err := dialPort(port, "100.64.16.20:80", 300*time.Millisecond); err == nil {
 		t.Fatal("connected before the SNAT rules: the peer must not answer the pod address")
 	}
 	// A flow outside the scope: to the peer's underlay address.
-	if err := dialFrom(port+1, "172.30.0.2:82", 300*time.Millisecond); err == nil {
+	if err := dialPort(port+1, "172.30.0.2:82", 300*time.Millisecond); err == nil {
 		t.Fatal("connected to the underlay address: the peer must not answer the pod address")
 	}
 	m := oneMesh(t)
@@ -60,7 +55,7 @@ func TestDropUnNATedLetsAFlowFromBeforeTheRulesBeRewritten(t *testing.T) {
 
 	// With the rules in but the old entry kept, the same source port stays
 	// un-rewritten: this is the stuck connection.
-	if err := dialFrom(port, "100.64.16.20:80", 500*time.Millisecond); err == nil {
+	if err := dialPort(port, "100.64.16.20:80", 500*time.Millisecond); err == nil {
 		t.Fatal("the retry connected although its connection was tracked without SNAT; the test shows nothing")
 	}
 	if got := unNATedTo(t, g, "100.64.16.20"); got == 0 {
@@ -78,7 +73,7 @@ func TestDropUnNATedLetsAFlowFromBeforeTheRulesBeRewritten(t *testing.T) {
 	if got := unNATedTo(t, g, "172.30.0.2"); got == 0 {
 		t.Error("DropUnNATed deleted the entry of a flow outside the SNAT scope")
 	}
-	if err := dialFrom(port, "100.64.16.20:80", 2*time.Second); err != nil {
+	if err := dialPort(port, "100.64.16.20:80", 2*time.Second); err != nil {
 		t.Fatalf("the retry from the same source port after DropUnNATed: %v", err)
 	}
 	// Nothing left to delete, and the rewritten flow is not touched.

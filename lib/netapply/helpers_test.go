@@ -161,9 +161,26 @@ func serve(t *testing.T, ns *nstest.Namespace, addr, reply string) {
 
 // dial connects from inside ns and returns what the server said.
 func dial(ns *nstest.Namespace, addr string, timeout time.Duration) (string, error) {
+	return dialFrom(ns, "", addr, timeout)
+}
+
+// dialFrom is dial from the local address src ("ip" or "ip:port"; "" lets
+// the kernel choose).
+func dialFrom(ns *nstest.Namespace, src, addr string, timeout time.Duration) (string, error) {
+	d := net.Dialer{Timeout: timeout}
+	if src != "" {
+		if !strings.Contains(src, ":") {
+			src += ":0"
+		}
+		a, err := net.ResolveTCPAddr("tcp", src)
+		if err != nil {
+			return "", err
+		}
+		d.LocalAddr = a
+	}
 	var reply string
 	err := ns.Do(func() error {
-		c, err := net.DialTimeout("tcp", addr, timeout)
+		c, err := d.Dial("tcp", addr)
 		if err != nil {
 			return err
 		}

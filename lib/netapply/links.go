@@ -170,16 +170,6 @@ func Forwarding() (bool, error) {
 	return strings.TrimSpace(string(b)) == "1", nil
 }
 
-// DeviceForwarding reports whether IPv4 forwarding is on for packets
-// arriving on the device (net.ipv4.conf.<dev>.forwarding).
-func DeviceForwarding(name string) (bool, error) {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + name + "/forwarding")
-	if err != nil {
-		return false, err
-	}
-	return strings.TrimSpace(string(b)) == "1", nil
-}
-
 func linkByName(name string) (netlink.Link, error) {
 	link, err := netlink.LinkByName(name)
 	var missing netlink.LinkNotFoundError

@@ -149,8 +149,9 @@ func TestEnableDeviceForwardingNeedsOnlyNetAdmin(t *testing.T) {
 	}
 	do(t, g, func() error {
 		for _, d := range []string{"c0", "s0"} {
-			if on, err := DeviceForwarding(d); err != nil || !on {
-				return fmt.Errorf("DeviceForwarding(%s) = %v, %v; want true", d, on, err)
+			b, err := os.ReadFile("/proc/sys/net/ipv4/conf/" + d + "/forwarding")
+			if err != nil || strings.TrimSpace(string(b)) != "1" {
+				return fmt.Errorf("net.ipv4.conf.%s.forwarding = %q, %v; want 1", d, b, err)
 			}
 		}
 		return nil

@@ -106,22 +106,3 @@ func udpEcho(t *testing.T, ns *nstest.Namespace, addr string) {
 		}
 	}()
 }
-
-// dialFrom is dial with the local address src.
-func dialFrom(ns *nstest.Namespace, src, addr string, timeout time.Duration) (string, error) {
-	var reply string
-	err := ns.Do(func() error {
-		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
-		c, err := d.Dial("tcp", addr)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		b := make([]byte, 64)
-		n, _ := c.Read(b)
-		reply = string(b[:n])
-		return nil
-	})
-	return reply, err
-}
