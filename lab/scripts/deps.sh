@@ -6,7 +6,8 @@
 # all come through here, so CI installs exactly what a user's first command
 # installs — nothing more.
 #   test  what `make test` execs: ip, iptables(-restore), nft, conntrack,
-#         iperf3 (throughput checks), ps/pkill, modprobe, wg (read-back check)
+#         iperf3 (throughput checks), ps/pkill, modprobe, wg (read-back check),
+#         setpriv (a test runs a helper with NET_ADMIN only)
 #   bench the same as test (iperf3 is the measuring tool)
 #   kernel `make test-kernel`: qemu-system-x86 (the VM that boots a kernel with
 #         WireGuard; the kernel itself comes from lab/scripts/vm-kernel.sh),
@@ -15,7 +16,7 @@
 #         (offline node image), jq, openssl, curl (the lab registry's readiness)
 set -euo pipefail
 declare -A group=(
-  [test]="ca-certificates git iproute2 iptables nftables conntrack iperf3 procps kmod wireguard-tools"
+  [test]="ca-certificates git iproute2 iptables nftables conntrack iperf3 procps kmod wireguard-tools util-linux"
   [bench]="ca-certificates git iproute2 iptables nftables conntrack iperf3 procps kmod"
   [kernel]="ca-certificates iproute2 wireguard-tools qemu-system-x86"
   [lab]="ca-certificates curl git iproute2 iptables docker.io debootstrap jq openssl procps"
