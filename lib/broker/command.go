@@ -65,6 +65,8 @@ func Main(name, short, fixedMode string) {
 	f.DurationVar(&c.LeaseDuration, "lease-duration", c.LeaseDuration, "Lease duration")
 	f.DurationVar(&c.RenewDeadline, "lease-renew-deadline", c.RenewDeadline, "Lease renew deadline")
 	f.DurationVar(&c.RetryPeriod, "lease-retry-period", c.RetryPeriod, "Lease retry period")
+	f.IntVar(&c.FencePort, "fence-port", c.FencePort, "UDP port on which the active broker, on its pod (node) IP, takes the request of a standby that took its lease over to stop its data plane (one gateway at a time also when only this node lost the API server); the same on every replica, brokers splitting the meshes on one node need different ones; 0: off")
+	f.DurationVar(&c.FenceWait, "fence-wait", c.FenceWait, "how long a broker that took the lease over waits for the previous holder to confirm it stopped before it opens its data plane anyway (a dead node never answers)")
 	f.StringVar(&c.Identity, "identity", kubeflags.DefaultIdentity(), "identity of this replica in the Lease")
 	f.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "address serving /healthz, /readyz and /metrics (empty: off)")
 	f.StringVar(&c.ActiveEndpointSlice, "active-endpoint-slice", c.ActiveEndpointSlice, "while active, point this EndpointSlice of --active-service at this pod (the Service has no selector; every healthy replica is then Ready); empty: only the active replica is Ready")

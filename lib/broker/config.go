@@ -79,6 +79,12 @@ type Config struct {
 	RenewDeadline time.Duration
 	RetryPeriod   time.Duration
 	Identity      string
+	// FencePort is the UDP port on which the active broker takes fence
+	// requests of a standby that took its lease over (fence.go); 0: off.
+	FencePort int
+	// FenceWait bounds how long a new holder waits for the old one to
+	// acknowledge the fence before it opens its data plane anyway.
+	FenceWait time.Duration
 
 	MetricsAddr string
 
@@ -108,7 +114,7 @@ func Defaults() Config {
 		ProbeInterval: 500 * time.Millisecond, ProbeDownAfter: 1500 * time.Millisecond, ProbePort: probe.DefaultPort,
 		HealthEvery: 10 * time.Second, Resync: 10 * time.Second,
 		LeaderElect: true, LeaseName: "kubelink-broker", LeaseDuration: 4 * time.Second,
-		RenewDeadline: 3 * time.Second, RetryPeriod: 200 * time.Millisecond,
+		RenewDeadline: 3 * time.Second, RetryPeriod: 200 * time.Millisecond, FencePort: 8776, FenceWait: 1500 * time.Millisecond,
 		MetricsAddr: ":8080", AutoConnectLargestCIDR: 16,
 	}
 }
@@ -178,6 +184,12 @@ func (c *Config) Validate() error {
 	}
 	if c.LeaderElect && !(c.LeaseDuration > c.RenewDeadline && c.RenewDeadline > c.RetryPeriod) {
 		errs = append(errs, errors.New("leader election needs --lease-duration > --lease-renew-deadline > --lease-retry-period"))
+	}
+	if c.FencePort < 0 || c.FencePort > 65535 {
+		errs = append(errs, fmt.Errorf("--fence-port=%d: must be 0 (off) or 1-65535", c.FencePort))
+	}
+	if c.FencePort != 0 && c.FenceWait <= 0 {
+		errs = append(errs, fmt.Errorf("--fence-wait=%s: must be positive", c.FenceWait))
 	}
 	if c.ActiveEndpointSlice != "" {
 		if c.ActiveService == "" {

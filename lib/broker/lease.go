@@ -27,7 +27,8 @@ import (
 //
 // So an API outage stops nothing and flips nothing; a broker that dies
 // (without releasing) is replaced after the lease duration, one that shuts
-// down (releasing) at once.
+// down (releasing) at once. A holder cut off alone is told to stop by the
+// standby that takes over (fence.go).
 type elector struct {
 	lock                          resourcelock.Interface
 	id                            string
@@ -39,6 +40,15 @@ type elector struct {
 	observed                      bool // observedRecord holds a successful read
 	observedRecord                resourcelock.LeaderElectionRecord
 	observedAt, lastRenew, warned time.Time
+	// The holding period of this broker (set by a successful acquisition,
+	// for the fence, fence.go): epoch is the Lease's leaderTransitions and
+	// acquired its acquireTime (as the Lease stores it, in microseconds).
+	// tookFrom is the holder whose expired lease it took and tookAcquired
+	// that holder's acquireTime; "" and zero when the lease was free,
+	// released or its own.
+	epoch                  uint64
+	acquired, tookAcquired time.Time
+	tookFrom               string
 	// confirmedAt is when the last successful acquisition or renewal was
 	// sent (before the request: the server applied it no earlier), for
 	// other goroutines; zero: never.
@@ -143,6 +153,7 @@ func (e *elector) tryAcquire(ctx context.Context) bool {
 			return false
 		}
 		e.confirm(sent)
+		e.epoch, e.acquired, e.tookFrom, e.tookAcquired = 0, sent.Truncate(time.Microsecond), "", time.Time{}
 		return true
 	}
 	if err != nil {
@@ -165,6 +176,10 @@ func (e *elector) tryAcquire(ctx context.Context) bool {
 		return false
 	}
 	e.confirm(sent)
+	e.epoch, e.acquired, e.tookFrom, e.tookAcquired = uint64(max(transitions, 0)), acquired.Truncate(time.Microsecond), "", time.Time{}
+	if held {
+		e.tookFrom, e.tookAcquired = rec.HolderIdentity, rec.AcquireTime.Time
+	}
 	return true
 }
 

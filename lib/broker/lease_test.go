@@ -101,6 +101,7 @@ func TestLeaseSurvivesAPIOutage(t *testing.T) {
 	if !acquiredWithin(a, 5*time.Second) {
 		t.Fatal("a did not acquire the free lease")
 	}
+	checkEpoch(t, a, 0, "")
 	stopA, heldA := holdInBackground(t, a)
 	if acquiredWithin(b, 3*a.leaseDuration) {
 		t.Fatal("b acquired the lease a holds and renews")
@@ -152,6 +153,7 @@ func TestLeaseSurvivesAPIOutage(t *testing.T) {
 	if !acquiredWithin(b, 4*a.leaseDuration) {
 		t.Fatal("b did not take over the lease of a holder cut off from the API")
 	}
+	checkEpoch(t, b, 1, "a") // a is fenced (fence.go)
 	if took := time.Since(lastRenew); took < a.leaseDuration {
 		t.Errorf("b took over %s after a's last renewal, before the lease duration %s", took, a.leaseDuration)
 	}
@@ -182,6 +184,7 @@ func TestLeaseSurvivesAPIOutage(t *testing.T) {
 	if !acquiredWithin(a, 4*a.leaseDuration) {
 		t.Fatal("a did not take over after b died")
 	}
+	checkEpoch(t, a, 2, "b")
 	if took := time.Since(lastRenew); took < a.leaseDuration {
 		t.Errorf("a took over %s after b's last renewal, before the lease duration %s", took, a.leaseDuration)
 	}
@@ -192,7 +195,18 @@ func TestLeaseSurvivesAPIOutage(t *testing.T) {
 	if !acquiredWithin(b, time.Second) {
 		t.Fatal("b did not take over a released lease within a second")
 	}
+	checkEpoch(t, b, 3, "") // released: nobody to fence
 	t.Logf("released lease taken over after %s", time.Since(released).Round(time.Millisecond))
+}
+
+// checkEpoch: c's holding period is the Lease's epoch, and it took the
+// lease from tookFrom (whose expired lease it took; "" when free or
+// released).
+func checkEpoch(t *testing.T, c *leaseCandidate, epoch uint64, tookFrom string) {
+	t.Helper()
+	if c.epoch != epoch || c.tookFrom != tookFrom {
+		t.Errorf("%s holds epoch %d taken from %q, want epoch %d from %q", c.id, c.epoch, c.tookFrom, epoch, tookFrom)
+	}
 }
 
 // Two renewals within one second are two records: a standby that took them

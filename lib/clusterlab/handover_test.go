@@ -104,17 +104,7 @@ func hasLink(ns *nstest.Namespace, name string) bool {
 // every sample, after it got there.
 func assertEndpointStays(t *testing.T, c *wgctrl.Client, device string, want netip.Addr, window time.Duration) {
 	t.Helper()
-	current := func() (netip.Addr, error) {
-		d, err := c.Device(device)
-		if err != nil {
-			return netip.Addr{}, err
-		}
-		if len(d.Peers) != 1 || d.Peers[0].Endpoint == nil {
-			return netip.Addr{}, fmt.Errorf("peers %+v", d.Peers)
-		}
-		ip, _ := netip.AddrFromSlice(d.Peers[0].Endpoint.IP)
-		return ip.Unmap(), nil
-	}
+	current := func() (netip.Addr, error) { return peerEndpoint(c, device) }
 	waitFor(t, "B's endpoint for A to be the active gateway "+want.String(), 5*time.Second, func() bool {
 		ip, err := current()
 		return err == nil && ip == want
@@ -135,4 +125,17 @@ func assertEndpointStays(t *testing.T, c *wgctrl.Client, device string, want net
 	if moved > 0 {
 		t.Errorf("B's endpoint for A left the active gateway %s in %d of %d samples over %s (to %s): a second device sends with A's key", want, moved, samples, window, away)
 	}
+}
+
+// peerEndpoint is the endpoint address of the one peer of device.
+func peerEndpoint(c *wgctrl.Client, device string) (netip.Addr, error) {
+	d, err := c.Device(device)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if len(d.Peers) != 1 || d.Peers[0].Endpoint == nil {
+		return netip.Addr{}, fmt.Errorf("peers %+v", d.Peers)
+	}
+	ip, _ := netip.AddrFromSlice(d.Peers[0].Endpoint.IP)
+	return ip.Unmap(), nil
 }

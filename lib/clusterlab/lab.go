@@ -57,7 +57,7 @@ type Cluster struct {
 	PrivateKey          mesh.Key
 
 	kubeconfigs map[*nstest.Namespace]string
-	apiProxies  []*testenv.Proxy
+	apiProxies  map[*nstest.Namespace]*testenv.Proxy
 	t           testing.TB
 }
 
@@ -101,7 +101,7 @@ func serviceCIDR(i int) netip.Prefix {
 func newCluster(t testing.TB, i int, plugInet func(*nstest.Namespace, string, string), plane *testenv.ControlPlane) *Cluster {
 	name := clusterName(i)
 	c := &Cluster{
-		Name: name, Index: i, t: t, kubeconfigs: map[*nstest.Namespace]string{},
+		Name: name, Index: i, t: t, kubeconfigs: map[*nstest.Namespace]string{}, apiProxies: map[*nstest.Namespace]*testenv.Proxy{},
 		GWIP: netip.MustParseAddr("10.10.0.1"), GW2IP: netip.MustParseAddr("10.10.0.2"), NodeIP: netip.MustParseAddr("10.10.0.3"),
 		InetIP:      netip.MustParseAddr(fmt.Sprintf("172.30.0.%d", 10*i+1)),
 		Inet2IP:     netip.MustParseAddr(fmt.Sprintf("172.30.0.%d", 10*i+2)),
@@ -186,8 +186,15 @@ func (c *Cluster) Kubeconfig(ns *nstest.Namespace) string {
 	}
 	p, proxy := apiForward(c.t, ns, c.Plane)
 	c.kubeconfigs[ns] = p
-	c.apiProxies = append(c.apiProxies, proxy)
+	c.apiProxies[ns] = proxy
 	return p
+}
+
+// SetAPIDownFor cuts (true) or restores (false) the API server for the
+// kubelink processes in ns only, as when one node loses it.
+func (c *Cluster) SetAPIDownFor(ns *nstest.Namespace, down bool) {
+	c.Kubeconfig(ns)
+	c.apiProxies[ns].SetDown(down)
 }
 
 // SetAPIDown cuts (true) or restores (false) the API server for every
