@@ -59,10 +59,15 @@ deps: ## install the Debian packages `make test` needs (only the missing ones; l
 .PHONY: tools
 tools: $(CONTROLLER_GEN) $(STATICCHECK) $(HELM) ## build the pinned dev tools (controller-gen, staticcheck, helm) into the cache
 
+# The static configuration and the k8s.io module versions of lib: the
+# libraries controller-gen compiles on a cold machine are the ones make lint
+# compiles next, so they are compiled once. The other build modules under
+# lab/tools (k8s, etcd, coredns, helm) keep their shared modules at lib's
+# (helm: kubelinkctl's) versions for the same reason.
 $(CONTROLLER_GEN) $(STATICCHECK): lab/tools/dev/go.mod lab/tools/dev/go.sum
 	@mkdir -p $(TOOLS)
-	cd lab/tools/dev && GOWORK=off go build -o $(CONTROLLER_GEN) sigs.k8s.io/controller-tools/cmd/controller-gen
-	cd lab/tools/dev && GOWORK=off go build -o $(STATICCHECK) honnef.co/go/tools/cmd/staticcheck
+	cd lab/tools/dev && GOWORK=off $(STATIC_GO) go build -o $(CONTROLLER_GEN) sigs.k8s.io/controller-tools/cmd/controller-gen
+	cd lab/tools/dev && GOWORK=off $(STATIC_GO) go build -o $(STATICCHECK) honnef.co/go/tools/cmd/staticcheck
 
 # helm lint and helm template in the chart tests (lib/chart), and the lab's
 # installs; its own module, so its Kubernetes modules stay out of go.work.

@@ -16,6 +16,22 @@ OUT=$CACHE/bin/$K8S_VERSION
 COMPONENTS=${*:-kube-apiserver etcd kubectl}
 mkdir -p "$OUT"
 
+# The binaries are cached by Kubernetes version, and rebuilt when the
+# modules they are built from change: $OUT/.stamp holds a hash of the two
+# build modules (go.mod and go.sum) and of this script; node-image.sh puts
+# it in the node image's tag.
+STAMP=$(cat "$ROOT"/lab/tools/k8s/go.{mod,sum} "$ROOT"/lab/tools/etcd/go.{mod,sum} "$0" | sha256sum | cut -c1-12)
+exec {stamplock}>"$OUT/.stamp.lock"
+flock "$stamplock"
+if [[ $(cat "$OUT/.stamp" 2>/dev/null) != "$STAMP" ]]; then
+  if compgen -G "$OUT/*" >/dev/null; then
+    echo "the build modules changed (stamp $STAMP): rebuilding the binaries in $OUT"
+  fi
+  rm -f "$OUT"/*
+  echo "$STAMP" >"$OUT/.stamp"
+fi
+exec {stamplock}>&-
+
 ldflags() {
   local ld="-s -w" date
   date=$(date -u +%Y-%m-%dT%H:%M:%SZ)

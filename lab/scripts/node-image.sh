@@ -21,7 +21,10 @@ COREDNS_BIN=$CACHE/bin/coredns-v1.14.0/coredns
 # The node image holds our CoreDNS build as the cluster DNS: its tag names
 # the build (coredns-bin.sh's stamp), so a new build makes a new node image.
 DNS_STAMP=$(head -c 8 "$COREDNS_BIN.stamp" 2>/dev/null || true)
-NODE=kubelink-lab/node:$K8S_VERSION-r$RECIPE-dns${DNS_STAMP:-none}
+# The same for the Kubernetes binaries (k8s-bins.sh's stamp: the modules
+# they were built from); the control-plane images carry it as a label.
+K8S_STAMP=$(head -c 8 "$BIN/.stamp" 2>/dev/null || true)
+NODE=kubelink-lab/node:$K8S_VERSION-r$RECIPE-dns${DNS_STAMP:-none}-k8s${K8S_STAMP:-none}
 CP_IMAGES="registry.k8s.io/kube-apiserver:$K8S_VERSION registry.k8s.io/kube-controller-manager:$K8S_VERSION
 registry.k8s.io/kube-scheduler:$K8S_VERSION registry.k8s.io/kube-proxy:$K8S_VERSION registry.k8s.io/etcd:3.6.5-0
 registry.k8s.io/coredns/coredns:v1.12.1 registry.k8s.io/pause:3.10.1 registry.k8s.io/pause:3.10"
@@ -87,18 +90,23 @@ static_image() {
   printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534::/:/sbin/nologin\n' >"$t/etc/passwd"
   printf 'root:x:0:\nnobody:x:65534:\n' >"$t/etc/group"
   echo 'hosts: files dns' >"$t/etc/nsswitch.conf"
-  import_rootfs "$t" "$img" --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin'
+  import_rootfs "$t" "$img" --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' --change "LABEL kubelink.k8s-stamp=$K8S_STAMP"
+}
+
+# current_image IMAGE: IMAGE is there and built from the current binaries.
+current_image() {
+  [[ $($DOCKER image inspect -f '{{index .Config.Labels "kubelink.k8s-stamp"}}' "$1" 2>/dev/null) == "$K8S_STAMP" ]]
 }
 
 control_plane_images() {
   local c
   for c in kube-apiserver kube-controller-manager kube-scheduler; do
-    have_image "registry.k8s.io/$c:$K8S_VERSION" || static_image "registry.k8s.io/$c:$K8S_VERSION" "$BIN/$c"
+    current_image "registry.k8s.io/$c:$K8S_VERSION" || static_image "registry.k8s.io/$c:$K8S_VERSION" "$BIN/$c"
   done
-  have_image registry.k8s.io/etcd:3.6.5-0 || static_image registry.k8s.io/etcd:3.6.5-0 "$BIN/etcd"
-  if ! have_image "registry.k8s.io/kube-proxy:$K8S_VERSION"; then
+  current_image registry.k8s.io/etcd:3.6.5-0 || static_image registry.k8s.io/etcd:3.6.5-0 "$BIN/etcd"
+  if ! current_image "registry.k8s.io/kube-proxy:$K8S_VERSION"; then
     mkdir -p "$WORK/proxy"; install -m 0755 "$BIN/kube-proxy" "$WORK/proxy/"
-    printf 'FROM %s\nCOPY kube-proxy /usr/local/bin/kube-proxy\n' "$DEBIAN_NET" >"$WORK/proxy/Dockerfile"
+    printf 'FROM %s\nCOPY kube-proxy /usr/local/bin/kube-proxy\nLABEL kubelink.k8s-stamp=%s\n' "$DEBIAN_NET" "$K8S_STAMP" >"$WORK/proxy/Dockerfile"
     DOCKER_BUILDKIT=0 $DOCKER build -q -t "registry.k8s.io/kube-proxy:$K8S_VERSION" "$WORK/proxy" >/dev/null
   fi
   # Our CoreDNS build (v1.14.0: the upstream plugins kubelink and a cluster

@@ -8,6 +8,7 @@
 # as kind documents for a local registry. Its storage is the docker volume
 # kubelink-registry: lab-down removes the container and keeps the volume.
 #
+#   registry.sh build              build the binary if it is missing or stale
 #   registry.sh start              build what is missing and run the registry
 #   registry.sh push TAG IMAGE...  tag IMAGE:TAG as localhost:5001/IMAGE:TAG and push it
 #   registry.sh configure-node N   point node container N's containerd at the registry
@@ -109,9 +110,10 @@ stop() {
 }
 
 case ${1:-} in
+  build) build_binary ;;
   start) start ;;
   push) shift; push "$@" ;;
   configure-node) configure_node "${2:?node}" ;;
   stop) stop "${2:-}" ;;
-  *) die "usage: registry.sh start | push TAG IMAGE... | configure-node NODE | stop [--data]" ;;
+  *) die "usage: registry.sh build | start | push TAG IMAGE... | configure-node NODE | stop [--data]" ;;
 esac
