@@ -16,21 +16,17 @@ OUT=$CACHE/bin/$K8S_VERSION
 COMPONENTS=${*:-kube-apiserver etcd kubectl}
 mkdir -p "$OUT"
 
-# The binaries are cached by Kubernetes version, and rebuilt when the
-# modules they are built from change: $OUT/.stamp holds a hash of the two
-# build modules (go.mod and go.sum) and of this script; node-image.sh puts
-# it in the node image's tag.
-STAMP=$(cat "$ROOT"/lab/tools/k8s/go.{mod,sum} "$ROOT"/lab/tools/etcd/go.{mod,sum} "$0" | sha256sum | cut -c1-12)
-exec {stamplock}>"$OUT/.stamp.lock"
-flock "$stamplock"
-if [[ $(cat "$OUT/.stamp" 2>/dev/null) != "$STAMP" ]]; then
-  if compgen -G "$OUT/*" >/dev/null; then
-    echo "the build modules changed (stamp $STAMP): rebuilding the binaries in $OUT"
-  fi
-  rm -f "$OUT"/*
-  echo "$STAMP" >"$OUT/.stamp"
-fi
-exec {stamplock}>&-
+# The binaries are cached by Kubernetes version, and rebuilt when what they
+# are built from changes: each <component>.stamp holds a hash of the two
+# build modules (go.mod, go.sum, etcd's main.go), the Go version and RECIPE
+# (bump it when the build flags below change). Checked and written under
+# the component's lock, and a binary is only ever replaced (mv), never
+# removed, so a test that starts it meanwhile gets one or the other.
+# node-image.sh names the stamps in the node image's tag.
+RECIPE=1
+STAMP=$({ cat "$ROOT"/lab/tools/k8s/go.{mod,sum} "$ROOT"/lab/tools/etcd/go.{mod,sum} "$ROOT"/lab/tools/etcd/*.go
+  go env GOVERSION; echo "recipe $RECIPE"; } | sha256sum | cut -c1-12)
+current() { [[ -x $OUT/$1 && $(cat "$OUT/$1.stamp" 2>/dev/null) == "$STAMP" ]]; }
 
 ldflags() {
   local ld="-s -w" date
@@ -44,7 +40,7 @@ ldflags() {
 }
 
 for c in $COMPONENTS; do
-  if [[ -x $OUT/$c ]]; then
+  if current "$c"; then
     echo "cached $OUT/$c"
     continue
   fi
@@ -53,11 +49,12 @@ for c in $COMPONENTS; do
   # temporary file (and the second mv fails).
   exec {lock}>"$OUT/.$c.lock"
   flock "$lock"
-  if [[ -x $OUT/$c ]]; then
+  if current "$c"; then
     echo "cached $OUT/$c (built meanwhile)"
     exec {lock}>&-
     continue
   fi
+  [[ ! -e $OUT/$c ]] || echo "$c: the build modules changed (stamp $STAMP): rebuilding"
   start=$(date +%s)
   case $c in
     etcd)
@@ -70,6 +67,7 @@ for c in $COMPONENTS; do
     *) echo "unknown component $c" >&2; exit 2 ;;
   esac
   mv "$OUT/$c.tmp" "$OUT/$c"   # atomic: a killed build never leaves a half binary
+  echo "$STAMP" >"$OUT/$c.stamp"
   echo "built $OUT/$c in $(( $(date +%s) - start ))s"
   exec {lock}>&-
 done

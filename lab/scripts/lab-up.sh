@@ -38,10 +38,12 @@ start=$(date +%s)
 bases=""
 if [[ -z $NODE_IMAGE ]]; then
   mkdir -p "$LAB_DIR"
-  "$ROOT/lab/scripts/node-image.sh" --bases-only >"$LAB_DIR/node-bases.log" 2>&1 &
+  # Its own process group (setsid), so that stopping it stops its
+  # children (debootstrap, the compiler) too.
+  setsid "$ROOT/lab/scripts/node-image.sh" --bases-only >"$LAB_DIR/node-bases.log" 2>&1 &
   bases=$!
   # If lab-up stops early, so does the build (its own trap removes its tree).
-  trap '[[ -z $bases ]] || kill "$bases" 2>/dev/null || true' EXIT
+  trap '[[ -z $bases ]] || kill -- "-$bases" 2>/dev/null || true' EXIT
 fi
 "$ROOT/lab/scripts/k8s-bins.sh" kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubeadm kubectl etcd
 "$ROOT/lab/scripts/coredns-bin.sh"
@@ -54,9 +56,9 @@ bases=""
 # The registry's binary compiles (CPU) while the node image and the images
 # are assembled (docker: disk); a cold machine saves most of a minute.
 mkdir -p "$LAB_DIR"
-"$ROOT/lab/scripts/registry.sh" build >"$LAB_DIR/registry-build.log" 2>&1 &
+setsid "$ROOT/lab/scripts/registry.sh" build >"$LAB_DIR/registry-build.log" 2>&1 &
 regbuild=$!
-trap '[[ -z $regbuild ]] || kill "$regbuild" 2>/dev/null || true' EXIT
+trap '[[ -z $regbuild ]] || kill -- "-$regbuild" 2>/dev/null || true' EXIT
 if [[ -z $NODE_IMAGE ]]; then
   "$ROOT/lab/scripts/node-image.sh"
   NODE_IMAGE=$("$ROOT/lab/scripts/node-image.sh" --print-node-image)

@@ -23,7 +23,7 @@ COREDNS_BIN=$CACHE/bin/coredns-v1.14.0/coredns
 DNS_STAMP=$(head -c 8 "$COREDNS_BIN.stamp" 2>/dev/null || true)
 # The same for the Kubernetes binaries (k8s-bins.sh's stamp: the modules
 # they were built from); the control-plane images carry it as a label.
-K8S_STAMP=$(head -c 8 "$BIN/.stamp" 2>/dev/null || true)
+K8S_STAMP=$({ cat "$BIN"/{kube-apiserver,kube-controller-manager,kube-scheduler,kube-proxy,kubelet,kubeadm,kubectl,etcd}.stamp 2>/dev/null || true; } | sha256sum | cut -c1-8)
 NODE=kubelink-lab/node:$K8S_VERSION-r$RECIPE-dns${DNS_STAMP:-none}-k8s${K8S_STAMP:-none}
 CP_IMAGES="registry.k8s.io/kube-apiserver:$K8S_VERSION registry.k8s.io/kube-controller-manager:$K8S_VERSION
 registry.k8s.io/kube-scheduler:$K8S_VERSION registry.k8s.io/kube-proxy:$K8S_VERSION registry.k8s.io/etcd:3.6.5-0
