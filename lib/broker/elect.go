@@ -139,10 +139,13 @@ func (b *Broker) fenceAddr() netip.Addr {
 	return b.rm.NodeIP
 }
 
+// fencing: the fence is on (--fence-port), and there is a data plane to stop.
+func (b *Broker) fencing() bool { return b.cfg.FencePort != 0 && b.cfg.Mode != ModeNone }
+
 // listenFence opens the fence listener; nil when off or failed (logged:
 // a standby taking over then starts after fenceWait without the stop).
 func (b *Broker) listenFence() *net.UDPConn {
-	if b.cfg.FencePort == 0 || b.cfg.Mode == ModeNone {
+	if !b.fencing() {
 		return nil
 	}
 	addr := netip.AddrPortFrom(b.fenceAddr(), uint16(b.cfg.FencePort))
@@ -159,7 +162,7 @@ func (b *Broker) listenFence() *net.UDPConn {
 // --fence-wait (all addresses at once). It logs the outcome; the data
 // plane opens in any case.
 func (b *Broker) fencePrevious(ctx context.Context, e *elector) {
-	if b.cfg.FencePort == 0 || b.cfg.Mode == ModeNone {
+	if !b.fencing() {
 		return
 	}
 	previous := e.tookFrom

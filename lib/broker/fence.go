@@ -253,6 +253,8 @@ func sendFence(ctx context.Context, addr netip.AddrPort, req fenceMsg, key []byt
 	if err != nil {
 		return fenceUnanswered, err
 	}
+	want := req // the acknowledgement: the request, as the other kind
+	want.Kind = fenceAck
 	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
 	if err != nil {
 		return fenceUnanswered, err
@@ -280,9 +282,7 @@ func sendFence(ctx context.Context, addr netip.AddrPort, req fenceMsg, key []byt
 				time.Sleep(time.Until(tick))
 				break
 			}
-			ack, err := parseFence(buf[:n], key)
-			if err == nil && ack.Kind == fenceAck && ack.Nonce == req.Nonce && ack.Epoch == req.Epoch &&
-				ack.TargetAcquired == req.TargetAcquired && ack.Lease == req.Lease && ack.Target == req.Target && ack.Sender == req.Sender {
+			if ack, err := parseFence(buf[:n], key); err == nil && ack == want {
 				return fenceAcked, nil
 			}
 		}

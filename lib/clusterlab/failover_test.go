@@ -23,18 +23,7 @@ func TestGatewayFailoverToStandbyBroker(t *testing.T) {
 	serialTiming(t)
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
-	a.StartRouter(lab)
-	b.StartRouter(lab)
-	active := a.StartBroker(lab, a.GW)
-	waitFor(t, "the first broker to become active", 5*time.Second, func() bool {
-		body, err := Get(a.GW, metricsAddr, "/readyz", time.Second)
-		return err == nil && strings.Contains(body, "ok")
-	})
-	a.StartBroker(lab, a.GW2)
-	b.StartBroker(lab, b.GW)
-	Connect(a, b)
-	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
-	a.WaitState("b", v1alpha1.StateUp, 5*time.Second)
+	active, _, _ := startActiveStandby(t, lab, nil, nil)
 
 	// Readiness follows the Lease, so a Service selecting ready brokers
 	// follows the active one.

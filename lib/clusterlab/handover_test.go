@@ -25,21 +25,12 @@ func TestGatewayHandoverLeavesNoSecondDevice(t *testing.T) {
 	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
-	a.StartRouter(lab)
-	b.StartRouter(lab)
 	// A 1 s keepalive makes a leftover device show within a second.
 	keepalive := []string{"--keepalive", "1s"}
-	first := a.StartBroker(lab, a.GW, keepalive...)
-	waitFor(t, "the first broker to become active", 5*time.Second, func() bool {
-		body, err := Get(a.GW, metricsAddr, "/readyz", time.Second)
-		return err == nil && strings.Contains(body, "ok")
-	})
-	second := a.StartBroker(lab, a.GW2, keepalive...)
-	bBroker := b.StartBroker(lab, b.GW, keepalive...)
-	Connect(a, b)
-	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
-	_, kl := a.WaitState("b", v1alpha1.StateUp, 5*time.Second)
-	t.Logf("dataPlane: %s (broker status)", kl.Status.DataPlane)
+	first, second, bBroker := startActiveStandby(t, lab, keepalive, keepalive)
+	if kl, err := a.Link("b"); err == nil {
+		t.Logf("dataPlane: %s (broker status)", kl.Status.DataPlane)
+	}
 	bDevice := wgDeviceReader(t, b.GW)
 	bDev := bBroker.Device
 
@@ -81,6 +72,28 @@ func TestGatewayHandoverLeavesNoSecondDevice(t *testing.T) {
 	WaitGet(t, a.Pod, b.ServiceIP, 10*time.Second)
 	t.Logf("graceful stop: A -> B back %s after SIGTERM", time.Since(stopped).Round(time.Millisecond))
 	assertEndpointStays(t, bDevice, bDev, a.InetIP, 4*time.Second)
+}
+
+// startActiveStandby starts both clusters' routers, A's broker on GW and,
+// once it is active, A's standby on GW2 (both with aFlags) and B's broker
+// (bFlags); it connects A and B over WireGuard and waits until A reaches B
+// and the link is Up.
+func startActiveStandby(t *testing.T, lab *Lab, aFlags, bFlags []string) (active, standby, bBroker *Process) {
+	t.Helper()
+	a, b := lab.Clusters[0], lab.Clusters[1]
+	a.StartRouter(lab)
+	b.StartRouter(lab)
+	active = a.StartBroker(lab, a.GW, aFlags...)
+	waitFor(t, "the first broker to become active", 5*time.Second, func() bool {
+		body, err := Get(a.GW, metricsAddr, "/readyz", time.Second)
+		return err == nil && strings.Contains(body, "ok")
+	})
+	standby = a.StartBroker(lab, a.GW2, aFlags...)
+	bBroker = b.StartBroker(lab, b.GW, bFlags...)
+	Connect(a, b)
+	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
+	a.WaitState("b", v1alpha1.StateUp, 5*time.Second)
+	return active, standby, bBroker
 }
 
 // wgDeviceReader opens a wgctrl client inside ns (a kernel device is only

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/nstest"
 )
 
@@ -26,23 +25,11 @@ func TestOneSidedAPICutMovesTheGatewayOnce(t *testing.T) {
 	t.Parallel()
 	lab := New(t, 2)
 	a, b := lab.Clusters[0], lab.Clusters[1]
-	a.StartRouter(lab)
-	b.StartRouter(lab)
 	// A 1 s keepalive: a second sender would show within a second. A
 	// fence wait beyond any teardown on a loaded machine: the new holder
 	// must not start before the old one confirmed it stopped.
 	keepalive := []string{"--keepalive", "1s"}
-	aFlags := append(keepalive, "--fence-wait", "5s")
-	first := a.StartBroker(lab, a.GW, aFlags...)
-	waitFor(t, "the first broker to become active", 5*time.Second, func() bool {
-		body, err := Get(a.GW, metricsAddr, "/readyz", time.Second)
-		return err == nil && strings.Contains(body, "ok")
-	})
-	second := a.StartBroker(lab, a.GW2, aFlags...)
-	bBroker := b.StartBroker(lab, b.GW, keepalive...)
-	Connect(a, b)
-	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
-	a.WaitState("b", v1alpha1.StateUp, 5*time.Second)
+	first, second, bBroker := startActiveStandby(t, lab, append(keepalive, "--fence-wait", "5s"), keepalive)
 	bDevice := wgDeviceReader(t, b.GW)
 	waitFor(t, "B's endpoint for A to be GW", 5*time.Second, func() bool {
 		ip, err := peerEndpoint(bDevice, bBroker.Device)
