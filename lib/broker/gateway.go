@@ -43,6 +43,37 @@ type gateway struct {
 	untrackedRetry time.Time
 	// haveBindings: applyServices ran once, so bindings are known.
 	haveBindings bool
+	// verified is when the chains were last checked against a listing of
+	// the kernel's tables (netapply.Chains.Set); in between, passes write
+	// only what changed (Update). Zero: the next pass checks.
+	verified time.Time
+	// checking: this pass checks (set by apply, read by applyServices,
+	// which comes later in the same pass).
+	checking bool
+}
+
+// CheckNext makes the next pass check the chains against the kernel's
+// tables, repairing what changed behind kubelink's back: the broker asks
+// for it on the pass of each --resync period. The passes in between (a
+// changed KubeLink, a probe result) write only what their change changed,
+// with no listing: one change costs one iptables-restore per table it
+// touches, not a listing of every table (issue #33).
+func (g *gateway) CheckNext() { g.verified = time.Time{} }
+
+// verifying reports whether this pass checks the chains: asked for, the
+// first, after a failure, or (should no periodic pass come) two --resync
+// periods after the last check.
+func (g *gateway) verifying() bool {
+	return g.verified.IsZero() || time.Since(g.verified) >= 2*g.cfg.Resync
+}
+
+// setChains applies rs to c: checked against the kernel on a verifying
+// pass, else from c's record of what it wrote.
+func (g *gateway) setChains(c *netapply.Chains, rs mesh.RuleSet, verify bool) error {
+	if verify {
+		return c.Set(rs)
+	}
+	return c.Update(rs)
 }
 
 func newGateway(cfg *Config, rm RunMode, kernelFirewall bool, log *slog.Logger) (*gateway, error) {
@@ -117,8 +148,10 @@ func (g *gateway) localAddresses() []netip.Prefix {
 // in the new scope are deleted, so their next packet passes the rules.
 func (g *gateway) apply(plan *mesh.GatewayPlan) error {
 	var errs []error
+	verify := g.verifying()
+	g.checking = verify
 	snatChanges := g.snat.Changes()
-	snatErr := g.snat.Set(plan.SNAT)
+	snatErr := g.setChains(g.snat, plan.SNAT, verify)
 	if g.snat.Changes() != snatChanges {
 		g.untracked = "" // rules written or repaired: flows of the gap
 	}
@@ -129,19 +162,23 @@ func (g *gateway) apply(plan *mesh.GatewayPlan) error {
 		errs = append(errs, fmt.Errorf("routes: %w", err))
 	}
 	if g.fw != nil {
-		if err := g.fw.Set(plan.Firewall); err != nil {
+		if err := g.setChains(g.fw, plan.Firewall, verify); err != nil {
 			errs = append(errs, fmt.Errorf("firewall rules: %w", err))
 		}
 	}
 	g.plan = plan
-	if err := g.setLocal(); err != nil {
+	if err := g.setLocal(verify); err != nil {
 		errs = append(errs, err)
 	}
 	if snatErr == nil && plan.Model != nil {
 		g.dropUnNATed(plan.Model.SNATScopes())
 	}
 	if len(errs) > 0 {
+		g.verified = time.Time{} // the next pass checks everything
 		return fmt.Errorf("gateway setup: %v", errs)
+	}
+	if verify {
+		g.verified = time.Now()
 	}
 	return nil
 }
@@ -171,22 +208,28 @@ func (g *gateway) dropUnNATed(scopes []mesh.SNATScope) {
 // applyServices installs the MeshService DNAT chains (an empty list removes
 // them, so a deleted MeshService leaves no chain behind).
 func (g *gateway) applyServices(bindings []*mesh.ServiceBinding) error {
-	if err := g.svc.Set(mesh.ServiceRules(bindings)); err != nil {
+	verify := g.checking || g.verified.IsZero()
+	if err := g.setChains(g.svc, mesh.ServiceRules(bindings), verify); err != nil {
+		g.verified = time.Time{}
 		return fmt.Errorf("MeshService rules: %w", err)
 	}
 	g.bindings, g.haveBindings = bindings, true
-	return g.setLocal()
+	if err := g.setLocal(verify); err != nil {
+		g.verified = time.Time{}
+		return err
+	}
+	return nil
 }
 
 // setLocal guards the local cluster addresses for the last plan and
 // MeshService bindings. Not before both are known: a chain written without
 // the bindings would close a MeshService port on the address until later
 // in the pass (a broker restarting in a pod keeps its namespace's chains).
-func (g *gateway) setLocal() error {
+func (g *gateway) setLocal(verify bool) error {
 	if g.plan == nil || g.plan.Model == nil || !g.haveBindings {
 		return nil
 	}
-	if err := g.local.Set(g.plan.LocalRules(g.bindings)); err != nil {
+	if err := g.setChains(g.local, g.plan.LocalRules(g.bindings), verify); err != nil {
 		return fmt.Errorf("cluster address rules: %w", err)
 	}
 	return nil

@@ -19,6 +19,7 @@ var netInterfaces = net.Interfaces
 
 // sync is one level-triggered pass: model, data plane, probes, status.
 func (b *Broker) sync(ctx context.Context) error {
+	t0 := time.Now()
 	var list v1alpha1.KubeLinkList
 	if err := b.kube.List(ctx, &list); err != nil {
 		return fmt.Errorf("listing KubeLinks: %w", err)
@@ -31,9 +32,15 @@ func (b *Broker) sync(ctx context.Context) error {
 	if b.rm.PodMode {
 		o.PodInterface = b.rm.Interface
 	}
-	rep := b.plane.Apply(ctx, model.Plan(o))
+	plan := model.Plan(o)
+	if c, ok := b.plane.(interface{ CheckNext() }); ok && b.loop.Periodic() {
+		c.CheckNext()
+	}
+	t1 := time.Now()
+	rep := b.plane.Apply(ctx, plan)
 	b.metrics.setDataPlane(b.plane.Kind())
 	b.updateProbes(model, rep)
+	t2 := time.Now()
 
 	var errs []error
 	bindings, err := b.syncMeshServices(ctx, model)
@@ -45,6 +52,7 @@ func (b *Broker) sync(ctx context.Context) error {
 	}
 
 	now := time.Now()
+	t3 := now
 	states := map[string]int{}
 	for i := range list.Items {
 		kl := &list.Items[i]
@@ -59,6 +67,7 @@ func (b *Broker) sync(ctx context.Context) error {
 	}
 	b.metrics.setStates(states)
 	b.forgetDeleted(list.Items)
+	b.log.Debug("sync pass", "links", len(list.Items), "model", t1.Sub(t0), "dataPlane", t2.Sub(t1), "meshServices", t3.Sub(t2), "status", time.Since(t3))
 	return errors.Join(errs...)
 }
 

@@ -11,7 +11,16 @@ import (
 // asks for. Syncs never overlap.
 type Loop struct {
 	trigger chan struct{}
+	// periodic: the running sync is the first or was started by the
+	// resync period (read only from within sync, on Run's goroutine).
+	periodic bool
 }
+
+// Periodic reports, from within a sync, whether that sync is the first or
+// was started by the resync period rather than by a Kick or its own
+// request: the pass that re-checks what nothing announces (state changed
+// behind the controller's back).
+func (l *Loop) Periodic() bool { return l.periodic }
 
 // NewLoop returns a loop that has not run yet; Kick may be called before Run.
 func NewLoop() *Loop { return &Loop{trigger: make(chan struct{}, 1)} }
@@ -29,6 +38,7 @@ func (l *Loop) Kick() {
 func (l *Loop) Run(ctx context.Context, resync time.Duration, sync func(context.Context) time.Duration) {
 	tick := time.NewTicker(resync)
 	defer tick.Stop()
+	l.periodic = true
 	for {
 		next := sync(ctx)
 		if ctx.Err() != nil {
@@ -40,10 +50,12 @@ func (l *Loop) Run(ctx context.Context, resync time.Duration, sync func(context.
 			early = time.NewTimer(next)
 			earlyC = early.C
 		}
+		l.periodic = false
 		select {
 		case <-ctx.Done():
 		case <-l.trigger:
 		case <-tick.C:
+			l.periodic = true
 		case <-earlyC:
 		}
 		if early != nil {

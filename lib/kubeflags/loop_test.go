@@ -84,3 +84,24 @@ func TestLoopResyncs(t *testing.T) {
 		t.Errorf("%d syncs before cancel, want 4 (one at once, three resyncs)", n.Load())
 	}
 }
+
+// Periodic tells the first sync and the resync period's from a kicked one.
+func TestLoopTellsPeriodicSyncsFromKickedOnes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l := NewLoop()
+	var got []bool
+	l.Run(ctx, 300*time.Millisecond, func(context.Context) time.Duration {
+		got = append(got, l.Periodic())
+		switch len(got) {
+		case 1:
+			l.Kick() // the second sync is a kicked one
+		case 3:
+			cancel()
+		}
+		return 0
+	})
+	if len(got) != 3 || !got[0] || got[1] || !got[2] {
+		t.Errorf("Periodic in the first, a kicked and a resync sync: %v, want [true false true]", got)
+	}
+}

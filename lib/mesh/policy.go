@@ -57,9 +57,11 @@ type LinkPolicy struct {
 	// source port — and nothing else on the probe's ports.
 	Probe          netip.AddrPort
 	ProbeReplyPort uint16
-	// Transit are the networks of the other members of the mesh: traffic
-	// to them passes through us and is left to their own firewall.
-	Transit []netip.Prefix
+	// members are the networks of every member of the link's mesh, each
+	// with its link's name, shared by all the mesh's LinkPolicies (see
+	// Transit): one list per mesh rather than, per link, the networks of
+	// every other member, which grew with links × links (issue #33).
+	members []memberNet
 	// Local is the local cluster address of the link's mesh. Unless denied,
 	// packets to it pass the link's rule whatever Allow says: what may
 	// reach it is decided by the cluster address's own rule
@@ -85,7 +87,7 @@ func (lp *LinkPolicy) Allows(p Packet) bool {
 		}
 	}
 	switch {
-	case inAny(lp.Transit, p.Dst):
+	case lp.Transit(p.Dst):
 		return true
 	case inAny(lp.Deny, p.Dst):
 		return false
@@ -93,6 +95,23 @@ func (lp *LinkPolicy) Allows(p Packet) bool {
 		return true
 	}
 	return inAny(lp.Allow, p.Dst)
+}
+
+// Transit reports whether dst is in the networks of another member of the
+// link's mesh: such traffic passes through us and is left to that member's
+// own firewall.
+func (lp *LinkPolicy) Transit(dst netip.Addr) bool {
+	for _, m := range lp.members {
+		if m.link != lp.Link && m.prefix.Contains(dst) {
+			return true
+		}
+	}
+	return false
+}
+
+type memberNet struct {
+	prefix netip.Prefix
+	link   string
 }
 
 func inAny(ps []netip.Prefix, a netip.Addr) bool {
@@ -134,18 +153,20 @@ func ProbeReplyPort(probePort int) uint16 {
 func (m *Model) Policy(probePort int) *Policy {
 	p := &Policy{}
 	for _, ms := range m.Meshes {
-		for _, l := range ms.Members {
-			lp := &LinkPolicy{Link: l.Name.String(), Mesh: ms.Name, Sources: l.AllowedIPs(), Local: ms.Local.IP()}
+		sources := make([][]netip.Prefix, len(ms.Members))
+		var members []memberNet
+		for i, l := range ms.Members {
+			sources[i] = l.AllowedIPs()
+			for _, s := range sources[i] {
+				members = append(members, memberNet{s.Masked(), l.Name.String()})
+			}
+		}
+		for i, l := range ms.Members {
+			lp := &LinkPolicy{Link: l.Name.String(), Mesh: ms.Name, Sources: sources[i], Local: ms.Local.IP(), members: members}
 			if probePort > 0 && probePort < 65535 {
 				lp.Probe = netip.AddrPortFrom(ms.Local.IP(), uint16(probePort))
 				lp.ProbeReplyPort = ProbeReplyPort(probePort)
 			}
-			for _, other := range ms.Members {
-				if other != l {
-					lp.Transit = append(lp.Transit, other.AllowedIPs()...)
-				}
-			}
-			lp.Transit = mergePrefixes(lp.Transit)
 			in := EffectiveIngress(ms.Local.Ingress, l.Ingress)
 			lp.Deny, lp.Allow = in.Deny, in.Allow
 			if len(lp.Allow) == 0 {

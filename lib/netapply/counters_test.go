@@ -138,3 +138,131 @@ func TestChainsListEachTableOncePerPass(t *testing.T) {
 		t.Errorf("drops: %d chains, FW-3 %d (want 1), FW-4 %d (want 0)", len(drops), drops[mesh.ChainPrefix+"FW-3"], drops[mesh.ChainPrefix+"FW-4"])
 	}
 }
+
+// Update, between two Sets, trusts what it wrote: an unchanged rule set runs
+// no iptables command, a changed chain is one iptables-restore and no
+// listing, a chain no longer wanted is removed; what changed behind its back
+// is found by the next Set, and a failed write makes the next Update list
+// again (issue #33: one change to one link must not cost a listing of
+// every table).
+func TestUpdateWritesOnlyWhatChangedWithoutListing(t *testing.T) {
+	ns := nstest.New(t, "ipt")
+	c := newChains(t, FirewallChains)
+	lists, restores := 0, 0
+	realList, realRestore := c.list, c.restore
+	c.list = func(table string, counters bool) ([]string, error) {
+		lists++
+		return realList(table, counters)
+	}
+	failRestore := false
+	c.restore = func(in []byte) error {
+		restores++
+		if failRestore {
+			return fmt.Errorf("injected failure")
+		}
+		return realRestore(in)
+	}
+	chain := func(i int) string { return fmt.Sprintf("%sFW-%d", mesh.ChainPrefix, i) }
+	ruleSet := func(n int, source func(i int) string, skip int) mesh.RuleSet {
+		rs := mesh.RuleSet{}
+		for i := range n {
+			if i == skip {
+				continue
+			}
+			rs.Chains = append(rs.Chains, mesh.Chain{Table: "mangle", Name: chain(i), Rules: [][]string{
+				{"-s", source(i), "-j", "RETURN"}, {"-j", "DROP"}}})
+		}
+		rs.Chains = append(rs.Chains, mesh.Chain{Table: "mangle", Name: mesh.ChainFirewall, Rules: [][]string{{"-j", "RETURN"}}})
+		rs.Hooks = []mesh.Hook{{Table: "mangle", Chain: "PREROUTING", Rule: []string{"-j", mesh.ChainFirewall}}}
+		return rs
+	}
+	base := func(i int) string { return fmt.Sprintf("10.1.%d.0/24", i) }
+	update := func(rs mesh.RuleSet) { t.Helper(); do(t, ns, func() error { return c.Update(rs) }) }
+	reset := func() { lists, restores = 0, 0 }
+	const n = 30
+	rs := ruleSet(n, base, -1)
+
+	// Before any Set, Update lists as Set does.
+	update(rs)
+	if lists == 0 || restores != 1 {
+		t.Fatalf("first Update: %d listings and %d restores, want listings and one restore", lists, restores)
+	}
+	reset()
+	update(rs)
+	if lists != 0 || restores != 0 {
+		t.Errorf("unchanged Update: %d listings and %d restores, want none", lists, restores)
+	}
+
+	// One chain changes: one restore, no listing, and the kernel has it.
+	changed := func(i int) string {
+		if i == 5 {
+			return "10.2.5.0/24"
+		}
+		return base(i)
+	}
+	rs = ruleSet(n, changed, -1)
+	reset()
+	writes := c.rewrites
+	update(rs)
+	if lists != 0 || restores != 1 || c.rewrites != writes+1 {
+		t.Errorf("one chain changed: %d listings, %d restores, %d chains written; want 0, 1, 1", lists, restores, c.rewrites-writes)
+	}
+	if got := ruleLines(t, ns, "iptables", "mangle")[chain(5)]; len(got) == 0 || !strings.Contains(got[0], "10.2.5.0/24") {
+		t.Errorf("chain 5 in the kernel after Update: %q, want its new source", got)
+	}
+
+	// A chain no longer wanted goes, without a listing.
+	rs = ruleSet(n, changed, 7)
+	reset()
+	update(rs)
+	if lists != 0 {
+		t.Errorf("a chain removed: %d listings, want none", lists)
+	}
+	if _, ok := ruleLines(t, ns, "iptables", "mangle")[chain(7)]; ok {
+		t.Errorf("chain 7 is still in the kernel after Update removed it")
+	}
+
+	// Drift behind our back: Update cannot see it, the next Set repairs it
+	// (and writes chain 5 once more, which Update wrote unlisted).
+	ns.Run(t, "iptables", "-t", "mangle", "-A", chain(3), "-j", "ACCEPT")
+	reset()
+	update(rs)
+	if lists != 0 || restores != 0 {
+		t.Errorf("Update after drift: %d listings and %d restores, want none", lists, restores)
+	}
+	writes = c.rewrites
+	set(t, ns, c, rs)
+	if c.rewrites != writes+2 {
+		t.Errorf("Set after drift: %d chains written, want 2 (the drifted 3, the unlisted 5)", c.rewrites-writes)
+	}
+	if got := ruleLines(t, ns, "iptables", "mangle")[chain(3)]; len(got) != 2 {
+		t.Errorf("chain 3 after Set: %q, want its two rules again", got)
+	}
+
+	// A failed write: the next Update lists again, and writes.
+	rs = ruleSet(n, base, 7)
+	failRestore = true
+	if err := ns.Do(func() error { return c.Update(rs) }); err == nil {
+		t.Fatal("Update with a failing iptables-restore returned no error")
+	}
+	failRestore = false
+	reset()
+	update(rs)
+	if lists == 0 || restores != 1 {
+		t.Errorf("Update after a failed write: %d listings and %d restores, want listings and one restore", lists, restores)
+	}
+	if got := ruleLines(t, ns, "iptables", "mangle")[chain(5)]; len(got) == 0 || !strings.Contains(got[0], base(5)) {
+		t.Errorf("chain 5 after the repeated Update: %q, want %s", got, base(5))
+	}
+
+	// Other hooks: through Set's path (a listing).
+	rs.Hooks = append(rs.Hooks, mesh.Hook{Table: "mangle", Chain: "OUTPUT", Rule: []string{"-j", mesh.ChainFirewall}})
+	reset()
+	update(rs)
+	if lists == 0 {
+		t.Errorf("Update with a new hook listed nothing; want the table listed")
+	}
+	if out := ns.Run(t, "iptables", "-t", "mangle", "-S", "OUTPUT"); !strings.Contains(out, mesh.ChainFirewall) {
+		t.Errorf("the new hook is missing:\n%s", out)
+	}
+}

@@ -59,6 +59,10 @@ type Chains struct {
 	// (issue #33).
 	clean map[string]time.Time
 	now   func() time.Time
+	// synced holds, per table, the hooks of the last Set (or Update) that
+	// left the table as wanted; a table absent was never synced, or its
+	// last write failed. Update trusts only such tables.
+	synced map[string][]mesh.Hook
 }
 
 // tableSweep is how often a table with nothing of ours is listed anyway,
@@ -86,7 +90,7 @@ func NewChains(owned func(chain string) bool, ipv6 bool) (*Chains, error) {
 		return nil, fmt.Errorf("iptables: %w (is the iptables package installed?)", err)
 	}
 	return &Chains{ipv6: ipv6, owned: owned, ipt: ipt, restore: execRestore(restore), list: execList(list), written: map[chainKey]writtenChain{},
-		clean: map[string]time.Time{}, now: time.Now}, nil
+		clean: map[string]time.Time{}, now: time.Now, synced: map[string][]mesh.Hook{}}, nil
 }
 
 // SNATChains owns the chains of Model.SNATRules.
@@ -113,6 +117,100 @@ func FirewallChains(chain string) bool {
 // (a first write, a change, or a repair of drift).
 func (c *Chains) Changes() int { return c.rewrites + c.hookInserts }
 
+// Update is Set for the passes between two Sets: it trusts its own record of
+// what it wrote instead of listing the tables. A table whose last Set or
+// Update succeeded with the same hooks gets only its changed chains written
+// (one iptables-restore) and its unwanted chains removed; an unchanged
+// table costs no iptables command at all. Any other table (never synced, a
+// failed write, other hooks) goes through Set's path, and so does a rule set
+// with a chain quarantine would change. Chains written here are written once
+// more by the next Set, which checks them against a listing.
+//
+// What Update cannot see is a change made behind kubelink's back: the caller
+// runs Set now and then (the broker: every --resync) to find and repair it.
+func (c *Chains) Update(rs mesh.RuleSet) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, errs := c.quarantine(rs); len(errs) > 0 {
+		return c.set(rs)
+	}
+	want, err := c.group(rs)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, t := range tables {
+		w := want[t]
+		if w == nil {
+			w = &tableWant{}
+		}
+		hooks, ok := c.synced[t]
+		if !ok || !slices.EqualFunc(hooks, w.hooks, equalHook) {
+			if err := c.setTable(t, w); err != nil {
+				errs = append(errs, fmt.Errorf("iptables table %s: %w", t, err))
+			}
+			continue
+		}
+		if err := c.updateTable(t, w); err != nil {
+			errs = append(errs, fmt.Errorf("iptables table %s: %w", t, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func equalHook(a, b mesh.Hook) bool {
+	return a.Table == b.Table && a.Chain == b.Chain && slices.Equal(a.Rule, b.Rule)
+}
+
+// updateTable writes the chains of want that differ from what was last
+// written and removes the chains written before that want no longer has.
+// After a Set of the table, the chains written are exactly the chains of
+// ours in it.
+func (c *Chains) updateTable(table string, want *tableWant) error {
+	var dirty []mesh.Chain
+	wanted := map[string]bool{}
+	for _, ch := range want.chains {
+		wanted[ch.Name] = true
+		if w, ok := c.written[chainKey{table, ch.Name}]; ok && slices.EqualFunc(w.rules, ch.Rules, slices.Equal) {
+			continue
+		}
+		dirty = append(dirty, ch)
+	}
+	var stale []string
+	for k := range c.written {
+		if k.table == table && !wanted[k.chain] {
+			stale = append(stale, k.chain)
+		}
+	}
+	if len(dirty) == 0 && len(stale) == 0 {
+		return nil
+	}
+	delete(c.synced, table) // until the write succeeded
+	for _, ch := range dirty {
+		delete(c.written, chainKey{table, ch.Name})
+	}
+	if len(dirty) > 0 {
+		if err := c.restore(restoreInput(table, dirty)); err != nil {
+			return fmt.Errorf("write chains: %w", err)
+		}
+		c.rewrites += len(dirty)
+		for _, ch := range dirty {
+			// Not listed: the next Set compares the chain with nothing
+			// and writes it once more, checking it.
+			c.written[chainKey{table, ch.Name}] = writtenChain{rules: cloneRules(ch.Rules)}
+		}
+	}
+	slices.Sort(stale)
+	if err := c.removeChains(table, stale); err != nil {
+		return err
+	}
+	if len(want.chains) == 0 {
+		c.clean[table] = c.now()
+	}
+	c.synced[table] = want.hooks
+	return nil
+}
+
 // Set makes the chains and hooks of the concern match rs: it writes changed
 // or drifted chains (one iptables-restore transaction per table), makes each
 // hook exist exactly once, and removes chains and hooks no longer wanted. An
@@ -120,6 +218,10 @@ func (c *Chains) Changes() int { return c.rewrites + c.hookInserts }
 func (c *Chains) Set(rs mesh.RuleSet) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.set(rs)
+}
+
+func (c *Chains) set(rs mesh.RuleSet) error {
 	rs, errs := c.quarantine(rs)
 	want, err := c.group(rs)
 	if err != nil {
@@ -130,6 +232,7 @@ func (c *Chains) Set(rs mesh.RuleSet) error {
 			continue // nothing of ours there at the last listing, nothing wanted
 		}
 		if err := c.setTable(t, want[t]); err != nil {
+			delete(c.synced, t)
 			errs = append(errs, fmt.Errorf("iptables table %s: %w", t, err))
 		}
 	}
@@ -321,9 +424,11 @@ func (c *Chains) setTable(table string, want *tableWant) error {
 			}
 		}
 		c.clean[table] = c.now()
+		c.synced[table] = nil
 		return nil
 	}
 	delete(c.clean, table)
+	delete(c.synced, table) // until the table is as wanted
 	if st, err = c.writeChains(table, want.chains, st); err != nil {
 		return err
 	}
@@ -341,7 +446,11 @@ func (c *Chains) setTable(table string, want *tableWant) error {
 			stale = append(stale, n)
 		}
 	}
-	return c.removeChains(table, stale)
+	if err := c.removeChains(table, stale); err != nil {
+		return err
+	}
+	c.synced[table] = want.hooks
+	return nil
 }
 
 // writeChains rewrites the desired chains that are new, changed since the
