@@ -168,9 +168,15 @@ func (b *Broker) runActive(ctx context.Context) error {
 		p.Close()
 		b.plane = nil
 	}()
-	b.prober = probe.New(probe.Config{Interval: b.cfg.ProbeInterval, DownAfter: b.cfg.ProbeDownAfter, Port: b.cfg.ProbePort,
+	pc := probe.Config{Interval: b.cfg.ProbeInterval, DownAfter: b.cfg.ProbeDownAfter, Port: b.cfg.ProbePort,
 		SourcePort: int(mesh.ProbeReplyPort(b.cfg.ProbePort)),
-		OnChange:   func(netip.Addr, probe.Result) { b.kick() }})
+		OnChange:   func(netip.Addr, probe.Result) { b.kick() }}
+	// The embedded WireGuard holds the probes of peers without a session
+	// (each would wait in a 64 KiB buffer): issue #33.
+	if h, ok := p.(interface{ HoldProbe(netip.Addr) bool }); ok {
+		pc.Hold = h.HoldProbe
+	}
+	b.prober = probe.New(pc)
 	defer b.prober.Close()
 	defer b.closeResponders(nil)
 

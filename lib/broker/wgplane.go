@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
+	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -21,10 +24,20 @@ type wgPlane struct {
 	dev      *wireguard.Device
 	resolver *wireguard.Resolver
 	// drops are the firewall chains' drop counters as read at the end of
-	// the last Apply (one listing of the table per pass); dropsErr is why
-	// they could not be read.
+	// the last Apply that checked the chains (one listing of the table per
+	// --resync); dropsErr is why they could not be read.
 	drops    map[string]uint64
 	dropsErr error
+	// hold answers HoldProbe from the prober's goroutine: the device and
+	// the peers as of the last Apply (nil once closed).
+	hold atomic.Pointer[probeHold]
+}
+
+// probeHold maps each served link's cluster address (a probe target) to
+// the public key of the peer carrying it, on dev.
+type probeHold struct {
+	dev    *wireguard.Device
+	peerOf map[netip.Addr]mesh.Key
 }
 
 func newWGPlane(ctx context.Context, d PlaneDeps) (DataPlane, error) {
@@ -94,7 +107,17 @@ func (p *wgPlane) Apply(ctx context.Context, plan *mesh.GatewayPlan) Report {
 		rep.DeviceErr = err
 		return rep
 	}
-	defer func() { p.drops, p.dropsErr = p.fw.Drops("mangle") }()
+	t0 := time.Now()
+	tDev, tGw := t0, t0
+	defer func() {
+		// The drop counters are one more listing of mangle: read on the
+		// passes that check the chains (every --resync), not on each.
+		tDrops := time.Now()
+		if p.checking || p.drops == nil {
+			p.drops, p.dropsErr = p.fw.Drops("mangle")
+		}
+		p.log.Debug("WireGuard plane pass", "checked", p.checking, "device", tDev.Sub(t0), "gateway", tGw.Sub(tDev), "drops", time.Since(tDrops))
+	}()
 	plan = forDevice(plan, p.dev.Name())
 	if err := p.setDevice(p.dev.Name(), plan); err != nil {
 		rep.DeviceErr = err
@@ -113,8 +136,12 @@ func (p *wgPlane) Apply(ctx context.Context, plan *mesh.GatewayPlan) Report {
 		rep.PublicKey = wireguard.PublicKey(key)
 	}
 	stats, _ := p.dev.Stats()
+	peerOf := map[netip.Addr]mesh.Key{}
 	for _, pr := range plan.Peers {
 		for _, l := range pr.Links {
+			if ml, ok := plan.Model.Link(l); ok {
+				peerOf[ml.IP()] = pr.PublicKey
+			}
 			var lr LinkReport
 			if err, ok := hostErrs[pr.Endpoint.Host]; ok && pr.Endpoint.Kind == mesh.EndpointHost {
 				lr.Err = fmt.Errorf("endpoint %s: %w", pr.Endpoint, err)
@@ -127,14 +154,30 @@ func (p *wgPlane) Apply(ctx context.Context, plan *mesh.GatewayPlan) Report {
 			rep.Links[l] = lr
 		}
 	}
+	p.hold.Store(&probeHold{dev: p.dev, peerOf: peerOf})
+	tDev = time.Now()
 	if err := p.gateway.apply(plan); err != nil && rep.DeviceErr == nil {
 		rep.DeviceErr = err
 	}
+	tGw = time.Now()
 	return rep
 }
 
+// HoldProbe reports that a probe to target would only wait in memory: the
+// embedded device has no session with the peer carrying it (the prober
+// then probes it once per handshake attempt; Device.Sessionless).
+func (p *wgPlane) HoldProbe(target netip.Addr) bool {
+	h := p.hold.Load()
+	if h == nil {
+		return false
+	}
+	key, ok := h.peerOf[target]
+	return ok && h.dev.Sessionless(key)
+}
+
 // Drops is the packet counter of the link's firewall chain as read at the
-// end of the last Apply; a link without a chain counts zero.
+// end of the last Apply that checked the chains; a link without a chain
+// counts zero.
 func (p *wgPlane) Drops(link string) (uint64, bool) {
 	if p.dev == nil || p.dropsErr != nil {
 		return 0, false
@@ -168,6 +211,7 @@ func (p *wgPlane) Close() {
 	if p.dev == nil {
 		return
 	}
+	p.hold.Store(nil)
 	op, do := "removing", p.dev.Delete
 	if !p.cfg.LeaderElect {
 		op, do = "closing", p.dev.Close

@@ -32,6 +32,7 @@ import (
 //	BENCH scale_full_pass_ms_<n>              average sync pass over a 30 s steady window
 //	BENCH scale_status_writes_per_min_<n>     status writes in that window, per minute
 //	BENCH scale_rss_mib_<n>                   the broker's resident memory after the window
+//	BENCH scale_rss_peak_mib_<n>              its highest resident memory so far (VmHWM)
 //	BENCH scale_one_change_ms_<n>             a changed spec until the status observes it
 //
 // then the deletion of every link (BENCH scale_delete_all_seconds, until
@@ -48,7 +49,21 @@ func BenchmarkBrokerScale(bm *testing.B) {
 	local := a.LocalLink()
 	local.Spec.ClusterAddress = "192.168.0.11/16"
 	a.Apply(local)
-	broker := a.StartBroker(lab, a.GW, "--resync", "10s", "--health-status-interval", "10s", "--pprof-addr", scalePprofAddr.String())
+	args := []string{"--resync", "10s", "--health-status-interval", "10s", "--pprof-addr", scalePprofAddr.String()}
+	profiles := os.Getenv("KUBELINK_SCALE_PPROF")
+	if profiles != "" {
+		// Each pass's phases are timed at debug level: the log is kept
+		// with the profiles.
+		args = append(args, "--log-level", "debug")
+	}
+	broker := a.StartBroker(lab, a.GW, args...)
+	if profiles != "" {
+		bm.Cleanup(func() {
+			if err := os.WriteFile(filepath.Join(profiles, "broker.log"), []byte(broker.Output()), 0o644); err != nil {
+				bm.Error(err)
+			}
+		})
+	}
 	a.WaitState(local.Name, v1alpha1.StateUp, 30*time.Second)
 
 	writes := countStatusWrites(bm, a)
@@ -97,6 +112,7 @@ func BenchmarkBrokerScale(bm *testing.B) {
 		fmt.Printf("BENCH scale_full_pass_ms_%d %.0f ms\n", n, passMs)
 		fmt.Printf("BENCH scale_status_writes_per_min_%d %.0f\n", n, perMin)
 		fmt.Printf("BENCH scale_rss_mib_%d %.1f MiB\n", n, rss)
+		fmt.Printf("BENCH scale_rss_peak_mib_%d %.1f MiB\n", n, peakRSSMiB(bm, broker))
 		fmt.Printf("BENCH scale_one_change_ms_%d %.0f ms\n", n, float64(change.Microseconds())/1000)
 	}
 
@@ -278,7 +294,14 @@ func metricValue(body, name string) float64 {
 }
 
 // rssMiB is the process's resident memory (VmRSS).
-func rssMiB(bm *testing.B, p *Process) float64 {
+func rssMiB(bm *testing.B, p *Process) float64 { return procMiB(bm, p, "VmRSS:") }
+
+// peakRSSMiB is the broker's highest resident memory so far (VmHWM): what
+// a memory limit must allow.
+func peakRSSMiB(bm *testing.B, p *Process) float64 { return procMiB(bm, p, "VmHWM:") }
+
+// procMiB reads one memory field of the broker's /proc/<pid>/status.
+func procMiB(bm *testing.B, p *Process, field string) float64 {
 	pid := p.cmd.Process.Pid
 	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 	if !strings.HasPrefix(strings.TrimSpace(string(comm)), "kubelink-broker") {
@@ -289,7 +312,7 @@ func rssMiB(bm *testing.B, p *Process) float64 {
 		bm.Fatal(err)
 	}
 	for _, l := range strings.Split(string(status), "\n") {
-		if f := strings.Fields(l); len(f) == 3 && f[0] == "VmRSS:" {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == field {
 			kb, err := strconv.ParseFloat(f[1], 64)
 			if err != nil {
 				bm.Fatal(err)
@@ -297,6 +320,6 @@ func rssMiB(bm *testing.B, p *Process) float64 {
 			return kb / 1024
 		}
 	}
-	bm.Fatalf("no VmRSS in /proc/%d/status", pid)
+	bm.Fatalf("no %s in /proc/%d/status", field, pid)
 	return 0
 }

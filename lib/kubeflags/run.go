@@ -15,14 +15,16 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
-// Serve loads logging and API access, builds the component with them, and
-// runs it until SIGINT or SIGTERM: the tail every controller main shares.
+// Serve loads logging and API access, sets the Go memory limit from the
+// container's (SetMemoryLimit), builds the component with them, and runs it
+// until SIGINT or SIGTERM: the tail every controller main shares.
 func (c *Common) Serve(run func(ctx context.Context, rc *rest.Config, log *slog.Logger) error) error {
 	log, err := c.Logger()
 	if err != nil {
 		return err
 	}
 	RouteLibraryLogs(log)
+	SetMemoryLimit(log)
 	rc, err := c.RESTConfig()
 	if err != nil {
 		return err

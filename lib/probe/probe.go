@@ -113,6 +113,15 @@ type Config struct {
 	// OnChange is called (from the prober's goroutine) when a target goes Up
 	// or Down; it must not block.
 	OnChange func(target netip.Addr, r Result)
+	// Hold, if set, is asked before each probe of a target; a target it
+	// holds gets a probe only once every HoldInterval. It must be cheap
+	// and not block. The WireGuard plane holds the peers without a session:
+	// a probe to one starts a handshake and then waits in memory, and more
+	// of them would only wait too (lib/wireguard, Device.Sessionless).
+	Hold func(target netip.Addr) bool
+	// HoldInterval between the probes of a held target (default 5 s,
+	// WireGuard's handshake retry).
+	HoldInterval time.Duration
 }
 
 func (c *Config) defaults() {
@@ -125,6 +134,9 @@ func (c *Config) defaults() {
 	if c.Port == 0 {
 		c.Port = DefaultPort
 	}
+	if c.HoldInterval <= 0 {
+		c.HoldInterval = 5 * time.Second
+	}
 }
 
 // now is a seam for tests of the state logic.
@@ -135,6 +147,8 @@ type target struct {
 	src    netip.Addr
 	result Result
 	seq    uint64
+	// sentAt is when the last probe went out (zero: none yet).
+	sentAt time.Time
 }
 
 // Prober probes a changing set of targets, each from a given source address.
@@ -243,7 +257,7 @@ func (p *Prober) round(send bool) {
 	defer p.mu.Unlock()
 	t0 := now()
 	for addr, t := range p.targets {
-		if c := p.connFor(t.src); send && c != nil {
+		if c := p.connFor(t.src); send && c != nil && !p.held(addr, t, t0) {
 			t.seq++
 			var buf [packetLen]byte
 			copy(buf[:4], magic[:])
@@ -251,10 +265,20 @@ func (p *Prober) round(send bool) {
 			binary.BigEndian.PutUint64(buf[12:], uint64(t0.UnixNano()))
 			if _, err := c.WriteToUDPAddrPort(buf[:], netip.AddrPortFrom(addr, uint16(p.cfg.Port))); err == nil {
 				t.result.Sent++
+				t.sentAt = t0
 			}
 		}
 		p.evaluate(addr, t, t0)
 	}
+}
+
+// held reports that the target's probe is skipped this round: Hold holds it
+// and its last probe is more recent than HoldInterval.
+func (p *Prober) held(addr netip.Addr, t *target, at time.Time) bool {
+	if p.cfg.Hold == nil || t.sentAt.IsZero() || at.Sub(t.sentAt) >= p.cfg.HoldInterval {
+		return false
+	}
+	return p.cfg.Hold(addr)
 }
 
 // evaluate applies the Up/Down rule; called with p.mu held.

@@ -126,3 +126,36 @@ func TestUnusedSourceSocketIsClosed(t *testing.T) {
 	}
 	c.Close()
 }
+
+// A held target gets one probe per HoldInterval; released, it is probed
+// every Interval again, and the first probe of a new target is never held.
+func TestHeldTargetIsProbedOncePerHoldInterval(t *testing.T) {
+	r, err := Listen(lo, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var hold sync.Map // addr → bool
+	hold.Store(lo, true)
+	p := New(Config{Interval: 20 * time.Millisecond, HoldInterval: 300 * time.Millisecond, Port: int(r.Addr().Port()),
+		Hold: func(a netip.Addr) bool { v, _ := hold.Load(a); return v.(bool) }})
+	defer p.Close()
+	p.Set(map[netip.Addr]netip.Addr{lo: lo})
+
+	// The first probe goes out at once (it is what starts a handshake).
+	waitFor(t, "the first probe's reply", time.Second, func() bool { res, _ := p.Result(lo); return res.Received == 1 })
+	// Over 1 s, held: one probe per 300 ms (4 at most with the first), not
+	// one per 20 ms (50).
+	time.Sleep(time.Second)
+	res, _ := p.Result(lo)
+	if res.Sent < 2 || res.Sent > 5 {
+		t.Errorf("held for 1 s with HoldInterval 300 ms: %d probes sent, want 2–5", res.Sent)
+	}
+	hold.Store(lo, false)
+	before := res.Sent
+	time.Sleep(500 * time.Millisecond)
+	res, _ = p.Result(lo)
+	if n := res.Sent - before; n < 10 {
+		t.Errorf("released for 500 ms at a 20 ms interval: %d probes sent, want at least 10", n)
+	}
+}

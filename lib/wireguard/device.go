@@ -16,6 +16,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/kubelink/kubelink/lib/mesh"
 )
 
 // Modes accepted in Options.Mode.
@@ -67,6 +69,9 @@ type link interface {
 	close() error
 	// remove deletes the interface.
 	remove() error
+	// sessionless reports that packets for the peer would be queued in
+	// this process until a handshake (see Device.Sessionless).
+	sessionless(key [32]byte) bool
 }
 
 // wgClient is the part of *wgctrl.Client the device uses: reading and
@@ -227,6 +232,13 @@ func (d *Device) Delete() error {
 	err := d.link.remove()
 	return errors.Join(err, d.Close())
 }
+
+// Sessionless reports that the embedded device has no session with the
+// peer (as of its last check, every 250 ms; a peer added since has none),
+// so a packet sent to it now waits in a 64 KiB buffer until a handshake
+// (staged.go). It is always false for the kernel device, which queues such
+// packets at their own size outside this process.
+func (d *Device) Sessionless(peer mesh.Key) bool { return d.link.sessionless(peer) }
 
 // errClosed is returned by methods called after Close.
 var errClosed = errors.New("WireGuard device is closed")

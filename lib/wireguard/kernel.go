@@ -63,6 +63,8 @@ func (k *kernelLink) close() error {
 	return nil
 }
 
+func (k *kernelLink) sessionless([32]byte) bool { return false }
+
 func (k *kernelLink) remove() error {
 	l, err := k.h.LinkByName(k.name)
 	var notFound netlink.LinkNotFoundError

@@ -33,17 +33,25 @@ func TestSessionlessAfterGrace(t *testing.T) {
 	since := map[device.NoisePublicKey]time.Time{}
 	// 1: never a handshake; 2: a fresh one; 3: one older than RejectAfterTime.
 	hs := map[byte]int64{1: 0, 2: t0.Unix() - 10, 3: t0.Add(-rejectAfter - time.Second).Unix()}
-	if got := sessionless(dump(t0, hs), t0, since); len(got) != 0 {
+	got, live := readSessions(dump(t0, hs), t0, since)
+	if len(got) != 0 {
 		t.Errorf("at first sight: %v, want none (grace)", got)
 	}
-	got := sessionless(dump(t0, hs), t0.Add(stagedGrace), since)
+	if len(live) != 1 || !live[k(2)] {
+		t.Errorf("with a session: %v, want peer 2", live)
+	}
+	got, _ = readSessions(dump(t0, hs), t0.Add(stagedGrace), since)
 	if len(got) != 2 || !got[k(1)] || !got[k(3)] {
 		t.Errorf("after the grace: %v, want peers 1 and 3", got)
 	}
 	// 1 completes a handshake; 3 is removed: both forgotten.
 	hs = map[byte]int64{1: t0.Add(stagedGrace).Unix(), 2: t0.Unix()}
-	if got := sessionless(dump(t0, hs), t0.Add(stagedGrace+time.Second), since); len(got) != 0 || len(since) != 0 {
+	got, live = readSessions(dump(t0, hs), t0.Add(stagedGrace+time.Second), since)
+	if len(got) != 0 || len(since) != 0 {
 		t.Errorf("after 1's handshake and 3's removal: %v (remembered %v), want none", got, since)
+	}
+	if len(live) != 2 || !live[k(1)] || !live[k(2)] {
+		t.Errorf("with a session after 1's handshake: %v, want peers 1 and 2", live)
 	}
 }
 
@@ -102,6 +110,9 @@ func TestDeadPeerHoldsNoQueuedPackets(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(2 * stagedTrimEvery)
+	if !d.Sessionless(PublicKey(deadKey)) {
+		t.Errorf("the dead peer is not reported sessionless")
+	}
 	after := heap()
 	if grown := int64(after) - int64(before); grown > 4<<20 {
 		t.Errorf("heap in use grew by %.1f MiB after 400 packets to a dead peer, want < 4 MiB", float64(grown)/(1<<20))

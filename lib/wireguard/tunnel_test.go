@@ -152,6 +152,17 @@ func TestTunnelBetweenNamespaces(t *testing.T) {
 			t.Errorf("endpoint %v, want %v", s.Endpoint, want)
 		}
 	})
+	t.Run("a peer with a session is not sessionless", func(t *testing.T) {
+		// The embedded device checks every stagedTrimEvery; the prober
+		// probes a sessionless peer only once per handshake attempt.
+		deadline := time.Now().Add(10 * stagedTrimEvery)
+		for a.dev.Sessionless(PublicKey(b.priv)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("peer b still sessionless %s after the tunnel carried 1 MiB", 10*stagedTrimEvery)
+			}
+			time.Sleep(stagedTrimEvery / 5)
+		}
+	})
 	t.Run("wgctrl and wg see the device", func(t *testing.T) {
 		assertVisibleToWireGuardTools(t, a, b)
 	})

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
@@ -30,6 +31,8 @@ type userspaceLink struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 	stop   chan struct{} // ends trimStaged
+	// sessions are the peers with a session at trimStaged's last check.
+	sessions atomic.Pointer[map[device.NoisePublicKey]bool]
 }
 
 func openUserspace(name string, mtu int, addrs func() []netip.Prefix, log *slog.Logger) (*userspaceLink, error) {
