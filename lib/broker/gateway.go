@@ -150,35 +150,41 @@ func (g *gateway) apply(plan *mesh.GatewayPlan) error {
 	var errs []error
 	verify := g.verifying()
 	g.checking = verify
+	chainsOK := true
+	chainErr := func(what string, err error) {
+		if err != nil {
+			chainsOK = false
+			errs = append(errs, fmt.Errorf("%s: %w", what, err))
+		}
+	}
 	snatChanges := g.snat.Changes()
 	snatErr := g.setChains(g.snat, plan.SNAT, verify)
 	if g.snat.Changes() != snatChanges {
 		g.untracked = "" // rules written or repaired: flows of the gap
 	}
-	if snatErr != nil {
-		errs = append(errs, fmt.Errorf("SNAT rules: %w", snatErr))
-	}
+	chainErr("SNAT rules", snatErr)
 	if err := g.routes.Set(plan.Routes); err != nil {
 		errs = append(errs, fmt.Errorf("routes: %w", err))
 	}
 	if g.fw != nil {
-		if err := g.setChains(g.fw, plan.Firewall, verify); err != nil {
-			errs = append(errs, fmt.Errorf("firewall rules: %w", err))
-		}
+		chainErr("firewall rules", g.setChains(g.fw, plan.Firewall, verify))
 	}
 	g.plan = plan
 	if err := g.setLocal(verify); err != nil {
+		chainsOK = false
 		errs = append(errs, err)
 	}
 	if snatErr == nil && plan.Model != nil {
 		g.dropUnNATed(plan.Model.SNATScopes())
 	}
-	if len(errs) > 0 {
-		g.verified = time.Time{} // the next pass checks everything
-		return fmt.Errorf("gateway setup: %v", errs)
-	}
-	if verify {
+	switch {
+	case !chainsOK:
+		g.verified = time.Time{} // the next pass checks the chains
+	case verify:
 		g.verified = time.Now()
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("gateway setup: %v", errs)
 	}
 	return nil
 }

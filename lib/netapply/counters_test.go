@@ -140,11 +140,11 @@ func TestChainsListEachTableOncePerPass(t *testing.T) {
 }
 
 // Update, between two Sets, trusts what it wrote: an unchanged rule set runs
-// no iptables command, a changed chain is one iptables-restore and no
-// listing, a chain no longer wanted is removed; what changed behind its back
-// is found by the next Set, and a failed write makes the next Update list
-// again (issue #33: one change to one link must not cost a listing of
-// every table).
+// no iptables command, a changed chain is one iptables-restore and one
+// listing of its table, a chain no longer wanted is removed after the chain
+// that jumped to it was rewritten; what changed behind its back is found by
+// the next Set, and a failed write makes the next Update list again (issue
+// #33: one change to one link must not cost a listing of every table).
 func TestUpdateWritesOnlyWhatChangedWithoutListing(t *testing.T) {
 	ns := nstest.New(t, "ipt")
 	c := newChains(t, FirewallChains)
@@ -165,14 +165,19 @@ func TestUpdateWritesOnlyWhatChangedWithoutListing(t *testing.T) {
 	chain := func(i int) string { return fmt.Sprintf("%sFW-%d", mesh.ChainPrefix, i) }
 	ruleSet := func(n int, source func(i int) string, skip int) mesh.RuleSet {
 		rs := mesh.RuleSet{}
+		top := mesh.Chain{Table: "mangle", Name: mesh.ChainFirewall}
 		for i := range n {
 			if i == skip {
 				continue
 			}
 			rs.Chains = append(rs.Chains, mesh.Chain{Table: "mangle", Name: chain(i), Rules: [][]string{
 				{"-s", source(i), "-j", "RETURN"}, {"-j", "DROP"}}})
+			// The top chain jumps to each: a chain removed is first no
+			// longer jumped to.
+			top.Rules = append(top.Rules, []string{"-d", fmt.Sprintf("10.9.%d.0/24", i), "-g", chain(i)})
 		}
-		rs.Chains = append(rs.Chains, mesh.Chain{Table: "mangle", Name: mesh.ChainFirewall, Rules: [][]string{{"-j", "RETURN"}}})
+		top.Rules = append(top.Rules, []string{"-j", "RETURN"})
+		rs.Chains = append(rs.Chains, top)
 		rs.Hooks = []mesh.Hook{{Table: "mangle", Chain: "PREROUTING", Rule: []string{"-j", mesh.ChainFirewall}}}
 		return rs
 	}
@@ -193,7 +198,8 @@ func TestUpdateWritesOnlyWhatChangedWithoutListing(t *testing.T) {
 		t.Errorf("unchanged Update: %d listings and %d restores, want none", lists, restores)
 	}
 
-	// One chain changes: one restore, no listing, and the kernel has it.
+	// One chain changes: one restore and one listing of its table, and the
+	// kernel has it.
 	changed := func(i int) string {
 		if i == 5 {
 			return "10.2.5.0/24"
@@ -204,27 +210,38 @@ func TestUpdateWritesOnlyWhatChangedWithoutListing(t *testing.T) {
 	reset()
 	writes := c.rewrites
 	update(rs)
-	if lists != 0 || restores != 1 || c.rewrites != writes+1 {
-		t.Errorf("one chain changed: %d listings, %d restores, %d chains written; want 0, 1, 1", lists, restores, c.rewrites-writes)
+	if lists != 1 || restores != 1 || c.rewrites != writes+1 {
+		t.Errorf("one chain changed: %d listings, %d restores, %d chains written; want 1, 1, 1", lists, restores, c.rewrites-writes)
 	}
 	if got := ruleLines(t, ns, "iptables", "mangle")[chain(5)]; len(got) == 0 || !strings.Contains(got[0], "10.2.5.0/24") {
 		t.Errorf("chain 5 in the kernel after Update: %q, want its new source", got)
 	}
 
-	// A chain no longer wanted goes, without a listing.
+	// A chain no longer wanted goes once the top chain no longer jumps to
+	// it (rewritten first, in the same Update).
 	rs = ruleSet(n, changed, 7)
 	reset()
+	writes = c.rewrites
 	update(rs)
-	if lists != 0 {
-		t.Errorf("a chain removed: %d listings, want none", lists)
+	if lists != 1 || restores != 1 || c.rewrites != writes+1 {
+		t.Errorf("a chain removed: %d listings, %d restores, %d chains written; want 1, 1, 1 (the top chain)", lists, restores, c.rewrites-writes)
 	}
 	if _, ok := ruleLines(t, ns, "iptables", "mangle")[chain(7)]; ok {
 		t.Errorf("chain 7 is still in the kernel after Update removed it")
 	}
 
-	// Drift behind our back: Update cannot see it, the next Set repairs it
-	// (and writes chain 5 once more, which Update wrote unlisted).
+	// A Set now finds everything Update wrote as it recorded it: nothing
+	// is written again (a write would reset the drop counters).
+	writes = c.rewrites
+	set(t, ns, c, rs)
+	if c.rewrites != writes {
+		t.Errorf("Set after Updates: %d chains written again, want none", c.rewrites-writes)
+	}
+
+	// Drift behind our back — a rule added to chain 3, and chain 5, which
+	// Update wrote, flushed: Update cannot see it, the next Set repairs both.
 	ns.Run(t, "iptables", "-t", "mangle", "-A", chain(3), "-j", "ACCEPT")
+	ns.Run(t, "iptables", "-t", "mangle", "-F", chain(5))
 	reset()
 	update(rs)
 	if lists != 0 || restores != 0 {
@@ -233,10 +250,14 @@ func TestUpdateWritesOnlyWhatChangedWithoutListing(t *testing.T) {
 	writes = c.rewrites
 	set(t, ns, c, rs)
 	if c.rewrites != writes+2 {
-		t.Errorf("Set after drift: %d chains written, want 2 (the drifted 3, the unlisted 5)", c.rewrites-writes)
+		t.Errorf("Set after drift: %d chains written, want 2 (the drifted 3 and the flushed 5)", c.rewrites-writes)
 	}
-	if got := ruleLines(t, ns, "iptables", "mangle")[chain(3)]; len(got) != 2 {
+	rules := ruleLines(t, ns, "iptables", "mangle")
+	if got := rules[chain(3)]; len(got) != 2 {
 		t.Errorf("chain 3 after Set: %q, want its two rules again", got)
+	}
+	if got := rules[chain(5)]; len(got) != 2 || !strings.Contains(got[0], "10.2.5.0/24") {
+		t.Errorf("the flushed chain 5 after Set: %q, want its two rules again", got)
 	}
 
 	// A failed write: the next Update lists again, and writes.

@@ -120,11 +120,11 @@ func (c *Chains) Changes() int { return c.rewrites + c.hookInserts }
 // Update is Set for the passes between two Sets: it trusts its own record of
 // what it wrote instead of listing the tables. A table whose last Set or
 // Update succeeded with the same hooks gets only its changed chains written
-// (one iptables-restore) and its unwanted chains removed; an unchanged
-// table costs no iptables command at all. Any other table (never synced, a
-// failed write, other hooks) goes through Set's path, and so does a rule set
-// with a chain quarantine would change. Chains written here are written once
-// more by the next Set, which checks them against a listing.
+// (one iptables-restore, then one listing of that table to record what
+// iptables printed, as Set does) and its unwanted chains removed; an
+// unchanged table costs no iptables command at all. Any other table (never
+// synced, a failed write, other hooks) goes through Set's path, and so does
+// a rule set with a chain quarantine would change.
 //
 // What Update cannot see is a change made behind kubelink's back: the caller
 // runs Set now and then (the broker: every --resync) to find and repair it.
@@ -194,11 +194,20 @@ func (c *Chains) updateTable(table string, want *tableWant) error {
 			return fmt.Errorf("write chains: %w", err)
 		}
 		c.rewrites += len(dirty)
-		for _, ch := range dirty {
-			// Not listed: the next Set compares the chain with nothing
-			// and writes it once more, checking it.
-			c.written[chainKey{table, ch.Name}] = writtenChain{rules: cloneRules(ch.Rules)}
+		// What iptables printed for them, as Set records it: the next Set
+		// then finds them unchanged, or repairs them (an empty listing of
+		// a flushed chain included).
+		after, err := c.listTable(table)
+		if err != nil {
+			return err
 		}
+		for _, ch := range dirty {
+			if !after.has(ch.Name) {
+				return fmt.Errorf("chain %s missing right after it was written", ch.Name)
+			}
+			c.written[chainKey{table, ch.Name}] = writtenChain{rules: cloneRules(ch.Rules), listed: slices.Clone(after.rules[ch.Name])}
+		}
+		delete(c.clean, table)
 	}
 	slices.Sort(stale)
 	if err := c.removeChains(table, stale); err != nil {
@@ -207,8 +216,16 @@ func (c *Chains) updateTable(table string, want *tableWant) error {
 	if len(want.chains) == 0 {
 		c.clean[table] = c.now()
 	}
-	c.synced[table] = want.hooks
+	c.synced[table] = cloneHooks(want.hooks)
 	return nil
+}
+
+func cloneHooks(hs []mesh.Hook) []mesh.Hook {
+	out := make([]mesh.Hook, len(hs))
+	for i, h := range hs {
+		out[i] = mesh.Hook{Table: h.Table, Chain: h.Chain, Rule: slices.Clone(h.Rule)}
+	}
+	return out
 }
 
 // Set makes the chains and hooks of the concern match rs: it writes changed
@@ -449,7 +466,7 @@ func (c *Chains) setTable(table string, want *tableWant) error {
 	if err := c.removeChains(table, stale); err != nil {
 		return err
 	}
-	c.synced[table] = want.hooks
+	c.synced[table] = cloneHooks(want.hooks)
 	return nil
 }
 

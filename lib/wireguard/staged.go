@@ -20,11 +20,14 @@ import (
 //
 // Two things bound it:
 //   - trimStaged drops, every stagedTrimEvery, the queued packets of each
-//     peer that has had no session for stagedGrace. A handshake completes
-//     within a round trip, so a peer without a session a second after it
-//     needed one is unreachable or lost the initiation (which wireguard-go
-//     repeats every 5 s on its own, whatever waits); the packets that
-//     waited are stale, and a TCP sender sends its own again. Handshake
+//     peer that has been seen without a session for stagedGrace. A
+//     handshake completes within a round trip, so a peer still without a
+//     session a second later is unreachable or lost the initiation (which
+//     wireguard-go repeats every 5 s on its own, whatever waits); the
+//     packets that waited are stale, and a TCP sender sends its own again.
+//     For a peer long without a session, what it is sent is dropped within
+//     0.25 s: should it answer the handshake later, the next probe (at the
+//     full rate again, see below) tells. Handshake
 //     attempts go on unchanged; a peer that answers gets the next packet.
 //     The grace was 5 s: with 250 new peers that alone held 10 probes
 //     each, 160 MiB, at the moment they were added.
