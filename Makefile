@@ -161,7 +161,7 @@ e2e-uninstall: kubelinkctl ## against the running lab: kubelinkctl uninstall of 
 .PHONY: bench
 bench: test-bins ## measure the data planes and the broker at 25 and 250 links in one run; prints BENCH and RATIO lines (root; installs iperf3 etc. when missing)
 	@lab/scripts/deps.sh bench
-	@set -o pipefail; go test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./lib/clusterlab/ ./lib/bridge/ \
+	@set -o pipefail; $(STATIC_GO) go test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 20m ./lib/clusterlab/ ./lib/bridge/ \
 	  | tee _bench.log | grep -E '^(BENCH|RATIO) '; rc=$$?; \
 	  if [ $$rc -ne 0 ]; then cat _bench.log; fi; rm -f _bench.log; exit $$rc
 
