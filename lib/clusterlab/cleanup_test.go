@@ -30,8 +30,14 @@ func netState(t *testing.T, ns *nstest.Namespace) string {
 		{"ip", "rule", "show"},
 		{"iptables-save"},
 	} {
-		out := ns.Run(t, cmd[0], cmd[1:]...)
-		for _, line := range strings.Split(out, "\n") {
+		// Standard output only: ip writes to standard error about the
+		// peers of veths in namespaces other tests are removing meanwhile
+		// ("Peer netns reference is invalid"), which is no state of this one.
+		out, err := ns.Command(cmd[0], cmd[1:]...).Output()
+		if err != nil {
+			t.Fatalf("%s in %s: %v", strings.Join(cmd, " "), ns.Name, err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
 			if strings.HasPrefix(line, "#") {
 				continue // iptables-save timestamps
 			}
