@@ -52,7 +52,6 @@ func (b *Broker) sync(ctx context.Context) error {
 	}
 
 	now := time.Now()
-	t3 := now
 	states := map[string]int{}
 	for i := range list.Items {
 		kl := &list.Items[i]
@@ -67,7 +66,7 @@ func (b *Broker) sync(ctx context.Context) error {
 	}
 	b.metrics.setStates(states)
 	b.forgetDeleted(list.Items)
-	b.log.Debug("sync pass", "links", len(list.Items), "model", t1.Sub(t0), "dataPlane", t2.Sub(t1), "meshServices", t3.Sub(t2), "status", time.Since(t3))
+	b.log.Debug("sync pass", "links", len(list.Items), "model", t1.Sub(t0), "dataPlane", t2.Sub(t1), "meshServices", now.Sub(t2), "status", time.Since(now))
 	return errors.Join(errs...)
 }
 

@@ -57,11 +57,11 @@ type LinkPolicy struct {
 	// source port — and nothing else on the probe's ports.
 	Probe          netip.AddrPort
 	ProbeReplyPort uint16
-	// members are the networks of every member of the link's mesh, each
-	// with its link's name, shared by all the mesh's LinkPolicies (see
-	// Transit): one list per mesh rather than, per link, the networks of
-	// every other member, which grew with links × links (issue #33).
-	members []memberNet
+	// members are the sources of every member of the link's mesh, shared
+	// by all the mesh's LinkPolicies (see Transit): one list per mesh
+	// rather than, per link, the networks of every other member, which grew
+	// with links × links (issue #33).
+	members []sourceOwner
 	// Local is the local cluster address of the link's mesh. Unless denied,
 	// packets to it pass the link's rule whatever Allow says: what may
 	// reach it is decided by the cluster address's own rule
@@ -102,16 +102,11 @@ func (lp *LinkPolicy) Allows(p Packet) bool {
 // own firewall.
 func (lp *LinkPolicy) Transit(dst netip.Addr) bool {
 	for _, m := range lp.members {
-		if m.link != lp.Link && m.prefix.Contains(dst) {
+		if m.link != lp && m.prefix.Contains(dst) {
 			return true
 		}
 	}
 	return false
-}
-
-type memberNet struct {
-	prefix netip.Prefix
-	link   string
 }
 
 func inAny(ps []netip.Prefix, a netip.Addr) bool {
@@ -153,16 +148,9 @@ func ProbeReplyPort(probePort int) uint16 {
 func (m *Model) Policy(probePort int) *Policy {
 	p := &Policy{}
 	for _, ms := range m.Meshes {
-		sources := make([][]netip.Prefix, len(ms.Members))
-		var members []memberNet
-		for i, l := range ms.Members {
-			sources[i] = l.AllowedIPs()
-			for _, s := range sources[i] {
-				members = append(members, memberNet{s.Masked(), l.Name.String()})
-			}
-		}
-		for i, l := range ms.Members {
-			lp := &LinkPolicy{Link: l.Name.String(), Mesh: ms.Name, Sources: sources[i], Local: ms.Local.IP(), members: members}
+		var members []sourceOwner
+		for _, l := range ms.Members {
+			lp := &LinkPolicy{Link: l.Name.String(), Mesh: ms.Name, Sources: l.AllowedIPs(), Local: ms.Local.IP()}
 			if probePort > 0 && probePort < 65535 {
 				lp.Probe = netip.AddrPortFrom(ms.Local.IP(), uint16(probePort))
 				lp.ProbeReplyPort = ProbeReplyPort(probePort)
@@ -182,9 +170,13 @@ func (m *Model) Policy(probePort int) *Policy {
 			}
 			p.Links = append(p.Links, lp)
 			for _, s := range lp.Sources {
-				p.owners = append(p.owners, sourceOwner{s, lp})
+				members = append(members, sourceOwner{s, lp})
 			}
 		}
+		for _, lp := range p.Links[len(p.Links)-len(ms.Members):] {
+			lp.members = members
+		}
+		p.owners = append(p.owners, members...)
 	}
 	slices.SortStableFunc(p.owners, func(a, b sourceOwner) int { return cmp.Compare(b.prefix.Bits(), a.prefix.Bits()) })
 	return p

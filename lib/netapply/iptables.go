@@ -249,7 +249,6 @@ func (c *Chains) set(rs mesh.RuleSet) error {
 			continue // nothing of ours there at the last listing, nothing wanted
 		}
 		if err := c.setTable(t, want[t]); err != nil {
-			delete(c.synced, t)
 			errs = append(errs, fmt.Errorf("iptables table %s: %w", t, err))
 		}
 	}
@@ -419,6 +418,7 @@ func (c *Chains) setTable(table string, want *tableWant) error {
 	if want == nil {
 		want = &tableWant{}
 	}
+	delete(c.synced, table) // until the table is as wanted
 	st, err := c.listTable(table)
 	if err != nil {
 		return err
@@ -445,7 +445,6 @@ func (c *Chains) setTable(table string, want *tableWant) error {
 		return nil
 	}
 	delete(c.clean, table)
-	delete(c.synced, table) // until the table is as wanted
 	if st, err = c.writeChains(table, want.chains, st); err != nil {
 		return err
 	}
