@@ -146,6 +146,10 @@ export LAB_MODE
 lab-up: build kubelinkctl $(HELM) ## start the offline two-cluster kind lab, kubelink installed with kubelinkctl (LAB_MODE=wireguard|bridge, LAB_INSTALL=kubelinkctl|helm)
 	TAG=$(VERSION) lab/scripts/lab-up.sh
 
+.PHONY: lab-build
+lab-build: build ## build what make lab-up needs that needs no docker (kind, the node image's Kubernetes binaries, the registry, the Debian trees), cached; it starts no daemon, so it may run beside make test
+	lab/scripts/lab-build.sh
+
 .PHONY: lab-down
 lab-down: ## remove the lab: clusters, their containers, volumes and network
 	lab/scripts/lab-down.sh

@@ -14,17 +14,20 @@
 #         iproute2 and wireguard-tools (copied into the VM's initramfs)
 #   lab   the kind lab: docker.io (dockerd, containerd, runc), debootstrap
 #         (offline node image), jq, openssl, curl (the lab registry's readiness)
+#   lab-build `make lab-build`: what builds the lab without docker (debootstrap,
+#         jq, flock); no docker.io, so it starts no daemon beside make test
 set -euo pipefail
 declare -A group=(
   [test]="ca-certificates git iproute2 iptables nftables conntrack iperf3 procps kmod wireguard-tools util-linux"
   [bench]="ca-certificates git iproute2 iptables nftables conntrack iperf3 procps kmod"
   [kernel]="ca-certificates iproute2 wireguard-tools qemu-system-x86"
   [lab]="ca-certificates curl git iproute2 iptables docker.io debootstrap jq openssl procps"
+  [lab-build]="ca-certificates git debootstrap jq util-linux"
 )
 (($#)) || set -- test
 want=()
 for g in "$@"; do
-  [[ -n ${group[$g]:-} ]] || { echo "deps: unknown group '$g' (test, bench, kernel, lab)" >&2; exit 2; }
+  [[ -n ${group[$g]:-} ]] || { echo "deps: unknown group '$g' (test, bench, kernel, lab, lab-build)" >&2; exit 2; }
   # shellcheck disable=SC2206
   want+=(${group[$g]})
 done
@@ -38,6 +41,10 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "deps: missing Debian packages: ${missing[*]}; run as root (or: apt-get install ${missing[*]})" >&2
   exit 1
 fi
+# One install at a time: .ci/run's make lab-build runs beside make test, and
+# apt refuses a second apt rather than waiting for it.
+exec {lock}>/var/lock/kubelink-deps.lock
+flock "$lock"
 echo "deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null

@@ -10,7 +10,6 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${KUBELINK_CACHE:-$HOME/.cache/kubelink}
-KIND_VERSION=v0.30.0
 WRAPPER=/usr/local/sbin/runc-capfilter
 [[ $(id -u) == 0 ]] || { echo "host-prep: the lab needs root (docker, kind, network namespaces)" >&2; exit 1; }
 
@@ -50,9 +49,4 @@ if ! $DOCKER info >/dev/null 2>&1; then
   echo "host-prep: dockerd started"
 fi
 
-# kind.
-if [[ ! -x $CACHE/tools/kind-$KIND_VERSION ]]; then
-  GOWORK=off GOBIN="$CACHE/tools/kind-build" go install "sigs.k8s.io/kind@$KIND_VERSION"
-  mv "$CACHE/tools/kind-build/kind" "$CACHE/tools/kind-$KIND_VERSION"; rmdir "$CACHE/tools/kind-build"
-fi
-echo "host-prep: kind $KIND_VERSION at $CACHE/tools/kind-$KIND_VERSION"
+"$ROOT/lab/scripts/kind-bin.sh"

@@ -42,14 +42,41 @@ debootstrap_to() { # dir packages
   rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/archives/*.deb
 }
 
-build_debian_net() {
-  local r=$WORK/debian-net
-  debootstrap_to "$r" iptables,nftables,iproute2,conntrack,ca-certificates,busybox,procps
-  import_rootfs "$r" "$1" --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+# The Debian trees need no docker: `--trees-only` (make lab-build) makes
+# them beside other work and keeps each as a tar under $CACHE/rootfs, which
+# the image build then imports (and removes: the image's own tar is the
+# cache from then on).
+ROOTFS=$CACHE/rootfs
+# tree_tar NAME FUNC: sets TREE to the tar of the tree FUNC DIR builds,
+# made once (under a lock, so a lab-build running beside lab-up waits
+# rather than building it twice).
+tree_tar() {
+  local name=$1 fn=$2 lock d
+  TREE=$ROOTFS/$name-r$RECIPE.tar
+  mkdir -p "$ROOTFS"
+  exec {lock}>"$ROOTFS/.$name.lock"
+  flock "$lock"
+  if [[ ! -s $TREE ]]; then
+    d=$WORK/$name
+    "$fn" "$d"
+    tar --numeric-owner -C "$d" -cf "$TREE.tmp" . && mv "$TREE.tmp" "$TREE"
+    rm -rf "$d"
+  fi
+  exec {lock}>&-
 }
 
-build_node_base() {
-  local r=$WORK/node-rootfs kf
+debian_net_tree() {
+  debootstrap_to "$1" iptables,nftables,iproute2,conntrack,ca-certificates,busybox,procps
+}
+
+build_debian_net() {
+  tree_tar debian-net debian_net_tree
+  $DOCKER import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - "$1" <"$TREE" >/dev/null
+  rm -f "$TREE"
+}
+
+node_base_tree() {
+  local r=$1 kf
   debootstrap_to "$r" systemd,systemd-sysv,dbus,conntrack,iptables,nftables,iproute2,ethtool,util-linux,mount,kmod,libseccomp2,pigz,ca-certificates,jq,procps,containerd,runc,containernetworking-plugins,socat,ebtables,iputils-ping,wget,curl,busybox
   # kind's node contract: the files of its base image, from the kind module.
   kf=$(GOWORK=off GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | jq -r .Dir)/images/base/files
@@ -75,8 +102,13 @@ build_node_base() {
     systemctl mask systemd-binfmt.service >/dev/null 2>&1
     ctr oci spec | jq ".hooks.createContainer += [{\"path\": \"/kind/bin/mount-product-files.sh\"}] | del(.process.rlimits)" \
       >/etc/containerd/cri-base.json'
-  import_rootfs "$r" "$1-nostop" --change 'ENV container=docker' \
-    --change 'ENTRYPOINT ["/usr/local/bin/entrypoint","/sbin/init"]'
+}
+
+build_node_base() {
+  tree_tar node-base node_base_tree
+  $DOCKER import --change 'ENV container=docker' --change 'ENTRYPOINT ["/usr/local/bin/entrypoint","/sbin/init"]' \
+    - "$1-nostop" <"$TREE" >/dev/null
+  rm -f "$TREE"
   printf 'FROM %s\nSTOPSIGNAL SIGRTMIN+3\n' "$1-nostop" | DOCKER_BUILDKIT=0 $DOCKER build -q -t "$1" - >/dev/null
   $DOCKER rmi "$1-nostop" >/dev/null
 }
@@ -151,6 +183,14 @@ build_node() {
   $DOCKER rmi "$img-stage" >/dev/null || true
 }
 
+# --trees-only: the Debian trees of the images not cached yet, without docker.
+if [[ ${1:-} == --trees-only ]]; then
+  image_tar() { echo "$CACHE/images/$(echo "$1" | tr '/:' '__').tar"; }
+  [[ -s $(image_tar "$DEBIAN_NET") ]] || tree_tar debian-net debian_net_tree
+  [[ -s $(image_tar "$NODE_BASE") ]] || tree_tar node-base node_base_tree
+  log "Debian trees ready under $ROOTFS"
+  exit 0
+fi
 cached_image "$DEBIAN_NET" build_debian_net
 [[ ${1:-} == --debian-net-only ]] && exit 0
 # The two Debian trees need no Kubernetes binary: lab-up builds them while

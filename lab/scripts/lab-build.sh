@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# make lab-build: everything make lab-up builds that needs no docker daemon,
+# built (or found cached) now: the Debian packages of the lab, kind, the
+# Kubernetes and CoreDNS binaries of the node image, the registry's binary
+# and the Debian trees of the images (debootstrap). It starts no daemon and
+# touches no network namespace or firewall, so it may run beside make test:
+# .ci/run starts it there at idle CPU priority, so that a cold machine
+# compiles the lab in the CPU time the tests leave idle. Idempotent; each
+# part is cached and locked as make lab-up caches and locks it.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+start=$(date +%s)
+"$ROOT/lab/scripts/deps.sh" lab-build
+# The trees first: they wait on the network and the disk, the rest on the CPU.
+"$ROOT/lab/scripts/node-image.sh" --trees-only &
+trees=$!
+trap '[[ -z $trees ]] || kill "$trees" 2>/dev/null || true' EXIT
+"$ROOT/lab/scripts/kind-bin.sh"
+"$ROOT/lab/scripts/registry.sh" build
+"$ROOT/lab/scripts/k8s-bins.sh" kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubeadm kubectl etcd
+"$ROOT/lab/scripts/coredns-bin.sh"
+wait "$trees" || { trees=""; die "the Debian trees of the node image failed"; }
+trees=""
+log "lab built in $(( $(date +%s) - start ))s (make lab-up finds it cached)"
