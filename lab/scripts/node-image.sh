@@ -33,7 +33,9 @@ if [[ ${1:-} == --print-node-image ]]; then echo "$NODE"; exit 0; fi
 if [[ ${1:-} == --print-debian-net ]]; then echo "$DEBIAN_NET"; exit 0; fi
 
 WORK=$(mktemp -d /var/tmp/kubelink-node.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+# --one-file-system: a debootstrap that failed may leave /proc or /dev
+# mounted in its tree.
+trap 'rm -rf --one-file-system "$WORK"' EXIT
 
 debootstrap_to() { # dir packages
   log "debootstrap $1 ($(debian_mirror))"
@@ -43,36 +45,44 @@ debootstrap_to() { # dir packages
 }
 
 # The Debian trees need no docker: `--trees-only` (make lab-build) makes
-# them beside other work and keeps each as a tar under $CACHE/rootfs, which
-# the image build then imports (and removes: the image's own tar is the
-# cache from then on).
+# them beside other work and keeps each as a directory under
+# $CACHE/rootfs, which the image build then imports. Once the image's own
+# tar is saved (the cache from then on), drop_tree removes the tree.
 ROOTFS=$CACHE/rootfs
-# tree_tar NAME FUNC: sets TREE to the tar of the tree FUNC DIR builds,
-# made once (under a lock, so a lab-build running beside lab-up waits
-# rather than building it twice).
-tree_tar() {
-  local name=$1 fn=$2 lock d
-  TREE=$ROOTFS/$name-r$RECIPE.tar
+image_tar() { echo "$CACHE/images/$(echo "$1" | tr '/:' '__').tar"; }
+# tree NAME FUNC [IMAGE]: sets TREE to the directory of the tree FUNC DIR
+# builds, made once, unless IMAGE's tar exists (then TREE is ""). Under a
+# lock, so a lab-build running beside lab-up waits rather than building it
+# twice; at any time the tree or the image's tar exists, never neither.
+tree() {
+  local name=$1 fn=$2 img=${3:-} lock
+  TREE=$ROOTFS/$name-r$RECIPE
   mkdir -p "$ROOTFS"
   exec {lock}>"$ROOTFS/.$name.lock"
   flock "$lock"
-  if [[ ! -s $TREE ]]; then
-    d=$WORK/$name
-    "$fn" "$d"
-    tar --numeric-owner -C "$d" -cf "$TREE.tmp" . && mv "$TREE.tmp" "$TREE"
-    rm -rf "$d"
+  if [[ ! -e $TREE.complete ]]; then
+    if [[ -n $img && -s $(image_tar "$img") ]]; then
+      TREE=""
+    else
+      # (--one-file-system: a debootstrap that was stopped may have left
+      # /proc or /dev mounted in its tree)
+      rm -rf --one-file-system "$TREE" "$TREE.tmp"
+      "$fn" "$TREE.tmp"
+      mv "$TREE.tmp" "$TREE"
+      touch "$TREE.complete"
+    fi
   fi
   exec {lock}>&-
 }
+drop_tree() { rm -rf --one-file-system "$ROOTFS/$1-r$RECIPE" "$ROOTFS/$1-r$RECIPE.complete"; }
 
 debian_net_tree() {
   debootstrap_to "$1" iptables,nftables,iproute2,conntrack,ca-certificates,busybox,procps
 }
 
 build_debian_net() {
-  tree_tar debian-net debian_net_tree
-  $DOCKER import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' - "$1" <"$TREE" >/dev/null
-  rm -f "$TREE"
+  tree debian-net debian_net_tree
+  import_rootfs "$TREE" "$1" --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 }
 
 node_base_tree() {
@@ -105,10 +115,9 @@ node_base_tree() {
 }
 
 build_node_base() {
-  tree_tar node-base node_base_tree
-  $DOCKER import --change 'ENV container=docker' --change 'ENTRYPOINT ["/usr/local/bin/entrypoint","/sbin/init"]' \
-    - "$1-nostop" <"$TREE" >/dev/null
-  rm -f "$TREE"
+  tree node-base node_base_tree
+  import_rootfs "$TREE" "$1-nostop" --change 'ENV container=docker' \
+    --change 'ENTRYPOINT ["/usr/local/bin/entrypoint","/sbin/init"]'
   printf 'FROM %s\nSTOPSIGNAL SIGRTMIN+3\n' "$1-nostop" | DOCKER_BUILDKIT=0 $DOCKER build -q -t "$1" - >/dev/null
   $DOCKER rmi "$1-nostop" >/dev/null
 }
@@ -162,6 +171,7 @@ control_plane_images() {
 build_node() {
   local img=$1 box=kubelink-node-build
   cached_image "$NODE_BASE" build_node_base
+  drop_tree node-base
   control_plane_images
   mkdir -p "$WORK/node"
   install -m 0755 "$BIN/kubeadm" "$BIN/kubelet" "$BIN/kubectl" "$WORK/node/"
@@ -185,18 +195,18 @@ build_node() {
 
 # --trees-only: the Debian trees of the images not cached yet, without docker.
 if [[ ${1:-} == --trees-only ]]; then
-  image_tar() { echo "$CACHE/images/$(echo "$1" | tr '/:' '__').tar"; }
-  [[ -s $(image_tar "$DEBIAN_NET") ]] || tree_tar debian-net debian_net_tree
-  [[ -s $(image_tar "$NODE_BASE") ]] || tree_tar node-base node_base_tree
-  log "Debian trees ready under $ROOTFS"
+  tree debian-net debian_net_tree "$DEBIAN_NET"
+  tree node-base node_base_tree "$NODE_BASE"
+  log "Debian trees ready under $ROOTFS (or their images' tars under $CACHE/images)"
   exit 0
 fi
 cached_image "$DEBIAN_NET" build_debian_net
+drop_tree debian-net
 [[ ${1:-} == --debian-net-only ]] && exit 0
 # The two Debian trees need no Kubernetes binary: lab-up builds them while
 # the binaries compile (debootstrap waits on the network and the disk, the
 # compiler on the CPU).
-if [[ ${1:-} == --bases-only ]]; then cached_image "$NODE_BASE" build_node_base; exit 0; fi
+if [[ ${1:-} == --bases-only ]]; then cached_image "$NODE_BASE" build_node_base; drop_tree node-base; exit 0; fi
 for b in kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd; do
   [[ -x $BIN/$b ]] || die "$BIN/$b missing: run lab/scripts/k8s-bins.sh first (make lab-up does)"
 done

@@ -15,13 +15,17 @@ CACHE=${KUBELINK_CACHE:-$HOME/.cache/kubelink}/kernel
 mkdir -p "$CACHE"
 "$ROOT/lab/scripts/deps.sh" kernel >&2
 
+# apt-get update under deps.sh's lock: .ci/run's make lab-build may be
+# installing beside this, and apt refuses a second apt.
+apt_update() { (exec {l}>/var/lock/kubelink-deps.lock; flock "$l"; apt-get update -qq >/dev/null 2>&1); }
+
 pkg=${KUBELINK_VM_KERNEL:-}
 if [[ -z $pkg && -s $CACHE/default ]]; then pkg=$(<"$CACHE/default"); fi
 if [[ -z $pkg ]]; then
   # The meta package names the current kernel of the release.
   pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
   if [[ -z $pkg ]]; then
-    apt-get update -qq >/dev/null 2>&1 || true
+    apt_update || true
     pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
   fi
   [[ -n $pkg ]] || { echo "vm-kernel: cannot resolve linux-image-amd64 to a kernel package (apt-cache depends linux-image-amd64); set KUBELINK_VM_KERNEL=linux-image-<version>-amd64" >&2; exit 1; }
@@ -40,7 +44,7 @@ if [[ ! -s $dir/vmlinuz ]]; then
   trap 'rm -rf "$tmp"' EXIT
   echo "vm-kernel: downloading $pkg (unpacked into the cache, not installed)" >&2
   (cd "$tmp" && apt-get download "$pkg" >/dev/null 2>&1) \
-    || { apt-get update -qq >/dev/null 2>&1; (cd "$tmp" && apt-get download "$pkg" >/dev/null); } \
+    || { apt_update; (cd "$tmp" && apt-get download "$pkg" >/dev/null); } \
     || { echo "vm-kernel: apt-get download $pkg failed" >&2; exit 1; }
   dpkg-deb -x "$tmp"/*.deb "$tmp/root"
   [[ -s $tmp/root/boot/vmlinuz-$version ]] || { echo "vm-kernel: $pkg has no /boot/vmlinuz-$version" >&2; exit 1; }
