@@ -109,9 +109,11 @@ flake: deps tools test-bins ## run `make test`'s tests FLAKE_RUNS times (default
 lint: $(STATICCHECK) ## go vet and staticcheck
 	$(STATIC_GO) go vet $(PKGS)
 	$(STATIC_GO) go vet -tags e2e,e2euninstall ./e2e/...
+	$(STATIC_GO) go vet -tags e2e,e2escale ./e2e/...
 	$(STATIC_GO) go vet -tags kernelwg ./lib/wireguard/ ./lib/broker/
 	$(STATIC_GO) $(STATICCHECK) $(PKGS)
 	$(STATIC_GO) $(STATICCHECK) -tags e2e,e2euninstall ./e2e/...
+	$(STATIC_GO) $(STATICCHECK) -tags e2e,e2escale ./e2e/...
 	$(STATIC_GO) $(STATICCHECK) -tags kernelwg ./lib/wireguard/ ./lib/broker/
 	cd cmd/kubelinkctl && $(KCTL_GO) go vet ./... && $(KCTL_GO) $(STATICCHECK) ./...
 
@@ -177,6 +179,13 @@ lab-bench: ## against the running lab: repeat failover, DNS withdrawal/return an
 	@cd e2e && E2E_RUNS=$${E2E_RUNS:-5} $(STATIC_GO) go test -tags e2e -count=1 -timeout 90m -v -run '$(LAB_BENCH_TESTS)' . 2>&1 \
 	  | tee $(KUBELINK_CACHE)/lab-bench.log | grep --line-buffered -E '^(BENCH|RATIO) |(FAILOVER [ab]|DNS [ab]|LINKUP) run|--- (PASS|FAIL)|^(FAIL|ok) '; \
 	  rc=$${PIPESTATUS[0]}; if [ $$rc -ne 0 ]; then echo "lab-bench failed; the whole log: $(KUBELINK_CACHE)/lab-bench.log"; fi; exit $$rc
+
+.PHONY: lab-scale
+lab-scale: ## against the running lab: LAB_SCALE_LINKS (default 250) foreign KubeLinks applied to lab-a (endpoints on the broker pod's loopback), one changed five times, all deleted; prints BENCH lines (issue #33's goals)
+	@mkdir -p $(KUBELINK_CACHE)
+	@cd e2e && $(STATIC_GO) go test -tags e2e,e2escale -count=1 -timeout 30m -v -run '^TestScaleInTheLab$$' . 2>&1 \
+	  | tee $(KUBELINK_CACHE)/lab-scale.log | grep --line-buffered -E '^(BENCH|RATIO) |--- (PASS|FAIL)|^(FAIL|ok) |scale_test.go'; \
+	  rc=$${PIPESTATUS[0]}; if [ $$rc -ne 0 ]; then echo "lab-scale failed; the whole log: $(KUBELINK_CACHE)/lab-scale.log"; fi; exit $$rc
 
 .PHONY: clean
 clean: ## remove build output (the binary cache in ~/.cache/kubelink stays)

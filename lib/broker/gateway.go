@@ -50,6 +50,9 @@ type gateway struct {
 	// checking: this pass checks (set by apply, read by applyServices,
 	// which comes later in the same pass).
 	checking bool
+	// scopes: the SNAT scope of this pass, for Settle's dropUnNATed (nil:
+	// nothing to do, the SNAT rules failed).
+	scopes []mesh.SNATScope
 }
 
 // CheckNext makes the next pass check the chains against the kernel's
@@ -145,7 +148,8 @@ func (g *gateway) localAddresses() []netip.Prefix {
 // keeps that connection un-rewritten for as long as it is tracked. For the
 // same reason, whenever the SNAT scope changed (the first pass, a new mesh
 // or destination, a broker that took over), the flows tracked without SNAT
-// in the new scope are deleted, so their next packet passes the rules.
+// in the new scope are deleted (by Settle, at the end of the pass), so
+// their next packet passes the rules.
 func (g *gateway) apply(plan *mesh.GatewayPlan) error {
 	var errs []error
 	verify := g.verifying()
@@ -174,8 +178,9 @@ func (g *gateway) apply(plan *mesh.GatewayPlan) error {
 		chainsOK = false
 		errs = append(errs, err)
 	}
+	g.scopes = nil
 	if snatErr == nil && plan.Model != nil {
-		g.dropUnNATed(plan.Model.SNATScopes())
+		g.scopes = plan.Model.SNATScopes()
 	}
 	switch {
 	case !chainsOK:
@@ -187,6 +192,28 @@ func (g *gateway) apply(plan *mesh.GatewayPlan) error {
 		return fmt.Errorf("gateway setup: %v", errs)
 	}
 	return nil
+}
+
+// Settle ends a pass, after its status writes, with what can wait those
+// milliseconds: the listings that record what Update wrote (a failure
+// makes the next pass check the chains) and, after the SNAT scope changed,
+// the deletion of the flows tracked without SNAT (dropUnNATed: the rules
+// are in place by then, only flows from before them wait). A change's
+// status is then written without waiting for either (issue #33).
+func (g *gateway) Settle() {
+	for _, c := range []*netapply.Chains{g.snat, g.svc, g.local, g.fw} {
+		if c == nil {
+			continue
+		}
+		if err := c.Settle(); err != nil {
+			g.verified = time.Time{}
+			g.log.Warn("reading back the chains just written; the next pass checks them all", "err", err)
+		}
+	}
+	if g.scopes != nil {
+		g.dropUnNATed(g.scopes)
+		g.scopes = nil
+	}
 }
 
 // dropUnNATed deletes the flows tracked without SNAT when the scope changed

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 )
@@ -49,7 +50,10 @@ func newMetrics() *metrics {
 			Help: "1 while the Service's EndpointSlice (--active-endpoint-slice) points at this broker, as last written or read back."}),
 	}
 	m.reg.MustRegister(m.links, m.linkUp, m.rx, m.tx, m.rtt, m.fwDrops, m.dataPlane, m.reconcileErrors, m.syncSeconds, m.leader, m.leaseUnconfirmed, m.endpointPublished,
-		newLocalDrops())
+		newLocalDrops(),
+		// process_resident_memory_bytes and the Go runtime's figures: what
+		// an operator compares with the container's memory limit.
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

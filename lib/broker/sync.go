@@ -66,7 +66,13 @@ func (b *Broker) sync(ctx context.Context) error {
 	}
 	b.metrics.setStates(states)
 	b.forgetDeleted(list.Items)
-	b.log.Debug("sync pass", "links", len(list.Items), "model", t1.Sub(t0), "dataPlane", t2.Sub(t1), "meshServices", now.Sub(t2), "status", time.Since(now))
+	t3 := time.Now()
+	// What the plane left for after the status writes (the gateway: the
+	// listings of the chains just written, the flows tracked without SNAT).
+	if s, ok := b.plane.(interface{ Settle() }); ok {
+		s.Settle()
+	}
+	b.log.Debug("sync pass", "links", len(list.Items), "model", t1.Sub(t0), "dataPlane", t2.Sub(t1), "meshServices", now.Sub(t2), "status", t3.Sub(now), "settle", time.Since(t3))
 	return errors.Join(errs...)
 }
 

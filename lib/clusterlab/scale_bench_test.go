@@ -1,12 +1,15 @@
 package clusterlab
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -33,7 +36,11 @@ import (
 //	BENCH scale_status_writes_per_min_<n>     status writes in that window, per minute
 //	BENCH scale_rss_mib_<n>                   the broker's resident memory after the window
 //	BENCH scale_rss_peak_mib_<n>              its highest resident memory so far (VmHWM)
+//	BENCH scale_rss_anon_mib_<n>, …_file_…    the resident memory of its heap and stacks
+//	                                          (RssAnon) and of its binary (RssFile)
 //	BENCH scale_one_change_ms_<n>             a changed spec until the status observes it
+//	                                          (median of 5 changes, each timed by a watch)
+//	BENCH scale_one_change_max_ms_<n>         the slowest of those 5
 //
 // then the deletion of every link (BENCH scale_delete_all_seconds, until
 // the broker counts no foreign link) and RATIO scale_rss_<max>_vs_<min>,
@@ -66,7 +73,7 @@ func BenchmarkBrokerScale(bm *testing.B) {
 	}
 	a.WaitState(local.Name, v1alpha1.StateUp, 30*time.Second)
 
-	writes := countStatusWrites(bm, a)
+	sw := watchStatus(bm, a)
 	type figures struct{ passMs, rssMiB float64 }
 	got := map[int]figures{}
 	applied := 0
@@ -83,13 +90,13 @@ func BenchmarkBrokerScale(bm *testing.B) {
 
 		// Steady state: passes and status writes over a window.
 		sum0, count0 := syncFigures(bm, a)
-		w0 := writes.Load()
+		w0 := sw.writes.Load()
 		const window = 30 * time.Second
 		windowEnd := time.Now().Add(window)
 		saveProfile(bm, a, "cpu", n)
 		time.Sleep(time.Until(windowEnd))
 		sum1, count1 := syncFigures(bm, a)
-		perMin := float64(writes.Load()-w0) * float64(time.Minute) / float64(window)
+		perMin := float64(sw.writes.Load()-w0) * float64(time.Minute) / float64(window)
 		passMs := 0.0
 		if count1 > count0 {
 			passMs = (sum1 - sum0) / (count1 - count0) * 1000
@@ -97,15 +104,17 @@ func BenchmarkBrokerScale(bm *testing.B) {
 		rss := rssMiB(bm, broker)
 		saveProfile(bm, a, "heap", n)
 
-		// One change: link 1's service CIDR moves; its status observes the
-		// new generation.
-		changed := time.Now()
-		gen := changeScaleLink(bm, a, 1, n)
-		waitFor(bm, "the changed link's status to observe its generation", 5*time.Minute, func() bool {
-			kl, err := a.Link(scaleLinkName(1))
-			return err == nil && kl.Status.ObservedGeneration >= gen && kl.Status.State != ""
-		})
-		change := time.Since(changed)
+		// One change, five times: link 1's service CIDR moves, until the
+		// watch sees its status observe the new generation.
+		var changes []time.Duration
+		for range 5 {
+			// A second apart, as an operator's changes come: each is
+			// timed alone, not behind the previous change's pass.
+			time.Sleep(time.Second)
+			changes = append(changes, timeChange(bm, a, sw, 1, n))
+		}
+		slices.Sort(changes)
+		change := changes[len(changes)/2]
 
 		got[n] = figures{passMs, rss}
 		fmt.Printf("BENCH scale_links_all_stated_seconds_%d %.2f s\n", n, stated.Seconds())
@@ -113,7 +122,10 @@ func BenchmarkBrokerScale(bm *testing.B) {
 		fmt.Printf("BENCH scale_status_writes_per_min_%d %.0f\n", n, perMin)
 		fmt.Printf("BENCH scale_rss_mib_%d %.1f MiB\n", n, rss)
 		fmt.Printf("BENCH scale_rss_peak_mib_%d %.1f MiB\n", n, peakRSSMiB(bm, broker))
+		fmt.Printf("BENCH scale_rss_anon_mib_%d %.1f MiB\n", n, procMiB(bm, broker, "RssAnon:"))
+		fmt.Printf("BENCH scale_rss_file_mib_%d %.1f MiB\n", n, procMiB(bm, broker, "RssFile:"))
 		fmt.Printf("BENCH scale_one_change_ms_%d %.0f ms\n", n, float64(change.Microseconds())/1000)
+		fmt.Printf("BENCH scale_one_change_max_ms_%d %.0f ms\n", n, float64(changes[len(changes)-1].Microseconds())/1000)
 	}
 
 	deleted := time.Now()
@@ -191,23 +203,34 @@ func scaleLink(bm *testing.B, i int) *v1alpha1.KubeLink {
 		Endpoint: fmt.Sprintf("127.0.0.1:%d", 40000+i), PublicKey: wireguard.PublicKey(key).String()}}
 }
 
-// changeScaleLink moves link i's service CIDR to one no other link uses
-// (100.101.i.0/24, or back) and returns the new generation.
-func changeScaleLink(bm *testing.B, c *Cluster, i, n int) int64 {
+// timeChange moves link i's service CIDR to one no other link uses
+// (100.101.i.0/24, or back) and returns the time from the patch until the
+// watch delivered a status of the link that observes the new generation.
+func timeChange(bm *testing.B, c *Cluster, w *statusWatch, i, n int) time.Duration {
 	kl, err := c.Link(scaleLinkName(i))
 	if err != nil {
 		bm.Fatal(err)
 	}
+	// Expected before the patch: the broker may write the status before
+	// the patch call returns.
+	seen := w.expect(kl.Name, kl.Generation+1)
 	orig := kl.DeepCopy()
 	if strings.HasPrefix(kl.Spec.CIDR, "100.100.") {
 		kl.Spec.CIDR = fmt.Sprintf("100.101.%d.0/24", i)
 	} else {
 		kl.Spec.CIDR = fmt.Sprintf("100.100.%d.0/24", i)
 	}
+	patched := time.Now()
 	if err := c.Kube.Patch(waitCtx(bm, 30*time.Second), kl, client.MergeFrom(orig)); err != nil {
 		bm.Fatalf("changing link %d of %d: %v", i, n, err)
 	}
-	return kl.Generation
+	select {
+	case at := <-seen:
+		return at.Sub(patched)
+	case <-time.After(5 * time.Minute):
+		bm.Fatalf("link %d of %d: no status observing generation %d within 5 min", i, n, kl.Generation)
+		return 0
+	}
 }
 
 // allStated reports whether want KubeLinks exist and each has a state.
@@ -227,29 +250,75 @@ func allStated(bm *testing.B, c *Cluster, want int) bool {
 	return true
 }
 
-// countStatusWrites counts the updates of KubeLinks the API server reports
-// (every status write is one) until the benchmark ends.
-func countStatusWrites(bm *testing.B, c *Cluster) *atomic.Int64 {
+// statusWatch watches the KubeLinks until the benchmark ends: it counts
+// their updates (every status write is one) and tells when one link's
+// status first observes a generation (expect).
+type statusWatch struct {
+	writes atomic.Int64
+	mu     sync.Mutex
+	name   string
+	gen    int64
+	seen   chan time.Time
+}
+
+// expect returns a channel that receives the time the watch delivers the
+// first status of link name with observedGeneration >= gen.
+func (s *statusWatch) expect(name string, gen int64) <-chan time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.name, s.gen, s.seen = name, gen, make(chan time.Time, 1)
+	return s.seen
+}
+
+func (s *statusWatch) observe(kl *v1alpha1.KubeLink) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.seen != nil && kl.Name == s.name && kl.Status.ObservedGeneration >= s.gen {
+		s.seen <- time.Now()
+		s.seen = nil
+	}
+}
+
+func watchStatus(bm *testing.B, c *Cluster) *statusWatch {
 	wc, err := client.NewWithWatch(c.Plane.Config(), client.Options{Scheme: c.Plane.Scheme()})
 	if err != nil {
 		bm.Fatal(err)
 	}
-	w, err := wc.Watch(waitCtx(bm, time.Hour), &v1alpha1.KubeLinkList{})
+	ctx, cancel := context.WithCancel(context.Background())
+	w, err := wc.Watch(ctx, &v1alpha1.KubeLinkList{})
 	if err != nil {
+		cancel()
 		bm.Fatal(err)
 	}
-	n := &atomic.Int64{}
+	s := &statusWatch{}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for ev := range w.ResultChan() {
-			if ev.Type == watch.Modified {
-				n.Add(1)
+		for {
+			for ev := range w.ResultChan() {
+				if ev.Type != watch.Modified {
+					continue
+				}
+				s.writes.Add(1)
+				if kl, ok := ev.Object.(*v1alpha1.KubeLink); ok {
+					s.observe(kl)
+				}
+			}
+			// The API server ends a watch after its request timeout:
+			// watch again until the benchmark ends.
+			for {
+				if ctx.Err() != nil {
+					return
+				}
+				if w, err = wc.Watch(ctx, &v1alpha1.KubeLinkList{}); err == nil {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
 			}
 		}
 	}()
-	bm.Cleanup(func() { w.Stop(); <-done })
-	return n
+	bm.Cleanup(func() { cancel(); <-done }) // the canceled context ends the watch
+	return s
 }
 
 // syncFigures reads the broker's kubelink_sync_duration_seconds sum and

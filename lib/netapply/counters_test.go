@@ -140,11 +140,13 @@ func TestChainsListEachTableOncePerPass(t *testing.T) {
 }
 
 // Update, between two Sets, trusts what it wrote: an unchanged rule set runs
-// no iptables command, a changed chain is one iptables-restore and one
-// listing of its table, a chain no longer wanted is removed after the chain
-// that jumped to it was rewritten; what changed behind its back is found by
-// the next Set, and a failed write makes the next Update list again (issue
-// #33: one change to one link must not cost a listing of every table).
+// no iptables command, a changed chain is one iptables-restore (and Settle,
+// later, one listing of its table), a chain no longer wanted is removed
+// after the chain that jumped to it was rewritten; what changed behind its
+// back is found by the next Set, a chain not yet settled is written again
+// by Set, and a failed write or a written chain gone before Settle makes
+// the next Update list again (issue #33: one change to one link must not
+// cost a listing of every table, nor wait for one).
 func TestUpdateWritesOnlyWhatChangedWithoutListing(t *testing.T) {
 	ns := nstest.New(t, "ipt")
 	c := newChains(t, FirewallChains)
@@ -183,6 +185,7 @@ func TestUpdateWritesOnlyWhatChangedWithoutListing(t *testing.T) {
 	}
 	base := func(i int) string { return fmt.Sprintf("10.1.%d.0/24", i) }
 	update := func(rs mesh.RuleSet) { t.Helper(); do(t, ns, func() error { return c.Update(rs) }) }
+	settle := func() { t.Helper(); do(t, ns, c.Settle) }
 	reset := func() { lists, restores = 0, 0 }
 	const n = 30
 	rs := ruleSet(n, base, -1)
@@ -198,8 +201,8 @@ func TestUpdateWritesOnlyWhatChangedWithoutListing(t *testing.T) {
 		t.Errorf("unchanged Update: %d listings and %d restores, want none", lists, restores)
 	}
 
-	// One chain changes: one restore and one listing of its table, and the
-	// kernel has it.
+	// One chain changes: one restore and no listing, and the kernel has
+	// it; Settle then lists its table once, and a second Settle nothing.
 	changed := func(i int) string {
 		if i == 5 {
 			return "10.2.5.0/24"
@@ -210,11 +213,17 @@ func TestUpdateWritesOnlyWhatChangedWithoutListing(t *testing.T) {
 	reset()
 	writes := c.rewrites
 	update(rs)
-	if lists != 1 || restores != 1 || c.rewrites != writes+1 {
-		t.Errorf("one chain changed: %d listings, %d restores, %d chains written; want 1, 1, 1", lists, restores, c.rewrites-writes)
+	if lists != 0 || restores != 1 || c.rewrites != writes+1 {
+		t.Errorf("one chain changed: %d listings, %d restores, %d chains written; want 0, 1, 1", lists, restores, c.rewrites-writes)
 	}
 	if got := ruleLines(t, ns, "iptables", "mangle")[chain(5)]; len(got) == 0 || !strings.Contains(got[0], "10.2.5.0/24") {
 		t.Errorf("chain 5 in the kernel after Update: %q, want its new source", got)
+	}
+	reset()
+	settle()
+	settle()
+	if lists != 1 || restores != 0 {
+		t.Errorf("two Settles after one Update: %d listings and %d restores, want 1 and 0", lists, restores)
 	}
 
 	// A chain no longer wanted goes once the top chain no longer jumps to
@@ -223,12 +232,13 @@ func TestUpdateWritesOnlyWhatChangedWithoutListing(t *testing.T) {
 	reset()
 	writes = c.rewrites
 	update(rs)
-	if lists != 1 || restores != 1 || c.rewrites != writes+1 {
-		t.Errorf("a chain removed: %d listings, %d restores, %d chains written; want 1, 1, 1 (the top chain)", lists, restores, c.rewrites-writes)
+	if lists != 0 || restores != 1 || c.rewrites != writes+1 {
+		t.Errorf("a chain removed: %d listings, %d restores, %d chains written; want 0, 1, 1 (the top chain)", lists, restores, c.rewrites-writes)
 	}
 	if _, ok := ruleLines(t, ns, "iptables", "mangle")[chain(7)]; ok {
 		t.Errorf("chain 7 is still in the kernel after Update removed it")
 	}
+	settle()
 
 	// A Set now finds everything Update wrote as it recorded it: nothing
 	// is written again (a write would reset the drop counters).
@@ -236,6 +246,54 @@ func TestUpdateWritesOnlyWhatChangedWithoutListing(t *testing.T) {
 	set(t, ns, c, rs)
 	if c.rewrites != writes {
 		t.Errorf("Set after Updates: %d chains written again, want none", c.rewrites-writes)
+	}
+
+	// A Set before Settle cannot know what iptables printed for a chain
+	// just written: it writes that chain again rather than trust it.
+	rs5 := ruleSet(n, base, 7)
+	update(rs5)
+	writes = c.rewrites
+	set(t, ns, c, rs5)
+	if c.rewrites != writes+1 {
+		t.Errorf("Set after an Update without Settle: %d chains written, want 1 (the one Update wrote)", c.rewrites-writes)
+	}
+	reset()
+	settle()
+	if lists != 0 {
+		t.Errorf("Settle after Set: %d listings, want none (Set settled the table)", lists)
+	}
+
+	// A chain Update wrote and someone deleted before Settle listed it:
+	// Settle says so and forgets it, and the next Update writes it again.
+	update(rs)
+	ns.Run(t, "iptables", "-t", "mangle", "-F", mesh.ChainFirewall)
+	ns.Run(t, "iptables", "-t", "mangle", "-F", chain(5))
+	ns.Run(t, "iptables", "-t", "mangle", "-X", chain(5))
+	if err := ns.Do(c.Settle); err == nil || !strings.Contains(err.Error(), chain(5)) {
+		t.Errorf("Settle with a written chain deleted: %v, want an error naming %s", err, chain(5))
+	}
+	reset()
+	update(rs)
+	if lists == 0 || restores == 0 {
+		t.Errorf("Update after Settle found a chain missing: %d listings and %d restores, want the table listed and written", lists, restores)
+	}
+	if got := ruleLines(t, ns, "iptables", "mangle")[chain(5)]; len(got) != 2 {
+		t.Errorf("chain 5 after the Update that followed: %q, want its two rules", got)
+	}
+	settle()
+
+	// A chain Update wrote and someone flushed before Settle listed it:
+	// Settle does not record the flushed copy as what it wrote (Set would
+	// then never repair it); the next Update writes it again.
+	update(ruleSet(n, base, 7))
+	ns.Run(t, "iptables", "-t", "mangle", "-F", chain(5))
+	if err := ns.Do(c.Settle); err == nil || !strings.Contains(err.Error(), chain(5)) {
+		t.Errorf("Settle with a written chain flushed: %v, want an error naming %s", err, chain(5))
+	}
+	update(rs)
+	settle()
+	if got := ruleLines(t, ns, "iptables", "mangle")[chain(5)]; len(got) != 2 || !strings.Contains(got[0], "10.2.5.0/24") {
+		t.Errorf("chain 5 after the Update that followed the flush: %q, want its two rules", got)
 	}
 
 	// Drift behind our back — a rule added to chain 3, and chain 5, which

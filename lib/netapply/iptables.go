@@ -63,6 +63,9 @@ type Chains struct {
 	// left the table as wanted; a table absent was never synced, or its
 	// last write failed. Update trusts only such tables.
 	synced map[string][]mesh.Hook
+	// unsettled holds the tables Update wrote chains into that Settle has
+	// not listed yet.
+	unsettled map[string]bool
 }
 
 // tableSweep is how often a table with nothing of ours is listed anyway,
@@ -75,6 +78,10 @@ type chainKey struct{ table, chain string }
 type writtenChain struct {
 	rules  [][]string
 	listed []string
+	// pending: written by Update, not listed yet (Settle lists it). Set
+	// rewrites a pending chain rather than compare the kernel's copy with
+	// a listing it never made.
+	pending bool
 }
 
 // NewChains returns an applier for the chains owned accepts, using iptables
@@ -90,7 +97,7 @@ func NewChains(owned func(chain string) bool, ipv6 bool) (*Chains, error) {
 		return nil, fmt.Errorf("iptables: %w (is the iptables package installed?)", err)
 	}
 	return &Chains{ipv6: ipv6, owned: owned, ipt: ipt, restore: execRestore(restore), list: execList(list), written: map[chainKey]writtenChain{},
-		clean: map[string]time.Time{}, now: time.Now, synced: map[string][]mesh.Hook{}}, nil
+		clean: map[string]time.Time{}, now: time.Now, synced: map[string][]mesh.Hook{}, unsettled: map[string]bool{}}, nil
 }
 
 // SNATChains owns the chains of Model.SNATRules.
@@ -120,7 +127,7 @@ func (c *Chains) Changes() int { return c.rewrites + c.hookInserts }
 // Update is Set for the passes between two Sets: it trusts its own record of
 // what it wrote instead of listing the tables. A table whose last Set or
 // Update succeeded with the same hooks gets only its changed chains written
-// (one iptables-restore, then one listing of that table to record what
+// (one iptables-restore; Settle then lists the table once to record what
 // iptables printed, as Set does) and its unwanted chains removed; an
 // unchanged table costs no iptables command at all. Any other table (never
 // synced, a failed write, other hooks) goes through Set's path, and so does
@@ -194,19 +201,12 @@ func (c *Chains) updateTable(table string, want *tableWant) error {
 			return fmt.Errorf("write chains: %w", err)
 		}
 		c.rewrites += len(dirty)
-		// What iptables printed for them, as Set records it: the next Set
-		// then finds them unchanged, or repairs them (an empty listing of
-		// a flushed chain included).
-		after, err := c.listTable(table)
-		if err != nil {
-			return err
-		}
+		// What iptables prints for them is recorded by Settle, after the
+		// caller's more urgent work (the broker: the status writes).
 		for _, ch := range dirty {
-			if !after.has(ch.Name) {
-				return fmt.Errorf("chain %s missing right after it was written", ch.Name)
-			}
-			c.written[chainKey{table, ch.Name}] = writtenChain{rules: cloneRules(ch.Rules), listed: slices.Clone(after.rules[ch.Name])}
+			c.written[chainKey{table, ch.Name}] = writtenChain{rules: cloneRules(ch.Rules), pending: true}
 		}
+		c.unsettled[table] = true
 		delete(c.clean, table)
 	}
 	slices.Sort(stale)
@@ -218,6 +218,55 @@ func (c *Chains) updateTable(table string, want *tableWant) error {
 	}
 	c.synced[table] = cloneHooks(want.hooks)
 	return nil
+}
+
+// Settle lists each table Update wrote chains into since the last Settle,
+// once, and records what iptables printed for those chains, as Set records
+// it: the next Set then finds them unchanged (keeping their counters), or
+// repairs them, an empty listing of a flushed chain included. The broker
+// calls it after a pass's status writes, so that the listing does not
+// delay the status of the change that caused it. A chain missing from the
+// listing, or a table that could not be listed, is forgotten: the next
+// Update writes it again through Set's path; so is one whose number of
+// rules differs from what was written (changed in between).
+func (c *Chains) Settle() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var errs []error
+	for _, t := range tables {
+		if !c.unsettled[t] {
+			continue
+		}
+		delete(c.unsettled, t)
+		after, err := c.listTable(t)
+		for k, w := range c.written {
+			if k.table != t || !w.pending {
+				continue
+			}
+			switch {
+			case err != nil:
+				delete(c.written, k)
+			case !after.has(k.chain):
+				delete(c.written, k)
+				errs = append(errs, fmt.Errorf("iptables table %s: chain %s missing right after it was written", t, k.chain))
+			case len(after.rules[k.chain]) != len(w.rules):
+				// Changed between the write and this listing (each rule
+				// kubelink writes lists as one line): recording it would
+				// make the changed copy the one Set compares with.
+				delete(c.written, k)
+				errs = append(errs, fmt.Errorf("iptables table %s: chain %s lists %d rules right after %d were written", t, k.chain, len(after.rules[k.chain]), len(w.rules)))
+			default:
+				w.listed, w.pending = slices.Clone(after.rules[k.chain]), false
+				c.written[k] = w
+				continue
+			}
+			delete(c.synced, t)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("iptables table %s: %w", t, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func cloneHooks(hs []mesh.Hook) []mesh.Hook {
@@ -419,6 +468,9 @@ func (c *Chains) setTable(table string, want *tableWant) error {
 		want = &tableWant{}
 	}
 	delete(c.synced, table) // until the table is as wanted
+	// Its listing below settles the table: a chain Update wrote and
+	// Settle has not listed yet counts as changed (writeChains).
+	delete(c.unsettled, table)
 	st, err := c.listTable(table)
 	if err != nil {
 		return err
@@ -478,7 +530,7 @@ func (c *Chains) writeChains(table string, want []mesh.Chain, st *tableState) (*
 	var dirty []mesh.Chain
 	for _, ch := range want {
 		w, ok := c.written[chainKey{table, ch.Name}]
-		if ok && st.has(ch.Name) && slices.EqualFunc(w.rules, ch.Rules, slices.Equal) &&
+		if ok && !w.pending && st.has(ch.Name) && slices.EqualFunc(w.rules, ch.Rules, slices.Equal) &&
 			slices.Equal(st.rules[ch.Name], w.listed) {
 			continue
 		}
