@@ -23,6 +23,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
 	"sigs.k8s.io/e2e-framework/pkg/features"
@@ -70,22 +71,23 @@ func TestScaleInTheLab(t *testing.T) {
 	c := lab.A
 	f := features.New(fmt.Sprintf("%d links in cluster %s", n, c.Name)).
 		Assess("applied, changed and deleted within issue #33's goals; link b stays Up", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
-			deleteScaleLinks(ctx, t, c) // a stopped run's
-			t.Cleanup(func() { deleteScaleLinks(context.Background(), t, c) })
+			cl := scaleClient(t, c)
+			deleteScaleLinks(ctx, t, cl) // a stopped run's
+			t.Cleanup(func() { deleteScaleLinks(context.Background(), t, cl) })
 			links := scaleLinks(ctx, t, c, n)
 			pod := anyClient(ctx, t, c)
 			urlB := echoURL(ctx, t, lab.B)
 			expectEcho(ctx, t, c, pod, urlB, "b", 30*time.Second)
 			brokerIP := activeBrokerIP(ctx, t, c)
-			sw := watchLinks(ctx, t, c)
+			sw := watchLinks(ctx, t, cl)
 			// Link b Up and traffic to b over the whole test: checked
 			// every second.
 			stop := watchLinkB(ctx, t, c, pod, urlB)
 
 			begin := time.Now()
-			applyAll(ctx, t, c, links)
+			applyAll(ctx, t, cl, links)
 			if _, err := Eventually(ctx, 10*time.Minute, 100*time.Millisecond, func(ctx context.Context) error {
-				return allStated(ctx, c, links)
+				return allStated(ctx, cl, links)
 			}); err != nil {
 				t.Fatalf("not every link got a state: %v", err)
 			}
@@ -113,13 +115,13 @@ func TestScaleInTheLab(t *testing.T) {
 				// A second apart: each change is timed alone, not
 				// behind the previous change's pass.
 				time.Sleep(time.Second)
-				changes = append(changes, timeLinkChange(ctx, t, c, sw, links[0].Name))
+				changes = append(changes, timeLinkChange(ctx, t, sw, links[0].Name))
 			}
 			slices.Sort(changes)
 			change := changes[len(changes)/2]
 
 			deleted := time.Now()
-			deleteScaleLinks(ctx, t, c)
+			deleteScaleLinks(ctx, t, cl)
 			if _, err := Eventually(ctx, 10*time.Minute, 250*time.Millisecond, func(ctx context.Context) error {
 				m, err := brokerMetrics(ctx, c, brokerIP)
 				if err != nil {
@@ -200,9 +202,23 @@ func scaleLinks(ctx context.Context, t *testing.T, c *Cluster, n int) []*v1alpha
 	return links
 }
 
+// scaleClient is a client of c without client-go's default rate limit (5
+// requests a second): the figures are the broker's, not the test's client's
+// (lib/testenv's clients do the same).
+func scaleClient(t *testing.T, c *Cluster) client.WithWatch {
+	t.Helper()
+	rc := rest.CopyConfig(c.rest)
+	rc.QPS, rc.Burst = -1, 0
+	cl, err := client.NewWithWatch(rc, client.Options{Scheme: c.Res.GetScheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
 // applyAll creates the links, eight at a time, as kubectl apply of a
 // directory would send them.
-func applyAll(ctx context.Context, t *testing.T, c *Cluster, links []*v1alpha1.KubeLink) {
+func applyAll(ctx context.Context, t *testing.T, cl client.Client, links []*v1alpha1.KubeLink) {
 	t.Helper()
 	var wg sync.WaitGroup
 	errs := make(chan error, len(links))
@@ -212,7 +228,7 @@ func applyAll(ctx context.Context, t *testing.T, c *Cluster, links []*v1alpha1.K
 		go func() {
 			defer wg.Done()
 			for kl := range next {
-				if err := c.Res.Create(ctx, kl.DeepCopy()); err != nil {
+				if err := cl.Create(ctx, kl.DeepCopy()); err != nil {
 					errs <- fmt.Errorf("creating %s: %w", kl.Name, err)
 				}
 			}
@@ -229,9 +245,9 @@ func applyAll(ctx context.Context, t *testing.T, c *Cluster, links []*v1alpha1.K
 	}
 }
 
-func allStated(ctx context.Context, c *Cluster, links []*v1alpha1.KubeLink) error {
+func allStated(ctx context.Context, cl client.Client, links []*v1alpha1.KubeLink) error {
 	var list v1alpha1.KubeLinkList
-	if err := c.Res.List(ctx, &list); err != nil {
+	if err := cl.List(ctx, &list); err != nil {
 		return err
 	}
 	state := map[string]string{}
@@ -252,21 +268,21 @@ func allStated(ctx context.Context, c *Cluster, links []*v1alpha1.KubeLink) erro
 
 // deleteScaleLinks deletes every link with scaleLabel and waits until the
 // API server has none left.
-func deleteScaleLinks(ctx context.Context, t *testing.T, c *Cluster) {
+func deleteScaleLinks(ctx context.Context, t *testing.T, cl client.Client) {
 	t.Helper()
-	sel := scaleLabel + "=true"
+	sel := client.MatchingLabels{scaleLabel: "true"}
 	var list v1alpha1.KubeLinkList
-	if err := c.Res.List(ctx, &list, func(o *metav1.ListOptions) { o.LabelSelector = sel }); err != nil {
+	if err := cl.List(ctx, &list, sel); err != nil {
 		t.Fatal(err)
 	}
 	for i := range list.Items {
-		if err := c.Res.Delete(ctx, &list.Items[i]); err != nil && !apierrors.IsNotFound(err) {
+		if err := cl.Delete(ctx, &list.Items[i]); err != nil && !apierrors.IsNotFound(err) {
 			t.Errorf("deleting %s: %v", list.Items[i].Name, err)
 		}
 	}
 	if _, err := Eventually(ctx, 2*time.Minute, 250*time.Millisecond, func(ctx context.Context) error {
 		var left v1alpha1.KubeLinkList
-		if err := c.Res.List(ctx, &left, func(o *metav1.ListOptions) { o.LabelSelector = sel }); err != nil {
+		if err := cl.List(ctx, &left, sel); err != nil {
 			return err
 		}
 		if len(left.Items) > 0 {
@@ -274,7 +290,7 @@ func deleteScaleLinks(ctx context.Context, t *testing.T, c *Cluster) {
 		}
 		return nil
 	}); err != nil {
-		t.Errorf("cluster %s: deleting the scale links: %v", c.Name, err)
+		t.Errorf("deleting the scale links: %v", err)
 	}
 }
 
@@ -357,12 +373,8 @@ func (s *linkWatch) expect(name string, gen int64) <-chan time.Time {
 	return s.seen
 }
 
-func watchLinks(ctx context.Context, t *testing.T, c *Cluster) *linkWatch {
+func watchLinks(ctx context.Context, t *testing.T, wc client.WithWatch) *linkWatch {
 	t.Helper()
-	wc, err := client.NewWithWatch(c.rest, client.Options{Scheme: c.Res.GetScheme()})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	w, err := wc.Watch(ctx, &v1alpha1.KubeLinkList{})
 	if err != nil {
@@ -410,10 +422,10 @@ func watchLinks(ctx context.Context, t *testing.T, c *Cluster) *linkWatch {
 // timeLinkChange moves the link's service CIDR (100.100.i.0/24 to
 // 100.101.i.0/24, or back) and returns the time from the update until the
 // watch delivered a status that observes it.
-func timeLinkChange(ctx context.Context, t *testing.T, c *Cluster, w *linkWatch, name string) time.Duration {
+func timeLinkChange(ctx context.Context, t *testing.T, w *linkWatch, name string) time.Duration {
 	t.Helper()
-	kl, err := c.Link(ctx, name)
-	if err != nil {
+	kl := &v1alpha1.KubeLink{}
+	if err := w.client.Get(ctx, client.ObjectKey{Name: name}, kl); err != nil {
 		t.Fatal(err)
 	}
 	seen := w.expect(name, kl.Generation+1)

@@ -3,10 +3,10 @@
 # built (or found cached) now: the Debian packages of the lab, kind, the
 # Kubernetes and CoreDNS binaries of the node image, the registry's binary
 # and the Debian trees of the images (debootstrap). It starts no daemon and
-# touches no network namespace or firewall, so it may run beside make test:
-# .ci/run starts it there at idle CPU priority, so that a cold machine
-# compiles the lab in the CPU time the tests leave idle. Idempotent; each
-# part is cached and locked as make lab-up caches and locks it.
+# touches no network namespace or firewall, so it may run beside other
+# work (docs/testing.md says why CI does not run it beside make test).
+# Idempotent; each part is cached and locked as make lab-up caches and
+# locks it.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 start=$(date +%s)

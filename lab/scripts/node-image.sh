@@ -55,18 +55,20 @@ image_tar() { echo "$CACHE/images/$(echo "$1" | tr '/:' '__').tar"; }
 # lock, so a lab-build running beside lab-up waits rather than building it
 # twice; at any time the tree or the image's tar exists, never neither.
 tree() {
-  local name=$1 fn=$2 img=${3:-} lock
+  local name=$1 fn=$2 img=${3:-} lock old
   TREE=$ROOTFS/$name-r$RECIPE
   mkdir -p "$ROOTFS"
   exec {lock}>"$ROOTFS/.$name.lock"
   flock "$lock"
+  for old in "$ROOTFS/$name"-r*; do   # earlier recipes' trees
+    [[ ! -e $old || $old == "$TREE" || $old == "$TREE".* ]] || remove_tree "$old"
+  done
   if [[ ! -e $TREE.complete ]]; then
     if [[ -n $img && -s $(image_tar "$img") ]]; then
       TREE=""
     else
-      # (--one-file-system: a debootstrap that was stopped may have left
-      # /proc or /dev mounted in its tree)
-      rm -rf --one-file-system "$TREE" "$TREE.tmp"
+      remove_tree "$TREE"
+      remove_tree "$TREE.tmp"
       "$fn" "$TREE.tmp"
       mv "$TREE.tmp" "$TREE"
       touch "$TREE.complete"
@@ -74,7 +76,27 @@ tree() {
   fi
   exec {lock}>&-
 }
-drop_tree() { rm -rf --one-file-system "$ROOTFS/$1-r$RECIPE" "$ROOTFS/$1-r$RECIPE.complete"; }
+# remove_tree DIR: removes DIR, first unmounting what a debootstrap that was
+# killed left mounted in it (/proc, /sys, /dev), deepest first.
+remove_tree() {
+  local m
+  [[ -e $1 ]] || return 0
+  awk -v d="$1/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do
+    umount -l "$m" || die "cannot unmount $m (left by an interrupted debootstrap)"
+  done
+  rm -rf --one-file-system "$1"
+}
+# drop_tree NAME: the tree is no longer needed (its image's tar is saved);
+# under its lock, marker first, so tree() never takes a half-removed tree.
+drop_tree() {
+  local lock
+  [[ -d $ROOTFS ]] || return 0
+  exec {lock}>"$ROOTFS/.$1.lock"
+  flock "$lock"
+  rm -f "$ROOTFS/$1-r$RECIPE.complete"
+  remove_tree "$ROOTFS/$1-r$RECIPE"
+  exec {lock}>&-
+}
 
 debian_net_tree() {
   debootstrap_to "$1" iptables,nftables,iproute2,conntrack,ca-certificates,busybox,procps

@@ -285,16 +285,23 @@ func TestUpdateWritesOnlyWhatChangedWithoutListing(t *testing.T) {
 	// A chain Update wrote and someone flushed before Settle listed it:
 	// Settle does not record the flushed copy as what it wrote (Set would
 	// then never repair it); the next Update writes it again.
-	update(ruleSet(n, base, 7))
+	flushed := ruleSet(n, base, 7)
+	update(flushed)
 	ns.Run(t, "iptables", "-t", "mangle", "-F", chain(5))
 	if err := ns.Do(c.Settle); err == nil || !strings.Contains(err.Error(), chain(5)) {
 		t.Errorf("Settle with a written chain flushed: %v, want an error naming %s", err, chain(5))
 	}
+	reset()
+	update(flushed) // the same rule set: only the forgotten chain is written
+	if lists == 0 || restores != 1 {
+		t.Errorf("Update after Settle found a chain flushed: %d listings and %d restores, want the table listed and one restore", lists, restores)
+	}
+	settle()
+	if got := ruleLines(t, ns, "iptables", "mangle")[chain(5)]; len(got) != 2 || !strings.Contains(got[0], base(5)) {
+		t.Errorf("chain 5 after the Update that followed the flush: %q, want its two rules with %s", got, base(5))
+	}
 	update(rs)
 	settle()
-	if got := ruleLines(t, ns, "iptables", "mangle")[chain(5)]; len(got) != 2 || !strings.Contains(got[0], "10.2.5.0/24") {
-		t.Errorf("chain 5 after the Update that followed the flush: %q, want its two rules", got)
-	}
 
 	// Drift behind our back — a rule added to chain 3, and chain 5, which
 	// Update wrote, flushed: Update cannot see it, the next Set repairs both.

@@ -228,7 +228,10 @@ func (c *Chains) updateTable(table string, want *tableWant) error {
 // delay the status of the change that caused it. A chain missing from the
 // listing, or a table that could not be listed, is forgotten: the next
 // Update writes it again through Set's path; so is one whose number of
-// rules differs from what was written (changed in between).
+// rules differs from what was written (changed in between). A change in
+// that window that keeps the number of rules (iptables -R by hand) is
+// recorded as written; it would take another process editing kubelink's
+// own chains within the milliseconds of one pass.
 func (c *Chains) Settle() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
