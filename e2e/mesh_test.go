@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -469,6 +470,17 @@ func TestDrainTakesOneBrokerAtATime(t *testing.T) {
 	testenv.Test(t, f)
 }
 
+// brokerMetricsText reads the /metrics of the broker pod at podIP, from c's
+// control-plane node (which reaches the pod network), within timeout.
+func brokerMetricsText(ctx context.Context, c *Cluster, podIP string, timeout time.Duration) (string, error) {
+	out, err := exec.CommandContext(ctx, "/usr/bin/docker", "exec", "lab-"+c.Name+"-control-plane",
+		"curl", "-sf", "--max-time", strconv.Itoa(int(timeout.Seconds())), "http://"+podIP+":8080/metrics").Output()
+	if err != nil {
+		return "", fmt.Errorf("the broker's metrics at %s:8080: %w", podIP, err)
+	}
+	return string(out), nil
+}
+
 // waitStandby waits until cluster c has two running broker pods (one active,
 // one standby), so that a failover has somewhere to go.
 func waitStandby(ctx context.Context, t *testing.T, c *Cluster) {
@@ -485,9 +497,8 @@ func waitStandby(ctx context.Context, t *testing.T, c *Cluster) {
 			if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
 				continue
 			}
-			out, err := exec.CommandContext(ctx, "/usr/bin/docker", "exec", "lab-"+c.Name+"-control-plane",
-				"curl", "-sf", "--max-time", "2", "http://"+p.Status.PodIP+":8080/metrics").Output()
-			if err == nil && strings.Contains(string(out), "kubelink_broker_active") {
+			out, err := brokerMetricsText(ctx, c, p.Status.PodIP, 2*time.Second)
+			if err == nil && strings.Contains(out, "kubelink_broker_active") {
 				serving++
 			}
 		}

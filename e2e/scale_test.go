@@ -10,25 +10,23 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
 	"sigs.k8s.io/e2e-framework/pkg/features"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	kltest "github.com/kubelink/kubelink/lib/testenv"
 )
 
 // The goals of issue #33, as make bench checks them on the simulated
@@ -94,7 +92,7 @@ func TestScaleInTheLab(t *testing.T) {
 			stated := time.Since(begin)
 
 			m0 := mustMetrics(ctx, t, c, brokerIP)
-			w0 := sw.writes.Load()
+			w0 := sw.Writes.Load()
 			const window = 30 * time.Second
 			select {
 			case <-ctx.Done():
@@ -102,7 +100,7 @@ func TestScaleInTheLab(t *testing.T) {
 			case <-time.After(window):
 			}
 			m1 := mustMetrics(ctx, t, c, brokerIP)
-			perMin := float64(sw.writes.Load()-w0) * float64(time.Minute) / float64(window)
+			perMin := float64(sw.Writes.Load()-w0) * float64(time.Minute) / float64(window)
 			passes := m1["kubelink_sync_duration_seconds_count"] - m0["kubelink_sync_duration_seconds_count"]
 			pass := time.Duration(0)
 			if passes > 0 {
@@ -311,17 +309,15 @@ func activeBrokerIP(ctx context.Context, t *testing.T, c *Cluster) string {
 	return p.Status.PodIP
 }
 
-// brokerMetrics reads the broker's metrics (from c's control-plane node,
-// which reaches the pod network) and returns each series' value summed
-// over its labels, by name.
+// brokerMetrics reads the broker's metrics (brokerMetricsText) and returns
+// each series' value summed over its labels, by name.
 func brokerMetrics(ctx context.Context, c *Cluster, ip string) (map[string]float64, error) {
-	out, err := exec.CommandContext(ctx, "/usr/bin/docker", "exec", "lab-"+c.Name+"-control-plane",
-		"curl", "-sf", "--max-time", "5", "http://"+ip+":8080/metrics").Output()
+	out, err := brokerMetricsText(ctx, c, ip, 5*time.Second)
 	if err != nil {
-		return nil, fmt.Errorf("the broker's metrics at %s:8080: %w", ip, err)
+		return nil, err
 	}
 	m := map[string]float64{}
-	for _, l := range strings.Split(string(out), "\n") {
+	for _, l := range strings.Split(out, "\n") {
 		f := strings.Fields(l)
 		if len(f) != 2 || strings.HasPrefix(l, "#") {
 			continue
@@ -355,99 +351,35 @@ func mustMetrics(ctx context.Context, t *testing.T, c *Cluster, ip string) map[s
 	return m
 }
 
-// linkWatch counts the KubeLink updates of a cluster (each status write is
-// one) and tells when one link's status first observes a generation.
-type linkWatch struct {
-	client client.WithWatch
-	writes atomic.Int64
-	mu     sync.Mutex
-	name   string
-	gen    int64
-	seen   chan time.Time
-}
-
-func (s *linkWatch) expect(name string, gen int64) <-chan time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.name, s.gen, s.seen = name, gen, make(chan time.Time, 1)
-	return s.seen
-}
-
-func watchLinks(ctx context.Context, t *testing.T, wc client.WithWatch) *linkWatch {
+// watchLinks watches the cluster's KubeLinks until the test ends.
+func watchLinks(ctx context.Context, t *testing.T, cl client.WithWatch) *kltest.LinkWatch {
 	t.Helper()
 	ctx, cancel := context.WithCancel(ctx)
-	w, err := wc.Watch(ctx, &v1alpha1.KubeLinkList{})
+	w, err := kltest.WatchLinks(ctx, cl)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
 	}
-	s := &linkWatch{client: wc}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			for ev := range w.ResultChan() {
-				if ev.Type != watch.Modified {
-					continue
-				}
-				s.writes.Add(1)
-				kl, ok := ev.Object.(*v1alpha1.KubeLink)
-				if !ok {
-					continue
-				}
-				s.mu.Lock()
-				if s.seen != nil && kl.Name == s.name && kl.Status.ObservedGeneration >= s.gen {
-					s.seen <- time.Now()
-					s.seen = nil
-				}
-				s.mu.Unlock()
-			}
-			// The API server ends a watch after its request timeout:
-			// watch again until the test ends.
-			for {
-				if ctx.Err() != nil {
-					return
-				}
-				if w, err = wc.Watch(ctx, &v1alpha1.KubeLinkList{}); err == nil {
-					break
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done }) // the canceled context ends the watch
-	return s
+	t.Cleanup(func() { cancel(); <-w.Done() })
+	return w
 }
 
 // timeLinkChange moves the link's service CIDR (100.100.i.0/24 to
-// 100.101.i.0/24, or back) and returns the time from the update until the
-// watch delivered a status that observes it.
-func timeLinkChange(ctx context.Context, t *testing.T, w *linkWatch, name string) time.Duration {
+// 100.101.i.0/24, or back) and returns the time until the watch saw its
+// status observe the change.
+func timeLinkChange(ctx context.Context, t *testing.T, w *kltest.LinkWatch, name string) time.Duration {
 	t.Helper()
-	kl := &v1alpha1.KubeLink{}
-	if err := w.client.Get(ctx, client.ObjectKey{Name: name}, kl); err != nil {
+	took, err := w.TimeChange(ctx, name, func(s *v1alpha1.KubeLinkSpec) {
+		if strings.HasPrefix(s.CIDR, "100.100.") {
+			s.CIDR = "100.101." + strings.TrimPrefix(s.CIDR, "100.100.")
+		} else {
+			s.CIDR = "100.100." + strings.TrimPrefix(s.CIDR, "100.101.")
+		}
+	}, 2*time.Minute)
+	if err != nil {
 		t.Fatal(err)
 	}
-	seen := w.expect(name, kl.Generation+1)
-	orig := kl.DeepCopy()
-	if strings.HasPrefix(kl.Spec.CIDR, "100.100.") {
-		kl.Spec.CIDR = "100.101." + strings.TrimPrefix(kl.Spec.CIDR, "100.100.")
-	} else {
-		kl.Spec.CIDR = "100.100." + strings.TrimPrefix(kl.Spec.CIDR, "100.101.")
-	}
-	// A merge patch of the spec: no conflict with a status write between
-	// the read and the change.
-	updated := time.Now()
-	if err := w.client.Patch(ctx, kl, client.MergeFrom(orig)); err != nil {
-		t.Fatalf("changing %s: %v", name, err)
-	}
-	select {
-	case at := <-seen:
-		return at.Sub(updated)
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("%s: no status observing generation %d within 2 min", name, kl.Generation)
-		return 0
-	}
+	return took
 }
 
 // watchLinkB checks, every second until the returned stop, that c's link b

@@ -9,16 +9,14 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/testenv"
 	"github.com/kubelink/kubelink/lib/wireguard"
 )
 
@@ -90,13 +88,13 @@ func BenchmarkBrokerScale(bm *testing.B) {
 
 		// Steady state: passes and status writes over a window.
 		sum0, count0 := syncFigures(bm, a)
-		w0 := sw.writes.Load()
+		w0 := sw.Writes.Load()
 		const window = 30 * time.Second
 		windowEnd := time.Now().Add(window)
 		saveProfile(bm, a, "cpu", n)
 		time.Sleep(time.Until(windowEnd))
 		sum1, count1 := syncFigures(bm, a)
-		perMin := float64(sw.writes.Load()-w0) * float64(time.Minute) / float64(window)
+		perMin := float64(sw.Writes.Load()-w0) * float64(time.Minute) / float64(window)
 		passMs := 0.0
 		if count1 > count0 {
 			passMs = (sum1 - sum0) / (count1 - count0) * 1000
@@ -111,7 +109,7 @@ func BenchmarkBrokerScale(bm *testing.B) {
 			// A second apart, as an operator's changes come: each is
 			// timed alone, not behind the previous change's pass.
 			time.Sleep(time.Second)
-			changes = append(changes, timeChange(bm, a, sw, 1, n))
+			changes = append(changes, timeChange(bm, sw, 1, n))
 		}
 		slices.Sort(changes)
 		change := changes[len(changes)/2]
@@ -204,33 +202,20 @@ func scaleLink(bm *testing.B, i int) *v1alpha1.KubeLink {
 }
 
 // timeChange moves link i's service CIDR to one no other link uses
-// (100.101.i.0/24, or back) and returns the time from the patch until the
-// watch delivered a status of the link that observes the new generation.
-func timeChange(bm *testing.B, c *Cluster, w *statusWatch, i, n int) time.Duration {
-	kl, err := c.Link(scaleLinkName(i))
+// (100.101.i.0/24, or back) and returns the time until the watch saw its
+// status observe the change.
+func timeChange(bm *testing.B, w *testenv.LinkWatch, i, n int) time.Duration {
+	took, err := w.TimeChange(waitCtx(bm, 6*time.Minute), scaleLinkName(i), func(s *v1alpha1.KubeLinkSpec) {
+		if strings.HasPrefix(s.CIDR, "100.100.") {
+			s.CIDR = fmt.Sprintf("100.101.%d.0/24", i)
+		} else {
+			s.CIDR = fmt.Sprintf("100.100.%d.0/24", i)
+		}
+	}, 5*time.Minute)
 	if err != nil {
-		bm.Fatal(err)
+		bm.Fatalf("link %d of %d: %v", i, n, err)
 	}
-	// Expected before the patch: the broker may write the status before
-	// the patch call returns.
-	seen := w.expect(kl.Name, kl.Generation+1)
-	orig := kl.DeepCopy()
-	if strings.HasPrefix(kl.Spec.CIDR, "100.100.") {
-		kl.Spec.CIDR = fmt.Sprintf("100.101.%d.0/24", i)
-	} else {
-		kl.Spec.CIDR = fmt.Sprintf("100.100.%d.0/24", i)
-	}
-	patched := time.Now()
-	if err := c.Kube.Patch(waitCtx(bm, 30*time.Second), kl, client.MergeFrom(orig)); err != nil {
-		bm.Fatalf("changing link %d of %d: %v", i, n, err)
-	}
-	select {
-	case at := <-seen:
-		return at.Sub(patched)
-	case <-time.After(5 * time.Minute):
-		bm.Fatalf("link %d of %d: no status observing generation %d within 5 min", i, n, kl.Generation)
-		return 0
-	}
+	return took
 }
 
 // allStated reports whether want KubeLinks exist and each has a state.
@@ -250,75 +235,20 @@ func allStated(bm *testing.B, c *Cluster, want int) bool {
 	return true
 }
 
-// statusWatch watches the KubeLinks until the benchmark ends: it counts
-// their updates (every status write is one) and tells when one link's
-// status first observes a generation (expect).
-type statusWatch struct {
-	writes atomic.Int64
-	mu     sync.Mutex
-	name   string
-	gen    int64
-	seen   chan time.Time
-}
-
-// expect returns a channel that receives the time the watch delivers the
-// first status of link name with observedGeneration >= gen.
-func (s *statusWatch) expect(name string, gen int64) <-chan time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.name, s.gen, s.seen = name, gen, make(chan time.Time, 1)
-	return s.seen
-}
-
-func (s *statusWatch) observe(kl *v1alpha1.KubeLink) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.seen != nil && kl.Name == s.name && kl.Status.ObservedGeneration >= s.gen {
-		s.seen <- time.Now()
-		s.seen = nil
-	}
-}
-
-func watchStatus(bm *testing.B, c *Cluster) *statusWatch {
+// watchStatus watches the cluster's KubeLinks until the benchmark ends.
+func watchStatus(bm *testing.B, c *Cluster) *testenv.LinkWatch {
 	wc, err := client.NewWithWatch(c.Plane.Config(), client.Options{Scheme: c.Plane.Scheme()})
 	if err != nil {
 		bm.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	w, err := wc.Watch(ctx, &v1alpha1.KubeLinkList{})
+	w, err := testenv.WatchLinks(ctx, wc)
 	if err != nil {
 		cancel()
 		bm.Fatal(err)
 	}
-	s := &statusWatch{}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			for ev := range w.ResultChan() {
-				if ev.Type != watch.Modified {
-					continue
-				}
-				s.writes.Add(1)
-				if kl, ok := ev.Object.(*v1alpha1.KubeLink); ok {
-					s.observe(kl)
-				}
-			}
-			// The API server ends a watch after its request timeout:
-			// watch again until the benchmark ends.
-			for {
-				if ctx.Err() != nil {
-					return
-				}
-				if w, err = wc.Watch(ctx, &v1alpha1.KubeLinkList{}); err == nil {
-					break
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
-		}
-	}()
-	bm.Cleanup(func() { cancel(); <-done }) // the canceled context ends the watch
-	return s
+	bm.Cleanup(func() { cancel(); <-w.Done() })
+	return w
 }
 
 // syncFigures reads the broker's kubelink_sync_duration_seconds sum and
