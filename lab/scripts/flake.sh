@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# flake.sh N PKG...: runs make test's tests (test.sh: PKG... with -race and,
-# alongside, cmd/kubelinkctl's module) N times and lists every test that
+# flake.sh N PKG...: runs make test's tests (test.sh: PKG..., the data
+# plane with -race, and cmd/kubelinkctl's module; TEST_RACE=all: -race
+# everywhere) N times and lists every test that
 # failed at least once, with how often and its first failure line. Exit status 1 when any run
 # failed. Logs stay in $FLAKE_DIR (default ~/.cache/kubelink/flake).
 set -uo pipefail

@@ -1,39 +1,80 @@
 #!/usr/bin/env bash
 # test.sh PKG...: the tests of `make test` (and of each run of `make flake`).
-#   - the packages of go.work (PKGS): go test -race;
-#   - cmd/kubelinkctl, its own module outside go.work: static build (the
-#     configuration its build, vet and staticcheck share), no -race.
-# The two run side by side. lib/clusterlab alone takes most of the lib run,
-# mostly waiting on its clusters' timers, so one core sat idle while the
-# CLI's tests waited for their turn after it; alongside, they finish within
-# the lib run. The CLI's output is kept in a file and printed after the lib
-# run, so the two never interleave. Exit status: non-zero when either failed.
+# Three runs, in two build configurations:
+#   - the packages of go.work whose tests need client-go (the controllers,
+#     the simulated clusters, the chart and API tests): the static build
+#     (CGO_ENABLED=0 -trimpath) that make lint, the binaries and the lab
+#     compile too, so a cold machine compiles client-go, controller-runtime
+#     and the Kubernetes API types once instead of a second time with -race
+#     (about 5 min of a cold run). The price: no race detector for these
+#     packages here; `make test-race` (TEST_RACE=all) runs them with it.
+#   - the other packages of go.work (the data plane: bridge, wireguard,
+#     netapply, mesh, probe, the verifier...): go test -race, whose
+#     dependencies are small;
+#   - cmd/kubelinkctl, its own module outside go.work: static (the
+#     configuration its build, vet and staticcheck share).
+# The first runs in front; the other two, one after the other, beside it:
+# lib/clusterlab alone takes most of the time, mostly waiting on its
+# clusters' timers. Their output is kept in a file and printed after the
+# first run, so the two never interleave. Exit status: non-zero when any
+# run failed.
 # TEST_TIMEOUT: go test's per-package limit (default 30m).
+# TEST_RACE: auto (the split above, default) or all (every package of
+# go.work with -race, as CI did before: the race detector everywhere).
 set -uo pipefail
 (($#)) || { echo "test.sh: no packages" >&2; exit 2; }
 root=$(cd "$(dirname "$0")/../.." && pwd)
 timeout=${TEST_TIMEOUT:-30m}
-klog=$(mktemp)
-kpid=""
+static=() race=()
+case ${TEST_RACE:-auto} in
+all) race=("$@") ;;
+auto)
+  # go list -test prints, for each package with tests, its test binary
+  # "<pkg>.test" with every package it links (Deps).
+  lst=$(go list -test -f '{{.ImportPath}}{{range .Deps}} {{.}}{{end}}' "$@") ||
+    { echo "test.sh: go list of $* failed" >&2; exit 2; }
+  while read -r bin deps; do
+    [[ $bin == *.test ]] || continue
+    if [[ " $deps" == *" k8s.io/client-go/"* ]]; then static+=("${bin%.test}"); else race+=("${bin%.test}"); fi
+  done <<<"$lst"
+  ((${#static[@]} + ${#race[@]})) || { echo "test.sh: no package of $* has tests" >&2; exit 2; }
+  ;;
+*) echo "test.sh: TEST_RACE=$TEST_RACE: must be auto or all" >&2; exit 2 ;;
+esac
+
+side=$(mktemp)
+spid=""
 cleanup() {
-  [[ -z $kpid ]] || kill -- "$kpid" 2>/dev/null
-  rm -f "$klog"
+  [[ -z $spid ]] || kill -- "$spid" 2>/dev/null
+  rm -f "$side"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-(
-  cd "$root/cmd/kubelinkctl" &&
-    GOWORK=off CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -trimpath" \
-      go test -count=1 -timeout "$timeout" ./...
-) >"$klog" 2>&1 &
-kpid=$!
+static_go() { CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -trimpath" go test -count=1 -timeout "$timeout" "$@"; }
 
-go test -race -count=1 -timeout "$timeout" "$@"
+(
+  rc=0
+  if ((${#static[@]})) && ((${#race[@]})); then
+    echo "--- with -race: the packages whose tests do not need client-go"
+    go test -race -count=1 -timeout "$timeout" "${race[@]}" || rc=1
+  fi
+  echo "--- cmd/kubelinkctl (its own module)"
+  (cd "$root/cmd/kubelinkctl" && GOWORK=off static_go ./...) || rc=1
+  exit $rc
+) >"$side" 2>&1 &
+spid=$!
+
+if ((${#static[@]})); then
+  echo "--- static build: the packages whose tests need client-go (make test-race: with -race)"
+  static_go "${static[@]}"
+else
+  echo "--- with -race: every package${TEST_RACE:+ (TEST_RACE=$TEST_RACE)}"
+  go test -race -count=1 -timeout "$timeout" "${race[@]}"
+fi
 rc=$?
-wait "$kpid"
-krc=$?
-kpid=""
-echo "--- cmd/kubelinkctl (its own module, run alongside the packages above)"
-cat "$klog"
-((rc == 0 && krc == 0))
+wait "$spid"
+src=$?
+spid=""
+cat "$side"
+((rc == 0 && src == 0))

@@ -64,7 +64,7 @@ func New(cfg Config, rest *rest.Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
-	scheme := v1alpha1.NewScheme()
+	scheme := kubeflags.NewScheme()
 	c, err := cache.New(rest, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
 		&corev1.Secret{}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}},
 			Field: fields.OneTermEqualSelector("metadata.name", cfg.Secret)},

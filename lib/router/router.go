@@ -99,7 +99,7 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Router, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := cache.New(rc, cache.Options{Scheme: v1alpha1.NewScheme()})
+	c, err := cache.New(rc, cache.Options{Scheme: kubeflags.NewScheme()})
 	if err != nil {
 		return nil, fmt.Errorf("creating cache: %w", err)
 	}

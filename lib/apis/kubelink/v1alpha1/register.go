@@ -4,7 +4,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 )
 
 // GroupName is the API group of all kubelink resources.
@@ -31,13 +30,4 @@ func addKnownTypes(s *runtime.Scheme) error {
 // Resource returns a GroupResource for the given resource name.
 func Resource(resource string) schema.GroupResource {
 	return SchemeGroupVersion.WithResource(resource).GroupResource()
-}
-
-// NewScheme knows the core Kubernetes types and the kubelink API: what
-// every kubelink controller's client and cache need.
-func NewScheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	_ = clientgoscheme.AddToScheme(s)
-	_ = AddToScheme(s)
-	return s
 }
