@@ -92,7 +92,7 @@ generate: $(CONTROLLER_GEN) ## regenerate deepcopy code and CRDs from the API ty
 
 .PHONY: test
 # -timeout: lib/clusterlab runs its two-cluster scenarios one after the other
-# (about 6 min on 2 cores, 9 with -race), close to go test's default of 10 min
+# (270 s on 2 cores, 410–454 s with -race), close to go test's default of 10 min
 # per package; a slow machine hit that limit in the middle of a passing test.
 TEST_TIMEOUT ?= 30m
 test: deps tools test-bins ## run all tests: unit, real kube-apiserver, (as root) real kernel networking (-race for the data plane; lab/scripts/test.sh)

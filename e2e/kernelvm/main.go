@@ -4,8 +4,9 @@
 // they exec (with their shared libraries), the kernel modules they need and
 // itself as /init, boots it under qemu-system-x86_64 (software emulation
 // works; KVM is tried first when /dev/kvm opens, and a VM that prints
-// nothing within 30 s under it, as where /dev/kvm exists but cannot run a
-// guest, is booted again under emulation) and exits with the tests'
+// nothing under it, within 30 s or before qemu ends, as where /dev/kvm
+// exists but cannot run a guest, is booted again under emulation) and
+// exits with the tests'
 // result. Nothing of the host's userland runs in the VM besides what is
 // copied.
 //
@@ -147,8 +148,10 @@ func boot(kernel, initrd string, memory, cpus int, timeout time.Duration) (*resu
 			return res, err
 		}
 		// A /dev/kvm that opens but cannot run a guest (nested
-		// virtualisation the host does not offer) hangs the VM silently.
-		fmt.Printf("kernelvm: no console output within %v under KVM; booting again under software emulation\n", kvmFirstOutput)
+		// virtualisation the host does not offer) hangs the VM silently,
+		// or qemu gives up before the guest prints (seen: "failed to set
+		// MSR 0x10a" and an assertion abort with -cpu host).
+		fmt.Printf("kernelvm: %v under KVM; booting again under software emulation\n", err)
 	} else {
 		fmt.Println("kernelvm: booting under software emulation (no /dev/kvm)")
 	}
@@ -160,12 +163,14 @@ func boot(kernel, initrd string, memory, cpus int, timeout time.Duration) (*resu
 // has no such bound (its whole boot takes tens of seconds).
 const kvmFirstOutput = 30 * time.Second
 
-// errSilent: the VM printed nothing within its first-output bound.
+// errSilent: the VM printed nothing on its console, within its
+// first-output bound or before qemu ended.
 var errSilent = errors.New("the VM printed nothing on its console")
 
 // run starts qemu with args, echoes the console and returns the result line
 // init printed. With firstOutput > 0, a VM that prints no console line
-// within it is killed and errSilent returned.
+// within it is killed and errSilent returned; so is one whose qemu ends
+// before the first line.
 func run(qemu string, args []string, timeout, firstOutput time.Duration) (*result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -208,7 +213,9 @@ func run(qemu string, args []string, timeout, firstOutput time.Duration) (*resul
 	werr := cmd.Wait()
 	switch {
 	case silent.Load():
-		return nil, errSilent
+		return nil, fmt.Errorf("%w within %v", errSilent, firstOutput)
+	case firstOutput > 0 && !gotLine.Load() && ctx.Err() == nil:
+		return nil, fmt.Errorf("%w: qemu ended first (%v)", errSilent, werr)
 	case scanErr != nil && res == nil:
 		return nil, fmt.Errorf("reading the VM console: %w", scanErr)
 	case ctx.Err() != nil:

@@ -8,12 +8,15 @@
 #     and the Kubernetes API types once instead of a second time with -race
 #     (about 5 min of a cold run). The price: no race detector for these
 #     packages here; `make test-race` (TEST_RACE=all) runs them with it.
+#     The packages without tests are compiled here too.
 #   - the other packages of go.work (the data plane: bridge, wireguard,
 #     netapply, mesh, probe, the verifier...): go test -race, whose
 #     dependencies are small;
 #   - cmd/kubelinkctl, its own module outside go.work: static (the
 #     configuration its build, vet and staticcheck share).
-# The first runs in front; the other two, one after the other, beside it:
+# The first runs in front; the other two, one after the other, beside it
+# (so up to four test binaries run at once on 2 cores; if timer-bound tests
+# start to flake under that, the -race run gets -p 1):
 # lib/clusterlab alone takes most of the time, mostly waiting on its
 # clusters' timers. Their output is kept in a file and printed after the
 # first run, so the two never interleave. Exit status: non-zero when any
@@ -30,22 +33,41 @@ case ${TEST_RACE:-auto} in
 all) race=("$@") ;;
 auto)
   # go list -test prints, for each package with tests, its test binary
-  # "<pkg>.test" with every package it links (Deps).
-  lst=$(go list -test -f '{{.ImportPath}}{{range .Deps}} {{.}}{{end}}' "$@") ||
-    { echo "test.sh: go list of $* failed" >&2; exit 2; }
-  while read -r bin deps; do
-    [[ $bin == *.test ]] || continue
-    if [[ " $deps" == *" k8s.io/client-go/"* ]]; then static+=("${bin%.test}"); else race+=("${bin%.test}"); fi
-  done <<<"$lst"
-  ((${#static[@]} + ${#race[@]})) || { echo "test.sh: no package of $* has tests" >&2; exit 2; }
+  # "<pkg>.test" with every package it links (Deps). A package without
+  # tests goes to the static run, which compiles it (as go test does) at
+  # no cost after make lint. Should the listing fail (a test file that
+  # does not parse), every package runs with -race, as before the split,
+  # so that go test names the package that failed and runs the others.
+  if all=$(go list -f '{{.ImportPath}}' "$@") &&
+    lst=$(go list -test -f '{{.ImportPath}}{{range .Deps}} {{.}}{{end}}' "$@"); then
+    declare -A tested=()
+    while read -r bin deps; do
+      [[ $bin == *.test ]] || continue
+      tested[${bin%.test}]=1
+      if [[ " $deps" == *" k8s.io/client-go/"* ]]; then static+=("${bin%.test}"); else race+=("${bin%.test}"); fi
+    done <<<"$lst"
+    while read -r p; do
+      [[ -z $p || -n ${tested[$p]:-} ]] || static+=("$p")
+    done <<<"$all"
+  else
+    echo "test.sh: go list of the packages failed (above); every package runs with -race" >&2
+    race=("$@")
+  fi
   ;;
 *) echo "test.sh: TEST_RACE=$TEST_RACE: must be auto or all" >&2; exit 2 ;;
 esac
 
 side=$(mktemp)
 spid=""
+# Interrupted: the runs beside stop too (their process group: go test and
+# its test binaries, which may hold network namespaces), and what they
+# printed so far is shown.
 cleanup() {
-  [[ -z $spid ]] || kill -- "$spid" 2>/dev/null
+  if [[ -n $spid ]]; then
+    kill -TERM -- "-$spid" 2>/dev/null
+    wait "$spid" 2>/dev/null
+    cat "$side"
+  fi
   rm -f "$side"
 }
 trap cleanup EXIT
@@ -53,6 +75,7 @@ trap 'exit 130' INT TERM
 
 static_go() { CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -trimpath" go test -count=1 -timeout "$timeout" "$@"; }
 
+set -m # the runs beside get a process group of their own (cleanup)
 (
   rc=0
   if ((${#static[@]})) && ((${#race[@]})); then
@@ -64,9 +87,10 @@ static_go() { CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -trimpath" go test -count=1 -t
   exit $rc
 ) >"$side" 2>&1 &
 spid=$!
+set +m
 
 if ((${#static[@]})); then
-  echo "--- static build: the packages whose tests need client-go (make test-race: with -race)"
+  echo "--- static build: the packages whose tests need client-go, and those without tests (make test-race: with -race)"
   static_go "${static[@]}"
 else
   echo "--- with -race: every package${TEST_RACE:+ (TEST_RACE=$TEST_RACE)}"

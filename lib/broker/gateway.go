@@ -161,23 +161,47 @@ func (g *gateway) apply(plan *mesh.GatewayPlan) error {
 			errs = append(errs, fmt.Errorf("%s: %w", what, err))
 		}
 	}
+	// The firewall (mangle) is written beside the SNAT rules (nat) and the
+	// routes: the two iptables-restore runs are independent transactions on
+	// different tables, and one after the other they were most of a
+	// change's time at 250 links (issue #33). The order that matters, SNAT
+	// before routes, stays. (With iptables' legacy backend, --wait makes the
+	// two take turns on the xtables lock: correct, only not faster.)
+	start := time.Now()
+	var fwErr error
+	var fwTook time.Duration
+	var fwDone chan struct{}
+	if g.fw != nil {
+		fwDone = make(chan struct{})
+		go func() {
+			defer close(fwDone)
+			fwErr = g.setChains(g.fw, plan.Firewall, verify)
+			fwTook = time.Since(start)
+		}()
+	}
 	snatChanges := g.snat.Changes()
 	snatErr := g.setChains(g.snat, plan.SNAT, verify)
 	if g.snat.Changes() != snatChanges {
 		g.untracked = "" // rules written or repaired: flows of the gap
 	}
 	chainErr("SNAT rules", snatErr)
+	snatTook := time.Since(start)
 	if err := g.routes.Set(plan.Routes); err != nil {
 		errs = append(errs, fmt.Errorf("routes: %w", err))
 	}
-	if g.fw != nil {
-		chainErr("firewall rules", g.setChains(g.fw, plan.Firewall, verify))
+	routesTook := time.Since(start) - snatTook
+	if fwDone != nil {
+		<-fwDone
+		chainErr("firewall rules", fwErr)
 	}
+	waited := time.Since(start)
 	g.plan = plan
 	if err := g.setLocal(verify); err != nil {
 		chainsOK = false
 		errs = append(errs, err)
 	}
+	g.log.Debug("gateway apply", "checked", verify, "snat", snatTook, "routes", routesTook,
+		"firewall", fwTook, "both", waited, "local", time.Since(start)-waited)
 	g.scopes = nil
 	if snatErr == nil && plan.Model != nil {
 		g.scopes = plan.Model.SNATScopes()
