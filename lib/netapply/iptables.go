@@ -51,6 +51,9 @@ type Chains struct {
 	rewrites int
 	// hookInserts counts hooks inserted (new, or repaired after removal).
 	hookInserts int
+	// edits counts the chains of rewrites that Update edited in place
+	// rather than wrote whole.
+	edits int
 	// clean holds, per table, when it was last listed with no chain of ours
 	// in it. A pass that wants nothing in such a table skips listing it
 	// until tableSweep has passed (then it lists it again, removing any
@@ -82,6 +85,13 @@ type writtenChain struct {
 	// rewrites a pending chain rather than compare the kernel's copy with
 	// a listing it never made.
 	pending bool
+	// expect, for a chain Update edited in place (pending), is what Settle
+	// must find listed: the rules kept list as they listed before the edit;
+	// "" for a rule inserted, whose listing is new. A rule changed by hand
+	// before the edit, or one added or removed (which moves every position
+	// the edit used), shows as a difference: the record is forgotten and
+	// the next pass writes the chain through Set's path.
+	expect []string
 }
 
 // NewChains returns an applier for the chains owned accepts, using iptables
@@ -127,8 +137,9 @@ func (c *Chains) Changes() int { return c.rewrites + c.hookInserts }
 // Update is Set for the passes between two Sets: it trusts its own record of
 // what it wrote instead of listing the tables. A table whose last Set or
 // Update succeeded with the same hooks gets only its changed chains written
-// (one iptables-restore; Settle then lists the table once to record what
-// iptables printed, as Set does) and its unwanted chains removed; an
+// (one iptables-restore; a long chain with a few changed rules is edited in
+// place, by position, from the record; Settle then lists the table once to
+// record what iptables printed, as Set does) and its unwanted chains removed; an
 // unchanged table costs no iptables command at all. Any other table (never
 // synced, a failed write, other hooks) goes through Set's path, and so does
 // a rule set with a chain quarantine would change.
@@ -193,18 +204,43 @@ func (c *Chains) updateTable(table string, want *tableWant) error {
 		return nil
 	}
 	delete(c.synced, table) // until the write succeeded
+	// A chain written before is edited in place where that is smaller
+	// (chainEdit: the few rules of one link in a chain of every link's),
+	// else written whole; both in the table's one transaction.
+	// Only a chain Settle or Set has listed since its last write is edited:
+	// its listing is what Settle checks the edited chain against (expect).
+	var full []mesh.Chain
+	var edits []chainEdits
+	expect := map[string][]string{}
+	for _, ch := range dirty {
+		if w, ok := c.written[chainKey{table, ch.Name}]; ok && !w.pending && len(w.listed) == len(w.rules) {
+			if ops, keptFrom, ok := chainEdit(w.rules, ch.Rules); ok {
+				edits = append(edits, chainEdits{chain: ch.Name, ops: ops})
+				e := make([]string, len(keptFrom))
+				for j, i := range keptFrom {
+					if i >= 0 {
+						e[j] = w.listed[i]
+					}
+				}
+				expect[ch.Name] = e
+				continue
+			}
+		}
+		full = append(full, ch)
+	}
 	for _, ch := range dirty {
 		delete(c.written, chainKey{table, ch.Name})
 	}
 	if len(dirty) > 0 {
-		if err := c.restore(restoreInput(table, dirty)); err != nil {
+		if err := c.restore(restoreEdits(table, full, edits)); err != nil {
 			return fmt.Errorf("write chains: %w", err)
 		}
 		c.rewrites += len(dirty)
+		c.edits += len(edits)
 		// What iptables prints for them is recorded by Settle, after the
 		// caller's more urgent work (the broker: the status writes).
 		for _, ch := range dirty {
-			c.written[chainKey{table, ch.Name}] = writtenChain{rules: cloneRules(ch.Rules), pending: true}
+			c.written[chainKey{table, ch.Name}] = writtenChain{rules: cloneRules(ch.Rules), pending: true, expect: expect[ch.Name]}
 		}
 		c.unsettled[table] = true
 		delete(c.clean, table)
@@ -228,10 +264,15 @@ func (c *Chains) updateTable(table string, want *tableWant) error {
 // delay the status of the change that caused it. A chain missing from the
 // listing, or a table that could not be listed, is forgotten: the next
 // Update writes it again through Set's path; so is one whose number of
-// rules differs from what was written (changed in between). A change in
-// that window that keeps the number of rules (iptables -R by hand) is
-// recorded as written; it would take another process editing kubelink's
-// own chains within the milliseconds of one pass.
+// rules differs from what was written (changed in between). A chain Update
+// edited in place is also forgotten unless the rules it kept list exactly
+// as they listed before the edit: an edit is made by position from the
+// record, so a change by hand since the last listing (a rule replaced,
+// added or removed) would otherwise live on in the chain, or have the edit
+// delete the wrong rule, until the next write of the whole chain. A change
+// in the window of one pass that keeps the number of rules (iptables -R by
+// hand) of a chain written whole is recorded as written; it would take
+// another process editing kubelink's own chains within those milliseconds.
 func (c *Chains) Settle() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -258,8 +299,11 @@ func (c *Chains) Settle() error {
 				// make the changed copy the one Set compares with.
 				delete(c.written, k)
 				errs = append(errs, fmt.Errorf("iptables table %s: chain %s lists %d rules right after %d were written", t, k.chain, len(after.rules[k.chain]), len(w.rules)))
+			case w.expect != nil && !listsAsExpected(after.rules[k.chain], w.expect):
+				delete(c.written, k)
+				errs = append(errs, fmt.Errorf("iptables table %s: chain %s, edited in place, does not list the rules it kept as before (changed behind kubelink's back?)", t, k.chain))
 			default:
-				w.listed, w.pending = slices.Clone(after.rules[k.chain]), false
+				w.listed, w.pending, w.expect = slices.Clone(after.rules[k.chain]), false, nil
 				c.written[k] = w
 				continue
 			}
@@ -270,6 +314,20 @@ func (c *Chains) Settle() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// listsAsExpected reports whether listed has, at each position expect
+// names a line for, that line.
+func listsAsExpected(listed, expect []string) bool {
+	if len(listed) != len(expect) {
+		return false
+	}
+	for i, e := range expect {
+		if e != "" && listed[i] != e {
+			return false
+		}
+	}
+	return true
 }
 
 func cloneHooks(hs []mesh.Hook) []mesh.Hook {
