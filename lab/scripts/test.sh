@@ -32,23 +32,25 @@ static=() race=()
 case ${TEST_RACE:-auto} in
 all) race=("$@") ;;
 auto)
-  # go list -test prints, for each package with tests, its test binary
-  # "<pkg>.test" with every package it links (Deps). A package without
+  # go list -test prints each package and, for each package with tests,
+  # its test binary "<pkg>.test" with every package it links (Deps); the
+  # test variants of packages (ForTest set) are left out. A package without
   # tests goes to the static run, which compiles it (as go test does) at
   # no cost after make lint. Should the listing fail (a test file that
   # does not parse), every package runs with -race, as before the split,
   # so that go test names the package that failed and runs the others.
-  if all=$(go list -f '{{.ImportPath}}' "$@") &&
-    lst=$(go list -test -f '{{.ImportPath}}{{range .Deps}} {{.}}{{end}}' "$@"); then
+  if lst=$(go list -test -f '{{if not .ForTest}}{{.ImportPath}}{{range .Deps}} {{.}}{{end}}{{end}}' "$@"); then
     declare -A tested=()
+    pkgs=()
     while read -r bin deps; do
-      [[ $bin == *.test ]] || continue
+      [[ -n $bin ]] || continue
+      if [[ $bin != *.test ]]; then pkgs+=("$bin"); continue; fi
       tested[${bin%.test}]=1
       if [[ " $deps" == *" k8s.io/client-go/"* ]]; then static+=("${bin%.test}"); else race+=("${bin%.test}"); fi
     done <<<"$lst"
-    while read -r p; do
-      [[ -z $p || -n ${tested[$p]:-} ]] || static+=("$p")
-    done <<<"$all"
+    for p in "${pkgs[@]}"; do
+      [[ -n ${tested[$p]:-} ]] || static+=("$p")
+    done
   else
     echo "test.sh: go list of the packages failed (above); every package runs with -race" >&2
     race=("$@")
