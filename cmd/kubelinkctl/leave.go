@@ -26,7 +26,8 @@ the mesh: in every given cluster it deletes the KubeLink to NAME; in NAME's
 own cluster (when given) it deletes its KubeLinks to the others; at the
 mesh authority (when given) it removes NAME's registration (ServiceAccount
 member-NAME, its token and bindings), so that the authority signs nothing
-more for it. NAME keeps kubelink installed and its LocalLink (join brings
+more for it and revokes the certificates it holds: within a minute (the
+members' certwatch --resync) every bridge of the mesh refuses them. NAME keeps kubelink installed and its LocalLink (join brings
 it back; uninstall removes it). The mesh authority itself cannot leave: the
 others' certificates come from it.`,
 		Example: fmt.Sprintf(`  # us leaves the mesh of eu, us and ap

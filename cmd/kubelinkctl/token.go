@@ -440,7 +440,7 @@ func ensureJoinPolicy(ctx context.Context, m *member) error {
 		return fmt.Sprintf("object.spec.?%[1]s == oldObject.spec.?%[1]s", field)
 	}
 	var keep []string
-	for _, f := range []string{"clusterAddress", "cidr", "gatewayLink", "ingress", "egress", "presharedKey", "apiAccess", "dns"} {
+	for _, f := range []string{"clusterAddress", "cidr", "gatewayLink", "ingress", "egress", "presharedKey", "presharedKeySecret", "apiAccess", "dns"} {
 		keep = append(keep, same(f))
 	}
 	policy := &admissionv1.ValidatingAdmissionPolicy{ObjectMeta: metav1.ObjectMeta{Name: joinPolicy, Labels: labels},

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -23,6 +24,12 @@ const (
 	CertFile = "tls.crt"
 	KeyFile  = "tls.key"
 	CAFile   = "ca.crt"
+	// RevokedFile (optional) lists the certificates the mesh authority
+	// revoked, one per line starting with the serial number in hex:
+	// certwatch copies it from the authority's ConfigMap kubelink-mesh-ca.
+	// A listed certificate no longer verifies, although the CA signed it
+	// and it has not expired.
+	RevokedFile = "revoked"
 )
 
 // Certs holds this bridge's certificate and the CA it trusts, loaded from a
@@ -39,9 +46,10 @@ type Certs struct {
 }
 
 type certMaterial struct {
-	cert *tls.Certificate
-	leaf *x509.Certificate
-	pool *x509.CertPool
+	cert    *tls.Certificate
+	leaf    *x509.Certificate
+	pool    *x509.CertPool
+	revoked map[string]bool // serial numbers (hex) no longer accepted
 }
 
 // LoadCerts loads tls.crt, tls.key and ca.crt from dir.
@@ -90,7 +98,51 @@ func (c *Certs) fileStamp() (string, error) {
 		}
 		fmt.Fprintf(&b, "%d/%d/%d;", ino, fi.Size(), fi.ModTime().UnixNano())
 	}
+	// The revocation list is optional: its absence is part of the stamp,
+	// so that its appearance or removal is a change too.
+	fi, err := os.Stat(filepath.Join(c.dir, RevokedFile))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		b.WriteString("-")
+	case err != nil:
+		return "", err
+	default:
+		var ino uint64
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			ino = st.Ino
+		}
+		fmt.Fprintf(&b, "%d/%d/%d", ino, fi.Size(), fi.ModTime().UnixNano())
+	}
 	return b.String(), nil
+}
+
+// loadRevoked reads the optional revocation list of dir: one certificate
+// per line, "<serial in hex> [what else]" (blank lines and lines starting
+// with # are skipped). A list that does not parse is an error rather than
+// half a list, so the previous material (and its list) stays in use.
+func loadRevoked(dir string) (map[string]bool, error) {
+	data, err := os.ReadFile(filepath.Join(dir, RevokedFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load revocation list: %w", err)
+	}
+	revoked := map[string]bool{}
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f, _, _ := strings.Cut(line, " ")
+		n, ok := new(big.Int).SetString(f, 16)
+		if !ok || n.Sign() < 0 {
+			return nil, fmt.Errorf("load revocation list %s: line %d: %q does not start with a certificate serial number in hex",
+				filepath.Join(dir, RevokedFile), i+1, line)
+		}
+		revoked[n.Text(16)] = true
+	}
+	return revoked, nil
 }
 
 func loadCertMaterial(dir string) (*certMaterial, error) {
@@ -111,7 +163,11 @@ func loadCertMaterial(dir string) (*certMaterial, error) {
 	if !pool.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("load CA from %s: no certificate in %s", dir, CAFile)
 	}
-	return &certMaterial{cert: &cert, leaf: leaf, pool: pool}, nil
+	revoked, err := loadRevoked(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &certMaterial{cert: &cert, leaf: leaf, pool: pool, revoked: revoked}, nil
 }
 
 // Watch reloads the files every interval (default 1s) until ctx ends;
@@ -150,24 +206,46 @@ func (c *Certs) Err() error {
 func (c *Certs) Leaf() *x509.Certificate { return c.cur.Load().leaf }
 
 // Verify checks that chain (leaf first, as received) is signed by the
-// current CA for usage and returns the leaf's identities (see Identities).
+// current CA for usage and is not on the revocation list, and returns the
+// leaf's identities (see Identities).
 func (c *Certs) Verify(chain []*x509.Certificate, usage x509.ExtKeyUsage) ([]string, error) {
 	if len(chain) == 0 {
 		return nil, errors.New("peer sent no certificate")
 	}
+	m := c.cur.Load()
 	inter := x509.NewCertPool()
 	for _, ic := range chain[1:] {
 		inter.AddCert(ic)
 	}
 	_, err := chain[0].Verify(x509.VerifyOptions{
-		Roots: c.cur.Load().pool, Intermediates: inter,
+		Roots: m.pool, Intermediates: inter,
 		KeyUsages: []x509.ExtKeyUsage{usage},
 	})
 	if err != nil {
 		return nil, err
 	}
+	if err := m.checkRevoked(chain[0]); err != nil {
+		return nil, err
+	}
 	return Identities(chain[0]), nil
 }
+
+// checkRevoked fails for a certificate on the revocation list: its holder
+// was removed at the mesh authority, and it is still within its validity.
+func (m *certMaterial) checkRevoked(cert *x509.Certificate) error {
+	if serial := cert.SerialNumber.Text(16); m.revoked[serial] {
+		return fmt.Errorf("%w: certificate serial %s of %v was revoked by the mesh authority (its holder is no longer registered there; ConfigMap kubelink-mesh-ca, key revoked)",
+			ErrRevoked, serial, URIIdentities(cert))
+	}
+	return nil
+}
+
+// ErrRevoked marks a peer whose certificate verified against the CA but is
+// on the mesh authority's revocation list.
+var ErrRevoked = errors.New("revoked peer certificate")
+
+// Revoked is the number of certificates on the revocation list in use.
+func (c *Certs) Revoked() int { return len(c.cur.Load().revoked) }
 
 // Identities are the names a certificate identifies its holder by: the
 // common name, the DNS SANs, the IP SANs and the URI SANs. Only a URI SAN is
@@ -244,6 +322,14 @@ func (c *Certs) ServerConfig() *tls.Config {
 				Certificates: []tls.Certificate{*m.cert},
 				ClientAuth:   tls.RequireAndVerifyClientCert,
 				ClientCAs:    m.pool,
+				// After the standard chain check: the revocation list
+				// of the same material.
+				VerifyConnection: func(cs tls.ConnectionState) error {
+					if len(cs.PeerCertificates) == 0 {
+						return errors.New("peer sent no certificate")
+					}
+					return m.checkRevoked(cs.PeerCertificates[0])
+				},
 			}, nil
 		},
 	}

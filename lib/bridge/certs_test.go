@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -168,5 +169,107 @@ func TestCertsReloadAndVerify(t *testing.T) {
 	}
 	if a.Leaf().SerialNumber.String() != serialOf(t, second) {
 		t.Error("a broken reload replaced the certificate")
+	}
+}
+
+// A revocation list next to the certificates (what certwatch copies from
+// the mesh authority) makes a listed certificate fail on both sides of a
+// handshake, and in Verify (what Reverify uses for established
+// connections), although the CA signed it and it has not expired; another
+// certificate of the same member, and the other members, still pass. A
+// list that does not parse keeps the previous material.
+func TestCertsRevokedCertificates(t *testing.T) {
+	ca := newTestCA(t)
+	dirA, dirB := t.TempDir(), t.TempDir()
+	aCert := ca.issueWithURIs(t, "a.kubelink.test", "kubelink://default/a")
+	writeCertDir(t, dirA, ca, aCert)
+	bCert := ca.issueWithURIs(t, "b.kubelink.test", "kubelink://default/b")
+	writeCertDir(t, dirB, ca, bCert)
+	a, err := LoadCerts(dirA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := LoadCerts(dirB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := func(c tls.Certificate) *x509.Certificate {
+		l, err := x509.ParseCertificate(c.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	bLeaf := leaf(bCert)
+	handshakes := func() (asClient, asServer error) {
+		// A dials B (B is the server A judges), then B dials A (B is the
+		// client A judges).
+		_, _, asClient, _ = tlsPair(t, b.ServerConfig(), a.ClientConfig("b.kubelink.test", "kubelink://default/b"))
+		_, _, _, asServer = tlsPair(t, a.ServerConfig(), b.ClientConfig("a.kubelink.test", "kubelink://default/a"))
+		return asClient, asServer
+	}
+	if c, s := handshakes(); c != nil || s != nil {
+		t.Fatalf("without a list: A dialing %v, A accepting %v", c, s)
+	}
+	writeRevoked := func(content string) {
+		t.Helper()
+		tmp := filepath.Join(dirA, ".revoked.tmp")
+		if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dirA, RevokedFile)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// B's certificate revoked (the list as certwatch writes it, upper-case
+	// hex accepted too).
+	serial := bLeaf.SerialNumber.Text(16)
+	writeRevoked("# revoked by the mesh authority\n" + strings.ToUpper(serial) + " 2030-01-01T00:00:00Z kubelink://default/b\n\nff 2030-01-01T00:00:00Z kubelink://default/z\n")
+	if changed, err := a.Reload(); !changed || err != nil {
+		t.Fatalf("reload after the list appeared: changed %v, %v", changed, err)
+	}
+	if a.Revoked() != 2 {
+		t.Errorf("%d certificates revoked, want 2", a.Revoked())
+	}
+	c, s := handshakes()
+	for what, err := range map[string]error{"dialing B": c, "accepting B": s} {
+		if err == nil || !strings.Contains(err.Error(), serial) || !strings.Contains(err.Error(), "revoked") {
+			t.Errorf("A %s with B's certificate revoked: %v", what, err)
+		}
+	}
+	if _, err := a.Verify([]*x509.Certificate{bLeaf}, x509.ExtKeyUsageClientAuth); !errors.Is(err, ErrRevoked) {
+		t.Errorf("Verify of B's certificate: %v, want ErrRevoked", err)
+	}
+	// B, whose list is empty, still accepts A (the client here trusts B
+	// whatever A's list says); a new certificate of B and another member
+	// pass at A.
+	if _, _, cerr, serr := tlsPair(t, b.ServerConfig(), ca.clientConfig(aCert, "b.kubelink.test")); cerr != nil || serr != nil {
+		t.Errorf("B refused A: %v (client %v)", serr, cerr)
+	}
+	for _, other := range []tls.Certificate{ca.issueWithURIs(t, "b.kubelink.test", "kubelink://default/b"), ca.issueWithURIs(t, "c.kubelink.test", "kubelink://default/c")} {
+		if _, err := a.Verify([]*x509.Certificate{leaf(other)}, x509.ExtKeyUsageClientAuth); err != nil {
+			t.Errorf("%v, not revoked: %v", leaf(other).URIs, err)
+		}
+	}
+
+	// A list that does not parse: refused, the previous one stays.
+	writeRevoked(serial + "\nnot-a-serial x\n")
+	if _, err := a.Reload(); err == nil || !strings.Contains(err.Error(), "line 2") {
+		t.Errorf("reload of a broken list: %v", err)
+	}
+	if _, err := a.Verify([]*x509.Certificate{bLeaf}, x509.ExtKeyUsageClientAuth); !errors.Is(err, ErrRevoked) {
+		t.Errorf("after a broken list: %v, want the previous list (B revoked)", err)
+	}
+
+	// The certificate expired, the list no longer names it.
+	if err := os.Remove(filepath.Join(dirA, RevokedFile)); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := a.Reload(); !changed || err != nil {
+		t.Fatalf("reload after the list went: changed %v, %v", changed, err)
+	}
+	if c, s := handshakes(); c != nil || s != nil {
+		t.Errorf("after the list went: A dialing %v, A accepting %v", c, s)
 	}
 }

@@ -46,6 +46,9 @@ type Broker struct {
 	active    atomic.Bool
 	synced    atomic.Bool
 	lastWrite map[string]time.Time
+	// deprecated: the links warned about spec.presharedKey, by name, with
+	// the generation warned about (one Event per change of the spec).
+	deprecated map[string]int64
 	// health writes the figures-only status updates while active.
 	health *healthWriter
 

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -27,7 +28,9 @@ func (b *Broker) sync(ctx context.Context) error {
 	// Links of meshes another broker serves are not ours: not in the data
 	// plane, and their status is that broker's to write.
 	list.Items = b.cfg.Served.Links(list.Items)
-	model := mesh.Build(list.Items, mesh.ParseOptions{DefaultPort: b.plane.DefaultPort(), Reserved: mesh.ReservedNetworks(b.cfg.NodeCIDR, b.cfg.PodCIDR)})
+	model := mesh.Build(list.Items, mesh.ParseOptions{DefaultPort: b.plane.DefaultPort(), Reserved: mesh.ReservedNetworks(b.cfg.NodeCIDR, b.cfg.PodCIDR),
+		SecretKey: b.presharedKeys(ctx)})
+	b.warnDeprecated(list.Items)
 	o := mesh.PlanOptions{Transport: b.plane.Transport(), Device: b.cfg.Interface, ProbePort: b.cfg.ProbePort, Keepalive: b.cfg.Keepalive}
 	if b.rm.PodMode {
 		o.PodInterface = b.rm.Interface
@@ -192,6 +195,80 @@ func (b *Broker) forgetDeleted(items []v1alpha1.KubeLink) {
 		}
 	}
 	b.metrics.forgetLinksBut(seen)
+	for n := range b.deprecated {
+		if !seen[n] {
+			delete(b.deprecated, n)
+		}
+	}
+}
+
+// presharedKeys resolves the links' presharedKeySecret from the broker's
+// key Secret (--secret), read once per pass from the cache: the only Secret
+// the broker may read, and the one whose changes start a pass. Nil without
+// WireGuard (the bridge has no preshared keys).
+func (b *Broker) presharedKeys(ctx context.Context) func(v1alpha1.SecretKeySelector) (string, error) {
+	if b.cfg.Secret == "" || b.cfg.Mode != ModeWireGuard {
+		return nil
+	}
+	var s *corev1.Secret
+	var readErr error
+	return func(ref v1alpha1.SecretKeySelector) (string, error) {
+		ns, name := b.cfg.Namespace, b.cfg.Secret
+		if ref.Name != "" && ref.Name != name {
+			return "", fmt.Errorf("name %q: the broker reads preshared keys only from its key Secret %s/%s (the one with its WireGuard private key); put the key there and leave name empty",
+				ref.Name, ns, name)
+		}
+		switch ref.Key {
+		case v1alpha1.SecretKeyWireguardPrivateKey, v1alpha1.SecretKeyWireGuardPrivateKey, v1alpha1.SecretKeyWireguardPublicKey:
+			// The key pair is no preshared key: using it as one would put
+			// the private key to a second use.
+			return "", fmt.Errorf("key %q is the broker's own WireGuard key, not a preshared key; store the preshared key under another key (e.g. psk-<link>)", ref.Key)
+		}
+		if s == nil && readErr == nil {
+			var sec corev1.Secret
+			if err := b.kube.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &sec); err != nil {
+				readErr = fmt.Errorf("reading Secret %s/%s: %w", ns, name, err)
+			} else {
+				s = &sec
+			}
+		}
+		if readErr != nil {
+			return "", readErr
+		}
+		v, ok := s.Data[ref.Key]
+		if !ok {
+			return "", fmt.Errorf("the broker's key Secret %s/%s has no key %q: add the preshared key there (e.g. kubectl -n %s patch secret %s -p '{\"stringData\":{\"%s\":\"<wg genpsk>\"}}')",
+				ns, name, ref.Key, ns, name, ref.Key)
+		}
+		return string(v), nil
+	}
+}
+
+// warnDeprecated records a Warning Event on each link that still carries
+// its preshared key in spec.presharedKey (readable by everyone who may
+// read KubeLinks), once per generation.
+func (b *Broker) warnDeprecated(items []v1alpha1.KubeLink) {
+	if b.deprecated == nil {
+		b.deprecated = map[string]int64{}
+	}
+	for i := range items {
+		kl := &items[i]
+		if kl.Spec.PresharedKey == "" {
+			delete(b.deprecated, kl.Name)
+			continue
+		}
+		if b.deprecated[kl.Name] == kl.Generation {
+			continue
+		}
+		b.deprecated[kl.Name] = kl.Generation
+		key := "psk-" + kl.Name
+		b.log.Warn("a link carries its preshared key in the deprecated spec.presharedKey", "link", kl.Name)
+		if b.events != nil {
+			b.events.recorder.Eventf(kl, corev1.EventTypeWarning, "Deprecated",
+				"spec.presharedKey is deprecated: everyone who may read KubeLinks reads the key. Move it into the broker's key Secret %s/%s (key %s) and set spec.presharedKeySecret.key: %s instead",
+				b.cfg.Namespace, b.cfg.Secret, key, key)
+		}
+	}
 }
 
 // observeDrops reports the packets a link's ingress policy dropped.

@@ -1,15 +1,19 @@
 package certwatch
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -231,6 +235,151 @@ func TestMeshAuthority(t *testing.T) {
 			t.Errorf("%d good syncs of the posing member, want 0 (never ready)", ctrl.goodSyncs.Load())
 		}
 	})
+
+	t.Run("a removed member's certificates are revoked at every cluster until they expire", func(t *testing.T) {
+		const d = "kubelink://lab/d"
+		register(t, auth, "member-d", d, "d.example.com")
+		must(t, member.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "dee"}}))
+		dDir := t.TempDir()
+		dCfg := func() Config {
+			cfg := Defaults()
+			cfg.Namespace, cfg.Mode, cfg.DNSName, cfg.Identities = "dee", ModeCSR, "d.example.com", d
+			cfg.AuthorityKubeconfig = writeKubeconfig(t, saConfig(t, authCP, "kubelink", "member-d"))
+			cfg.TLSSecret, cfg.WireGuardSecret, cfg.Dir, cfg.MetricsAddr, cfg.Resync = "kubelink-tls", "", dDir, "", time.Second
+			return cfg
+		}
+		_, stopD := runController(t, dCfg(), memberCP.Config())
+		// b, another member, whose bridge would have to refuse d.
+		bDir := t.TempDir()
+		bCfg := Defaults()
+		bCfg.Namespace, bCfg.Mode, bCfg.DNSName, bCfg.Identities = "kubelink", ModeCSR, "b.example.com", "kubelink://lab/b"
+		bCfg.AuthorityKubeconfig = writeKubeconfig(t, saConfig(t, authCP, "kubelink", "member-b"))
+		bCfg.TLSSecret, bCfg.WireGuardSecret, bCfg.Dir, bCfg.MetricsAddr, bCfg.Resync = "kubelink-tls", "", bDir, "", time.Second
+		startController(t, bCfg, memberCP.Config())
+
+		listAt := func(dir string) map[string]bool {
+			b, err := os.ReadFile(filepath.Join(dir, TLSDir, FileRevoked))
+			if err != nil {
+				return nil
+			}
+			return revokedSerials(b)
+		}
+		cm := func() corev1.ConfigMap {
+			var cm corev1.ConfigMap
+			must(t, auth.Get(ctx, client.ObjectKey{Namespace: "kubelink", Name: CAConfigMap}, &cm))
+			return cm
+		}
+		serialAt := func(dir string) string {
+			m, err := ReadSnapshot(filepath.Join(dir, TLSDir), KeyTLSCert)
+			if err != nil {
+				return ""
+			}
+			c, err := ParseCertificate(m[KeyTLSCert])
+			if err != nil {
+				return ""
+			}
+			return c.SerialNumber.Text(16)
+		}
+		var dSerial string
+		eventually(t, "d's certificate recorded as issued, and empty revocation lists at b and at the authority", func() bool {
+			issued, _ := parseEntries(cm().Data[KeyIssued])
+			dSerial = serialAt(dDir)
+			_, rec := issued[dSerial]
+			return dSerial != "" && rec && listAt(bDir) != nil && len(listAt(bDir)) == 0 && listAt(authCfg.Dir) != nil && len(listAt(authCfg.Dir)) == 0
+		})
+		if got := cm().Data[KeyRevoked]; got != "" {
+			t.Fatalf("revoked %q with every member registered", got)
+		}
+
+		// Removed: d's certificates on every cluster's list within a few
+		// resyncs (1 s here).
+		stopD()
+		unregister(t, auth, "member-d")
+		start := time.Now()
+		listed := func(dir, serial string) bool { return listAt(dir)[serial] }
+		eventually(t, "d's certificate on the lists of the authority and of b", func() bool {
+			return listed(authCfg.Dir, dSerial) && listed(bDir, dSerial)
+		})
+		took := time.Since(start)
+		t.Logf("d's certificate %s revoked at the authority and at b after %s", dSerial, took.Round(time.Millisecond))
+		if took > 5*time.Second {
+			t.Errorf("revocation reached b after %s; want within 5 resyncs (5 s)", took)
+		}
+		revoked, _ := parseEntries(cm().Data[KeyRevoked])
+		e, ok := revoked[dSerial]
+		if !ok || !slices.Equal(e.identities, []string{d}) {
+			t.Fatalf("ConfigMap revoked = %q, want d's certificate %s", cm().Data[KeyRevoked], dSerial)
+		}
+		if issued, _ := parseEntries(cm().Data[KeyIssued]); len(issued) > 0 {
+			for s, e := range issued {
+				if slices.Contains(e.identities, d) {
+					t.Errorf("d's certificate %s still in the record of issued ones", s)
+				}
+			}
+		}
+
+		// Registered again (a rejoin): the old certificate stays revoked
+		// (it may be a copy a compromised cluster kept); d's certwatch,
+		// with a new token, sees its serial on the list and gets a new one.
+		register(t, auth, "member-d", d, "d.example.com")
+		dLog := &lockedBuffer{}
+		runControllerLog(t, dCfg(), memberCP.Config(), io.MultiWriter(testWriter{t}, dLog))
+		var fresh string
+		eventually(t, "a new certificate for d, not revoked", func() bool {
+			fresh = serialAt(dDir)
+			return fresh != "" && fresh != dSerial && !listed(bDir, fresh)
+		})
+		t.Logf("d renewed its revoked certificate: %s", fresh)
+		// Renewed because its serial was listed, not because it was due.
+		if !strings.Contains(dLog.String(), "the mesh authority revoked this certificate") {
+			t.Errorf("d's certwatch stored a new certificate without naming the revocation as the reason:\n%s", dLog.String())
+		}
+		// The old one listed at every sample until it expires, then off
+		// the lists (they stay as short as the certificates that could
+		// still be used); the new one never.
+		for time.Now().Before(e.notAfter.Add(-time.Second)) {
+			if !listed(bDir, dSerial) || !listed(authCfg.Dir, dSerial) {
+				t.Fatalf("d's revoked certificate left a list at %s, before it expires (%s)", time.Now().Format(time.StampMilli), e.notAfter.Format(time.StampMilli))
+			}
+			if listed(bDir, fresh) {
+				t.Fatal("d's new certificate is on b's list")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		eventually(t, "d's old certificate off the lists after it expired", func() bool { return !listed(bDir, dSerial) && !listed(authCfg.Dir, dSerial) })
+	})
+}
+
+// unregister removes a member at the authority: its ServiceAccount and
+// bindings, as kubelinkctl leave does.
+func unregister(t *testing.T, auth client.Client, name string) {
+	t.Helper()
+	ctx := context.Background()
+	for _, o := range []client.Object{
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "kubelink", Name: name}},
+		&rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "kubelink-member-" + name}},
+		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Namespace: "kubelink", Name: "kubelink-member-" + name}},
+	} {
+		must(t, auth.Delete(ctx, o))
+	}
+}
+
+// lockedBuffer is a bytes.Buffer for a log written by another goroutine.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func mapsKeys(m map[string][]byte) func(func(string) bool) {
@@ -289,23 +438,41 @@ func writeKubeconfig(t *testing.T, rc *rest.Config) string {
 
 func startController(t *testing.T, cfg Config, rc *rest.Config) *Controller {
 	t.Helper()
+	ctrl, _ := runController(t, cfg, rc)
+	return ctrl
+}
+
+// runController is startController that can also be stopped before the
+// test ends (stop waits for Run to return; later calls do nothing).
+func runController(t *testing.T, cfg Config, rc *rest.Config) (*Controller, func()) {
+	t.Helper()
+	return runControllerLog(t, cfg, rc, testWriter{t})
+}
+
+// runControllerLog is runController with the log going to w.
+func runControllerLog(t *testing.T, cfg Config, rc *rest.Config, w io.Writer) (*Controller, func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	ctrl, err := New(cfg, rc, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+	ctrl, err := New(cfg, rc, slog.New(slog.NewTextHandler(w, nil)))
 	must(t, err)
 	done := make(chan error, 1)
 	go func() { done <- ctrl.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("Run did not return within 10s")
 			}
-		case <-time.After(10 * time.Second):
-			t.Error("Run did not return within 10s")
-		}
-	})
-	return ctrl
+		})
+	}
+	t.Cleanup(stop)
+	return ctrl, stop
 }
 
 func secretOf(t *testing.T, c client.Client, ns, name string) *corev1.Secret {

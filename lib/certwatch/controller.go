@@ -42,6 +42,10 @@ type Controller struct {
 	loop    *kubeflags.Loop
 	metrics *metrics
 	now     func() time.Time
+	// memberRevoked is the revocation list read from the authority with
+	// its CA (csr mode), written with the TLS files.
+	memberRevoked []byte
+	memberListErr error // why memberRevoked is nil after a read
 
 	syncs     atomic.Int64 // completed syncs
 	goodSyncs atomic.Int64 // syncs without error, for /readyz
@@ -90,6 +94,16 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
 			return nil, fmt.Errorf("creating the cache of CertificateSigningRequests: %w", err)
 		}
 		watches = append(watches, watch{c, []client.Object{csrs}})
+		// A member removed (its ServiceAccount deleted or its identities
+		// changed) is revoked at once, not at the next resync.
+		sas := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"}}
+		c, err = cache.New(rc, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
+			sas: {Namespaces: map[string]cache.Config{cfg.Namespace: {}}},
+		}})
+		if err != nil {
+			return nil, fmt.Errorf("creating the cache of ServiceAccounts: %w", err)
+		}
+		watches = append(watches, watch{c, []client.Object{sas}})
 	}
 	api, err := client.New(rc, client.Options{Scheme: scheme})
 	if err != nil {
@@ -187,7 +201,11 @@ func (c *Controller) sync(ctx context.Context) (renewAt time.Time, err error) {
 		errs = append(errs, c.syncWireGuard(ctx))
 	}
 	if c.cfg.Sign {
-		errs = append(errs, c.signRequests(ctx))
+		revokedChanged, err := c.signRequests(ctx)
+		errs = append(errs, err)
+		if revokedChanged {
+			c.kick() // this cluster's files follow the list at once
+		}
 	}
 	return renewAt, errors.Join(errs...)
 }
@@ -217,7 +235,13 @@ func (c *Controller) syncTLS(ctx context.Context) (time.Time, error) {
 		}
 	case ModeCSR:
 		var pollAt time.Time
+		c.memberRevoked, c.memberListErr = nil, nil // read again with the CA
 		if s, pollAt, err = c.requestTLS(ctx, s); err != nil {
+			// The revocation list must not wait for the certificate
+			// (a denied renewal, an answer pending).
+			if c.memberRevoked != nil {
+				err = errors.Join(err, c.writeRevokedOnly(c.memberRevoked))
+			}
 			return pollAt, err
 		}
 		renewAt = pollAt
@@ -242,11 +266,23 @@ func (c *Controller) syncTLS(ctx context.Context) (time.Time, error) {
 	if c.cfg.Mode != ModeNone && (renewAt.IsZero() || RenewalTime(cert).Before(renewAt)) {
 		renewAt = RenewalTime(cert)
 	}
-	changed, err := WriteAtomic(filepath.Join(c.cfg.Dir, TLSDir), []File{
+	files := []File{
 		{Name: KeyTLSCert, Data: s.Data[KeyTLSCert], Mode: 0o644},
 		{Name: KeyTLSKey, Data: s.Data[KeyTLSKey], Mode: KeyFileMode},
 		{Name: KeyCACert, Data: s.Data[KeyCACert], Mode: 0o644},
-	})
+	}
+	revoked, ok, listErr := c.revocationList(ctx)
+	if listErr != nil {
+		// The certificates are written all the same (a bad list must
+		// not stop renewals), with the list written last.
+		revoked, ok = c.previousRevoked()
+		listErr = fmt.Errorf("%w; the revocation list in use stays as it was", listErr)
+	}
+	if ok {
+		files = append(files, File{Name: FileRevoked, Data: revoked, Mode: 0o644})
+		c.metrics.revoked.Set(float64(len(parseLines(string(revoked)))))
+	}
+	changed, err := WriteAtomic(filepath.Join(c.cfg.Dir, TLSDir), files)
 	if err != nil {
 		return renewAt, fmt.Errorf("writing %s: %w", filepath.Join(c.cfg.Dir, TLSDir), err)
 	}
@@ -254,9 +290,9 @@ func (c *Controller) syncTLS(ctx context.Context) (time.Time, error) {
 	if changed {
 		c.metrics.writes.WithLabelValues(TLSDir).Inc()
 		c.log.Info("TLS files swapped", "dir", filepath.Join(c.cfg.Dir, TLSDir), "cn", cert.Subject.CommonName,
-			"notAfter", cert.NotAfter.Format(time.RFC3339))
+			"notAfter", cert.NotAfter.Format(time.RFC3339), "revoked", len(parseLines(string(revoked))))
 	}
-	return renewAt, nil
+	return renewAt, listErr
 }
 
 // manageTLS makes the Secret hold a CA and a current certificate for

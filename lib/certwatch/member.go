@@ -67,6 +67,12 @@ func (c *Controller) requestTLS(ctx context.Context, s *corev1.Secret) (*corev1.
 	}
 	ids := c.cfg.IdentityList()
 	current, certErr := CheckCert(data[KeyTLSCert], data[KeyTLSKey], caPEM, c.cfg.DNSName, now, ids...)
+	if (certErr == nil || errors.Is(certErr, ErrDue)) && revokedSerials(c.memberRevoked)[current.SerialNumber.Text(16)] {
+		// Revoked (the member was removed and registered again): the
+		// peers refuse it, so a new one now; it stays in the files
+		// meanwhile (as a due one does).
+		certErr = fmt.Errorf("tls.crt: the mesh authority revoked this certificate (serial %s): %w", current.SerialNumber.Text(16), ErrDue)
+	}
 	if certErr == nil && len(data[KeyPendingKey]) == 0 {
 		if string(data[KeyCACert]) == string(caPEM) {
 			return s, time.Time{}, nil
@@ -167,6 +173,14 @@ func (c *Controller) authorityCA(ctx context.Context) ([]byte, error) {
 	ca := []byte(cm.Data[KeyCACert])
 	if _, err := ParseCertificate(ca); err != nil {
 		return nil, fmt.Errorf("ConfigMap %s of the authority: ca.crt: %w", ref, err)
+	}
+	// The revocation list comes with the CA, in the same read: the files
+	// this sync writes carry both.
+	// A list that does not parse must not hold up the certificate: the
+	// sync writes the certificate with the previous list and reports it.
+	c.memberRevoked, c.memberListErr = checkRevoked(cm.Data[KeyRevoked])
+	if c.memberListErr != nil {
+		c.memberListErr = fmt.Errorf("ConfigMap %s of the authority: %w", ref, c.memberListErr)
 	}
 	return ca, nil
 }

@@ -19,6 +19,7 @@ type metrics struct {
 	csrDenied    prometheus.Counter
 	csrRequested prometheus.Counter
 	notAfter     atomic.Int64 // Unix seconds of the written certificate's NotAfter; 0: none
+	revoked      prometheus.Gauge
 }
 
 // newMetrics uses a registry of its own, so that several controllers can run
@@ -38,6 +39,8 @@ func newMetrics() *metrics {
 			Help: "Member CertificateSigningRequests the mesh authority denied (the log says why)."}),
 		csrRequested: prometheus.NewCounter(prometheus.CounterOpts{Name: "kubelink_certwatch_csr_requested_total",
 			Help: "CertificateSigningRequests this member created at the mesh authority."}),
+		revoked: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kubelink_certwatch_revoked_certificates",
+			Help: "Certificates on the revocation list written next to the certificates (the mesh authority's list)."}),
 		generated: prometheus.NewCounter(prometheus.CounterOpts{Name: "kubelink_certwatch_wireguard_keys_generated_total",
 			Help: "WireGuard key pairs generated because the Secret had none."}),
 	}
@@ -50,7 +53,7 @@ func newMetrics() *metrics {
 			}
 			return time.Until(time.Unix(na, 0)).Seconds()
 		})
-	m.reg.MustRegister(m.writes, m.syncErrors, m.renewals, m.generated, m.csrSigned, m.csrDenied, m.csrRequested, expiry,
+	m.reg.MustRegister(m.writes, m.syncErrors, m.renewals, m.generated, m.csrSigned, m.csrDenied, m.csrRequested, m.revoked, expiry,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -46,30 +46,46 @@ const (
 	CAConfigMap = "kubelink-mesh-ca"
 	// conditionReason is the reason of the conditions the signer sets.
 	conditionReason = "KubelinkMemberPolicy"
+	// KeyIssued, in CAConfigMap, records the identities the authority has
+	// signed certificates for that are still valid: one line each, the
+	// identity and the latest NotAfter (RFC 3339). The authority keeps it,
+	// so that it knows them after the CSRs are gone (the API's cleaner
+	// deletes issued requests after an hour).
+	KeyIssued = "issued"
+	// KeyRevoked, in CAConfigMap, lists the identities of KeyIssued that
+	// no member holds any more (its ServiceAccount was deleted or no
+	// longer lists them), one per line: each cluster's certwatch copies it
+	// next to its certificates (file revoked), and the bridge refuses
+	// certificates that carry them until they expire.
+	KeyRevoked = "revoked"
 )
 
 // signRequests publishes the CA certificate and answers every pending CSR
 // for SignerName: approved and signed when the requester is a registered
 // member asking only for what it was registered with, denied with the
 // reason otherwise. One bad request never stops the others.
-func (c *Controller) signRequests(ctx context.Context) error {
+//
+// It then publishes in CAConfigMap the CA certificate, the record of what
+// it signed (KeyIssued) and the revocation list (KeyRevoked), and reports
+// whether the list changed (the files of this cluster follow it).
+func (c *Controller) signRequests(ctx context.Context) (revokedChanged bool, err error) {
 	s, err := c.getSecret(ctx, c.cfg.TLSSecret)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if s == nil {
-		return fmt.Errorf("secret %s/%s not found: no CA to sign with", c.cfg.Namespace, c.cfg.TLSSecret)
+		return false, fmt.Errorf("secret %s/%s not found: no CA to sign with", c.cfg.Namespace, c.cfg.TLSSecret)
 	}
 	ca, caKey, err := parseCA(s.Data[KeyCACert], s.Data[KeyCAKey])
 	if err != nil {
-		return fmt.Errorf("secret %s/%s: %w", c.cfg.Namespace, c.cfg.TLSSecret, err)
+		return false, fmt.Errorf("secret %s/%s: %w", c.cfg.Namespace, c.cfg.TLSSecret, err)
 	}
 	if err := c.publishCA(ctx, s.Data[KeyCACert]); err != nil {
-		return err
+		return false, err
 	}
 	var list certificatesv1.CertificateSigningRequestList
 	if err := c.api.List(ctx, &list, client.MatchingFields{"spec.signerName": SignerName}); err != nil {
-		return fmt.Errorf("listing CertificateSigningRequests of %s: %w", SignerName, err)
+		return false, fmt.Errorf("listing CertificateSigningRequests of %s: %w", SignerName, err)
 	}
 	var errs []error
 	for i := range list.Items {
@@ -81,7 +97,8 @@ func (c *Controller) signRequests(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("CertificateSigningRequest %s: %w", csr.Name, err))
 		}
 	}
-	return errors.Join(errs...)
+	revokedChanged, err = c.publishRevocations(ctx, ca, list.Items)
+	return revokedChanged, errors.Join(append(errs, err)...)
 }
 
 // finished reports whether a CSR was denied or failed (nothing more to do).

@@ -58,7 +58,7 @@ var (
 			"cluster: certificates.k8s.io certificatesigningrequests get,list,watch",
 			"cluster: certificates.k8s.io certificatesigningrequests/approval,certificatesigningrequests/status update",
 			"cluster: certificates.k8s.io signers[kubelink.mandelsoft.org/member] approve,sign",
-			"kubelink: core serviceaccounts get",
+			"kubelink: core serviceaccounts get,list,watch",
 			"kubelink: core configmaps create",
 			"kubelink: core configmaps[kubelink-mesh-ca] get,update",
 		},

@@ -133,6 +133,71 @@ func TestBridgeIdentityIsPerCluster(t *testing.T) {
 	}
 }
 
+// A member whose certificate the mesh authority revoked (on the list
+// certwatch writes next to the certificates) is cut off as soon as the list
+// arrives: its established connection is closed, it can connect again from
+// neither side, and no traffic passes while it is listed; with a new
+// certificate (registered again), it comes back. The revoked certificate is
+// signed by the mesh CA and valid throughout: only the list keeps it out.
+func TestBridgeRevokedMemberIsCutOff(t *testing.T) {
+	t.Parallel()
+	lab := New(t, 2)
+	a, b := lab.Clusters[0], lab.Clusters[1]
+	ca := NewBridgeCA(t)
+	aCerts := ca.CertDir(t, a)
+	bCerts := filepath.Join(t.TempDir(), "certs-b")
+	bSerial := ca.WriteCerts(t, bCerts, b)
+	a.StartRouter(lab)
+	b.StartRouter(lab)
+	a.StartBroker(lab, a.GW, BridgeFlags(aCerts)...)
+	b.StartBroker(lab, b.GW, BridgeFlags(bCerts)...)
+	a.Apply(a.LocalLink(), BridgeLinkTo(b))
+	b.Apply(b.LocalLink(), BridgeLinkTo(a))
+	a.WaitState("b", v1alpha1.StateUp, 10*time.Second)
+	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
+	WaitGet(t, b.Pod, a.ServiceIP, 5*time.Second)
+
+	// A's list names B's certificate (and another).
+	WriteRevoked(t, aCerts, "ff 2030-01-01T00:00:00Z kubelink://default/z", bSerial+" 2030-01-01T00:00:00Z kubelink://default/b,kubelink://lab/b")
+	start := time.Now()
+	WaitMetric(t, a.GW, "kubelink_bridge_untrusted_connections_total", 5*time.Second, func(v float64) bool { return v > 0 })
+	waitFor(t, "A's link to B to leave Up", 5*time.Second, func() bool {
+		kl, err := a.Link("b")
+		return err == nil && kl.Status.State != v1alpha1.StateUp
+	})
+	t.Logf("A closed the connection of the revoked member after %s", time.Since(start).Round(time.Millisecond))
+	// Over 6 s (several redials of both sides): never Up, nothing
+	// through either way.
+	sawReason := false
+	for deadline := time.Now().Add(6 * time.Second); time.Now().Before(deadline); {
+		kl, err := a.Link("b")
+		if err == nil && kl.Status.State == v1alpha1.StateUp {
+			t.Fatal("A's link to a revoked member is Up again")
+		}
+		if err == nil && strings.Contains(kl.Status.Message, "revoked") {
+			sawReason = true
+		}
+		if _, err := Get(a.Pod, b.ServiceIP, "/", 300*time.Millisecond); err == nil {
+			t.Fatal("A reached B's service after B was revoked")
+		}
+		if _, err := Get(b.Pod, a.ServiceIP, "/", 300*time.Millisecond); err == nil {
+			t.Fatal("B reached A's service after A revoked it")
+		}
+	}
+	if !sawReason {
+		t.Error("A's link status never named the revocation")
+	}
+	kl, _ := a.Link("b")
+	t.Logf("A's link b while B is revoked: %s: %s", kl.Status.State, kl.Status.Message)
+
+	// Registered again, B gets a new certificate (the old one stays on
+	// the list): back in.
+	ca.WriteCerts(t, bCerts, b)
+	a.WaitState("b", v1alpha1.StateUp, 15*time.Second)
+	WaitGet(t, a.Pod, b.ServiceIP, 5*time.Second)
+	WaitGet(t, b.Pod, a.ServiceIP, 5*time.Second)
+}
+
 // In bridge mode the receiving side enforces, in user space, that a peer
 // only uses its own source addresses (anti-spoofing) and only reaches what
 // the link's ingress allows (allow list and "!" entries), and counts the

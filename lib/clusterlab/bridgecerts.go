@@ -97,6 +97,26 @@ func (ca *BridgeCA) WriteCertsAs(t testing.TB, dir string, c *Cluster, identitie
 	return tmpl.SerialNumber.Text(16)
 }
 
+// WriteRevoked puts a revocation list (the mesh authority's, as certwatch
+// copies it) next to the certificates in dir, keeping them: lines are its
+// entries ("<serial hex> <notAfter> <identities>"), none an empty list.
+func WriteRevoked(t testing.TB, dir string, lines ...string) {
+	t.Helper()
+	cur, err := certwatch.ReadSnapshot(dir, "tls.crt", "tls.key", "ca.crt")
+	must(t, err)
+	list := strings.Join(lines, "\n")
+	if list != "" {
+		list += "\n"
+	}
+	_, err = certwatch.WriteAtomic(dir, []certwatch.File{
+		{Name: "tls.crt", Data: cur["tls.crt"], Mode: 0o600},
+		{Name: "tls.key", Data: cur["tls.key"], Mode: 0o600},
+		{Name: "ca.crt", Data: cur["ca.crt"], Mode: 0o600},
+		{Name: certwatch.FileRevoked, Data: []byte(list), Mode: 0o600},
+	})
+	must(t, err)
+}
+
 // metric reads the first sample of /metrics in ns (the lab's brokers serve
 // it on 127.0.0.1:9090) whose line starts with prefix, e.g.
 // `kubelink_bridge_rx_bytes_total{link="b"}`; false when there is none.

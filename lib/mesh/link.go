@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -112,6 +113,11 @@ type ParseOptions struct {
 	// foreign link whose cidr or egress overlaps one is Stale, or its routes
 	// would send the cluster's own traffic into the tunnel.
 	Reserved []NamedPrefix
+	// SecretKey reads the key a link's presharedKeySecret names (the
+	// broker: from its key Secret); its error says what is wrong and how
+	// to fix it. Nil leaves the preshared key of such links unset: the
+	// router and meshdns have no use for it.
+	SecretKey func(ref v1alpha1.SecretKeySelector) (string, error)
 }
 
 // NamedPrefix is a network with what it is, for messages.
@@ -221,6 +227,24 @@ func ParseLink(kl *v1alpha1.KubeLink, opts ParseOptions) (*Link, error) {
 			add("presharedKey", "needs publicKey")
 		}
 	}
+	if ref := s.PresharedKeySecret; ref != nil {
+		switch {
+		case s.PresharedKey != "":
+			add("presharedKeySecret", "set presharedKeySecret or the deprecated presharedKey, not both")
+		case s.PublicKey == "":
+			add("presharedKeySecret", "needs publicKey")
+		case ref.Key == "":
+			add("presharedKeySecret.key", "is required: the key of the broker's key Secret that holds the preshared key")
+		case opts.SecretKey != nil:
+			v, err := opts.SecretKey(*ref)
+			if err == nil {
+				l.PresharedKey, err = ParseKey(strings.TrimSpace(v))
+			}
+			if err != nil {
+				add("presharedKeySecret", "%v", err)
+			}
+		}
+	}
 
 	if l.IsLocal() {
 		if len(s.Egress) > 0 {
@@ -229,7 +253,7 @@ func ParseLink(kl *v1alpha1.KubeLink, opts ParseOptions) (*Link, error) {
 		if s.GatewayLink != "" {
 			add("gatewayLink", "is not allowed on a LocalLink")
 		}
-		if s.PublicKey != "" || s.PresharedKey != "" {
+		if s.PublicKey != "" || s.PresharedKey != "" || s.PresharedKeySecret != nil {
 			add("publicKey", "publicKey and presharedKey are not allowed on a LocalLink (the local key comes from the broker's secret)")
 		}
 	}

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -127,5 +128,48 @@ func TestDestinationsOfParsedAndHandBuiltLinksAgree(t *testing.T) {
 	hand := &Link{ServiceCIDR: l.ServiceCIDR, Egress: l.Egress}
 	if got := hand.Destinations(); !slices.Equal(got, want) {
 		t.Errorf("hand-built: %v, want %v", got, want)
+	}
+}
+
+// spec.presharedKeySecret is read through ParseOptions.SecretKey (the
+// broker's key Secret): a good key becomes the link's preshared key, a
+// resolver's error or a key that does not parse makes the link invalid
+// naming the field, and without a resolver (router, meshdns) the link
+// parses with no key.
+func TestParseLinkPresharedKeySecret(t *testing.T) {
+	kl := peer("b", "192.168.0.12/24", "100.64.16.0/20", "b.example.org", keyB)
+	kl.Spec.PresharedKeySecret = &v1alpha1.SecretKeySelector{Key: "psk-b"}
+	secret := map[string]string{"psk-b": pskOne + "\n", "bad": "c2hvcnQ="}
+	opts := wgOpts
+	opts.SecretKey = func(ref v1alpha1.SecretKeySelector) (string, error) {
+		if v, ok := secret[ref.Key]; ok {
+			return v, nil
+		}
+		return "", errors.New(`Secret kubelink/wireguard has no key "` + ref.Key + `"`)
+	}
+	l, err := ParseLink(&kl, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := ParseKey(pskOne); l.PresharedKey != want {
+		t.Errorf("preshared key %s, want the Secret's", l.PresharedKey)
+	}
+	for key, want := range map[string]string{"missing": `spec.presharedKeySecret: Secret kubelink/wireguard has no key "missing"`, "bad": "spec.presharedKeySecret: "} {
+		kl.Spec.PresharedKeySecret.Key = key
+		if _, err := ParseLink(&kl, opts); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("key %s: %v, want %q", key, err, want)
+		}
+	}
+	kl.Spec.PresharedKeySecret.Key = "missing"
+	if l, err := ParseLink(&kl, wgOpts); err != nil || l.PresharedKey != (Key{}) {
+		t.Errorf("without a resolver: %v, key %s; want no error and no key", err, l.PresharedKey)
+	}
+	kl.Spec.PresharedKey = pskOne
+	if _, err := ParseLink(&kl, opts); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Errorf("both fields: %v", err)
+	}
+	kl.Spec.PresharedKey, kl.Spec.PublicKey = "", ""
+	if _, err := ParseLink(&kl, opts); err == nil || !strings.Contains(err.Error(), "presharedKeySecret: needs publicKey") {
+		t.Errorf("without publicKey: %v", err)
 	}
 }

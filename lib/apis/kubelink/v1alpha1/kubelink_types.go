@@ -36,7 +36,9 @@ type KubeLink struct {
 // +kubebuilder:validation:XValidation:rule="!has(self.endpoint) || self.endpoint != 'LocalLink' || !has(self.gatewayLink)",message="gatewayLink is not allowed on a LocalLink"
 // +kubebuilder:validation:XValidation:rule="has(self.endpoint) || has(self.gatewayLink)",message="endpoint is required (a host[:port], LocalLink or Inbound) unless gatewayLink is set"
 // +kubebuilder:validation:XValidation:rule="!has(self.presharedKey) || has(self.publicKey)",message="presharedKey needs publicKey"
-// +kubebuilder:validation:XValidation:rule="!has(self.endpoint) || self.endpoint != 'LocalLink' || (!has(self.publicKey) && !has(self.presharedKey))",message="publicKey and presharedKey are not allowed on a LocalLink (the local key comes from the broker's secret)"
+// +kubebuilder:validation:XValidation:rule="!has(self.presharedKeySecret) || has(self.publicKey)",message="presharedKeySecret needs publicKey"
+// +kubebuilder:validation:XValidation:rule="!has(self.presharedKey) || !has(self.presharedKeySecret)",message="set presharedKeySecret or the deprecated presharedKey, not both"
+// +kubebuilder:validation:XValidation:rule="!has(self.endpoint) || self.endpoint != 'LocalLink' || (!has(self.publicKey) && !has(self.presharedKey) && !has(self.presharedKeySecret))",message="publicKey and presharedKey are not allowed on a LocalLink (the local key comes from the broker's secret)"
 type KubeLinkSpec struct {
 	// CIDR is the service CIDR of the remote cluster (on a LocalLink: of the
 	// local cluster). It is routed through the link.
@@ -102,6 +104,15 @@ type KubeLinkSpec struct {
 	// +kubebuilder:validation:XValidation:rule=`self.matches('^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$')`,message="presharedKey must be a WireGuard key: 32 bytes in base64 (44 characters ending in '=')"
 	PresharedKey string `json:"presharedKey,omitempty"`
 
+	// PresharedKeySecret names the key of the broker's key Secret (the one
+	// holding its WireGuard private key, "wireguard" by default) that holds
+	// this link's WireGuard preshared key (base64, 32 bytes). It replaces
+	// PresharedKey, which puts the key where everyone who may read
+	// KubeLinks reads it; PresharedKey is still read, with a warning Event.
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="!(self.key in ['WireguardPrivateKey', 'WireGuardPrivateKey', 'WireguardPublicKey'])",message="presharedKeySecret.key names the broker's own WireGuard key, not a preshared key; store the preshared key under another key (e.g. psk-<link>)"
+	PresharedKeySecret *SecretKeySelector `json:"presharedKeySecret,omitempty"`
+
 	// APIAccess names a Secret (keys "token" and "certificate-authority-data")
 	// used to reach the remote API server for DNS propagation in kubernetes mode.
 	// +optional
@@ -123,6 +134,23 @@ type SecretReference struct {
 	// +kubebuilder:validation:MaxLength=63
 	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
 	Namespace string `json:"namespace,omitempty"`
+}
+
+// SecretKeySelector names a key of a Secret in the namespace of the kubelink
+// components.
+type SecretKeySelector struct {
+	// Name of the Secret: the broker reads preshared keys only from its own
+	// key Secret, so it may be left out; another name makes the link
+	// Invalid.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	Name string `json:"name,omitempty"`
+	// Key in the Secret's data.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key"`
 }
 
 // KubeLinkDNS is the DNS part of a link.
