@@ -470,6 +470,23 @@ func TestDrainTakesOneBrokerAtATime(t *testing.T) {
 	testenv.Test(t, f)
 }
 
+// activeBrokerIP is the pod IP of the broker holding c's Lease.
+func activeBrokerIP(ctx context.Context, t *testing.T, c *Cluster) string {
+	t.Helper()
+	name, err := activeBroker(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p corev1.Pod
+	if err := c.Res.Get(ctx, name, "kubelink", &p); err != nil {
+		t.Fatalf("the active broker pod %s: %v", name, err)
+	}
+	if p.Status.PodIP == "" {
+		t.Fatalf("the active broker pod %s has no IP", name)
+	}
+	return p.Status.PodIP
+}
+
 // brokerMetricsText reads the /metrics of the broker pod at podIP, from c's
 // control-plane node (which reaches the pod network), within timeout.
 func brokerMetricsText(ctx context.Context, c *Cluster, podIP string, timeout time.Duration) (string, error) {

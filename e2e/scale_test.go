@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
@@ -290,23 +289,6 @@ func deleteScaleLinks(ctx context.Context, t *testing.T, cl client.Client) {
 	}); err != nil {
 		t.Errorf("deleting the scale links: %v", err)
 	}
-}
-
-// activeBrokerIP is the pod IP of the broker holding c's Lease.
-func activeBrokerIP(ctx context.Context, t *testing.T, c *Cluster) string {
-	t.Helper()
-	name, err := activeBroker(ctx, c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var p corev1.Pod
-	if err := c.Res.Get(ctx, name, "kubelink", &p); err != nil {
-		t.Fatalf("the active broker pod %s: %v", name, err)
-	}
-	if p.Status.PodIP == "" {
-		t.Fatalf("the active broker pod %s has no IP", name)
-	}
-	return p.Status.PodIP
 }
 
 // brokerMetrics reads the broker's metrics (brokerMetricsText) and returns
