@@ -1,0 +1,214 @@
+package mcs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+
+	"github.com/kubelink/kubelink/lib/kubeflags"
+)
+
+// RecordConfigMap is the ConfigMap (in the kubelink namespace) holding this
+// cluster's export record (key RecordKey): what it serves to the others.
+const (
+	RecordConfigMap = "kubelink-mcs-exports"
+	RecordKey       = "exports.json"
+)
+
+// Reasons of the Ready condition kubelink sets while an export is not (yet)
+// in any other cluster.
+const (
+	ReasonPending mcsv1beta1.ServiceExportConditionReason = "Pending"
+)
+
+// Config of the export controller.
+type Config struct {
+	Namespace string        // of the record ConfigMap
+	Resync    time.Duration // full pass period
+}
+
+// Controller keeps every ServiceExport's conditions true to its Service and
+// the record of the valid exports up to date: level-triggered, a pass on
+// every change of a ServiceExport or a Service and every Resync.
+type Controller struct {
+	cfg   Config
+	log   *slog.Logger
+	cache cache.Cache   // ServiceExports and Services, all namespaces
+	read  client.Reader // the cache
+	api   client.Client // writes
+	loop  *kubeflags.Loop
+	now   func() time.Time
+}
+
+// NewScheme has the built-in types and the MCS API (v1beta1).
+func NewScheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	if err := mcsv1beta1.Install(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// New prepares a controller; Run starts it.
+func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
+	if cfg.Namespace == "" {
+		return nil, errors.New("mcs: a namespace for the export record is required")
+	}
+	if cfg.Resync <= 0 {
+		cfg.Resync = time.Minute
+	}
+	scheme, err := NewScheme()
+	if err != nil {
+		return nil, err
+	}
+	c, err := cache.New(rc, cache.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("mcs: creating the cache: %w", err)
+	}
+	api, err := client.New(rc, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("mcs: creating the client: %w", err)
+	}
+	return &Controller{cfg: cfg, log: log, cache: c, read: c, api: api, loop: kubeflags.NewLoop(), now: time.Now}, nil
+}
+
+// Run serves until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	if err := kubeflags.WatchAndSync(ctx, c.cache, c.loop.Kick, &mcsv1beta1.ServiceExport{}, &corev1.Service{}); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	c.log.Info("mcs export controller running", "namespace", c.cfg.Namespace)
+	var last string
+	c.loop.Run(ctx, c.cfg.Resync, func(ctx context.Context) time.Duration {
+		err := c.Sync(ctx)
+		if ctx.Err() != nil {
+			return 0 // stopping: what failed on the way out is no news
+		}
+		msg := ""
+		if err != nil {
+			msg = err.Error()
+		}
+		if msg != last {
+			if err != nil {
+				c.log.Error("mcs sync", "err", err)
+			} else {
+				c.log.Info("mcs sync ok")
+			}
+			last = msg
+		}
+		if err != nil {
+			return 5 * time.Second
+		}
+		return 0
+	})
+	return nil
+}
+
+// Sync is one pass: the conditions of every ServiceExport, then the record.
+// One export's failure does not stop the others.
+func (c *Controller) Sync(ctx context.Context) error {
+	var list mcsv1beta1.ServiceExportList
+	if err := c.read.List(ctx, &list); err != nil {
+		return fmt.Errorf("listing ServiceExports: %w", err)
+	}
+	var rec Record
+	var errs []error
+	now := c.now()
+	for i := range list.Items {
+		se := &list.Items[i]
+		if se.DeletionTimestamp != nil {
+			continue
+		}
+		var svc *corev1.Service
+		var s corev1.Service
+		err := c.read.Get(ctx, client.ObjectKeyFromObject(se), &s)
+		switch {
+		case err == nil:
+			svc = &s
+		case !apierrors.IsNotFound(err):
+			errs = append(errs, fmt.Errorf("reading Service %s/%s: %w", se.Namespace, se.Name, err))
+			continue
+		}
+		e, reason, msg := Validate(se, svc)
+		valid := reason == mcsv1beta1.ServiceExportReasonValid
+		if valid {
+			rec.Exports = append(rec.Exports, e)
+		}
+		if err := c.writeConditions(ctx, se, valid, reason, msg, now); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(append(errs, c.writeRecord(ctx, rec))...)
+}
+
+// writeConditions sets Valid (and, for a valid export, Ready: Pending
+// until another cluster imports it) when they changed.
+func (c *Controller) writeConditions(ctx context.Context, se *mcsv1beta1.ServiceExport, valid bool, reason mcsv1beta1.ServiceExportConditionReason, msg string, now time.Time) error {
+	se = se.DeepCopy()
+	status := metav1.ConditionFalse
+	if valid {
+		status = metav1.ConditionTrue
+	}
+	changed := setCondition(&se.Status.Conditions, metav1.Condition{Type: string(mcsv1beta1.ServiceExportConditionValid),
+		Status: status, Reason: string(reason), Message: msg, ObservedGeneration: se.Generation}, now)
+	ready := metav1.Condition{Type: string(mcsv1beta1.ServiceExportConditionReady), Status: metav1.ConditionFalse,
+		Reason: string(ReasonPending), ObservedGeneration: se.Generation,
+		Message: "in no other cluster yet: the exchange of exports between the clusters of the mesh is not built yet (docs/mcs.md)"}
+	if !valid {
+		ready.Reason, ready.Message = string(reason), "not exported: "+msg
+	}
+	changed = setCondition(&se.Status.Conditions, ready, now) || changed
+	if !changed {
+		return nil
+	}
+	if err := c.api.Status().Update(ctx, se); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("writing the status of ServiceExport %s/%s: %w", se.Namespace, se.Name, err)
+	}
+	return nil
+}
+
+// writeRecord keeps the record ConfigMap equal to rec.
+func (c *Controller) writeRecord(ctx context.Context, rec Record) error {
+	data, err := rec.Encode()
+	if err != nil {
+		return err
+	}
+	ref := c.cfg.Namespace + "/" + RecordConfigMap
+	var cm corev1.ConfigMap
+	err = c.api.Get(ctx, client.ObjectKey{Namespace: c.cfg.Namespace, Name: RecordConfigMap}, &cm)
+	switch {
+	case apierrors.IsNotFound(err):
+		cm = corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: c.cfg.Namespace, Name: RecordConfigMap,
+			Labels: map[string]string{"app.kubernetes.io/managed-by": "kubelink-mcs"}},
+			Data: map[string]string{RecordKey: string(data)}}
+		err = c.api.Create(ctx, &cm)
+	case err == nil && cm.Data[RecordKey] != string(data):
+		if cm.Data == nil {
+			cm.Data = map[string]string{}
+		}
+		cm.Data[RecordKey] = string(data)
+		err = c.api.Update(ctx, &cm)
+	}
+	if err != nil {
+		return fmt.Errorf("writing the export record %s: %w", ref, err)
+	}
+	return nil
+}
