@@ -30,6 +30,7 @@ import (
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/testenv"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 )
 
 const chartDir = "../../deploy/chart/kubelink"
@@ -304,6 +305,27 @@ func TestInstallAndUpgradeInPlace(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// An older KubeLink CRD (without spec.presharedKeySecret), and the
+	// ServiceExport CRD as another MCS implementation would own it: helm
+	// upgrades touch neither; install brings kubelink's own up to the
+	// chart's and leaves the other alone.
+	var klCRD, seCRD apiextensionsv1.CustomResourceDefinition
+	must(t, c.Get(ctx, client.ObjectKey{Name: "kubelinks.kubelink.mandelsoft.org"}, &klCRD))
+	delete(klCRD.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["spec"].Properties, "presharedKeySecret")
+	var rules apiextensionsv1.ValidationRules
+	for _, r := range klCRD.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["spec"].XValidations {
+		if !strings.Contains(r.Rule, "presharedKeySecret") {
+			rules = append(rules, r)
+		}
+	}
+	spec := klCRD.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["spec"]
+	spec.XValidations = rules
+	klCRD.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["spec"] = spec
+	must(t, c.Update(ctx, &klCRD))
+	must(t, c.Get(ctx, client.ObjectKey{Name: "serviceexports.multicluster.x-k8s.io"}, &seCRD))
+	seCRD.Annotations = map[string]string{"example.org/owner": "another-mcs"}
+	must(t, c.Update(ctx, &seCRD))
+
 	// Again, with the bridge: an upgrade of the same release, the address kept.
 	start := time.Now()
 	_, stderr, err = run(t, append(args, "--data-plane", "bridge")...)
@@ -323,6 +345,19 @@ func TestInstallAndUpgradeInPlace(t *testing.T) {
 	if !strings.Contains(stderr, "deleted the EndpointSlice kubelink/kubelink-broker-x7k2p (managed by endpointslice-controller.k8s.io)") ||
 		!strings.Contains(stderr, "deleted the Endpoints kubelink/kubelink-broker") {
 		t.Errorf("the upgrade does not say what it deleted:\n%s", stderr)
+	}
+	must(t, c.Get(ctx, client.ObjectKey{Name: "kubelinks.kubelink.mandelsoft.org"}, &klCRD))
+	if _, ok := klCRD.Spec.Versions[0].Schema.OpenAPIV3Schema.Properties["spec"].Properties["presharedKeySecret"]; !ok {
+		t.Error("the KubeLink CRD after the upgrade lacks spec.presharedKeySecret: an upgrade must bring kubelink's CRDs to the chart's")
+	}
+	must(t, c.Get(ctx, client.ObjectKey{Name: "serviceexports.multicluster.x-k8s.io"}, &seCRD))
+	if seCRD.Annotations["example.org/owner"] != "another-mcs" {
+		t.Errorf("the upgrade changed the ServiceExport CRD, which is not kubelink's: annotations %v", seCRD.Annotations)
+	}
+	for _, want := range []string{"updated CRD kubelinks.kubelink.mandelsoft.org to the chart's", "CRD serviceexports.multicluster.x-k8s.io exists: left as it is"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("the upgrade's progress lacks %q:\n%s", want, stderr)
+		}
 	}
 	cfg, _ = cs.CoreV1().ConfigMaps("kubelink").Get(ctx, "kubelink-cluster", metav1.GetOptions{})
 	if cfg.Data["KUBELINK_MODE"] != "bridge" {
@@ -537,5 +572,12 @@ func TestInstallWaitsForTheLoadBalancerAddress(t *testing.T) {
 	cfg, err := cs.CoreV1().ConfigMaps("kubelink").Get(ctx, "kubelink-cluster", metav1.GetOptions{})
 	if err != nil || cfg.Data["KUBELINK_BRIDGE_NAME"] != "203.0.113.10" {
 		t.Errorf("KUBELINK_BRIDGE_NAME %q (%v), want the LoadBalancer address", cfg.Data["KUBELINK_BRIDGE_NAME"], err)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }
