@@ -87,9 +87,11 @@ generate: $(CONTROLLER_GEN) ## regenerate deepcopy code and CRDs from the API ty
 	cd lib && $(CONTROLLER_GEN) object:headerFile="" paths=./apis/... \
 	  crd:crdVersions=v1,maxDescLen=400 output:crd:dir=./apis/kubelink/crds
 	cp lib/apis/kubelink/crds/*.yaml deploy/chart/kubelink/crds/
-	# The Multi-Cluster Services API's own CRDs (docs/mcs.md), from the
-	# mcs-api module lib is built with.
-	install -m 0644 "$$(cd lib && go list -m -f '{{.Dir}}' sigs.k8s.io/mcs-api)"/config/crd/multicluster.x-k8s.io_*.yaml deploy/chart/kubelink/crds/
+# The Multi-Cluster Services API's own CRDs (docs/mcs.md), from the
+# mcs-api module lib is built with.
+	cd lib && go mod download sigs.k8s.io/mcs-api
+	dir=$$(cd lib && go list -m -f '{{.Dir}}' sigs.k8s.io/mcs-api) && test -n "$$dir" && \
+	  install -m 0644 "$$dir"/config/crd/multicluster.x-k8s.io_*.yaml deploy/chart/kubelink/crds/
 	cd lib && $(CONTROLLER_GEN) object:headerFile="" paths=./globaldns/apis/... \
 	  crd:crdVersions=v1,maxDescLen=400 output:crd:dir=./globaldns/apis/coredns/crds
 

@@ -341,10 +341,8 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 	if err := ensureNamespace(ctx, g, c, ns); err != nil {
 		return err
 	}
-	if p.Upgrade {
-		if err := upgradeCRDs(ctx, g, c, ch); err != nil {
-			return err
-		}
+	if err := ensureCRDs(ctx, g, c, ch); err != nil {
+		return err
 	}
 	if err := o.helm(ctx, g, cfg, ch, ns, p); err != nil {
 		return err

@@ -27,12 +27,6 @@ const (
 	RecordKey       = "exports.json"
 )
 
-// Reasons of the Ready condition kubelink sets while an export is not (yet)
-// in any other cluster.
-const (
-	ReasonPending mcsv1beta1.ServiceExportConditionReason = "Pending"
-)
-
 // Config of the export controller.
 type Config struct {
 	Namespace string        // of the record ConfigMap
@@ -50,6 +44,9 @@ type Controller struct {
 	api   client.Client // writes
 	loop  *kubeflags.Loop
 	now   func() time.Time
+	// lastRecord is the record written last: a pass whose record is the
+	// same reads the ConfigMap again only on a periodic pass.
+	lastRecord string
 }
 
 // NewScheme has the built-in types and the MCS API (v1beta1).
@@ -170,16 +167,22 @@ func (c *Controller) writeConditions(ctx context.Context, se *mcsv1beta1.Service
 	changed := setCondition(&se.Status.Conditions, metav1.Condition{Type: string(mcsv1beta1.ServiceExportConditionValid),
 		Status: status, Reason: string(reason), Message: msg, ObservedGeneration: se.Generation}, now)
 	ready := metav1.Condition{Type: string(mcsv1beta1.ServiceExportConditionReady), Status: metav1.ConditionFalse,
-		Reason: string(ReasonPending), ObservedGeneration: se.Generation,
+		Reason: string(mcsv1beta1.ServiceExportReasonPending), ObservedGeneration: se.Generation,
 		Message: "in no other cluster yet: the exchange of exports between the clusters of the mesh is not built yet (docs/mcs.md)"}
 	if !valid {
-		ready.Reason, ready.Message = string(reason), "not exported: "+msg
+		ready.Reason, ready.Message = string(mcsv1beta1.ServiceExportReasonFailed), "not exported: "+msg
 	}
 	changed = setCondition(&se.Status.Conditions, ready, now) || changed
 	if !changed {
 		return nil
 	}
-	if err := c.api.Status().Update(ctx, se); err != nil && !apierrors.IsNotFound(err) {
+	err := c.api.Status().Update(ctx, se)
+	switch {
+	case apierrors.IsConflict(err):
+		// The cache was behind (a pass started by a Service event):
+		// again with the newer ServiceExport, no error to report.
+		c.loop.Kick()
+	case err != nil && !apierrors.IsNotFound(err):
 		return fmt.Errorf("writing the status of ServiceExport %s/%s: %w", se.Namespace, se.Name, err)
 	}
 	return nil
@@ -190,6 +193,9 @@ func (c *Controller) writeRecord(ctx context.Context, rec Record) error {
 	data, err := rec.Encode()
 	if err != nil {
 		return err
+	}
+	if string(data) == c.lastRecord && !c.loop.Periodic() {
+		return nil // a pass for a change that did not touch the record
 	}
 	ref := c.cfg.Namespace + "/" + RecordConfigMap
 	var cm corev1.ConfigMap
@@ -210,5 +216,6 @@ func (c *Controller) writeRecord(ctx context.Context, rec Record) error {
 	if err != nil {
 		return fmt.Errorf("writing the export record %s: %w", ref, err)
 	}
+	c.lastRecord = string(data)
 	return nil
 }

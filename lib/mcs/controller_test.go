@@ -91,8 +91,10 @@ func TestExportConditionsAndRecord(t *testing.T) {
 	}
 	record := func() map[string]Export {
 		var cm corev1.ConfigMap
-		if err := kube.Get(ctx, client.ObjectKey{Namespace: "kubelink", Name: RecordConfigMap}, &cm); err != nil {
-			return nil
+		if err := kube.Get(ctx, client.ObjectKey{Namespace: "kubelink", Name: RecordConfigMap}, &cm); apierrors.IsNotFound(err) {
+			return nil // not written yet
+		} else if err != nil {
+			t.Fatal(err)
 		}
 		r, err := DecodeRecord([]byte(cm.Data[RecordKey]))
 		if err != nil {
@@ -108,11 +110,12 @@ func TestExportConditionsAndRecord(t *testing.T) {
 	eventually(t, "db exported as Headless", validIs("db", metav1.ConditionTrue, mcsv1beta1.ServiceExportReasonValid, "exported as Headless"))
 	eventually(t, "ext refused", validIs("ext", metav1.ConditionFalse, mcsv1beta1.ServiceExportReasonInvalidServiceType, "ExternalName"))
 	eventually(t, "ghost without a Service", validIs("ghost", metav1.ConditionFalse, mcsv1beta1.ServiceExportReasonNoService, "no Service shop/ghost"))
-	if c := condition("web", mcsv1beta1.ServiceExportConditionReady); c == nil || c.Status != metav1.ConditionFalse || c.Reason != string(ReasonPending) {
+	if c := condition("web", mcsv1beta1.ServiceExportConditionReady); c == nil || c.Status != metav1.ConditionFalse || c.Reason != string(mcsv1beta1.ServiceExportReasonPending) {
 		t.Errorf("web's Ready condition %+v, want False/Pending (no other cluster has it yet)", c)
 	}
-	if c := condition("ghost", mcsv1beta1.ServiceExportConditionReady); c == nil || c.Status != metav1.ConditionFalse || c.Reason != string(mcsv1beta1.ServiceExportReasonNoService) {
-		t.Errorf("ghost's Ready condition %+v, want False/NoService", c)
+	if c := condition("ghost", mcsv1beta1.ServiceExportConditionReady); c == nil || c.Status != metav1.ConditionFalse || c.Reason != string(mcsv1beta1.ServiceExportReasonFailed) ||
+		!strings.Contains(c.Message, "no Service shop/ghost") {
+		t.Errorf("ghost's Ready condition %+v, want False/Failed naming the missing Service", c)
 	}
 	var web corev1.Service
 	must(t, kube.Get(ctx, client.ObjectKey{Namespace: "shop", Name: "web"}, &web))
@@ -156,11 +159,12 @@ func TestExportConditionsAndRecord(t *testing.T) {
 	eventually(t, "ghost in the record", func() bool { _, ok := record()["shop/ghost"]; return ok })
 	must(t, kube.Delete(ctx, &web))
 	eventually(t, "web no longer exported after its Service went", validIs("web", metav1.ConditionFalse, mcsv1beta1.ServiceExportReasonNoService, ""))
-	eventually(t, "web out of the record", func() bool { _, ok := record()["shop/web"]; return !ok })
+	eventually(t, "web out of the record", func() bool { r := record(); _, ok := r["shop/web"]; return r != nil && !ok })
 	must(t, kube.Delete(ctx, &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "ghost"}}))
 	eventually(t, "ghost out of the record after its ServiceExport went", func() bool {
-		_, ok := record()["shop/ghost"]
-		return !ok
+		r := record()
+		_, ok := r["shop/ghost"]
+		return r != nil && !ok
 	})
 	if err := kube.Get(ctx, client.ObjectKey{Namespace: "shop", Name: "ghost"}, &corev1.Service{}); apierrors.IsNotFound(err) {
 		t.Error("unexporting deleted the Service")

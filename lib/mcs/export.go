@@ -49,7 +49,8 @@ func (e Export) Key() string { return e.Namespace + "/" + e.Name }
 
 // Validate checks a ServiceExport against its Service (nil: none of that
 // name) and returns the export, or the reason (a Valid condition reason of
-// KEP-1645) and a message that says what to do. The KEP allows every type
+// KEP-1645, or Pending for a Service without its ClusterIP yet) and a
+// message that says what to do. The KEP allows every type
 // but ExternalName; a headless Service is exported as type Headless.
 func Validate(se *mcsv1beta1.ServiceExport, svc *corev1.Service) (Export, mcsv1beta1.ServiceExportConditionReason, string) {
 	ref := se.Namespace + "/" + se.Name
@@ -73,7 +74,7 @@ func Validate(se *mcsv1beta1.ServiceExport, svc *corev1.Service) (Export, mcsv1b
 		e.Type = mcsv1beta1.Headless
 	} else {
 		if svc.Spec.ClusterIP == "" {
-			return Export{}, mcsv1beta1.ServiceExportReasonInvalidServiceType,
+			return Export{}, mcsv1beta1.ServiceExportReasonPending,
 				fmt.Sprintf("Service %s has no ClusterIP yet; it is exported once it has one", ref)
 		}
 		e.Type, e.ClusterIP = mcsv1beta1.ClusterSetIP, svc.Spec.ClusterIP
