@@ -74,17 +74,22 @@ func TestSilentConnectionsDoNotLockOutAPeer(t *testing.T) {
 				if err != nil || holder == victim {
 					return fmt.Errorf("b's Lease still with %s (%v)", victim, err)
 				}
-				for _, d := range []struct {
-					c    *Cluster
-					link string
-				}{{b, a.Name}, {a, b.Name}} {
-					l, err := d.c.Link(ctx, d.link)
-					if err != nil {
-						return err
-					}
-					if l.Status.State != v1alpha1.StateUp {
-						return fmt.Errorf("%s's link %s is %s: %s", d.c.Name, d.link, l.Status.State, l.Status.Message)
-					}
+				// Written by the new broker: its pod's address as
+				// the link's gateway, and Up.
+				var pod corev1.Pod
+				if err := b.Res.Get(ctx, holder, "kubelink", &pod); err != nil {
+					return err
+				}
+				l, err := b.Link(ctx, a.Name)
+				if err != nil {
+					return err
+				}
+				if l.Status.State != v1alpha1.StateUp || (l.Status.GatewayPod != pod.Status.PodIP && l.Status.Gateway != pod.Status.HostIP) {
+					return fmt.Errorf("b's link a is %s (gateway %s, pod %s), want Up from the new broker %s (%s, %s): %s",
+						l.Status.State, l.Status.Gateway, l.Status.GatewayPod, holder, pod.Status.HostIP, pod.Status.PodIP, l.Status.Message)
+				}
+				if l, err := a.Link(ctx, b.Name); err != nil || l.Status.State != v1alpha1.StateUp {
+					return fmt.Errorf("a's link b: %v %v", l, err)
 				}
 				return nil
 			})
@@ -187,8 +192,12 @@ func holdSilent(ctx context.Context, targets []string, n int) *silentHolder {
 					opened := time.Now()
 					stop := context.AfterFunc(ctx, func() { conn.Close() })
 					_, _ = conn.Read(make([]byte, 1)) // until the server cuts it (or ctx ends)
-					if stop() && time.Since(opened) < 2500*time.Millisecond {
+					lived := time.Since(opened)
+					if stop() && lived < 2500*time.Millisecond {
 						st.evicted.Add(1) // cut before the 3 s handshake limit: a newer connection took its slot
+					}
+					if lived < time.Millisecond {
+						time.Sleep(10 * time.Millisecond) // closed at once: no busy loop
 					}
 					conn.Close()
 					st.open.Add(-1)
