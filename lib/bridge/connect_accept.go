@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -69,7 +70,22 @@ func (c *Connector) Serve(l net.Listener) error {
 type pendingConn struct {
 	conn   net.Conn
 	src    netip.Addr
-	reason string // why it was evicted ("" while it is not)
+	reason string      // why it was evicted ("" while it is not)
+	spoke  atomic.Bool // the client sent something (its TLS handshake is under way)
+}
+
+// spokeConn marks its pendingConn once the first bytes arrive.
+type spokeConn struct {
+	net.Conn
+	pc *pendingConn
+}
+
+func (s spokeConn) Read(b []byte) (int, error) {
+	n, err := s.Conn.Read(b)
+	if n > 0 && !s.pc.spoke.Load() {
+		s.pc.spoke.Store(true)
+	}
+	return n, err
 }
 
 func remoteIP(conn net.Conn) netip.Addr {
@@ -79,7 +95,11 @@ func remoteIP(conn net.Conn) netip.Addr {
 
 // admit reserves a handshake slot for conn. Over a limit it evicts the
 // oldest pending connection of the same source (MaxPendingPerSource), or
-// of all (MaxPending), and returns them for the caller to close.
+// of all (MaxPending), and returns them for the caller to close. A
+// connection that has sent nothing yet goes before one whose handshake is
+// under way: otherwise a host that reconnects its silent connections as
+// fast as they are evicted would, cycle after cycle, evict a real peer
+// behind the same address (a NodePort's) in the middle of its handshake.
 func (c *Connector) admit(conn net.Conn) (*pendingConn, []*pendingConn) {
 	pc := &pendingConn{conn: conn, src: remoteIP(conn)}
 	c.mu.Lock()
@@ -97,19 +117,43 @@ func (c *Connector) admit(conn net.Conn) (*pendingConn, []*pendingConn) {
 			fromSrc++
 		}
 	}
-	if fromSrc >= c.cfg.MaxPendingPerSource {
+	// victim is the oldest silent pending connection that match accepts,
+	// else the oldest of them; -1 for none.
+	victim := func(match func(*pendingConn) bool) int {
+		first := -1
 		for i, p := range c.pending {
-			if p.src == pc.src {
-				evict(i, fmt.Sprintf("evicted by a newer connection: the oldest of %d pending handshakes from %s", fromSrc, pc.src))
-				break
+			if !match(p) {
+				continue
 			}
+			if !p.spoke.Load() {
+				return i
+			}
+			if first < 0 {
+				first = i
+			}
+		}
+		return first
+	}
+	if fromSrc >= c.cfg.MaxPendingPerSource {
+		if i := victim(func(p *pendingConn) bool { return p.src == pc.src }); i >= 0 {
+			evict(i, fmt.Sprintf("evicted by a newer connection: the oldest %s of %d pending handshakes from %s", silence(c.pending[i]), fromSrc, pc.src))
 		}
 	}
 	if len(c.pending) >= c.cfg.MaxPending {
-		evict(0, fmt.Sprintf("evicted by a newer connection: the oldest of %d pending handshakes", len(c.pending)))
+		if i := victim(func(*pendingConn) bool { return true }); i >= 0 {
+			evict(i, fmt.Sprintf("evicted by a newer connection: the oldest %s of %d pending handshakes", silence(c.pending[i]), len(c.pending)))
+		}
 	}
 	c.pending = append(c.pending, pc)
 	return pc, evicted
+}
+
+// silence says whether an evicted connection had sent anything.
+func silence(p *pendingConn) string {
+	if p.spoke.Load() {
+		return "(under way; none was silent)"
+	}
+	return "silent one"
 }
 
 // release frees pc's slot when its handshake is over (or it failed); an
@@ -168,7 +212,7 @@ func (c *Connector) accept(raw net.Conn, pc *pendingConn) error {
 	defer cancel()
 	tlsCtx, tlsCancel := context.WithTimeout(ctx, c.cfg.TLSTimeout)
 	defer tlsCancel()
-	tc := tls.Server(raw, c.cfg.Certs.ServerConfig())
+	tc := tls.Server(spokeConn{Conn: raw, pc: pc}, c.cfg.Certs.ServerConfig())
 	if err := tc.HandshakeContext(tlsCtx); err != nil {
 		raw.Close()
 		return fmt.Errorf("TLS handshake: %w", err)

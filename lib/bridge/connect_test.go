@@ -518,3 +518,77 @@ func TestServeBoundsUnauthenticatedConnections(t *testing.T) {
 		}
 	}
 }
+
+// Over the per-source limit, a pending connection that has sent nothing is
+// evicted before an older one whose TLS handshake is under way: a host
+// that keeps silent connections at the limit behind a peer's address (a
+// NodePort gives both the node's) cannot evict the peer in the middle of
+// its handshake.
+func TestEvictionPrefersSilentConnections(t *testing.T) {
+	p, _ := newTestPump(t, Config{})
+	dir := t.TempDir()
+	ca := newTestCA(t)
+	writeCertDir(t, dir, ca, ca.issue(t, "a.kubelink.test"))
+	certs, err := LoadCerts(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewConnector(ConnectorConfig{Pump: p, Certs: certs, TLSTimeout: 3 * time.Second, MaxPending: 8, MaxPendingPerSource: 3,
+		Hello: Hello{MinVersion: 1, MaxVersion: Version, ClusterAddress: netip.MustParsePrefix("192.168.0.11/24")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = c.Serve(ln) }()
+	dial := func() net.Conn {
+		t.Helper()
+		conn, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		time.Sleep(30 * time.Millisecond) // accepted (and read) in order
+		return conn
+	}
+	closedWithin := func(conn net.Conn, d time.Duration) bool {
+		_ = conn.SetReadDeadline(time.Now().Add(d))
+		_, err := conn.Read(make([]byte, 1))
+		var ne net.Error
+		return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+	}
+	// The oldest: a handshake under way (a TLS record header announcing
+	// a ClientHello whose rest has not arrived yet).
+	talker := dial()
+	if _, err := talker.Write([]byte{0x16, 0x03, 0x01, 0x00, 0xc8}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(30 * time.Millisecond)
+	silent1, silent2 := dial(), dial()
+	newest := dial() // the fourth from the address: one must go
+	if !closedWithin(silent1, 300*time.Millisecond) {
+		t.Error("the oldest silent connection was not evicted by the newest")
+	}
+	for name, conn := range map[string]net.Conn{"the handshake under way": talker, "the second silent one": silent2, "the newest": newest} {
+		if closedWithin(conn, 100*time.Millisecond) {
+			t.Errorf("%s was closed; want only the oldest silent connection evicted", name)
+		}
+	}
+	// All that talk: the oldest goes.
+	for _, conn := range []net.Conn{silent2, newest} {
+		if _, err := conn.Write([]byte{0x16, 0x03, 0x01, 0x00, 0xc8}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(30 * time.Millisecond)
+	dial()
+	if !closedWithin(talker, 300*time.Millisecond) {
+		t.Error("with every pending connection talking, the oldest was not evicted")
+	}
+	if _, last := c.Rejected(); !strings.Contains(last, "evicted by a newer connection: the oldest (under way; none was silent)") {
+		t.Errorf("last rejection %q", last)
+	}
+}
