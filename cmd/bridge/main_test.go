@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -10,13 +11,28 @@ import (
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/clusterlab"
 	"github.com/kubelink/kubelink/lib/selfexec"
+	"github.com/kubelink/kubelink/lib/testenv"
 )
 
 // runMainEnv makes the test binary act as the command (lib/selfexec), so
 // the tests run the real main with real flags in a child process.
 const runMainEnv = "KUBELINK_BRIDGE_RUN_MAIN"
 
-func TestMain(m *testing.M) { selfexec.Main(m, runMainEnv, main) }
+// TestMain also stops the control planes clusterlab keeps for reuse (the
+// two-cluster test): they would outlive the test binary otherwise.
+func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" {
+		selfexec.Main(m, runMainEnv, main)
+	}
+	code := m.Run()
+	if err := testenv.StopSharedControlPlanes(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 func runBinary(args ...string) *exec.Cmd { return selfexec.Command(runMainEnv, args...) }
 
