@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -16,6 +15,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/kubelink/kubelink/lib/mesh"
 )
 
 // Names of the files in a certificate directory, as certwatch writes them
@@ -116,9 +117,8 @@ func (c *Certs) fileStamp() (string, error) {
 	return b.String(), nil
 }
 
-// loadRevoked reads the optional revocation list of dir: one certificate
-// per line, "<serial in hex> [what else]" (blank lines and lines starting
-// with # are skipped). A list that does not parse is an error rather than
+// loadRevoked reads the optional revocation list of dir (the format:
+// mesh.ParseRevoked). A list that does not parse is an error rather than
 // half a list, so the previous material (and its list) stays in use.
 func loadRevoked(dir string) (map[string]bool, error) {
 	data, err := os.ReadFile(filepath.Join(dir, RevokedFile))
@@ -128,19 +128,9 @@ func loadRevoked(dir string) (map[string]bool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load revocation list: %w", err)
 	}
-	revoked := map[string]bool{}
-	for i, line := range strings.Split(string(data), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		f, _, _ := strings.Cut(line, " ")
-		n, ok := new(big.Int).SetString(f, 16)
-		if !ok || n.Sign() < 0 {
-			return nil, fmt.Errorf("load revocation list %s: line %d: %q does not start with a certificate serial number in hex",
-				filepath.Join(dir, RevokedFile), i+1, line)
-		}
-		revoked[n.Text(16)] = true
+	revoked, err := mesh.ParseRevoked(string(data))
+	if err != nil {
+		return nil, fmt.Errorf("load revocation list %s: %w", filepath.Join(dir, RevokedFile), err)
 	}
 	return revoked, nil
 }

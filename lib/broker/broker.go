@@ -287,15 +287,25 @@ func (b *Broker) serviceUID(ctx context.Context) (types.UID, error) {
 	return s.UID, nil
 }
 
-// privateKey reads the WireGuard key from the Secret (either spelling).
-func (b *Broker) privateKey(ctx context.Context) (mesh.Key, error) {
+// keySecret reads the broker's key Secret (--secret) from the cache: the
+// WireGuard private key and the links' preshared keys.
+func (b *Broker) keySecret(ctx context.Context) (*corev1.Secret, error) {
 	var s corev1.Secret
 	err := b.kube.Get(ctx, client.ObjectKey{Namespace: b.cfg.Namespace, Name: b.cfg.Secret}, &s)
 	if apierrors.IsNotFound(err) {
-		return mesh.Key{}, fmt.Errorf("private key: Secret %s/%s not found", b.cfg.Namespace, b.cfg.Secret)
+		return nil, fmt.Errorf("the key Secret %s/%s not found", b.cfg.Namespace, b.cfg.Secret)
 	}
 	if err != nil {
-		return mesh.Key{}, fmt.Errorf("private key: reading Secret %s/%s: %w", b.cfg.Namespace, b.cfg.Secret, err)
+		return nil, fmt.Errorf("reading the key Secret %s/%s: %w", b.cfg.Namespace, b.cfg.Secret, err)
+	}
+	return &s, nil
+}
+
+// privateKey reads the WireGuard key from the Secret (either spelling).
+func (b *Broker) privateKey(ctx context.Context) (mesh.Key, error) {
+	s, err := b.keySecret(ctx)
+	if err != nil {
+		return mesh.Key{}, fmt.Errorf("private key: %w", err)
 	}
 	for _, k := range []string{v1alpha1.SecretKeyWireguardPrivateKey, v1alpha1.SecretKeyWireGuardPrivateKey} {
 		if v, ok := s.Data[k]; ok {

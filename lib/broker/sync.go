@@ -225,12 +225,7 @@ func (b *Broker) presharedKeys(ctx context.Context) func(v1alpha1.SecretKeySelec
 			return "", fmt.Errorf("key %q is the broker's own WireGuard key, not a preshared key; store the preshared key under another key (e.g. psk-<link>)", ref.Key)
 		}
 		if s == nil && readErr == nil {
-			var sec corev1.Secret
-			if err := b.kube.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &sec); err != nil {
-				readErr = fmt.Errorf("reading Secret %s/%s: %w", ns, name, err)
-			} else {
-				s = &sec
-			}
+			s, readErr = b.keySecret(ctx)
 		}
 		if readErr != nil {
 			return "", readErr

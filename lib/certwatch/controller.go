@@ -266,11 +266,7 @@ func (c *Controller) syncTLS(ctx context.Context) (time.Time, error) {
 	if c.cfg.Mode != ModeNone && (renewAt.IsZero() || RenewalTime(cert).Before(renewAt)) {
 		renewAt = RenewalTime(cert)
 	}
-	files := []File{
-		{Name: KeyTLSCert, Data: s.Data[KeyTLSCert], Mode: 0o644},
-		{Name: KeyTLSKey, Data: s.Data[KeyTLSKey], Mode: KeyFileMode},
-		{Name: KeyCACert, Data: s.Data[KeyCACert], Mode: 0o644},
-	}
+	files := tlsFiles(s.Data)
 	revoked, ok, listErr := c.revocationList(ctx)
 	if listErr != nil {
 		// The certificates are written all the same (a bad list must
@@ -293,6 +289,16 @@ func (c *Controller) syncTLS(ctx context.Context) (time.Time, error) {
 			"notAfter", cert.NotAfter.Format(time.RFC3339), "revoked", len(parseLines(string(revoked))))
 	}
 	return renewAt, listErr
+}
+
+// tlsFiles are the files of the TLS directory from data (the Secret's, or
+// those written last), without the revocation list.
+func tlsFiles(data map[string][]byte) []File {
+	return []File{
+		{Name: KeyTLSCert, Data: data[KeyTLSCert], Mode: 0o644},
+		{Name: KeyTLSKey, Data: data[KeyTLSKey], Mode: KeyFileMode},
+		{Name: KeyCACert, Data: data[KeyCACert], Mode: 0o644},
+	}
 }
 
 // manageTLS makes the Secret hold a CA and a current certificate for

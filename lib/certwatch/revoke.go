@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,6 +17,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/kubelink/kubelink/lib/mesh"
 )
 
 // Revocation. A member removed at the authority (its ServiceAccount
@@ -61,18 +62,26 @@ func (e certEntry) String() string {
 	return fmt.Sprintf("%s %s %s", e.serial, e.notAfter.UTC().Format(time.RFC3339), ids)
 }
 
-// publishRevocations updates KeyIssued from the certificates of csrs (the
-// requests of SignerName, signed now or before), moves the recorded
-// certificates whose holder is no longer registered for all of their
-// identities to KeyRevoked, and drops expired entries from both. It
-// reports whether KeyRevoked changed. If the registrations cannot be read,
-// the record is still updated but nothing is revoked: a list computed from
-// a partial view could revoke every member.
-func (c *Controller) publishRevocations(ctx context.Context, ca *x509.Certificate, csrs []certificatesv1.CertificateSigningRequest) (bool, error) {
+// publish keeps ConfigMap CAConfigMap (created when missing) holding the
+// CA certificate, KeyIssued updated from the certificates of csrs (the
+// requests of SignerName, signed now or before), and KeyRevoked: the
+// recorded certificates whose holder is no longer registered for all of
+// their identities, until they expire; expired entries leave both. One
+// read and at most one write. It reports whether KeyRevoked changed. If
+// the registrations cannot be read, the rest is still published but
+// nothing is revoked: a list computed from a partial view could revoke
+// every member.
+func (c *Controller) publish(ctx context.Context, caPEM []byte, ca *x509.Certificate, csrs []certificatesv1.CertificateSigningRequest) (bool, error) {
 	ref := c.cfg.Namespace + "/" + CAConfigMap
 	registered, regErr := c.registeredIdentities(ctx)
 	var cm corev1.ConfigMap
-	if err := c.api.Get(ctx, client.ObjectKey{Namespace: c.cfg.Namespace, Name: CAConfigMap}, &cm); err != nil {
+	err := c.api.Get(ctx, client.ObjectKey{Namespace: c.cfg.Namespace, Name: CAConfigMap}, &cm)
+	create := apierrors.IsNotFound(err)
+	switch {
+	case create:
+		cm = corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: c.cfg.Namespace, Name: CAConfigMap,
+			Labels: map[string]string{"app.kubernetes.io/managed-by": "kubelink-certwatch"}}}
+	case err != nil:
 		return false, errors.Join(regErr, fmt.Errorf("reading ConfigMap %s: %w", ref, err))
 	}
 	now := c.now()
@@ -114,16 +123,21 @@ func (c *Controller) publishRevocations(ctx context.Context, ca *x509.Certificat
 		}
 	}
 	wantIssued, wantRevoked := formatEntries(issued), formatEntries(revoked)
-	if cm.Data[KeyIssued] == wantIssued && cm.Data[KeyRevoked] == wantRevoked {
+	if !create && cm.Data[KeyCACert] == string(caPEM) && cm.Data[KeyIssued] == wantIssued && cm.Data[KeyRevoked] == wantRevoked {
 		return false, regErr
 	}
 	changed := cm.Data[KeyRevoked] != wantRevoked
 	if cm.Data == nil {
 		cm.Data = map[string]string{}
 	}
-	cm.Data[KeyIssued], cm.Data[KeyRevoked] = wantIssued, wantRevoked
-	if err := c.api.Update(ctx, &cm); err != nil {
-		return false, errors.Join(regErr, fmt.Errorf("publishing the certificate record in ConfigMap %s: %w", ref, err))
+	cm.Data[KeyCACert], cm.Data[KeyIssued], cm.Data[KeyRevoked] = string(caPEM), wantIssued, wantRevoked
+	if create {
+		err = c.api.Create(ctx, &cm)
+	} else {
+		err = c.api.Update(ctx, &cm)
+	}
+	if err != nil {
+		return false, errors.Join(regErr, fmt.Errorf("publishing the CA and the certificate record in ConfigMap %s: %w", ref, err))
 	}
 	for _, e := range newly {
 		c.log.Info("revoked a member certificate: no registered member holds all of its identities", "serial", e.serial,
@@ -207,12 +221,7 @@ func (c *Controller) writeRevokedOnly(list []byte) error {
 	if err != nil {
 		return nil // no certificate written yet: nothing for the list to go with
 	}
-	changed, err := WriteAtomic(dir, []File{
-		{Name: KeyTLSCert, Data: cur[KeyTLSCert], Mode: 0o644},
-		{Name: KeyTLSKey, Data: cur[KeyTLSKey], Mode: KeyFileMode},
-		{Name: KeyCACert, Data: cur[KeyCACert], Mode: 0o644},
-		{Name: FileRevoked, Data: list, Mode: 0o644},
-	})
+	changed, err := WriteAtomic(dir, append(tlsFiles(cur), File{Name: FileRevoked, Data: list, Mode: 0o644}))
 	if err != nil {
 		return fmt.Errorf("writing the revocation list into %s: %w", dir, err)
 	}
@@ -224,38 +233,21 @@ func (c *Controller) writeRevokedOnly(list []byte) error {
 	return nil
 }
 
-// checkRevoked checks a revocation list (KeyRevoked) line by line and
-// returns it as the file's content. One bad line fails the whole list: a
-// partial list would silently let a revoked certificate back in.
+// checkRevoked checks a revocation list (KeyRevoked; the format:
+// mesh.ParseRevoked) and returns it as the file's content. One bad line
+// fails the whole list: a partial list would silently let a revoked
+// certificate back in.
 func checkRevoked(s string) ([]byte, error) {
-	lines := parseLines(s)
-	for i, l := range lines {
-		if _, err := parseSerial(l); err != nil {
-			return nil, fmt.Errorf("key %s: line %d: %w", KeyRevoked, i+1, err)
-		}
+	if _, err := mesh.ParseRevoked(s); err != nil {
+		return nil, fmt.Errorf("key %s: %w", KeyRevoked, err)
 	}
-	return append([]byte{}, formatLines(lines)...), nil // never nil: nil means no list
+	return append([]byte{}, formatLines(parseLines(s))...), nil // never nil: nil means no list
 }
 
-// revokedSerials is the set of serials of a revocation list.
+// revokedSerials is the set of serials of a list checkRevoked accepted.
 func revokedSerials(list []byte) map[string]bool {
-	out := map[string]bool{}
-	for _, l := range parseLines(string(list)) {
-		if s, err := parseSerial(l); err == nil {
-			out[s] = true
-		}
-	}
-	return out
-}
-
-// parseSerial reads the serial number (hex) that starts a line of the list.
-func parseSerial(line string) (string, error) {
-	f, _, _ := strings.Cut(line, " ")
-	n, ok := new(big.Int).SetString(f, 16)
-	if !ok || n.Sign() < 0 {
-		return "", fmt.Errorf("%q does not start with a certificate serial number in hex", line)
-	}
-	return n.Text(16), nil
+	s, _ := mesh.ParseRevoked(string(list))
+	return s
 }
 
 // parseEntries reads KeyIssued or KeyRevoked by serial; lines that do not
@@ -269,7 +261,7 @@ func parseEntries(s string) (map[string]certEntry, []string) {
 			bad = append(bad, l)
 			continue
 		}
-		serial, err1 := parseSerial(f[0])
+		serial, err1 := mesh.RevokedSerial(f[0])
 		at, err2 := time.Parse(time.RFC3339, f[1])
 		if err1 != nil || err2 != nil {
 			bad = append(bad, l)

@@ -80,12 +80,11 @@ func (c *Controller) signRequests(ctx context.Context) (revokedChanged bool, err
 	if err != nil {
 		return false, fmt.Errorf("secret %s/%s: %w", c.cfg.Namespace, c.cfg.TLSSecret, err)
 	}
-	if err := c.publishCA(ctx, s.Data[KeyCACert]); err != nil {
-		return false, err
-	}
 	var list certificatesv1.CertificateSigningRequestList
 	if err := c.api.List(ctx, &list, client.MatchingFields{"spec.signerName": SignerName}); err != nil {
-		return false, fmt.Errorf("listing CertificateSigningRequests of %s: %w", SignerName, err)
+		// The CA (and the record as it stands) is published all the same.
+		changed, perr := c.publish(ctx, s.Data[KeyCACert], ca, nil)
+		return changed, errors.Join(fmt.Errorf("listing CertificateSigningRequests of %s: %w", SignerName, err), perr)
 	}
 	var errs []error
 	for i := range list.Items {
@@ -97,7 +96,7 @@ func (c *Controller) signRequests(ctx context.Context) (revokedChanged bool, err
 			errs = append(errs, fmt.Errorf("CertificateSigningRequest %s: %w", csr.Name, err))
 		}
 	}
-	revokedChanged, err = c.publishRevocations(ctx, ca, list.Items)
+	revokedChanged, err = c.publish(ctx, s.Data[KeyCACert], ca, list.Items)
 	return revokedChanged, errors.Join(append(errs, err)...)
 }
 
@@ -260,29 +259,6 @@ func checkKey(pub crypto.PublicKey) error {
 	case ed25519.PublicKey:
 	default:
 		return fmt.Errorf("key type %T is not allowed", pub)
-	}
-	return nil
-}
-
-// publishCA keeps the ConfigMap CAConfigMap holding the CA certificate.
-func (c *Controller) publishCA(ctx context.Context, caPEM []byte) error {
-	var cm corev1.ConfigMap
-	err := c.api.Get(ctx, client.ObjectKey{Namespace: c.cfg.Namespace, Name: CAConfigMap}, &cm)
-	switch {
-	case apierrors.IsNotFound(err):
-		cm = corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: c.cfg.Namespace, Name: CAConfigMap,
-			Labels: map[string]string{"app.kubernetes.io/managed-by": "kubelink-certwatch"}},
-			Data: map[string]string{KeyCACert: string(caPEM)}}
-		err = c.api.Create(ctx, &cm)
-	case err == nil && cm.Data[KeyCACert] != string(caPEM):
-		if cm.Data == nil {
-			cm.Data = map[string]string{}
-		}
-		cm.Data[KeyCACert] = string(caPEM)
-		err = c.api.Update(ctx, &cm)
-	}
-	if err != nil {
-		return fmt.Errorf("publishing the CA in ConfigMap %s/%s: %w", c.cfg.Namespace, CAConfigMap, err)
 	}
 	return nil
 }
