@@ -487,6 +487,40 @@ func activeBrokerIP(ctx context.Context, t *testing.T, c *Cluster) string {
 	return p.Status.PodIP
 }
 
+// brokerMetrics reads the broker's metrics (brokerMetricsText) and returns
+// each series' value summed over its labels, by name; for
+// kubelink_link_up, the number of series of the scale test's links
+// (lab-scale counts them down to zero after deleting those links).
+func brokerMetrics(ctx context.Context, c *Cluster, ip string) (map[string]float64, error) {
+	out, err := brokerMetricsText(ctx, c, ip, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]float64{}
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) != 2 || strings.HasPrefix(l, "#") {
+			continue
+		}
+		name, _, _ := strings.Cut(f[0], "{")
+		if name == "kubelink_link_up" && !strings.Contains(f[0], `link="scale`) {
+			continue // only the scale links' series count (see the deletion)
+		}
+		v, err := strconv.ParseFloat(f[1], 64)
+		if err != nil {
+			continue
+		}
+		if name == "kubelink_link_up" {
+			v = 1 // a series, whatever its value
+		}
+		m[name] += v
+	}
+	if _, ok := m["process_resident_memory_bytes"]; !ok {
+		return nil, fmt.Errorf("the broker's metrics at %s:8080 have no process_resident_memory_bytes", ip)
+	}
+	return m, nil
+}
+
 // brokerMetricsText reads the /metrics of the broker pod at podIP, from c's
 // control-plane node (which reaches the pod network), within timeout.
 func brokerMetricsText(ctx context.Context, c *Cluster, podIP string, timeout time.Duration) (string, error) {

@@ -6,8 +6,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -135,21 +133,15 @@ func TestSilentConnectionsDoNotLockOutAPeer(t *testing.T) {
 // pod at ip.
 func bridgeRejected(ctx context.Context, t *testing.T, c *Cluster, ip string) float64 {
 	t.Helper()
-	text, err := brokerMetricsText(ctx, c, ip, 5*time.Second)
+	m, err := brokerMetrics(ctx, c, ip)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range strings.Split(text, "\n") {
-		if v, ok := strings.CutPrefix(l, "kubelink_bridge_rejected_handshakes_total "); ok {
-			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err != nil {
-				t.Fatalf("kubelink_bridge_rejected_handshakes_total of %s: %q", c.Name, l)
-			}
-			return n
-		}
+	n, ok := m["kubelink_bridge_rejected_handshakes_total"]
+	if !ok {
+		t.Fatalf("no kubelink_bridge_rejected_handshakes_total in the metrics of %s's broker %s", c.Name, ip)
 	}
-	t.Fatalf("no kubelink_bridge_rejected_handshakes_total in the metrics of %s's broker %s", c.Name, ip)
-	return 0
+	return n
 }
 
 // silentHolder keeps n TCP connections open to each target, sending

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -24,14 +23,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(runMainEnv) == "1" {
 		selfexec.Main(m, runMainEnv, main)
 	}
-	code := m.Run()
-	if err := testenv.StopSharedControlPlanes(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		if code == 0 {
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testenv.RunStoppingShared(m))
 }
 
 func runBinary(args ...string) *exec.Cmd { return selfexec.Command(runMainEnv, args...) }

@@ -425,7 +425,11 @@ func TestConnectorIdentityIsAURIOnly(t *testing.T) {
 // at once, counted as rejected): silent connections from one address —
 // behind a NodePort, the address of a node every peer comes through —
 // cannot keep a real peer out.
-func TestServeBoundsUnauthenticatedConnections(t *testing.T) {
+// serveAdmission starts a Connector for a.kubelink.test (of a new test CA,
+// returned) that admits at most 3 pending handshakes per source and 8 in
+// all, each for tlsTimeout, serving on a loopback listener.
+func serveAdmission(t *testing.T, tlsTimeout time.Duration) (*Connector, net.Listener, *testCA) {
+	t.Helper()
 	p, _ := newTestPump(t, Config{})
 	dir := t.TempDir()
 	ca := newTestCA(t)
@@ -434,25 +438,30 @@ func TestServeBoundsUnauthenticatedConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := NewConnector(ConnectorConfig{Pump: p, Certs: certs, TLSTimeout: 400 * time.Millisecond, MaxPending: 8, MaxPendingPerSource: 3,
+	c, err := NewConnector(ConnectorConfig{Pump: p, Certs: certs, TLSTimeout: tlsTimeout, MaxPending: 8, MaxPendingPerSource: 3,
 		Hello: Hello{MinVersion: 1, MaxVersion: Version, ClusterAddress: netip.MustParsePrefix("192.168.0.11/24")}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = c.Serve(ln) }()
+	return c, ln, ca
+}
 
-	// closedWithin reports whether the server closed conn within d.
-	closedWithin := func(conn net.Conn, d time.Duration) bool {
-		_ = conn.SetReadDeadline(time.Now().Add(d))
-		_, err := conn.Read(make([]byte, 1))
-		var ne net.Error
-		return err != nil && !(errors.As(err, &ne) && ne.Timeout())
-	}
+// closedWithin reports whether the server closed conn within d.
+func closedWithin(conn net.Conn, d time.Duration) bool {
+	_ = conn.SetReadDeadline(time.Now().Add(d))
+	_, err := conn.Read(make([]byte, 1))
+	var ne net.Error
+	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+}
+
+func TestServeBoundsUnauthenticatedConnections(t *testing.T) {
+	c, ln, ca := serveAdmission(t, 400*time.Millisecond)
 	var conns []net.Conn
 	for range 5 {
 		conn, err := net.Dial("tcp4", ln.Addr().String())
@@ -525,25 +534,7 @@ func TestServeBoundsUnauthenticatedConnections(t *testing.T) {
 // NodePort gives both the node's) cannot evict the peer in the middle of
 // its handshake.
 func TestEvictionPrefersSilentConnections(t *testing.T) {
-	p, _ := newTestPump(t, Config{})
-	dir := t.TempDir()
-	ca := newTestCA(t)
-	writeCertDir(t, dir, ca, ca.issue(t, "a.kubelink.test"))
-	certs, err := LoadCerts(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := NewConnector(ConnectorConfig{Pump: p, Certs: certs, TLSTimeout: 3 * time.Second, MaxPending: 8, MaxPendingPerSource: 3,
-		Hello: Hello{MinVersion: 1, MaxVersion: Version, ClusterAddress: netip.MustParsePrefix("192.168.0.11/24")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = c.Serve(ln) }()
+	c, ln, _ := serveAdmission(t, 3*time.Second)
 	dial := func() net.Conn {
 		t.Helper()
 		conn, err := net.Dial("tcp4", ln.Addr().String())
@@ -553,12 +544,6 @@ func TestEvictionPrefersSilentConnections(t *testing.T) {
 		t.Cleanup(func() { conn.Close() })
 		time.Sleep(30 * time.Millisecond) // accepted (and read) in order
 		return conn
-	}
-	closedWithin := func(conn net.Conn, d time.Duration) bool {
-		_ = conn.SetReadDeadline(time.Now().Add(d))
-		_, err := conn.Read(make([]byte, 1))
-		var ne net.Error
-		return err != nil && !(errors.As(err, &ne) && ne.Timeout())
 	}
 	// The oldest: a handshake under way (a TLS record header announcing
 	// a ClientHello whose rest has not arrived yet).

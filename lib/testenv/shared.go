@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -119,6 +120,21 @@ func StopSharedControlPlanes() error {
 	}
 	shared.idle = nil
 	return errors.Join(errs...)
+}
+
+// RunStoppingShared runs m's tests, then StopSharedControlPlanes, and
+// returns the exit code: what the TestMain of a package that uses shared
+// control planes (clusterlab.New does) passes to os.Exit. A failed stop
+// fails the run, so that a leak is seen.
+func RunStoppingShared(m *testing.M) int {
+	code := m.Run()
+	if err := StopSharedControlPlanes(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	return code
 }
 
 // What Reset keeps: the API server's own objects.
