@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"slices"
 	"strings"
 	"testing"
 
@@ -86,27 +87,49 @@ func TestComponentIdentities(t *testing.T) {
 			type check struct {
 				who, verb, name string
 				want            bool
+				// member: allowed only in a member of another cluster's
+				// mesh authority (its certwatch reads the authority's
+				// kubeconfig), refused elsewhere.
+				member bool
 			}
 			checks := []check{
-				{"broker", "get", "wireguard", true},
-				{"broker", "get", "kubelink-tls", false},
-				{"broker", "list", "", false},
-				{"broker", "create", "", false},
-				{"certwatch", "update", "kubelink-tls", true},
-				{"certwatch", "get", "kubelink-certwatch-token", false},
-				{"certwatch", "get", "kubelink-authority", false},
-				{"certwatch", "list", "", false},
-				{"meshdns", "update", "kubelink-coredns", true},
-				{"meshdns", "get", "kubelink-tls", false},
-				{"meshdns", "list", "", false},
-				{"router", "get", "wireguard", false},
+				{"broker", "get", "wireguard", true, false},
+				{"broker", "get", "kubelink-tls", false, false},
+				{"broker", "list", "", false, false},
+				{"broker", "create", "", false, false},
+				{"certwatch", "update", "kubelink-tls", true, false},
+				{"certwatch", "get", "kubelink-certwatch-token", false, false},
+				{"certwatch", "get", "kubelink-authority", false, true},
+				{"certwatch", "watch", "kubelink-authority", false, true},
+				{"certwatch", "update", "kubelink-authority", false, false},
+				{"certwatch", "list", "", false, false},
+				{"meshdns", "update", "kubelink-coredns", true, false},
+				{"meshdns", "get", "kubelink-tls", false, false},
+				{"meshdns", "list", "", false, false},
+				{"router", "get", "wireguard", false, false},
 			}
 			for _, c := range []*Cluster{lab.A, lab.B} {
 				cs, err := kubernetes.NewForConfig(c.rest)
 				if err != nil {
 					t.Fatal(err)
 				}
+				dep, err := cs.AppsV1().Deployments("kubelink").Get(ctx, "kubelink-broker", metav1.GetOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				member := false
+				for _, ctr := range dep.Spec.Template.Spec.Containers {
+					if ctr.Name == "certwatch" && slices.Contains(ctr.Args, "--authority-secret=kubelink-authority") {
+						member = true
+					}
+				}
+				if member != (c == lab.B) {
+					t.Errorf("%s: a member of the mesh authority: %v; the lab makes b one, a the authority", c.Name, member)
+				}
 				for _, ch := range checks {
+					if ch.member && member {
+						ch.want = true
+					}
 					user := "system:serviceaccount:kubelink:kubelink-" + ch.who
 					sar, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
 						User: user, Groups: []string{"system:serviceaccounts", "system:serviceaccounts:kubelink", "system:authenticated"},

@@ -32,6 +32,7 @@ func main() {
 	f.StringVar(&c.Mode, "secret-manage-mode", c.Mode, "none (the TLS Secret is managed elsewhere and only read), self (keep a CA and a CA-signed certificate for --dns-name in the Secret) or csr (keep a key in the Secret and have the mesh authority sign the certificate; no CA key here)")
 	f.BoolVar(&c.Sign, "sign-requests", c.Sign, "with self: be the mesh authority, i.e. publish the CA certificate in ConfigMap "+certwatch.CAConfigMap+" and sign the CertificateSigningRequests ("+certwatch.SignerName+") of registered members")
 	f.StringVar(&c.AuthorityKubeconfig, "authority-kubeconfig", c.AuthorityKubeconfig, "with csr: kubeconfig of the mesh authority's API server with this member's ServiceAccount credentials there")
+	f.StringVar(&c.AuthoritySecret, "authority-secret", c.AuthoritySecret, "with csr, instead of --authority-kubeconfig: Secret in --namespace holding that kubeconfig (key "+certwatch.KeyAuthorityKubeconfig+"), read and watched through the API, so a new token there is used at once")
 	f.StringVar(&c.AuthorityNamespace, "authority-namespace", c.AuthorityNamespace, "with csr: kubelink namespace of the mesh authority (where it publishes the CA)")
 	f.StringVar(&c.DNSName, "dns-name", c.DNSName, "CN and DNS SAN of the managed certificate (required with self and csr)")
 	f.StringVar(&c.Identities, "identities", c.Identities, "URI SANs of the self-managed certificate, comma separated: this cluster's identity in each mesh, kubelink://<mesh>/<cluster> (e.g. kubelink://default/a); bridge peers require it")

@@ -34,7 +34,7 @@ func TestFlagErrorsAreReported(t *testing.T) {
 		want string
 	}{
 		{[]string{"--secret-manage-mode=bogus"}, `--secret-manage-mode="bogus": must be none, self or csr`},
-		{[]string{"--secret-manage-mode=csr", "--dns-name=b.example.com", "--identities=kubelink://m/b"}, "needs --authority-kubeconfig"},
+		{[]string{"--secret-manage-mode=csr", "--dns-name=b.example.com", "--identities=kubelink://m/b"}, "needs --authority-secret or --authority-kubeconfig"},
 		{[]string{"--sign-requests"}, "--sign-requests needs --secret-manage-mode=self"},
 		{[]string{"--secret-manage-mode=self"}, "--secret-manage-mode=self needs --dns-name"},
 		{[]string{"--secret-manage-mode=self", "--dns-name=a.example.com", "--cert-validity=1s"}, "--cert-validity=1s: must be at least 3s"},
@@ -48,7 +48,7 @@ func TestFlagErrorsAreReported(t *testing.T) {
 	}
 	out, err := runBinary("--help").CombinedOutput()
 	for _, flag := range []string{"--namespace", "--tls-secret", "--wireguard-secret", "--dir", "--secret-manage-mode", "--dns-name",
-		"--cert-validity", "--resync", "--sign-requests", "--authority-kubeconfig", "--authority-namespace", "--metrics-addr", "--kubeconfig", "--log-level"} {
+		"--cert-validity", "--resync", "--sign-requests", "--authority-kubeconfig", "--authority-secret", "--authority-namespace", "--metrics-addr", "--kubeconfig", "--log-level"} {
 		if err != nil || !strings.Contains(string(out), flag) {
 			t.Errorf("--help lacks %s (err %v)", flag, err)
 		}

@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/kubelink/kubelink/lib/testenv"
 )
@@ -241,14 +242,28 @@ func TestMeshAuthority(t *testing.T) {
 		register(t, auth, "member-d", d, "d.example.com")
 		must(t, member.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "dee"}}))
 		dDir := t.TempDir()
-		dCfg := func() Config {
-			cfg := Defaults()
-			cfg.Namespace, cfg.Mode, cfg.DNSName, cfg.Identities = "dee", ModeCSR, "d.example.com", d
-			cfg.AuthorityKubeconfig = writeKubeconfig(t, saConfig(t, authCP, "kubelink", "member-d"))
-			cfg.TLSSecret, cfg.WireGuardSecret, cfg.Dir, cfg.MetricsAddr, cfg.Resync = "kubelink-tls", "", dDir, "", time.Second
-			return cfg
+		dCfg := Defaults()
+		dCfg.Namespace, dCfg.Mode, dCfg.DNSName, dCfg.Identities = "dee", ModeCSR, "d.example.com", d
+		// d reads the authority's kubeconfig from a Secret, as the chart
+		// sets it up (b and c from a file).
+		dCfg.AuthoritySecret = "kubelink-authority"
+		authoritySecret := func() {
+			kc, err := os.ReadFile(writeKubeconfig(t, saConfig(t, authCP, "kubelink", "member-d")))
+			must(t, err)
+			s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "dee", Name: dCfg.AuthoritySecret}}
+			_, err = controllerutil.CreateOrUpdate(ctx, member, s, func() error {
+				s.Data = map[string][]byte{KeyAuthorityKubeconfig: kc}
+				return nil
+			})
+			must(t, err)
 		}
-		_, stopD := runController(t, dCfg(), memberCP.Config())
+		authoritySecret()
+		dCfg.TLSSecret, dCfg.WireGuardSecret, dCfg.Dir, dCfg.MetricsAddr, dCfg.Resync = "kubelink-tls", "", dDir, "", time.Minute
+		// d's certwatch runs throughout: through the removal, and the
+		// rejoin that gives it a new token in the same Secret (below).
+		// Its resync is a minute: it must act on the Secret's change.
+		dLog := &lockedBuffer{}
+		runControllerLog(t, dCfg, memberCP.Config(), io.MultiWriter(testWriter{t}, dLog))
 		// b, another member, whose bridge would have to refuse d.
 		bDir := t.TempDir()
 		bCfg := Defaults()
@@ -293,7 +308,6 @@ func TestMeshAuthority(t *testing.T) {
 
 		// Removed: d's certificates on every cluster's list within a few
 		// resyncs (1 s here).
-		stopD()
 		unregister(t, auth, "member-d")
 		start := time.Now()
 		listed := func(dir, serial string) bool { return listAt(dir)[serial] }
@@ -319,11 +333,16 @@ func TestMeshAuthority(t *testing.T) {
 		}
 
 		// Registered again (a rejoin): the old certificate stays revoked
-		// (it may be a copy a compromised cluster kept); d's certwatch,
-		// with a new token, sees its serial on the list and gets a new one.
+		// (it may be a copy a compromised cluster kept). The new
+		// ServiceAccount has a new token, which join writes into the
+		// Secret of the running certwatch (the old token is refused since
+		// the removal); d's certwatch takes it without a restart, sees its
+		// serial on the list and gets a new certificate.
+		eventually(t, "d's certwatch refused by the authority with its old token", func() bool {
+			return strings.Contains(dLog.String(), "reading the mesh CA from ConfigMap kubelink/kubelink-mesh-ca of the authority: ")
+		})
 		register(t, auth, "member-d", d, "d.example.com")
-		dLog := &lockedBuffer{}
-		runControllerLog(t, dCfg(), memberCP.Config(), io.MultiWriter(testWriter{t}, dLog))
+		authoritySecret()
 		var fresh string
 		eventually(t, "a new certificate for d, not revoked", func() bool {
 			fresh = serialAt(dDir)
@@ -331,6 +350,9 @@ func TestMeshAuthority(t *testing.T) {
 		})
 		t.Logf("d renewed its revoked certificate: %s", fresh)
 		// Renewed because its serial was listed, not because it was due.
+		if !strings.Contains(dLog.String(), "the authority's kubeconfig changed") {
+			t.Errorf("d's certwatch did not report taking the new kubeconfig:\n%s", dLog.String())
+		}
 		if !strings.Contains(dLog.String(), "the mesh authority revoked this certificate") {
 			t.Errorf("d's certwatch stored a new certificate without naming the revocation as the reason:\n%s", dLog.String())
 		}

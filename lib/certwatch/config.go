@@ -77,6 +77,12 @@ type Config struct {
 	// API server, with the credentials of this cluster's member
 	// ServiceAccount there.
 	AuthorityKubeconfig string
+	// AuthoritySecret (csr mode), instead of AuthorityKubeconfig, is the
+	// Secret in Namespace holding that kubeconfig (key kubeconfig), read
+	// through the API and watched: a new token there (a member that left
+	// and joined again) is used at once, not when the kubelet next updates
+	// a volume (up to about a minute and a half).
+	AuthoritySecret string
 	// AuthorityNamespace (csr mode) is the authority's kubelink namespace.
 	AuthorityNamespace string
 	CertValidity       time.Duration // validity of a self-managed certificate
@@ -113,8 +119,16 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("--sign-requests needs --secret-manage-mode=self (the authority holds the CA), not %q", c.Mode))
 	}
 	if c.Mode == ModeCSR {
-		if c.AuthorityKubeconfig == "" {
-			errs = append(errs, errors.New("--secret-manage-mode=csr needs --authority-kubeconfig (the mesh authority's API server and this member's credentials there)"))
+		switch {
+		case c.AuthorityKubeconfig == "" && c.AuthoritySecret == "":
+			errs = append(errs, errors.New("--secret-manage-mode=csr needs --authority-secret or --authority-kubeconfig (the mesh authority's API server and this member's credentials there)"))
+		case c.AuthorityKubeconfig != "" && c.AuthoritySecret != "":
+			errs = append(errs, errors.New("--authority-secret and --authority-kubeconfig: give one (the Secret, or a file)"))
+		}
+		if c.AuthoritySecret != "" {
+			if msgs := validation.IsDNS1123Subdomain(c.AuthoritySecret); len(msgs) > 0 {
+				errs = append(errs, fmt.Errorf("--authority-secret=%q: %s", c.AuthoritySecret, strings.Join(msgs, "; ")))
+			}
 		}
 		if msgs := validation.IsDNS1123Label(c.AuthorityNamespace); len(msgs) > 0 {
 			errs = append(errs, fmt.Errorf("--authority-namespace=%q: %s", c.AuthorityNamespace, strings.Join(msgs, "; ")))

@@ -16,12 +16,18 @@ func TestValidateNamesTheFlags(t *testing.T) {
 	}{
 		{func(c *Config) { c.Mode = "bogus" }, `--secret-manage-mode="bogus": must be none, self or csr`},
 		{func(c *Config) { c.Sign = true }, "--sign-requests needs --secret-manage-mode=self"},
-		{func(c *Config) { c.Mode, c.DNSName, c.Identities = ModeCSR, "a.b", "kubelink://m/a" }, "needs --authority-kubeconfig"},
+		{func(c *Config) { c.Mode, c.DNSName, c.Identities = ModeCSR, "a.b", "kubelink://m/a" }, "needs --authority-secret or --authority-kubeconfig"},
 		{func(c *Config) { c.Mode, c.DNSName, c.AuthorityKubeconfig = ModeCSR, "a.b", "/k" }, "csr needs --identities"},
 		{func(c *Config) {
 			c.Mode, c.DNSName, c.AuthorityKubeconfig, c.Identities, c.AuthorityNamespace = ModeCSR, "a.b", "/k", "kubelink://m/a", "Bad"
 		}, `--authority-namespace="Bad"`},
 		{func(c *Config) { c.Mode, c.AuthorityKubeconfig, c.Identities = ModeCSR, "/k", "kubelink://m/a" }, "csr needs --dns-name"},
+		{func(c *Config) {
+			c.Mode, c.DNSName, c.Identities, c.AuthorityKubeconfig, c.AuthoritySecret = ModeCSR, "a.b", "kubelink://m/a", "/k", "s"
+		}, "--authority-secret and --authority-kubeconfig: give one"},
+		{func(c *Config) {
+			c.Mode, c.DNSName, c.Identities, c.AuthoritySecret = ModeCSR, "a.b", "kubelink://m/a", "Not_A_Name"
+		}, `--authority-secret="Not_A_Name"`},
 		{func(c *Config) { c.Mode = "cert" }, "not supported"},
 		{func(c *Config) { c.Mode = ModeSelf }, "needs --dns-name"},
 		{func(c *Config) { c.Mode, c.DNSName = ModeSelf, "Not_A_Name" }, `--dns-name="Not_A_Name"`},

@@ -1,11 +1,13 @@
 package certwatch
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -33,8 +35,12 @@ type Controller struct {
 	cfg Config
 	log *slog.Logger
 	api client.Client // direct reads and writes: always the latest state
-	// authority is the mesh authority's API (csr mode), as this member.
-	authority client.Client
+	// authority is the mesh authority's API (csr mode), as this member,
+	// built from authorityConfig, the kubeconfig last read (loadAuthority
+	// reads it again on every sync).
+	authority       client.Client
+	authorityConfig []byte
+	scheme          *runtime.Scheme
 	// watches are the caches whose changes start a sync: one per Secret,
 	// each selecting its Secret by name (so that RBAC can grant list and
 	// watch by resourceNames), and the CSRs when signing.
@@ -73,7 +79,7 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
 		return nil, err
 	}
 	var watches []watch
-	for _, name := range []string{cfg.TLSSecret, cfg.WireGuardSecret} {
+	for _, name := range []string{cfg.TLSSecret, cfg.WireGuardSecret, cfg.AuthoritySecret} {
 		if name == "" {
 			continue
 		}
@@ -109,17 +115,67 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating client: %w", err)
 	}
-	ctrl := &Controller{cfg: cfg, log: log, api: api, watches: watches, loop: kubeflags.NewLoop(), metrics: newMetrics(), now: time.Now}
-	if cfg.Mode == ModeCSR {
-		arc, err := clientcmd.BuildConfigFromFlags("", cfg.AuthorityKubeconfig)
-		if err != nil {
-			return nil, fmt.Errorf("--authority-kubeconfig=%s: %w", cfg.AuthorityKubeconfig, err)
-		}
-		if ctrl.authority, err = client.New(arc, client.Options{Scheme: scheme}); err != nil {
-			return nil, fmt.Errorf("creating the authority's client: %w", err)
+	ctrl := &Controller{cfg: cfg, log: log, api: api, watches: watches, loop: kubeflags.NewLoop(), metrics: newMetrics(), now: time.Now, scheme: scheme}
+	if cfg.Mode == ModeCSR && cfg.AuthorityKubeconfig != "" {
+		// A file that is not there is an error at start; the Secret may
+		// come later (the cluster is registered after the install).
+		if err := ctrl.loadAuthority(context.Background()); err != nil {
+			return nil, err
 		}
 	}
 	return ctrl, nil
+}
+
+// KeyAuthorityKubeconfig is the key of --authority-secret.
+const KeyAuthorityKubeconfig = "kubeconfig"
+
+// loadAuthority (re)builds the authority's client when its kubeconfig
+// (--authority-secret, or the file --authority-kubeconfig) differs from the
+// one in use. A member that leaves the mesh and joins again gets a new
+// ServiceAccount, and so a new token, at the authority; the old token is
+// refused (Unauthorized) from the leave on. It is read again on every sync
+// (every 5 s while a sync fails, and on every change of the Secret), so the
+// new token is used without a restart. A kubeconfig that cannot be read or
+// parsed is an error; the client in use stays.
+func (c *Controller) loadAuthority(ctx context.Context) error {
+	var b []byte
+	var from string
+	if name := c.cfg.AuthoritySecret; name != "" {
+		from = fmt.Sprintf("Secret %s/%s, key %s", c.cfg.Namespace, name, KeyAuthorityKubeconfig)
+		var s corev1.Secret
+		err := c.api.Get(ctx, client.ObjectKey{Namespace: c.cfg.Namespace, Name: name}, &s)
+		switch {
+		case apierrors.IsNotFound(err):
+			return fmt.Errorf("waiting for %s: this cluster is not registered at the mesh authority yet (kubelinkctl join registers it and writes the Secret)", from)
+		case err != nil:
+			return fmt.Errorf("reading %s: %w", from, err)
+		}
+		if b = s.Data[KeyAuthorityKubeconfig]; len(b) == 0 {
+			return fmt.Errorf("%s: empty or missing; it holds the authority's kubeconfig with this member's token (kubelinkctl join writes it)", from)
+		}
+	} else {
+		from = "--authority-kubeconfig=" + c.cfg.AuthorityKubeconfig
+		var err error
+		if b, err = os.ReadFile(c.cfg.AuthorityKubeconfig); err != nil {
+			return fmt.Errorf("%s: %w", from, err)
+		}
+	}
+	if c.authority != nil && bytes.Equal(b, c.authorityConfig) {
+		return nil
+	}
+	arc, err := clientcmd.RESTConfigFromKubeConfig(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", from, err)
+	}
+	cl, err := client.New(arc, client.Options{Scheme: c.scheme})
+	if err != nil {
+		return fmt.Errorf("creating the authority's client from %s: %w", from, err)
+	}
+	if c.authority != nil {
+		c.log.Info("the authority's kubeconfig changed: using the new one", "from", from)
+	}
+	c.authority, c.authorityConfig = cl, b
+	return nil
 }
 
 // Syncs is the number of completed syncs (successful or not).

@@ -47,6 +47,9 @@ const csrPoll = 2 * time.Second
 // (the current certificate stays in use).
 func (c *Controller) requestTLS(ctx context.Context, s *corev1.Secret) (*corev1.Secret, time.Time, error) {
 	now := c.now()
+	if err := c.loadAuthority(ctx); err != nil {
+		return s, time.Time{}, err
+	}
 	caPEM, err := c.authorityCA(ctx)
 	if err != nil {
 		return s, time.Time{}, err

@@ -12,6 +12,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -190,7 +191,7 @@ func TestLabValues(t *testing.T) {
 			"POD_CIDR": "10.120.0.0/16", "SERVICE_CIDR": "100.64.16.0/20", "NODE_CIDR": "172.18.0.0/16",
 			"KUBELINK_MODE": "wireguard", "KUBELINK_CERT_MODE": "csr",
 			"KUBELINK_BRIDGE_NAME": "172.18.0.2", "KUBELINK_BRIDGE_IDENTITIES": "kubelink://default/b",
-		}, "100.64.16.11", "--authority-kubeconfig=/var/run/kubelink/authority/kubeconfig"},
+		}, "100.64.16.11", "--authority-secret=kubelink-authority"},
 	}
 	for _, c := range cases {
 		t.Run(c.cluster, func(t *testing.T) {
@@ -621,22 +622,35 @@ func TestSwitches(t *testing.T) {
 			objs := testenv.RenderChart(t, set)
 			pod := brokerPod(t, objs)
 			cw := container(t, pod, "certwatch")
-			hasArg := slices.Contains(cw.Args, "--authority-kubeconfig=/var/run/kubelink/authority/kubeconfig") &&
+			hasArg := slices.Contains(cw.Args, "--authority-secret=kubelink-authority") &&
 				slices.Contains(cw.Args, "--authority-namespace=kubelink")
-			hasMount := slices.ContainsFunc(cw.VolumeMounts, func(m corev1.VolumeMount) bool {
-				return m.Name == "authority" && m.MountPath == "/var/run/kubelink/authority" && m.ReadOnly
-			})
-			var vol *corev1.Volume
-			for i := range pod.Volumes {
-				if pod.Volumes[i].Name == "authority" {
-					vol = &pod.Volumes[i]
+			if hasArg != on {
+				t.Errorf("meshMember.enabled=%v: certwatch args %v", on, cw.Args)
+			}
+			// Read through the API (no volume, which the kubelet would
+			// update only within a minute or so): certwatch, and nobody
+			// else, may read that one Secret, never write it.
+			for _, v := range pod.Volumes {
+				if v.Secret != nil && v.Secret.SecretName == "kubelink-authority" {
+					t.Errorf("meshMember.enabled=%v: the pod mounts the authority's Secret as volume %s", on, v.Name)
 				}
 			}
-			if hasArg != on || hasMount != on || (vol != nil) != on {
-				t.Errorf("meshMember.enabled=%v: args %v, mounts %v, volume %+v", on, cw.Args, cw.VolumeMounts, vol)
+			var readers []string
+			for _, u := range testenv.ChartObjects(objs, "Role") {
+				var r rbacv1.Role
+				convert(t, u, &r)
+				for _, rule := range r.Rules {
+					if slices.Contains(rule.Resources, "secrets") && slices.Contains(rule.ResourceNames, "kubelink-authority") {
+						readers = append(readers, r.Name+" "+strings.Join(rule.Verbs, ","))
+					}
+				}
 			}
-			if on && (vol.Secret == nil || vol.Secret.SecretName != "kubelink-authority" || vol.Secret.DefaultMode == nil || *vol.Secret.DefaultMode != 0o440) {
-				t.Errorf("authority volume %+v, want Secret kubelink-authority, mode 0440", vol)
+			want := []string{}
+			if on {
+				want = []string{"kubelink-certwatch get,list,watch"}
+			}
+			if !slices.Equal(readers, want) && !(len(readers) == 0 && len(want) == 0) {
+				t.Errorf("meshMember.enabled=%v: Roles with the authority's Secret: %q, want %q", on, readers, want)
 			}
 			for _, m := range container(t, pod, "broker").VolumeMounts {
 				if m.Name == "authority" {
@@ -651,7 +665,7 @@ func TestSwitches(t *testing.T) {
 			"bridge.identities": "kubelink://default/b", "meshMember.authoritySecret": "to-a", "meshMember.authorityNamespace": "mesh-system"})
 		pod := brokerPod(t, objs)
 		if !slices.Contains(container(t, pod, "certwatch").Args, "--authority-namespace=mesh-system") ||
-			!slices.ContainsFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Secret != nil && v.Secret.SecretName == "to-a" }) {
+			!slices.Contains(container(t, pod, "certwatch").Args, "--authority-secret=to-a") {
 			t.Errorf("meshMember.authoritySecret/authorityNamespace not used: %v", container(t, pod, "certwatch").Args)
 		}
 	})

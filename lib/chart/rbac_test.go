@@ -69,6 +69,11 @@ var (
 		"ClusterRole kubelink-member":   {"cluster: certificates.k8s.io certificatesigningrequests create,get"},
 		"Role kubelink/kubelink-member": {"kubelink: core configmaps[kubelink-mesh-ca] get"},
 	}
+	// meshMember.enabled: certwatch reads the authority's kubeconfig with
+	// this member's token (kubelinkctl join writes it).
+	memberRBAC = map[string][]string{
+		"kubelink-certwatch": {"kubelink: core secrets[kubelink-authority] get,list,watch"},
+	}
 	// autoConnect.enabled: the broker may propose KubeLinks.
 	autoConnectRBAC = map[string][]string{
 		"kubelink-broker": {"cluster: kubelink.mandelsoft.org kubelinks create"},
@@ -85,7 +90,7 @@ func TestLeastPrivilege(t *testing.T) {
 	}{
 		{"default", nil, []map[string][]string{baseRBAC}, nil},
 		{"lab values", nil, []map[string][]string{baseRBAC}, nil}, // set below from lab a
-		{"meshMember", member, []map[string][]string{baseRBAC}, nil},
+		{"meshMember", member, []map[string][]string{baseRBAC, memberRBAC}, nil},
 		{"meshAuthority", map[string]string{"meshAuthority.enabled": "true"}, []map[string][]string{baseRBAC, authorityRBAC}, authorityUnbound},
 		{"autoConnect", map[string]string{"dataPlane": "bridge", "autoConnect.enabled": "true"}, []map[string][]string{baseRBAC, autoConnectRBAC}, nil},
 		{"everything on", map[string]string{"dataPlane": "bridge", "autoConnect.enabled": "true", "meshAuthority.enabled": "true",
