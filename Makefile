@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo v0.0.0-dev)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -X github.com/kubelink/kubelink/lib/buildinfo.Version=$(VERSION) -X github.com/kubelink/kubelink/lib/buildinfo.Commit=$(COMMIT)
-BINARIES := broker router bridge meshdns certwatch verifier
+BINARIES := broker router bridge meshdns certwatch mcs verifier
 
 export KUBELINK_CACHE ?= $(HOME)/.cache/kubelink
 TOOLS := $(KUBELINK_CACHE)/tools
@@ -142,7 +142,7 @@ images: build ## build the container images with the running docker (its configu
 	lab/scripts/images.sh $(VERSION)
 
 # The images a cluster runs (the lab's toolbox and CNI stay local).
-PUSH_IMAGES := kubelink/broker kubelink/router kubelink/meshdns kubelink/certwatch kubelink/coredns kubelink/verifier
+PUSH_IMAGES := kubelink/broker kubelink/router kubelink/meshdns kubelink/certwatch kubelink/mcs kubelink/coredns kubelink/verifier
 .PHONY: images-push
 images-push: images ## push the images to REGISTRY=host:port (as REGISTRY/kubelink/<component>:$(VERSION)); install with image.registry=REGISTRY
 	@[ -n "$(REGISTRY)" ] || { echo "images-push: set REGISTRY=host:port (e.g. REGISTRY=registry.example.com:5000)"; exit 2; }

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/e2e-framework/klient/k8s"
 	"sigs.k8s.io/e2e-framework/klient/k8s/resources"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 )
@@ -61,7 +62,7 @@ func newResources(rc *rest.Config) (*resources.Resources, error) {
 	if err != nil {
 		return nil, err
 	}
-	return res, errors.Join(v1alpha1.AddToScheme(res.GetScheme()), apiextensionsv1.AddToScheme(res.GetScheme()))
+	return res, errors.Join(v1alpha1.AddToScheme(res.GetScheme()), apiextensionsv1.AddToScheme(res.GetScheme()), mcsv1beta1.Install(res.GetScheme()))
 }
 
 // OpenLab connects to both clusters and checks they answer.

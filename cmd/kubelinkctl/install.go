@@ -311,7 +311,11 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 	if t, ok := img["tag"].(string); ok && t != "" {
 		tag = t
 	}
-	for _, component := range []string{"broker", "router", "meshdns", "certwatch", "coredns"} {
+	components := []string{"broker", "router", "meshdns", "certwatch", "coredns"}
+	if m, _ := p.Values["mcs"].(map[string]any); m == nil || m["enabled"] != false {
+		components = append(components, "mcs") // the chart's default: on
+	}
+	for _, component := range components {
 		repo, _ := repos[component].(string)
 		if repo == "" {
 			repo = "kubelink/" + component

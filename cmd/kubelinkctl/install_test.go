@@ -139,7 +139,7 @@ func TestInstallRefusesBadInputAndChangesNothing(t *testing.T) {
 		{"address outside the mesh", []string{"--mesh-cidr", "192.168.0.0/24", "--address", "192.168.1.5"},
 			[]string{"--address \"192.168.1.5\": must be a host address inside --mesh-cidr 192.168.0.0/24"}},
 		{"missing images", []string{"--mesh-cidr", "192.168.0.0/24", "--skip-image-check=false", "--registry", regHost, "--version", "v9.9.9"},
-			[]string{"image " + regHost + "/kubelink/broker:v9.9.9 is not in its registry", "kubelink/coredns:v9.9.9", "make images-push"}},
+			[]string{"image " + regHost + "/kubelink/broker:v9.9.9 is not in its registry", "kubelink/coredns:v9.9.9", "kubelink/mcs:v9.9.9", "make images-push"}},
 		{"missing images, registry and tag given as values", []string{"--mesh-cidr", "192.168.0.0/24", "--skip-image-check=false",
 			"--set", "image.registry=" + regHost + ",image.tag=v8.8.8,images.broker=acme/broker"},
 			[]string{"image " + regHost + "/acme/broker:v8.8.8 is not in its registry", regHost + "/kubelink/router:v8.8.8"}},
@@ -182,7 +182,7 @@ func TestInstallRefusesBadInputAndChangesNothing(t *testing.T) {
 	}
 
 	// With the images in the registry the check passes (a dry run).
-	for _, repo := range []string{"broker", "router", "meshdns", "certwatch", "coredns"} {
+	for _, repo := range []string{"broker", "router", "meshdns", "certwatch", "coredns", "mcs"} {
 		img, _ := random.Image(64, 1)
 		ref, _ := name.ParseReference(regHost+"/kubelink/"+repo+":v9.9.9", name.Insecure)
 		if err := remote.Write(ref, img); err != nil {
@@ -215,7 +215,7 @@ func TestInstallRefusesBadInputAndChangesNothing(t *testing.T) {
 		image["pullPolicy"] != "Always" || image["registry"] != regHost || image["tag"] != "v9.9.9" {
 		t.Errorf("values %v", p.Values)
 	}
-	for _, want := range []string{"checking that the registry has the 5 images", "service CIDR 100.64.32.0/20 (from ServiceCIDR kubernetes)", "dry run: nothing changed"} {
+	for _, want := range []string{"checking that the registry has the 6 images", "service CIDR 100.64.32.0/20 (from ServiceCIDR kubernetes)", "dry run: nothing changed"} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("progress lacks %q:\n%s", want, stderr)
 		}

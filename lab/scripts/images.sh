@@ -3,7 +3,7 @@
 # and the lab's toolbox, with the running docker and no registry (legacy
 # builder); the daemon's configuration is left alone.
 #   kubelink/{broker,router,bridge}:TAG  static binary on kubelink-lab/debian-net (iptables, nft, ip)
-#   kubelink/{meshdns,certwatch,verifier}:TAG  static binary alone, user 65532 (verifier: the agent of kubelinkctl verify)
+#   kubelink/{meshdns,certwatch,mcs,verifier}:TAG  static binary alone, user 65532 (verifier: the agent of kubelinkctl verify)
 #   kubelink/coredns:TAG                 CoreDNS v1.14.0 + plugin kubelinkglobal, user 65532
 #   kubelink-lab/toolbox:TAG             busybox (wget, nslookup, httpd) for the lab's echo and client pods
 #   kubelink-lab/cni:TAG                 the lab's CNI agent (lab/cni)
@@ -37,7 +37,7 @@ build() { # image dockerfile binary-path [build-args...]
 for b in broker router bridge; do
   build "kubelink/$b:$TAG" Dockerfile.net "$ROOT/bin/kubelink-$b" --build-arg "BASE=$BASE"
 done
-for b in meshdns certwatch verifier; do
+for b in meshdns certwatch mcs verifier; do
   build "kubelink/$b:$TAG" Dockerfile.static "$ROOT/bin/kubelink-$b"
 done
 build "kubelink/coredns:$TAG" Dockerfile.static "$CACHE/bin/coredns-v1.14.0/coredns"

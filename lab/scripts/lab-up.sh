@@ -71,7 +71,7 @@ if ! wait "$regbuild"; then
 fi
 regbuild=""
 cat "$LAB_DIR/registry-build.log"
-IMAGES="kubelink/broker kubelink/router kubelink/meshdns kubelink/certwatch kubelink/coredns kubelink/verifier kubelink-lab/toolbox kubelink-lab/cni"
+IMAGES="kubelink/broker kubelink/router kubelink/meshdns kubelink/certwatch kubelink/mcs kubelink/coredns kubelink/verifier kubelink-lab/toolbox kubelink-lab/cni"
 # Every image is pulled from the lab's registry (lab/scripts/registry.sh),
 # as on a user's cluster; nothing is loaded into the nodes.
 REG=localhost:5001

@@ -69,6 +69,16 @@ var (
 		"ClusterRole kubelink-member":   {"cluster: certificates.k8s.io certificatesigningrequests create,get"},
 		"Role kubelink/kubelink-member": {"kubelink: core configmaps[kubelink-mesh-ca] get"},
 	}
+	// mcs.enabled (the default): the ServiceExports' conditions and the
+	// export record.
+	mcsRBAC = map[string][]string{
+		"kubelink-mcs": {
+			"cluster: multicluster.x-k8s.io serviceexports get,list,watch",
+			"cluster: multicluster.x-k8s.io serviceexports/status update",
+			"cluster: core services get,list,watch",
+			"kubelink: core configmaps[kubelink-mcs-exports] get,update",
+		},
+	}
 	// meshMember.enabled: certwatch reads the authority's kubeconfig with
 	// this member's token (kubelinkctl join writes it).
 	memberRBAC = map[string][]string{
@@ -88,14 +98,15 @@ func TestLeastPrivilege(t *testing.T) {
 		grants  []map[string][]string
 		unbound map[string][]string
 	}{
-		{"default", nil, []map[string][]string{baseRBAC}, nil},
-		{"lab values", nil, []map[string][]string{baseRBAC}, nil}, // set below from lab a
-		{"meshMember", member, []map[string][]string{baseRBAC, memberRBAC}, nil},
-		{"meshAuthority", map[string]string{"meshAuthority.enabled": "true"}, []map[string][]string{baseRBAC, authorityRBAC}, authorityUnbound},
-		{"autoConnect", map[string]string{"dataPlane": "bridge", "autoConnect.enabled": "true"}, []map[string][]string{baseRBAC, autoConnectRBAC}, nil},
+		{"default", nil, []map[string][]string{baseRBAC, mcsRBAC}, nil},
+		{"lab values", nil, []map[string][]string{baseRBAC, mcsRBAC}, nil}, // set below from lab a
+		{"mcs off", map[string]string{"mcs.enabled": "false"}, []map[string][]string{baseRBAC}, nil},
+		{"meshMember", member, []map[string][]string{baseRBAC, mcsRBAC, memberRBAC}, nil},
+		{"meshAuthority", map[string]string{"meshAuthority.enabled": "true"}, []map[string][]string{baseRBAC, mcsRBAC, authorityRBAC}, authorityUnbound},
+		{"autoConnect", map[string]string{"dataPlane": "bridge", "autoConnect.enabled": "true"}, []map[string][]string{baseRBAC, mcsRBAC, autoConnectRBAC}, nil},
 		{"everything on", map[string]string{"dataPlane": "bridge", "autoConnect.enabled": "true", "meshAuthority.enabled": "true",
 			"metrics.serviceMonitor.enabled": "true", "ipForwarding": "sysctl"},
-			[]map[string][]string{baseRBAC, authorityRBAC, autoConnectRBAC}, authorityUnbound},
+			[]map[string][]string{baseRBAC, mcsRBAC, authorityRBAC, autoConnectRBAC}, authorityUnbound},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -125,7 +136,7 @@ func TestLeastPrivilege(t *testing.T) {
 				accounts = append(accounts, sa.GetName())
 			}
 			sort.Strings(accounts)
-			if want := slices.Sorted(maps.Keys(baseRBAC)); !reflect.DeepEqual(accounts, want) {
+			if want := slices.Sorted(maps.Keys(want)); !reflect.DeepEqual(accounts, want) {
 				t.Errorf("ServiceAccounts %v, want %v", accounts, want)
 			}
 			checkSecretPolicy(t, objs)

@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -29,8 +32,26 @@ const (
 
 // Config of the export controller.
 type Config struct {
-	Namespace string        // of the record ConfigMap
-	Resync    time.Duration // full pass period
+	Namespace   string        // of the record ConfigMap
+	Resync      time.Duration // full pass period
+	MetricsAddr string        // /healthz, /readyz (a pass succeeded), /metrics; empty: off
+}
+
+// Defaults returns the default configuration.
+func Defaults() Config {
+	return Config{Namespace: "kubelink", Resync: time.Minute, MetricsAddr: ":8080"}
+}
+
+// Validate reports every invalid setting, named by its flag.
+func (c Config) Validate() error {
+	var errs []error
+	if msgs := validation.IsDNS1123Label(c.Namespace); len(msgs) > 0 {
+		errs = append(errs, fmt.Errorf("--namespace=%q: %s", c.Namespace, strings.Join(msgs, "; ")))
+	}
+	if c.Resync <= 0 {
+		errs = append(errs, fmt.Errorf("--resync=%s: must be positive", c.Resync))
+	}
+	return errors.Join(errs...)
 }
 
 // Controller keeps every ServiceExport's conditions true to its Service and
@@ -47,6 +68,8 @@ type Controller struct {
 	// lastRecord is the record written last: a pass whose record is the
 	// same reads the ConfigMap again only on a periodic pass.
 	lastRecord string
+	metrics    *metrics
+	goodSyncs  atomic.Int64 // passes without error, for /readyz
 }
 
 // NewScheme has the built-in types and the MCS API (v1beta1).
@@ -63,11 +86,8 @@ func NewScheme() (*runtime.Scheme, error) {
 
 // New prepares a controller; Run starts it.
 func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
-	if cfg.Namespace == "" {
-		return nil, errors.New("mcs: a namespace for the export record is required")
-	}
-	if cfg.Resync <= 0 {
-		cfg.Resync = time.Minute
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	scheme, err := NewScheme()
 	if err != nil {
@@ -81,11 +101,21 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mcs: creating the client: %w", err)
 	}
-	return &Controller{cfg: cfg, log: log, cache: c, read: c, api: api, loop: kubeflags.NewLoop(), now: time.Now}, nil
+	return &Controller{cfg: cfg, log: log, cache: c, read: c, api: api, loop: kubeflags.NewLoop(), now: time.Now, metrics: newMetrics()}, nil
 }
 
 // Run serves until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
+	srv, err := kubeflags.ServeHealth(ctx, c.cfg.MetricsAddr, c.metrics.reg, func() error {
+		if c.goodSyncs.Load() == 0 {
+			return errors.New("no successful pass yet")
+		}
+		return nil
+	}, c.log)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = srv.Close() }()
 	if err := kubeflags.WatchAndSync(ctx, c.cache, c.loop.Kick, &mcsv1beta1.ServiceExport{}, &corev1.Service{}); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -102,6 +132,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		msg := ""
 		if err != nil {
 			msg = err.Error()
+			c.metrics.syncErrors.Inc()
+		} else {
+			c.goodSyncs.Add(1)
 		}
 		if msg != last {
 			if err != nil {
@@ -128,6 +161,7 @@ func (c *Controller) Sync(ctx context.Context) error {
 	}
 	var rec Record
 	var errs []error
+	invalid := 0
 	now := c.now()
 	for i := range list.Items {
 		se := &list.Items[i]
@@ -148,11 +182,15 @@ func (c *Controller) Sync(ctx context.Context) error {
 		valid := reason == mcsv1beta1.ServiceExportReasonValid
 		if valid {
 			rec.Exports = append(rec.Exports, e)
+		} else {
+			invalid++
 		}
 		if err := c.writeConditions(ctx, se, valid, reason, msg, now); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	c.metrics.exports.WithLabelValues("true").Set(float64(len(rec.Exports)))
+	c.metrics.exports.WithLabelValues("false").Set(float64(invalid))
 	return errors.Join(append(errs, c.writeRecord(ctx, rec))...)
 }
 

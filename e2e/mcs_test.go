@@ -1,0 +1,106 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/e2e-framework/pkg/envconf"
+	"sigs.k8s.io/e2e-framework/pkg/features"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+
+	"github.com/kubelink/kubelink/lib/mcs"
+)
+
+// TestServiceExportInTheLab: kubelink-mcs, installed by the chart in each
+// cluster with least privilege, takes a ServiceExport of the echo Service
+// of every cluster: Valid True (ClusterSetIP) and in the cluster's export
+// record with its ClusterIP and port; a ServiceExport without a Service is
+// Valid False NoService and not in the record; an unexport leaves the
+// record. (The exchange of the records between the clusters and the
+// imports are not built yet: docs/mcs.md.)
+func TestServiceExportInTheLab(t *testing.T) {
+	f := features.New("ServiceExport").Assess("kubelink-mcs writes the conditions and the export record", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+		for _, c := range []*Cluster{lab.A, lab.B} {
+			ip, err := c.ServiceIP(ctx, "echo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			exports := []*mcsv1beta1.ServiceExport{
+				{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "echo"}},
+				{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "e2e-no-such-service"}},
+			}
+			for _, se := range exports {
+				if err := c.Res.Create(ctx, se); err != nil && !apierrors.IsAlreadyExists(err) {
+					t.Fatalf("%s: creating ServiceExport %s: %v", c.Name, se.Name, err)
+				}
+			}
+			unexport := func() {
+				for _, se := range exports {
+					if err := c.Res.Delete(ctx, se); err != nil && !apierrors.IsNotFound(err) {
+						t.Errorf("%s: deleting ServiceExport %s: %v", c.Name, se.Name, err)
+					}
+				}
+			}
+			valid := func(name string) (string, error) {
+				var se mcsv1beta1.ServiceExport
+				if err := c.Res.Get(ctx, name, "default", &se); err != nil {
+					return "", err
+				}
+				for _, cond := range se.Status.Conditions {
+					if cond.Type == string(mcsv1beta1.ServiceExportConditionValid) {
+						return string(cond.Status) + " " + cond.Reason, nil
+					}
+				}
+				return "", fmt.Errorf("ServiceExport %s has no Valid condition yet", name)
+			}
+			record := func() (mcs.Record, error) {
+				var cm corev1.ConfigMap
+				if err := c.Res.Get(ctx, mcs.RecordConfigMap, "kubelink", &cm); err != nil {
+					return mcs.Record{}, err
+				}
+				return mcs.DecodeRecord([]byte(cm.Data[mcs.RecordKey]))
+			}
+			took, err := Eventually(ctx, 30*time.Second, 200*time.Millisecond, func(context.Context) error {
+				if v, err := valid("echo"); err != nil || v != "True Valid" {
+					return fmt.Errorf("ServiceExport echo: Valid %q (%v), want True Valid", v, err)
+				}
+				if v, err := valid("e2e-no-such-service"); err != nil || v != "False NoService" {
+					return fmt.Errorf("ServiceExport e2e-no-such-service: Valid %q (%v), want False NoService", v, err)
+				}
+				rec, err := record()
+				if err != nil {
+					return err
+				}
+				if len(rec.Exports) != 1 || rec.Exports[0].Namespace != "default" || rec.Exports[0].Name != "echo" ||
+					rec.Exports[0].ClusterIP != ip || len(rec.Exports[0].Ports) == 0 || rec.Exports[0].Ports[0].Port != 80 {
+					return fmt.Errorf("export record %+v, want default/echo alone, at %s port 80", rec.Exports, ip)
+				}
+				return nil
+			})
+			if err != nil {
+				unexport()
+				t.Fatalf("%s: %v", c.Name, err)
+			}
+			t.Logf("%s: ServiceExport default/echo Valid and in the export record after %s", c.Name, took.Round(10*time.Millisecond))
+			unexport()
+			if _, err := Eventually(ctx, 30*time.Second, 200*time.Millisecond, func(context.Context) error {
+				rec, err := record()
+				if err != nil || len(rec.Exports) != 0 {
+					return fmt.Errorf("export record after the unexport: %+v (%v), want empty", rec.Exports, err)
+				}
+				return nil
+			}); err != nil {
+				t.Errorf("%s: %v", c.Name, err)
+			}
+		}
+		return ctx
+	}).Feature()
+	testenv.Test(t, f)
+}
