@@ -22,6 +22,7 @@ import (
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/bridge"
 	"github.com/kubelink/kubelink/lib/kubeflags"
+	"github.com/kubelink/kubelink/lib/mcs"
 	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/probe"
 )
@@ -32,6 +33,9 @@ type Broker struct {
 	log     *slog.Logger
 	rm      RunMode
 	kube    client.Client // reads from the cache, writes to the API server
+	// direct reads from the API server: the ConfigMaps of the MCS
+	// exchange, by name (a cached read would list every ConfigMap).
+	direct client.Client
 	cache   cache.Cache
 	events  *eventSink
 	metrics *metrics
@@ -42,6 +46,9 @@ type Broker struct {
 	plane    DataPlane // while active
 	prober   *probe.Prober
 	resp     map[netip.Addr]*probe.Responder
+	// mcs exchanges the Multi-Cluster Services export records with the
+	// Up peers while active (nil: --mcs-port=0 or standby).
+	mcs *mcs.Exchange
 
 	active    atomic.Bool
 	synced    atomic.Bool
@@ -79,11 +86,15 @@ func New(cfg Config, rest *rest.Config, log *slog.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating client: %w", err)
 	}
+	direct, err := client.New(rest, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("creating client: %w", err)
+	}
 	events, err := newEventSink(rest, scheme, "kubelink-broker", cfg.Identity)
 	if err != nil {
 		return nil, err
 	}
-	b := &Broker{cfg: cfg, log: log, rm: rm, kube: kube, cache: c, events: events, metrics: newMetrics(),
+	b := &Broker{cfg: cfg, log: log, rm: rm, kube: kube, direct: direct, cache: c, events: events, metrics: newMetrics(),
 		loop: kubeflags.NewLoop(), resp: map[netip.Addr]*probe.Responder{}, lastWrite: map[string]time.Time{}}
 	if cfg.ActiveEndpointSlice != "" {
 		cs, err := kubernetes.NewForConfig(rest)
@@ -182,6 +193,16 @@ func (b *Broker) runActive(ctx context.Context) error {
 	b.prober = probe.New(pc)
 	defer b.prober.Close()
 	defer b.closeResponders(nil)
+
+	if b.cfg.MCSPort != 0 {
+		b.mcs = mcs.NewExchange(mcs.ExchangeConfig{Namespace: b.cfg.Namespace, Port: b.cfg.MCSPort}, b.direct, b.log.With("component", "mcs"))
+		var exchanging sync.WaitGroup
+		exchanging.Go(func() { b.mcs.Run(ctx) })
+		defer func() {
+			exchanging.Wait()
+			b.mcs = nil
+		}()
+	}
 
 	b.health = newHealthWriter(b.kube, b.log)
 	var writing sync.WaitGroup

@@ -60,6 +60,7 @@ func Main(name, short, fixedMode string) {
 	f.DurationVar(&c.ProbeInterval, "probe-interval", c.ProbeInterval, "health probe interval through the tunnel")
 	f.DurationVar(&c.ProbeDownAfter, "probe-down-after", c.ProbeDownAfter, "a link is Down after this long without a probe reply")
 	f.IntVar(&c.ProbePort, "probe-port", c.ProbePort, "UDP port of the health-probe responder on the cluster addresses; probes are sent from the next port")
+	f.IntVar(&c.MCSPort, "mcs-port", c.MCSPort, "TCP port on the cluster addresses where the active broker serves this cluster's Multi-Cluster Services export record to the peers and fetches theirs (docs/mcs.md); 0: off")
 	f.DurationVar(&c.HealthEvery, "health-status-interval", c.HealthEvery, "minimum time between status writes that only change health figures")
 	f.DurationVar(&c.Resync, "resync", c.Resync, "period of the full sync (also runs on every change)")
 	f.BoolVar(&c.LeaderElect, "leader-elect", c.LeaderElect, "run only while holding the Lease (replicas wait as standby)")

@@ -70,8 +70,12 @@ type Config struct {
 	ProbeInterval   time.Duration
 	ProbeDownAfter  time.Duration
 	ProbePort       int
-	HealthEvery     time.Duration
-	Resync          time.Duration
+	// MCSPort is the TCP port on the cluster addresses where the active
+	// broker serves this cluster's export record of the Multi-Cluster
+	// Services API and fetches the peers' (lib/mcs Exchange); 0: off.
+	MCSPort     int
+	HealthEvery time.Duration
+	Resync      time.Duration
 
 	LeaderElect   bool
 	LeaseName     string
@@ -111,7 +115,7 @@ func Defaults() Config {
 		Namespace: "kubelink", Mode: ModeWireGuard, WireGuard: wireguard.ModeAuto, Interface: "kubelink",
 		ListenPort: 8777, BridgePort: 8088, ClusterDomain: mesh.DefaultClusterDomain, Secret: "wireguard", RouteTable: 254, RulePriority: 32750,
 		Keepalive: 21 * time.Second, ResolveInterval: 30 * time.Second,
-		ProbeInterval: 500 * time.Millisecond, ProbeDownAfter: 1500 * time.Millisecond, ProbePort: probe.DefaultPort,
+		ProbeInterval: 500 * time.Millisecond, ProbeDownAfter: 1500 * time.Millisecond, ProbePort: probe.DefaultPort, MCSPort: probe.DefaultPort,
 		HealthEvery: 10 * time.Second, Resync: 10 * time.Second,
 		LeaderElect: true, LeaseName: "kubelink-broker", LeaseDuration: 4 * time.Second,
 		RenewDeadline: 3 * time.Second, RetryPeriod: 200 * time.Millisecond, FencePort: 8776, FenceWait: 1500 * time.Millisecond,
@@ -122,6 +126,9 @@ func Defaults() Config {
 // Validate checks the configuration and explains what is wrong.
 func (c *Config) Validate() error {
 	var errs []error
+	if c.MCSPort < 0 || c.MCSPort > 65535 {
+		errs = append(errs, fmt.Errorf("--mcs-port=%d: must be 1-65535, or 0 (off)", c.MCSPort))
+	}
 	if c.ProbePort < 1 || c.ProbePort > 65534 {
 		errs = append(errs, fmt.Errorf("--probe-port=%d: must be 1-65534 (probes are sent from the next port)", c.ProbePort))
 	}

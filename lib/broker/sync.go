@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/mcs"
 	"github.com/kubelink/kubelink/lib/mesh"
 	"github.com/kubelink/kubelink/lib/probe"
 )
@@ -31,7 +32,7 @@ func (b *Broker) sync(ctx context.Context) error {
 	model := mesh.Build(list.Items, mesh.ParseOptions{DefaultPort: b.plane.DefaultPort(), Reserved: mesh.ReservedNetworks(b.cfg.NodeCIDR, b.cfg.PodCIDR),
 		SecretKey: b.presharedKeys(ctx)})
 	b.warnDeprecated(list.Items)
-	o := mesh.PlanOptions{Transport: b.plane.Transport(), Device: b.cfg.Interface, ProbePort: b.cfg.ProbePort, Keepalive: b.cfg.Keepalive}
+	o := mesh.PlanOptions{Transport: b.plane.Transport(), Device: b.cfg.Interface, ProbePort: b.cfg.ProbePort, MCSPort: b.cfg.MCSPort, Keepalive: b.cfg.Keepalive}
 	if b.rm.PodMode {
 		o.PodInterface = b.rm.Interface
 	}
@@ -56,11 +57,13 @@ func (b *Broker) sync(ctx context.Context) error {
 
 	now := time.Now()
 	states := map[string]int{}
+	up := map[string]bool{}
 	for i := range list.Items {
 		kl := &list.Items[i]
 		o := b.observe(kl, model, rep)
 		st := DesiredStatus(kl, o, now)
 		states[st.State]++
+		up[kl.Name] = st.State == v1alpha1.StateUp
 		b.metrics.observeLink(kl.Name, st)
 		b.observeDrops(kl.Name, model)
 		if err := b.writeStatus(ctx, kl, st, now); err != nil {
@@ -68,6 +71,7 @@ func (b *Broker) sync(ctx context.Context) error {
 		}
 	}
 	b.metrics.setStates(states)
+	b.exchangeMCS(model, rep, up)
 	b.forgetDeleted(list.Items)
 	t3 := time.Now()
 	// What the plane left for after the status writes (the gateway: the
@@ -141,6 +145,38 @@ func (b *Broker) updateProbes(m *mesh.Model, rep Report) {
 		b.resp[a] = r
 	}
 	b.prober.Set(targets)
+}
+
+// exchangeMCS tells the MCS exchange where to serve this cluster's export
+// record (the local cluster addresses, as the probe responders) and whose
+// records to fetch: the peers whose links are Up, each with the service
+// network its exports must be in.
+func (b *Broker) exchangeMCS(m *mesh.Model, rep Report, up map[string]bool) {
+	if b.mcs == nil {
+		return
+	}
+	var local []netip.Addr
+	var peers []mcs.Peer
+	if rep.DeviceErr == nil && b.plane.Kind() != "" {
+		for _, ms := range m.Meshes {
+			if len(ms.Members) == 0 {
+				continue
+			}
+			local = append(local, ms.Local.IP())
+			for _, l := range ms.Members {
+				if !up[l.Name.String()] || !rep.served(l.Name.String()) {
+					continue
+				}
+				p := mcs.Peer{Cluster: l.Name.Cluster, Mesh: mesh.MeshDisplayName(ms.Name), Addr: l.IP(), Local: ms.Local.IP()}
+				if l.ServiceCIDR.IsValid() {
+					p.Services = []netip.Prefix{l.ServiceCIDR}
+				}
+				peers = append(peers, p)
+			}
+		}
+	}
+	b.mcs.Listen(local)
+	b.mcs.SetPeers(peers)
 }
 
 // closeResponders closes responders whose address is not in keep (all if nil).

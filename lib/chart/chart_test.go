@@ -1,6 +1,7 @@
 package chart
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -12,8 +13,8 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
@@ -667,6 +668,22 @@ func TestSwitches(t *testing.T) {
 		if !slices.Contains(container(t, pod, "certwatch").Args, "--authority-namespace=mesh-system") ||
 			!slices.Contains(container(t, pod, "certwatch").Args, "--authority-secret=to-a") {
 			t.Errorf("meshMember.authoritySecret/authorityNamespace not used: %v", container(t, pod, "certwatch").Args)
+		}
+	})
+
+	t.Run("mcs", func(t *testing.T) {
+		for _, on := range []bool{true, false} {
+			objs := testenv.RenderChart(t, map[string]string{"mcs.enabled": fmt.Sprint(on)})
+			exchangeOff := slices.Contains(container(t, brokerPod(t, objs), "broker").Args, "--mcs-port=0")
+			for _, ko := range []string{"Deployment/kubelink-mcs", "ConfigMap/kubelink-mcs-exports", "ConfigMap/kubelink-mcs-imports", "ServiceAccount/kubelink-mcs"} {
+				kind, name, _ := strings.Cut(ko, "/")
+				if got := testenv.ChartObject(objs, kind, name) != nil; got != on {
+					t.Errorf("mcs.enabled=%v: %s rendered: %v", on, ko, got)
+				}
+			}
+			if exchangeOff == on {
+				t.Errorf("mcs.enabled=%v: the broker's --mcs-port=0: %v", on, exchangeOff)
+			}
 		}
 	})
 

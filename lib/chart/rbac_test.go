@@ -78,6 +78,11 @@ var (
 			"cluster: core services get,list,watch",
 			"kubelink: core configmaps[kubelink-mcs-exports] get,update",
 		},
+		// the exchange: the record served, the imports written
+		"kubelink-broker": {
+			"kubelink: core configmaps[kubelink-mcs-exports] get",
+			"kubelink: core configmaps[kubelink-mcs-imports] get,update",
+		},
 	}
 	// meshMember.enabled: certwatch reads the authority's kubeconfig with
 	// this member's token (kubelinkctl join writes it).

@@ -362,8 +362,14 @@ func (x *Exchange) fetchAll(ctx context.Context) {
 				return
 			}
 			ok, bad := CheckRecord(rec, p)
-			for _, b := range bad {
-				x.log.Warn("refused an export of a peer", "cluster", p.Cluster, "mesh", p.Mesh, "export", b)
+			x.mu.Lock()
+			prev, seen := x.got[k]
+			x.mu.Unlock()
+			if !seen || !slices.Equal(prev.Rejected, bad) {
+				// logged when they change, not on every fetch
+				for _, b := range bad {
+					x.log.Warn("refused an export of a peer", "cluster", p.Cluster, "mesh", p.Mesh, "export", b)
+				}
 			}
 			mu.Lock()
 			results[k] = ClusterRecord{Cluster: p.Cluster, Mesh: p.Mesh, Exports: ok, Rejected: bad}

@@ -19,7 +19,8 @@ const ChainLocal = ChainPrefix + "LOCAL"
 //   - belongs to a connection tracked already (the replies to this
 //     cluster's own connections, which leave with that address, and ICMP
 //     errors about them),
-//   - is for the health-probe responder,
+//   - is for the health-probe responder, or the Multi-Cluster Services
+//     exchange (TCP, its export record),
 //   - is for a port a MeshService binds on the address, or
 //   - comes from a link whose own allow list (or its mesh's) names the
 //     address itself (the host address, not a network holding it): an
@@ -38,6 +39,9 @@ func (p *GatewayPlan) LocalRules(bindings []*ServiceBinding) RuleSet {
 		dst := hostPrefix(local).String()
 		if pp := p.Options.ProbePort; pp > 0 && pp < 65536 {
 			c.Rules = append(c.Rules, []string{"-d", dst, "-p", "udp", "-m", "udp", "--dport", fmt.Sprint(pp), "-j", "RETURN"})
+		}
+		if mp := p.Options.MCSPort; mp > 0 && mp < 65536 {
+			c.Rules = append(c.Rules, []string{"-d", dst, "-p", "tcp", "-m", "tcp", "--dport", fmt.Sprint(mp), "-j", "RETURN"})
 		}
 		for _, b := range bindings {
 			if b.Address != local {

@@ -9,7 +9,7 @@ import (
 )
 
 // TestLocalRulesOpenOnlyProbeMeshServicesAndNamedAllows: the local cluster
-// address admits tracked connections, the probe, the ports a MeshService
+// address admits tracked connections, the probe, the MCS exchange, the ports a MeshService
 // binds on it and the links whose allow list names it; the rest to it is
 // dropped. Another mesh's address gets its own rules; a plan without peers
 // has none.
@@ -18,7 +18,7 @@ func TestLocalRulesOpenOnlyProbeMeshServicesAndNamedAllows(t *testing.T) {
 	c := peer("c", "192.168.0.13/24", "100.64.32.0/20", "c.org", keyC)
 	c.Spec.Ingress = []string{"100.64.0.0/20", "192.168.0.11"} // names the address
 	m := Build([]v1alpha1.KubeLink{local("a", "192.168.0.11/24", "100.64.0.0/20"), b, c}, wgOpts)
-	plan := m.Plan(PlanOptions{Transport: TransportWireGuard, Device: "kubelink", ProbePort: 8778})
+	plan := m.Plan(PlanOptions{Transport: TransportWireGuard, Device: "kubelink", ProbePort: 8778, MCSPort: 8779})
 	bindings := []*ServiceBinding{
 		{Key: "default/ssh", Address: netip.MustParseAddr("192.168.0.11"), Ports: []BoundPort{{Protocol: "tcp", Port: 22}, {Protocol: "udp", Port: 53}}},
 		{Key: "default/web", Address: netip.MustParseAddr("192.168.0.100"), Ports: []BoundPort{{Protocol: "tcp", Port: 80}}},
@@ -29,6 +29,7 @@ func TestLocalRulesOpenOnlyProbeMeshServicesAndNamedAllows(t *testing.T) {
 		Chains: []Chain{{Table: "mangle", Name: ChainLocal, Rules: [][]string{
 			{"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"},
 			{"-d", "192.168.0.11/32", "-p", "udp", "-m", "udp", "--dport", "8778", "-j", "RETURN"},
+			{"-d", "192.168.0.11/32", "-p", "tcp", "-m", "tcp", "--dport", "8779", "-j", "RETURN"},
 			{"-d", "192.168.0.11/32", "-p", "tcp", "-m", "tcp", "--dport", "22", "-j", "RETURN"},
 			{"-d", "192.168.0.11/32", "-p", "udp", "-m", "udp", "--dport", "53", "-j", "RETURN"},
 			{"-s", "192.168.0.13/32", "-d", "192.168.0.11/32", "-j", "RETURN"},

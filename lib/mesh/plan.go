@@ -41,6 +41,9 @@ type PlanOptions struct {
 	PodInterface string
 	// ProbePort is the health-probe responder's UDP port (0: none).
 	ProbePort int
+	// MCSPort is the TCP port of the Multi-Cluster Services exchange on
+	// the cluster addresses (0: none).
+	MCSPort int
 	// Keepalive of WireGuard peers.
 	Keepalive time.Duration
 }

@@ -1,0 +1,117 @@
+package clusterlab
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+
+	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/mcs"
+)
+
+// The Multi-Cluster Services exchange between two real brokers, through
+// the tunnel of each data plane: b's active broker fetches the export
+// record a serves on its cluster address and writes what a may export into
+// b's imports (an export of a ClusterIP in b's own service CIDR is
+// refused); a's link leaving Up (a's broker killed) drops a from b's
+// imports within 5 s, and a is back after its broker returns.
+func TestMCSExchangeWireGuard(t *testing.T) { mcsExchange(t, false) }
+
+func TestMCSExchangeBridge(t *testing.T) { mcsExchange(t, true) }
+
+func mcsExchange(t *testing.T, bridge bool) {
+	serialTiming(t)
+	lab := New(t, 2)
+	a, b := lab.Clusters[0], lab.Clusters[1]
+	var aFlags, bFlags []string
+	if bridge {
+		ca := NewBridgeCA(t)
+		aFlags, bFlags = BridgeFlags(ca.CertDir(t, a)), BridgeFlags(ca.CertDir(t, b))
+	}
+	aBroker := a.StartBroker(lab, a.GW, aFlags...)
+	bBroker := b.StartBroker(lab, b.GW, bFlags...)
+
+	ports := []mcs.Port{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}}
+	cart := mcs.Export{Namespace: "shop", Name: "cart", Type: mcsv1beta1.ClusterSetIP, ClusterIP: "100.64.0.20", Ports: ports}
+	// a claims a ClusterIP of b's service CIDR: not a's to export.
+	theft := mcs.Export{Namespace: "shop", Name: "theft", Type: mcsv1beta1.ClusterSetIP, ClusterIP: "100.64.16.20", Ports: ports}
+	data, err := mcs.Record{Exports: []mcs.Export{cart, theft}}.Encode()
+	must(t, err)
+	a.Apply(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: mcs.RecordConfigMap}, Data: map[string]string{mcs.RecordKey: string(data)}})
+
+	if bridge {
+		a.Apply(a.LocalLink(), BridgeLinkTo(b))
+		b.Apply(b.LocalLink(), BridgeLinkTo(a))
+	} else {
+		Connect(a, b)
+	}
+	imports := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var cm corev1.ConfigMap
+		if err := b.Kube.Get(ctx, client.ObjectKey{Namespace: Namespace, Name: mcs.ImportsConfigMap}, &cm); err != nil {
+			return ""
+		}
+		im, err := mcs.DecodeImports([]byte(cm.Data[mcs.ImportsKey]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s []string
+		for _, c := range im.Clusters {
+			for _, e := range c.Exports {
+				s = append(s, fmt.Sprintf("%s/%s:%s@%s", c.Mesh, c.Cluster, e.Key(), e.ClusterIP))
+			}
+			for _, r := range c.Rejected {
+				s = append(s, "rejected "+r)
+			}
+		}
+		return strings.Join(s, "; ")
+	}
+	imported := func(s string) bool {
+		return strings.HasPrefix(s, "default/a:shop/cart@100.64.0.20; rejected shop/theft: clusterIP 100.64.16.20 is not in the service networks of cluster a")
+	}
+	up, _ := b.WaitState("a", v1alpha1.StateUp, 15*time.Second)
+	t.Logf("b's link a Up after %s", up.Round(time.Millisecond))
+	start := time.Now()
+	if !waitUntil(5*time.Second, func() bool { return imported(imports()) }) {
+		t.Fatalf("5 s after the link was Up, b's imports are %q; b's broker:\n%s", imports(), bBroker.Output())
+	}
+	if n := strings.Count(bBroker.Output(), "refused an export of a peer"); n != 1 {
+		t.Errorf("b's broker logged the refused export %d times, want once (when it changed):\n%s", n, bBroker.Output())
+	}
+	t.Logf("a's record in b's imports %s after the link was Up: %s", time.Since(start).Round(time.Millisecond), imports())
+
+	// a's broker gone: its link leaves Up at b, and a leaves b's imports.
+	aBroker.Kill()
+	killed := time.Now()
+	waitFor(t, "a gone from b's imports", 5*time.Second, func() bool { return imports() == "" })
+	t.Logf("a's broker killed: a gone from b's imports after %s", time.Since(killed).Round(time.Millisecond))
+	if kl, err := b.Link("a"); err != nil || kl.Status.State == v1alpha1.StateUp {
+		t.Errorf("a dropped from b's imports while b's link a is %v (%v)", kl.Status.State, err)
+	}
+
+	a.StartBroker(lab, a.GW, aFlags...)
+	back := time.Now()
+	b.WaitState("a", v1alpha1.StateUp, 15*time.Second)
+	waitFor(t, "a back in b's imports", 5*time.Second, func() bool { return imported(imports()) })
+	t.Logf("a's broker back: in b's imports again %s after its restart", time.Since(back).Round(time.Millisecond))
+}
+
+// waitUntil polls cond every 50 ms until it holds (true) or limit passes.
+func waitUntil(limit time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(limit); ; time.Sleep(50 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
