@@ -22,9 +22,10 @@ import (
 // cluster with least privilege, takes a ServiceExport of the echo Service
 // of every cluster: Valid True (ClusterSetIP) and in the cluster's export
 // record with its ClusterIP and port; a ServiceExport without a Service is
-// Valid False NoService and not in the record; an unexport leaves the
-// record. (The exchange of the records between the clusters and the
-// imports are not built yet: docs/mcs.md.)
+// Valid False NoService and not in the record; the other cluster's broker
+// fetches the record through the mesh (the exchange) into its imports; an
+// unexport leaves the record and the imports. (ServiceImports are not built
+// yet: docs/mcs.md.)
 func TestServiceExportInTheLab(t *testing.T) {
 	f := features.New("ServiceExport").Assess("kubelink-mcs writes the conditions and the export record", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
 		for _, c := range []*Cluster{lab.A, lab.B} {
@@ -89,11 +90,46 @@ func TestServiceExportInTheLab(t *testing.T) {
 				t.Fatalf("%s: %v", c.Name, err)
 			}
 			t.Logf("%s: ServiceExport default/echo Valid and in the export record after %s", c.Name, took.Round(10*time.Millisecond))
+			// The exchange: the other cluster's broker fetched the record
+			// through the mesh and holds it in its imports.
+			other := lab.B
+			if c == lab.B {
+				other = lab.A
+			}
+			imported := func() error {
+				var cm corev1.ConfigMap
+				if err := other.Res.Get(ctx, mcs.ImportsConfigMap, "kubelink", &cm); err != nil {
+					return err
+				}
+				im, err := mcs.DecodeImports([]byte(cm.Data[mcs.ImportsKey]))
+				if err != nil {
+					return err
+				}
+				for _, cr := range im.Clusters {
+					if cr.Cluster == c.Name {
+						for _, e := range cr.Exports {
+							if e.Key() == "default/echo" && e.ClusterIP == ip {
+								return nil
+							}
+						}
+					}
+				}
+				return fmt.Errorf("%s's imports %s lack %s's default/echo at %s", other.Name, cm.Data[mcs.ImportsKey], c.Name, ip)
+			}
+			took, err = Eventually(ctx, 10*time.Second, 200*time.Millisecond, func(context.Context) error { return imported() })
+			if err != nil {
+				unexport()
+				t.Fatal(err)
+			}
+			t.Logf("%s: %s's export in %s's imports after %s more", c.Name, c.Name, other.Name, took.Round(10*time.Millisecond))
 			unexport()
 			if _, err := Eventually(ctx, 30*time.Second, 200*time.Millisecond, func(context.Context) error {
 				rec, err := record()
 				if err != nil || len(rec.Exports) != 0 {
 					return fmt.Errorf("export record after the unexport: %+v (%v), want empty", rec.Exports, err)
+				}
+				if imported() == nil {
+					return fmt.Errorf("%s's export still in %s's imports after the unexport", c.Name, other.Name)
 				}
 				return nil
 			}); err != nil {

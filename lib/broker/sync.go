@@ -157,6 +157,12 @@ func (b *Broker) exchangeMCS(m *mesh.Model, rep Report, up map[string]bool) {
 	}
 	var local []netip.Addr
 	var peers []mcs.Peer
+	var self []mcs.Origin
+	for _, ms := range m.Meshes {
+		if ms.Local != nil {
+			self = append(self, mcs.Origin{Cluster: ms.Local.Name.Cluster, Mesh: mesh.MeshDisplayName(ms.Name)})
+		}
+	}
 	if rep.DeviceErr == nil && b.plane.Kind() != "" {
 		for _, ms := range m.Meshes {
 			if len(ms.Members) == 0 {
@@ -176,6 +182,7 @@ func (b *Broker) exchangeMCS(m *mesh.Model, rep Report, up map[string]bool) {
 		}
 	}
 	b.mcs.Listen(local)
+	b.mcs.SetSelf(self)
 	b.mcs.SetPeers(peers)
 }
 

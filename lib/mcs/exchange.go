@@ -68,9 +68,17 @@ type ClusterRecord struct {
 }
 
 // Imports is the content of ImportsConfigMap: the peers whose link is Up
-// and whose record was fetched, by cluster name.
+// and whose record was fetched, by cluster name; and this cluster's own
+// names (its LocalLinks), under which its own exports are imported too.
 type Imports struct {
+	Self     []Origin        `json:"self,omitempty"`
 	Clusters []ClusterRecord `json:"clusters"`
+}
+
+// Origin names a cluster in a mesh.
+type Origin struct {
+	Cluster string `json:"cluster"`
+	Mesh    string `json:"mesh"`
 }
 
 // Encode is the canonical JSON of the imports (sorted by cluster, then
@@ -82,6 +90,7 @@ func (im Imports) Encode() ([]byte, error) {
 	if im.Clusters == nil {
 		im.Clusters = []ClusterRecord{}
 	}
+	slices.SortFunc(im.Self, func(a, b Origin) int { return strings.Compare(a.Mesh+"\x00"+a.Cluster, b.Mesh+"\x00"+b.Cluster) })
 	return json.Marshal(im)
 }
 
@@ -195,6 +204,7 @@ type Exchange struct {
 	api client.Client
 
 	mu        sync.Mutex
+	self      []Origin
 	peers     map[string]Peer          // by Cluster+"\x00"+Mesh
 	got       map[string]ClusterRecord // the last good fetch, by the same key
 	servers   map[netip.Addr]*http.Server
@@ -288,6 +298,20 @@ func (x *Exchange) serve(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	_, _ = w.Write(body)
+}
+
+// SetSelf sets this cluster's names in its meshes (its LocalLinks).
+func (x *Exchange) SetSelf(self []Origin) {
+	x.mu.Lock()
+	changed := !slices.Equal(self, x.self)
+	x.self = slices.Clone(self)
+	x.mu.Unlock()
+	if changed {
+		select {
+		case x.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // SetPeers sets the peers whose links are Up. Those no longer listed are
@@ -416,7 +440,7 @@ func (x *Exchange) fetch(ctx context.Context, p Peer) (Record, error) {
 func (x *Exchange) Current() Imports {
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	var im Imports
+	im := Imports{Self: slices.Clone(x.self)}
 	for _, r := range x.got {
 		im.Clusters = append(im.Clusters, r)
 	}
