@@ -1,8 +1,10 @@
 // Command kubelink-mcs is kubelink's side of the Multi-Cluster Services API
 // (KEP-1645, multicluster.x-k8s.io): it keeps the conditions of every
 // ServiceExport of the cluster true to its Service and writes the record of
-// the valid exports, what this cluster offers the others of its meshes
-// (docs/mcs.md).
+// the valid exports, what this cluster offers the others of its meshes; and
+// from the records of the clusters (the broker's imports) it makes the
+// ServiceImports, each with a selector-less Service and an EndpointSlice per
+// exporting cluster (docs/mcs.md).
 package main
 
 import (
@@ -17,7 +19,7 @@ import (
 )
 
 func main() {
-	cmd := cli.New("kubelink-mcs", "keeps the conditions of the cluster's ServiceExports (Multi-Cluster Services API) and the record of its exports")
+	cmd := cli.New("kubelink-mcs", "keeps the cluster's ServiceExports (Multi-Cluster Services API) and their record, and makes the ServiceImports of every cluster's exports")
 	c := mcs.Defaults()
 	var common kubeflags.Common
 	f := cmd.Flags

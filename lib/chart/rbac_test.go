@@ -74,9 +74,13 @@ var (
 	mcsRBAC = map[string][]string{
 		"kubelink-mcs": {
 			"cluster: multicluster.x-k8s.io serviceexports get,list,watch",
-			"cluster: multicluster.x-k8s.io serviceexports/status update",
-			"cluster: core services get,list,watch",
+			"cluster: multicluster.x-k8s.io serviceexports/status,serviceimports/status update",
+			// its own only: the admission policy kubelink-mcs-writes
+			"cluster: multicluster.x-k8s.io serviceimports create,delete,get,list,update,watch",
+			"cluster: core services create,delete,get,list,update,watch",
+			"cluster: discovery.k8s.io endpointslices create,delete,get,list,update,watch",
 			"kubelink: core configmaps[kubelink-mcs-exports] get,update",
+			"kubelink: core configmaps[kubelink-mcs-imports] get,list,watch",
 		},
 		// the exchange: the record served, the imports written
 		"kubelink-broker": {

@@ -10,8 +10,11 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -93,7 +96,13 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := cache.New(rc, cache.Options{Scheme: scheme})
+	c, err := cache.New(rc, cache.Options{Scheme: scheme, ByObject: map[client.Object]cache.ByObject{
+		// the imports alone, by name (RBAC grants it by name)
+		&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}},
+			Field: fields.OneTermEqualSelector("metadata.name", ImportsConfigMap)},
+		// the slices of the imports alone
+		&discoveryv1.EndpointSlice{}: {Label: labels.SelectorFromSet(labels.Set{labelSliceManagedBy: ManagedBy})},
+	}})
 	if err != nil {
 		return nil, fmt.Errorf("mcs: creating the cache: %w", err)
 	}
@@ -116,7 +125,8 @@ func (c *Controller) Run(ctx context.Context) error {
 		return err
 	}
 	defer func() { _ = srv.Close() }()
-	if err := kubeflags.WatchAndSync(ctx, c.cache, c.loop.Kick, &mcsv1beta1.ServiceExport{}, &corev1.Service{}); err != nil {
+	if err := kubeflags.WatchAndSync(ctx, c.cache, c.loop.Kick, &mcsv1beta1.ServiceExport{}, &corev1.Service{},
+		&mcsv1beta1.ServiceImport{}, &discoveryv1.EndpointSlice{}, &corev1.ConfigMap{}); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -191,7 +201,10 @@ func (c *Controller) Sync(ctx context.Context) error {
 	}
 	c.metrics.exports.WithLabelValues("true").Set(float64(len(rec.Exports)))
 	c.metrics.exports.WithLabelValues("false").Set(float64(invalid))
-	return errors.Join(append(errs, c.writeRecord(ctx, rec))...)
+	errs = append(errs, c.writeRecord(ctx, rec))
+	imported, err := c.syncImports(ctx, rec)
+	c.metrics.imports.Set(float64(imported))
+	return errors.Join(append(errs, err)...)
 }
 
 // writeConditions sets Valid (and, for a valid export, Ready: Pending

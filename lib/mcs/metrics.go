@@ -8,6 +8,7 @@ import (
 type metrics struct {
 	reg        *prometheus.Registry
 	exports    *prometheus.GaugeVec
+	imports    prometheus.Gauge
 	syncErrors prometheus.Counter
 }
 
@@ -18,9 +19,11 @@ func newMetrics() *metrics {
 		reg: prometheus.NewRegistry(),
 		exports: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "kubelink_mcs_exports",
 			Help: "ServiceExports of this cluster by their Valid condition (valid: True, invalid: False; the condition's reason says why)."}, []string{"valid"}),
+		imports: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kubelink_mcs_imports",
+			Help: "ServiceImports of type ClusterSetIP this cluster holds (names exported by a cluster of the mesh, this one included)."}),
 		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kubelink_mcs_sync_errors_total",
 			Help: "Passes that failed (the log says why)."}),
 	}
-	m.reg.MustRegister(m.exports, m.syncErrors, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(m.exports, m.imports, m.syncErrors, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -1,0 +1,222 @@
+package mcs
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
+
+	"github.com/kubelink/kubelink/lib/testenv"
+)
+
+// The import side against a real API server with the upstream CRDs: a
+// name exported by this cluster (a) and by the peers b and c becomes a
+// ServiceImport with the clusterset IP of a selector-less derived Service,
+// the ports of all three, the three clusters in its status, and one
+// EndpointSlice per cluster at that cluster's ClusterIP, labelled as the
+// KEP says. A peer that leaves takes its slice and ports along; a name in
+// a namespace that does not exist here is not imported; a Headless export
+// is not imported (the mesh does not route pod addresses); when nobody
+// exports the name any more, everything of it goes.
+func TestImportsFollowTheExports(t *testing.T) {
+	cp := &testenv.ControlPlane{Name: "mcs-imports"}
+	testenv.StartControlPlaneForTest(t, cp)
+	crds, err := CRDs()
+	must(t, err)
+	if _, err := envtest.InstallCRDs(cp.Config(), envtest.CRDInstallOptions{CRDs: crds, MaxTime: 30 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	scheme, err := NewScheme()
+	must(t, err)
+	kube, err := client.New(cp.Config(), client.Options{Scheme: scheme})
+	must(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, ns := range []string{"kubelink", "shop"} {
+		must(t, kube.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
+	}
+	// a's own export: shop/cart, port 80.
+	cart := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart"},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}}
+	must(t, kube.Create(ctx, cart))
+	must(t, kube.Create(ctx, &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart"}}))
+
+	// kubelink-mcs runs with exactly the chart's permissions: its RBAC and
+	// the admission policy on its writes, and the record ConfigMap the
+	// chart creates.
+	must(t, testenv.CreateObjects(ctx, kube, testenv.ChartRBAC(t, nil)...))
+	must(t, kube.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "kubelink", Name: RecordConfigMap}}))
+	asMCS, err := cp.ServiceAccountConfig(ctx, "kubelink", "kubelink-mcs")
+	must(t, err)
+	ctrl, err := New(Config{Namespace: "kubelink", Resync: time.Minute}, asMCS, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+	must(t, err)
+	done := make(chan error, 1)
+	go func() { done <- ctrl.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	http := Port{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}
+	https := Port{Name: "https", Protocol: corev1.ProtocolTCP, Port: 443}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	peer := func(cluster string, exports ...Export) ClusterRecord {
+		return ClusterRecord{Cluster: cluster, Mesh: "default", Exports: exports}
+	}
+	writeImports := func(clusters ...ClusterRecord) {
+		data, err := Imports{Self: []Origin{{Cluster: "a", Mesh: "default"}}, Clusters: clusters}.Encode()
+		must(t, err)
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "kubelink", Name: ImportsConfigMap}, Data: map[string]string{ImportsKey: string(data)}}
+		if err := kube.Update(ctx, cm); apierrors.IsNotFound(err) {
+			must(t, kube.Create(ctx, cm))
+		} else {
+			must(t, err)
+		}
+	}
+	bCart := Export{Namespace: "shop", Name: "cart", Type: mcsv1beta1.ClusterSetIP, ClusterIP: "100.64.16.20", Ports: []Port{http}, Exported: t0}
+	cCart := Export{Namespace: "shop", Name: "cart", Type: mcsv1beta1.ClusterSetIP, ClusterIP: "100.64.32.20", Ports: []Port{http, https}, Exported: t0.Add(time.Hour)}
+	elsewhere := Export{Namespace: "nowhere", Name: "x", Type: mcsv1beta1.ClusterSetIP, ClusterIP: "100.64.16.30", Ports: []Port{http}, Exported: t0}
+	headless := Export{Namespace: "shop", Name: "db", Type: mcsv1beta1.Headless, Ports: []Port{http}, Exported: t0}
+	writeImports(peer("b", bCart, elsewhere, headless), peer("c", cCart))
+
+	// state reads the import of shop/cart as one line.
+	state := func() string {
+		var si mcsv1beta1.ServiceImport
+		if err := kube.Get(ctx, client.ObjectKey{Namespace: "shop", Name: "cart"}, &si); err != nil {
+			return "no ServiceImport: " + err.Error()
+		}
+		var svc corev1.Service
+		if err := kube.Get(ctx, client.ObjectKey{Namespace: "shop", Name: DerivedName("cart")}, &svc); err != nil {
+			return "no derived Service: " + err.Error()
+		}
+		var clusters, ports, svcPorts, sl []string
+		for _, c := range si.Status.Clusters {
+			clusters = append(clusters, c.Cluster)
+		}
+		for _, p := range si.Spec.Ports {
+			ports = append(ports, fmt.Sprintf("%s:%d", p.Name, p.Port))
+		}
+		for _, p := range svc.Spec.Ports {
+			svcPorts = append(svcPorts, fmt.Sprintf("%s:%d", p.Name, p.Port))
+		}
+		var slices discoveryv1.EndpointSliceList
+		must(t, kube.List(ctx, &slices, client.InNamespace("shop"), client.MatchingLabels{discoveryv1.LabelServiceName: DerivedName("cart")}))
+		for _, s := range slices.Items {
+			var eps, ps []string
+			for _, e := range s.Endpoints {
+				eps = append(eps, e.Addresses...)
+			}
+			for _, p := range s.Ports {
+				ps = append(ps, fmt.Sprintf("%s:%d", *p.Name, *p.Port))
+			}
+			sl = append(sl, fmt.Sprintf("%s=%s%v (%s,%s)", s.Labels[mcsv1beta1.LabelSourceCluster], strings.Join(eps, "+"), ps,
+				s.Labels[mcsv1beta1.LabelServiceName], s.Labels["endpointslice.kubernetes.io/managed-by"]))
+		}
+		sortStrings(sl)
+		ipOK := len(si.Spec.IPs) == 1 && si.Spec.IPs[0] == svc.Spec.ClusterIP && svc.Spec.ClusterIP != ""
+		return fmt.Sprintf("%s ips=%v selector=%v clusters=%v ports=%v service=%v slices=%v", si.Spec.Type, ipOK, svc.Spec.Selector, clusters, ports, svcPorts, sl)
+	}
+	var aIP string
+	eventually(t, "a's cart has a ClusterIP", func() bool {
+		var s corev1.Service
+		if kube.Get(ctx, client.ObjectKeyFromObject(cart), &s) == nil {
+			aIP = s.Spec.ClusterIP
+		}
+		return aIP != ""
+	})
+	want := fmt.Sprintf("ClusterSetIP ips=true selector=map[] clusters=[a b c] ports=[http:80 https:443] service=[http:80 https:443] slices=[a=%s[http:80] (cart,kubelink-mcs) b=100.64.16.20[http:80] (cart,kubelink-mcs) c=100.64.32.20[http:80 https:443] (cart,kubelink-mcs)]", aIP)
+	waitState := func(what, want string) {
+		t.Helper()
+		var got string
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if got = state(); got == want {
+				return
+			}
+		}
+		t.Fatalf("%s:\n got %s\nwant %s", what, got, want)
+	}
+	waitState("cart exported by a, b and c", want)
+	for _, o := range []client.ObjectKey{{Namespace: "shop", Name: "db"}, {Namespace: "nowhere", Name: "x"}} {
+		if err := kube.Get(ctx, o, &mcsv1beta1.ServiceImport{}); !apierrors.IsNotFound(err) {
+			t.Errorf("ServiceImport %s: %v, want none (Headless, or no such namespace here)", o, err)
+		}
+	}
+
+	// What the policy keeps kubelink-mcs from, with its own account: an
+	// application's Service, a derived Service with a selector (it would
+	// capture pods), another's EndpointSlice, a ServiceImport not its own.
+	mcsKube, err := client.New(asMCS, client.Options{Scheme: scheme})
+	must(t, err)
+	appSlice := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart-app",
+		Labels: map[string]string{discoveryv1.LabelServiceName: "cart"}}, AddressType: discoveryv1.AddressTypeIPv4}
+	must(t, kube.Create(ctx, appSlice))
+	// (The API server loads a new policy within seconds.)
+	eventually(t, "the policy in force", func() bool {
+		var s corev1.Service
+		must(t, kube.Get(ctx, client.ObjectKeyFromObject(cart), &s))
+		s.Annotations = map[string]string{"probe": time.Now().String()}
+		return mcsKube.Update(ctx, &s) != nil
+	})
+	var appSvc corev1.Service
+	must(t, kube.Get(ctx, client.ObjectKeyFromObject(cart), &appSvc))
+	appSvc.Labels = map[string]string{"app.kubernetes.io/managed-by": ManagedBy}
+	for _, c := range []struct {
+		what string
+		do   func() error
+		want string
+	}{
+		{"relabel the application's Service shop/cart", func() error { return mcsKube.Update(ctx, &appSvc) }, "writes only its own Services"},
+		{"delete the application's Service", func() error { return mcsKube.Delete(ctx, cart.DeepCopy()) }, "writes only its own Services"},
+		{"create a derived Service with a selector", func() error {
+			return mcsKube.Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: DerivedPrefix + "evil",
+				Labels: map[string]string{"app.kubernetes.io/managed-by": ManagedBy}},
+				Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "cart"}, Ports: []corev1.ServicePort{{Port: 80}}}})
+		}, "have no selector"},
+		{"delete the application's EndpointSlice", func() error { return mcsKube.Delete(ctx, appSlice.DeepCopy()) }, "writes only the EndpointSlices of its own Services"},
+		{"create a ServiceImport not labelled its own", func() error {
+			return mcsKube.Create(ctx, &mcsv1beta1.ServiceImport{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "other"},
+				Spec: mcsv1beta1.ServiceImportSpec{Type: mcsv1beta1.ClusterSetIP, Ports: []mcsv1beta1.ServicePort{{Port: 80, Protocol: corev1.ProtocolTCP}}}})
+		}, "writes only its own ServiceImports"},
+	} {
+		if err := c.do(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("kubelink-mcs may %s: %v, want a denial saying %q", c.what, err, c.want)
+		}
+	}
+	if err := kube.Delete(ctx, appSlice); err != nil && !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+
+	// c leaves (its link left Up): its slice and its port go.
+	writeImports(peer("b", bCart))
+	waitState("c gone", fmt.Sprintf("ClusterSetIP ips=true selector=map[] clusters=[a b] ports=[http:80] service=[http:80] slices=[a=%s[http:80] (cart,kubelink-mcs) b=100.64.16.20[http:80] (cart,kubelink-mcs)]", aIP))
+
+	// Nobody exports it any more: the import, its Service and slices go.
+	writeImports()
+	must(t, kube.Delete(ctx, &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "cart"}}))
+	eventually(t, "the import of cart gone", func() bool {
+		var slices discoveryv1.EndpointSliceList
+		must(t, kube.List(ctx, &slices, client.InNamespace("shop"), client.MatchingLabels{"endpointslice.kubernetes.io/managed-by": ManagedBy}))
+		return apierrors.IsNotFound(kube.Get(ctx, client.ObjectKey{Namespace: "shop", Name: "cart"}, &mcsv1beta1.ServiceImport{})) &&
+			apierrors.IsNotFound(kube.Get(ctx, client.ObjectKey{Namespace: "shop", Name: DerivedName("cart")}, &corev1.Service{})) &&
+			len(slices.Items) == 0
+	})
+	// a's own Service was never touched.
+	if err := kube.Get(ctx, client.ObjectKeyFromObject(cart), &corev1.Service{}); err != nil {
+		t.Errorf("a's Service shop/cart: %v", err)
+	}
+}
+
+func sortStrings(s []string) { slices.Sort(s) }
