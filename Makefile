@@ -2,7 +2,10 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo v0.0.0-dev)
+# git describe; a tree with uncommitted changes adds their hash
+# (lab/scripts/version.sh), so that each dirty state's images get a tag
+# of their own.
+VERSION ?= $(shell lab/scripts/version.sh)
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -X github.com/kubelink/kubelink/lib/buildinfo.Version=$(VERSION) -X github.com/kubelink/kubelink/lib/buildinfo.Commit=$(COMMIT)
 BINARIES := broker router bridge meshdns certwatch mcs verifier

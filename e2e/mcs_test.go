@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -135,6 +136,124 @@ func TestServiceExportInTheLab(t *testing.T) {
 			}); err != nil {
 				t.Errorf("%s: %v", c.Name, err)
 			}
+		}
+		return ctx
+	}).Feature()
+	testenv.Test(t, f)
+}
+
+// TestClusterSetIPAcrossClusters: the Multi-Cluster Services API in the
+// lab, end to end. b exports its echo Service: a gets a ServiceImport
+// default/echo within 5 s, whose clusterset IP a pod of a reaches, and b's
+// echo answers. a exports its echo too: 50 requests to the clusterset IP
+// from a pod of a reach both clusters. a unexports: every request of the
+// next 20 reaches b. b unexports as well: the ServiceImport and its
+// Service are gone from a.
+func TestClusterSetIPAcrossClusters(t *testing.T) {
+	f := features.New("clusterset IP").Assess("b's echo through a's ServiceImport, spread over both clusters when both export", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+		a, b := lab.A, lab.B
+		export := func(c *Cluster) *mcsv1beta1.ServiceExport {
+			se := &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "echo"}}
+			if err := c.Res.Create(ctx, se); err != nil && !apierrors.IsAlreadyExists(err) {
+				t.Fatalf("%s: exporting echo: %v", c.Name, err)
+			}
+			return se
+		}
+		unexport := func(c *Cluster) {
+			se := &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "echo"}}
+			if err := c.Res.Delete(ctx, se); err != nil && !apierrors.IsNotFound(err) {
+				t.Errorf("%s: unexporting echo: %v", c.Name, err)
+			}
+		}
+		defer unexport(a)
+		defer unexport(b)
+		// importOf waits for a's ServiceImport of echo to list exactly the
+		// clusters want, and returns its clusterset IP.
+		importOf := func(want string, limit time.Duration) (string, time.Duration) {
+			var ip string
+			took, err := Eventually(ctx, limit, 100*time.Millisecond, func(context.Context) error {
+				var si mcsv1beta1.ServiceImport
+				if err := a.Res.Get(ctx, "echo", "default", &si); err != nil {
+					return err
+				}
+				var cs []string
+				for _, c := range si.Status.Clusters {
+					cs = append(cs, c.Cluster)
+				}
+				if got := strings.Join(cs, ","); got != want || len(si.Spec.IPs) != 1 || si.Spec.Type != mcsv1beta1.ClusterSetIP {
+					return fmt.Errorf("a's ServiceImport default/echo: type %s, IPs %v, clusters %q; want ClusterSetIP, one IP, clusters %q", si.Spec.Type, si.Spec.IPs, got, want)
+				}
+				ip = si.Spec.IPs[0]
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ip, took
+		}
+		// answers sends n requests to url from a pod of a, in one exec,
+		// and counts the answers by cluster.
+		pod := anyClient(ctx, t, a)
+		answers := func(url string, n int) map[string]int {
+			out, err := a.Exec(ctx, pod, "sh", "-c", fmt.Sprintf("for i in $(seq %d); do timeout 3 busybox wget -q -O - %s || echo FAILED; echo; done", n, url))
+			if err != nil {
+				t.Fatalf("%d requests to %s from %s/%s: %v", n, url, a.Name, pod, err)
+			}
+			got := map[string]int{}
+			for _, c := range []*Cluster{a, b} {
+				got[c.Name] = strings.Count(out, "echo from cluster "+c.Name)
+			}
+			got["failed"] = strings.Count(out, "FAILED")
+			return got
+		}
+
+		export(b)
+		ip, took := importOf(b.Name, 5*time.Second)
+		t.Logf("b exported echo: a's ServiceImport with clusterset IP %s after %s", ip, took.Round(10*time.Millisecond))
+		url := "http://" + ip + "/"
+		expectEcho(ctx, t, a, pod, url, b.Name, 30*time.Second)
+
+		export(a)
+		if ip2, _ := importOf(a.Name+","+b.Name, 10*time.Second); ip2 != ip {
+			t.Errorf("the clusterset IP changed from %s to %s when a exported too", ip, ip2)
+		}
+		// kube-proxy may take a moment to program a's new endpoint: the
+		// 50 requests count once both answered.
+		if _, err := Eventually(ctx, 20*time.Second, time.Second, func(context.Context) error {
+			got := answers(url, 50)
+			if got[a.Name] == 0 || got[b.Name] == 0 || got["failed"] > 0 || got[a.Name]+got[b.Name] != 50 {
+				return fmt.Errorf("50 requests to the clusterset IP: %v, want both clusters and no failure", got)
+			}
+			t.Logf("50 requests to the clusterset IP %s from a: %d answered by a, %d by b", ip, got[a.Name], got[b.Name])
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+
+		unexport(a)
+		importOf(b.Name, 10*time.Second)
+		if _, err := Eventually(ctx, 20*time.Second, time.Second, func(context.Context) error {
+			if got := answers(url, 20); got[b.Name] != 20 {
+				return fmt.Errorf("20 requests after a's unexport: %v, want all 20 from b", got)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+
+		unexport(b)
+		if _, err := Eventually(ctx, 10*time.Second, 200*time.Millisecond, func(context.Context) error {
+			var si mcsv1beta1.ServiceImport
+			if err := a.Res.Get(ctx, "echo", "default", &si); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("a's ServiceImport default/echo after both unexported: %v", err)
+			}
+			var svc corev1.Service
+			if err := a.Res.Get(ctx, mcs.DerivedName("echo"), "default", &svc); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("a's derived Service %s after both unexported: %v", mcs.DerivedName("echo"), err)
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
 		}
 		return ctx
 	}).Feature()

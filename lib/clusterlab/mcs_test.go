@@ -3,13 +3,17 @@ package clusterlab
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
@@ -45,6 +49,56 @@ func mcsExchange(t *testing.T, bridge bool) {
 	data, err := mcs.Record{Exports: []mcs.Export{cart, theft}}.Encode()
 	must(t, err)
 	a.Apply(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: Namespace, Name: mcs.RecordConfigMap}, Data: map[string]string{mcs.RecordKey: string(data)}})
+
+	// b runs kubelink-mcs's controller (in the test process): the imports
+	// become a ServiceImport shop/cart with a's ClusterIP as its endpoint.
+	crds, err := mcs.CRDs()
+	must(t, err)
+	if _, err := envtest.InstallCRDs(b.Plane.Config(), envtest.CRDInstallOptions{CRDs: crds, MaxTime: 30 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// the shared control plane is reused only with its own CRDs
+		for _, crd := range crds {
+			_ = b.Kube.Delete(context.Background(), crd)
+		}
+	})
+	b.Apply(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}})
+	ctrl, err := mcs.New(mcs.Config{Namespace: Namespace, Resync: time.Minute}, b.Plane.Config(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	must(t, err)
+	ctx, stop := context.WithCancel(context.Background())
+	ctrlDone := make(chan error, 1)
+	go func() { ctrlDone <- ctrl.Run(ctx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-ctrlDone; err != nil {
+			t.Errorf("mcs controller: %v", err)
+		}
+	})
+	scheme, err := mcs.NewScheme()
+	must(t, err)
+	bMCS, err := client.New(b.Plane.Config(), client.Options{Scheme: scheme})
+	must(t, err)
+	// serviceImport is b's import of shop/cart: its clusters and the
+	// endpoints of its slices, or "" when there is none.
+	serviceImport := func() string {
+		var si mcsv1beta1.ServiceImport
+		if err := bMCS.Get(ctx, client.ObjectKey{Namespace: "shop", Name: "cart"}, &si); err != nil {
+			return ""
+		}
+		var slices discoveryv1.EndpointSliceList
+		must(t, bMCS.List(ctx, &slices, client.InNamespace("shop"), client.MatchingLabels{discoveryv1.LabelServiceName: mcs.DerivedName("cart")}))
+		var out []string
+		for _, c := range si.Status.Clusters {
+			out = append(out, c.Cluster)
+		}
+		for _, sl := range slices.Items {
+			for _, e := range sl.Endpoints {
+				out = append(out, sl.Labels[mcsv1beta1.LabelSourceCluster]+"="+strings.Join(e.Addresses, "+"))
+			}
+		}
+		return strings.Join(out, " ")
+	}
 
 	if bridge {
 		a.Apply(a.LocalLink(), BridgeLinkTo(b))
@@ -88,11 +142,17 @@ func mcsExchange(t *testing.T, bridge bool) {
 	}
 	t.Logf("a's record in b's imports %s after the link was Up: %s", time.Since(start).Round(time.Millisecond), imports())
 
-	// a's broker gone: its link leaves Up at b, and a leaves b's imports.
+	waitFor(t, "b's ServiceImport shop/cart from a", 5*time.Second, func() bool { return serviceImport() == "a a=100.64.0.20" })
+	t.Logf("b's ServiceImport shop/cart %s after the link was Up", time.Since(start).Round(time.Millisecond))
+
+	// a's broker gone: its link leaves Up at b, and a leaves b's imports,
+	// and with it b's import of shop/cart (a was the only exporter).
 	aBroker.Kill()
 	killed := time.Now()
 	waitFor(t, "a gone from b's imports", 5*time.Second, func() bool { return imports() == "" })
 	t.Logf("a's broker killed: a gone from b's imports after %s", time.Since(killed).Round(time.Millisecond))
+	waitFor(t, "b's ServiceImport shop/cart gone", 5*time.Second-time.Since(killed), func() bool { return serviceImport() == "" })
+	t.Logf("a's broker killed: b's ServiceImport shop/cart gone after %s", time.Since(killed).Round(time.Millisecond))
 	if kl, err := b.Link("a"); err != nil || kl.Status.State == v1alpha1.StateUp {
 		t.Errorf("a dropped from b's imports while b's link a is %v (%v)", kl.Status.State, err)
 	}
@@ -101,7 +161,8 @@ func mcsExchange(t *testing.T, bridge bool) {
 	back := time.Now()
 	b.WaitState("a", v1alpha1.StateUp, 15*time.Second)
 	waitFor(t, "a back in b's imports", 5*time.Second, func() bool { return imported(imports()) })
-	t.Logf("a's broker back: in b's imports again %s after its restart", time.Since(back).Round(time.Millisecond))
+	waitFor(t, "b's ServiceImport shop/cart back", 5*time.Second, func() bool { return serviceImport() == "a a=100.64.0.20" })
+	t.Logf("a's broker back: in b's imports and b's ServiceImport again %s after its restart", time.Since(back).Round(time.Millisecond))
 }
 
 // waitUntil polls cond every 50 ms until it holds (true) or limit passes.

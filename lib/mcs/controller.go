@@ -14,7 +14,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -100,8 +99,6 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
 		// the imports alone, by name (RBAC grants it by name)
 		&corev1.ConfigMap{}: {Namespaces: map[string]cache.Config{cfg.Namespace: {}},
 			Field: fields.OneTermEqualSelector("metadata.name", ImportsConfigMap)},
-		// the slices of the imports alone
-		&discoveryv1.EndpointSlice{}: {Label: labels.SelectorFromSet(labels.Set{labelSliceManagedBy: ManagedBy})},
 	}})
 	if err != nil {
 		return nil, fmt.Errorf("mcs: creating the cache: %w", err)
@@ -219,7 +216,7 @@ func (c *Controller) writeConditions(ctx context.Context, se *mcsv1beta1.Service
 		Status: status, Reason: string(reason), Message: msg, ObservedGeneration: se.Generation}, now)
 	ready := metav1.Condition{Type: string(mcsv1beta1.ServiceExportConditionReady), Status: metav1.ConditionFalse,
 		Reason: string(mcsv1beta1.ServiceExportReasonPending), ObservedGeneration: se.Generation,
-		Message: "in no other cluster yet: the exchange of exports between the clusters of the mesh is not built yet (docs/mcs.md)"}
+		Message: "in the record served to the clusters of the mesh; whether they imported it is not reported back yet (docs/mcs.md)"}
 	if !valid {
 		ready.Reason, ready.Message = string(mcsv1beta1.ServiceExportReasonFailed), "not exported: "+msg
 	}

@@ -49,6 +49,11 @@ func DerivedName(name string) string {
 type source struct {
 	cluster string
 	e       Export
+	// local: this cluster's own export. Its slice holds the Service's own
+	// endpoints (the pods), not its ClusterIP: kube-proxy does not
+	// translate a packet twice, so a ClusterIP of this cluster as the
+	// endpoint of another Service would lead nowhere.
+	local bool
 }
 
 // desiredImport is what the exports of one name across the clusters make.
@@ -67,16 +72,16 @@ type desiredImport struct {
 // is the oldest export's.
 func plan(self string, own Record, im Imports) []*desiredImport {
 	by := map[string][]source{}
-	add := func(cluster string, exports []Export) {
+	add := func(cluster string, exports []Export, local bool) {
 		for _, e := range exports {
-			by[e.Key()] = append(by[e.Key()], source{cluster, e})
+			by[e.Key()] = append(by[e.Key()], source{cluster, e, local})
 		}
 	}
 	if self != "" {
-		add(self, own.Exports)
+		add(self, own.Exports, true)
 	}
 	for _, c := range im.Clusters {
-		add(c.Cluster, c.Exports)
+		add(c.Cluster, c.Exports, false)
 	}
 	var out []*desiredImport
 	for _, srcs := range by {
@@ -267,6 +272,14 @@ func (c *Controller) ensureSlices(ctx context.Context, d *desiredImport, derived
 			want.Ports = append(want.Ports, discoveryv1.EndpointPort{Name: ptr.To(portName(p)), Protocol: ptr.To(p.Protocol), Port: ptr.To(p.Port),
 				AppProtocol: ptrOrNil(p.AppProtocol)})
 		}
+		if s.local {
+			eps, ports, err := c.localEndpoints(ctx, d.namespace, d.name, family, s.e.Ports)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			want.Endpoints, want.Ports = eps, ports
+		}
 		cur, ok := have[name]
 		delete(have, name)
 		switch {
@@ -285,6 +298,44 @@ func (c *Controller) ensureSlices(ctx context.Context, d *desiredImport, derived
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// localEndpoints are the endpoints of this cluster's Service ns/name of
+// one address family, from its own EndpointSlices, with the ports named as
+// on the derived Service and numbered as on the pods (the target ports).
+func (c *Controller) localEndpoints(ctx context.Context, ns, name string, family discoveryv1.AddressType, exported []Port) ([]discoveryv1.Endpoint, []discoveryv1.EndpointPort, error) {
+	var list discoveryv1.EndpointSliceList
+	if err := c.read.List(ctx, &list, client.InNamespace(ns), client.MatchingLabels{discoveryv1.LabelServiceName: name}); err != nil {
+		return nil, nil, fmt.Errorf("the EndpointSlices of Service %s/%s: %w", ns, name, err)
+	}
+	var eps []discoveryv1.Endpoint
+	var ports []discoveryv1.EndpointPort
+	for _, sl := range list.Items {
+		if sl.AddressType != family || sl.Labels[labelSliceManagedBy] == ManagedBy {
+			continue
+		}
+		for _, e := range sl.Endpoints {
+			if e.Conditions.Ready != nil && !*e.Conditions.Ready {
+				continue
+			}
+			eps = append(eps, discoveryv1.Endpoint{Addresses: e.Addresses, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}})
+		}
+		if ports != nil {
+			continue
+		}
+		for _, p := range exported {
+			for _, sp := range sl.Ports {
+				if ptr.Deref(sp.Name, "") == p.Name && ptr.Deref(sp.Protocol, corev1.ProtocolTCP) == p.Protocol && sp.Port != nil {
+					ports = append(ports, discoveryv1.EndpointPort{Name: ptr.To(portName(p)), Protocol: ptr.To(p.Protocol), Port: sp.Port,
+						AppProtocol: ptrOrNil(p.AppProtocol)})
+				}
+			}
+		}
+	}
+	slices.SortFunc(eps, func(a, b discoveryv1.Endpoint) int {
+		return strings.Compare(strings.Join(a.Addresses, ","), strings.Join(b.Addresses, ","))
+	})
+	return eps, ports, nil
 }
 
 // ensureServiceImport writes the ServiceImport's spec (type, the clusterset
