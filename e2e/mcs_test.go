@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/e2e-framework/klient/k8s"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
 	"sigs.k8s.io/e2e-framework/pkg/features"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
@@ -25,8 +26,8 @@ import (
 // record with its ClusterIP and port; a ServiceExport without a Service is
 // Valid False NoService and not in the record; the other cluster's broker
 // fetches the record through the mesh (the exchange) into its imports; an
-// unexport leaves the record and the imports. (ServiceImports are not built
-// yet: docs/mcs.md.)
+// unexport leaves the record and the imports. (The ServiceImports:
+// TestClusterSetIPAcrossClusters.)
 func TestServiceExportInTheLab(t *testing.T) {
 	f := features.New("ServiceExport").Assess("kubelink-mcs writes the conditions and the export record", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
 		for _, c := range []*Cluster{lab.A, lab.B} {
@@ -212,6 +213,10 @@ func TestClusterSetIPAcrossClusters(t *testing.T) {
 		t.Logf("b exported echo: a's ServiceImport with clusterset IP %s after %s", ip, took.Round(10*time.Millisecond))
 		url := "http://" + ip + "/"
 		expectEcho(ctx, t, a, pod, url, b.Name, 30*time.Second)
+		// the clusterset name: A with the clusterset IP, SRV with the port
+		dnsName := "echo.default.svc.clusterset.local"
+		clusterSetDNS(ctx, t, a, pod, []string{"address", dnsName, ip})
+		clusterSetDNS(ctx, t, a, pod, []string{"srv", dnsName, "80"})
 
 		export(a)
 		if ip2, _ := importOf(a.Name+","+b.Name, 10*time.Second); ip2 != ip {
@@ -250,6 +255,122 @@ func TestClusterSetIPAcrossClusters(t *testing.T) {
 			var svc corev1.Service
 			if err := a.Res.Get(ctx, mcs.DerivedName("echo"), "default", &svc); !apierrors.IsNotFound(err) {
 				return fmt.Errorf("a's derived Service %s after both unexported: %v", mcs.DerivedName("echo"), err)
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+		// no cluster exports it: the name is gone (NXDOMAIN)
+		clusterSetDNS(ctx, t, a, pod, []string{"nxdomain", dnsName})
+		return ctx
+	}).Feature()
+	testenv.Test(t, f)
+}
+
+// clusterSetDNS runs the prober's check args (address, srv or nxdomain of a
+// clusterset.local name) in pod of c until it has passed for 2 s in a row,
+// through the cluster DNS and its hook to the kubelink CoreDNS. Bound: 20 s
+// (the kubelink CoreDNS's and the cluster DNS's caches hold an answer up to
+// 5 s each, and the ServiceImport informer follows within a second); once
+// passing, a failing check in the rest of the series (a flap) fails too.
+func clusterSetDNS(ctx context.Context, t *testing.T, c *Cluster, pod string, args []string) {
+	t.Helper()
+	series, err := probeLoopReady(ctx, c, pod, "", args, time.Second, 100*time.Millisecond, 20*time.Second, settleFlags("/", 2*time.Second)...)
+	if err != nil {
+		t.Fatalf("%s: prober %v: %v", c.Name, args, err)
+	}
+	first := -1
+	for i, p := range series {
+		if p.ok && first < 0 {
+			first = i
+		}
+		if !p.ok && first >= 0 {
+			t.Fatalf("%s: prober %v passed at %s, then failed at %s", c.Name, args, series[first].at.Format(time.StampMilli), p.at.Format(time.StampMilli))
+		}
+	}
+	if first < 0 || series[len(series)-1].at.Sub(series[first].at) < 2*time.Second {
+		t.Fatalf("%s: prober %v did not pass for 2 s within 20 s (%d checks)", c.Name, args, len(series))
+	}
+	t.Logf("%s: %v passed %s after the first check", c.Name, args, series[first].at.Sub(series[0].at).Round(10*time.Millisecond))
+}
+
+// TestServiceExportConflictAcrossClusters: a and b export a Service of the
+// same name whose port "http" differs (80 in the older export, 8080 in the
+// newer): both ServiceExports get Conflict True PortConflict (KEP-1645:
+// reported on every exporting cluster), both clusters' ServiceImports
+// carry the oldest export's port, and after the newer export is withdrawn
+// the older's Conflict goes back to False.
+func TestServiceExportConflictAcrossClusters(t *testing.T) {
+	f := features.New("export conflict").Assess("PortConflict on both exports, the oldest port in both imports", func(ctx context.Context, t *testing.T, _ *envconf.Config) context.Context {
+		const name = "e2e-conflict"
+		port := map[*Cluster]int32{lab.A: 80, lab.B: 8080}
+		for _, c := range []*Cluster{lab.A, lab.B} {
+			svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+				Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: port[c], Protocol: corev1.ProtocolTCP}}}}
+			if err := c.Res.Create(ctx, svc); err != nil && !apierrors.IsAlreadyExists(err) {
+				t.Fatalf("%s: %v", c.Name, err)
+			}
+			defer func(c *Cluster, svc *corev1.Service) {
+				for _, o := range []k8s.Object{&mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}}, svc} {
+					if err := c.Res.Delete(ctx, o); err != nil && !apierrors.IsNotFound(err) {
+						t.Errorf("%s: cleanup: %v", c.Name, err)
+					}
+				}
+			}(c, svc)
+		}
+		// a exports first: the oldest export (the creation times are a
+		// second apart at least, as the API server stamps them)
+		for i, c := range []*Cluster{lab.A, lab.B} {
+			if i > 0 {
+				time.Sleep(1100 * time.Millisecond)
+			}
+			if err := c.Res.Create(ctx, &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}}); err != nil {
+				t.Fatalf("%s: exporting %s: %v", c.Name, name, err)
+			}
+		}
+		conflictIn := func(c *Cluster) (string, error) {
+			var se mcsv1beta1.ServiceExport
+			if err := c.Res.Get(ctx, name, "default", &se); err != nil {
+				return "", err
+			}
+			for _, cond := range se.Status.Conditions {
+				if cond.Type == string(mcsv1beta1.ServiceExportConditionConflict) {
+					return fmt.Sprintf("%s %s: %s", cond.Status, cond.Reason, cond.Message), nil
+				}
+			}
+			return "", fmt.Errorf("%s: ServiceExport %s has no Conflict condition yet", c.Name, name)
+		}
+		took, err := Eventually(ctx, 30*time.Second, 200*time.Millisecond, func(context.Context) error {
+			for _, c := range []*Cluster{lab.A, lab.B} {
+				got, err := conflictIn(c)
+				if err != nil {
+					return err
+				}
+				if !strings.HasPrefix(got, "True PortConflict") || !strings.Contains(got, "the oldest export (cluster "+lab.A.Name) {
+					return fmt.Errorf("%s: Conflict %q, want True PortConflict, a's export the oldest", c.Name, got)
+				}
+				var si mcsv1beta1.ServiceImport
+				if err := c.Res.Get(ctx, name, "default", &si); err != nil {
+					return fmt.Errorf("%s: ServiceImport %s: %v", c.Name, name, err)
+				}
+				if len(si.Spec.Ports) != 1 || si.Spec.Ports[0].Port != 80 || len(si.Status.Clusters) != 2 {
+					return fmt.Errorf("%s: ServiceImport ports %+v, clusters %+v; want a's http:80 alone, both clusters", c.Name, si.Spec.Ports, si.Status.Clusters)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("PortConflict on both exports and a's port in both imports after %s", took.Round(10*time.Millisecond))
+
+		if err := lab.B.Res.Delete(ctx, &mcsv1beta1.ServiceExport{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Eventually(ctx, 30*time.Second, 200*time.Millisecond, func(context.Context) error {
+			got, err := conflictIn(lab.A)
+			if err != nil || !strings.HasPrefix(got, "False NoConflicts") {
+				return fmt.Errorf("a's Conflict after b's unexport: %q (%v), want False NoConflicts", got, err)
 			}
 			return nil
 		}); err != nil {

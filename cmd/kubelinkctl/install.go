@@ -312,8 +312,8 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 		tag = t
 	}
 	components := []string{"broker", "router", "meshdns", "certwatch", "coredns"}
-	if m, _ := p.Values["mcs"].(map[string]any); m == nil || m["enabled"] != false {
-		components = append(components, "mcs") // the chart's default: on
+	if mcsEnabled(p.Values) {
+		components = append(components, "mcs")
 	}
 	for _, component := range components {
 		repo, _ := repos[component].(string)
@@ -359,7 +359,7 @@ func (o *installOptions) run(ctx context.Context, g *globals) error {
 	if err := o.localLink(ctx, c, p); err != nil {
 		return err
 	}
-	if err := o.hookDNS(ctx, g, c, p.CoreDNSIP, p.Discovered.ClusterDNSName); err != nil {
+	if err := o.hookDNS(ctx, g, c, p.CoreDNSIP, p.Discovered.ClusterDNSName, mcsEnabled(p.Values)); err != nil {
 		return err
 	}
 	kl, err := waitReady(ctx, g, c, ns, o.name, o.dataPlane, p.Upgrade)
@@ -715,7 +715,7 @@ func imageRef(registry, repo, tag string) string {
 func (o *installOptions) helm(ctx context.Context, g *globals, cfg *action.Configuration, ch chartType, ns string, p *plan) error {
 	if p.Upgrade {
 		g.progress("upgrading release %s in namespace %s (revision %d)", releaseName, ns, p.release.Version)
-		return upgrade(ctx, g, cfg, ch, ns, p.Values)
+		return helmTimedOut(ctx, g, "upgrading", upgrade(ctx, g, cfg, ch, ns, p.Values))
 	}
 	g.progress("installing release %s into namespace %s (chart %s)", releaseName, ns, p.Chart)
 	in := action.NewInstall(cfg)
@@ -723,9 +723,18 @@ func (o *installOptions) helm(ctx context.Context, g *globals, cfg *action.Confi
 	in.WaitStrategy = kube.HookOnlyStrategy
 	in.Timeout = g.timeout
 	if _, err := in.RunWithContext(ctx, ch, p.Values); err != nil {
-		return fmt.Errorf("helm install: %w", err)
+		return helmTimedOut(ctx, g, "installing", fmt.Errorf("helm install: %w", err))
 	}
 	return nil
+}
+
+// helmTimedOut says so when --timeout ran out while helm wrote the
+// release (on a slow API server), in the words of the other waits.
+func helmTimedOut(ctx context.Context, g *globals, doing string, err error) error {
+	if err == nil || (!errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil) {
+		return err
+	}
+	return fmt.Errorf("timed out after %s %s release %s (--timeout sets the limit): %w", g.timeout, doing, releaseName, err)
 }
 
 // renderCheck renders the chart with the values, as helm install would,
@@ -928,18 +937,35 @@ func ctrlCreateOrUpdate(ctx context.Context, c client.Client, kl *v1alpha1.KubeL
 // meshZone is the DNS zone of the mesh the cluster DNS forwards.
 const meshZone = "kubelink"
 
-// hookDNS adds the mesh zone to the cluster DNS (a CoreDNS Corefile in
-// kube-system/coredns), forwarding to the kubelink CoreDNS, and restarts
-// CoreDNS when it changed. Without --dns-hook, or for another cluster DNS,
-// it says what to add.
-func (o *installOptions) hookDNS(ctx context.Context, g *globals, c *cluster, ip, deployment string) error {
+// mcsEnabled tells whether the chart values run kubelink-mcs (the chart's
+// default: on).
+func mcsEnabled(values map[string]any) bool {
+	m, _ := values["mcs"].(map[string]any)
+	return m == nil || m["enabled"] != false
+}
+
+// hookedZones are the zones install forwards from the cluster DNS to the
+// kubelink CoreDNS, and uninstall removes: the mesh zone, and the
+// Multi-Cluster Services API's clusterset.local (forwarded only where
+// kubelink-mcs runs; always removed).
+var hookedZones = []string{meshZone, meshdns.ClusterSetZone}
+
+// hookDNS adds the mesh zone (and with clusterSet the clusterset.local
+// zone) to the cluster DNS (a CoreDNS Corefile in kube-system/coredns),
+// forwarding to the kubelink CoreDNS, and restarts CoreDNS when it changed.
+// Without --dns-hook, or for another cluster DNS, it says what to add.
+func (o *installOptions) hookDNS(ctx context.Context, g *globals, c *cluster, ip, deployment string, clusterSet bool) error {
 	// The block kubelink-meshdns writes into coredns-custom where the
 	// cluster DNS imports it.
 	addr, err := netip.ParseAddr(ip)
 	if err != nil {
 		return fmt.Errorf("the kubelink DNS address %q: %w", ip, err)
 	}
-	block, err := meshdns.CorednsCustom([]meshdns.MeshInput{{Name: "default", Domain: meshZone}}, addr, meshdns.DefaultClusterDNSPort)
+	zone := ""
+	if clusterSet {
+		zone = meshdns.ClusterSetZone
+	}
+	block, err := meshdns.CorednsCustom([]meshdns.MeshInput{{Name: "default", Domain: meshZone}}, zone, addr, meshdns.DefaultClusterDNSPort)
 	if err != nil {
 		return err
 	}
@@ -950,14 +976,17 @@ func (o *installOptions) hookDNS(ctx context.Context, g *globals, c *cluster, ip
 		if o.dnsHook {
 			why = "no CoreDNS Corefile in kube-system/coredns"
 		}
-		g.progress("the cluster DNS is not changed (%s): add this server block to it, so that names under .%s resolve:\n%s", why, meshZone, block)
+		g.progress("the cluster DNS is not changed (%s): add these server blocks to it, so that names under .%s resolve:\n%s", why, strings.TrimSuffix(meshZone+" and ."+zone, " and ."), block)
 		return nil
 	}
 	cf := cm.Data["Corefile"]
 	if strings.Contains(cf, block) {
 		return nil
 	}
-	cf = removeBlock(cf, meshZone+":53 {") + "\n" + block + "\n"
+	for _, z := range hookedZones {
+		cf = removeBlock(cf, z+":53 {")
+	}
+	cf += "\n" + block + "\n"
 	cm.Data["Corefile"] = cf
 	if _, err := c.cs.CoreV1().ConfigMaps("kube-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("adding the mesh zone to kube-system/coredns: %w (or install with --dns-hook=false and add it by hand)", err)

@@ -260,6 +260,11 @@ func TestInstallAndUpgradeInPlace(t *testing.T) {
 	if !strings.Contains(cm.Data["Corefile"], "kubelink:53 {") || !strings.Contains(cm.Data["Corefile"], "forward . 100.64.32.11") {
 		t.Errorf("the Corefile has no mesh zone:\n%s", cm.Data["Corefile"])
 	}
+	// kubelink-mcs runs (the chart's default), so the cluster DNS forwards
+	// the clusterset zone to the kubelink CoreDNS as well.
+	if strings.Count(cm.Data["Corefile"], "clusterset.local:53 {") != 1 || strings.Count(cm.Data["Corefile"], "forward . 100.64.32.11") != 2 {
+		t.Errorf("the Corefile lacks the clusterset zone, or has a block twice:\n%s", cm.Data["Corefile"])
+	}
 	for _, want := range []string{"created CRD serviceexports.multicluster.x-k8s.io", "installing release kubelink", "waiting for the broker Deployment to roll out"} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("progress lacks %q:\n%s", want, stderr)

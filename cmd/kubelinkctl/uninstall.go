@@ -211,12 +211,20 @@ func (o *uninstallOptions) uninstall(ctx context.Context, g *globals, c *cluster
 
 	// 4. The DNS hook, the registrations, the CRDs, the namespace.
 	if cm, err := c.cs.CoreV1().ConfigMaps("kube-system").Get(ctx, "coredns", metav1.GetOptions{}); err == nil {
-		if cf := cm.Data["Corefile"]; strings.Contains(cf, meshZone+":53 {") {
-			cm.Data["Corefile"] = removeBlock(cf, meshZone+":53 {") + "\n"
-			if _, err := c.cs.CoreV1().ConfigMaps("kube-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
-				return nil, fmt.Errorf("removing the %s zone from kube-system/coredns: %w", meshZone, err)
+		cf := cm.Data["Corefile"]
+		var removed []string
+		for _, z := range hookedZones {
+			if strings.Contains(cf, z+":53 {") {
+				cf = removeBlock(cf, z+":53 {")
+				removed = append(removed, z)
 			}
-			g.progress("%q: removed zone %s from kube-system/coredns; restarting it", c.context, meshZone)
+		}
+		if len(removed) > 0 {
+			cm.Data["Corefile"] = cf + "\n"
+			if _, err := c.cs.CoreV1().ConfigMaps("kube-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+				return nil, fmt.Errorf("removing the zones %s from kube-system/coredns: %w", strings.Join(removed, ", "), err)
+			}
+			g.progress("%q: removed zones %s from kube-system/coredns; restarting it", c.context, strings.Join(removed, ", "))
 			if err := restartDeployment(ctx, c, "kube-system", "coredns"); err != nil {
 				return nil, err
 			}

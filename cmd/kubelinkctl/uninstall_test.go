@@ -66,7 +66,7 @@ func TestUninstallRemovesKubelinkAndNothingElse(t *testing.T) {
 	if err != nil || !strings.Contains(out, `kubelink's API objects removed from "kubelinkctl"; its nodes were not cleaned or checked (--node-cleanup=false)`) {
 		t.Fatalf("uninstall: %v\n%s%s", err, stderr, out)
 	}
-	for _, w := range []string{"helm uninstall kubelink in namespace kubelink", "removed zone kubelink from kube-system/coredns"} {
+	for _, w := range []string{"helm uninstall kubelink in namespace kubelink", "removed zones kubelink, clusterset.local from kube-system/coredns"} {
 		if !strings.Contains(stderr, w) {
 			t.Errorf("progress lacks %q:\n%s", w, stderr)
 		}
@@ -86,7 +86,7 @@ func TestUninstallRemovesKubelinkAndNothingElse(t *testing.T) {
 		t.Errorf("%d ClusterRoles of kubelink left", len(crs.Items))
 	}
 	cm, _ := cs.CoreV1().ConfigMaps("kube-system").Get(ctx, "coredns", metav1.GetOptions{})
-	if strings.Contains(cm.Data["Corefile"], "kubelink") || !strings.Contains(cm.Data["Corefile"], "kubernetes cluster.local") {
+	if strings.Contains(cm.Data["Corefile"], "kubelink") || strings.Contains(cm.Data["Corefile"], "clusterset") || !strings.Contains(cm.Data["Corefile"], "kubernetes cluster.local") {
 		t.Errorf("Corefile after uninstall:\n%s", cm.Data["Corefile"])
 	}
 	// The state of others is unchanged.

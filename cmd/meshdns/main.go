@@ -37,6 +37,7 @@ func main() {
 	f.StringVar(&c.Deployment, "coredns-deployment", c.Deployment, "kubelink CoreDNS Deployment, restarted when the Secret content changes")
 	f.BoolVar(&c.LinkGate, "link-gate", c.LinkGate, "dns mode: keep every link's block in the Corefile behind the kubelinkgate plugin of kubelink's CoreDNS, which answers NXDOMAIN while the link is not Up (no Corefile change and no CoreDNS restart on health changes; the CoreDNS needs to read KubeLinks)")
 	f.BoolVar(&c.Configure, "coredns-configure", c.Configure, "write key kubelink.server of kube-system/coredns-custom (forward the mesh domains to the kubelink DNS) and restart kube-system/coredns when it changes")
+	f.StringVar(&c.ClusterSetZone, "clusterset-zone", c.ClusterSetZone, "serve <svc>.<ns>.svc.<zone> of the Multi-Cluster Services API from this cluster's ServiceImports in the kubelink CoreDNS, and forward the zone to it in the hook (e.g. clusterset.local; empty: off). The kubelink CoreDNS then needs to list and watch Services, EndpointSlices, Namespaces and ServiceImports")
 	f.IntVar(&c.ClusterDNSPort, "cluster-dns-port", c.ClusterDNSPort, "port of the cluster DNS server blocks in the hook (53; gardener: 8053)")
 	f.DurationVar(&c.Resync, "resync", c.Resync, "period of the full sync (also runs on every KubeLink change)")
 	f.DurationVar(&c.AccessPoll, "api-access-poll", c.AccessPoll, "kubernetes mode: how often the apiAccess Secrets are re-read (by name, get only) to pick up a rotated token")

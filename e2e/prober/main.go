@@ -8,6 +8,8 @@
 //	prober http URL WANT        GET URL, ok when the body contains WANT
 //	prober nxdomain NAME        ok when NAME does not exist (NXDOMAIN)
 //	prober resolves NAME        ok when NAME has an address
+//	prober address NAME IP      ok when NAME's addresses are exactly IP
+//	prober srv NAME PORT        ok when NAME's SRV records include PORT
 //
 // Flags: -window, -every, -timeout, -ready (a file created after the first
 // check, so that a test knows the series has begun), and -over with
@@ -25,6 +27,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,7 +43,7 @@ func main() {
 	settle := flag.Duration("settle", 0, "with -over: stop once every check of this long after the event passed")
 	flag.Parse()
 	if flag.NArg() < 2 {
-		fmt.Fprintln(os.Stderr, "usage: prober [flags] http URL WANT | nxdomain NAME | resolves NAME")
+		fmt.Fprintln(os.Stderr, "usage: prober [flags] http URL WANT | nxdomain NAME | resolves NAME | address NAME IP | srv NAME PORT")
 		os.Exit(2)
 	}
 	check, err := checker(flag.Args(), *timeout)
@@ -113,6 +116,36 @@ func checker(args []string, timeout time.Duration) (func(context.Context) bool, 
 				return errors.As(err, &dnsErr) && dnsErr.IsNotFound
 			}
 			return err == nil && len(addrs) > 0
+		}, nil
+	case "address":
+		if len(args) != 3 {
+			return nil, errors.New("address NAME IP")
+		}
+		name, want := args[1], args[2]
+		r := &net.Resolver{PreferGo: true}
+		return func(ctx context.Context) bool {
+			addrs, err := r.LookupHost(ctx, name)
+			return err == nil && len(addrs) == 1 && addrs[0] == want
+		}, nil
+	case "srv":
+		if len(args) != 3 {
+			return nil, errors.New("srv NAME PORT")
+		}
+		name := args[1]
+		port, err := strconv.ParseUint(args[2], 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("srv port %q: %w", args[2], err)
+		}
+		r := &net.Resolver{PreferGo: true}
+		return func(ctx context.Context) bool {
+			// service and proto empty: NAME is asked as it is
+			_, srvs, err := r.LookupSRV(ctx, "", "", name)
+			for _, s := range srvs {
+				if err == nil && uint64(s.Port) == port {
+					return true
+				}
+			}
+			return false
 		}, nil
 	}
 	return nil, fmt.Errorf("unknown check %q", args[0])

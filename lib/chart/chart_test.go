@@ -684,6 +684,10 @@ func TestSwitches(t *testing.T) {
 			if exchangeOff == on {
 				t.Errorf("mcs.enabled=%v: the broker's --mcs-port=0: %v", on, exchangeOff)
 			}
+			meshdnsArgs := get[appsv1.Deployment](t, objs, "Deployment", "kubelink-meshdns").Spec.Template.Spec.Containers[0].Args
+			if got := slices.Contains(meshdnsArgs, "--clusterset-zone=clusterset.local"); got != on {
+				t.Errorf("mcs.enabled=%v: meshdns --clusterset-zone=clusterset.local: %v (%v)", on, got, meshdnsArgs)
+			}
 		}
 	})
 

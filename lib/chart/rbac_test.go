@@ -79,8 +79,16 @@ var (
 			"cluster: multicluster.x-k8s.io serviceimports create,delete,get,list,update,watch",
 			"cluster: core services create,delete,get,list,update,watch",
 			"cluster: discovery.k8s.io endpointslices create,delete,get,list,update,watch",
+			"cluster: core events create,patch", // Conflict on a ServiceExport
 			"kubelink: core configmaps[kubelink-mcs-exports] get,update",
 			"kubelink: core configmaps[kubelink-mcs-imports] get,list,watch",
+		},
+		// clusterset.local: the kubernetes plugin's multicluster option
+		// (kubelink-meshdns --clusterset-zone)
+		"kubelink-coredns": {
+			"cluster: multicluster.x-k8s.io serviceimports list,watch",
+			"cluster: core namespaces,services list,watch",
+			"cluster: discovery.k8s.io endpointslices list,watch",
 		},
 		// the exchange: the record served, the imports written
 		"kubelink-broker": {

@@ -183,7 +183,7 @@ func (c *Cluster) StartClusterDNSAt(domain string, serviceIP netip.Addr) *DNSSer
 // meshdns.CorednsCustom renders.
 func (c *Cluster) StartClusterDNSHooked() *DNSServer {
 	c.t.Helper()
-	hook, err := meshdns.CorednsCustom([]meshdns.MeshInput{{Name: "default", Domain: "kubelink"}}, c.KubelinkDNSIP(), 53)
+	hook, err := meshdns.CorednsCustom([]meshdns.MeshInput{{Name: "default", Domain: "kubelink"}}, "", c.KubelinkDNSIP(), 53)
 	if err != nil {
 		c.t.Fatal(err)
 	}

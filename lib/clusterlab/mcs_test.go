@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -63,7 +64,11 @@ func mcsExchange(t *testing.T, bridge bool) {
 			_ = b.Kube.Delete(context.Background(), crd)
 		}
 	})
-	b.Apply(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}})
+	// (the shared control plane may keep it from the other data plane's
+	// run: a namespace is not deleted without a namespace controller)
+	if err := b.Kube.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}); err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
 	ctrl, err := mcs.New(mcs.Config{Namespace: Namespace, Resync: time.Minute}, b.Plane.Config(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	must(t, err)
 	ctx, stop := context.WithCancel(context.Background())

@@ -12,12 +12,16 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/record"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
@@ -72,6 +76,10 @@ type Controller struct {
 	lastRecord string
 	metrics    *metrics
 	goodSyncs  atomic.Int64 // passes without error, for /readyz
+	// events records a Warning on a ServiceExport whose conflict begins or
+	// changes (nil: none, e.g. in unit tests of a pass).
+	events      record.EventRecorder
+	broadcaster record.EventBroadcaster
 }
 
 // NewScheme has the built-in types and the MCS API (v1beta1).
@@ -107,7 +115,14 @@ func New(cfg Config, rc *rest.Config, log *slog.Logger) (*Controller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mcs: creating the client: %w", err)
 	}
-	return &Controller{cfg: cfg, log: log, cache: c, read: c, api: api, loop: kubeflags.NewLoop(), now: time.Now, metrics: newMetrics()}, nil
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("mcs: creating the events client: %w", err)
+	}
+	bc := record.NewBroadcaster()
+	bc.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: cs.CoreV1().Events("")})
+	return &Controller{cfg: cfg, log: log, cache: c, read: c, api: api, loop: kubeflags.NewLoop(), now: time.Now, metrics: newMetrics(),
+		broadcaster: bc, events: bc.NewRecorder(scheme, corev1.EventSource{Component: ManagedBy})}, nil
 }
 
 // Run serves until ctx ends.
@@ -122,6 +137,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		return err
 	}
 	defer func() { _ = srv.Close() }()
+	if c.broadcaster != nil {
+		defer c.broadcaster.Shutdown()
+	}
 	if err := kubeflags.WatchAndSync(ctx, c.cache, c.loop.Kick, &mcsv1beta1.ServiceExport{}, &corev1.Service{},
 		&mcsv1beta1.ServiceImport{}, &discoveryv1.EndpointSlice{}, &corev1.ConfigMap{}); err != nil {
 		if ctx.Err() != nil {
@@ -170,6 +188,14 @@ func (c *Controller) Sync(ctx context.Context) error {
 	var errs []error
 	invalid := 0
 	now := c.now()
+	type checked struct {
+		se     *mcsv1beta1.ServiceExport
+		key    string
+		valid  bool
+		reason mcsv1beta1.ServiceExportConditionReason
+		msg    string
+	}
+	var all []checked
 	for i := range list.Items {
 		se := &list.Items[i]
 		if se.DeletionTimestamp != nil {
@@ -192,21 +218,41 @@ func (c *Controller) Sync(ctx context.Context) error {
 		} else {
 			invalid++
 		}
-		if err := c.writeConditions(ctx, se, valid, reason, msg, now); err != nil {
-			errs = append(errs, err)
+		all = append(all, checked{se, se.Namespace + "/" + se.Name, valid, reason, msg})
+	}
+	// The peers' exports of the same names: conflicts are reported on every
+	// exporting cluster (KEP-1645). Without the imports (unreadable), the
+	// conditions wait; the record is still written.
+	im, imErr := c.readImports(ctx)
+	if imErr == nil {
+		conflicts := conflictsOf(im.self(), rec, im)
+		for _, ch := range all {
+			var cf *conflict
+			if ch.valid {
+				cf = conflicts[ch.key]
+			}
+			if err := c.writeConditions(ctx, ch.se, ch.valid, ch.reason, ch.msg, cf, now); err != nil {
+				errs = append(errs, err)
+			}
 		}
+		c.metrics.conflicts.Set(float64(len(conflicts)))
 	}
 	c.metrics.exports.WithLabelValues("true").Set(float64(len(rec.Exports)))
 	c.metrics.exports.WithLabelValues("false").Set(float64(invalid))
 	errs = append(errs, c.writeRecord(ctx, rec))
-	imported, err := c.syncImports(ctx, rec)
+	if imErr != nil {
+		return errors.Join(append(errs, imErr)...)
+	}
+	imported, err := c.syncImports(ctx, rec, im)
 	c.metrics.imports.Set(float64(imported))
 	return errors.Join(append(errs, err)...)
 }
 
-// writeConditions sets Valid (and, for a valid export, Ready: Pending
-// until another cluster imports it) when they changed.
-func (c *Controller) writeConditions(ctx context.Context, se *mcsv1beta1.ServiceExport, valid bool, reason mcsv1beta1.ServiceExportConditionReason, msg string, now time.Time) error {
+// writeConditions sets Valid, Ready (for a valid export Pending: whether
+// another cluster imported it is not reported back) and Conflict (cf: the
+// exports of the name disagree; nil: NoConflicts) when they changed, with a
+// Warning Event when a conflict begins or changes.
+func (c *Controller) writeConditions(ctx context.Context, se *mcsv1beta1.ServiceExport, valid bool, reason mcsv1beta1.ServiceExportConditionReason, msg string, cf *conflict, now time.Time) error {
 	se = se.DeepCopy()
 	status := metav1.ConditionFalse
 	if valid {
@@ -221,6 +267,18 @@ func (c *Controller) writeConditions(ctx context.Context, se *mcsv1beta1.Service
 		ready.Reason, ready.Message = string(mcsv1beta1.ServiceExportReasonFailed), "not exported: "+msg
 	}
 	changed = setCondition(&se.Status.Conditions, ready, now) || changed
+	conflictCond := metav1.Condition{Type: string(mcsv1beta1.ServiceExportConditionConflict), Status: metav1.ConditionFalse,
+		Reason: string(mcsv1beta1.ServiceExportReasonNoConflicts), ObservedGeneration: se.Generation,
+		Message: "the exports of this name in the clusters whose links are Up agree"}
+	if !valid {
+		conflictCond.Message = "not exported"
+	}
+	if cf != nil {
+		conflictCond.Status, conflictCond.Reason, conflictCond.Message = metav1.ConditionTrue, string(cf.reason), cf.message
+	}
+	prev := meta.FindStatusCondition(se.Status.Conditions, conflictCond.Type)
+	newConflict := cf != nil && (prev == nil || prev.Status != metav1.ConditionTrue || prev.Message != cf.message)
+	changed = setCondition(&se.Status.Conditions, conflictCond, now) || changed
 	if !changed {
 		return nil
 	}
@@ -232,6 +290,8 @@ func (c *Controller) writeConditions(ctx context.Context, se *mcsv1beta1.Service
 		c.loop.Kick()
 	case err != nil && !apierrors.IsNotFound(err):
 		return fmt.Errorf("writing the status of ServiceExport %s/%s: %w", se.Namespace, se.Name, err)
+	case err == nil && newConflict && c.events != nil:
+		c.events.Event(se, corev1.EventTypeWarning, string(cf.reason), cf.message)
 	}
 	return nil
 }

@@ -68,8 +68,9 @@ type desiredImport struct {
 
 // plan merges every cluster's exports by namespace and name. Where the
 // clusters disagree on the type, the oldest export's wins (KEP-1645) and
-// the others are left out; the ports are the union; the session affinity
-// is the oldest export's.
+// the others are left out; the ports are the union, where a later port
+// reusing an earlier one's name or number is left out; the session
+// affinity is the oldest export's. conflictsOf reports the disagreements.
 func plan(self string, own Record, im Imports) []*desiredImport {
 	by := map[string][]source{}
 	add := func(cluster string, exports []Export, local bool) {
@@ -85,24 +86,25 @@ func plan(self string, own Record, im Imports) []*desiredImport {
 	}
 	var out []*desiredImport
 	for _, srcs := range by {
-		slices.SortFunc(srcs, func(a, b source) int {
-			return cmp.Or(a.e.Exported.Compare(b.e.Exported), strings.Compare(a.cluster, b.cluster))
-		})
+		sortOldestFirst(srcs)
 		oldest := srcs[0].e
 		d := &desiredImport{namespace: oldest.Namespace, name: oldest.Name, typ: oldest.Type,
 			affinity: oldest.SessionAffinity, affinityTimeout: oldest.SessionAffinityTimeout}
-		seen := map[string]bool{}
+		seen, named := map[string]bool{}, map[string]bool{}
 		for _, s := range srcs {
 			if s.e.Type != d.typ || slices.ContainsFunc(d.sources, func(o source) bool { return o.cluster == s.cluster }) {
 				continue
 			}
 			d.sources = append(d.sources, s)
 			for _, p := range s.e.Ports {
+				// the first (oldest) definition of a number or a name wins:
+				// a later port that reuses either is a PortConflict, left out
 				k := fmt.Sprintf("%s/%d", p.Protocol, p.Port)
-				if !seen[k] {
-					seen[k] = true
-					d.ports = append(d.ports, p)
+				if seen[k] || (p.Name != "" && named[p.Name]) {
+					continue
 				}
+				seen[k], named[p.Name] = true, true
+				d.ports = append(d.ports, p)
 			}
 		}
 		slices.SortFunc(d.sources, func(a, b source) int { return strings.Compare(a.cluster, b.cluster) })
@@ -115,6 +117,27 @@ func plan(self string, own Record, im Imports) []*desiredImport {
 		return strings.Compare(a.namespace+"/"+a.name, b.namespace+"/"+b.name)
 	})
 	return out
+}
+
+// readImports reads the broker's imports (none yet: empty).
+func (c *Controller) readImports(ctx context.Context) (Imports, error) {
+	var cm corev1.ConfigMap
+	err := c.read.Get(ctx, client.ObjectKey{Namespace: c.cfg.Namespace, Name: ImportsConfigMap}, &cm)
+	switch {
+	case apierrors.IsNotFound(err):
+		return Imports{}, nil
+	case err != nil:
+		return Imports{}, fmt.Errorf("reading the imports %s/%s: %w", c.cfg.Namespace, ImportsConfigMap, err)
+	}
+	return DecodeImports([]byte(cm.Data[ImportsKey]))
+}
+
+// self is this cluster's name in the imports ("": not named yet).
+func (im Imports) self() string {
+	if len(im.Self) > 0 {
+		return im.Self[0].Cluster
+	}
+	return ""
 }
 
 // portName is the name of a port on the derived Service and its slices:
@@ -130,24 +153,8 @@ func portName(p Port) string {
 // syncImports makes the ServiceImports, derived Services and EndpointSlices
 // match the exports of every cluster, and removes those of names no longer
 // exported.
-func (c *Controller) syncImports(ctx context.Context, own Record) (int, error) {
-	var cm corev1.ConfigMap
-	var im Imports
-	err := c.read.Get(ctx, client.ObjectKey{Namespace: c.cfg.Namespace, Name: ImportsConfigMap}, &cm)
-	switch {
-	case apierrors.IsNotFound(err):
-	case err != nil:
-		return 0, fmt.Errorf("reading the imports %s/%s: %w", c.cfg.Namespace, ImportsConfigMap, err)
-	default:
-		if im, err = DecodeImports([]byte(cm.Data[ImportsKey])); err != nil {
-			return 0, err
-		}
-	}
-	self := ""
-	if len(im.Self) > 0 {
-		self = im.Self[0].Cluster
-	}
-	want := plan(self, own, im)
+func (c *Controller) syncImports(ctx context.Context, own Record, im Imports) (int, error) {
+	want := plan(im.self(), own, im)
 	var errs []error
 	keep := map[string]bool{}
 	imported := 0
@@ -195,7 +202,7 @@ func (c *Controller) ensureImport(ctx context.Context, d *desiredImport) error {
 		return err
 	default:
 		if cur.Labels[labelManagedBy] != ManagedBy {
-			return fmt.Errorf("Service %s/%s exists and is not kubelink-mcs's: rename it, it holds the name of the import's Service", d.namespace, derived)
+			return fmt.Errorf("the Service %s/%s exists and is not kubelink-mcs's: rename it, it holds the name of the import's Service", d.namespace, derived)
 		}
 		if !equality.Semantic.DeepEqual(cur.Spec.Ports, withTargetPorts(ports, cur.Spec.Ports)) || cur.Spec.SessionAffinity != cmp.Or(d.affinity, corev1.ServiceAffinityNone) {
 			cur.Spec.Ports, cur.Spec.SessionAffinity = ports, d.affinity
@@ -368,7 +375,7 @@ func (c *Controller) ensureServiceImport(ctx context.Context, d *desiredImport, 
 		return err
 	default:
 		if si.Labels[labelManagedBy] != ManagedBy {
-			return fmt.Errorf("ServiceImport %s/%s exists and is not kubelink-mcs's (another MCS implementation?): left alone", d.namespace, d.name)
+			return fmt.Errorf("the ServiceImport %s/%s exists and is not kubelink-mcs's (another MCS implementation?): left alone", d.namespace, d.name)
 		}
 		if !equality.Semantic.DeepEqual(si.Spec, spec) {
 			si.Spec = spec

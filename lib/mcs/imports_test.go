@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -208,9 +209,59 @@ func TestImportsFollowTheExports(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Conflict on a's ServiceExport: none while a, b and c agree (c's extra
+	// port is no conflict); PortConflict, with a Warning Event, once the
+	// older b names port 8080 "http" too: b's definition wins in the import.
+	conflictOf := func() string {
+		var se mcsv1beta1.ServiceExport
+		if err := kube.Get(ctx, client.ObjectKey{Namespace: "shop", Name: "cart"}, &se); err != nil {
+			return err.Error()
+		}
+		c := meta.FindStatusCondition(se.Status.Conditions, string(mcsv1beta1.ServiceExportConditionConflict))
+		if c == nil {
+			return "no Conflict condition"
+		}
+		return fmt.Sprintf("%s %s: %s", c.Status, c.Reason, c.Message)
+	}
+	waitFor := func(what string, ok func(string) bool) string {
+		t.Helper()
+		var got string
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if got = conflictOf(); ok(got) {
+				return got
+			}
+		}
+		t.Fatalf("%s: Conflict condition %s", what, got)
+		return ""
+	}
+	waitFor("a, b and c agree", func(s string) bool { return strings.HasPrefix(s, "False NoConflicts") })
+	bOther := bCart
+	bOther.Ports = []Port{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 8080}}
+	writeImports(peer("b", bOther), peer("c", cCart))
+	got := waitFor("b's http is 8080", func(s string) bool { return strings.HasPrefix(s, "True PortConflict") })
+	for _, w := range []string{`port "http" of shop/cart`, "cluster b", "the oldest export (cluster b"} {
+		if !strings.Contains(got, w) {
+			t.Errorf("the PortConflict message lacks %q: %s", w, got)
+		}
+	}
+	// (The slices match ports by name: the import's http, 8080, reaches
+	// each cluster's own http, c's at its port 80.)
+	waitState("b's http wins", "ClusterSetIP ips=true selector=map[] clusters=[a b c] ports=[https:443 http:8080] service=[https:443 http:8080] slices=[a=10.1.0.5[http:8080] (cart,kubelink-mcs) b=100.64.16.20[http:8080] (cart,kubelink-mcs) c=100.64.32.20[http:80 https:443] (cart,kubelink-mcs)]")
+	eventually(t, "a Warning Event PortConflict on the ServiceExport", func() bool {
+		var evs corev1.EventList
+		must(t, kube.List(ctx, &evs, client.InNamespace("shop")))
+		for _, e := range evs.Items {
+			if e.InvolvedObject.Kind == "ServiceExport" && e.InvolvedObject.Name == "cart" && e.Type == corev1.EventTypeWarning && e.Reason == "PortConflict" {
+				return true
+			}
+		}
+		return false
+	})
+
 	// c leaves (its link left Up): its slice and its port go.
 	writeImports(peer("b", bCart))
 	waitState("c gone", "ClusterSetIP ips=true selector=map[] clusters=[a b] ports=[http:80] service=[http:80] slices=[a=10.1.0.5[http:8080] (cart,kubelink-mcs) b=100.64.16.20[http:80] (cart,kubelink-mcs)]")
+	waitFor("b agrees again", func(s string) bool { return strings.HasPrefix(s, "False NoConflicts") })
 
 	// Nobody exports it any more: the import, its Service and slices go.
 	writeImports()

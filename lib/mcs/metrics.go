@@ -9,6 +9,7 @@ type metrics struct {
 	reg        *prometheus.Registry
 	exports    *prometheus.GaugeVec
 	imports    prometheus.Gauge
+	conflicts  prometheus.Gauge
 	syncErrors prometheus.Counter
 }
 
@@ -21,9 +22,11 @@ func newMetrics() *metrics {
 			Help: "ServiceExports of this cluster by their Valid condition (valid: True, invalid: False; the condition's reason says why)."}, []string{"valid"}),
 		imports: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kubelink_mcs_imports",
 			Help: "ServiceImports of type ClusterSetIP this cluster holds (names exported by a cluster of the mesh, this one included)."}),
+		conflicts: prometheus.NewGauge(prometheus.GaugeOpts{Name: "kubelink_mcs_conflicts",
+			Help: "This cluster's exports whose name another cluster exports differently (Conflict True on the ServiceExport; the oldest export wins)."}),
 		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "kubelink_mcs_sync_errors_total",
 			Help: "Passes that failed (the log says why)."}),
 	}
-	m.reg.MustRegister(m.exports, m.imports, m.syncErrors, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(m.exports, m.imports, m.conflicts, m.syncErrors, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -109,7 +109,7 @@ func (c *Controller) restart(ctx context.Context, key client.ObjectKey, extra ma
 // and restarts the cluster DNS when it changed. Only with
 // --coredns-configure (the original wrote it regardless).
 func (c *Controller) applyHook(ctx context.Context, meshes []MeshInput) error {
-	content, err := CorednsCustom(meshes, c.cfg.KubelinkDNSIP, c.cfg.ClusterDNSPort)
+	content, err := CorednsCustom(meshes, c.cfg.ClusterSetZone, c.cfg.KubelinkDNSIP, c.cfg.ClusterDNSPort)
 	if err != nil {
 		return fmt.Errorf("coredns-custom: %w", err)
 	}

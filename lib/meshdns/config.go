@@ -58,6 +58,12 @@ type Config struct {
 	// access to KubeLinks.
 	LinkGate       bool
 	ClusterDNSPort int
+	// ClusterSetZone serves the Multi-Cluster Services API's names under
+	// this zone from the cluster's ServiceImports (--clusterset-zone, ""
+	// off; the chart sets clusterset.local with mcs.enabled): the kubelink
+	// CoreDNS then needs to read Services, EndpointSlices, Namespaces and
+	// ServiceImports.
+	ClusterSetZone string
 
 	Resync time.Duration
 	// AccessPoll (kubernetes mode) is how often the apiAccess Secrets are
@@ -106,6 +112,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Configure && c.Mode != ModeNone && !c.KubelinkDNSIP.IsValid() {
 		errs = append(errs, errors.New("--coredns-configure needs --kubelink-dns-ip or --service-cidr (the hook forwards the mesh domains to the kubelink DNS Service)"))
+	}
+	c.ClusterSetZone = strings.ToLower(strings.TrimSuffix(c.ClusterSetZone, "."))
+	if c.ClusterSetZone != "" {
+		if err := checkName("--clusterset-zone", c.ClusterSetZone); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.ClusterDNSPort < 1 || c.ClusterDNSPort > 65535 {
 		errs = append(errs, fmt.Errorf("--cluster-dns-port=%d: must be 1-65535", c.ClusterDNSPort))

@@ -131,7 +131,7 @@ func (c *Controller) sync(ctx context.Context) error {
 	}
 	m := mesh.Build(list.Items, mesh.ParseOptions{Reserved: mesh.ReservedNetworks(c.cfg.NodeCIDR, c.cfg.PodCIDR)})
 	opts := InputOptions{Mode: c.cfg.Mode, ClusterName: c.cfg.ClusterName, ClusterDomain: c.cfg.ClusterDomain, DNS: c.cfg.DNSServiceIP,
-		LinkGate: c.cfg.LinkGate}
+		LinkGate: c.cfg.LinkGate, ClusterSetZone: c.cfg.ClusterSetZone}
 	if c.cfg.Mode == ModeKubernetes {
 		opts.Credentials, opts.CredentialErrors = c.credentials(ctx, m, list.Items)
 	}

@@ -198,9 +198,11 @@ func (c *coreDNS) write(t *testing.T, corefile string) {
 	}
 }
 
-func (c *coreDNS) query(name string) (*dns.Msg, error) {
+func (c *coreDNS) query(name string) (*dns.Msg, error) { return c.queryType(name, dns.TypeA) }
+
+func (c *coreDNS) queryType(name string, qtype uint16) (*dns.Msg, error) {
 	m := new(dns.Msg)
-	m.SetQuestion(name, dns.TypeA)
+	m.SetQuestion(name, qtype)
 	cl := dns.Client{Timeout: time.Second}
 	r, _, err := cl.Exchange(m, c.addr)
 	return r, err

@@ -95,7 +95,22 @@ type Input struct {
 	// e.g. /etc/resolv.conf; "" forwards nothing (the kubelink CoreDNS only
 	// gets mesh names from the cluster DNS hook).
 	Upstream string
+
+	// ClusterSetZone is the zone of the Multi-Cluster Services API's names,
+	// <svc>.<ns>.svc.<zone> (ClusterSetZone: clusterset.local), served from
+	// this cluster's ServiceImports by the kubernetes plugin's multicluster
+	// option ("": no such block; the kubelink CoreDNS then reads no
+	// Services and no ServiceImports).
+	ClusterSetZone string
+	// ClusterSetAPI, where set, reaches this cluster's API server through
+	// the kubeconfig (its APIServer, Token, CA and Context) instead of the
+	// pod's service account: for tests outside a cluster.
+	ClusterSetAPI *Cluster
 }
+
+// ClusterSetZone is the zone of KEP-1645's names, which kubelink serves when
+// the Multi-Cluster Services API is on (--clusterset-zone).
+const ClusterSetZone = "clusterset.local"
 
 // MeshInput is one mesh.
 type MeshInput struct {
@@ -198,6 +213,11 @@ func Render(in Input) (Output, error) {
 		// instead of leaking to the default block's upstream.
 		add(server{zone: m.Domain, body: []string{"errors", "template ANY ANY {", "    rcode NXDOMAIN", "}"}})
 	}
+	if in.ClusterSetZone != "" {
+		if add(clusterSetServer(in.ClusterSetZone, in.ClusterSetAPI, in.kubeconfigPath())) && in.ClusterSetAPI != nil {
+			kubeClusters = append(kubeClusters, *in.ClusterSetAPI)
+		}
+	}
 	out.Corefile = printServers(servers, in.port(), in.Bind)
 	kc, err := renderKubeconfig(kubeClusters)
 	if err != nil {
@@ -253,11 +273,20 @@ func (in *Input) validate() error {
 	if !plainToken(in.Upstream + in.HealthAddr + in.ReadyAddr + in.Bind + in.KubeconfigPath) {
 		errs = append(errs, errors.New("upstream, bind, health and ready addresses and the kubeconfig path must not contain blanks, control characters, braces, quotes or #"))
 	}
+	if in.ClusterSetZone != "" {
+		errs = append(errs, checkName("clusterset zone", in.ClusterSetZone))
+		if in.ClusterSetAPI != nil {
+			errs = append(errs, in.ClusterSetAPI.validate(ModeKubernetes, "(clusterset)"))
+		}
+	}
 	for _, m := range in.Meshes {
 		if m.Omit {
 			continue
 		}
 		errs = append(errs, checkName("mesh "+m.Name+": domain", m.Domain))
+		if in.ClusterSetZone != "" && (m.Domain == in.ClusterSetZone || strings.HasSuffix(m.Domain, "."+in.ClusterSetZone) || strings.HasSuffix(in.ClusterSetZone, "."+m.Domain)) {
+			errs = append(errs, fmt.Errorf("mesh %s: domain %q overlaps the clusterset zone %q: choose another mesh domain", m.Name, m.Domain, in.ClusterSetZone))
+		}
 		if m.LocalCluster != "" {
 			errs = append(errs, checkName("mesh "+m.Name+": local cluster", m.LocalCluster))
 			if in.Mode == ModeDNS {
@@ -381,6 +410,24 @@ func kubernetesPlugin(zone string, c *Cluster, kubeconfig string) []string {
 			fmt.Sprintf("    kubeconfig %s %s", kubeconfig, c.Context))
 	}
 	return append(append(body, fmt.Sprintf("    ttl %d", cacheSeconds), "}"), cacheLines()...)
+}
+
+// clusterSetServer serves <svc>.<ns>.svc.<zone> from this cluster's
+// ServiceImports (the kubernetes plugin's multicluster option): the
+// ServiceImport's IP for a ClusterSetIP import (A, and SRV per named port),
+// nothing for a name that no cluster exports. api (tests) reaches the API
+// server through the kubeconfig; nil uses the pod's service account.
+func clusterSetServer(zone string, api *Cluster, kubeconfig string) server {
+	body := []string{"errors", "kubernetes " + zone + " {"}
+	if api != nil {
+		body = append(body,
+			"    endpoint "+api.APIServer,
+			fmt.Sprintf("    kubeconfig %s %s", kubeconfig, api.Context))
+	}
+	// No cache plugin: the kubernetes plugin answers from its informers'
+	// memory, and a cache would keep a withdrawn name up to 5 s longer.
+	body = append(body, "    multicluster "+zone, fmt.Sprintf("    ttl %d", cacheSeconds), "}")
+	return server{zone: zone, body: body}
 }
 
 // hostPort prints a DNS server address; port 53 is implied.

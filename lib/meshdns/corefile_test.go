@@ -24,7 +24,7 @@ func renderAll(t *testing.T, links []v1alpha1.KubeLink, o InputOptions) string {
 	if again.Corefile != out.Corefile || string(again.Kubeconfig) != string(out.Kubeconfig) {
 		t.Fatal("Render is not deterministic")
 	}
-	hook, err := CorednsCustom(in.Meshes, netip.MustParseAddr("100.64.0.11"), 0)
+	hook, err := CorednsCustom(in.Meshes, in.ClusterSetZone, netip.MustParseAddr("100.64.0.11"), 0)
 	if err != nil {
 		t.Fatalf("CorednsCustom: %v", err)
 	}
@@ -66,10 +66,32 @@ func TestRenderGolden(t *testing.T) {
 			InputOptions{Mode: ModeDNS, LinkGate: true}},
 		{"link-gate-kubernetes-mode-ignores-it", []v1alpha1.KubeLink{localA(nil), peerB("Up"), peerC("Up", false), blueLocal(), blueE("Up")},
 			InputOptions{Mode: ModeKubernetes, Credentials: kubeOpts.Credentials, LinkGate: true}},
+		// the Multi-Cluster Services API's zone, from this cluster's ServiceImports
+		{"clusterset", []v1alpha1.KubeLink{localA(nil), peerB("Up")},
+			InputOptions{Mode: ModeDNS, LinkGate: true, ClusterSetZone: ClusterSetZone}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			golden(t, tc.name, renderAll(t, tc.links, tc.opts))
 		})
+	}
+}
+
+// A mesh domain that overlaps the clusterset zone is refused with a message
+// naming both, rather than rendering two blocks that shadow each other.
+func TestRenderRefusesAMeshDomainInTheClusterSetZone(t *testing.T) {
+	for _, domain := range []string{"clusterset.local", "x.clusterset.local", "local"} {
+		in := Input{Mode: ModeDNS, ClusterSetZone: ClusterSetZone, Meshes: []MeshInput{{Name: "default", Domain: domain}}}
+		_, err := Render(in)
+		if err == nil || !strings.Contains(err.Error(), "overlaps the clusterset zone") || !strings.Contains(err.Error(), domain) {
+			t.Errorf("mesh domain %q: err %v, want one naming the overlap", domain, err)
+		}
+	}
+	in := Input{Mode: ModeDNS, ClusterSetZone: "Bad Zone"}
+	if _, err := Render(in); err == nil || !strings.Contains(err.Error(), "clusterset zone") {
+		t.Errorf("zone with a blank: err %v", err)
+	}
+	if _, err := CorednsCustom(nil, "bad{zone", netip.MustParseAddr("100.64.0.11"), 0); err == nil {
+		t.Error("CorednsCustom accepted a zone with a brace")
 	}
 }
 

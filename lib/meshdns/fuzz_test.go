@@ -108,7 +108,7 @@ func FuzzRender(f *testing.F) {
 				t.Fatalf("Render accepted %+v and printed a Corefile with %v:\n%s", in, err, out.Corefile)
 			}
 		}
-		hook, err := CorednsCustom(in.Meshes, netip.MustParseAddr("10.96.0.11"), 0)
+		hook, err := CorednsCustom(in.Meshes, "", netip.MustParseAddr("10.96.0.11"), 0)
 		if err == nil {
 			if err := checkCorefile(hook); err != nil {
 				t.Fatalf("CorednsCustom accepted domain %q and printed %v:\n%s", domain, err, hook)

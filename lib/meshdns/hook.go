@@ -18,8 +18,9 @@ const DefaultClusterDNSPort = 53
 
 // CorednsCustom renders the coredns-custom hook of the cluster DNS: every
 // mesh domain goes to the kubelink DNS service, the mesh-global zone to the
-// global DNS server. Meshes sharing a domain share one block.
-func CorednsCustom(meshes []MeshInput, kubelinkDNS netip.Addr, port int) (string, error) {
+// global DNS server, and the clusterset zone ("": none) to the kubelink DNS
+// service too. Meshes sharing a domain share one block.
+func CorednsCustom(meshes []MeshInput, clusterSetZone string, kubelinkDNS netip.Addr, port int) (string, error) {
 	if port == 0 {
 		port = DefaultClusterDNSPort
 	}
@@ -45,6 +46,12 @@ func CorednsCustom(meshes []MeshInput, kubelinkDNS netip.Addr, port int) (string
 			add(forwardServer("svc.global."+m.Domain, m.GlobalDNS.String()))
 		}
 		add(hookServer(m.Domain, kubelinkDNS.String()))
+	}
+	if clusterSetZone != "" {
+		if err := checkName("clusterset zone", clusterSetZone); err != nil {
+			return "", err
+		}
+		add(hookServer(clusterSetZone, kubelinkDNS.String()))
 	}
 	return printServers(servers, port, ""), nil
 }

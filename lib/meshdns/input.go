@@ -63,6 +63,8 @@ type InputOptions struct {
 	// no CoreDNS, and a link that leaves Up is gone from DNS within the
 	// plugin's reaction (the informer) and its 1 s TTL cap.
 	LinkGate bool
+	// ClusterSetZone is Input.ClusterSetZone ("": none).
+	ClusterSetZone string
 }
 
 // BuildInput derives the Render input from the mesh model and the KubeLink
@@ -75,7 +77,7 @@ func BuildInput(m *mesh.Model, links []v1alpha1.KubeLink, o InputOptions) (Input
 	for i := range links {
 		byName[links[i].Name] = &links[i]
 	}
-	in := Input{Mode: o.Mode, ClusterDomain: strings.ToLower(o.ClusterDomain)}
+	in := Input{Mode: o.Mode, ClusterDomain: strings.ToLower(o.ClusterDomain), ClusterSetZone: o.ClusterSetZone}
 	if in.ClusterDomain == "" {
 		in.ClusterDomain = mesh.DefaultClusterDomain
 	}
