@@ -11,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/e2e-framework/klient/k8s"
 	"sigs.k8s.io/e2e-framework/pkg/envconf"
@@ -183,6 +184,9 @@ func TestClusterSetIPAcrossClusters(t *testing.T) {
 				}
 				if got := strings.Join(cs, ","); got != want || len(si.Spec.IPs) != 1 || si.Spec.Type != mcsv1beta1.ClusterSetIP {
 					return fmt.Errorf("a's ServiceImport default/echo: type %s, IPs %v, clusters %q; want ClusterSetIP, one IP, clusters %q", si.Spec.Type, si.Spec.IPs, got, want)
+				}
+				if !meta.IsStatusConditionTrue(si.Status.Conditions, string(mcsv1beta1.ServiceImportConditionReady)) {
+					return fmt.Errorf("a's ServiceImport default/echo: not Ready: %+v", si.Status.Conditions)
 				}
 				ip = si.Spec.IPs[0]
 				return nil

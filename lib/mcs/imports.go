@@ -156,26 +156,58 @@ func portName(p Port) string {
 func (c *Controller) syncImports(ctx context.Context, own Record, im Imports) (int, error) {
 	want := plan(im.self(), own, im)
 	var errs []error
-	keep := map[string]bool{}
+	// keep: the names whose ServiceImport stays; derived: those whose
+	// derived Service and slices stay (ClusterSetIP only).
+	keep, derived := map[string]bool{}, map[string]bool{}
 	imported := 0
 	for _, d := range want {
-		if d.typ != mcsv1beta1.ClusterSetIP {
-			// Headless: the mesh routes service networks, not the pods'
-			// addresses a headless name would answer; not imported.
-			continue
-		}
 		key := d.namespace + "/" + d.name
-		if err := c.ensureImport(ctx, d); err != nil {
+		var err error
+		if d.typ == mcsv1beta1.ClusterSetIP {
+			err = c.ensureImport(ctx, d)
+		} else {
+			// Headless: the mesh routes service networks, not the pods'
+			// addresses a headless name answers. The ServiceImport says so
+			// (Ready False), and has no slices, so DNS answers no address
+			// that would not work.
+			err = c.ensureServiceImport(ctx, d, "")
+		}
+		if err != nil {
 			if apierrors.IsNotFound(err) && strings.Contains(err.Error(), "namespaces") {
 				continue // no such namespace here: nothing to import into (namespace sameness)
 			}
 			errs = append(errs, fmt.Errorf("import %s: %w", key, err))
 		}
 		keep[key] = true
-		imported++
+		if d.typ == mcsv1beta1.ClusterSetIP {
+			derived[key] = true
+			imported++
+		}
 	}
-	errs = append(errs, c.removeStale(ctx, keep))
+	errs = append(errs, c.removeStale(ctx, keep, derived))
 	return imported, errors.Join(errs...)
+}
+
+// ReasonPodNetworksNotRouted is the reason of a Headless ServiceImport's
+// Ready False: the exporting clusters' pod addresses are not reachable
+// through kubelink.
+const ReasonPodNetworksNotRouted = "PodNetworksNotRouted"
+
+// readyCondition is the ServiceImport's Ready condition: True for a
+// ClusterSetIP import at its IP, False for a Headless one.
+func readyCondition(d *desiredImport, ip string, generation int64) metav1.Condition {
+	var clusters []string
+	for _, s := range d.sources {
+		clusters = append(clusters, s.cluster)
+	}
+	if d.typ != mcsv1beta1.ClusterSetIP {
+		return metav1.Condition{Type: string(mcsv1beta1.ServiceImportConditionReady), Status: metav1.ConditionFalse,
+			Reason: ReasonPodNetworksNotRouted, ObservedGeneration: generation,
+			Message: fmt.Sprintf("exported as Headless by %s: its pod addresses are not reachable through kubelink (the mesh routes service networks, not pod networks), so no address is answered; export a Service with a ClusterIP to reach it across clusters", strings.Join(clusters, ", "))}
+	}
+	return metav1.Condition{Type: string(mcsv1beta1.ServiceImportConditionReady), Status: metav1.ConditionTrue,
+		Reason: string(mcsv1beta1.ServiceImportReasonReady), ObservedGeneration: generation,
+		Message: fmt.Sprintf("clusterset IP %s reaches %s through the mesh", ip, strings.Join(clusters, ", "))}
 }
 
 // ensureImport writes the derived Service, its slices and the
@@ -384,7 +416,8 @@ func (c *Controller) ensureServiceImport(ctx context.Context, d *desiredImport, 
 			}
 		}
 	}
-	if !equality.Semantic.DeepEqual(si.Status.Clusters, clusters) {
+	condChanged := setCondition(&si.Status.Conditions, readyCondition(d, ip, si.Generation), c.now())
+	if condChanged || !equality.Semantic.DeepEqual(si.Status.Clusters, clusters) {
 		si.Status.Clusters = clusters
 		if err := c.api.Status().Update(ctx, &si); err != nil {
 			return c.behind(err)
@@ -393,9 +426,10 @@ func (c *Controller) ensureServiceImport(ctx context.Context, d *desiredImport, 
 	return nil
 }
 
-// removeStale deletes the ServiceImports, derived Services and slices of
-// kubelink-mcs whose name is no longer imported (keep: namespace/name).
-func (c *Controller) removeStale(ctx context.Context, keep map[string]bool) error {
+// removeStale deletes the ServiceImports of kubelink-mcs whose name is no
+// longer imported (keep: namespace/name), and the derived Services and
+// slices of names no longer imported as ClusterSetIP (derived).
+func (c *Controller) removeStale(ctx context.Context, keep, derived map[string]bool) error {
 	mine := client.MatchingLabels{labelManagedBy: ManagedBy}
 	var errs []error
 	del := func(o client.Object) {
@@ -418,7 +452,7 @@ func (c *Controller) removeStale(ctx context.Context, keep map[string]bool) erro
 	}
 	for i := range svcs.Items {
 		s := &svcs.Items[i]
-		if !keep[s.Namespace+"/"+s.Labels[mcsv1beta1.LabelServiceName]] {
+		if !derived[s.Namespace+"/"+s.Labels[mcsv1beta1.LabelServiceName]] {
 			del(s)
 		}
 	}
@@ -428,7 +462,7 @@ func (c *Controller) removeStale(ctx context.Context, keep map[string]bool) erro
 	}
 	for i := range slices.Items {
 		s := &slices.Items[i]
-		if !keep[s.Namespace+"/"+s.Labels[mcsv1beta1.LabelServiceName]] {
+		if !derived[s.Namespace+"/"+s.Labels[mcsv1beta1.LabelServiceName]] {
 			del(s)
 		}
 	}

@@ -159,10 +159,29 @@ func TestImportsFollowTheExports(t *testing.T) {
 		t.Fatalf("%s:\n got %s\nwant %s", what, got, want)
 	}
 	waitState("cart exported by a, b and c", want)
-	for _, o := range []client.ObjectKey{{Namespace: "shop", Name: "db"}, {Namespace: "nowhere", Name: "x"}} {
-		if err := kube.Get(ctx, o, &mcsv1beta1.ServiceImport{}); !apierrors.IsNotFound(err) {
-			t.Errorf("ServiceImport %s: %v, want none (Headless, or no such namespace here)", o, err)
+	if err := kube.Get(ctx, client.ObjectKey{Namespace: "nowhere", Name: "x"}, &mcsv1beta1.ServiceImport{}); !apierrors.IsNotFound(err) {
+		t.Errorf("ServiceImport nowhere/x: %v, want none (no such namespace here)", err)
+	}
+	// Ready: True for cart at its clusterset IP; False for the Headless db,
+	// which has no IP, no derived Service and no slices (no address that
+	// would not work).
+	readyOf := func(name string) string {
+		var si mcsv1beta1.ServiceImport
+		if err := kube.Get(ctx, client.ObjectKey{Namespace: "shop", Name: name}, &si); err != nil {
+			return err.Error()
 		}
+		c := meta.FindStatusCondition(si.Status.Conditions, string(mcsv1beta1.ServiceImportConditionReady))
+		if c == nil {
+			return "no Ready condition"
+		}
+		return fmt.Sprintf("%s %s ips=%v clusters=%d: %s", c.Status, c.Reason, si.Spec.IPs, len(si.Status.Clusters), c.Message)
+	}
+	eventually(t, "Ready conditions", func() bool {
+		return strings.HasPrefix(readyOf("cart"), "True Ready ips=["+aIPOf(t, kube, ctx)+"]") &&
+			strings.HasPrefix(readyOf("db"), "False PodNetworksNotRouted ips=[] clusters=1: exported as Headless by b")
+	})
+	if err := kube.Get(ctx, client.ObjectKey{Namespace: "shop", Name: DerivedName("db")}, &corev1.Service{}); !apierrors.IsNotFound(err) {
+		t.Errorf("derived Service of the Headless db: %v, want none", err)
 	}
 
 	// What the policy keeps kubelink-mcs from, with its own account: an
@@ -280,3 +299,12 @@ func TestImportsFollowTheExports(t *testing.T) {
 }
 
 func sortStrings(s []string) { slices.Sort(s) }
+
+// aIPOf is the clusterset IP of shop/cart: its derived Service's ClusterIP.
+func aIPOf(t *testing.T, kube client.Client, ctx context.Context) string {
+	var svc corev1.Service
+	if err := kube.Get(ctx, client.ObjectKey{Namespace: "shop", Name: DerivedName("cart")}, &svc); err != nil {
+		return "(no derived Service: " + err.Error() + ")"
+	}
+	return svc.Spec.ClusterIP
+}
