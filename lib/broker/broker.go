@@ -29,13 +29,13 @@ import (
 
 // Broker is the gateway controller.
 type Broker struct {
-	cfg     Config
-	log     *slog.Logger
-	rm      RunMode
-	kube    client.Client // reads from the cache, writes to the API server
+	cfg  Config
+	log  *slog.Logger
+	rm   RunMode
+	kube client.Client // reads from the cache, writes to the API server
 	// direct reads from the API server: the ConfigMaps of the MCS
 	// exchange, by name (a cached read would list every ConfigMap).
-	direct client.Client
+	direct  client.Client
 	cache   cache.Cache
 	events  *eventSink
 	metrics *metrics
