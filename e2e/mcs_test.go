@@ -217,6 +217,21 @@ func TestClusterSetIPAcrossClusters(t *testing.T) {
 		t.Logf("b exported echo: a's ServiceImport with clusterset IP %s after %s", ip, took.Round(10*time.Millisecond))
 		url := "http://" + ip + "/"
 		expectEcho(ctx, t, a, pod, url, b.Name, 30*time.Second)
+		// b's export is Ready once a acknowledges its import (through the
+		// exchange, within a few fetches of a second)
+		if _, err := Eventually(ctx, 15*time.Second, 200*time.Millisecond, func(context.Context) error {
+			var se mcsv1beta1.ServiceExport
+			if err := b.Res.Get(ctx, "echo", "default", &se); err != nil {
+				return err
+			}
+			c := meta.FindStatusCondition(se.Status.Conditions, string(mcsv1beta1.ServiceExportConditionReady))
+			if c == nil || c.Status != metav1.ConditionTrue || c.Message != "imported by "+a.Name {
+				return fmt.Errorf("b's ServiceExport echo: Ready %+v, want True, imported by %s", c, a.Name)
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
 		// the clusterset name: A with the clusterset IP, SRV with the port
 		dnsName := "echo.default.svc.clusterset.local"
 		clusterSetDNS(ctx, t, a, pod, []string{"address", dnsName, ip})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -226,12 +227,13 @@ func (c *Controller) Sync(ctx context.Context) error {
 	im, imErr := c.readImports(ctx)
 	if imErr == nil {
 		conflicts := conflictsOf(im.self(), rec, im)
+		importedBy := importersOf(im)
 		for _, ch := range all {
 			var cf *conflict
 			if ch.valid {
 				cf = conflicts[ch.key]
 			}
-			if err := c.writeConditions(ctx, ch.se, ch.valid, ch.reason, ch.msg, cf, now); err != nil {
+			if err := c.writeConditions(ctx, ch.se, ch.valid, ch.reason, ch.msg, cf, importedBy[ch.key], now); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -239,20 +241,39 @@ func (c *Controller) Sync(ctx context.Context) error {
 	}
 	c.metrics.exports.WithLabelValues("true").Set(float64(len(rec.Exports)))
 	c.metrics.exports.WithLabelValues("false").Set(float64(invalid))
-	errs = append(errs, c.writeRecord(ctx, rec))
 	if imErr != nil {
-		return errors.Join(append(errs, imErr)...)
+		// the record still goes out; the acknowledgements wait
+		return errors.Join(append(errs, c.writeRecord(ctx, rec), imErr)...)
 	}
-	imported, err := c.syncImports(ctx, rec, im)
+	imported, acks, err := c.syncImports(ctx, rec, im)
 	c.metrics.imports.Set(float64(imported))
-	return errors.Join(append(errs, err)...)
+	rec.Imported = acks
+	return errors.Join(append(errs, c.writeRecord(ctx, rec), err)...)
 }
 
-// writeConditions sets Valid, Ready (for a valid export Pending: whether
-// another cluster imported it is not reported back) and Conflict (cf: the
+// importersOf lists, by namespace/name of this cluster's exports, the
+// clusters whose links are Up and that acknowledged importing it.
+func importersOf(im Imports) map[string][]string {
+	out := map[string][]string{}
+	for _, c := range im.Clusters {
+		for _, key := range c.Imported {
+			if !slices.Contains(out[key], c.Cluster) {
+				out[key] = append(out[key], c.Cluster)
+			}
+		}
+	}
+	for _, cs := range out {
+		slices.Sort(cs)
+	}
+	return out
+}
+
+// writeConditions sets Valid, Ready (for a valid export True once a
+// cluster whose link is Up acknowledged importing it, importedBy; else
+// Pending) and Conflict (cf: the
 // exports of the name disagree; nil: NoConflicts) when they changed, with a
 // Warning Event when a conflict begins or changes.
-func (c *Controller) writeConditions(ctx context.Context, se *mcsv1beta1.ServiceExport, valid bool, reason mcsv1beta1.ServiceExportConditionReason, msg string, cf *conflict, now time.Time) error {
+func (c *Controller) writeConditions(ctx context.Context, se *mcsv1beta1.ServiceExport, valid bool, reason mcsv1beta1.ServiceExportConditionReason, msg string, cf *conflict, importedBy []string, now time.Time) error {
 	se = se.DeepCopy()
 	status := metav1.ConditionFalse
 	if valid {
@@ -262,9 +283,13 @@ func (c *Controller) writeConditions(ctx context.Context, se *mcsv1beta1.Service
 		Status: status, Reason: string(reason), Message: msg, ObservedGeneration: se.Generation}, now)
 	ready := metav1.Condition{Type: string(mcsv1beta1.ServiceExportConditionReady), Status: metav1.ConditionFalse,
 		Reason: string(mcsv1beta1.ServiceExportReasonPending), ObservedGeneration: se.Generation,
-		Message: "in the record served to the clusters of the mesh; whether they imported it is not reported back yet (docs/mcs.md)"}
-	if !valid {
+		Message: "in the record served to the clusters of the mesh; no cluster whose link is Up has imported it yet (a cluster imports into a namespace of the same name only)"}
+	switch {
+	case !valid:
 		ready.Reason, ready.Message = string(mcsv1beta1.ServiceExportReasonFailed), "not exported: "+msg
+	case len(importedBy) > 0:
+		ready.Status, ready.Reason = metav1.ConditionTrue, string(mcsv1beta1.ServiceExportReasonReady)
+		ready.Message = "imported by " + strings.Join(importedBy, ", ")
 	}
 	changed = setCondition(&se.Status.Conditions, ready, now) || changed
 	conflictCond := metav1.Condition{Type: string(mcsv1beta1.ServiceExportConditionConflict), Status: metav1.ConditionFalse,

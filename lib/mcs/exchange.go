@@ -65,6 +65,9 @@ type ClusterRecord struct {
 	Mesh     string   `json:"mesh"`
 	Exports  []Export `json:"exports"`
 	Rejected []string `json:"rejected,omitempty"`
+	// Imported are this cluster's exports the peer says it imported
+	// (namespace/name; AcksFor).
+	Imported []string `json:"imported,omitempty"`
 }
 
 // Imports is the content of ImportsConfigMap: the peers whose link is Up
@@ -132,6 +135,30 @@ func CheckRecord(rec Record, p Peer) ([]Export, []string) {
 	}
 	slices.SortFunc(ok, func(a, b Export) int { return strings.Compare(a.Key(), b.Key()) })
 	return ok, bad
+}
+
+// AcksFor keeps the acknowledgements of a peer's record that name self
+// (this cluster's name in the peer's mesh), as namespace/name: valid names
+// only, each once, at most maxExports. A false one could only make an
+// export of ours look imported (its Ready), never change what is routed.
+func AcksFor(rec Record, self string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, a := range rec.Imported {
+		if len(out) >= maxExports {
+			break
+		}
+		cluster, key, ok := strings.Cut(a, "/")
+		ns, name, ok2 := strings.Cut(key, "/")
+		if !ok || !ok2 || cluster != self || seen[key] ||
+			len(validation.IsDNS1123Label(ns)) > 0 || len(validation.IsDNS1035Label(name)) > 0 {
+			continue
+		}
+		seen[key] = true
+		out = append(out, key)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func checkExport(e Export, p Peer) error {
@@ -372,6 +399,10 @@ func (x *Exchange) fetchAll(ctx context.Context) {
 	for k, p := range x.peers {
 		peers[k] = p
 	}
+	selfIn := map[string]string{} // mesh → this cluster's name there
+	for _, o := range x.self {
+		selfIn[o.Mesh] = o.Cluster
+	}
 	x.mu.Unlock()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -396,7 +427,7 @@ func (x *Exchange) fetchAll(ctx context.Context) {
 				}
 			}
 			mu.Lock()
-			results[k] = ClusterRecord{Cluster: p.Cluster, Mesh: p.Mesh, Exports: ok, Rejected: bad}
+			results[k] = ClusterRecord{Cluster: p.Cluster, Mesh: p.Mesh, Exports: ok, Rejected: bad, Imported: AcksFor(rec, selfIn[p.Mesh])}
 			mu.Unlock()
 		})
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -184,5 +185,17 @@ func TestExchangeImportsTheRecordsOfUpPeers(t *testing.T) {
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/json" {
 		t.Errorf("GET %s: %s %s", ExportsPath, resp.Status, resp.Header.Get("Content-Type"))
+	}
+}
+
+// A peer's acknowledgements count only where they name this cluster, with
+// valid names, once each.
+func TestAcksForKeepsOnlyThisClustersExports(t *testing.T) {
+	rec := Record{Imported: []string{"a/shop/cart", "b/shop/cart", "a/shop/cart", "a/Bad_NS/x", "a/shop/-x", "a/shop", "a/web/front"}}
+	if got, want := AcksFor(rec, "a"), []string{"shop/cart", "web/front"}; !slices.Equal(got, want) {
+		t.Errorf("AcksFor = %v, want %v", got, want)
+	}
+	if got := AcksFor(rec, "c"); len(got) != 0 {
+		t.Errorf("AcksFor another cluster = %v, want none", got)
 	}
 }

@@ -102,12 +102,18 @@ func Validate(se *mcsv1beta1.ServiceExport, svc *corev1.Service) (Export, mcsv1b
 // serves to the other clusters of the mesh.
 type Record struct {
 	Exports []Export `json:"exports"`
+	// Imported acknowledges the other clusters' exports this cluster
+	// imported as ClusterSetIP, as "<cluster>/<namespace>/<name>": an
+	// exporting cluster reads its own from here and sets its
+	// ServiceExport's Ready True.
+	Imported []string `json:"imported,omitempty"`
 }
 
 // Encode is the record's canonical JSON (sorted, so equal records are equal
 // bytes).
 func (r Record) Encode() ([]byte, error) {
 	slices.SortFunc(r.Exports, func(a, b Export) int { return strings.Compare(a.Key(), b.Key()) })
+	r.Imported = slices.Compact(slices.Sorted(slices.Values(r.Imported)))
 	if r.Exports == nil {
 		r.Exports = []Export{}
 	}

@@ -152,14 +152,17 @@ func portName(p Port) string {
 
 // syncImports makes the ServiceImports, derived Services and EndpointSlices
 // match the exports of every cluster, and removes those of names no longer
-// exported.
-func (c *Controller) syncImports(ctx context.Context, own Record, im Imports) (int, error) {
+// exported. It returns the number of ClusterSetIP imports, and the
+// acknowledgements for the record ("<cluster>/<namespace>/<name>" of each
+// other cluster's export imported).
+func (c *Controller) syncImports(ctx context.Context, own Record, im Imports) (int, []string, error) {
 	want := plan(im.self(), own, im)
 	var errs []error
 	// keep: the names whose ServiceImport stays; derived: those whose
 	// derived Service and slices stay (ClusterSetIP only).
 	keep, derived := map[string]bool{}, map[string]bool{}
 	imported := 0
+	var acks []string
 	for _, d := range want {
 		key := d.namespace + "/" + d.name
 		var err error
@@ -182,10 +185,17 @@ func (c *Controller) syncImports(ctx context.Context, own Record, im Imports) (i
 		if d.typ == mcsv1beta1.ClusterSetIP {
 			derived[key] = true
 			imported++
+			if err == nil {
+				for _, src := range d.sources {
+					if !src.local {
+						acks = append(acks, src.cluster+"/"+key)
+					}
+				}
+			}
 		}
 	}
 	errs = append(errs, c.removeStale(ctx, keep, derived))
-	return imported, errors.Join(errs...)
+	return imported, acks, errors.Join(errs...)
 }
 
 // ReasonPodNetworksNotRouted is the reason of a Headless ServiceImport's

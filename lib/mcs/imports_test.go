@@ -159,6 +159,29 @@ func TestImportsFollowTheExports(t *testing.T) {
 		t.Fatalf("%s:\n got %s\nwant %s", what, got, want)
 	}
 	waitState("cart exported by a, b and c", want)
+	// a acknowledges in its record what it imported from b and c, and its
+	// own export is Ready only once a peer acknowledges it.
+	readyOfExport := func() string {
+		var se mcsv1beta1.ServiceExport
+		if err := kube.Get(ctx, client.ObjectKey{Namespace: "shop", Name: "cart"}, &se); err != nil {
+			return err.Error()
+		}
+		c := meta.FindStatusCondition(se.Status.Conditions, string(mcsv1beta1.ServiceExportConditionReady))
+		if c == nil {
+			return "no Ready condition"
+		}
+		return fmt.Sprintf("%s %s: %s", c.Status, c.Reason, c.Message)
+	}
+	eventually(t, "a's record acknowledges b's and c's cart, a's export Pending", func() bool {
+		var cm corev1.ConfigMap
+		must(t, kube.Get(ctx, client.ObjectKey{Namespace: "kubelink", Name: RecordConfigMap}, &cm))
+		rec, err := DecodeRecord([]byte(cm.Data[RecordKey]))
+		return err == nil && slices.Equal(rec.Imported, []string{"b/shop/cart", "c/shop/cart"}) && strings.HasPrefix(readyOfExport(), "False Pending")
+	})
+	bAck := peer("b", bCart, elsewhere, headless)
+	bAck.Imported = []string{"shop/cart"}
+	writeImports(bAck, peer("c", cCart))
+	eventually(t, "a's export Ready once b acknowledges it", func() bool { return readyOfExport() == "True Ready: imported by b" })
 	if err := kube.Get(ctx, client.ObjectKey{Namespace: "nowhere", Name: "x"}, &mcsv1beta1.ServiceImport{}); !apierrors.IsNotFound(err) {
 		t.Errorf("ServiceImport nowhere/x: %v, want none (no such namespace here)", err)
 	}
