@@ -944,11 +944,32 @@ func mcsEnabled(values map[string]any) bool {
 	return m == nil || m["enabled"] != false
 }
 
-// hookedZones are the zones install forwards from the cluster DNS to the
-// kubelink CoreDNS, and uninstall removes: the mesh zone, and the
-// Multi-Cluster Services API's clusterset.local (forwarded only where
-// kubelink-mcs runs; always removed).
-var hookedZones = []string{meshZone, meshdns.ClusterSetZone}
+// clusterSetMarker is the comment line install writes above its
+// clusterset.local block: only a block under it is kubelink's to replace or
+// remove (another MCS implementation may hook the same zone).
+const clusterSetMarker = "# kubelink: clusterset.local to the kubelink CoreDNS (kubelinkctl install)"
+
+// removeOurBlocks drops kubelink's blocks from a Corefile: the mesh zone's
+// and the clusterset.local block under clusterSetMarker. It returns the
+// rest and the zones it removed.
+func removeOurBlocks(cf string) (string, []string) {
+	var removed []string
+	if strings.Contains(cf, meshZone+":53 {") {
+		cf = removeBlock(cf, meshZone+":53 {")
+		removed = append(removed, meshZone)
+	}
+	lines := strings.Split(cf, "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		if strings.TrimSpace(lines[i]) == clusterSetMarker && strings.TrimSpace(lines[i+1]) == meshdns.ClusterSetZone+":53 {" {
+			before := strings.Join(lines[:i], "\n")
+			after := removeBlock(strings.Join(lines[i+1:], "\n"), meshdns.ClusterSetZone+":53 {")
+			cf = strings.TrimRight(before, "\n") + "\n" + strings.TrimLeft(after, "\n")
+			removed = append(removed, meshdns.ClusterSetZone)
+			break
+		}
+	}
+	return strings.TrimRight(cf, "\n"), removed
+}
 
 // hookDNS adds the mesh zone (and with clusterSet the clusterset.local
 // zone) to the cluster DNS (a CoreDNS Corefile in kube-system/coredns),
@@ -961,16 +982,27 @@ func (o *installOptions) hookDNS(ctx context.Context, g *globals, c *cluster, ip
 	if err != nil {
 		return fmt.Errorf("the kubelink DNS address %q: %w", ip, err)
 	}
+	cm, err := c.cs.CoreV1().ConfigMaps("kube-system").Get(ctx, "coredns", metav1.GetOptions{})
+	var rest string
+	if err == nil {
+		rest, _ = removeOurBlocks(cm.Data["Corefile"])
+	}
 	zone := ""
 	if clusterSet {
 		zone = meshdns.ClusterSetZone
+		if strings.Contains(rest, meshdns.ClusterSetZone+":53 {") {
+			g.progress("warning: kube-system/coredns already has a %s block that is not kubelink's (another MCS implementation?): left alone, and %s names are not forwarded to kubelink", meshdns.ClusterSetZone, meshdns.ClusterSetZone)
+			zone = ""
+		}
 	}
-	block, err := meshdns.CorednsCustom([]meshdns.MeshInput{{Name: "default", Domain: meshZone}}, zone, addr, meshdns.DefaultClusterDNSPort)
-	if err != nil {
-		return err
+	block, err2 := meshdns.CorednsCustom([]meshdns.MeshInput{{Name: "default", Domain: meshZone}}, zone, addr, meshdns.DefaultClusterDNSPort)
+	if err2 != nil {
+		return err2
 	}
 	block = strings.TrimRight(block, "\n")
-	cm, err := c.cs.CoreV1().ConfigMaps("kube-system").Get(ctx, "coredns", metav1.GetOptions{})
+	if zone != "" {
+		block = strings.Replace(block, "\n"+zone+":53 {", "\n"+clusterSetMarker+"\n"+zone+":53 {", 1)
+	}
 	if !o.dnsHook || err != nil || cm.Data["Corefile"] == "" {
 		why := "--dns-hook=false"
 		if o.dnsHook {
@@ -979,14 +1011,10 @@ func (o *installOptions) hookDNS(ctx context.Context, g *globals, c *cluster, ip
 		g.progress("the cluster DNS is not changed (%s): add these server blocks to it, so that names under .%s resolve:\n%s", why, strings.TrimSuffix(meshZone+" and ."+zone, " and ."), block)
 		return nil
 	}
-	cf := cm.Data["Corefile"]
-	if strings.Contains(cf, block) {
+	cf := rest + "\n" + block + "\n"
+	if strings.TrimSpace(cf) == strings.TrimSpace(cm.Data["Corefile"]) {
 		return nil
 	}
-	for _, z := range hookedZones {
-		cf = removeBlock(cf, z+":53 {")
-	}
-	cf += "\n" + block + "\n"
 	cm.Data["Corefile"] = cf
 	if _, err := c.cs.CoreV1().ConfigMaps("kube-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("adding the mesh zone to kube-system/coredns: %w (or install with --dns-hook=false and add it by hand)", err)

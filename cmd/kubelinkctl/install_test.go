@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +31,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
+	"github.com/kubelink/kubelink/lib/meshdns"
 	"github.com/kubelink/kubelink/lib/testenv"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 )
@@ -586,5 +589,31 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// kubelink's blocks go, another's clusterset.local block stays (another
+// MCS implementation may hook the zone); the rest is kept as it was.
+func TestRemoveOurBlocksLeavesOthers(t *testing.T) {
+	base := ".:53 {\n    errors\n    kubernetes cluster.local\n}"
+	block, err := meshdns.CorednsCustom([]meshdns.MeshInput{{Name: "default", Domain: meshZone}}, meshdns.ClusterSetZone, netip.MustParseAddr("100.64.0.11"), 53)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := strings.Replace(strings.TrimRight(block, "\n"), "\nclusterset.local:53 {", "\n"+clusterSetMarker+"\nclusterset.local:53 {", 1)
+	foreign := "clusterset.local:53 {\n    forward . 10.0.0.99\n}"
+	for _, c := range []struct {
+		name, cf, want string
+		removed        []string
+	}{
+		{"ours", base + "\n" + ours + "\n", base, []string{"kubelink", "clusterset.local"}},
+		{"another's clusterset block", base + "\n" + foreign + "\n", base + "\n" + foreign, nil},
+		{"ours beside another's", base + "\n" + foreign + "\n" + ours + "\n", base + "\n" + foreign, []string{"kubelink", "clusterset.local"}},
+		{"none", base + "\n", base, nil},
+	} {
+		got, removed := removeOurBlocks(c.cf)
+		if got != c.want || !slices.Equal(removed, c.removed) {
+			t.Errorf("%s: removed %v, left\n%s\nwant %v and\n%s", c.name, removed, got, c.removed, c.want)
+		}
 	}
 }

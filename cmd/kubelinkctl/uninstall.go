@@ -211,14 +211,7 @@ func (o *uninstallOptions) uninstall(ctx context.Context, g *globals, c *cluster
 
 	// 4. The DNS hook, the registrations, the CRDs, the namespace.
 	if cm, err := c.cs.CoreV1().ConfigMaps("kube-system").Get(ctx, "coredns", metav1.GetOptions{}); err == nil {
-		cf := cm.Data["Corefile"]
-		var removed []string
-		for _, z := range hookedZones {
-			if strings.Contains(cf, z+":53 {") {
-				cf = removeBlock(cf, z+":53 {")
-				removed = append(removed, z)
-			}
-		}
+		cf, removed := removeOurBlocks(cm.Data["Corefile"])
 		if len(removed) > 0 {
 			cm.Data["Corefile"] = cf + "\n"
 			if _, err := c.cs.CoreV1().ConfigMaps("kube-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {

@@ -191,10 +191,11 @@ hook_cluster_dns() {
   # the link gate's 1-s TTLs kept (CoreDNS's minimum would make them 5 s).
   # The lab runs kubelink-mcs, so clusterset.local goes there too.
   local body="    errors"$'\n'"    cache 5 {"$'\n'"        success 10000 5 0"$'\n'"        denial 10000 5 0"$'\n'"        servfail 0"$'\n'"    }"$'\n'"    forward . $ip"$'\n'"}"
-  local want="kubelink:53 {"$'\n'"$body"$'\n'"clusterset.local:53 {"$'\n'"$body"
+  # (the marker line: kubelinkctl uninstall removes only a clusterset block under it)
+  local want="kubelink:53 {"$'\n'"$body"$'\n'"# kubelink: clusterset.local to the kubelink CoreDNS (kubelinkctl install)"$'\n'"clusterset.local:53 {"$'\n'"$body"
   if [[ $cf == *"$want"* ]]; then return; fi
   # an older block of ours is replaced
-  cf=$(awk '/^(kubelink|clusterset\.local):53 \{/{skip=1; depth=0} skip{n=gsub(/\{/,"{"); m=gsub(/\}/,"}"); depth+=n-m; if (depth<=0 && (n||m)) {skip=0}; next} {print}' <<<"$cf")
+  cf=$(awk '/^# kubelink: clusterset\.local/{next} /^(kubelink|clusterset\.local):53 \{/{skip=1; depth=0} skip{n=gsub(/\{/,"{"); m=gsub(/\}/,"}"); depth+=n-m; if (depth<=0 && (n||m)) {skip=0}; next} {print}' <<<"$cf")
   cf+=$'\n'"$want"
   kc "$c" -n kube-system create cm coredns --from-literal=Corefile="$cf" --dry-run=client -o yaml | kc "$c" apply -f - >/dev/null
   kc "$c" -n kube-system rollout restart deploy/coredns >/dev/null

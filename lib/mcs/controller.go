@@ -75,8 +75,12 @@ type Controller struct {
 	// lastRecord is the record written last: a pass whose record is the
 	// same reads the ConfigMap again only on a periodic pass.
 	lastRecord string
-	metrics    *metrics
-	goodSyncs  atomic.Int64 // passes without error, for /readyz
+	// lastImports and lastAcks are the last imports read and the
+	// acknowledgements made from them: a failed read keeps them.
+	lastImports Imports
+	lastAcks    []string
+	metrics     *metrics
+	goodSyncs   atomic.Int64 // passes without error, for /readyz
 	// events records a Warning on a ServiceExport whose conflict begins or
 	// changes (nil: none, e.g. in unit tests of a pass).
 	events      record.EventRecorder
@@ -225,7 +229,15 @@ func (c *Controller) Sync(ctx context.Context) error {
 	// exporting cluster (KEP-1645). Without the imports (unreadable), the
 	// conditions wait; the record is still written.
 	im, imErr := c.readImports(ctx)
-	if imErr == nil {
+	if imErr != nil {
+		// a read that failed (an API hiccup, a broken ConfigMap) changes
+		// nothing: the conditions and acknowledgements of the last good
+		// imports stay, and the imports themselves are left as they are
+		im = c.lastImports
+	} else {
+		c.lastImports = im
+	}
+	{
 		conflicts := conflictsOf(im.self(), rec, im)
 		importedBy := importersOf(im)
 		for _, ch := range all {
@@ -242,12 +254,12 @@ func (c *Controller) Sync(ctx context.Context) error {
 	c.metrics.exports.WithLabelValues("true").Set(float64(len(rec.Exports)))
 	c.metrics.exports.WithLabelValues("false").Set(float64(invalid))
 	if imErr != nil {
-		// the record still goes out; the acknowledgements wait
+		rec.Imported = c.lastAcks
 		return errors.Join(append(errs, c.writeRecord(ctx, rec), imErr)...)
 	}
 	imported, acks, err := c.syncImports(ctx, rec, im)
 	c.metrics.imports.Set(float64(imported))
-	rec.Imported = acks
+	rec.Imported, c.lastAcks = acks, acks
 	return errors.Join(append(errs, c.writeRecord(ctx, rec), err)...)
 }
 

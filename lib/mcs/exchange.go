@@ -142,6 +142,9 @@ func CheckRecord(rec Record, p Peer) ([]Export, []string) {
 // only, each once, at most maxExports. A false one could only make an
 // export of ours look imported (its Ready), never change what is routed.
 func AcksFor(rec Record, self string) []string {
+	if self == "" {
+		return nil // not named in this mesh yet: nothing can name us
+	}
 	var out []string
 	seen := map[string]bool{}
 	for _, a := range rec.Imported {
@@ -322,9 +325,46 @@ func (x *Exchange) serve(w http.ResponseWriter, r *http.Request) {
 		x.served, x.servedAt = body, time.Now()
 		x.mu.Unlock()
 	}
+	body = x.forRequester(body, r.RemoteAddr)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	_, _ = w.Write(body)
+}
+
+// forRequester keeps, of the record's acknowledgements, only those of the
+// requesting peer's own exports (the peer whose cluster address the
+// request comes from): a peer learns which of its exports this cluster
+// imported, never which clusters of this or another mesh export what.
+func (x *Exchange) forRequester(body []byte, remote string) []byte {
+	if !bytes.Contains(body, []byte(`"imported"`)) {
+		return body
+	}
+	rec, err := DecodeRecord(body)
+	if err != nil {
+		return body // served as read; the peer refuses it
+	}
+	who := ""
+	if ap, err := netip.ParseAddrPort(remote); err == nil {
+		x.mu.Lock()
+		for _, p := range x.peers {
+			if p.Addr == ap.Addr().Unmap() {
+				who = p.Cluster
+			}
+		}
+		x.mu.Unlock()
+	}
+	var keep []string
+	for _, a := range rec.Imported {
+		if cluster, _, ok := strings.Cut(a, "/"); ok && who != "" && cluster == who {
+			keep = append(keep, a)
+		}
+	}
+	rec.Imported = keep
+	out, err := rec.Encode()
+	if err != nil {
+		return body
+	}
+	return out
 }
 
 // SetSelf sets this cluster's names in its meshes (its LocalLinks).

@@ -198,4 +198,31 @@ func TestAcksForKeepsOnlyThisClustersExports(t *testing.T) {
 	if got := AcksFor(rec, "c"); len(got) != 0 {
 		t.Errorf("AcksFor another cluster = %v, want none", got)
 	}
+	// before the broker named this cluster, "/ns/name" names nobody
+	if got := AcksFor(Record{Imported: []string{"/shop/cart"}}, ""); len(got) != 0 {
+		t.Errorf("AcksFor an unnamed cluster = %v, want none", got)
+	}
+}
+
+// A peer is served only the acknowledgements of its own exports: which
+// clusters of this or another mesh export what stays with this cluster.
+func TestServedAcksNameOnlyTheRequester(t *testing.T) {
+	x := &Exchange{peers: map[string]Peer{
+		"b\x00default": {Cluster: "b", Mesh: "default", Addr: netip.MustParseAddr("192.168.0.12")},
+		"e\x00blue":    {Cluster: "e", Mesh: "blue", Addr: netip.MustParseAddr("172.16.0.5")},
+	}}
+	body, err := Record{Imported: []string{"b/shop/cart", "e/web/front", "c/shop/cart"}}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for remote, want := range map[string][]string{
+		"192.168.0.12:40000": {"b/shop/cart"},
+		"172.16.0.5:40000":   {"e/web/front"},
+		"192.168.0.99:40000": nil, // not a peer
+	} {
+		rec, err := DecodeRecord(x.forRequester(body, remote))
+		if err != nil || !slices.Equal(rec.Imported, want) {
+			t.Errorf("served to %s: %v (%v), want %v", remote, rec.Imported, err, want)
+		}
+	}
 }
