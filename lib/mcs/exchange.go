@@ -238,7 +238,7 @@ type Exchange struct {
 	peers     map[string]Peer          // by Cluster+"\x00"+Mesh
 	got       map[string]ClusterRecord // the last good fetch, by the same key
 	servers   map[netip.Addr]*http.Server
-	served    []byte // the record served, read at servedAt
+	served    *servedRecord // the record served, read at servedAt
 	servedAt  time.Time
 	lastWrite string
 	wake      chan struct{}
@@ -300,48 +300,68 @@ func (x *Exchange) Listen(addrs []netip.Addr) {
 // empty record.
 func (x *Exchange) serve(w http.ResponseWriter, r *http.Request) {
 	x.mu.Lock()
-	body, fresh := x.served, time.Since(x.servedAt) < time.Second
+	rec, fresh := x.served, time.Since(x.servedAt) < time.Second
 	x.mu.Unlock()
 	if !fresh {
 		var cm corev1.ConfigMap
 		err := x.api.Get(r.Context(), client.ObjectKey{Namespace: x.cfg.Namespace, Name: RecordConfigMap}, &cm)
 		switch {
 		case apierrors.IsNotFound(err):
-			body = []byte(`{"exports":[]}`)
+			rec = parseServed([]byte(`{"exports":[]}`))
 		case err != nil:
-			if body == nil {
+			if rec == nil {
 				http.Error(w, "the export record cannot be read", http.StatusServiceUnavailable)
 				x.log.Warn("reading the export record", "err", err)
 				return
 			}
 			// the last record read stays served through an API outage
 		default:
-			body = []byte(cm.Data[RecordKey])
+			body := []byte(cm.Data[RecordKey])
 			if len(body) == 0 {
 				body = []byte(`{"exports":[]}`)
 			}
+			rec = parseServed(body)
 		}
 		x.mu.Lock()
-		x.served, x.servedAt = body, time.Now()
+		x.served, x.servedAt = rec, time.Now()
 		x.mu.Unlock()
 	}
-	body = x.forRequester(body, r.RemoteAddr)
+	body := x.forRequester(rec, r.RemoteAddr)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	_, _ = w.Write(body)
+}
+
+// servedRecord is the record as read, parsed once per read (not per
+// request): the exports as they are, and the acknowledgements that each
+// request gets only its own of.
+type servedRecord struct {
+	body     []byte          // as read
+	exports  json.RawMessage // nil: the body did not parse, served as read (the peer refuses it)
+	imported []string
+}
+
+func parseServed(body []byte) *servedRecord {
+	var r struct {
+		Exports  json.RawMessage `json:"exports"`
+		Imported []string        `json:"imported"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return &servedRecord{body: body} // the peer refuses it
+	}
+	if r.Exports == nil {
+		r.Exports = json.RawMessage("[]")
+	}
+	return &servedRecord{body: body, exports: r.Exports, imported: r.Imported}
 }
 
 // forRequester keeps, of the record's acknowledgements, only those of the
 // requesting peer's own exports (the peer whose cluster address the
 // request comes from): a peer learns which of its exports this cluster
 // imported, never which clusters of this or another mesh export what.
-func (x *Exchange) forRequester(body []byte, remote string) []byte {
-	if !bytes.Contains(body, []byte(`"imported"`)) {
-		return body
-	}
-	rec, err := DecodeRecord(body)
-	if err != nil {
-		return body // served as read; the peer refuses it
+func (x *Exchange) forRequester(rec *servedRecord, remote string) []byte {
+	if rec.exports == nil {
+		return rec.body
 	}
 	who := ""
 	if ap, err := netip.ParseAddrPort(remote); err == nil {
@@ -354,15 +374,17 @@ func (x *Exchange) forRequester(body []byte, remote string) []byte {
 		x.mu.Unlock()
 	}
 	var keep []string
-	for _, a := range rec.Imported {
+	for _, a := range rec.imported {
 		if cluster, _, ok := strings.Cut(a, "/"); ok && who != "" && cluster == who {
 			keep = append(keep, a)
 		}
 	}
-	rec.Imported = keep
-	out, err := rec.Encode()
+	out, err := json.Marshal(struct {
+		Exports  json.RawMessage `json:"exports"`
+		Imported []string        `json:"imported,omitempty"`
+	}{rec.exports, keep})
 	if err != nil {
-		return body
+		return rec.body
 	}
 	return out
 }

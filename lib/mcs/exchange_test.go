@@ -220,7 +220,7 @@ func TestServedAcksNameOnlyTheRequester(t *testing.T) {
 		"172.16.0.5:40000":   {"e/web/front"},
 		"192.168.0.99:40000": nil, // not a peer
 	} {
-		rec, err := DecodeRecord(x.forRequester(body, remote))
+		rec, err := DecodeRecord(x.forRequester(parseServed(body), remote))
 		if err != nil || !slices.Equal(rec.Imported, want) {
 			t.Errorf("served to %s: %v (%v), want %v", remote, rec.Imported, err, want)
 		}
