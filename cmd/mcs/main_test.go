@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/kubelink/kubelink/lib/mcs"
@@ -55,11 +54,7 @@ func TestFlagErrorsAreReported(t *testing.T) {
 // and /metrics and exits cleanly on SIGTERM.
 func TestBinaryExports(t *testing.T) {
 	cp := testenv.StartForTest(t)
-	crds, err := mcs.CRDs()
-	must(t, err)
-	if _, err := envtest.InstallCRDs(cp.Config(), envtest.CRDInstallOptions{CRDs: crds, MaxTime: 30 * time.Second}); err != nil {
-		t.Fatal(err)
-	}
+	testenv.InstallCRDs(t, cp.Config(), "MCS", mcs.CRDs)
 	scheme, err := mcs.NewScheme()
 	must(t, err)
 	kube, err := client.New(cp.Config(), client.Options{Scheme: scheme})

@@ -18,7 +18,6 @@ import (
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/kubelink/kubelink/lib/globaldns/apis/coredns/crds"
 	corednsv1alpha1 "github.com/kubelink/kubelink/lib/globaldns/apis/coredns/v1alpha1"
@@ -68,13 +67,7 @@ func GlobalCoreDNSBinary(t testing.TB) string {
 // type.
 func (c *Cluster) InstallCoreDNSEntryCRD() client.Client {
 	c.t.Helper()
-	list, err := crds.CRDs()
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	if _, err := envtest.InstallCRDs(c.Plane.Config(), envtest.CRDInstallOptions{CRDs: list, MaxTime: 30 * time.Second}); err != nil {
-		c.t.Fatalf("cluster %s: installing the CoreDNSEntry CRD: %v", c.Name, err)
-	}
+	testenv.InstallCRDs(c.t, c.Plane.Config(), "cluster "+c.Name+": CoreDNSEntry", crds.CRDs)
 	s := runtime.NewScheme()
 	must(c.t, corednsv1alpha1.AddToScheme(s))
 	cl, err := client.New(c.Plane.Config(), client.Options{Scheme: s})

@@ -14,11 +14,11 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/kubelink/kubelink/lib/apis/kubelink/v1alpha1"
 	"github.com/kubelink/kubelink/lib/mcs"
+	"github.com/kubelink/kubelink/lib/testenv"
 )
 
 // The Multi-Cluster Services exchange between two real brokers, through
@@ -53,11 +53,7 @@ func mcsExchange(t *testing.T, bridge bool) {
 
 	// b runs kubelink-mcs's controller (in the test process): the imports
 	// become a ServiceImport shop/cart with a's ClusterIP as its endpoint.
-	crds, err := mcs.CRDs()
-	must(t, err)
-	if _, err := envtest.InstallCRDs(b.Plane.Config(), envtest.CRDInstallOptions{CRDs: crds, MaxTime: 30 * time.Second}); err != nil {
-		t.Fatal(err)
-	}
+	crds := testenv.InstallCRDs(t, b.Plane.Config(), "MCS", mcs.CRDs)
 	t.Cleanup(func() {
 		// the shared control plane is reused only with its own CRDs
 		for _, crd := range crds {

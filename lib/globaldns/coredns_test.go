@@ -19,7 +19,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/kubelink/kubelink/lib/globaldns/apis/coredns/crds"
 	"github.com/kubelink/kubelink/lib/globaldns/apis/coredns/v1alpha1"
@@ -39,13 +38,7 @@ func stopCoreDNS(inst *caddy.Instance) {
 // cp and waits until it is served.
 func installCRD(t *testing.T, cp *testenv.ControlPlane) client.Client {
 	t.Helper()
-	list, err := crds.CRDs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := envtest.InstallCRDs(cp.Config(), envtest.CRDInstallOptions{CRDs: list, MaxTime: 30 * time.Second}); err != nil {
-		t.Fatalf("installing the CoreDNSEntry CRD: %v", err)
-	}
+	testenv.InstallCRDs(t, cp.Config(), "CoreDNSEntry", crds.CRDs)
 	s := runtime.NewScheme()
 	for _, add := range []func(*runtime.Scheme) error{v1alpha1.AddToScheme, corev1.AddToScheme} {
 		if err := add(s); err != nil {

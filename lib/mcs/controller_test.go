@@ -11,7 +11,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/kubelink/kubelink/lib/testenv"
@@ -26,11 +25,7 @@ import (
 func TestExportConditionsAndRecord(t *testing.T) {
 	cp := &testenv.ControlPlane{Name: "mcs"}
 	testenv.StartControlPlaneForTest(t, cp)
-	crds, err := CRDs()
-	must(t, err)
-	if _, err := envtest.InstallCRDs(cp.Config(), envtest.CRDInstallOptions{CRDs: crds, MaxTime: 30 * time.Second}); err != nil {
-		t.Fatal(err)
-	}
+	testenv.InstallCRDs(t, cp.Config(), "MCS", CRDs)
 	scheme, err := NewScheme()
 	must(t, err)
 	kube, err := client.New(cp.Config(), client.Options{Scheme: scheme})

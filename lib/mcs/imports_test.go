@@ -16,7 +16,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/kubelink/kubelink/lib/testenv"
@@ -34,11 +33,7 @@ import (
 func TestImportsFollowTheExports(t *testing.T) {
 	cp := &testenv.ControlPlane{Name: "mcs-imports"}
 	testenv.StartControlPlaneForTest(t, cp)
-	crds, err := CRDs()
-	must(t, err)
-	if _, err := envtest.InstallCRDs(cp.Config(), envtest.CRDInstallOptions{CRDs: crds, MaxTime: 30 * time.Second}); err != nil {
-		t.Fatal(err)
-	}
+	testenv.InstallCRDs(t, cp.Config(), "MCS", CRDs)
 	scheme, err := NewScheme()
 	must(t, err)
 	kube, err := client.New(cp.Config(), client.Options{Scheme: scheme})

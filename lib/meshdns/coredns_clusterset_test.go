@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	mcsv1beta1 "sigs.k8s.io/mcs-api/pkg/apis/v1beta1"
 
 	"github.com/kubelink/kubelink/lib/mcs"
@@ -31,13 +30,7 @@ import (
 func TestCoreDNSClusterSetZone(t *testing.T) {
 	cp := &testenv.ControlPlane{Name: t.Name()}
 	testenv.StartControlPlaneForTest(t, cp)
-	crds, err := mcs.CRDs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := envtest.InstallCRDs(cp.Config(), envtest.CRDInstallOptions{CRDs: crds, MaxTime: 30 * time.Second}); err != nil {
-		t.Fatal(err)
-	}
+	testenv.InstallCRDs(t, cp.Config(), "MCS", mcs.CRDs)
 	scheme, err := mcs.NewScheme()
 	if err != nil {
 		t.Fatal(err)

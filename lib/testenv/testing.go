@@ -6,6 +6,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
 // StartForTest starts a control plane for one test (or benchmark) and stops
@@ -78,4 +82,21 @@ func concurrently(planes []*ControlPlane, f func(*ControlPlane) error) []error {
 	}
 	wg.Wait()
 	return errs
+}
+
+// InstallCRDs installs the CRDs that load returns (e.g. mcs.CRDs, a
+// package's embedded crds.CRDs) into the API server of cfg and waits until
+// they are served, at most 30 s; it fails the test otherwise, naming what.
+// It returns the CRDs installed (to delete them from a shared control
+// plane).
+func InstallCRDs(t testing.TB, cfg *rest.Config, what string, load func() ([]*apiextensionsv1.CustomResourceDefinition, error)) []*apiextensionsv1.CustomResourceDefinition {
+	t.Helper()
+	list, err := load()
+	if err != nil {
+		t.Fatalf("loading the %s CRDs: %v", what, err)
+	}
+	if _, err := envtest.InstallCRDs(cfg, envtest.CRDInstallOptions{CRDs: list, MaxTime: 30 * time.Second}); err != nil {
+		t.Fatalf("installing the %s CRDs: %v", what, err)
+	}
+	return list
 }
