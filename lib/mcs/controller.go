@@ -237,20 +237,18 @@ func (c *Controller) Sync(ctx context.Context) error {
 	} else {
 		c.lastImports = im
 	}
-	{
-		conflicts := conflictsOf(im.self(), rec, im)
-		importedBy := importersOf(im)
-		for _, ch := range all {
-			var cf *conflict
-			if ch.valid {
-				cf = conflicts[ch.key]
-			}
-			if err := c.writeConditions(ctx, ch.se, ch.valid, ch.reason, ch.msg, cf, importedBy[ch.key], now); err != nil {
-				errs = append(errs, err)
-			}
+	conflicts := conflictsOf(im.self(), rec, im)
+	importedBy := importersOf(im)
+	for _, ch := range all {
+		var cf *conflict
+		if ch.valid {
+			cf = conflicts[ch.key]
 		}
-		c.metrics.conflicts.Set(float64(len(conflicts)))
+		if err := c.writeConditions(ctx, ch.se, ch.valid, ch.reason, ch.msg, cf, importedBy[ch.key], now); err != nil {
+			errs = append(errs, err)
+		}
 	}
+	c.metrics.conflicts.Set(float64(len(conflicts)))
 	c.metrics.exports.WithLabelValues("true").Set(float64(len(rec.Exports)))
 	c.metrics.exports.WithLabelValues("false").Set(float64(invalid))
 	if imErr != nil {
